@@ -1,0 +1,150 @@
+//! The `licensor` command line: argument definitions and the commands behind them.
+//!
+//! `main.rs` only parses [`Cli`] and hands it to [`run`]. Commands return `anyhow` errors,
+//! which `run` prints and turns into exit codes: [`EXIT_OK`], [`EXIT_NOT_VALID`] (a verdict
+//! or answer other than valid) and [`EXIT_ERROR`] (usage, input or I/O errors; clap's own
+//! usage errors exit with 2 as well).
+
+mod bulk;
+mod demo;
+mod vendor;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::license::Tier;
+
+/// Success, and for `inspect` a `valid` verdict.
+pub const EXIT_OK: u8 = 0;
+/// The command ran, and its answer was not `valid`.
+pub const EXIT_NOT_VALID: u8 = 1;
+/// Usage, input or I/O error: the command could not give an answer.
+pub const EXIT_ERROR: u8 = 2;
+
+/// licensor: Ed25519-signed license keys, license server and telemetry client.
+#[derive(Debug, Parser)]
+#[command(name = "licensor", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an Ed25519 key pair: KID.private.pem (mode 0600) and KID.public.pem.
+    Keygen(KeygenArgs),
+    /// Issue a signed license key, or many from a CSV file.
+    Issue(IssueArgs),
+    /// Decode a license key and verify it against a key ring.
+    Inspect(InspectArgs),
+    /// Walk through the vendor flow with a throwaway key: keygen, issue per tier, verify.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Key id: 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'.
+    #[arg(long)]
+    pub kid: String,
+    /// Directory to write the key pair into (created if missing).
+    #[arg(long, default_value = "keys")]
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The issuing key, KID.private.pem; its key id is taken from the file name.
+    #[arg(long, env = "LICENSOR_ISSUING_KEY")]
+    pub private_key: PathBuf,
+    /// community, pro or enterprise.
+    #[arg(long, required_unless_present = "from")]
+    pub tier: Option<Tier>,
+    /// Who the license is for.
+    #[arg(long, required_unless_present = "from")]
+    pub licensee: Option<String>,
+    /// When the license stops being valid: RFC 3339, or YYYY-MM-DD for 00:00:00 UTC that day.
+    #[arg(long, value_parser = parse_instant, required_unless_present_any = ["from", "perpetual"], conflicts_with = "perpetual")]
+    pub expires: Option<DateTime<Utc>>,
+    /// When the license starts being valid (default: now); same forms as --expires.
+    #[arg(long, value_parser = parse_instant)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// How many instances may run at once.
+    #[arg(long, default_value_t = 1)]
+    pub seats: u32,
+    /// A feature entitlement; repeat for several.
+    #[arg(long = "feature", value_name = "NAME")]
+    pub features: Vec<String>,
+    /// Override the tier's check-in interval, e.g. 12h, 3days (1 hour to 365 days).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub check_in_interval: Option<std::time::Duration>,
+    /// Issue a license that never expires (instead of --expires).
+    #[arg(long)]
+    pub perpetual: bool,
+    /// Print the key and its decoded payload as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Issue one license per row of this CSV file (columns: licensee, tier, expires, and
+    /// optionally not_before, seats, features separated by ';', check_in_interval).
+    #[arg(long, value_name = "CSV", requires = "out", conflicts_with_all = [
+        "tier", "licensee", "expires", "not_before", "features", "check_in_interval", "perpetual", "json",
+    ])]
+    pub from: Option<PathBuf>,
+    /// Where to write the issued licenses (CSV); must not exist yet.
+    #[arg(long, value_name = "CSV", requires = "from")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The license key, or - to read it from standard input.
+    pub key: String,
+    /// Directory of trusted public keys (KID.public.pem).
+    #[arg(long, env = "LICENSOR_KEYS_DIR", default_value = "keys")]
+    pub keys: PathBuf,
+    /// Judge validity at this instant instead of now; same forms as issue --expires.
+    #[arg(long, value_parser = parse_instant)]
+    pub at: Option<DateTime<Utc>>,
+    /// Print the verdict and payload as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the throwaway key pair (default: a new directory under the system's
+    /// temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Keygen(args) => vendor::keygen(args),
+        Command::Issue(args) => vendor::issue(args),
+        Command::Inspect(args) => vendor::inspect(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Parses an instant as RFC 3339, or a bare `YYYY-MM-DD` as 00:00:00 UTC that day.
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = crate::time::parse(s) {
+        return Ok(t);
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("{s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+}

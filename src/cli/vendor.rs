@@ -1,0 +1,136 @@
+//! The vendor's commands: `keygen`, `issue` and `inspect`.
+
+use anyhow::{Context as _, Result};
+use chrono::Utc;
+use serde_json::json;
+use std::io::Read as _;
+
+use super::{InspectArgs, IssueArgs, KeygenArgs, EXIT_NOT_VALID, EXIT_OK};
+use crate::keys::{KeyRing, Signer};
+use crate::license::{self, Expiry, LicensePayload, LicenseRequest};
+use crate::token::{self, TokenError, Verdict};
+
+/// The most bytes `inspect -` reads from standard input. Far above any real key, so that an
+/// oversized input still gets its `malformed` verdict rather than an I/O error.
+const MAX_STDIN: u64 = 8 * 1024 * 1024;
+
+pub fn keygen(args: KeygenArgs) -> Result<u8> {
+    let signer = Signer::generate(&args.kid)?;
+    let paths = signer.write_pair(&args.out_dir)?;
+    println!("private key: {}", paths.private.display());
+    println!("public key:  {}", paths.public.display());
+    eprintln!(
+        "Keep the private key secret and out of version control; put the public key in the \
+         key ring of every server and client that must trust licenses signed with it."
+    );
+    Ok(EXIT_OK)
+}
+
+pub fn issue(args: IssueArgs) -> Result<u8> {
+    let signer = Signer::load(&args.private_key).context("loading the issuing key")?;
+    if let (Some(from), Some(out)) = (&args.from, &args.out) {
+        let count = super::bulk::issue_csv(&signer, from, out, Utc::now())?;
+        eprintln!("issued {count} licenses into {}", out.display());
+        return Ok(EXIT_OK);
+    }
+    // clap guarantees these in single mode; a missing one is still an error, not a panic.
+    let (Some(tier), Some(licensee)) = (args.tier, args.licensee) else {
+        anyhow::bail!("--tier and --licensee are required unless --from is given");
+    };
+    let expiry = match (args.expires, args.perpetual) {
+        (Some(t), false) => Expiry::At(t),
+        (None, true) => Expiry::Perpetual,
+        _ => anyhow::bail!("give exactly one of --expires and --perpetual"),
+    };
+    let request = LicenseRequest {
+        licensee,
+        tier,
+        expiry,
+        not_before: args.not_before,
+        seats: args.seats,
+        features: args.features,
+        check_in_interval: args.check_in_interval,
+    };
+    let issued = license::issue(&signer, request, Utc::now())?;
+    if args.json {
+        let out = json!({ "license_key": issued.key, "payload": issued.payload });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", issued.key);
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn inspect(args: InspectArgs) -> Result<u8> {
+    let ring = KeyRing::load_dir(&args.keys)
+        .with_context(|| format!("loading the key ring from {}", args.keys.display()))?;
+    let input = if args.key == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().take(MAX_STDIN).read_to_end(&mut bytes).context("reading standard input")?;
+        bytes
+    } else {
+        args.key.into_bytes()
+    };
+    let now = args.at.unwrap_or_else(Utc::now);
+    let report = match std::str::from_utf8(&input) {
+        // Surrounding white space is what copying and pasting adds; it is not part of a key.
+        Ok(text) => Report::of(text.trim(), &ring, now),
+        Err(_) => Report {
+            verdict: Verdict::Malformed,
+            message: "malformed token: the input is not UTF-8 text".into(),
+            payload: None,
+        },
+    };
+    if args.json {
+        let out = json!({
+            "verdict": report.verdict,
+            "message": report.message,
+            "kind": "license",
+            "payload": report.payload,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("verdict: {}", report.verdict);
+        println!("message: {}", report.message);
+        if let Some(payload) = &report.payload {
+            println!("payload:\n{}", serde_json::to_string_pretty(payload)?);
+        }
+    }
+    Ok(if report.verdict == Verdict::Valid { EXIT_OK } else { EXIT_NOT_VALID })
+}
+
+/// What `inspect` says about one key.
+struct Report {
+    verdict: Verdict,
+    message: String,
+    /// The decoded payload, shown even when the key is not valid, whenever it can be read.
+    payload: Option<serde_json::Value>,
+}
+
+impl Report {
+    fn of(text: &str, ring: &KeyRing, now: chrono::DateTime<Utc>) -> Report {
+        let payload = token::decode_json(text, token::LICENSE).ok();
+        match license::verify(text, ring, now) {
+            Ok(license) => Report { verdict: Verdict::Valid, message: valid_message(&license), payload },
+            Err(e) => Report { verdict: e.verdict(), message: refusal_message(&e), payload },
+        }
+    }
+}
+
+fn valid_message(license: &LicensePayload) -> String {
+    let until = match license.expires_at {
+        Some(t) => format!("until {}", crate::time::format(&t)),
+        None => "with no expiry (perpetual)".into(),
+    };
+    format!(
+        "{} license for {:?}, {} seat(s), valid {until}, signed by key {:?}",
+        license.tier, license.licensee, license.seats, license.kid
+    )
+}
+
+fn refusal_message(e: &TokenError) -> String {
+    match e {
+        TokenError::UnknownKey { .. } => format!("{e}; add its KID.public.pem to the key ring (--keys)"),
+        _ => e.to_string(),
+    }
+}
