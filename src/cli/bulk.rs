@@ -36,8 +36,7 @@ pub fn issue_csv(signer: &Signer, from: &Path, out: &Path, now: DateTime<Utc>) -
 
     let mut rows = Vec::new();
     for record in reader.records() {
-        // csv's own errors (a row with too many fields, bad UTF-8) carry their line.
-        rows.push(record.with_context(|| format!("reading {}", from.display()))?);
+        rows.push(record.map_err(|e| anyhow::anyhow!("{}: {}", from.display(), describe_csv_error(&e)))?);
     }
     if rows.is_empty() {
         bail!("{}: no rows to issue", from.display());
@@ -146,6 +145,18 @@ impl Columns {
             features,
             check_in_interval,
         })
+    }
+}
+
+/// Words a CSV reading error the way row errors are worded: by line.
+fn describe_csv_error(e: &csv::Error) -> String {
+    let line = |pos: &Option<csv::Position>| pos.as_ref().map_or(0, csv::Position::line);
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { pos, expected_len, len } => {
+            format!("line {}: {len} fields where the header has {expected_len}", line(pos))
+        }
+        csv::ErrorKind::Utf8 { pos, .. } => format!("line {}: not UTF-8 text", line(pos)),
+        _ => e.to_string(),
     }
 }
 
