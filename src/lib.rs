@@ -9,6 +9,43 @@
 //! - `cli`: [`cli`], the `licensor` command line.
 //!
 //! `ARCHITECTURE.md` at the repository root maps the modules and their invariants.
+//!
+//! # Example
+//!
+//! A vendor issues a license; a deployment verifies it offline against its key ring.
+//!
+//! ```
+//! use chrono::{Duration, Utc};
+//! use licensor::keys::{KeyRing, Signer};
+//! use licensor::license::{self, Expiry, LicenseRequest, Tier};
+//! use licensor::Verdict;
+//!
+//! let signer = Signer::generate("acme-2026")?;
+//! let now = Utc::now();
+//! let issued = license::issue(
+//!     &signer,
+//!     LicenseRequest {
+//!         licensee: "Example GmbH".into(),
+//!         tier: Tier::Pro,
+//!         expiry: Expiry::At(now + Duration::days(365)),
+//!         not_before: None,
+//!         seats: 10,
+//!         features: vec!["sso".into()],
+//!         check_in_interval: None,
+//!     },
+//!     now,
+//! )?;
+//!
+//! let mut ring = KeyRing::new();
+//! ring.insert_pem("acme-2026", &signer.public_pem())?;
+//! let payload = license::verify(&issued.key, &ring, now)?;
+//! assert!(payload.has_feature("sso"));
+//!
+//! // A year and a day later the same key is refused, with the protocol's verdict.
+//! let err = license::verify(&issued.key, &ring, now + Duration::days(366)).unwrap_err();
+//! assert_eq!(err.verdict(), Verdict::Expired);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod keys;
 pub mod license;

@@ -254,6 +254,14 @@ pub fn decode_json(token: &str, kind: Kind) -> Result<serde_json::Value, TokenEr
 }
 
 /// Names the family of a token from its prefix, if it is one this build knows.
+///
+/// ```
+/// use licensor::token::{kind_of, LEASE, LICENSE};
+/// assert_eq!(kind_of("LIC1.e30.sig"), Some(LICENSE));
+/// assert_eq!(kind_of("LEASE1.e30.sig"), Some(LEASE));
+/// assert_eq!(kind_of("LIC2.e30.sig").map(|k| k.version), Some(1), "the family, whatever the version");
+/// assert_eq!(kind_of("hello"), None);
+/// ```
 pub fn kind_of(token: &str) -> Option<Kind> {
     let (family, _) = family_and_version(token)?;
     KINDS.into_iter().find(|k| k.family == family)
