@@ -48,9 +48,15 @@
 //! ```
 
 pub mod keys;
+pub mod lease;
 pub mod license;
+pub mod privacy;
+pub mod protocol;
 pub mod time;
 pub mod token;
+
+#[cfg(feature = "server")]
+pub mod store;
 
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -1,0 +1,3 @@
+DROP TABLE check_ins;
+DROP TABLE instances;
+DROP TABLE licenses;

@@ -1,0 +1,86 @@
+//! Leases: the server's signed answer to a check-in (`LEASE1.` tokens), binding the license,
+//! the instance, the client's nonce and the times the server decided. A client keeps its last
+//! lease to start offline; because the nonce is inside, an old answer replayed can never
+//! satisfy a new check-in. This module does no I/O.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::{KeyRing, Signer};
+use crate::protocol::{self, CheckInStatus};
+use crate::token::{self, Claims, Kind, TokenError};
+
+/// The lease payload format version this build reads and writes.
+pub const LEASE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasePayload {
+    pub v: u32,
+    /// Id of the server key that signed the lease.
+    pub kid: String,
+    pub status: CheckInStatus,
+    pub license_id: Uuid,
+    pub instance_id: String,
+    /// The client's nonce from the check-in this lease answers.
+    pub nonce: String,
+    #[serde(with = "crate::time::rfc3339")]
+    pub server_time: DateTime<Utc>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub next_check_in_at: DateTime<Utc>,
+    /// The instance may run on this lease until then (exclusive).
+    #[serde(with = "crate::time::rfc3339")]
+    pub valid_until: DateTime<Utc>,
+}
+
+impl Claims for LeasePayload {
+    const KIND: Kind = token::LEASE;
+    const VERSION: u32 = LEASE_VERSION;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn not_before(&self) -> Option<DateTime<Utc>> {
+        // Not bound to the server's clock: a client clock slightly behind must still accept
+        // a fresh lease. Clock rollback is the client's own check.
+        None
+    }
+
+    fn expires_at(&self) -> Option<DateTime<Utc>> {
+        Some(self.valid_until)
+    }
+
+    fn check_fields(&self) -> Result<(), String> {
+        crate::keys::validate_kid(&self.kid).map_err(|e| format!("kid: {e}"))?;
+        if !protocol::valid_instance_id(&self.instance_id) {
+            return Err("instance_id: 1 to 64 characters of A-Z, a-z, 0-9, '_', '-'".into());
+        }
+        if !protocol::valid_nonce(&self.nonce) {
+            return Err("nonce: base64url of 16 to 128 bytes".into());
+        }
+        if self.next_check_in_at < self.server_time {
+            return Err("next_check_in_at: before server_time".into());
+        }
+        Ok(())
+    }
+}
+
+/// Signs a lease under the server's key.
+pub fn sign(signer: &Signer, mut payload: LeasePayload) -> String {
+    payload.v = LEASE_VERSION;
+    payload.kid = signer.kid().to_owned();
+    token::sign(&payload, signer.signing_key())
+}
+
+/// Verifies a lease's structure and signature (not its window: a client judges an old lease's
+/// times itself, against its own clock and the last server time it saw).
+pub fn verify_signature(lease: &str, ring: &KeyRing) -> Result<LeasePayload, TokenError> {
+    let decoded = token::decode::<LeasePayload>(lease)?;
+    decoded.verify_signature(ring)?;
+    Ok(decoded.claims)
+}

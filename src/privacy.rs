@@ -1,0 +1,204 @@
+//! PII scrubbing of free text: what both the client (before anything is stored locally) and
+//! the server (again, before anything is stored, as defence in depth) apply to every string of
+//! telemetry. Each rule replaces what it finds with a placeholder and counts it; only the
+//! counts, never the values, travel on.
+//!
+//! The rules are deliberately specific so that ordinary operational text survives: card
+//! numbers must pass the Luhn check and carry a card-network prefix (so timestamps and order
+//! numbers are not cards), IP addresses must parse as addresses (so `10:30:00` is a time).
+
+use regex::{Captures, Regex};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::LazyLock;
+
+/// A scrubbing rule, named as the batch's `redactions` counts name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    PrivateKey,
+    BearerToken,
+    Jwt,
+    ApiKey,
+    Secret,
+    Email,
+    Card,
+    Phone,
+    Ip,
+    HomePath,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::PrivateKey => "private_key",
+            Rule::BearerToken => "bearer_token",
+            Rule::Jwt => "jwt",
+            Rule::ApiKey => "api_key",
+            Rule::Secret => "secret",
+            Rule::Email => "email",
+            Rule::Card => "card",
+            Rule::Phone => "phone",
+            Rule::Ip => "ip",
+            Rule::HomePath => "home_path",
+        }
+    }
+}
+
+/// How many values each rule replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redactions(BTreeMap<Rule, u64>);
+
+impl Redactions {
+    fn add(&mut self, rule: Rule) {
+        *self.0.entry(rule).or_default() += 1;
+    }
+
+    /// The count for one rule.
+    pub fn get(&self, rule: Rule) -> u64 {
+        self.0.get(&rule).copied().unwrap_or(0)
+    }
+
+    /// Total replacements.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// Adds another set of counts to this one.
+    pub fn merge(&mut self, other: &Redactions) {
+        for (rule, n) in &other.0 {
+            *self.0.entry(*rule).or_default() += n;
+        }
+    }
+
+    /// The counts by rule name, as a batch carries them.
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        self.0.iter().map(|(r, n)| (r.as_str().to_owned(), *n)).collect()
+    }
+}
+
+fn re(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("scrubber patterns are valid")
+}
+
+static PRIVATE_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    re(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\z)")
+});
+static BEARER: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{8,}"));
+static JWT: LazyLock<Regex> =
+    LazyLock::new(|| re(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"));
+/// Well-known key shapes: Stripe, GitHub, Slack, AWS access keys, Google API keys, and long
+/// prefixed secrets such as `sk-...`.
+static API_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"\b(?:(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|sk-[A-Za-z0-9_-]{20,})",
+    )
+});
+/// `password=...`, `api_key: ...` and the like: the value after a secret-sounding key.
+static SECRET_ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r#"(?i)\b((?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|client[_-]?secret|password|passwd|pwd|token|private[_-]?key|credentials?)["']?\s*[=:]\s*["']?)[^\s"',;&]+"#,
+    )
+});
+static EMAIL: LazyLock<Regex> =
+    LazyLock::new(|| re(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"));
+static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d(?:[ -]?\d){12,18}\b"));
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b)",
+    )
+});
+static IPV4: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"));
+static IPV6: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)(?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{0,4}|\d{1,3}(?:\.\d{1,3}){3})"));
+static HOME: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)(/home/|/Users/|[A-Z]:\\Users\\|[A-Z]:/Users/)([^/\\\s:]+)"));
+
+/// Scrubs one string, adding what it replaced to `counts`.
+pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
+    let mut out = text.to_owned();
+    let mut apply = |out: &mut String, regex: &Regex, rule: Rule, f: &dyn Fn(&Captures) -> Option<String>| {
+        if !regex.is_match(out) {
+            return;
+        }
+        let replaced = regex.replace_all(out, |c: &Captures| match f(c) {
+            Some(replacement) => {
+                counts.add(rule);
+                replacement
+            }
+            None => c[0].to_owned(),
+        });
+        *out = replaced.into_owned();
+    };
+    apply(&mut out, &PRIVATE_KEY, Rule::PrivateKey, &|_| Some("[PRIVATE_KEY]".into()));
+    apply(&mut out, &BEARER, Rule::BearerToken, &|c| Some(format!("{} [TOKEN]", &c[1])));
+    apply(&mut out, &JWT, Rule::Jwt, &|_| Some("[TOKEN]".into()));
+    apply(&mut out, &API_KEY, Rule::ApiKey, &|_| Some("[API_KEY]".into()));
+    apply(&mut out, &SECRET_ASSIGNMENT, Rule::Secret, &|c| {
+        let value = &c[0][c[1].len()..];
+        (!value.starts_with('[')).then(|| format!("{}[REDACTED]", &c[1]))
+    });
+    apply(&mut out, &EMAIL, Rule::Email, &|_| Some("[EMAIL]".into()));
+    apply(&mut out, &CARD, Rule::Card, &|c| is_card_number(&c[0]).then(|| "[CARD]".into()));
+    apply(&mut out, &IPV4, Rule::Ip, &|c| c[0].parse::<Ipv4Addr>().is_ok().then(|| "[IP]".into()));
+    apply(&mut out, &IPV6, Rule::Ip, &|c| is_ipv6(&c[0]).then(|| "[IP]".into()));
+    apply(&mut out, &PHONE, Rule::Phone, &|c| {
+        let digits = c[0].bytes().filter(u8::is_ascii_digit).count();
+        (8..=15).contains(&digits).then(|| "[PHONE]".into())
+    });
+    apply(&mut out, &HOME, Rule::HomePath, &|c| (!c[2].starts_with('[')).then(|| format!("{}[USER]", &c[1])));
+    out
+}
+
+/// Scrubs one string, returning it with its counts.
+pub fn scrub(text: &str) -> (String, Redactions) {
+    let mut counts = Redactions::default();
+    let out = scrub_into(text, &mut counts);
+    (out, counts)
+}
+
+/// Whether digits (with optional spaces or dashes) form a plausible payment card number: a
+/// card network's prefix and length, and a valid Luhn check digit.
+pub fn is_card_number(text: &str) -> bool {
+    let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
+    let len = digits.len();
+    let prefix = |n: usize| digits.iter().take(n).fold(0u32, |acc, d| acc * 10 + u32::from(*d));
+    let network = match digits.first() {
+        Some(4) => matches!(len, 13 | 16 | 19),
+        Some(3) => {
+            (len == 15 && matches!(prefix(2), 34 | 37)) || (len == 14 && matches!(prefix(2), 36 | 38 | 30))
+        }
+        Some(5) => len == 16 && (51..=55).contains(&prefix(2)),
+        Some(2) => len == 16 && (2221..=2720).contains(&prefix(4)),
+        Some(6) => len == 16 && (prefix(4) == 6011 || prefix(2) == 65),
+        _ => false,
+    };
+    network && luhn(&digits)
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 {
+                    doubled - 9
+                } else {
+                    doubled
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// An IPv6 address, but not a time of day or a bare run of colons.
+fn is_ipv6(text: &str) -> bool {
+    let text = text.trim_end_matches(':');
+    text.matches(':').count() >= 2 && text.parse::<Ipv6Addr>().is_ok() && text != "::"
+}

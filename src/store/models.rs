@@ -1,0 +1,174 @@
+//! Row types for the tables in `schema.rs`. Times are naive UTC (`TIMESTAMP`), ids and JSON
+//! are text: the column types both backends share through the multi-connection enum.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use diesel::prelude::*;
+
+use super::schema::*;
+
+/// A UTC instant as stored.
+pub fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+    t.naive_utc()
+}
+
+/// A stored instant back in UTC.
+pub fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = licenses)]
+pub struct LicenseRow {
+    pub id: String,
+    pub kid: String,
+    pub licensee: String,
+    pub tier: String,
+    pub seats: i32,
+    pub features: String,
+    pub issued_at: NaiveDateTime,
+    pub not_before: NaiveDateTime,
+    pub expires_at: Option<NaiveDateTime>,
+    pub check_in_interval_s: Option<i64>,
+    pub license_key: Option<String>,
+    pub revoked_at: Option<NaiveDateTime>,
+    pub revoked_reason: Option<String>,
+    pub first_seen_at: NaiveDateTime,
+    pub last_check_in_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = instances)]
+pub struct InstanceRow {
+    pub id: String,
+    pub license_id: String,
+    pub software_version: String,
+    pub first_seen_at: NaiveDateTime,
+    pub last_check_in_at: NaiveDateTime,
+    pub last_status: String,
+    pub seat_until: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = check_ins)]
+pub struct NewCheckIn<'a> {
+    pub instance_id: &'a str,
+    pub license_id: Option<&'a str>,
+    pub at: NaiveDateTime,
+    pub status: &'a str,
+    pub software_version: &'a str,
+    pub telemetry_batch_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = check_ins)]
+pub struct CheckInRow {
+    pub id: i64,
+    pub instance_id: String,
+    pub license_id: Option<String>,
+    pub at: NaiveDateTime,
+    pub status: String,
+    pub software_version: String,
+    pub telemetry_batch_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = telemetry_batches)]
+pub struct BatchRow {
+    pub batch_id: String,
+    pub instance_id: String,
+    pub license_id: String,
+    pub received_at: NaiveDateTime,
+    pub period_start: NaiveDateTime,
+    pub period_end: NaiveDateTime,
+    pub digest: String,
+    pub app_version: String,
+    pub user_count_range: String,
+    /// JSON of the batch's `environment`.
+    pub environment: String,
+    /// JSON of the batch's `dropped`.
+    pub dropped: String,
+    /// JSON of the batch's `redactions`.
+    pub redactions: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Insertable)]
+#[diesel(table_name = telemetry_events)]
+pub struct EventRow {
+    pub batch_id: String,
+    pub instance_id: String,
+    pub received_at: NaiveDateTime,
+    pub kind: String,
+    pub name: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Insertable)]
+#[diesel(table_name = telemetry_performance)]
+pub struct PerformanceRow {
+    pub batch_id: String,
+    pub instance_id: String,
+    pub received_at: NaiveDateTime,
+    pub method: String,
+    pub route: String,
+    pub count: i64,
+    pub errors: i64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub sketch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = telemetry_sessions)]
+pub struct SessionRow {
+    pub batch_id: String,
+    pub instance_id: String,
+    pub received_at: NaiveDateTime,
+    pub count: i64,
+    pub total_duration_s: i64,
+    pub hourly: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = telemetry_errors)]
+pub struct ErrorRow {
+    pub instance_id: String,
+    pub fingerprint: String,
+    pub error_type: String,
+    pub message: String,
+    pub stack: String,
+    pub count: i64,
+    pub first_seen: NaiveDateTime,
+    pub last_seen: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = telemetry_features)]
+pub struct FeatureRow {
+    pub instance_id: String,
+    pub day: NaiveDate,
+    pub kind: String,
+    pub name: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = telemetry_aggregates)]
+pub struct AggregateRow {
+    pub day: NaiveDate,
+    pub metric: String,
+    pub dimension: String,
+    pub value: f64,
+    pub instances: i64,
+}
+
+/// A batch ready to store, every string already scrubbed: what one accepted check-in writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBatch {
+    pub batch: BatchRow,
+    pub events: Vec<EventRow>,
+    pub performance: Vec<PerformanceRow>,
+    pub errors: Vec<ErrorRow>,
+    pub sessions: SessionRow,
+}

@@ -1,0 +1,163 @@
+//! The database schema, for both backends. Kept by hand in step with `migrations/`; the test
+//! `schema_matches_migrations` checks every table and column against both databases.
+
+diesel::table! {
+    licenses (id) {
+        id -> Text,
+        kid -> Text,
+        licensee -> Text,
+        tier -> Text,
+        seats -> Integer,
+        features -> Text,
+        issued_at -> Timestamp,
+        not_before -> Timestamp,
+        expires_at -> Nullable<Timestamp>,
+        check_in_interval_s -> Nullable<BigInt>,
+        license_key -> Nullable<Text>,
+        revoked_at -> Nullable<Timestamp>,
+        revoked_reason -> Nullable<Text>,
+        first_seen_at -> Timestamp,
+        last_check_in_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    instances (id) {
+        id -> Text,
+        license_id -> Text,
+        software_version -> Text,
+        first_seen_at -> Timestamp,
+        last_check_in_at -> Timestamp,
+        last_status -> Text,
+        seat_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    check_ins (id) {
+        id -> BigInt,
+        instance_id -> Text,
+        license_id -> Nullable<Text>,
+        at -> Timestamp,
+        status -> Text,
+        software_version -> Text,
+        telemetry_batch_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    telemetry_batches (batch_id) {
+        batch_id -> Text,
+        instance_id -> Text,
+        license_id -> Text,
+        received_at -> Timestamp,
+        period_start -> Timestamp,
+        period_end -> Timestamp,
+        digest -> Text,
+        app_version -> Text,
+        user_count_range -> Text,
+        environment -> Text,
+        dropped -> Text,
+        redactions -> Text,
+    }
+}
+
+diesel::table! {
+    telemetry_events (id) {
+        id -> BigInt,
+        batch_id -> Text,
+        instance_id -> Text,
+        received_at -> Timestamp,
+        kind -> Text,
+        name -> Text,
+        count -> BigInt,
+    }
+}
+
+diesel::table! {
+    telemetry_features (instance_id, day, kind, name) {
+        instance_id -> Text,
+        day -> Date,
+        kind -> Text,
+        name -> Text,
+        count -> BigInt,
+    }
+}
+
+diesel::table! {
+    telemetry_errors (instance_id, fingerprint) {
+        instance_id -> Text,
+        fingerprint -> Text,
+        error_type -> Text,
+        message -> Text,
+        stack -> Text,
+        count -> BigInt,
+        first_seen -> Timestamp,
+        last_seen -> Timestamp,
+    }
+}
+
+diesel::table! {
+    telemetry_performance (id) {
+        id -> BigInt,
+        batch_id -> Text,
+        instance_id -> Text,
+        received_at -> Timestamp,
+        method -> Text,
+        route -> Text,
+        count -> BigInt,
+        errors -> BigInt,
+        p50_ms -> Double,
+        p95_ms -> Double,
+        p99_ms -> Double,
+        max_ms -> Double,
+        sketch -> Text,
+    }
+}
+
+diesel::table! {
+    telemetry_sessions (batch_id) {
+        batch_id -> Text,
+        instance_id -> Text,
+        received_at -> Timestamp,
+        count -> BigInt,
+        total_duration_s -> BigInt,
+        hourly -> Text,
+    }
+}
+
+diesel::table! {
+    telemetry_aggregates (day, metric, dimension) {
+        day -> Date,
+        metric -> Text,
+        dimension -> Text,
+        value -> Double,
+        instances -> BigInt,
+    }
+}
+
+diesel::table! {
+    job_runs (job, run_key) {
+        job -> Text,
+        run_key -> Text,
+        started_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+        outcome -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(instances -> licenses (license_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    licenses,
+    instances,
+    check_ins,
+    telemetry_batches,
+    telemetry_events,
+    telemetry_features,
+    telemetry_errors,
+    telemetry_performance,
+    telemetry_sessions,
+    telemetry_aggregates,
+    job_runs,
+);

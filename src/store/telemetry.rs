@@ -1,0 +1,500 @@
+//! Telemetry: storing accepted batches, per-instance summaries, erasure, retention and the
+//! daily rollup.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::models::*;
+use super::schema::*;
+use super::{on_backend, DbConnection, Store, StoreError};
+
+/// Stores a batch unless its id was stored before; returns whether it was stored now.
+///
+/// The batch row goes first with `ON CONFLICT DO NOTHING`: a retry, or a copy arriving at the
+/// same moment (which waits on the first copy's uncommitted row), inserts nothing and so
+/// stores nothing else either.
+pub fn insert_batch(conn: &mut DbConnection, batch: &StoredBatch) -> Result<bool, StoreError> {
+    let inserted = on_backend!(conn, c => {
+        diesel::insert_into(telemetry_batches::table).values(&batch.batch).on_conflict_do_nothing().execute(c)?
+    });
+    if inserted == 0 {
+        return Ok(false);
+    }
+    on_backend!(conn, c => {
+        // Chunked to stay under SQLite's bound-parameter limit on any configured list size.
+        for chunk in batch.events.chunks(500) {
+            diesel::insert_into(telemetry_events::table).values(chunk).execute(c)?;
+        }
+        for chunk in batch.performance.chunks(500) {
+            diesel::insert_into(telemetry_performance::table).values(chunk).execute(c)?;
+        }
+        diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(c)?;
+        for error in &batch.errors {
+            diesel::insert_into(telemetry_errors::table)
+                .values(error)
+                .on_conflict((telemetry_errors::instance_id, telemetry_errors::fingerprint))
+                .do_update()
+                .set((
+                    telemetry_errors::count.eq(telemetry_errors::count + error.count),
+                    telemetry_errors::error_type.eq(&error.error_type),
+                    telemetry_errors::message.eq(&error.message),
+                    telemetry_errors::stack.eq(&error.stack),
+                    // Same SQL on both backends: CASE rather than MIN/LEAST, which differ.
+                    telemetry_errors::first_seen.eq(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
+                        "CASE WHEN excluded.first_seen < telemetry_errors.first_seen \
+                         THEN excluded.first_seen ELSE telemetry_errors.first_seen END",
+                    )),
+                    telemetry_errors::last_seen.eq(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
+                        "CASE WHEN excluded.last_seen > telemetry_errors.last_seen \
+                         THEN excluded.last_seen ELSE telemetry_errors.last_seen END",
+                    )),
+                ))
+                .execute(c)?;
+        }
+    });
+    Ok(true)
+}
+
+/// One instance's telemetry over a window, as the admin API answers it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetrySummary {
+    pub instance_id: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub batches: i64,
+    pub usage: Vec<FeatureSummary>,
+    pub performance: Vec<RouteSummary>,
+    pub errors: Vec<ErrorSummary>,
+    pub sessions: SessionSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureSummary {
+    pub kind: String,
+    pub name: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteSummary {
+    pub method: String,
+    pub route: String,
+    pub count: i64,
+    pub errors: i64,
+    /// Percentiles weighted by request count across the window's batches; `max_ms` is exact.
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorSummary {
+    pub fingerprint: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub message: String,
+    pub stack: Vec<String>,
+    pub count: i64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct SessionSummary {
+    pub count: i64,
+    pub total_duration_s: i64,
+    pub hourly: Vec<i64>,
+}
+
+/// How many rows an erasure or a retention pass removed, by table.
+pub type Removed = BTreeMap<&'static str, usize>;
+
+impl Store {
+    /// Stores a batch in its own transaction (outside a check-in: tools and tests).
+    pub fn insert_batch(&self, batch: &StoredBatch) -> Result<bool, StoreError> {
+        self.transaction(|conn| insert_batch(conn, batch))
+    }
+
+    /// One instance's telemetry received in `[since, until]`.
+    pub fn telemetry_summary(
+        &self,
+        instance_id: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<TelemetrySummary, StoreError> {
+        let (from, to) = (naive(since), naive(until));
+        let mut conn = self.conn()?;
+        let conn = &mut *conn;
+        let batches = telemetry_batches::table
+            .filter(telemetry_batches::instance_id.eq(instance_id))
+            .filter(telemetry_batches::received_at.between(from, to))
+            .count()
+            .get_result(conn)?;
+
+        let usage: Vec<(String, String, Option<i64>)> = telemetry_events::table
+            .filter(telemetry_events::instance_id.eq(instance_id))
+            .filter(telemetry_events::received_at.between(from, to))
+            .group_by((telemetry_events::kind, telemetry_events::name))
+            .select((telemetry_events::kind, telemetry_events::name, sum_of_counts()))
+            .load(conn)?;
+        let mut usage: Vec<FeatureSummary> = usage
+            .into_iter()
+            .map(|(kind, name, count)| FeatureSummary { kind, name, count: count.unwrap_or(0) })
+            .collect();
+        usage.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
+
+        type PerfTuple = (String, String, i64, i64, f64, f64, f64, f64);
+        let perf: Vec<PerfTuple> = telemetry_performance::table
+            .filter(telemetry_performance::instance_id.eq(instance_id))
+            .filter(telemetry_performance::received_at.between(from, to))
+            .select((
+                telemetry_performance::method,
+                telemetry_performance::route,
+                telemetry_performance::count,
+                telemetry_performance::errors,
+                telemetry_performance::p50_ms,
+                telemetry_performance::p95_ms,
+                telemetry_performance::p99_ms,
+                telemetry_performance::max_ms,
+            ))
+            .load(conn)?;
+        let performance = merge_routes(perf);
+
+        let errors: Vec<ErrorRow> = telemetry_errors::table
+            .filter(telemetry_errors::instance_id.eq(instance_id))
+            .filter(telemetry_errors::last_seen.ge(from))
+            .order(telemetry_errors::count.desc())
+            .select(ErrorRow::as_select())
+            .load(conn)?;
+        let errors = errors
+            .into_iter()
+            .map(|e| ErrorSummary {
+                fingerprint: e.fingerprint,
+                error_type: e.error_type,
+                message: e.message,
+                stack: serde_json::from_str(&e.stack).unwrap_or_default(),
+                count: e.count,
+                first_seen: utc(e.first_seen),
+                last_seen: utc(e.last_seen),
+            })
+            .collect();
+
+        let session_rows: Vec<SessionRow> = telemetry_sessions::table
+            .filter(telemetry_sessions::instance_id.eq(instance_id))
+            .filter(telemetry_sessions::received_at.between(from, to))
+            .select(SessionRow::as_select())
+            .load(conn)?;
+        let mut sessions = SessionSummary { hourly: vec![0; 24], ..Default::default() };
+        for row in session_rows {
+            sessions.count += row.count;
+            sessions.total_duration_s += row.total_duration_s;
+            let hourly: Vec<i64> = serde_json::from_str(&row.hourly).unwrap_or_default();
+            for (slot, n) in sessions.hourly.iter_mut().zip(hourly) {
+                *slot += n;
+            }
+        }
+        Ok(TelemetrySummary {
+            instance_id: instance_id.to_owned(),
+            since,
+            until,
+            batches,
+            usage,
+            performance,
+            errors,
+            sessions,
+        })
+    }
+
+    /// Erases everything stored from one instance's telemetry, in one transaction.
+    pub fn erase_telemetry(&self, instance_id: &str) -> Result<Removed, StoreError> {
+        self.transaction(|conn| {
+            let mut removed = Removed::new();
+            removed.insert(
+                "telemetry_batches",
+                diesel::delete(
+                    telemetry_batches::table.filter(telemetry_batches::instance_id.eq(instance_id)),
+                )
+                .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_events",
+                diesel::delete(telemetry_events::table.filter(telemetry_events::instance_id.eq(instance_id)))
+                    .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_features",
+                diesel::delete(
+                    telemetry_features::table.filter(telemetry_features::instance_id.eq(instance_id)),
+                )
+                .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_errors",
+                diesel::delete(telemetry_errors::table.filter(telemetry_errors::instance_id.eq(instance_id)))
+                    .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_performance",
+                diesel::delete(
+                    telemetry_performance::table.filter(telemetry_performance::instance_id.eq(instance_id)),
+                )
+                .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_sessions",
+                diesel::delete(
+                    telemetry_sessions::table.filter(telemetry_sessions::instance_id.eq(instance_id)),
+                )
+                .execute(conn)?,
+            );
+            Ok::<_, StoreError>(removed)
+        })
+    }
+
+    /// Deletes raw telemetry and check-in history received before `cutoff`. Aggregated tables
+    /// (features, errors, aggregates) are kept.
+    pub fn purge_before(&self, cutoff: DateTime<Utc>) -> Result<Removed, StoreError> {
+        let cutoff = naive(cutoff);
+        self.transaction(|conn| {
+            let mut removed = Removed::new();
+            removed.insert(
+                "telemetry_events",
+                diesel::delete(telemetry_events::table.filter(telemetry_events::received_at.lt(cutoff)))
+                    .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_performance",
+                diesel::delete(
+                    telemetry_performance::table.filter(telemetry_performance::received_at.lt(cutoff)),
+                )
+                .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_sessions",
+                diesel::delete(telemetry_sessions::table.filter(telemetry_sessions::received_at.lt(cutoff)))
+                    .execute(conn)?,
+            );
+            removed.insert(
+                "telemetry_batches",
+                diesel::delete(telemetry_batches::table.filter(telemetry_batches::received_at.lt(cutoff)))
+                    .execute(conn)?,
+            );
+            removed.insert(
+                "check_ins",
+                diesel::delete(check_ins::table.filter(check_ins::at.lt(cutoff))).execute(conn)?,
+            );
+            Ok::<_, StoreError>(removed)
+        })
+    }
+
+    /// Rolls up the telemetry received on `day` (UTC) into `telemetry_features` (per instance)
+    /// and `telemetry_aggregates` (across instances), replacing any earlier rollup of that day
+    /// in the same transaction, so a re-run never double-counts.
+    pub fn rollup_day(&self, day: NaiveDate) -> Result<usize, StoreError> {
+        let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
+        let to = from + chrono::Duration::days(1);
+        self.transaction(|conn| {
+            let usage: Vec<(String, String, String, Option<i64>)> = telemetry_events::table
+                .filter(telemetry_events::received_at.ge(from))
+                .filter(telemetry_events::received_at.lt(to))
+                .group_by((telemetry_events::instance_id, telemetry_events::kind, telemetry_events::name))
+                .select((
+                    telemetry_events::instance_id,
+                    telemetry_events::kind,
+                    telemetry_events::name,
+                    sum_of_counts(),
+                ))
+                .load(conn)?;
+            let features: Vec<FeatureRow> = usage
+                .iter()
+                .map(|(instance_id, kind, name, count)| FeatureRow {
+                    instance_id: instance_id.clone(),
+                    day,
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    count: count.unwrap_or(0),
+                })
+                .collect();
+            diesel::delete(telemetry_features::table.filter(telemetry_features::day.eq(day)))
+                .execute(conn)?;
+            on_backend!(&mut *conn, c => {
+                for chunk in features.chunks(500) {
+                    diesel::insert_into(telemetry_features::table).values(chunk).execute(c)?;
+                }
+            });
+
+            // Across instances: usage per kind and name, with how many installs used it.
+            let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<String>)> = BTreeMap::new();
+            for (instance_id, kind, name, count) in usage {
+                let entry = by_name.entry((kind, name)).or_default();
+                entry.0 += count.unwrap_or(0);
+                entry.1.insert(instance_id);
+            }
+            let active: Vec<(String, String)> = telemetry_batches::table
+                .inner_join(licenses::table.on(licenses::id.eq(telemetry_batches::license_id)))
+                .filter(telemetry_batches::received_at.ge(from))
+                .filter(telemetry_batches::received_at.lt(to))
+                .select((telemetry_batches::instance_id, licenses::tier))
+                .distinct()
+                .load(conn)?;
+            let mut by_tier: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (instance_id, tier) in active {
+                by_tier.entry(tier).or_default().insert(instance_id);
+            }
+            let mut aggregates: Vec<AggregateRow> = by_name
+                .into_iter()
+                .map(|((kind, name), (count, installs))| AggregateRow {
+                    day,
+                    metric: format!("usage.{kind}"),
+                    dimension: name,
+                    value: count as f64,
+                    instances: installs.len() as i64,
+                })
+                .collect();
+            aggregates.extend(by_tier.into_iter().map(|(tier, installs)| AggregateRow {
+                day,
+                metric: "active_instances".into(),
+                dimension: format!("tier:{tier}"),
+                value: installs.len() as f64,
+                instances: installs.len() as i64,
+            }));
+            diesel::delete(telemetry_aggregates::table.filter(telemetry_aggregates::day.eq(day)))
+                .execute(conn)?;
+            on_backend!(&mut *conn, c => {
+                for chunk in aggregates.chunks(500) {
+                    diesel::insert_into(telemetry_aggregates::table).values(chunk).execute(c)?;
+                }
+            });
+            Ok::<_, StoreError>(features.len() + aggregates.len())
+        })
+    }
+
+    /// The daily aggregates of one day, for reports and tests.
+    pub fn aggregates_of(&self, day: NaiveDate) -> Result<Vec<AggregateRow>, StoreError> {
+        Ok(telemetry_aggregates::table
+            .filter(telemetry_aggregates::day.eq(day))
+            .order((telemetry_aggregates::metric, telemetry_aggregates::dimension))
+            .select(AggregateRow::as_select())
+            .load(&mut self.conn()?)?)
+    }
+
+    /// Every stored text value of the telemetry tables, for privacy audits and tests.
+    pub fn telemetry_text(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        let conn = &mut *conn;
+        let mut out = Vec::new();
+        let batches: Vec<BatchRow> = telemetry_batches::table.select(BatchRow::as_select()).load(conn)?;
+        for b in batches {
+            out.extend([b.app_version, b.user_count_range, b.environment, b.dropped, b.redactions]);
+        }
+        let events: Vec<(String, String)> =
+            telemetry_events::table.select((telemetry_events::kind, telemetry_events::name)).load(conn)?;
+        out.extend(events.into_iter().flat_map(|(a, b)| [a, b]));
+        let perf: Vec<(String, String, String)> = telemetry_performance::table
+            .select((
+                telemetry_performance::method,
+                telemetry_performance::route,
+                telemetry_performance::sketch,
+            ))
+            .load(conn)?;
+        out.extend(perf.into_iter().flat_map(|(a, b, c)| [a, b, c]));
+        let errors: Vec<ErrorRow> = telemetry_errors::table.select(ErrorRow::as_select()).load(conn)?;
+        out.extend(errors.into_iter().flat_map(|e| [e.fingerprint, e.error_type, e.message, e.stack]));
+        let features: Vec<FeatureRow> =
+            telemetry_features::table.select(FeatureRow::as_select()).load(conn)?;
+        out.extend(features.into_iter().flat_map(|f| [f.kind, f.name]));
+        let aggregates: Vec<AggregateRow> =
+            telemetry_aggregates::table.select(AggregateRow::as_select()).load(conn)?;
+        out.extend(aggregates.into_iter().flat_map(|a| [a.metric, a.dimension]));
+        Ok(out)
+    }
+
+    /// How many rows each telemetry table holds for an instance, for tests and audits.
+    pub fn telemetry_counts(&self, instance_id: &str) -> Result<BTreeMap<&'static str, i64>, StoreError> {
+        let mut conn = self.conn()?;
+        let conn = &mut *conn;
+        let mut out = BTreeMap::new();
+        out.insert(
+            "telemetry_batches",
+            telemetry_batches::table
+                .filter(telemetry_batches::instance_id.eq(instance_id))
+                .count()
+                .get_result(conn)?,
+        );
+        out.insert(
+            "telemetry_events",
+            telemetry_events::table
+                .filter(telemetry_events::instance_id.eq(instance_id))
+                .count()
+                .get_result(conn)?,
+        );
+        out.insert(
+            "telemetry_performance",
+            telemetry_performance::table
+                .filter(telemetry_performance::instance_id.eq(instance_id))
+                .count()
+                .get_result(conn)?,
+        );
+        out.insert(
+            "telemetry_sessions",
+            telemetry_sessions::table
+                .filter(telemetry_sessions::instance_id.eq(instance_id))
+                .count()
+                .get_result(conn)?,
+        );
+        out.insert(
+            "telemetry_errors",
+            telemetry_errors::table
+                .filter(telemetry_errors::instance_id.eq(instance_id))
+                .count()
+                .get_result(conn)?,
+        );
+        out.insert(
+            "telemetry_features",
+            telemetry_features::table
+                .filter(telemetry_features::instance_id.eq(instance_id))
+                .count()
+                .get_result(conn)?,
+        );
+        Ok(out)
+    }
+}
+
+/// `SUM(count)` as BIGINT: PostgreSQL sums a bigint into a numeric, which the
+/// multi-connection enum cannot read; the cast reads the same on both backends.
+fn sum_of_counts() -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::BigInt>> {
+    diesel::dsl::sql("CAST(SUM(telemetry_events.count) AS BIGINT)")
+}
+
+/// Merges per-batch route figures: counts add up, `max_ms` is the maximum, and percentiles
+/// are averaged weighted by each batch's request count (an approximation; exact merging
+/// needs the sketches, which the rollup can use later).
+fn merge_routes(rows: Vec<(String, String, i64, i64, f64, f64, f64, f64)>) -> Vec<RouteSummary> {
+    let mut by_route: BTreeMap<(String, String), RouteSummary> = BTreeMap::new();
+    for (method, route, count, errors, p50, p95, p99, max) in rows {
+        let entry = by_route.entry((method.clone(), route.clone())).or_insert(RouteSummary {
+            method,
+            route,
+            count: 0,
+            errors: 0,
+            p50_ms: 0.0,
+            p95_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        });
+        let (old, new) = (entry.count as f64, count as f64);
+        let weigh = |a: f64, b: f64| if old + new > 0.0 { (a * old + b * new) / (old + new) } else { 0.0 };
+        entry.p50_ms = weigh(entry.p50_ms, p50);
+        entry.p95_ms = weigh(entry.p95_ms, p95);
+        entry.p99_ms = weigh(entry.p99_ms, p99);
+        entry.max_ms = entry.max_ms.max(max);
+        entry.count += count;
+        entry.errors += errors;
+    }
+    let mut out: Vec<RouteSummary> = by_route.into_values().collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out
+}
