@@ -56,6 +56,10 @@ pub mod time;
 pub mod token;
 
 #[cfg(feature = "server")]
+pub mod checkin;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
 
 #[cfg(feature = "cli")]

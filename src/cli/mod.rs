@@ -7,6 +7,7 @@
 
 mod bulk;
 mod demo;
+mod serve;
 mod vendor;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -41,6 +42,45 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Walk through the vendor flow with a throwaway key: keygen, issue per tier, verify.
     Demo(DemoArgs),
+    /// Run the license server (zero configuration starts a development set-up in ./data).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with further settings (flags and environment take precedence).
+    #[arg(long, env = "LICENSOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LICENSOR_BIND")]
+    pub bind: Option<String>,
+    /// sqlite://PATH or postgres://... [default: sqlite://DATA_DIR/licensor.db].
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the embedded database and the development set-up [default: data].
+    #[arg(long, env = "LICENSOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Key ring of trusted public keys, KID.public.pem [default: DATA_DIR/keys].
+    #[arg(long, env = "LICENSOR_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// The PKCS#8 key that signs leases, KID.private.pem (generated in development).
+    #[arg(long, env = "LICENSOR_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// A PKCS#8 key that lets the admin API issue licenses.
+    #[arg(long, env = "LICENSOR_ISSUING_KEY")]
+    pub issuing_key: Option<PathBuf>,
+    /// Bearer token of the admin API (prefer the environment to the flag).
+    #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// HTTP worker threads [default: one per core].
+    #[arg(long, env = "LICENSOR_WORKERS")]
+    pub workers: Option<usize>,
+    /// Days raw telemetry is kept [default: 90].
+    #[arg(long, env = "LICENSOR_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+    /// Do not run the scheduled jobs on this replica.
+    #[arg(long)]
+    pub no_jobs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +166,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Issue(args) => vendor::issue(args),
         Command::Inspect(args) => vendor::inspect(args),
         Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

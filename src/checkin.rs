@@ -1,0 +1,562 @@
+//! The check-in: reading a request, deciding its status under the tier and seat rules,
+//! recording it in one transaction, and answering with a signed lease. Knows neither actix
+//! (the server module calls it from a blocking thread) nor diesel (it calls the store).
+
+use chrono::{DateTime, Duration, DurationRound as _, Utc};
+use std::sync::Arc;
+
+use crate::keys::{KeyRing, Signer};
+use crate::lease::{self, LeasePayload};
+use crate::license::LicensePayload;
+use crate::privacy::{self, Redactions};
+use crate::protocol::{
+    self, BatchError, BatchLimits, CheckInRequest, CheckInResponse, CheckInStatus, TelemetryAck,
+    TelemetryBatch,
+};
+use crate::store::{self, licensing, telemetry, Store, StoreError};
+use crate::token::{self, TokenError};
+
+/// How soon an instance refused for a reason it can fix (no telemetry, no free seat) should
+/// come back, at most.
+const RETRY_SOON: i64 = 60 * 60;
+/// When to come back after a key that cannot be read or trusted at all.
+const RETRY_UNREADABLE: i64 = 24 * 60 * 60;
+
+/// A request the server refuses outright (400), with the code the error body carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadRequest {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Why a check-in got no 200 answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckInError {
+    /// The request itself is malformed.
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    /// The instance checked in more often than allowed; retry after this many seconds.
+    #[error("too many check-ins from this instance; retry after {retry_after} s")]
+    TooMany { retry_after: u64 },
+    /// The database failed; the client should retry later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<diesel::result::Error> for CheckInError {
+    fn from(e: diesel::result::Error) -> Self {
+        CheckInError::Store(StoreError::Query(e))
+    }
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> BadRequest {
+    BadRequest { code, message: message.into() }
+}
+
+/// Everything a check-in needs besides the request.
+pub struct CheckInService {
+    pub store: Store,
+    pub ring: Arc<KeyRing>,
+    pub signer: Arc<Signer>,
+    pub limits: BatchLimits,
+    pub rate_limiter: RateLimiter,
+}
+
+/// At most `per_minute` check-ins per instance in each wall-clock minute. A client checks in
+/// daily or less; this only stops one that loops. Memory is bounded: when the table grows
+/// large, entries of past minutes are dropped.
+pub struct RateLimiter {
+    per_minute: u32,
+    seen: std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>,
+}
+
+impl RateLimiter {
+    const MAX_ENTRIES: usize = 100_000;
+
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter { per_minute, seen: Default::default() }
+    }
+
+    /// Counts a check-in of `instance_id` at `now`; `Err(seconds)` when over the limit.
+    pub fn admit(&self, instance_id: &str, now: DateTime<Utc>) -> Result<(), u64> {
+        let minute = now.timestamp().div_euclid(60);
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.len() >= Self::MAX_ENTRIES {
+            seen.retain(|_, (m, _)| *m == minute);
+        }
+        let entry = seen.entry(instance_id.to_owned()).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if entry.1 >= self.per_minute {
+            return Err((60 - now.timestamp().rem_euclid(60)) as u64);
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+/// A batch that passed validation, with its digest and scrubbed for storage.
+struct Telemetry {
+    batch: TelemetryBatch,
+    digest: String,
+}
+
+impl CheckInService {
+    /// Handles one check-in body at `now`: a 200 answer, or why there is none.
+    pub fn handle(&self, body: &[u8], now: DateTime<Utc>) -> Result<CheckInResponse, CheckInError> {
+        let now = now.duration_trunc(Duration::seconds(1)).unwrap_or(now);
+        let request: CheckInRequest<'_> = serde_json::from_slice(body)
+            .map_err(|e| bad("invalid_request", format!("invalid check-in request: {e}")))?;
+        check_request(&request)?;
+        self.rate_limiter
+            .admit(&request.instance_id, now)
+            .map_err(|retry_after| CheckInError::TooMany { retry_after })?;
+        let telemetry = match (request.telemetry, request.telemetry_disabled) {
+            (Some(_), true) => {
+                return Err(bad(
+                    "conflicting_telemetry",
+                    "give either telemetry or telemetry_disabled: true, not both",
+                )
+                .into())
+            }
+            (None, false) => {
+                return Err(
+                    bad("missing_telemetry", "give a telemetry batch, or telemetry_disabled: true").into()
+                )
+            }
+            (None, true) => None,
+            (Some(raw), false) => Some(self.read_batch(raw.get())?),
+        };
+
+        let decoded = match token::decode::<LicensePayload>(&request.license_key) {
+            Ok(decoded) => decoded,
+            Err(e) => return self.refuse_unreadable(&request, &e, telemetry.as_ref(), now),
+        };
+        if let Err(e) = decoded.verify_signature(&self.ring) {
+            return self.refuse_untrusted(&request, decoded.claims, &e, telemetry.as_ref(), now);
+        }
+        self.check_in_licensed(&request, decoded.claims, telemetry, now)
+    }
+
+    fn read_batch(&self, raw: &str) -> Result<Telemetry, BadRequest> {
+        let digest = protocol::digest(raw.as_bytes());
+        let batch = protocol::parse_batch(raw).map_err(|e| match e {
+            BatchError::UnsupportedSchema { .. } => bad("unsupported_schema", e.to_string()),
+            BatchError::TooMany { .. } => bad("telemetry_limit_exceeded", e.to_string()),
+            BatchError::Invalid(_) => bad("invalid_telemetry", e.to_string()),
+        })?;
+        batch.check(&self.limits).map_err(|e| match e {
+            BatchError::TooMany { .. } => bad("telemetry_limit_exceeded", e.to_string()),
+            _ => bad("invalid_telemetry", e.to_string()),
+        })?;
+        Ok(Telemetry { batch, digest })
+    }
+
+    /// A key that cannot be read: answered `malformed`, with no lease (there is no license to
+    /// bind one to) and no license row.
+    fn refuse_unreadable(
+        &self,
+        request: &CheckInRequest<'_>,
+        error: &TokenError,
+        telemetry: Option<&Telemetry>,
+        now: DateTime<Utc>,
+    ) -> Result<CheckInResponse, CheckInError> {
+        let status = CheckInStatus::Malformed;
+        self.record_unlicensed(request, status, now)?;
+        Ok(CheckInResponse {
+            status,
+            message: format!("The license key cannot be read: {error}."),
+            license_id: None,
+            lease: None,
+            next_check_in_at: now + Duration::seconds(RETRY_UNREADABLE),
+            valid_until: now,
+            server_time: now,
+            telemetry: telemetry.map(|t| ack(t, false, false)),
+        })
+    }
+
+    /// A readable key this server cannot trust (unknown key or bad signature): answered with a
+    /// lease saying so, but nothing about the license is recorded, as it may be forged.
+    fn refuse_untrusted(
+        &self,
+        request: &CheckInRequest<'_>,
+        license: LicensePayload,
+        error: &TokenError,
+        telemetry: Option<&Telemetry>,
+        now: DateTime<Utc>,
+    ) -> Result<CheckInResponse, CheckInError> {
+        let status = match error.verdict() {
+            token::Verdict::UnknownKey => CheckInStatus::UnknownKey,
+            _ => CheckInStatus::BadSignature,
+        };
+        self.record_unlicensed(request, status, now)?;
+        let message = match status {
+            CheckInStatus::UnknownKey => {
+                format!("The license was signed by key {:?}, which this server does not trust.", license.kid)
+            }
+            _ => "The license key's signature does not verify: it was altered or forged.".to_owned(),
+        };
+        let times = Times { next_check_in_at: now + Duration::seconds(RETRY_UNREADABLE), valid_until: now };
+        Ok(self.answer(
+            request,
+            &license,
+            status,
+            message,
+            times,
+            telemetry.map(|t| ack(t, false, false)),
+            now,
+        ))
+    }
+
+    fn record_unlicensed(
+        &self,
+        request: &CheckInRequest<'_>,
+        status: CheckInStatus,
+        now: DateTime<Utc>,
+    ) -> Result<(), CheckInError> {
+        let mut conn = self.store.conn()?;
+        licensing::insert_check_in(
+            &mut conn,
+            &store::NewCheckIn {
+                instance_id: &request.instance_id,
+                license_id: None,
+                at: store::naive(now),
+                status: status.as_str(),
+                software_version: &request.software_version,
+                telemetry_batch_id: None,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A license this server trusts: decide under the tier and seat rules, and record the
+    /// check-in, the instance and any accepted telemetry in one transaction.
+    fn check_in_licensed(
+        &self,
+        request: &CheckInRequest<'_>,
+        license: LicensePayload,
+        telemetry: Option<Telemetry>,
+        now: DateTime<Utc>,
+    ) -> Result<CheckInResponse, CheckInError> {
+        let license_id = license.license_id.to_string();
+        let (status, message, times, duplicate) = self.store.transaction(|conn| {
+            licensing::ensure_license(conn, &license_row(&license, now))?;
+            let row = licensing::touch_license(conn, &license_id, store::naive(now))?;
+            let seats = licensing::seat_state(conn, &license_id, &request.instance_id, store::naive(now))?;
+            let (status, message) = decide(&license, &row, &seats, telemetry.is_some(), now);
+            let times = times_for(&license, status, &seats, now);
+
+            let seat_until = match status {
+                CheckInStatus::Valid => Some(store::naive(times.valid_until)),
+                // The lease is not extended, but a seat already held stays held.
+                CheckInStatus::TelemetryRequired | CheckInStatus::SeatLimitExceeded => {
+                    seats.instance.as_ref().filter(|i| i.license_id == license_id).and_then(|i| i.seat_until)
+                }
+                _ => None,
+            };
+            licensing::upsert_instance(
+                conn,
+                &store::InstanceRow {
+                    id: request.instance_id.clone(),
+                    license_id: license_id.clone(),
+                    software_version: request.software_version.clone(),
+                    first_seen_at: seats.instance.as_ref().map_or(store::naive(now), |i| i.first_seen_at),
+                    last_check_in_at: store::naive(now),
+                    last_status: status.as_str().to_owned(),
+                    seat_until,
+                },
+            )?;
+            let mut duplicate = false;
+            let batch_id = telemetry.as_ref().map(|t| t.batch.batch_id.to_string());
+            if let (CheckInStatus::Valid, Some(t)) = (status, &telemetry) {
+                let stored = scrubbed_batch(t, &request.instance_id, &license_id, now);
+                duplicate = !telemetry::insert_batch(conn, &stored)?;
+            }
+            licensing::insert_check_in(
+                conn,
+                &store::NewCheckIn {
+                    instance_id: &request.instance_id,
+                    license_id: Some(&license_id),
+                    at: store::naive(now),
+                    status: status.as_str(),
+                    software_version: &request.software_version,
+                    telemetry_batch_id: batch_id.as_deref().filter(|_| status == CheckInStatus::Valid),
+                },
+            )?;
+            Ok::<_, CheckInError>((status, message, times, duplicate))
+        })?;
+        let ack = telemetry.as_ref().map(|t| ack(t, status == CheckInStatus::Valid, duplicate));
+        Ok(self.answer(request, &license, status, message, times, ack, now))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        request: &CheckInRequest<'_>,
+        license: &LicensePayload,
+        status: CheckInStatus,
+        message: String,
+        times: Times,
+        telemetry: Option<TelemetryAck>,
+        now: DateTime<Utc>,
+    ) -> CheckInResponse {
+        let lease = lease::sign(
+            &self.signer,
+            LeasePayload {
+                v: lease::LEASE_VERSION,
+                kid: self.signer.kid().to_owned(),
+                status,
+                license_id: license.license_id,
+                instance_id: request.instance_id.clone(),
+                nonce: request.nonce.clone(),
+                server_time: now,
+                next_check_in_at: times.next_check_in_at,
+                valid_until: times.valid_until,
+            },
+        );
+        CheckInResponse {
+            status,
+            message,
+            license_id: Some(license.license_id),
+            lease: Some(lease),
+            next_check_in_at: times.next_check_in_at,
+            valid_until: times.valid_until,
+            server_time: now,
+            telemetry,
+        }
+    }
+}
+
+fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
+    if !protocol::valid_instance_id(&request.instance_id) {
+        return Err(bad(
+            "invalid_instance_id",
+            "instance_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+        ));
+    }
+    if !protocol::valid_nonce(&request.nonce) {
+        return Err(bad("invalid_nonce", "nonce must be unpadded base64url of 16 to 128 random bytes"));
+    }
+    let version = &request.software_version;
+    if version.is_empty()
+        || version.len() > protocol::MAX_VERSION_LEN
+        || version.chars().any(char::is_control)
+    {
+        return Err(bad("invalid_software_version", "software_version must be 1 to 64 characters"));
+    }
+    Ok(())
+}
+
+/// The status of a trusted license's check-in, and the sentence that explains it.
+fn decide(
+    license: &LicensePayload,
+    row: &store::LicenseRow,
+    seats: &licensing::SeatState,
+    has_telemetry: bool,
+    now: DateTime<Utc>,
+) -> (CheckInStatus, String) {
+    if row.revoked_at.is_some() {
+        let reason = row.revoked_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        return (CheckInStatus::Revoked, format!("This license has been revoked by its vendor{reason}."));
+    }
+    match token::check_window(license, now) {
+        Err(TokenError::NotYetValid { not_before }) => {
+            let at = crate::time::format(&not_before);
+            return (CheckInStatus::NotYetValid, format!("This license is not valid before {at}."));
+        }
+        Err(TokenError::Expired { expires_at }) => {
+            let at = crate::time::format(&expires_at);
+            return (CheckInStatus::Expired, format!("This license expired at {at}."));
+        }
+        _ => {}
+    }
+    if license.tier.telemetry_required() && !has_telemetry {
+        return (
+            CheckInStatus::TelemetryRequired,
+            format!(
+                "Telemetry is required on the {} tier; only Enterprise licenses may disable it.",
+                license.tier
+            ),
+        );
+    }
+    let license_id = license.license_id.to_string();
+    if !seats.holds_seat(&license_id, store::naive(now)) && seats.held_by_others >= i64::from(license.seats) {
+        return (
+            CheckInStatus::SeatLimitExceeded,
+            format!(
+                "All {} seat(s) of this license are in use; a seat frees itself when an instance stops checking in.",
+                license.seats
+            ),
+        );
+    }
+    (CheckInStatus::Valid, format!("The {} license is valid.", license.tier))
+}
+
+struct Times {
+    next_check_in_at: DateTime<Utc>,
+    valid_until: DateTime<Utc>,
+}
+
+/// When to come back and how long the lease lasts, per status.
+fn times_for(
+    license: &LicensePayload,
+    status: CheckInStatus,
+    seats: &licensing::SeatState,
+    now: DateTime<Utc>,
+) -> Times {
+    let interval = license.check_in_interval();
+    let soon = interval.min(Duration::seconds(RETRY_SOON));
+    match status {
+        CheckInStatus::Valid => {
+            let mut valid_until = now + interval + license.tier.grace();
+            if let Some(expires_at) = license.expires_at {
+                valid_until = valid_until.min(expires_at);
+            }
+            Times { next_check_in_at: now + interval, valid_until }
+        }
+        CheckInStatus::TelemetryRequired | CheckInStatus::SeatLimitExceeded => {
+            // Not extended: what the instance already held, if anything.
+            let held = seats
+                .instance
+                .as_ref()
+                .filter(|i| i.license_id == license.license_id.to_string())
+                .and_then(|i| i.seat_until)
+                .map(store::utc)
+                .filter(|until| *until > now);
+            Times { next_check_in_at: now + soon, valid_until: held.unwrap_or(now) }
+        }
+        CheckInStatus::NotYetValid => {
+            Times { next_check_in_at: (now + interval).min(license.not_before), valid_until: now }
+        }
+        _ => Times { next_check_in_at: now + interval, valid_until: now },
+    }
+}
+
+fn ack(t: &Telemetry, accepted: bool, duplicate: bool) -> TelemetryAck {
+    TelemetryAck { batch_id: t.batch.batch_id, accepted, duplicate, digest: t.digest.clone() }
+}
+
+fn license_row(license: &LicensePayload, now: DateTime<Utc>) -> store::LicenseRow {
+    store::LicenseRow {
+        id: license.license_id.to_string(),
+        kid: license.kid.clone(),
+        licensee: license.licensee.clone(),
+        tier: license.tier.as_str().to_owned(),
+        seats: i32::try_from(license.seats).unwrap_or(i32::MAX),
+        features: serde_json::to_string(&license.features).expect("a list of strings serialises"),
+        issued_at: store::naive(license.issued_at),
+        not_before: store::naive(license.not_before),
+        expires_at: license.expires_at.map(store::naive),
+        check_in_interval_s: license.check_in_interval_s.map(|s| s as i64),
+        license_key: None,
+        revoked_at: None,
+        revoked_reason: None,
+        first_seen_at: store::naive(now),
+        last_check_in_at: None,
+    }
+}
+
+/// The batch as it is stored: every string scrubbed again, whatever the client did.
+fn scrubbed_batch(
+    t: &Telemetry,
+    instance_id: &str,
+    license_id: &str,
+    now: DateTime<Utc>,
+) -> store::StoredBatch {
+    let b = &t.batch;
+    let batch_id = b.batch_id.to_string();
+    let received_at = store::naive(now);
+    let mut counts = Redactions::default();
+    let mut s = |text: &str| privacy::scrub_into(text, &mut counts);
+
+    let mut environment = b.environment.clone();
+    environment.app_version = s(&environment.app_version);
+    environment.os = s(&environment.os);
+    environment.arch = s(&environment.arch);
+    environment.modules_enabled = environment.modules_enabled.iter().map(|m| s(m)).collect();
+    environment.health = environment.health.iter().map(|(k, v)| (s(k), *v)).collect();
+    let events = b
+        .usage
+        .iter()
+        .map(|u| store::EventRow {
+            batch_id: batch_id.clone(),
+            instance_id: instance_id.to_owned(),
+            received_at,
+            kind: u.kind.as_str().to_owned(),
+            name: s(&u.name),
+            count: u.count as i64,
+        })
+        .collect();
+    let performance = b
+        .performance
+        .iter()
+        .map(|p| store::PerformanceRow {
+            batch_id: batch_id.clone(),
+            instance_id: instance_id.to_owned(),
+            received_at,
+            method: s(&p.method),
+            route: s(&p.route),
+            count: p.count as i64,
+            errors: p.errors as i64,
+            p50_ms: p.p50_ms,
+            p95_ms: p.p95_ms,
+            p99_ms: p.p99_ms,
+            max_ms: p.max_ms,
+            sketch: s(&p.sketch),
+        })
+        .collect();
+    let errors = b
+        .errors
+        .iter()
+        .map(|e| store::ErrorRow {
+            instance_id: instance_id.to_owned(),
+            fingerprint: e.fingerprint.to_ascii_lowercase(),
+            error_type: s(&e.error_type),
+            message: s(&e.message),
+            stack: serde_json::to_string(&e.stack.iter().map(|l| s(l)).collect::<Vec<_>>())
+                .expect("strings serialise"),
+            count: e.count as i64,
+            first_seen: store::naive(e.first_seen),
+            last_seen: store::naive(e.last_seen),
+        })
+        .collect();
+    let redactions: std::collections::BTreeMap<String, u64> =
+        b.redactions.iter().map(|(k, v)| (s(k), *v)).collect();
+    let sessions = store::SessionRow {
+        batch_id: batch_id.clone(),
+        instance_id: instance_id.to_owned(),
+        received_at,
+        count: b.sessions.count as i64,
+        total_duration_s: b.sessions.total_duration_s as i64,
+        hourly: serde_json::to_string(&b.sessions.hourly).expect("integers serialise"),
+    };
+    if counts.total() > 0 {
+        tracing::warn!(
+            instance_id,
+            redactions = counts.total(),
+            "the server scrubbed PII that the client let through"
+        );
+    }
+    store::StoredBatch {
+        batch: store::BatchRow {
+            batch_id,
+            instance_id: instance_id.to_owned(),
+            license_id: license_id.to_owned(),
+            received_at,
+            period_start: store::naive(b.period_start),
+            period_end: store::naive(b.period_end),
+            digest: t.digest.clone(),
+            app_version: environment.app_version.clone(),
+            user_count_range: environment.user_count_range.as_str().to_owned(),
+            environment: serde_json::to_string(&environment).expect("the environment serialises"),
+            dropped: serde_json::to_string(&b.dropped).expect("counts serialise"),
+            redactions: serde_json::to_string(&redactions).expect("counts serialise"),
+        },
+        events,
+        performance,
+        errors,
+        sessions,
+    }
+}

@@ -1,0 +1,53 @@
+//! `licensor serve`: resolves the configuration and runs the server until SIGTERM or SIGINT.
+
+use anyhow::Result;
+
+use super::{ServeArgs, EXIT_OK};
+use crate::server::{self, ServeOptions, ServerConfig};
+
+pub fn run(args: ServeArgs) -> Result<u8> {
+    init_tracing();
+    let config = ServerConfig::resolve(ServeOptions {
+        config_file: args.config,
+        bind: args.bind,
+        database_url: args.database_url,
+        data_dir: args.data_dir,
+        keys_dir: args.keys_dir,
+        signing_key: args.signing_key,
+        issuing_key: args.issuing_key,
+        admin_token: args.admin_token,
+        workers: args.workers,
+        retention_days: args.retention_days,
+        jobs: args.no_jobs.then_some(false),
+    })?;
+    if !config.development.is_empty() {
+        eprintln!("{}", development_banner(&config));
+    }
+    server::run(config)?;
+    Ok(EXIT_OK)
+}
+
+fn development_banner(config: &ServerConfig) -> String {
+    let mut banner = String::from(
+        "\n************************************************************************\n\
+         WARNING: DEVELOPMENT SET-UP. Settings that were not configured were\n\
+         filled in with generated development values. Do not run this in\n\
+         production: configure DATABASE_URL, LICENSOR_KEYS_DIR,\n\
+         LICENSOR_SIGNING_KEY and LICENSOR_ADMIN_TOKEN instead.\n",
+    );
+    for line in &config.development {
+        banner.push_str("  - ");
+        banner.push_str(line);
+        banner.push('\n');
+    }
+    banner.push_str(&format!("  - listening on http://{}\n", config.bind));
+    banner.push_str("************************************************************************\n");
+    banner
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub(super) fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

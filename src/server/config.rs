@@ -1,0 +1,292 @@
+//! Server configuration: command-line flags, then environment (both read by the CLI into
+//! [`ServeOptions`]), then an optional TOML file, then defaults, validated at start with
+//! errors that name the setting. With nothing configured the server still starts: it creates
+//! a development set-up in its data directory and says so loudly.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::keys::{self, KeyRing, Signer};
+use crate::protocol::BatchLimits;
+
+/// Settings given on the command line or in the environment; `None` falls through to the
+/// TOML file, then to the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub config_file: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub keys_dir: Option<PathBuf>,
+    pub signing_key: Option<PathBuf>,
+    pub issuing_key: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub workers: Option<usize>,
+    pub retention_days: Option<u32>,
+    pub jobs: Option<bool>,
+}
+
+/// The TOML file's settings (the same names, in snake case).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub bind: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub keys_dir: Option<PathBuf>,
+    pub signing_key: Option<PathBuf>,
+    pub issuing_key: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub workers: Option<usize>,
+    pub db_pool_size: Option<u32>,
+    pub max_body_bytes: Option<usize>,
+    pub retention_days: Option<u32>,
+    pub jobs: Option<bool>,
+    pub retention_schedule: Option<String>,
+    pub rollup_schedule: Option<String>,
+    pub rate_limit_per_minute: Option<u32>,
+    pub limits: Option<BatchLimits>,
+}
+
+/// The validated configuration a server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub keys_dir: PathBuf,
+    pub signing_key: PathBuf,
+    pub issuing_key: Option<PathBuf>,
+    pub admin_token: String,
+    pub workers: usize,
+    pub db_pool_size: u32,
+    pub max_body_bytes: usize,
+    pub retention_days: u32,
+    pub jobs: bool,
+    /// Cron expressions with seconds (`sec min hour day month weekday`), in UTC.
+    pub retention_schedule: String,
+    pub rollup_schedule: String,
+    /// Check-ins one instance may make per minute before getting 429.
+    pub rate_limit_per_minute: u32,
+    pub limits: BatchLimits,
+    /// What the development set-up generated on this start, for the warning banner.
+    pub development: Vec<String>,
+}
+
+/// A setting that is missing, malformed or inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("reading the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML file is not valid, or names a setting that does not exist.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A setting's value is invalid.
+    #[error("{setting}: {message}")]
+    Invalid { setting: &'static str, message: String },
+    /// A key could not be loaded or created.
+    #[error("{setting}: {source}")]
+    Key { setting: &'static str, source: keys::KeyError },
+    /// Files of the development set-up could not be written.
+    #[error("creating the development set-up in {path}: {source}")]
+    Setup { path: PathBuf, source: std::io::Error },
+}
+
+const DEFAULT_BIND: &str = "127.0.0.1:8080";
+const MIN_ADMIN_TOKEN_LEN: usize = 24;
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, message: message.into() }
+}
+
+impl ServerConfig {
+    /// Resolves flags and environment over the TOML file over defaults, creating the
+    /// development set-up (keys, admin token) where nothing was configured.
+    pub fn resolve(opts: ServeOptions) -> Result<ServerConfig, ConfigError> {
+        let file = match &opts.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.message().to_owned() })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut development = Vec::new();
+
+        let bind_text = opts.bind.or(file.bind).unwrap_or_else(|| DEFAULT_BIND.to_owned());
+        let bind: SocketAddr = bind_text.parse().map_err(|_| {
+            invalid("LICENSOR_BIND", format!("{bind_text:?} is not an address like 127.0.0.1:8080"))
+        })?;
+        let data_dir = opts.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = match opts.database_url.or(file.database_url) {
+            Some(url) => url,
+            None => {
+                let url = format!("sqlite://{}", data_dir.join("licensor.db").display());
+                development.push(format!("database: {url} (embedded SQLite)"));
+                url
+            }
+        };
+        crate::store::Target::parse(&database_url).map_err(|e| invalid("DATABASE_URL", e.to_string()))?;
+
+        let keys_configured = opts.keys_dir.is_some() || file.keys_dir.is_some();
+        let keys_dir = opts.keys_dir.or(file.keys_dir).unwrap_or_else(|| data_dir.join("keys"));
+        let signing_key = match opts.signing_key.or(file.signing_key) {
+            Some(path) => path,
+            None => development_key(&keys_dir, "lease", &mut development)?,
+        };
+        let issuing_key = match opts.issuing_key.or(file.issuing_key) {
+            Some(path) => Some(path),
+            // Only a development set-up issues licenses without being told to, so that a
+            // fresh checkout can run the whole flow.
+            None if !keys_configured => Some(development_key(&keys_dir, "vendor-dev", &mut development)?),
+            None => None,
+        };
+        let admin_token = match opts.admin_token.or(file.admin_token) {
+            Some(token) => token,
+            None => development_admin_token(&data_dir, &mut development)?,
+        };
+        if admin_token.len() < MIN_ADMIN_TOKEN_LEN || admin_token.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "LICENSOR_ADMIN_TOKEN",
+                format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without white space"),
+            ));
+        }
+
+        let workers = opts
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if !(1..=256).contains(&workers) {
+            return Err(invalid("LICENSOR_WORKERS", "must be from 1 to 256"));
+        }
+        let db_pool_size = file.db_pool_size.unwrap_or(16);
+        if !(1..=512).contains(&db_pool_size) {
+            return Err(invalid("db_pool_size", "must be from 1 to 512"));
+        }
+        let max_body_bytes = file.max_body_bytes.unwrap_or(1024 * 1024);
+        if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(invalid("max_body_bytes", "must be from 1 KiB to 64 MiB"));
+        }
+        let retention_days = opts.retention_days.or(file.retention_days).unwrap_or(90);
+        if !(1..=3650).contains(&retention_days) {
+            return Err(invalid("LICENSOR_RETENTION_DAYS", "must be from 1 to 3650"));
+        }
+        let retention_schedule = file.retention_schedule.unwrap_or_else(|| "0 15 3 * * *".to_owned());
+        let rollup_schedule = file.rollup_schedule.unwrap_or_else(|| "0 5 0 * * *".to_owned());
+        for (setting, expr) in
+            [("retention_schedule", &retention_schedule), ("rollup_schedule", &rollup_schedule)]
+        {
+            if expr.split_whitespace().count() != 6 {
+                return Err(invalid(
+                    setting,
+                    format!("{expr:?} is not a cron expression with seconds (6 fields)"),
+                ));
+            }
+        }
+        let rate_limit_per_minute = file.rate_limit_per_minute.unwrap_or(30);
+        if rate_limit_per_minute == 0 {
+            return Err(invalid("rate_limit_per_minute", "must be at least 1"));
+        }
+
+        Ok(ServerConfig {
+            bind,
+            database_url,
+            data_dir,
+            keys_dir,
+            signing_key,
+            issuing_key,
+            admin_token,
+            workers,
+            db_pool_size,
+            max_body_bytes,
+            retention_days,
+            jobs: opts.jobs.or(file.jobs).unwrap_or(true),
+            retention_schedule,
+            rollup_schedule,
+            rate_limit_per_minute,
+            limits: file.limits.unwrap_or_default(),
+            development,
+        })
+    }
+
+    /// Loads the key ring and the keys, checking that they fit together.
+    pub fn load_keys(&self) -> Result<(KeyRing, Signer, Option<Signer>), ConfigError> {
+        let ring = KeyRing::load_dir(&self.keys_dir)
+            .map_err(|source| ConfigError::Key { setting: "LICENSOR_KEYS_DIR", source })?;
+        let signer = Signer::load(&self.signing_key)
+            .map_err(|source| ConfigError::Key { setting: "LICENSOR_SIGNING_KEY", source })?;
+        if ring.get(signer.kid()) != Some(&signer.verifying_key()) {
+            return Err(invalid(
+                "LICENSOR_SIGNING_KEY",
+                format!(
+                    "the public half of lease-signing key {:?} is not in the key ring {} (clients trusting that ring \
+                     could not verify leases): copy {}.public.pem there",
+                    signer.kid(),
+                    self.keys_dir.display(),
+                    signer.kid()
+                ),
+            ));
+        }
+        let issuer = match &self.issuing_key {
+            Some(path) => Some(
+                Signer::load(path)
+                    .map_err(|source| ConfigError::Key { setting: "LICENSOR_ISSUING_KEY", source })?,
+            ),
+            None => None,
+        };
+        if ring.is_empty() {
+            return Err(invalid(
+                "LICENSOR_KEYS_DIR",
+                format!("no *.public.pem keys in {}", self.keys_dir.display()),
+            ));
+        }
+        Ok((ring, signer, issuer))
+    }
+}
+
+/// The development key named `prefix` in `dir`, generated on first start.
+fn development_key(dir: &Path, prefix: &str, development: &mut Vec<String>) -> Result<PathBuf, ConfigError> {
+    let path = dir.join(format!("{prefix}{}", keys::PRIVATE_SUFFIX));
+    if !path.exists() {
+        let signer =
+            Signer::generate(prefix).map_err(|source| ConfigError::Key { setting: "keys", source })?;
+        signer.write_pair(dir).map_err(|source| ConfigError::Key { setting: "keys", source })?;
+        development.push(format!("generated key {} (public half beside it)", path.display()));
+    } else {
+        development.push(format!("using development key {}", path.display()));
+    }
+    Ok(path)
+}
+
+/// The development admin token in `data_dir/admin-token` (0600), generated on first start
+/// and printed once.
+fn development_admin_token(data_dir: &Path, development: &mut Vec<String>) -> Result<String, ConfigError> {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    let path = data_dir.join("admin-token");
+    let setup = |source| ConfigError::Setup { path: path.clone(), source };
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        development.push(format!("admin token read from {}", path.display()));
+        return Ok(token.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir).map_err(setup)?;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path).map_err(setup)?;
+    file.write_all(token.as_bytes()).map_err(setup)?;
+    // Printed this once so the developer can use it; it is never logged afterwards.
+    development.push(format!("generated admin token (stored in {}, mode 0600): {token}", path.display()));
+    Ok(token)
+}

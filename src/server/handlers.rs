@@ -1,0 +1,306 @@
+//! One handler per route. Handlers read and check the request, hand the work to the blocking
+//! pool, and shape the answer; the decisions live in `checkin` and `store`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Duration;
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::{blocking, AppState};
+use crate::license::{self, Expiry, LicenseRequest, Tier};
+use crate::store;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    blocking(move || store.ping().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+pub async fn check_in(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let service = state.service.clone();
+    let now = (state.clock)();
+    let response = blocking(move || service.handle(&body, now).map_err(ApiError::from)).await?;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// The body of an admin `POST /v1/admin/licenses`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    tier: Tier,
+    licensee: String,
+    /// RFC 3339; required unless `perpetual` is true.
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    perpetual: bool,
+    #[serde(default)]
+    not_before: Option<String>,
+    #[serde(default = "one")]
+    seats: u32,
+    #[serde(default)]
+    features: Vec<String>,
+    #[serde(default)]
+    check_in_interval_s: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn instant(field: &'static str, value: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    crate::time::parse(value).map_err(|_| {
+        ApiError::bad_request("invalid_request", format!("{field}: {value:?} is not an RFC 3339 time"))
+    })
+}
+
+pub async fn issue_license(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let Some(issuer) = state.issuer.clone() else {
+        return Err(ApiError::Conflict {
+            code: "issuing_disabled",
+            message: "this server holds no issuing key; configure LICENSOR_ISSUING_KEY to issue licenses"
+                .into(),
+        });
+    };
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let body: IssueBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid license request: {e}")))?;
+    let expiry = match (&body.expires_at, body.perpetual) {
+        (Some(t), false) => Expiry::At(instant("expires_at", t)?),
+        (None, true) => Expiry::Perpetual,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give exactly one of expires_at and perpetual: true",
+            ))
+        }
+    };
+    let request = LicenseRequest {
+        licensee: body.licensee,
+        tier: body.tier,
+        expiry,
+        not_before: body.not_before.as_deref().map(|t| instant("not_before", t)).transpose()?,
+        seats: body.seats,
+        features: body.features,
+        check_in_interval: body.check_in_interval_s.map(std::time::Duration::from_secs),
+    };
+    let now = (state.clock)();
+    let issued = license::issue(&issuer, request, now)
+        .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
+    let store = state.store.clone();
+    let row = issued_row(&issued, now);
+    blocking(move || store.insert_issued_license(&row).map_err(ApiError::from)).await?;
+    tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
+    Ok(HttpResponse::Created().json(json!({ "license_key": issued.key, "payload": issued.payload })))
+}
+
+fn issued_row(issued: &license::Issued, now: chrono::DateTime<chrono::Utc>) -> store::LicenseRow {
+    let p = &issued.payload;
+    store::LicenseRow {
+        id: p.license_id.to_string(),
+        kid: p.kid.clone(),
+        licensee: p.licensee.clone(),
+        tier: p.tier.as_str().to_owned(),
+        seats: i32::try_from(p.seats).unwrap_or(i32::MAX),
+        features: serde_json::to_string(&p.features).expect("strings serialise"),
+        issued_at: store::naive(p.issued_at),
+        not_before: store::naive(p.not_before),
+        expires_at: p.expires_at.map(store::naive),
+        check_in_interval_s: p.check_in_interval_s.map(|s| s as i64),
+        license_key: Some(issued.key.clone()),
+        revoked_at: None,
+        revoked_reason: None,
+        first_seen_at: store::naive(now),
+        last_check_in_at: None,
+    }
+}
+
+pub async fn list_licenses(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (store, now) = (state.store.clone(), (state.clock)());
+    let licenses = blocking(move || store.list_licenses(now).map_err(ApiError::from)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "licenses": licenses })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn revoke_license(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let license_id = path.into_inner();
+    // The body is optional: a bare POST revokes without a reason.
+    let body = read_body(payload, state.max_body_bytes).await?;
+    let reason = if body.is_empty() {
+        None
+    } else {
+        require_json(&req)?;
+        let body: RevokeBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid revoke request: {e}")))?;
+        body.reason.map(|r| crate::privacy::scrub(r.chars().take(500).collect::<String>().as_str()).0)
+    };
+    set_revocation(state, license_id, Some(reason)).await
+}
+
+pub async fn reinstate_license(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_revocation(state, path.into_inner(), None).await
+}
+
+async fn set_revocation(
+    state: web::Data<AppState>,
+    license_id: String,
+    revocation: Option<Option<String>>,
+) -> Result<HttpResponse, ApiError> {
+    let (store, now) = (state.store.clone(), (state.clock)());
+    let revoked = revocation.is_some();
+    let id = license_id.clone();
+    let found = blocking(move || {
+        store.set_revocation(&id, revocation.map(|reason| (now, reason))).map_err(ApiError::from)
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!("no license {license_id:?} is known to this server")));
+    }
+    tracing::info!(license_id = %license_id, revoked, "license revocation changed");
+    Ok(HttpResponse::Ok().json(json!({ "license_id": license_id, "revoked": revoked })))
+}
+
+pub async fn list_instances(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let instances = blocking(move || store.list_instances().map_err(ApiError::from)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "instances": instances })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    instance_id: String,
+    #[serde(default = "day")]
+    hours: u32,
+}
+
+fn day() -> u32 {
+    24
+}
+
+/// The longest summary window: the raw tables' default retention.
+const MAX_SUMMARY_HOURS: u32 = 90 * 24;
+
+pub async fn telemetry_summary(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<SummaryQuery>::from_query(req.query_string())
+        .map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("{e}; expected ?instance_id=...&hours=24"))
+        })?
+        .into_inner();
+    if !(1..=MAX_SUMMARY_HOURS).contains(&query.hours) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("hours must be from 1 to {MAX_SUMMARY_HOURS}"),
+        ));
+    }
+    let (store, now) = (state.store.clone(), (state.clock)());
+    let summary = blocking(move || {
+        if !store.instance_exists(&query.instance_id)? {
+            return Err(ApiError::NotFound(format!(
+                "no instance {:?} is known to this server",
+                query.instance_id
+            )));
+        }
+        let since = now - Duration::hours(i64::from(query.hours));
+        Ok(store.telemetry_summary(&query.instance_id, since, now)?)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+pub async fn erase_telemetry(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let instance_id = path.into_inner();
+    let store = state.store.clone();
+    let id = instance_id.clone();
+    let removed = blocking(move || store.erase_telemetry(&id).map_err(ApiError::from)).await?;
+    tracing::info!(instance_id = %instance_id, "instance telemetry erased");
+    Ok(HttpResponse::Ok().json(json!({ "instance_id": instance_id, "removed": removed })))
+}
+
+/// Refuses a body that is not declared as JSON.
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn json_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    require_json(req)?;
+    if let Some(length) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
+        if length > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+    }
+    read_body(payload, limit).await
+}
+
+/// Reads a body of at most `limit` bytes; past that, 413 without reading the rest.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

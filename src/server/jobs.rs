@@ -1,0 +1,105 @@
+//! Scheduled jobs: nightly retention and the daily rollup, on tokio-cron-scheduler. With
+//! several replicas on one database, each run is claimed in `job_runs` first (see
+//! `Store::claim_job`), so it happens once; a replica that loses the claim skips the run.
+
+use chrono::{DateTime, Duration, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use super::config::ServerConfig;
+use super::Clock;
+use crate::store::{Store, StoreError};
+
+/// The name under which retention runs are claimed.
+pub const RETENTION: &str = "retention";
+/// The name under which rollup runs are claimed.
+pub const ROLLUP: &str = "rollup";
+
+/// What one job run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// This replica ran it; the text says what it did.
+    Ran(String),
+    /// Another replica (or an earlier run) already claimed this run.
+    Skipped,
+}
+
+/// Deletes raw telemetry and check-in history older than `retention_days`, once per UTC day.
+pub fn run_retention(
+    store: &Store,
+    now: DateTime<Utc>,
+    retention_days: u32,
+) -> Result<RunOutcome, StoreError> {
+    let run_key = now.format("%Y-%m-%d").to_string();
+    let Some(claim) = store.claim_job(RETENTION, &run_key, now)? else {
+        return Ok(RunOutcome::Skipped);
+    };
+    let cutoff = now - Duration::days(i64::from(retention_days));
+    let outcome = match store.purge_before(cutoff) {
+        Ok(removed) => {
+            let total: usize = removed.values().sum();
+            format!("removed {total} rows received before {}", crate::time::format(&cutoff))
+        }
+        Err(e) => {
+            store.finish_job(&claim, now, &format!("failed: {e}"))?;
+            return Err(e);
+        }
+    };
+    store.finish_job(&claim, now, &outcome)?;
+    Ok(RunOutcome::Ran(outcome))
+}
+
+/// Rolls up the previous UTC day into `telemetry_features` and `telemetry_aggregates`, once.
+pub fn run_rollup(store: &Store, now: DateTime<Utc>) -> Result<RunOutcome, StoreError> {
+    let day = (now - Duration::days(1)).date_naive();
+    let run_key = day.format("%Y-%m-%d").to_string();
+    let Some(claim) = store.claim_job(ROLLUP, &run_key, now)? else {
+        return Ok(RunOutcome::Skipped);
+    };
+    match store.rollup_day(day) {
+        Ok(rows) => {
+            let outcome = format!("rolled up {day}: {rows} rows");
+            store.finish_job(&claim, now, &outcome)?;
+            Ok(RunOutcome::Ran(outcome))
+        }
+        Err(e) => {
+            store.finish_job(&claim, now, &format!("failed: {e}"))?;
+            Err(e)
+        }
+    }
+}
+
+/// Schedules both jobs and starts the scheduler.
+pub async fn schedule(config: &ServerConfig, store: Store, clock: Clock) -> Result<JobScheduler, String> {
+    let scheduler = JobScheduler::new().await.map_err(|e| e.to_string())?;
+    let retention_days = config.retention_days;
+    let jobs: [(&str, &str); 2] =
+        [(RETENTION, &config.retention_schedule), (ROLLUP, &config.rollup_schedule)];
+    for (name, schedule) in jobs {
+        let (store, clock) = (store.clone(), clock.clone());
+        let job = Job::new_async(schedule, move |_, _| {
+            let (store, clock) = (store.clone(), clock.clone());
+            Box::pin(async move {
+                let result = tokio::task::spawn_blocking(move || {
+                    let now = clock();
+                    match name {
+                        RETENTION => run_retention(&store, now, retention_days),
+                        _ => run_rollup(&store, now),
+                    }
+                })
+                .await;
+                match result {
+                    Ok(Ok(RunOutcome::Ran(what))) => tracing::info!(job = name, "{what}"),
+                    Ok(Ok(RunOutcome::Skipped)) => {
+                        tracing::debug!(job = name, "run claimed by another replica")
+                    }
+                    Ok(Err(e)) => tracing::error!(job = name, error = %e, "job failed"),
+                    Err(e) => tracing::error!(job = name, error = %e, "job panicked"),
+                }
+            })
+        })
+        .map_err(|e| format!("{name} schedule {schedule:?}: {e}"))?;
+        scheduler.add(job).await.map_err(|e| e.to_string())?;
+    }
+    scheduler.start().await.map_err(|e| e.to_string())?;
+    Ok(scheduler)
+}

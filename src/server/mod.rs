@@ -1,0 +1,222 @@
+//! The license server: the only module that knows actix-web. Routes are declared in one place
+//! ([`routes`]), one handler per function, shared state through `web::Data<AppState>`, admin
+//! authentication as an extractor ([`auth::Admin`]). Database work runs on the blocking pool,
+//! never on the async executor.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+mod handlers;
+pub mod jobs;
+
+use actix_web::{web, App, HttpServer};
+use chrono::{DateTime, Utc};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use crate::checkin::{CheckInService, RateLimiter};
+use crate::keys::Signer;
+use crate::store::Store;
+pub use config::{ConfigError, ServeOptions, ServerConfig};
+use error::ApiError;
+
+/// Where the server reads the time: the system clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub service: Arc<CheckInService>,
+    pub store: Store,
+    pub admin_token: auth::AdminToken,
+    pub issuer: Option<Arc<Signer>>,
+    pub clock: Clock,
+    pub max_body_bytes: usize,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("scheduling jobs: {0}")]
+    Jobs(String),
+}
+
+/// All routes, in one place.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz").route(web::get().to(handlers::healthz)))
+        .service(resource("/readyz").route(web::get().to(handlers::readyz)))
+        .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
+        .service(
+            web::scope("/v1/admin")
+                .service(
+                    resource("/licenses")
+                        .route(web::post().to(handlers::issue_license))
+                        .route(web::get().to(handlers::list_licenses)),
+                )
+                .service(
+                    resource("/licenses/{license_id}/revoke").route(web::post().to(handlers::revoke_license)),
+                )
+                .service(
+                    resource("/licenses/{license_id}/reinstate")
+                        .route(web::post().to(handlers::reinstate_license)),
+                )
+                .service(resource("/instances").route(web::get().to(handlers::list_instances)))
+                .service(resource("/telemetry/summary").route(web::get().to(handlers::telemetry_summary)))
+                .service(
+                    resource("/instances/{instance_id}/telemetry")
+                        .route(web::delete().to(handlers::erase_telemetry)),
+                ),
+        );
+}
+
+/// A resource whose unsupported methods get the JSON 405 rather than an empty one.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(handlers::method_not_allowed))
+}
+
+/// A server that is running, with the means to stop it.
+pub struct Running {
+    /// The address it listens on (useful when asked for port 0).
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    /// Stops gracefully: in-flight requests finish, then the server exits.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let handle = self.handle.clone();
+            // The server's own runtime lives on its thread; stopping is a message to it.
+            let _ =
+                std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(true))).join();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Opens the store, loads the keys and prepares the shared state.
+fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, Store), StartError> {
+    let (ring, signer, issuer) = config.load_keys()?;
+    let store = Store::open(&config.database_url, config.db_pool_size)?;
+    let service = CheckInService {
+        store: store.clone(),
+        ring: Arc::new(ring),
+        signer: Arc::new(signer),
+        limits: config.limits.clone(),
+        rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
+    };
+    let state = AppState {
+        service: Arc::new(service),
+        store: store.clone(),
+        admin_token: auth::AdminToken::new(&config.admin_token),
+        issuer: issuer.map(Arc::new),
+        clock,
+        max_body_bytes: config.max_body_bytes,
+    };
+    Ok((web::Data::new(state), store))
+}
+
+fn http_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<actix_web::dev::Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(routes)
+            .default_service(web::to(handlers::not_found))
+            .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthz").exclude("/readyz"))
+    })
+    .workers(workers)
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run())
+}
+
+/// Starts a server on its own thread, with `clock` as its time source, and returns once it
+/// listens. For tests and for applications that embed the server.
+pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, StartError> {
+    let (state, store) = prepare(&config, clock.clone())?;
+    let listener =
+        TcpListener::bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = http_server(state, listener, config.workers)?;
+            let scheduler = if config.jobs { jobs::schedule(&config, store, clock).await.ok() } else { None };
+            let _ = tx.send(server.handle());
+            let result = server.await;
+            if let Some(mut scheduler) = scheduler {
+                let _ = scheduler.shutdown().await;
+            }
+            result
+        })
+    });
+    let handle = rx.recv().map_err(|_| StartError::Bind {
+        addr,
+        source: std::io::Error::other("the server thread stopped while starting"),
+    })?;
+    Ok(Running { addr, handle, thread: Some(thread) })
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: new connections are
+/// refused, in-flight requests get up to 30 seconds to finish.
+pub fn run(config: ServerConfig) -> Result<(), StartError> {
+    let clock = system_clock();
+    let (state, store) = prepare(&config, clock.clone())?;
+    let listener =
+        TcpListener::bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    tracing::info!(
+        addr = %config.bind,
+        backend = ?store.backend(),
+        issuing = state.issuer.is_some(),
+        "licensor server listening"
+    );
+    actix_web::rt::System::new().block_on(async move {
+        let server = http_server(state, listener, config.workers)
+            .map_err(|source| StartError::Bind { addr: config.bind, source })?;
+        let mut scheduler = if config.jobs {
+            Some(jobs::schedule(&config, store, clock).await.map_err(StartError::Jobs)?)
+        } else {
+            None
+        };
+        let result = server.await;
+        if let Some(scheduler) = scheduler.as_mut() {
+            let _ = scheduler.shutdown().await;
+        }
+        tracing::info!("licensor server stopped");
+        result.map_err(|source| StartError::Bind { addr: config.bind, source })
+    })
+}
+
+/// Runs `f` on the blocking pool: the database and signing work of a request.
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    web::block(f).await?
+}
