@@ -1,0 +1,572 @@
+//! The license server, black-box: real HTTP against a real server, each case on SQLite and on
+//! PostgreSQL. Every protocol status is reached for real, and outcomes are asserted exactly.
+
+mod common;
+
+use chrono::Duration;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use common::{batch, nonce, Harness};
+use licensor::lease;
+use licensor::license::{Expiry, Tier};
+use licensor::protocol::{self, CheckInStatus};
+
+on_both_backends!(
+    a_valid_check_in_answers_a_lease_bound_to_the_nonce,
+    tier_rules_for_each_tier,
+    seats_are_limited_and_free_themselves,
+    revoke_then_check_in_then_reinstate,
+    expired_and_not_yet_valid_licenses,
+    untrusted_and_unreadable_keys,
+    the_same_batch_sent_twice_is_stored_once,
+    the_same_batch_sent_concurrently_is_stored_once,
+    malformed_requests_get_exact_errors,
+    admin_routes_require_the_token,
+    admin_issue_list_summary_and_erase,
+    pii_in_every_batch_string_never_reaches_the_tables,
+    rate_limit_answers_429_with_retry_after,
+);
+
+fn status(v: &Value) -> &str {
+    v["status"].as_str().unwrap()
+}
+
+fn a_valid_check_in_answers_a_lease_bound_to_the_nonce(h: Harness) {
+    let key = h.license(Tier::Pro, 3);
+    let batch_id = uuid::Uuid::new_v4();
+    let telemetry = batch(batch_id, 50, 20, 5).to_string();
+    let my_nonce = nonce();
+    let body = h.check_in_body(&key, "inst-1", &my_nonce, Some(&telemetry));
+    let (code, r) = h.post_raw("/v1/check-ins", "application/json", body);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(status(&r), "valid");
+    let now = h.now();
+    assert_eq!(r["server_time"], licensor::time::format(&now));
+    assert_eq!(r["next_check_in_at"], licensor::time::format(&(now + Duration::days(7))));
+    assert_eq!(r["valid_until"], licensor::time::format(&(now + Duration::days(7 + 14))));
+    assert_eq!(r["telemetry"]["batch_id"], batch_id.to_string());
+    assert_eq!(r["telemetry"]["accepted"], true);
+    assert_eq!(r["telemetry"]["duplicate"], false);
+    assert_eq!(r["telemetry"]["digest"], protocol::digest(telemetry.as_bytes()));
+
+    let lease_text = r["lease"].as_str().unwrap();
+    let lease =
+        lease::verify_signature(lease_text, &h.ring).expect("the lease verifies with the ring clients trust");
+    assert_eq!(lease.kid, "lease-test");
+    assert_eq!(lease.status, CheckInStatus::Valid);
+    assert_eq!(lease.nonce, my_nonce);
+    assert_eq!(lease.instance_id, "inst-1");
+    assert_eq!(lease.license_id.to_string(), r["license_id"].as_str().unwrap());
+    assert_eq!(licensor::time::format(&lease.valid_until), r["valid_until"].as_str().unwrap());
+    assert_eq!(licensor::time::format(&lease.next_check_in_at), r["next_check_in_at"].as_str().unwrap());
+    assert_eq!(lease.server_time, now);
+
+    // A different nonce gets a different lease: an old answer cannot serve a new request.
+    let again = h.check_in(&key, "inst-1", Some(&batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string()));
+    assert_ne!(again["lease"], r["lease"]);
+
+    let counts = h.store.telemetry_counts("inst-1").unwrap();
+    assert_eq!(counts["telemetry_batches"], 2);
+    assert_eq!(counts["telemetry_events"], 51);
+    assert_eq!(counts["telemetry_performance"], 20);
+    assert_eq!(counts["telemetry_errors"], 5);
+    assert_eq!(counts["telemetry_sessions"], 2);
+}
+
+fn tier_rules_for_each_tier(h: Harness) {
+    let telemetry = || batch(uuid::Uuid::new_v4(), 3, 1, 1).to_string();
+    for (tier, interval, grace) in [(Tier::Community, 1, 7), (Tier::Pro, 7, 14)] {
+        let key = h.license(tier, 5);
+        let instance = format!("{tier}-no-telemetry");
+        let r = h.check_in(&key, &instance, None);
+        assert_eq!(status(&r), "telemetry_required", "{tier}");
+        assert_eq!(r["valid_until"], r["server_time"], "{tier}: the lease is not extended");
+        assert!(r["telemetry"].is_null());
+        let lease = lease::verify_signature(r["lease"].as_str().unwrap(), &h.ring).unwrap();
+        assert_eq!(lease.status, CheckInStatus::TelemetryRequired);
+        assert_eq!(h.store.telemetry_counts(&instance).unwrap()["telemetry_batches"], 0);
+
+        let r = h.check_in(&key, &format!("{tier}-with-telemetry"), Some(&telemetry()));
+        assert_eq!(status(&r), "valid", "{tier}");
+        let now = h.now();
+        assert_eq!(r["next_check_in_at"], licensor::time::format(&(now + Duration::days(interval))));
+        assert_eq!(r["valid_until"], licensor::time::format(&(now + Duration::days(interval + grace))));
+    }
+    let key = h.license(Tier::Enterprise, 5);
+    let r = h.check_in(&key, "ent-air-gapped", None);
+    assert_eq!(status(&r), "valid", "Enterprise may disable telemetry");
+    assert_eq!(r["valid_until"], licensor::time::format(&(h.now() + Duration::days(60))));
+    assert!(r["telemetry"].is_null());
+    let r = h.check_in(&key, "ent-sharing", Some(&telemetry()));
+    assert_eq!(status(&r), "valid");
+    assert_eq!(r["telemetry"]["accepted"], true);
+
+    // A license's own check-in interval overrides the tier's.
+    let key = h.license_with(Tier::Community, 1, |r| {
+        r.check_in_interval = Some(std::time::Duration::from_secs(6 * 3600))
+    });
+    let r = h.check_in(&key, "community-6h", Some(&telemetry()));
+    assert_eq!(r["next_check_in_at"], licensor::time::format(&(h.now() + Duration::hours(6))));
+    assert_eq!(r["valid_until"], licensor::time::format(&(h.now() + Duration::hours(6) + Duration::days(7))));
+}
+
+fn seats_are_limited_and_free_themselves(h: Harness) {
+    let key = h.license(Tier::Community, 2);
+    let t = || Some(batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string());
+    assert_eq!(status(&h.check_in(&key, "a", t().as_deref())), "valid");
+    assert_eq!(status(&h.check_in(&key, "b", t().as_deref())), "valid");
+    let r = h.check_in(&key, "c", t().as_deref());
+    assert_eq!(status(&r), "seat_limit_exceeded");
+    assert_eq!(r["valid_until"], r["server_time"]);
+    assert_eq!(r["telemetry"]["accepted"], false, "a refused check-in stores nothing");
+    assert_eq!(h.store.telemetry_counts("c").unwrap()["telemetry_batches"], 0);
+    // The holders keep working.
+    assert_eq!(status(&h.check_in(&key, "a", t().as_deref())), "valid");
+
+    // b keeps checking in; a stops. Community leases last 1 day + 7 days of grace.
+    h.advance(Duration::days(5));
+    assert_eq!(status(&h.check_in(&key, "b", t().as_deref())), "valid");
+    assert_eq!(status(&h.check_in(&key, "c", t().as_deref())), "seat_limit_exceeded");
+    h.advance(Duration::days(3) + Duration::seconds(1));
+    // a's lease has run out: its seat is free for c, and then the license is full again.
+    assert_eq!(status(&h.check_in(&key, "c", t().as_deref())), "valid");
+    assert_eq!(status(&h.check_in(&key, "a", t().as_deref())), "seat_limit_exceeded");
+}
+
+fn revoke_then_check_in_then_reinstate(h: Harness) {
+    let key = h.license(Tier::Pro, 2);
+    let t = || Some(batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string());
+    let r = h.check_in(&key, "inst", t().as_deref());
+    assert_eq!(status(&r), "valid");
+    let license_id = r["license_id"].as_str().unwrap().to_owned();
+
+    let (code, body) = h.admin(
+        Method::POST,
+        &format!("/v1/admin/licenses/{license_id}/revoke"),
+        Some(&json!({ "reason": "chargeback" })),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, json!({ "license_id": license_id, "revoked": true }));
+    let r = h.check_in(&key, "inst", t().as_deref());
+    assert_eq!(status(&r), "revoked");
+    assert!(r["message"].as_str().unwrap().contains("chargeback"));
+    assert_eq!(r["valid_until"], r["server_time"]);
+    assert_eq!(
+        lease::verify_signature(r["lease"].as_str().unwrap(), &h.ring).unwrap().status,
+        CheckInStatus::Revoked
+    );
+    // Revocation holds for every instance, new ones included.
+    assert_eq!(status(&h.check_in(&key, "other", t().as_deref())), "revoked");
+
+    let (code, _) = h.admin(Method::POST, &format!("/v1/admin/licenses/{license_id}/reinstate"), None);
+    assert_eq!(code, 200);
+    assert_eq!(status(&h.check_in(&key, "inst", t().as_deref())), "valid");
+
+    let (code, body) =
+        h.admin(Method::POST, "/v1/admin/licenses/00000000-0000-0000-0000-000000000000/revoke", None);
+    assert_eq!(code, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+fn expired_and_not_yet_valid_licenses(h: Harness) {
+    let t = || Some(batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string());
+    let later = h.license_with(Tier::Pro, 1, |r| r.not_before = Some(common::t0() + Duration::days(2)));
+    let r = h.check_in(&later, "early", t().as_deref());
+    assert_eq!(status(&r), "not_yet_valid");
+    assert_eq!(r["next_check_in_at"], licensor::time::format(&(common::t0() + Duration::days(2))));
+
+    let short = h.license_with(Tier::Pro, 1, |r| r.expiry = Expiry::At(common::t0() + Duration::days(10)));
+    let r = h.check_in(&short, "late", t().as_deref());
+    assert_eq!(status(&r), "valid");
+    assert_eq!(
+        r["valid_until"],
+        licensor::time::format(&(common::t0() + Duration::days(10))),
+        "a lease never outlives its license"
+    );
+    h.advance(Duration::days(10));
+    let r = h.check_in(&short, "late", t().as_deref());
+    assert_eq!(status(&r), "expired");
+    assert_eq!(r["telemetry"]["accepted"], false);
+    assert_eq!(status(&h.check_in(&later, "early", t().as_deref())), "valid");
+}
+
+fn untrusted_and_unreadable_keys(h: Harness) {
+    let t = Some(batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string());
+    let key = h.license(Tier::Pro, 1);
+    let mut tampered = key.clone().into_bytes();
+    let i = tampered.len() - 5;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let r = h.check_in(&String::from_utf8(tampered).unwrap(), "x", t.as_deref());
+    assert_eq!(status(&r), "bad_signature");
+    assert!(r["lease"].is_string(), "a readable license gets a lease saying so");
+    assert_eq!(r["telemetry"]["accepted"], false);
+
+    let stranger = licensor::keys::Signer::generate("stranger").unwrap();
+    let foreign = licensor::license::issue(
+        &stranger,
+        licensor::license::LicenseRequest {
+            licensee: "Nobody".into(),
+            tier: Tier::Enterprise,
+            expiry: Expiry::Perpetual,
+            not_before: None,
+            seats: 100,
+            features: vec![],
+            check_in_interval: None,
+        },
+        common::t0(),
+    )
+    .unwrap();
+    let r = h.check_in(&foreign.key, "x", t.as_deref());
+    assert_eq!(status(&r), "unknown_key");
+    assert!(r["message"].as_str().unwrap().contains("stranger"));
+
+    for garbage in ["", "garbage", "LEASE1.e30.AAAA", &"A".repeat(20_000)] {
+        let r = h.check_in(garbage, "x", t.as_deref());
+        assert_eq!(status(&r), "malformed", "{garbage:.20}");
+        assert!(r.get("lease").is_none() && r.get("license_id").is_none(), "{r}");
+    }
+    // Nothing about untrusted licenses was recorded as a license.
+    let (_, list) = h.admin(Method::GET, "/v1/admin/licenses", None);
+    assert_eq!(list["licenses"].as_array().unwrap().len(), 0, "{list}");
+}
+
+fn the_same_batch_sent_twice_is_stored_once(h: Harness) {
+    let key = h.license(Tier::Community, 1);
+    let telemetry = batch(uuid::Uuid::new_v4(), 10, 3, 2).to_string();
+    let first = h.check_in(&key, "retrier", Some(&telemetry));
+    let second = h.check_in(&key, "retrier", Some(&telemetry));
+    assert_eq!(first["telemetry"]["duplicate"], false);
+    assert_eq!(second["telemetry"]["duplicate"], true);
+    assert_eq!(second["telemetry"]["accepted"], true);
+    assert_eq!(second["telemetry"]["digest"], first["telemetry"]["digest"]);
+    let counts = h.store.telemetry_counts("retrier").unwrap();
+    assert_eq!(counts["telemetry_batches"], 1);
+    assert_eq!(counts["telemetry_events"], 10);
+    assert_eq!(counts["telemetry_performance"], 3);
+    assert_eq!(counts["telemetry_sessions"], 1);
+    let summary = summary(&h, "retrier", 24);
+    assert_eq!(summary["errors"][0]["count"], 2, "error counts are not added twice: {summary}");
+    assert_eq!(summary["usage"][0]["count"], 19);
+}
+
+fn the_same_batch_sent_concurrently_is_stored_once(h: Harness) {
+    let key = h.license(Tier::Community, 1);
+    let telemetry = batch(uuid::Uuid::new_v4(), 20, 5, 3).to_string();
+    let duplicates: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    h.check_in(&key, "racer", Some(&telemetry))["telemetry"]["duplicate"].as_bool().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(duplicates.iter().filter(|d| !**d).count(), 1, "{duplicates:?}");
+    let counts = h.store.telemetry_counts("racer").unwrap();
+    assert_eq!(counts["telemetry_batches"], 1);
+    assert_eq!(counts["telemetry_events"], 20);
+    assert_eq!(counts["telemetry_errors"], 3);
+    assert_eq!(summary(&h, "racer", 24)["errors"][0]["count"], 2);
+}
+
+fn error_code(h: &Harness, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let (code, v) = h.post_raw("/v1/check-ins", content_type, body);
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{v}");
+    (code, v["error"]["code"].as_str().unwrap().to_owned())
+}
+
+fn malformed_requests_get_exact_errors(h: Harness) {
+    let key = h.license(Tier::Pro, 1);
+    let good = |f: &dyn Fn(&mut Value)| {
+        let mut v = json!({
+            "license_key": key, "instance_id": "i", "nonce": nonce(), "software_version": "1",
+            "telemetry": batch(uuid::Uuid::new_v4(), 1, 0, 0)
+        });
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let json_ct = "application/json";
+    assert_eq!(error_code(&h, json_ct, b"{not json".to_vec()), (400, "invalid_request".into()));
+    assert_eq!(error_code(&h, json_ct, b"".to_vec()), (400, "invalid_request".into()));
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["instance_id"] = json!(5))),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["telemetry_disabled"] = json!("yes"))),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        error_code(
+            &h,
+            json_ct,
+            good(&|v| {
+                v.as_object_mut().unwrap().remove("nonce");
+            })
+        ),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["nonce"] = json!("short"))),
+        (400, "invalid_nonce".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["instance_id"] = json!("has space"))),
+        (400, "invalid_instance_id".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["telemetry_disabled"] = json!(true))),
+        (400, "conflicting_telemetry".into())
+    );
+    assert_eq!(
+        error_code(
+            &h,
+            json_ct,
+            good(&|v| {
+                v.as_object_mut().unwrap().remove("telemetry");
+            })
+        ),
+        (400, "missing_telemetry".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["telemetry"]["schema"] = json!(2))),
+        (400, "unsupported_schema".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["telemetry"] = json!("text"))),
+        (400, "invalid_telemetry".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["telemetry"]["usage"][0]["kind"] = json!("telepathy"))),
+        (400, "invalid_telemetry".into())
+    );
+    assert_eq!(
+        error_code(&h, json_ct, good(&|v| v["telemetry"]["usage"][0]["name"] = json!("x".repeat(129)))),
+        (400, "invalid_telemetry".into())
+    );
+    assert_eq!(
+        error_code(
+            &h,
+            json_ct,
+            good(&|v| v["telemetry"]["usage"] =
+                json!(vec![json!({"kind": "api", "name": "n", "count": 1}); 2001]))
+        ),
+        (400, "telemetry_limit_exceeded".into())
+    );
+    assert_eq!(error_code(&h, "text/plain", good(&|_| {})), (415, "unsupported_media_type".into()));
+    let huge = good(&|v| v["padding"] = json!("x".repeat(300 * 1024)));
+    assert_eq!(error_code(&h, json_ct, huge), (413, "body_too_large".into()));
+
+    let response = h.http.get(h.url("/v1/check-ins")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "method_not_allowed");
+    let response = h.http.get(h.url("/nowhere")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "not_found");
+
+    // Unknown fields are ignored, as the protocol says.
+    let (code, v) = h.post_raw("/v1/check-ins", json_ct, good(&|v| v["future_field"] = json!({"x": 1})));
+    assert_eq!((code, v["status"].as_str()), (200, Some("valid")));
+
+    for path in ["/healthz", "/readyz"] {
+        let response = h.http.get(h.url(path)).send().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+}
+
+fn admin_routes_require_the_token(h: Harness) {
+    let routes = [
+        (Method::POST, "/v1/admin/licenses"),
+        (Method::GET, "/v1/admin/licenses"),
+        (Method::POST, "/v1/admin/licenses/x/revoke"),
+        (Method::POST, "/v1/admin/licenses/x/reinstate"),
+        (Method::GET, "/v1/admin/instances"),
+        (Method::GET, "/v1/admin/telemetry/summary?instance_id=x"),
+        (Method::DELETE, "/v1/admin/instances/x/telemetry"),
+    ];
+    for (method, path) in routes {
+        for auth in
+            [None, Some("Bearer wrong-token-wrong-token-wrong"), Some("Basic dXNlcjpwYXNz"), Some("Bearer ")]
+        {
+            let mut request = h.http.request(method.clone(), h.url(path));
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let response = request.send().unwrap();
+            assert_eq!(response.status().as_u16(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "unauthorized");
+        }
+    }
+    let (code, _) = h.admin(Method::GET, "/v1/admin/licenses", None);
+    assert_eq!(code, 200);
+}
+
+fn summary(h: &Harness, instance: &str, hours: u32) -> Value {
+    let (code, v) = h.admin(
+        Method::GET,
+        &format!("/v1/admin/telemetry/summary?instance_id={instance}&hours={hours}"),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn admin_issue_list_summary_and_erase(h: Harness) {
+    let (code, issued) = h.admin(
+        Method::POST,
+        "/v1/admin/licenses",
+        Some(&json!({ "tier": "pro", "licensee": "Admin Issued GmbH", "expires_at": "2027-06-01T00:00:00Z", "seats": 4, "features": ["sso"] })),
+    );
+    assert_eq!(code, 201, "{issued}");
+    let key = issued["license_key"].as_str().unwrap();
+    assert_eq!(issued["payload"]["seats"], 4);
+    let license_id = issued["payload"]["license_id"].as_str().unwrap();
+
+    for (body, code_expected) in [
+        (json!({ "tier": "pro", "licensee": "X" }), "invalid_request"),
+        (json!({ "tier": "gold", "licensee": "X", "perpetual": true }), "invalid_request"),
+        (json!({ "tier": "pro", "licensee": "", "perpetual": true }), "invalid_license"),
+        (json!({ "tier": "pro", "licensee": "X", "expires_at": "2001-01-01T00:00:00Z" }), "invalid_license"),
+    ] {
+        let (code, v) = h.admin(Method::POST, "/v1/admin/licenses", Some(&body));
+        assert_eq!((code, v["error"]["code"].as_str().unwrap()), (400, code_expected), "{body}");
+    }
+
+    let telemetry = batch(uuid::Uuid::new_v4(), 4, 2, 1).to_string();
+    assert_eq!(status(&h.check_in(key, "summarised", Some(&telemetry))), "valid");
+
+    let (_, list) = h.admin(Method::GET, "/v1/admin/licenses", None);
+    let licenses = list["licenses"].as_array().unwrap();
+    assert_eq!(licenses.len(), 1);
+    let l = &licenses[0];
+    assert_eq!(l["license_id"], license_id);
+    assert_eq!(l["licensee"], "Admin Issued GmbH");
+    assert_eq!(l["issued_here"], true);
+    assert_eq!(l["revoked"], false);
+    assert_eq!(l["instance_count"], 1);
+    assert_eq!(l["seats_in_use"], 1);
+    assert_eq!(l["last_check_in_at"], licensor::time::format(&h.now()));
+
+    let (_, instances) = h.admin(Method::GET, "/v1/admin/instances", None);
+    let i = &instances["instances"][0];
+    assert_eq!(i["instance_id"], "summarised");
+    assert_eq!(i["license_id"], license_id);
+    assert_eq!(i["software_version"], "1.4.2");
+    assert_eq!(i["last_status"], "valid");
+
+    let s = summary(&h, "summarised", 24);
+    assert_eq!(s["batches"], 1);
+    assert_eq!(s["usage"].as_array().unwrap().len(), 4);
+    assert_eq!(s["usage"][0], json!({ "kind": "ui_action", "name": "feature_3", "count": 13 }));
+    assert_eq!(s["performance"].as_array().unwrap().len(), 2);
+    assert_eq!(s["performance"][0]["count"], 50);
+    assert_eq!(s["performance"][0]["p99_ms"], 88.0);
+    assert_eq!(s["errors"][0]["message"], "query 0 timed out");
+    assert_eq!(s["sessions"]["count"], 14);
+    assert_eq!(s["sessions"]["total_duration_s"], 9120);
+    assert_eq!(s["sessions"]["hourly"].as_array().unwrap().len(), 24);
+
+    // Past the window, nothing is summarised (errors are kept, but last seen before it).
+    h.advance(Duration::hours(30));
+    let s = summary(&h, "summarised", 24);
+    assert_eq!((s["batches"].as_i64(), s["usage"].as_array().unwrap().len()), (Some(0), 0));
+    assert_eq!(s["errors"].as_array().unwrap().len(), 0);
+
+    let (code, v) = h.admin(Method::GET, "/v1/admin/telemetry/summary?instance_id=ghost", None);
+    assert_eq!((code, v["error"]["code"].as_str().unwrap()), (404, "not_found"));
+    let (code, _) = h.admin(Method::GET, "/v1/admin/telemetry/summary?instance_id=summarised&hours=0", None);
+    assert_eq!(code, 400);
+    let (code, _) = h.admin(Method::GET, "/v1/admin/telemetry/summary", None);
+    assert_eq!(code, 400);
+
+    let (code, erased) = h.admin(Method::DELETE, "/v1/admin/instances/summarised/telemetry", None);
+    assert_eq!(code, 200, "{erased}");
+    assert_eq!(erased["removed"]["telemetry_events"], 4);
+    assert_eq!(erased["removed"]["telemetry_errors"], 1);
+    assert!(h.store.telemetry_counts("summarised").unwrap().values().all(|n| *n == 0));
+}
+
+fn pii_in_every_batch_string_never_reaches_the_tables(h: Harness) {
+    let corpus: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pii-corpus.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let secrets: Vec<String> = corpus["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_str().unwrap().to_owned())
+        .collect();
+    let fragments: Vec<String> = corpus["sensitive_fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    let key = h.license(Tier::Pro, 100);
+    for (i, secret) in secrets.iter().enumerate() {
+        // Names may not hold control characters; the PEM key goes where free text may.
+        let name_safe = !secret.contains('\n');
+        let name = |prefix: &str| if name_safe { format!("{prefix} {secret}") } else { prefix.to_owned() };
+        let mut b = batch(uuid::Uuid::new_v4(), 1, 1, 1);
+        b["environment"]["app_version"] =
+            json!(if name_safe && secret.len() < 60 { secret.clone() } else { "1".into() });
+        b["environment"]["os"] = json!(name("linux"));
+        b["environment"]["arch"] = json!(name("x86_64"));
+        b["environment"]["modules_enabled"] = json!([name("module")]);
+        b["environment"]["health"] = json!({ name("svc"): "healthy" });
+        b["usage"][0]["name"] = json!(name("feature"));
+        b["performance"][0]["route"] = json!(name("/api"));
+        b["performance"][0]["method"] =
+            json!(if name_safe && secret.len() <= 16 { secret.clone() } else { "GET".into() });
+        b["performance"][0]["sketch"] = json!(format!("sketch {secret}"));
+        b["errors"][0]["type"] = json!(name("db"));
+        b["errors"][0]["message"] = json!(format!("failed for {secret} at step 3"));
+        b["errors"][0]["stack"] = json!([format!("at {secret}"), "at main"]);
+        b["errors"][0]["fingerprint"] = json!(format!("{:x}", 0xabc0 + i));
+        if secret.len() < 55 {
+            b["redactions"] = json!({ name("rule"): 1 });
+        }
+        let r = h.check_in(&key, &format!("pii-{i}"), Some(&b.to_string()));
+        assert_eq!(status(&r), "valid", "{secret}: {r}");
+    }
+    let stored = h.store.telemetry_text().unwrap().join("\n");
+    assert!(stored.contains("[EMAIL]") && stored.contains("[CARD]"), "the corpus went through the tables");
+    for fragment in &fragments {
+        assert!(!stored.contains(fragment.as_str()), "{fragment:?} reached the telemetry tables");
+    }
+    for i in 0..secrets.len() {
+        let s = summary(&h, &format!("pii-{i}"), 24).to_string();
+        for fragment in &fragments {
+            assert!(!s.contains(fragment.as_str()), "{fragment:?} in the summary of pii-{i}");
+        }
+    }
+}
+
+fn rate_limit_answers_429_with_retry_after(h: Harness) {
+    drop(h);
+    let Some(h) = Harness::start_with(common::Db::Sqlite, |c| c.rate_limit_per_minute = 3) else { return };
+    let key = h.license(Tier::Enterprise, 2);
+    for _ in 0..3 {
+        assert_eq!(status(&h.check_in(&key, "looper", None)), "valid");
+    }
+    let response = h
+        .http
+        .post(h.url("/v1/check-ins"))
+        .header("content-type", "application/json")
+        .body(h.check_in_body(&key, "looper", &nonce(), None))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "60", "the test clock sits on a whole minute");
+    assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "too_many_requests");
+    // Other instances are not held back by one that loops.
+    assert_eq!(status(&h.check_in(&key, "calm", None)), "valid");
+    h.advance(Duration::minutes(1));
+    assert_eq!(status(&h.check_in(&key, "looper", None)), "valid");
+}
