@@ -570,3 +570,29 @@ fn rate_limit_answers_429_with_retry_after(h: Harness) {
     h.advance(Duration::minutes(1));
     assert_eq!(status(&h.check_in(&key, "looper", None)), "valid");
 }
+
+/// `licensor inspect` reads a lease from a real check-in, as it reads license keys.
+#[test]
+fn inspect_reads_a_lease() {
+    let h = Harness::start(common::Db::Sqlite).unwrap();
+    let key = h.license(Tier::Enterprise, 1);
+    let r = h.check_in(&key, "inspected", None);
+    let lease = r["lease"].as_str().unwrap();
+    let keys = h.dir.path().join("keys");
+    let run = |at: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_licensor"))
+            .args(["inspect", lease, "--json", "--keys", keys.to_str().unwrap(), "--at", at])
+            .output()
+            .unwrap();
+        (out.status.code().unwrap(), serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    let (code, report) = run(&licensor::time::format(&h.now()));
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["kind"], "lease");
+    assert_eq!(report["verdict"], "valid");
+    assert_eq!(report["payload"]["instance_id"], "inspected");
+    assert_eq!(report["payload"]["status"], "valid");
+    assert_eq!(report["payload"]["valid_until"], r["valid_until"]);
+    let (code, report) = run(r["valid_until"].as_str().unwrap());
+    assert_eq!((code, report["verdict"].as_str()), (1, Some("expired")));
+}

@@ -38,7 +38,7 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Issue a signed license key, or many from a CSV file.
     Issue(IssueArgs),
-    /// Decode a license key and verify it against a key ring.
+    /// Decode a license key or a lease and verify it against a key ring.
     Inspect(InspectArgs),
     /// Walk through the vendor flow with a throwaway key: keygen, issue per tier, verify.
     Demo(DemoArgs),
@@ -138,7 +138,7 @@ pub struct IssueArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The license key, or - to read it from standard input.
+    /// The license key or lease, or - to read it from standard input.
     pub key: String,
     /// Directory of trusted public keys (KID.public.pem).
     #[arg(long, env = "LICENSOR_KEYS_DIR", default_value = "keys")]

@@ -7,6 +7,7 @@ use std::io::Read as _;
 
 use super::{InspectArgs, IssueArgs, KeygenArgs, EXIT_NOT_VALID, EXIT_OK};
 use crate::keys::{KeyRing, Signer};
+use crate::lease::LeasePayload;
 use crate::license::{self, Expiry, LicensePayload, LicenseRequest};
 use crate::token::{self, TokenError, Verdict};
 
@@ -76,6 +77,7 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
         // Surrounding white space is what copying and pasting adds; it is not part of a key.
         Ok(text) => Report::of(text.trim(), &ring, now),
         Err(_) => Report {
+            kind: "license",
             verdict: Verdict::Malformed,
             message: "malformed token: the input is not UTF-8 text".into(),
             payload: None,
@@ -85,12 +87,13 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
         let out = json!({
             "verdict": report.verdict,
             "message": report.message,
-            "kind": "license",
+            "kind": report.kind,
             "payload": report.payload,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("verdict: {}", report.verdict);
+        println!("kind:    {}", report.kind);
         println!("message: {}", report.message);
         if let Some(payload) = &report.payload {
             println!("payload:\n{}", serde_json::to_string_pretty(payload)?);
@@ -99,20 +102,43 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
     Ok(if report.verdict == Verdict::Valid { EXIT_OK } else { EXIT_NOT_VALID })
 }
 
-/// What `inspect` says about one key.
+/// What `inspect` says about one token.
 struct Report {
+    /// `license` or `lease`.
+    kind: &'static str,
     verdict: Verdict,
     message: String,
-    /// The decoded payload, shown even when the key is not valid, whenever it can be read.
+    /// The decoded payload, shown even when the token is not valid, whenever it can be read.
     payload: Option<serde_json::Value>,
 }
 
 impl Report {
     fn of(text: &str, ring: &KeyRing, now: chrono::DateTime<Utc>) -> Report {
+        if token::kind_of(text) == Some(token::LEASE) {
+            let payload = token::decode_json(text, token::LEASE).ok();
+            return match token::verify::<LeasePayload>(text, ring, now) {
+                Ok(lease) => Report {
+                    kind: "lease",
+                    verdict: Verdict::Valid,
+                    message: format!(
+                        "lease with status {} for instance {:?} of license {}, valid until {}, signed by key {:?}",
+                        lease.status,
+                        lease.instance_id,
+                        lease.license_id,
+                        crate::time::format(&lease.valid_until),
+                        lease.kid
+                    ),
+                    payload,
+                },
+                Err(e) => Report { kind: "lease", verdict: e.verdict(), message: refusal_message(&e), payload },
+            };
+        }
         let payload = token::decode_json(text, token::LICENSE).ok();
         match license::verify(text, ring, now) {
-            Ok(license) => Report { verdict: Verdict::Valid, message: valid_message(&license), payload },
-            Err(e) => Report { verdict: e.verdict(), message: refusal_message(&e), payload },
+            Ok(license) => {
+                Report { kind: "license", verdict: Verdict::Valid, message: valid_message(&license), payload }
+            }
+            Err(e) => Report { kind: "license", verdict: e.verdict(), message: refusal_message(&e), payload },
         }
     }
 }
