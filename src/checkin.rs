@@ -242,8 +242,7 @@ impl CheckInService {
     ) -> Result<CheckInResponse, CheckInError> {
         let license_id = license.license_id.to_string();
         let (status, message, times, duplicate) = self.store.transaction(|conn| {
-            licensing::ensure_license(conn, &license_row(&license, now))?;
-            let row = licensing::touch_license(conn, &license_id, store::naive(now))?;
+            let row = licensing::upsert_license(conn, &license_row(&license, now), store::naive(now))?;
             let seats = licensing::seat_state(conn, &license_id, &request.instance_id, store::naive(now))?;
             let (status, message) = decide(&license, &row, &seats, telemetry.is_some(), now);
             let times = times_for(&license, status, &seats, now);

@@ -7,7 +7,7 @@
 //! numbers must pass the Luhn check and carry a card-network prefix (so timestamps and order
 //! numbers are not cards), IP addresses must parse as addresses (so `10:30:00` is a time).
 
-use regex::{Captures, Regex};
+use regex::{Captures, Regex, RegexSet};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
@@ -80,6 +80,16 @@ fn re(pattern: &str) -> Regex {
     Regex::new(pattern).expect("scrubber patterns are valid")
 }
 
+/// Every rule's pattern in one set: a single pass over the text tells which rules can apply,
+/// and most strings (feature names, routes) need no rule at all.
+static ANY: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new(
+        [&*PRIVATE_KEY, &*BEARER, &*JWT, &*API_KEY, &*SECRET_ASSIGNMENT, &*EMAIL, &*CARD, &*IPV4, &*IPV6, &*PHONE, &*HOME]
+            .map(Regex::as_str),
+    )
+    .expect("scrubber patterns are valid")
+});
+
 static PRIVATE_KEY: LazyLock<Regex> = LazyLock::new(|| {
     re(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\z)")
 });
@@ -115,37 +125,43 @@ static HOME: LazyLock<Regex> =
 
 /// Scrubs one string, adding what it replaced to `counts`.
 pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
+    let candidates = ANY.matches(text);
+    if !candidates.matched_any() {
+        return text.to_owned();
+    }
     let mut out = text.to_owned();
-    let mut apply = |out: &mut String, regex: &Regex, rule: Rule, f: &dyn Fn(&Captures) -> Option<String>| {
-        if !regex.is_match(out) {
+    // Index `i` in ANY is the i-th rule below; rules run in this order, each only if the set
+    // saw its pattern (replacements only remove text, so they cannot create new matches).
+    let mut apply = |i: usize, regex: &Regex, rule: Rule, f: &dyn Fn(&Captures) -> Option<String>| {
+        if !candidates.matched(i) || !regex.is_match(&out) {
             return;
         }
-        let replaced = regex.replace_all(out, |c: &Captures| match f(c) {
+        let replaced = regex.replace_all(&out, |c: &Captures| match f(c) {
             Some(replacement) => {
                 counts.add(rule);
                 replacement
             }
             None => c[0].to_owned(),
         });
-        *out = replaced.into_owned();
+        out = replaced.into_owned();
     };
-    apply(&mut out, &PRIVATE_KEY, Rule::PrivateKey, &|_| Some("[PRIVATE_KEY]".into()));
-    apply(&mut out, &BEARER, Rule::BearerToken, &|c| Some(format!("{} [TOKEN]", &c[1])));
-    apply(&mut out, &JWT, Rule::Jwt, &|_| Some("[TOKEN]".into()));
-    apply(&mut out, &API_KEY, Rule::ApiKey, &|_| Some("[API_KEY]".into()));
-    apply(&mut out, &SECRET_ASSIGNMENT, Rule::Secret, &|c| {
+    apply(0, &PRIVATE_KEY, Rule::PrivateKey, &|_| Some("[PRIVATE_KEY]".into()));
+    apply(1, &BEARER, Rule::BearerToken, &|c| Some(format!("{} [TOKEN]", &c[1])));
+    apply(2, &JWT, Rule::Jwt, &|_| Some("[TOKEN]".into()));
+    apply(3, &API_KEY, Rule::ApiKey, &|_| Some("[API_KEY]".into()));
+    apply(4, &SECRET_ASSIGNMENT, Rule::Secret, &|c| {
         let value = &c[0][c[1].len()..];
         (!value.starts_with('[')).then(|| format!("{}[REDACTED]", &c[1]))
     });
-    apply(&mut out, &EMAIL, Rule::Email, &|_| Some("[EMAIL]".into()));
-    apply(&mut out, &CARD, Rule::Card, &|c| is_card_number(&c[0]).then(|| "[CARD]".into()));
-    apply(&mut out, &IPV4, Rule::Ip, &|c| c[0].parse::<Ipv4Addr>().is_ok().then(|| "[IP]".into()));
-    apply(&mut out, &IPV6, Rule::Ip, &|c| is_ipv6(&c[0]).then(|| "[IP]".into()));
-    apply(&mut out, &PHONE, Rule::Phone, &|c| {
+    apply(5, &EMAIL, Rule::Email, &|_| Some("[EMAIL]".into()));
+    apply(6, &CARD, Rule::Card, &|c| is_card_number(&c[0]).then(|| "[CARD]".into()));
+    apply(7, &IPV4, Rule::Ip, &|c| c[0].parse::<Ipv4Addr>().is_ok().then(|| "[IP]".into()));
+    apply(8, &IPV6, Rule::Ip, &|c| is_ipv6(&c[0]).then(|| "[IP]".into()));
+    apply(9, &PHONE, Rule::Phone, &|c| {
         let digits = c[0].bytes().filter(u8::is_ascii_digit).count();
         (8..=15).contains(&digits).then(|| "[PHONE]".into())
     });
-    apply(&mut out, &HOME, Rule::HomePath, &|c| (!c[2].starts_with('[')).then(|| format!("{}[USER]", &c[1])));
+    apply(10, &HOME, Rule::HomePath, &|c| (!c[2].starts_with('[')).then(|| format!("{}[USER]", &c[1])));
     out
 }
 

@@ -26,7 +26,23 @@ on_both_backends!(
     admin_issue_list_summary_and_erase,
     pii_in_every_batch_string_never_reaches_the_tables,
     rate_limit_answers_429_with_retry_after,
+    a_batch_repeating_a_fingerprint_is_merged,
 );
+
+fn a_batch_repeating_a_fingerprint_is_merged(h: Harness) {
+    let key = h.license(Tier::Pro, 1);
+    let mut b = batch(uuid::Uuid::new_v4(), 1, 0, 2);
+    b["errors"][1]["fingerprint"] = b["errors"][0]["fingerprint"].clone();
+    b["errors"][1]["message"] = json!("the later message");
+    assert_eq!(status(&h.check_in(&key, "repeats", Some(&b.to_string()))), "valid");
+    let s = summary(&h, "repeats", 24);
+    assert_eq!(s["errors"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["errors"][0]["count"], 4);
+    // A second batch adds to the same group.
+    b["batch_id"] = json!(uuid::Uuid::new_v4());
+    assert_eq!(status(&h.check_in(&key, "repeats", Some(&b.to_string()))), "valid");
+    assert_eq!(summary(&h, "repeats", 24)["errors"][0]["count"], 8);
+}
 
 fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap()
@@ -595,4 +611,64 @@ fn inspect_reads_a_lease() {
     assert_eq!(report["payload"]["valid_until"], r["valid_until"]);
     let (code, report) = run(r["valid_until"].as_str().unwrap());
     assert_eq!((code, report["verdict"].as_str()), (1, Some("expired")));
+}
+
+fn licensor_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_licensor"));
+    command.args(args).env_remove("LICENSOR_ADMIN_TOKEN").env_remove("LICENSOR_SERVER_URL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// The admin commands of the CLI against a real server, with their exit codes.
+#[test]
+fn admin_cli_talks_to_the_server() {
+    let h = Harness::start(common::Db::Sqlite).unwrap();
+    let env = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN), ("LICENSOR_SERVER_URL", h.base.as_str())];
+    let (code, out, err) = licensor_cli(
+        &["admin", "issue", "--tier", "community", "--licensee", "CLI Corp", "--expires", "2027-01-01", "--seats", "3"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let issued: Value = serde_json::from_str(&out).unwrap();
+    let license_id = issued["payload"]["license_id"].as_str().unwrap().to_owned();
+    assert_eq!(issued["payload"]["seats"], 3);
+
+    let (code, out, _) = licensor_cli(&["admin", "revoke", &license_id, "--reason", "testing"], &env);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["revoked"], true);
+    let (code, out, _) = licensor_cli(&["admin", "licenses"], &env);
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["licenses"][0]["revoked_reason"], "testing");
+    let (code, _, _) = licensor_cli(&["admin", "reinstate", &license_id], &env);
+    assert_eq!(code, 0);
+
+    // A refusal from the server is exit 1; no server at all is exit 2.
+    let (code, out, _) = licensor_cli(&["admin", "summary", "--instance", "ghost"], &env);
+    assert_eq!(code, 1);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["error"]["code"], "not_found");
+    let wrong = [("LICENSOR_ADMIN_TOKEN", "wrong-token-wrong-token-wrong"), ("LICENSOR_SERVER_URL", h.base.as_str())];
+    assert_eq!(licensor_cli(&["admin", "instances"], &wrong).0, 1);
+    let nowhere = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN), ("LICENSOR_SERVER_URL", "http://127.0.0.1:9")];
+    let (code, _, err) = licensor_cli(&["admin", "instances"], &nowhere);
+    assert_eq!(code, 2);
+    assert!(err.contains("no answer from http://127.0.0.1:9"), "{err}");
+}
+
+/// The load tool runs end to end (its figures are for `licensor bench`, not for this test).
+#[test]
+fn the_load_tool_fires_real_check_ins() {
+    let h = Harness::start(common::Db::Sqlite).unwrap();
+    let env = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN)];
+    let args = ["bench", "check-ins", "--url", &h.base, "--licenses", "3", "--instances", "30", "--requests", "60", "--concurrency", "4"];
+    let (code, out, err) = licensor_cli(&args, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("check-ins:   60 in"), "{out}");
+    assert!(out.contains("  valid: 60"), "every check-in is valid: {out}");
+    let instances = h.store.list_instances().unwrap();
+    assert_eq!(instances.len(), 30);
 }

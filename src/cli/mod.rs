@@ -5,6 +5,8 @@
 //! or answer other than valid) and [`EXIT_ERROR`] (usage, input or I/O errors; clap's own
 //! usage errors exit with 2 as well).
 
+mod admin;
+mod bench;
 mod bulk;
 mod demo;
 mod serve;
@@ -44,6 +46,102 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the license server (zero configuration starts a development set-up in ./data).
     Serve(ServeArgs),
+    /// Talk to a server's admin API: licenses, instances, telemetry.
+    Admin(AdminArgs),
+    /// Load and speed measurements that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Fire realistic check-ins at a running server and print check-ins/s, p50 and p99.
+    CheckIns(BenchCheckInsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCheckInsArgs {
+    /// The server's base URL.
+    #[arg(long, env = "LICENSOR_SERVER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The admin token, to issue the licenses the load uses (the server needs an issuing key).
+    #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Licenses to spread the instances over.
+    #[arg(long, default_value_t = 200)]
+    pub licenses: usize,
+    /// Simulated instances.
+    #[arg(long, default_value_t = 100_000)]
+    pub instances: usize,
+    /// Check-ins to send in all.
+    #[arg(long, default_value_t = 40_000)]
+    pub requests: usize,
+    /// Check-ins in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The server's base URL.
+    #[arg(long, env = "LICENSOR_SERVER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The admin token (prefer the environment to the flag).
+    #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// List licenses seen or issued, with revocation, instance counts and last check-in.
+    Licenses,
+    /// Issue a license (the server must hold an issuing key).
+    Issue {
+        #[arg(long)]
+        tier: Tier,
+        #[arg(long)]
+        licensee: String,
+        /// RFC 3339, or YYYY-MM-DD for 00:00:00 UTC that day.
+        #[arg(long, value_parser = parse_instant, required_unless_present = "perpetual", conflicts_with = "perpetual")]
+        expires: Option<DateTime<Utc>>,
+        #[arg(long)]
+        perpetual: bool,
+        #[arg(long, value_parser = parse_instant)]
+        not_before: Option<DateTime<Utc>>,
+        #[arg(long, default_value_t = 1)]
+        seats: u32,
+        #[arg(long = "feature", value_name = "NAME")]
+        features: Vec<String>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        check_in_interval: Option<std::time::Duration>,
+    },
+    /// Revoke a license: every instance's next check-in answers `revoked`.
+    Revoke {
+        license_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Undo a revocation.
+    Reinstate { license_id: String },
+    /// List instances with their license, version, last check-in and status.
+    Instances,
+    /// One instance's telemetry over the last hours.
+    Summary {
+        #[arg(long)]
+        instance: String,
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+    },
+    /// Erase everything stored from one instance's telemetry.
+    Erase {
+        #[arg(long)]
+        instance: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +265,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Inspect(args) => vendor::inspect(args),
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Admin(args) => admin::run(args),
+        Command::Bench(BenchCommand::CheckIns(args)) => bench::check_ins(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

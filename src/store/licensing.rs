@@ -13,7 +13,8 @@ use super::{on_backend, DbConnection, Store, StoreError};
 pub struct SeatState {
     /// The instance's row, if it checked in before.
     pub instance: Option<InstanceRow>,
-    /// Instances of the same license, other than this one, holding a seat now.
+    /// Instances of the same license, other than this one, holding a seat now (counted only
+    /// when this instance does not hold one itself; zero otherwise).
     pub held_by_others: i64,
 }
 
@@ -91,25 +92,21 @@ pub struct InstanceRecord {
     pub seat_until: Option<DateTime<Utc>>,
 }
 
-/// Records a license seen in a check-in, unless it is already known.
-pub fn ensure_license(conn: &mut DbConnection, row: &LicenseRow) -> Result<(), StoreError> {
-    on_backend!(conn, c => {
-        diesel::insert_into(licenses::table).values(row).on_conflict_do_nothing().execute(c)?;
-    });
-    Ok(())
-}
-
-/// Marks the license checked in at `now` and returns its row. Being a write, this takes the
-/// lock that serialises check-ins of one license for the rest of the transaction: a row lock
-/// on PostgreSQL, the database write lock on SQLite (taken before any read, so two
-/// transactions never deadlock upgrading a read lock).
-pub fn touch_license(
-    conn: &mut DbConnection,
-    id: &str,
-    now: NaiveDateTime,
-) -> Result<LicenseRow, StoreError> {
-    diesel::update(licenses::table.find(id)).set(licenses::last_check_in_at.eq(now)).execute(conn)?;
-    Ok(licenses::table.find(id).select(LicenseRow::as_select()).first(conn)?)
+/// Records the license as seen (inserting it the first time) and checked in at `now`, and
+/// returns its row, in one statement. Being a write, this takes the lock that serialises
+/// check-ins of one license for the rest of the transaction: a row lock on PostgreSQL, the
+/// database write lock on SQLite (taken before any read, so two transactions never deadlock
+/// upgrading a read lock).
+pub fn upsert_license(conn: &mut DbConnection, row: &LicenseRow, now: NaiveDateTime) -> Result<LicenseRow, StoreError> {
+    Ok(on_backend!(conn, c => {
+        diesel::insert_into(licenses::table)
+            .values(row)
+            .on_conflict(licenses::id)
+            .do_update()
+            .set(licenses::last_check_in_at.eq(now))
+            .returning(LicenseRow::as_returning())
+            .get_result(c)?
+    }))
 }
 
 /// The instance's row and the seats other instances of `license_id` hold at `now`.
@@ -119,15 +116,18 @@ pub fn seat_state(
     instance_id: &str,
     now: NaiveDateTime,
 ) -> Result<SeatState, StoreError> {
-    let instance =
-        instances::table.find(instance_id).select(InstanceRow::as_select()).first(conn).optional()?;
-    let held_by_others = instances::table
-        .filter(instances::license_id.eq(license_id))
-        .filter(instances::seat_until.gt(now))
-        .filter(instances::id.ne(instance_id))
-        .count()
-        .get_result(conn)?;
-    Ok(SeatState { instance, held_by_others })
+    let instance = instances::table.find(instance_id).select(InstanceRow::as_select()).first(conn).optional()?;
+    let mut state = SeatState { instance, held_by_others: 0 };
+    // An instance that holds its seat keeps it whatever the others do: no need to count.
+    if !state.holds_seat(license_id, now) {
+        state.held_by_others = instances::table
+            .filter(instances::license_id.eq(license_id))
+            .filter(instances::seat_until.gt(now))
+            .filter(instances::id.ne(instance_id))
+            .count()
+            .get_result(conn)?;
+    }
+    Ok(state)
 }
 
 /// Inserts or replaces an instance's row.

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use diesel::upsert::excluded;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,16 +32,27 @@ pub fn insert_batch(conn: &mut DbConnection, batch: &StoredBatch) -> Result<bool
             diesel::insert_into(telemetry_performance::table).values(chunk).execute(c)?;
         }
         diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(c)?;
-        for error in &batch.errors {
+    });
+    upsert_errors(conn, &merge_fingerprints(&batch.errors))?;
+    Ok(true)
+}
+
+/// Adds error groups to the deduplicated errors: counts add up, first and last seen widen,
+/// the text is the latest. The one place the backends differ: PostgreSQL takes every row in
+/// one statement, SQLite (in-process, no round trips to save) one statement a row, because
+/// diesel cannot express a multi-row upsert for SQLite.
+fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), StoreError> {
+    macro_rules! upsert {
+        ($values:expr) => {
             diesel::insert_into(telemetry_errors::table)
-                .values(error)
+                .values($values)
                 .on_conflict((telemetry_errors::instance_id, telemetry_errors::fingerprint))
                 .do_update()
                 .set((
-                    telemetry_errors::count.eq(telemetry_errors::count + error.count),
-                    telemetry_errors::error_type.eq(&error.error_type),
-                    telemetry_errors::message.eq(&error.message),
-                    telemetry_errors::stack.eq(&error.stack),
+                    telemetry_errors::count.eq(telemetry_errors::count + excluded(telemetry_errors::count)),
+                    telemetry_errors::error_type.eq(excluded(telemetry_errors::error_type)),
+                    telemetry_errors::message.eq(excluded(telemetry_errors::message)),
+                    telemetry_errors::stack.eq(excluded(telemetry_errors::stack)),
                     // Same SQL on both backends: CASE rather than MIN/LEAST, which differ.
                     telemetry_errors::first_seen.eq(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
                         "CASE WHEN excluded.first_seen < telemetry_errors.first_seen \
@@ -51,10 +63,43 @@ pub fn insert_batch(conn: &mut DbConnection, batch: &StoredBatch) -> Result<bool
                          THEN excluded.last_seen ELSE telemetry_errors.last_seen END",
                     )),
                 ))
-                .execute(c)?;
+        };
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        DbConnection::Postgresql(c) => {
+            upsert!(rows).execute(c)?;
         }
-    });
-    Ok(true)
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                upsert!(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges error groups that share a fingerprint, so one upsert never touches a row twice.
+fn merge_fingerprints(rows: &[ErrorRow]) -> Vec<ErrorRow> {
+    let mut merged: BTreeMap<(&str, &str), ErrorRow> = BTreeMap::new();
+    for row in rows {
+        merged
+            .entry((row.instance_id.as_str(), row.fingerprint.as_str()))
+            .and_modify(|m| {
+                m.count += row.count;
+                m.first_seen = m.first_seen.min(row.first_seen);
+                if row.last_seen >= m.last_seen {
+                    m.last_seen = row.last_seen;
+                    m.error_type.clone_from(&row.error_type);
+                    m.message.clone_from(&row.message);
+                    m.stack.clone_from(&row.stack);
+                }
+            })
+            .or_insert_with(|| row.clone());
+    }
+    merged.into_values().collect()
 }
 
 /// One instance's telemetry over a window, as the admin API answers it.

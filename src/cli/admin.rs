@@ -1,0 +1,112 @@
+//! `licensor admin ...`: the admin API from the command line, against a server URL.
+//! Prints the server's JSON answers; exit 0 for a 2xx answer, 1 when the server refused,
+//! 2 when no answer came.
+
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+
+use super::{AdminArgs, AdminCommand, EXIT_NOT_VALID, EXIT_OK};
+
+/// A client of the admin API.
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    pub fn new(url: &str, token: &str) -> Result<Api> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("--url must start with http:// or https://, not {url:?}");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        Ok(Api { client, base, token: token.to_owned(), runtime })
+    }
+
+    /// Sends one request; returns the status and the JSON answer.
+    pub fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        self.runtime.block_on(async {
+            let mut request = self.client.request(method, &url).bearer_auth(&self.token);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.with_context(|| format!("no answer from {url}"))?;
+            let status = response.status().as_u16();
+            let text = response.text().await.with_context(|| format!("reading the answer from {url}"))?;
+            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            Ok((status, value))
+        })
+    }
+}
+
+pub fn run(args: AdminArgs) -> Result<u8> {
+    let api = Api::new(&args.url, &args.token)?;
+    use reqwest::Method;
+    let (status, answer) = match args.command {
+        AdminCommand::Licenses => api.send(Method::GET, "/v1/admin/licenses", None)?,
+        AdminCommand::Issue {
+            tier,
+            licensee,
+            expires,
+            perpetual,
+            not_before,
+            seats,
+            features,
+            check_in_interval,
+        } => {
+            let mut body =
+                json!({ "tier": tier, "licensee": licensee, "seats": seats, "features": features });
+            if perpetual {
+                body["perpetual"] = json!(true);
+            }
+            if let Some(t) = expires {
+                body["expires_at"] = json!(crate::time::format(&t));
+            }
+            if let Some(t) = not_before {
+                body["not_before"] = json!(crate::time::format(&t));
+            }
+            if let Some(d) = check_in_interval {
+                body["check_in_interval_s"] = json!(d.as_secs());
+            }
+            api.send(Method::POST, "/v1/admin/licenses", Some(&body))?
+        }
+        AdminCommand::Revoke { license_id, reason } => {
+            let body = reason.map(|r| json!({ "reason": r }));
+            api.send(Method::POST, &format!("/v1/admin/licenses/{license_id}/revoke"), body.as_ref())?
+        }
+        AdminCommand::Reinstate { license_id } => {
+            api.send(Method::POST, &format!("/v1/admin/licenses/{license_id}/reinstate"), None)?
+        }
+        AdminCommand::Instances => api.send(Method::GET, "/v1/admin/instances", None)?,
+        AdminCommand::Summary { instance, hours } => {
+            let query =
+                format!("/v1/admin/telemetry/summary?instance_id={}&hours={hours}", encode(&instance));
+            api.send(Method::GET, &query, None)?
+        }
+        AdminCommand::Erase { instance } => {
+            api.send(Method::DELETE, &format!("/v1/admin/instances/{}/telemetry", encode(&instance)), None)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    if (200..300).contains(&status) {
+        Ok(EXIT_OK)
+    } else {
+        eprintln!("the server answered {status}");
+        Ok(EXIT_NOT_VALID)
+    }
+}
+
+/// Percent-encodes a path or query value (instance ids are plain, but the user may mistype).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
