@@ -476,36 +476,33 @@ fn scrubbed_batch(
     environment.arch = s(&environment.arch);
     environment.modules_enabled = environment.modules_enabled.iter().map(|m| s(m)).collect();
     environment.health = environment.health.iter().map(|(k, v)| (s(k), *v)).collect();
-    let events = b
+    let usage: Vec<protocol::UsageCount> = b
         .usage
         .iter()
-        .map(|u| store::EventRow {
-            batch_id: batch_id.clone(),
-            instance_id: instance_id.to_owned(),
-            received_at,
-            kind: u.kind.as_str().to_owned(),
-            name: s(&u.name),
-            count: u.count as i64,
-        })
+        .map(|u| protocol::UsageCount { kind: u.kind, name: s(&u.name), count: u.count })
         .collect();
-    let performance = b
+    let routes: Vec<protocol::RoutePerformance> = b
         .performance
         .iter()
-        .map(|p| store::PerformanceRow {
-            batch_id: batch_id.clone(),
-            instance_id: instance_id.to_owned(),
-            received_at,
+        .map(|p| protocol::RoutePerformance {
             method: s(&p.method),
             route: s(&p.route),
-            count: p.count as i64,
-            errors: p.errors as i64,
-            p50_ms: p.p50_ms,
-            p95_ms: p.p95_ms,
-            p99_ms: p.p99_ms,
-            max_ms: p.max_ms,
             sketch: s(&p.sketch),
+            ..p.clone()
         })
         .collect();
+    let events = store::EventRow {
+        batch_id: batch_id.clone(),
+        instance_id: instance_id.to_owned(),
+        received_at,
+        usage: serde_json::to_string(&usage).expect("usage serialises"),
+    };
+    let performance = store::PerformanceRow {
+        batch_id: batch_id.clone(),
+        instance_id: instance_id.to_owned(),
+        received_at,
+        routes: serde_json::to_string(&routes).expect("routes serialise"),
+    };
     let errors = b
         .errors
         .iter()

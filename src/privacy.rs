@@ -84,8 +84,20 @@ fn re(pattern: &str) -> Regex {
 /// and most strings (feature names, routes) need no rule at all.
 static ANY: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new(
-        [&*PRIVATE_KEY, &*BEARER, &*JWT, &*API_KEY, &*SECRET_ASSIGNMENT, &*EMAIL, &*CARD, &*IPV4, &*IPV6, &*PHONE, &*HOME]
-            .map(Regex::as_str),
+        [
+            &*PRIVATE_KEY,
+            &*BEARER,
+            &*JWT,
+            &*API_KEY,
+            &*SECRET_ASSIGNMENT,
+            &*EMAIL,
+            &*CARD,
+            &*IPV4,
+            &*IPV6,
+            &*PHONE,
+            &*HOME,
+        ]
+        .map(Regex::as_str),
     )
     .expect("scrubber patterns are valid")
 });

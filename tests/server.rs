@@ -82,12 +82,19 @@ fn a_valid_check_in_answers_a_lease_bound_to_the_nonce(h: Harness) {
     let again = h.check_in(&key, "inst-1", Some(&batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string()));
     assert_ne!(again["lease"], r["lease"]);
 
+    // One raw row per batch in each raw table; the errors deduplicated by fingerprint.
     let counts = h.store.telemetry_counts("inst-1").unwrap();
     assert_eq!(counts["telemetry_batches"], 2);
-    assert_eq!(counts["telemetry_events"], 51);
-    assert_eq!(counts["telemetry_performance"], 20);
+    assert_eq!(counts["telemetry_events"], 2);
+    assert_eq!(counts["telemetry_performance"], 2);
     assert_eq!(counts["telemetry_errors"], 5);
     assert_eq!(counts["telemetry_sessions"], 2);
+    let s = summary(&h, "inst-1", 24);
+    assert_eq!(s["usage"].as_array().unwrap().len(), 50);
+    let feature_0 = s["usage"].as_array().unwrap().iter().find(|u| u["name"] == "feature_0").unwrap();
+    assert_eq!(feature_0["count"], 20, "10 from each batch");
+    assert_eq!(s["performance"].as_array().unwrap().len(), 20);
+    assert_eq!(s["sessions"]["count"], 28);
 }
 
 fn tier_rules_for_each_tier(h: Harness) {
@@ -258,8 +265,8 @@ fn the_same_batch_sent_twice_is_stored_once(h: Harness) {
     assert_eq!(second["telemetry"]["digest"], first["telemetry"]["digest"]);
     let counts = h.store.telemetry_counts("retrier").unwrap();
     assert_eq!(counts["telemetry_batches"], 1);
-    assert_eq!(counts["telemetry_events"], 10);
-    assert_eq!(counts["telemetry_performance"], 3);
+    assert_eq!(counts["telemetry_events"], 1);
+    assert_eq!(counts["telemetry_performance"], 1);
     assert_eq!(counts["telemetry_sessions"], 1);
     let summary = summary(&h, "retrier", 24);
     assert_eq!(summary["errors"][0]["count"], 2, "error counts are not added twice: {summary}");
@@ -282,8 +289,9 @@ fn the_same_batch_sent_concurrently_is_stored_once(h: Harness) {
     assert_eq!(duplicates.iter().filter(|d| !**d).count(), 1, "{duplicates:?}");
     let counts = h.store.telemetry_counts("racer").unwrap();
     assert_eq!(counts["telemetry_batches"], 1);
-    assert_eq!(counts["telemetry_events"], 20);
+    assert_eq!(counts["telemetry_events"], 1);
     assert_eq!(counts["telemetry_errors"], 3);
+    assert_eq!(summary(&h, "racer", 24)["usage"][0]["count"], 29, "counted once");
     assert_eq!(summary(&h, "racer", 24)["errors"][0]["count"], 2);
 }
 
@@ -501,7 +509,8 @@ fn admin_issue_list_summary_and_erase(h: Harness) {
 
     let (code, erased) = h.admin(Method::DELETE, "/v1/admin/instances/summarised/telemetry", None);
     assert_eq!(code, 200, "{erased}");
-    assert_eq!(erased["removed"]["telemetry_events"], 4);
+    assert_eq!(erased["removed"]["telemetry_events"], 1);
+    assert_eq!(erased["removed"]["telemetry_batches"], 1);
     assert_eq!(erased["removed"]["telemetry_errors"], 1);
     assert!(h.store.telemetry_counts("summarised").unwrap().values().all(|n| *n == 0));
 }
@@ -620,7 +629,11 @@ fn licensor_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         command.env(k, v);
     }
     let out = command.output().unwrap();
-    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 /// The admin commands of the CLI against a real server, with their exit codes.
@@ -629,7 +642,18 @@ fn admin_cli_talks_to_the_server() {
     let h = Harness::start(common::Db::Sqlite).unwrap();
     let env = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN), ("LICENSOR_SERVER_URL", h.base.as_str())];
     let (code, out, err) = licensor_cli(
-        &["admin", "issue", "--tier", "community", "--licensee", "CLI Corp", "--expires", "2027-01-01", "--seats", "3"],
+        &[
+            "admin",
+            "issue",
+            "--tier",
+            "community",
+            "--licensee",
+            "CLI Corp",
+            "--expires",
+            "2027-01-01",
+            "--seats",
+            "3",
+        ],
         &env,
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -651,9 +675,11 @@ fn admin_cli_talks_to_the_server() {
     let (code, out, _) = licensor_cli(&["admin", "summary", "--instance", "ghost"], &env);
     assert_eq!(code, 1);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["error"]["code"], "not_found");
-    let wrong = [("LICENSOR_ADMIN_TOKEN", "wrong-token-wrong-token-wrong"), ("LICENSOR_SERVER_URL", h.base.as_str())];
+    let wrong =
+        [("LICENSOR_ADMIN_TOKEN", "wrong-token-wrong-token-wrong"), ("LICENSOR_SERVER_URL", h.base.as_str())];
     assert_eq!(licensor_cli(&["admin", "instances"], &wrong).0, 1);
-    let nowhere = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN), ("LICENSOR_SERVER_URL", "http://127.0.0.1:9")];
+    let nowhere =
+        [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN), ("LICENSOR_SERVER_URL", "http://127.0.0.1:9")];
     let (code, _, err) = licensor_cli(&["admin", "instances"], &nowhere);
     assert_eq!(code, 2);
     assert!(err.contains("no answer from http://127.0.0.1:9"), "{err}");
@@ -664,7 +690,20 @@ fn admin_cli_talks_to_the_server() {
 fn the_load_tool_fires_real_check_ins() {
     let h = Harness::start(common::Db::Sqlite).unwrap();
     let env = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN)];
-    let args = ["bench", "check-ins", "--url", &h.base, "--licenses", "3", "--instances", "30", "--requests", "60", "--concurrency", "4"];
+    let args = [
+        "bench",
+        "check-ins",
+        "--url",
+        &h.base,
+        "--licenses",
+        "3",
+        "--instances",
+        "30",
+        "--requests",
+        "60",
+        "--concurrency",
+        "4",
+    ];
     let (code, out, err) = licensor_cli(&args, &env);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("check-ins:   60 in"), "{out}");

@@ -97,7 +97,11 @@ pub struct InstanceRecord {
 /// check-ins of one license for the rest of the transaction: a row lock on PostgreSQL, the
 /// database write lock on SQLite (taken before any read, so two transactions never deadlock
 /// upgrading a read lock).
-pub fn upsert_license(conn: &mut DbConnection, row: &LicenseRow, now: NaiveDateTime) -> Result<LicenseRow, StoreError> {
+pub fn upsert_license(
+    conn: &mut DbConnection,
+    row: &LicenseRow,
+    now: NaiveDateTime,
+) -> Result<LicenseRow, StoreError> {
     Ok(on_backend!(conn, c => {
         diesel::insert_into(licenses::table)
             .values(row)
@@ -116,7 +120,8 @@ pub fn seat_state(
     instance_id: &str,
     now: NaiveDateTime,
 ) -> Result<SeatState, StoreError> {
-    let instance = instances::table.find(instance_id).select(InstanceRow::as_select()).first(conn).optional()?;
+    let instance =
+        instances::table.find(instance_id).select(InstanceRow::as_select()).first(conn).optional()?;
     let mut state = SeatState { instance, held_by_others: 0 };
     // An instance that holds its seat keeps it whatever the others do: no need to count.
     if !state.holds_seat(license_id, now) {

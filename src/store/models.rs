@@ -91,32 +91,26 @@ pub struct BatchRow {
     pub redactions: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Insertable)]
+/// A batch's usage counts, raw.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = telemetry_events)]
 pub struct EventRow {
     pub batch_id: String,
     pub instance_id: String,
     pub received_at: NaiveDateTime,
-    pub kind: String,
-    pub name: String,
-    pub count: i64,
+    /// JSON array of `protocol::UsageCount`.
+    pub usage: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Insertable)]
+/// A batch's request performance, raw.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = telemetry_performance)]
 pub struct PerformanceRow {
     pub batch_id: String,
     pub instance_id: String,
     pub received_at: NaiveDateTime,
-    pub method: String,
-    pub route: String,
-    pub count: i64,
-    pub errors: i64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub sketch: String,
+    /// JSON array of `protocol::RoutePerformance`.
+    pub routes: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -167,8 +161,8 @@ pub struct AggregateRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredBatch {
     pub batch: BatchRow,
-    pub events: Vec<EventRow>,
-    pub performance: Vec<PerformanceRow>,
+    pub events: EventRow,
+    pub performance: PerformanceRow,
     pub errors: Vec<ErrorRow>,
     pub sessions: SessionRow,
 }

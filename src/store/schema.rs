@@ -63,14 +63,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_events (id) {
-        id -> BigInt,
+    telemetry_events (batch_id) {
         batch_id -> Text,
         instance_id -> Text,
         received_at -> Timestamp,
-        kind -> Text,
-        name -> Text,
-        count -> BigInt,
+        usage -> Text,
     }
 }
 
@@ -98,20 +95,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_performance (id) {
-        id -> BigInt,
+    telemetry_performance (batch_id) {
         batch_id -> Text,
         instance_id -> Text,
         received_at -> Timestamp,
-        method -> Text,
-        route -> Text,
-        count -> BigInt,
-        errors -> BigInt,
-        p50_ms -> Double,
-        p95_ms -> Double,
-        p99_ms -> Double,
-        max_ms -> Double,
-        sketch -> Text,
+        routes -> Text,
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::models::*;
 use super::schema::*;
 use super::{on_backend, DbConnection, Store, StoreError};
+use crate::protocol::{RoutePerformance, UsageCount};
 
 /// Stores a batch unless its id was stored before; returns whether it was stored now.
 ///
@@ -23,16 +24,9 @@ pub fn insert_batch(conn: &mut DbConnection, batch: &StoredBatch) -> Result<bool
     if inserted == 0 {
         return Ok(false);
     }
-    on_backend!(conn, c => {
-        // Chunked to stay under SQLite's bound-parameter limit on any configured list size.
-        for chunk in batch.events.chunks(500) {
-            diesel::insert_into(telemetry_events::table).values(chunk).execute(c)?;
-        }
-        for chunk in batch.performance.chunks(500) {
-            diesel::insert_into(telemetry_performance::table).values(chunk).execute(c)?;
-        }
-        diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(c)?;
-    });
+    diesel::insert_into(telemetry_events::table).values(&batch.events).execute(conn)?;
+    diesel::insert_into(telemetry_performance::table).values(&batch.performance).execute(conn)?;
+    diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(conn)?;
     upsert_errors(conn, &merge_fingerprints(&batch.errors))?;
     Ok(true)
 }
@@ -173,40 +167,33 @@ impl Store {
         let (from, to) = (naive(since), naive(until));
         let mut conn = self.conn()?;
         let conn = &mut *conn;
-        let batches = telemetry_batches::table
+        let in_window = telemetry_batches::table
+            .filter(telemetry_batches::instance_id.eq(instance_id))
+            .filter(telemetry_batches::received_at.between(from, to))
+            .select(telemetry_batches::batch_id);
+        let batches: i64 = telemetry_batches::table
             .filter(telemetry_batches::instance_id.eq(instance_id))
             .filter(telemetry_batches::received_at.between(from, to))
             .count()
             .get_result(conn)?;
 
-        let usage: Vec<(String, String, Option<i64>)> = telemetry_events::table
-            .filter(telemetry_events::instance_id.eq(instance_id))
-            .filter(telemetry_events::received_at.between(from, to))
-            .group_by((telemetry_events::kind, telemetry_events::name))
-            .select((telemetry_events::kind, telemetry_events::name, sum_of_counts()))
+        let usage_json: Vec<String> = telemetry_events::table
+            .filter(telemetry_events::batch_id.eq_any(in_window))
+            .select(telemetry_events::usage)
             .load(conn)?;
-        let mut usage: Vec<FeatureSummary> = usage
-            .into_iter()
-            .map(|(kind, name, count)| FeatureSummary { kind, name, count: count.unwrap_or(0) })
-            .collect();
+        let mut usage: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for entry in usage_json.iter().flat_map(|j| parse_list::<UsageCount>(j)) {
+            *usage.entry((entry.kind.as_str().to_owned(), entry.name)).or_default() += entry.count as i64;
+        }
+        let mut usage: Vec<FeatureSummary> =
+            usage.into_iter().map(|((kind, name), count)| FeatureSummary { kind, name, count }).collect();
         usage.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
 
-        type PerfTuple = (String, String, i64, i64, f64, f64, f64, f64);
-        let perf: Vec<PerfTuple> = telemetry_performance::table
-            .filter(telemetry_performance::instance_id.eq(instance_id))
-            .filter(telemetry_performance::received_at.between(from, to))
-            .select((
-                telemetry_performance::method,
-                telemetry_performance::route,
-                telemetry_performance::count,
-                telemetry_performance::errors,
-                telemetry_performance::p50_ms,
-                telemetry_performance::p95_ms,
-                telemetry_performance::p99_ms,
-                telemetry_performance::max_ms,
-            ))
+        let routes_json: Vec<String> = telemetry_performance::table
+            .filter(telemetry_performance::batch_id.eq_any(in_window))
+            .select(telemetry_performance::routes)
             .load(conn)?;
-        let performance = merge_routes(perf);
+        let performance = merge_routes(routes_json.iter().flat_map(|j| parse_list::<RoutePerformance>(j)));
 
         let errors: Vec<ErrorRow> = telemetry_errors::table
             .filter(telemetry_errors::instance_id.eq(instance_id))
@@ -228,8 +215,7 @@ impl Store {
             .collect();
 
         let session_rows: Vec<SessionRow> = telemetry_sessions::table
-            .filter(telemetry_sessions::instance_id.eq(instance_id))
-            .filter(telemetry_sessions::received_at.between(from, to))
+            .filter(telemetry_sessions::batch_id.eq_any(in_window))
             .select(SessionRow::as_select())
             .load(conn)?;
         let mut sessions = SessionSummary { hourly: vec![0; 24], ..Default::default() };
@@ -256,18 +242,13 @@ impl Store {
     /// Erases everything stored from one instance's telemetry, in one transaction.
     pub fn erase_telemetry(&self, instance_id: &str) -> Result<Removed, StoreError> {
         self.transaction(|conn| {
-            let mut removed = Removed::new();
+            let mut removed = delete_batch_children(conn, Batches::OfInstance(instance_id))?;
             removed.insert(
                 "telemetry_batches",
                 diesel::delete(
                     telemetry_batches::table.filter(telemetry_batches::instance_id.eq(instance_id)),
                 )
                 .execute(conn)?,
-            );
-            removed.insert(
-                "telemetry_events",
-                diesel::delete(telemetry_events::table.filter(telemetry_events::instance_id.eq(instance_id)))
-                    .execute(conn)?,
             );
             removed.insert(
                 "telemetry_features",
@@ -281,20 +262,6 @@ impl Store {
                 diesel::delete(telemetry_errors::table.filter(telemetry_errors::instance_id.eq(instance_id)))
                     .execute(conn)?,
             );
-            removed.insert(
-                "telemetry_performance",
-                diesel::delete(
-                    telemetry_performance::table.filter(telemetry_performance::instance_id.eq(instance_id)),
-                )
-                .execute(conn)?,
-            );
-            removed.insert(
-                "telemetry_sessions",
-                diesel::delete(
-                    telemetry_sessions::table.filter(telemetry_sessions::instance_id.eq(instance_id)),
-                )
-                .execute(conn)?,
-            );
             Ok::<_, StoreError>(removed)
         })
     }
@@ -304,24 +271,7 @@ impl Store {
     pub fn purge_before(&self, cutoff: DateTime<Utc>) -> Result<Removed, StoreError> {
         let cutoff = naive(cutoff);
         self.transaction(|conn| {
-            let mut removed = Removed::new();
-            removed.insert(
-                "telemetry_events",
-                diesel::delete(telemetry_events::table.filter(telemetry_events::received_at.lt(cutoff)))
-                    .execute(conn)?,
-            );
-            removed.insert(
-                "telemetry_performance",
-                diesel::delete(
-                    telemetry_performance::table.filter(telemetry_performance::received_at.lt(cutoff)),
-                )
-                .execute(conn)?,
-            );
-            removed.insert(
-                "telemetry_sessions",
-                diesel::delete(telemetry_sessions::table.filter(telemetry_sessions::received_at.lt(cutoff)))
-                    .execute(conn)?,
-            );
+            let mut removed = delete_batch_children(conn, Batches::ReceivedBefore(cutoff))?;
             removed.insert(
                 "telemetry_batches",
                 diesel::delete(telemetry_batches::table.filter(telemetry_batches::received_at.lt(cutoff)))
@@ -342,25 +292,30 @@ impl Store {
         let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
         let to = from + chrono::Duration::days(1);
         self.transaction(|conn| {
-            let usage: Vec<(String, String, String, Option<i64>)> = telemetry_events::table
-                .filter(telemetry_events::received_at.ge(from))
-                .filter(telemetry_events::received_at.lt(to))
-                .group_by((telemetry_events::instance_id, telemetry_events::kind, telemetry_events::name))
-                .select((
-                    telemetry_events::instance_id,
-                    telemetry_events::kind,
-                    telemetry_events::name,
-                    sum_of_counts(),
-                ))
+            let of_day = telemetry_batches::table
+                .filter(telemetry_batches::received_at.ge(from))
+                .filter(telemetry_batches::received_at.lt(to))
+                .select(telemetry_batches::batch_id);
+            let events: Vec<(String, String)> = telemetry_events::table
+                .filter(telemetry_events::batch_id.eq_any(of_day))
+                .select((telemetry_events::instance_id, telemetry_events::usage))
                 .load(conn)?;
-            let features: Vec<FeatureRow> = usage
+            let mut per_instance: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+            for (instance_id, usage) in &events {
+                for entry in parse_list::<UsageCount>(usage) {
+                    *per_instance
+                        .entry((instance_id.clone(), entry.kind.as_str().to_owned(), entry.name))
+                        .or_default() += entry.count as i64;
+                }
+            }
+            let features: Vec<FeatureRow> = per_instance
                 .iter()
-                .map(|(instance_id, kind, name, count)| FeatureRow {
+                .map(|((instance_id, kind, name), count)| FeatureRow {
                     instance_id: instance_id.clone(),
                     day,
                     kind: kind.clone(),
                     name: name.clone(),
-                    count: count.unwrap_or(0),
+                    count: *count,
                 })
                 .collect();
             diesel::delete(telemetry_features::table.filter(telemetry_features::day.eq(day)))
@@ -372,10 +327,10 @@ impl Store {
             });
 
             // Across instances: usage per kind and name, with how many installs used it.
-            let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<String>)> = BTreeMap::new();
-            for (instance_id, kind, name, count) in usage {
-                let entry = by_name.entry((kind, name)).or_default();
-                entry.0 += count.unwrap_or(0);
+            let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<&str>)> = BTreeMap::new();
+            for ((instance_id, kind, name), count) in &per_instance {
+                let entry = by_name.entry((kind.clone(), name.clone())).or_default();
+                entry.0 += count;
                 entry.1.insert(instance_id);
             }
             let active: Vec<(String, String)> = telemetry_batches::table
@@ -435,17 +390,9 @@ impl Store {
         for b in batches {
             out.extend([b.app_version, b.user_count_range, b.environment, b.dropped, b.redactions]);
         }
-        let events: Vec<(String, String)> =
-            telemetry_events::table.select((telemetry_events::kind, telemetry_events::name)).load(conn)?;
-        out.extend(events.into_iter().flat_map(|(a, b)| [a, b]));
-        let perf: Vec<(String, String, String)> = telemetry_performance::table
-            .select((
-                telemetry_performance::method,
-                telemetry_performance::route,
-                telemetry_performance::sketch,
-            ))
-            .load(conn)?;
-        out.extend(perf.into_iter().flat_map(|(a, b, c)| [a, b, c]));
+        out.extend(telemetry_events::table.select(telemetry_events::usage).load::<String>(conn)?);
+        out.extend(telemetry_performance::table.select(telemetry_performance::routes).load::<String>(conn)?);
+        out.extend(telemetry_sessions::table.select(telemetry_sessions::hourly).load::<String>(conn)?);
         let errors: Vec<ErrorRow> = telemetry_errors::table.select(ErrorRow::as_select()).load(conn)?;
         out.extend(errors.into_iter().flat_map(|e| [e.fingerprint, e.error_type, e.message, e.stack]));
         let features: Vec<FeatureRow> =
@@ -508,21 +455,52 @@ impl Store {
     }
 }
 
-/// `SUM(count)` as BIGINT: PostgreSQL sums a bigint into a numeric, which the
-/// multi-connection enum cannot read; the cast reads the same on both backends.
-fn sum_of_counts() -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::BigInt>> {
-    diesel::dsl::sql("CAST(SUM(telemetry_events.count) AS BIGINT)")
+/// Which batches a deletion is about.
+enum Batches<'a> {
+    ReceivedBefore(NaiveDateTime),
+    OfInstance(&'a str),
+}
+
+/// Deletes the raw rows (events, performance, sessions) of some batches, before the batch rows
+/// themselves go. The same SQL on both backends (`$n` placeholders work on both).
+fn delete_batch_children(conn: &mut DbConnection, which: Batches<'_>) -> Result<Removed, StoreError> {
+    use diesel::sql_types::{Text, Timestamp};
+    let mut removed = Removed::new();
+    for table in ["telemetry_events", "telemetry_performance", "telemetry_sessions"] {
+        let condition = match which {
+            Batches::ReceivedBefore(_) => "received_at < $1",
+            Batches::OfInstance(_) => "instance_id = $1",
+        };
+        let sql = format!(
+            "DELETE FROM {table} WHERE batch_id IN (SELECT batch_id FROM telemetry_batches WHERE {condition})"
+        );
+        let n = match which {
+            Batches::ReceivedBefore(t) => diesel::sql_query(sql).bind::<Timestamp, _>(t).execute(conn)?,
+            Batches::OfInstance(id) => diesel::sql_query(sql).bind::<Text, _>(id).execute(conn)?,
+        };
+        removed.insert(table, n);
+    }
+    Ok(removed)
+}
+
+/// Reads a JSON list stored by this module; a row that does not parse (which only a bug could
+/// write) contributes nothing rather than failing a whole summary.
+fn parse_list<T: serde::de::DeserializeOwned>(json: &str) -> Vec<T> {
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "unreadable telemetry row");
+        Vec::new()
+    })
 }
 
 /// Merges per-batch route figures: counts add up, `max_ms` is the maximum, and percentiles
 /// are averaged weighted by each batch's request count (an approximation; exact merging
-/// needs the sketches, which the rollup can use later).
-fn merge_routes(rows: Vec<(String, String, i64, i64, f64, f64, f64, f64)>) -> Vec<RouteSummary> {
+/// needs the sketches).
+fn merge_routes(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummary> {
     let mut by_route: BTreeMap<(String, String), RouteSummary> = BTreeMap::new();
-    for (method, route, count, errors, p50, p95, p99, max) in rows {
-        let entry = by_route.entry((method.clone(), route.clone())).or_insert(RouteSummary {
-            method,
-            route,
+    for p in rows {
+        let entry = by_route.entry((p.method.clone(), p.route.clone())).or_insert(RouteSummary {
+            method: p.method,
+            route: p.route,
             count: 0,
             errors: 0,
             p50_ms: 0.0,
@@ -530,14 +508,14 @@ fn merge_routes(rows: Vec<(String, String, i64, i64, f64, f64, f64, f64)>) -> Ve
             p99_ms: 0.0,
             max_ms: 0.0,
         });
-        let (old, new) = (entry.count as f64, count as f64);
+        let (old, new) = (entry.count as f64, p.count as f64);
         let weigh = |a: f64, b: f64| if old + new > 0.0 { (a * old + b * new) / (old + new) } else { 0.0 };
-        entry.p50_ms = weigh(entry.p50_ms, p50);
-        entry.p95_ms = weigh(entry.p95_ms, p95);
-        entry.p99_ms = weigh(entry.p99_ms, p99);
-        entry.max_ms = entry.max_ms.max(max);
-        entry.count += count;
-        entry.errors += errors;
+        entry.p50_ms = weigh(entry.p50_ms, p.p50_ms);
+        entry.p95_ms = weigh(entry.p95_ms, p.p95_ms);
+        entry.p99_ms = weigh(entry.p99_ms, p.p99_ms);
+        entry.max_ms = entry.max_ms.max(p.max_ms);
+        entry.count += p.count as i64;
+        entry.errors += p.errors as i64;
     }
     let mut out: Vec<RouteSummary> = by_route.into_values().collect();
     out.sort_by(|a, b| b.count.cmp(&a.count));

@@ -1,6 +1,7 @@
--- Telemetry as received in check-ins. The check-in path only appends (and upserts the
--- deduplicated errors); the daily rollup job derives telemetry_features and
--- telemetry_aggregates. Raw tables are kept for the retention period (90 days by default).
+-- Telemetry as received in check-ins. The check-in path only appends one row per raw table
+-- (and upserts the deduplicated errors); the daily rollup job derives telemetry_features and
+-- telemetry_aggregates. Raw tables are kept for the retention period (90 days by default) and
+-- are reached through telemetry_batches, whose indexes serve summaries, erasure and retention.
 
 -- One row per accepted batch; its primary key is the idempotency key.
 CREATE TABLE telemetry_batches (
@@ -23,18 +24,16 @@ CREATE TABLE telemetry_batches (
 CREATE INDEX telemetry_batches_instance ON telemetry_batches (instance_id, received_at);
 CREATE INDEX telemetry_batches_received ON telemetry_batches (received_at);
 
--- Usage counts per batch (feature, api, command, ui_action), raw.
+-- Usage counts of each batch (feature, api, command, ui_action), raw: one row per batch, the
+-- entries as a JSON array of {kind, name, count}. One row rather than one per counter keeps a
+-- check-in's writes small; the daily rollup derives per-name rows into telemetry_features.
+-- Reached through telemetry_batches (by instance and time), so only the key is indexed.
 CREATE TABLE telemetry_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    batch_id TEXT NOT NULL,
+    batch_id TEXT PRIMARY KEY NOT NULL,
     instance_id TEXT NOT NULL,
     received_at TIMESTAMP NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    count BIGINT NOT NULL
+    usage TEXT NOT NULL
 );
-CREATE INDEX telemetry_events_instance ON telemetry_events (instance_id, received_at);
-CREATE INDEX telemetry_events_received ON telemetry_events (received_at);
 
 -- Usage per instance, kind, name and day, rolled up from telemetry_events; kept forever.
 CREATE TABLE telemetry_features (
@@ -61,24 +60,14 @@ CREATE TABLE telemetry_errors (
     PRIMARY KEY (instance_id, fingerprint)
 );
 
--- Request performance per batch, method and route, raw.
+-- Request performance of each batch, raw: one row per batch, the routes as a JSON array of
+-- {method, route, count, errors, p50_ms, p95_ms, p99_ms, max_ms, sketch}.
 CREATE TABLE telemetry_performance (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    batch_id TEXT NOT NULL,
+    batch_id TEXT PRIMARY KEY NOT NULL,
     instance_id TEXT NOT NULL,
     received_at TIMESTAMP NOT NULL,
-    method TEXT NOT NULL,
-    route TEXT NOT NULL,
-    count BIGINT NOT NULL,
-    errors BIGINT NOT NULL,
-    p50_ms DOUBLE NOT NULL,
-    p95_ms DOUBLE NOT NULL,
-    p99_ms DOUBLE NOT NULL,
-    max_ms DOUBLE NOT NULL,
-    sketch TEXT NOT NULL
+    routes TEXT NOT NULL
 );
-CREATE INDEX telemetry_performance_instance ON telemetry_performance (instance_id, received_at);
-CREATE INDEX telemetry_performance_received ON telemetry_performance (received_at);
 
 -- Sessions per batch, raw.
 CREATE TABLE telemetry_sessions (
@@ -90,8 +79,6 @@ CREATE TABLE telemetry_sessions (
     -- JSON array of 24 counts, by hour of day (UTC).
     hourly TEXT NOT NULL
 );
-CREATE INDEX telemetry_sessions_instance ON telemetry_sessions (instance_id, received_at);
-CREATE INDEX telemetry_sessions_received ON telemetry_sessions (received_at);
 
 -- Daily summaries across installs, by metric and dimension; kept forever. instances counts
 -- the distinct installs behind a figure, so public views can hide figures from too few.
