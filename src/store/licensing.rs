@@ -156,7 +156,9 @@ pub fn upsert_instance(conn: &mut DbConnection, row: &InstanceRow) -> Result<(),
 
 /// Appends a check-in to the history.
 pub fn insert_check_in(conn: &mut DbConnection, row: &NewCheckIn<'_>) -> Result<(), StoreError> {
-    diesel::insert_into(check_ins::table).values(row).execute(conn)?;
+    on_backend!(conn, c => {
+        diesel::insert_into(check_ins::table).values(row).execute(c)?;
+    });
     Ok(())
 }
 

@@ -24,54 +24,40 @@ pub fn insert_batch(conn: &mut DbConnection, batch: &StoredBatch) -> Result<bool
     if inserted == 0 {
         return Ok(false);
     }
-    diesel::insert_into(telemetry_events::table).values(&batch.events).execute(conn)?;
-    diesel::insert_into(telemetry_performance::table).values(&batch.performance).execute(conn)?;
-    diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(conn)?;
+    // On the inner connection, so the statements stay prepared (see `on_backend!`).
+    on_backend!(conn, c => {
+        diesel::insert_into(telemetry_events::table).values(&batch.events).execute(c)?;
+        diesel::insert_into(telemetry_performance::table).values(&batch.performance).execute(c)?;
+        diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(c)?;
+    });
     upsert_errors(conn, &merge_fingerprints(&batch.errors))?;
     Ok(true)
 }
 
 /// Adds error groups to the deduplicated errors: counts add up, first and last seen widen,
-/// the text is the latest. The one place the backends differ: PostgreSQL takes every row in
-/// one statement, SQLite (in-process, no round trips to save) one statement a row, because
-/// diesel cannot express a multi-row upsert for SQLite.
+/// the text is the latest. One statement a row: a multi-row statement's SQL changes with the
+/// row count, so PostgreSQL would parse and plan it every time, while a one-row statement
+/// stays prepared on the connection.
 fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), StoreError> {
-    macro_rules! upsert {
-        ($values:expr) => {
+    use diesel::dsl::case_when;
+    use telemetry_errors::{count, error_type, first_seen, last_seen, message, stack};
+    on_backend!(conn, c => {
+        for row in rows {
             diesel::insert_into(telemetry_errors::table)
-                .values($values)
+                .values(row)
                 .on_conflict((telemetry_errors::instance_id, telemetry_errors::fingerprint))
                 .do_update()
                 .set((
-                    telemetry_errors::count.eq(telemetry_errors::count + excluded(telemetry_errors::count)),
-                    telemetry_errors::error_type.eq(excluded(telemetry_errors::error_type)),
-                    telemetry_errors::message.eq(excluded(telemetry_errors::message)),
-                    telemetry_errors::stack.eq(excluded(telemetry_errors::stack)),
-                    // Same SQL on both backends: CASE rather than MIN/LEAST, which differ.
-                    telemetry_errors::first_seen.eq(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
-                        "CASE WHEN excluded.first_seen < telemetry_errors.first_seen \
-                         THEN excluded.first_seen ELSE telemetry_errors.first_seen END",
-                    )),
-                    telemetry_errors::last_seen.eq(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
-                        "CASE WHEN excluded.last_seen > telemetry_errors.last_seen \
-                         THEN excluded.last_seen ELSE telemetry_errors.last_seen END",
-                    )),
+                    count.eq(count + excluded(count)),
+                    error_type.eq(excluded(error_type)),
+                    message.eq(excluded(message)),
+                    stack.eq(excluded(stack)),
+                    first_seen.eq(case_when(excluded(first_seen).lt(first_seen), excluded(first_seen)).otherwise(first_seen)),
+                    last_seen.eq(case_when(excluded(last_seen).gt(last_seen), excluded(last_seen)).otherwise(last_seen)),
                 ))
-        };
-    }
-    if rows.is_empty() {
-        return Ok(());
-    }
-    match conn {
-        DbConnection::Postgresql(c) => {
-            upsert!(rows).execute(c)?;
+                .execute(c)?;
         }
-        DbConnection::Sqlite(c) => {
-            for row in rows {
-                upsert!(row).execute(c)?;
-            }
-        }
-    }
+    });
     Ok(())
 }
 
