@@ -27,7 +27,26 @@ on_both_backends!(
     pii_in_every_batch_string_never_reaches_the_tables,
     rate_limit_answers_429_with_retry_after,
     a_batch_repeating_a_fingerprint_is_merged,
+    concurrent_new_instances_never_exceed_the_seats,
 );
+
+fn concurrent_new_instances_never_exceed_the_seats(h: Harness) {
+    let key = h.license(Tier::Enterprise, 3);
+    let statuses: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..10)
+            .map(|i| {
+                let (h, key) = (&h, &key);
+                s.spawn(move || status(&h.check_in(key, &format!("rush-{i}"), None)).to_owned())
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| *s == "valid").count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| *s == "seat_limit_exceeded").count(), 7, "{statuses:?}");
+    let (_, list) = h.admin(Method::GET, "/v1/admin/licenses", None);
+    assert_eq!(list["licenses"][0]["seats_in_use"], 3);
+    assert_eq!(list["licenses"][0]["instance_count"], 10);
+}
 
 fn a_batch_repeating_a_fingerprint_is_merged(h: Harness) {
     let key = h.license(Tier::Pro, 1);

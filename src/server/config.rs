@@ -276,7 +276,9 @@ fn development_admin_token(data_dir: &Path, development: &mut Vec<String>) -> Re
     std::fs::create_dir_all(data_dir).map_err(setup)?;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    // A fixed prefix: a token must never start with '-' (a command line would take it for a
+    // flag), and it makes a leaked token easy to recognise and search for.
+    let token = format!("lsa_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -139,6 +139,7 @@ impl From<CheckInError> for ApiError {
             CheckInError::BadRequest(b) => b.into(),
             CheckInError::TooMany { retry_after } => ApiError::TooManyRequests { retry_after },
             CheckInError::Store(s) => s.into(),
+            CheckInError::Unrecorded(detail) => ApiError::Unavailable(detail),
         }
     }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use crate::checkin::{CheckInService, RateLimiter};
+use crate::checkin::CheckInService;
 use crate::keys::Signer;
 use crate::store::Store;
 pub use config::{ConfigError, ServeOptions, ServerConfig};
@@ -119,13 +119,13 @@ impl Drop for Running {
 fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, Store), StartError> {
     let (ring, signer, issuer) = config.load_keys()?;
     let store = Store::open(&config.database_url, config.db_pool_size)?;
-    let service = CheckInService {
-        store: store.clone(),
-        ring: Arc::new(ring),
-        signer: Arc::new(signer),
-        limits: config.limits.clone(),
-        rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
-    };
+    let service = CheckInService::new(
+        store.clone(),
+        Arc::new(ring),
+        Arc::new(signer),
+        config.limits.clone(),
+        config.rate_limit_per_minute,
+    );
     let state = AppState {
         service: Arc::new(service),
         store: store.clone(),

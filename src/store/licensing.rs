@@ -7,25 +7,7 @@ use serde::Serialize;
 use super::models::*;
 use super::schema::{check_ins, instances, licenses};
 use super::{on_backend, DbConnection, Store, StoreError};
-
-/// What the check-in path knows about an instance's seat before deciding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeatState {
-    /// The instance's row, if it checked in before.
-    pub instance: Option<InstanceRow>,
-    /// Instances of the same license, other than this one, holding a seat now (counted only
-    /// when this instance does not hold one itself; zero otherwise).
-    pub held_by_others: i64,
-}
-
-impl SeatState {
-    /// Whether this instance holds a seat of `license_id` at `now`.
-    pub fn holds_seat(&self, license_id: &str, now: NaiveDateTime) -> bool {
-        self.instance
-            .as_ref()
-            .is_some_and(|i| i.license_id == license_id && i.seat_until.is_some_and(|until| until > now))
-    }
-}
+use diesel::upsert::excluded;
 
 /// A license as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,72 +74,158 @@ pub struct InstanceRecord {
     pub seat_until: Option<DateTime<Utc>>,
 }
 
-/// Records the license as seen (inserting it the first time) and checked in at `now`, and
-/// returns its row, in one statement. Being a write, this takes the lock that serialises
-/// check-ins of one license for the rest of the transaction: a row lock on PostgreSQL, the
-/// database write lock on SQLite (taken before any read, so two transactions never deadlock
-/// upgrading a read lock).
-pub fn upsert_license(
-    conn: &mut DbConnection,
-    row: &LicenseRow,
-    now: NaiveDateTime,
-) -> Result<LicenseRow, StoreError> {
-    Ok(on_backend!(conn, c => {
-        diesel::insert_into(licenses::table)
-            .values(row)
-            .on_conflict(licenses::id)
-            .do_update()
-            .set(licenses::last_check_in_at.eq(now))
-            .returning(LicenseRow::as_returning())
-            .get_result(c)?
-    }))
-}
+/// The most rows one multi-row statement carries: far below both backends' limits on bound
+/// parameters (65,535 for PostgreSQL, 32,766 for SQLite) for any of these tables.
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
-/// The instance's row and the seats other instances of `license_id` hold at `now`.
-pub fn seat_state(
-    conn: &mut DbConnection,
-    license_id: &str,
-    instance_id: &str,
-    now: NaiveDateTime,
-) -> Result<SeatState, StoreError> {
-    let instance =
-        instances::table.find(instance_id).select(InstanceRow::as_select()).first(conn).optional()?;
-    let mut state = SeatState { instance, held_by_others: 0 };
-    // An instance that holds its seat keeps it whatever the others do: no need to count.
-    if !state.holds_seat(license_id, now) {
-        state.held_by_others = instances::table
-            .filter(instances::license_id.eq(license_id))
-            .filter(instances::seat_until.gt(now))
-            .filter(instances::id.ne(instance_id))
-            .count()
-            .get_result(conn)?;
+/// Records the licenses of a group of check-ins as seen (inserting each the first time) and
+/// checked in, and returns their rows. `rows` must have distinct ids, sorted: being writes, the
+/// upserts take the locks that serialise check-ins of one license until the transaction ends
+/// (row locks on PostgreSQL, taken in id order so that replicas cannot deadlock; the database
+/// write lock on SQLite, taken before any read).
+pub fn upsert_licenses(conn: &mut DbConnection, rows: &[LicenseRow]) -> Result<Vec<LicenseRow>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    macro_rules! upsert {
+        ($values:expr) => {
+            diesel::insert_into(licenses::table)
+                .values($values)
+                .on_conflict(licenses::id)
+                .do_update()
+                .set(licenses::last_check_in_at.eq(excluded(licenses::last_check_in_at)))
+                .returning(LicenseRow::as_returning())
+        };
     }
-    Ok(state)
+    match conn {
+        DbConnection::Postgresql(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                out.extend(upsert!(chunk).get_results(c)?);
+            }
+        }
+        // Diesel cannot express a multi-row upsert for SQLite, which is in-process anyway.
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                out.push(upsert!(row).get_result(c)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
-/// Inserts or replaces an instance's row.
-pub fn upsert_instance(conn: &mut DbConnection, row: &InstanceRow) -> Result<(), StoreError> {
-    on_backend!(conn, c => {
-        diesel::insert_into(instances::table)
-            .values(row)
-            .on_conflict(instances::id)
-            .do_update()
-            .set((
-                instances::license_id.eq(&row.license_id),
-                instances::software_version.eq(&row.software_version),
-                instances::last_check_in_at.eq(row.last_check_in_at),
-                instances::last_status.eq(&row.last_status),
-                instances::seat_until.eq(row.seat_until),
-            ))
-            .execute(c)?;
-    });
+/// The rows of those of `ids` that exist.
+pub fn instances_by_id(conn: &mut DbConnection, ids: &[&str]) -> Result<Vec<InstanceRow>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    match conn {
+        // A primary-key probe per id, which cannot be planned as anything else: `id = ANY($1)`
+        // turned into a sequential scan under load while the table grew faster than its
+        // statistics.
+        DbConnection::Postgresql(c) => {
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                out.extend(
+                    diesel::sql_query(
+                        "SELECT i.* FROM unnest($1::text[]) AS l(id), \
+                         LATERAL (SELECT * FROM instances WHERE instances.id = l.id) AS i",
+                    )
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
+                    .load::<InstanceRow>(c)?,
+                );
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                out.extend(
+                    instances::table
+                        .filter(instances::id.eq_any(chunk))
+                        .select(InstanceRow::as_select())
+                        .load(c)?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many instances hold a seat at `now`, for each of `license_ids` that has any.
+pub fn seats_in_use(
+    conn: &mut DbConnection,
+    license_ids: &[&str],
+    now: NaiveDateTime,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    #[derive(QueryableByName)]
+    struct InUse {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        license_id: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seats: i64,
+    }
+    let mut out = Vec::new();
+    match conn {
+        // One index range scan per license: `license_id = ANY($1)` had PostgreSQL re-check the
+        // whole array against every seat holder it fetched, and a join with the unnested array
+        // was planned as a hash join over the whole table (both showed up under load).
+        DbConnection::Postgresql(c) => {
+            for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
+                let rows: Vec<InUse> = diesel::sql_query(
+                    "SELECT l.id AS license_id, (SELECT COUNT(*) FROM instances i \
+                     WHERE i.license_id = l.id AND i.seat_until > $2) AS seats FROM unnest($1::text[]) AS l(id)",
+                )
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
+                .bind::<diesel::sql_types::Timestamp, _>(now)
+                .load(c)?;
+                out.extend(rows.into_iter().map(|r| (r.license_id, r.seats)));
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
+                out.extend(
+                    instances::table
+                        .filter(instances::license_id.eq_any(chunk))
+                        .filter(instances::seat_until.gt(now))
+                        .group_by(instances::license_id)
+                        .select((instances::license_id, diesel::dsl::count_star()))
+                        .load::<(String, i64)>(c)?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts or replaces instances' rows; `rows` must have distinct ids.
+pub fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) -> Result<(), StoreError> {
+    macro_rules! upsert {
+        ($values:expr) => {
+            diesel::insert_into(instances::table).values($values).on_conflict(instances::id).do_update().set(
+                (
+                    instances::license_id.eq(excluded(instances::license_id)),
+                    instances::software_version.eq(excluded(instances::software_version)),
+                    instances::last_check_in_at.eq(excluded(instances::last_check_in_at)),
+                    instances::last_status.eq(excluded(instances::last_status)),
+                    instances::seat_until.eq(excluded(instances::seat_until)),
+                ),
+            )
+        };
+    }
+    match conn {
+        DbConnection::Postgresql(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                upsert!(chunk).execute(c)?;
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                upsert!(row).execute(c)?;
+            }
+        }
+    }
     Ok(())
 }
 
-/// Appends a check-in to the history.
-pub fn insert_check_in(conn: &mut DbConnection, row: &NewCheckIn<'_>) -> Result<(), StoreError> {
+/// Appends check-ins to the history.
+pub fn insert_check_ins(conn: &mut DbConnection, rows: &[NewCheckIn<'_>]) -> Result<(), StoreError> {
     on_backend!(conn, c => {
-        diesel::insert_into(check_ins::table).values(row).execute(c)?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(check_ins::table).values(chunk).execute(c)?;
+        }
     });
     Ok(())
 }

@@ -17,7 +17,7 @@ mod models;
 pub mod telemetry;
 
 pub use jobs::JobClaim;
-pub use licensing::{InstanceRecord, LicenseRecord, SeatState};
+pub use licensing::{InstanceRecord, LicenseRecord};
 pub use models::*;
 pub use telemetry::{ErrorSummary, FeatureSummary, RouteSummary, SessionSummary, TelemetrySummary};
 

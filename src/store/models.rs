@@ -36,7 +36,7 @@ pub struct LicenseRow {
     pub last_check_in_at: Option<NaiveDateTime>,
 }
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = instances)]
 pub struct InstanceRow {
     pub id: String,

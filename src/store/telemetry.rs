@@ -12,39 +12,67 @@ use super::schema::*;
 use super::{on_backend, DbConnection, Store, StoreError};
 use crate::protocol::{RoutePerformance, UsageCount};
 
-/// Stores a batch unless its id was stored before; returns whether it was stored now.
+/// Stores the batches of a group of check-ins, except those whose id was stored before, and
+/// returns the ids stored now. `batches` must have distinct ids.
 ///
-/// The batch row goes first with `ON CONFLICT DO NOTHING`: a retry, or a copy arriving at the
-/// same moment (which waits on the first copy's uncommitted row), inserts nothing and so
-/// stores nothing else either.
-pub fn insert_batch(conn: &mut DbConnection, batch: &StoredBatch) -> Result<bool, StoreError> {
-    let inserted = on_backend!(conn, c => {
-        diesel::insert_into(telemetry_batches::table).values(&batch.batch).on_conflict_do_nothing().execute(c)?
-    });
-    if inserted == 0 {
-        return Ok(false);
+/// The batch rows go first with `ON CONFLICT DO NOTHING`: a retry, or a copy arriving at the
+/// same moment through another replica (which waits on the first copy's uncommitted row),
+/// inserts nothing, and so nothing else of it is stored either.
+pub fn insert_batches(
+    conn: &mut DbConnection,
+    batches: &[&StoredBatch],
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut inserted = BTreeSet::new();
+    match conn {
+        DbConnection::Postgresql(c) => {
+            for chunk in batches.chunks(super::licensing::ROWS_PER_STATEMENT) {
+                let rows: Vec<&BatchRow> = chunk.iter().map(|b| &b.batch).collect();
+                let ids: Vec<String> = diesel::insert_into(telemetry_batches::table)
+                    .values(rows)
+                    .on_conflict_do_nothing()
+                    .returning(telemetry_batches::batch_id)
+                    .get_results(c)?;
+                inserted.extend(ids);
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for b in batches {
+                let n = diesel::insert_into(telemetry_batches::table)
+                    .values(&b.batch)
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                if n == 1 {
+                    inserted.insert(b.batch.batch_id.clone());
+                }
+            }
+        }
     }
-    // On the inner connection, so the statements stay prepared (see `on_backend!`).
+    let stored: Vec<&StoredBatch> =
+        batches.iter().copied().filter(|b| inserted.contains(&b.batch.batch_id)).collect();
     on_backend!(conn, c => {
-        diesel::insert_into(telemetry_events::table).values(&batch.events).execute(c)?;
-        diesel::insert_into(telemetry_performance::table).values(&batch.performance).execute(c)?;
-        diesel::insert_into(telemetry_sessions::table).values(&batch.sessions).execute(c)?;
+        for chunk in stored.chunks(super::licensing::ROWS_PER_STATEMENT) {
+            let events: Vec<&EventRow> = chunk.iter().map(|b| &b.events).collect();
+            diesel::insert_into(telemetry_events::table).values(events).execute(c)?;
+            let performance: Vec<&PerformanceRow> = chunk.iter().map(|b| &b.performance).collect();
+            diesel::insert_into(telemetry_performance::table).values(performance).execute(c)?;
+            let sessions: Vec<&SessionRow> = chunk.iter().map(|b| &b.sessions).collect();
+            diesel::insert_into(telemetry_sessions::table).values(sessions).execute(c)?;
+        }
     });
-    upsert_errors(conn, &merge_fingerprints(&batch.errors))?;
-    Ok(true)
+    let errors: Vec<ErrorRow> = stored.iter().flat_map(|b| b.errors.iter().cloned()).collect();
+    upsert_errors(conn, &merge_fingerprints(&errors))?;
+    Ok(inserted)
 }
 
 /// Adds error groups to the deduplicated errors: counts add up, first and last seen widen,
-/// the text is the latest. One statement a row: a multi-row statement's SQL changes with the
-/// row count, so PostgreSQL would parse and plan it every time, while a one-row statement
-/// stays prepared on the connection.
+/// the text is the latest. `rows` must have distinct (instance, fingerprint) pairs.
 fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), StoreError> {
     use diesel::dsl::case_when;
     use telemetry_errors::{count, error_type, first_seen, last_seen, message, stack};
-    on_backend!(conn, c => {
-        for row in rows {
+    macro_rules! upsert {
+        ($values:expr) => {
             diesel::insert_into(telemetry_errors::table)
-                .values(row)
+                .values($values)
                 .on_conflict((telemetry_errors::instance_id, telemetry_errors::fingerprint))
                 .do_update()
                 .set((
@@ -52,12 +80,26 @@ fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), Store
                     error_type.eq(excluded(error_type)),
                     message.eq(excluded(message)),
                     stack.eq(excluded(stack)),
-                    first_seen.eq(case_when(excluded(first_seen).lt(first_seen), excluded(first_seen)).otherwise(first_seen)),
-                    last_seen.eq(case_when(excluded(last_seen).gt(last_seen), excluded(last_seen)).otherwise(last_seen)),
+                    first_seen.eq(case_when(excluded(first_seen).lt(first_seen), excluded(first_seen))
+                        .otherwise(first_seen)),
+                    last_seen.eq(case_when(excluded(last_seen).gt(last_seen), excluded(last_seen))
+                        .otherwise(last_seen)),
                 ))
-                .execute(c)?;
+        };
+    }
+    match conn {
+        DbConnection::Postgresql(c) => {
+            for chunk in rows.chunks(super::licensing::ROWS_PER_STATEMENT) {
+                upsert!(chunk).execute(c)?;
+            }
         }
-    });
+        // Diesel cannot express a multi-row upsert for SQLite, which is in-process anyway.
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                upsert!(row).execute(c)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -138,11 +180,6 @@ pub struct SessionSummary {
 pub type Removed = BTreeMap<&'static str, usize>;
 
 impl Store {
-    /// Stores a batch in its own transaction (outside a check-in: tools and tests).
-    pub fn insert_batch(&self, batch: &StoredBatch) -> Result<bool, StoreError> {
-        self.transaction(|conn| insert_batch(conn, batch))
-    }
-
     /// One instance's telemetry received in `[since, until]`.
     pub fn telemetry_summary(
         &self,

@@ -13,12 +13,16 @@ use crate::protocol::{
     self, BatchError, BatchLimits, CheckInRequest, CheckInResponse, CheckInStatus, TelemetryAck,
     TelemetryBatch,
 };
-use crate::store::{self, licensing, telemetry, Store, StoreError};
+use crate::store::{self, Store, StoreError};
+
+mod writer;
 use crate::token::{self, TokenError};
 
 /// How soon an instance refused for a reason it can fix (no telemetry, no free seat) should
 /// come back, at most.
 const RETRY_SOON: i64 = 60 * 60;
+/// Writer threads on PostgreSQL: enough that one group is written while another commits.
+const WRITERS_ON_POSTGRES: usize = 3;
 /// When to come back after a key that cannot be read or trusted at all.
 const RETRY_UNREADABLE: i64 = 24 * 60 * 60;
 
@@ -42,6 +46,10 @@ pub enum CheckInError {
     /// The database failed; the client should retry later.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The check-in's group could not be recorded (the database failed, or the writer
+    /// stopped); the client should retry later.
+    #[error("recording the check-in failed: {0}")]
+    Unrecorded(String),
 }
 
 impl From<diesel::result::Error> for CheckInError {
@@ -61,6 +69,7 @@ pub struct CheckInService {
     pub signer: Arc<Signer>,
     pub limits: BatchLimits,
     pub rate_limiter: RateLimiter,
+    writer: writer::Writer,
 }
 
 /// At most `per_minute` check-ins per instance in each wall-clock minute. A client checks in
@@ -97,15 +106,66 @@ impl RateLimiter {
     }
 }
 
-/// A batch that passed validation, with its digest and scrubbed for storage.
-struct Telemetry {
-    batch: TelemetryBatch,
+/// A batch that passed validation: what the acknowledgement needs, and (for a trusted
+/// license) the batch as it will be stored, scrubbed.
+pub struct Telemetry {
+    batch_id: uuid::Uuid,
     digest: String,
+    stored: Option<store::StoredBatch>,
+}
+
+/// Whose check-in this is, as far as the key tells.
+pub enum Subject {
+    /// The key cannot be read: answered `malformed`, with no lease.
+    Unreadable(TokenError),
+    /// A readable key this server cannot trust (`unknown_key`, `bad_signature`): answered with
+    /// a lease saying so, but nothing about the license is recorded, as it may be forged.
+    Untrusted { license: LicensePayload, error: TokenError },
+    /// A license this server trusts: the writer decides under the tier and seat rules.
+    Licensed(LicensePayload),
+}
+
+/// A check-in after the CPU work (parsing, validation, signature, scrubbing), ready for the
+/// writer to decide and record.
+pub struct Prepared {
+    pub instance_id: String,
+    pub nonce: String,
+    pub software_version: String,
+    pub now: DateTime<Utc>,
+    pub subject: Subject,
+    pub telemetry: Option<Telemetry>,
+}
+
+/// The writer's verdict on one check-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub status: CheckInStatus,
+    pub message: String,
+    pub next_check_in_at: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    /// The batch id was stored before (or earlier in the same group): acknowledged, not stored.
+    pub duplicate: bool,
 }
 
 impl CheckInService {
-    /// Handles one check-in body at `now`: a 200 answer, or why there is none.
-    pub fn handle(&self, body: &[u8], now: DateTime<Utc>) -> Result<CheckInResponse, CheckInError> {
+    /// A service whose writer thread records check-ins in `store`.
+    pub fn new(
+        store: Store,
+        ring: Arc<KeyRing>,
+        signer: Arc<Signer>,
+        limits: BatchLimits,
+        per_minute: u32,
+    ) -> Self {
+        let writers = match store.backend() {
+            store::Backend::Sqlite => 1,
+            store::Backend::Postgres => WRITERS_ON_POSTGRES,
+        };
+        let writer = writer::Writer::start(store.clone(), writers);
+        CheckInService { store, ring, signer, limits, rate_limiter: RateLimiter::new(per_minute), writer }
+    }
+
+    /// Reads and checks a check-in body at `now`: everything but the database.
+    pub fn prepare(&self, body: &[u8], now: DateTime<Utc>) -> Result<Prepared, CheckInError> {
         let now = now.duration_trunc(Duration::seconds(1)).unwrap_or(now);
         let request: CheckInRequest<'_> = serde_json::from_slice(body)
             .map_err(|e| bad("invalid_request", format!("invalid check-in request: {e}")))?;
@@ -113,7 +173,7 @@ impl CheckInService {
         self.rate_limiter
             .admit(&request.instance_id, now)
             .map_err(|retry_after| CheckInError::TooMany { retry_after })?;
-        let telemetry = match (request.telemetry, request.telemetry_disabled) {
+        let batch = match (request.telemetry, request.telemetry_disabled) {
             (Some(_), true) => {
                 return Err(bad(
                     "conflicting_telemetry",
@@ -129,18 +189,82 @@ impl CheckInService {
             (None, true) => None,
             (Some(raw), false) => Some(self.read_batch(raw.get())?),
         };
-
-        let decoded = match token::decode::<LicensePayload>(&request.license_key) {
-            Ok(decoded) => decoded,
-            Err(e) => return self.refuse_unreadable(&request, &e, telemetry.as_ref(), now),
+        let subject = match token::decode::<LicensePayload>(&request.license_key) {
+            Err(e) => Subject::Unreadable(e),
+            Ok(decoded) => match decoded.verify_signature(&self.ring) {
+                Err(error) => Subject::Untrusted { license: decoded.claims, error },
+                Ok(()) => Subject::Licensed(decoded.claims),
+            },
         };
-        if let Err(e) = decoded.verify_signature(&self.ring) {
-            return self.refuse_untrusted(&request, decoded.claims, &e, telemetry.as_ref(), now);
-        }
-        self.check_in_licensed(&request, decoded.claims, telemetry, now)
+        let telemetry = batch.map(|(batch, digest)| {
+            let stored = match &subject {
+                Subject::Licensed(license) => Some(scrubbed_batch(
+                    &batch,
+                    &digest,
+                    &request.instance_id,
+                    &license.license_id.to_string(),
+                    now,
+                )),
+                _ => None,
+            };
+            Telemetry { batch_id: batch.batch_id, digest, stored }
+        });
+        Ok(Prepared {
+            instance_id: request.instance_id,
+            nonce: request.nonce,
+            software_version: request.software_version,
+            now,
+            subject,
+            telemetry,
+        })
     }
 
-    fn read_batch(&self, raw: &str) -> Result<Telemetry, BadRequest> {
+    /// Has the writer decide and record a prepared check-in, together with whatever else is
+    /// waiting (one transaction for the group).
+    pub async fn record(&self, prepared: Prepared) -> Result<(Prepared, Decision), CheckInError> {
+        self.writer.submit(prepared).await
+    }
+
+    /// The answer to a recorded check-in, with its signed lease.
+    pub fn respond(&self, p: &Prepared, d: &Decision) -> CheckInResponse {
+        let license = match &p.subject {
+            Subject::Unreadable(_) => None,
+            Subject::Untrusted { license, .. } | Subject::Licensed(license) => Some(license),
+        };
+        let lease = license.map(|license| {
+            lease::sign(
+                &self.signer,
+                LeasePayload {
+                    v: lease::LEASE_VERSION,
+                    kid: self.signer.kid().to_owned(),
+                    status: d.status,
+                    license_id: license.license_id,
+                    instance_id: p.instance_id.clone(),
+                    nonce: p.nonce.clone(),
+                    server_time: p.now,
+                    next_check_in_at: d.next_check_in_at,
+                    valid_until: d.valid_until,
+                },
+            )
+        });
+        CheckInResponse {
+            status: d.status,
+            message: d.message.clone(),
+            license_id: license.map(|l| l.license_id),
+            lease,
+            next_check_in_at: d.next_check_in_at,
+            valid_until: d.valid_until,
+            server_time: p.now,
+            telemetry: p.telemetry.as_ref().map(|t| TelemetryAck {
+                batch_id: t.batch_id,
+                accepted: d.status == CheckInStatus::Valid,
+                duplicate: d.duplicate,
+                digest: t.digest.clone(),
+            }),
+        }
+    }
+
+    fn read_batch(&self, raw: &str) -> Result<(TelemetryBatch, String), BadRequest> {
         let digest = protocol::digest(raw.as_bytes());
         let batch = protocol::parse_batch(raw).map_err(|e| match e {
             BatchError::UnsupportedSchema { .. } => bad("unsupported_schema", e.to_string()),
@@ -151,180 +275,7 @@ impl CheckInService {
             BatchError::TooMany { .. } => bad("telemetry_limit_exceeded", e.to_string()),
             _ => bad("invalid_telemetry", e.to_string()),
         })?;
-        Ok(Telemetry { batch, digest })
-    }
-
-    /// A key that cannot be read: answered `malformed`, with no lease (there is no license to
-    /// bind one to) and no license row.
-    fn refuse_unreadable(
-        &self,
-        request: &CheckInRequest<'_>,
-        error: &TokenError,
-        telemetry: Option<&Telemetry>,
-        now: DateTime<Utc>,
-    ) -> Result<CheckInResponse, CheckInError> {
-        let status = CheckInStatus::Malformed;
-        self.record_unlicensed(request, status, now)?;
-        Ok(CheckInResponse {
-            status,
-            message: format!("The license key cannot be read: {error}."),
-            license_id: None,
-            lease: None,
-            next_check_in_at: now + Duration::seconds(RETRY_UNREADABLE),
-            valid_until: now,
-            server_time: now,
-            telemetry: telemetry.map(|t| ack(t, false, false)),
-        })
-    }
-
-    /// A readable key this server cannot trust (unknown key or bad signature): answered with a
-    /// lease saying so, but nothing about the license is recorded, as it may be forged.
-    fn refuse_untrusted(
-        &self,
-        request: &CheckInRequest<'_>,
-        license: LicensePayload,
-        error: &TokenError,
-        telemetry: Option<&Telemetry>,
-        now: DateTime<Utc>,
-    ) -> Result<CheckInResponse, CheckInError> {
-        let status = match error.verdict() {
-            token::Verdict::UnknownKey => CheckInStatus::UnknownKey,
-            _ => CheckInStatus::BadSignature,
-        };
-        self.record_unlicensed(request, status, now)?;
-        let message = match status {
-            CheckInStatus::UnknownKey => {
-                format!("The license was signed by key {:?}, which this server does not trust.", license.kid)
-            }
-            _ => "The license key's signature does not verify: it was altered or forged.".to_owned(),
-        };
-        let times = Times { next_check_in_at: now + Duration::seconds(RETRY_UNREADABLE), valid_until: now };
-        Ok(self.answer(
-            request,
-            &license,
-            status,
-            message,
-            times,
-            telemetry.map(|t| ack(t, false, false)),
-            now,
-        ))
-    }
-
-    fn record_unlicensed(
-        &self,
-        request: &CheckInRequest<'_>,
-        status: CheckInStatus,
-        now: DateTime<Utc>,
-    ) -> Result<(), CheckInError> {
-        let mut conn = self.store.conn()?;
-        licensing::insert_check_in(
-            &mut conn,
-            &store::NewCheckIn {
-                instance_id: &request.instance_id,
-                license_id: None,
-                at: store::naive(now),
-                status: status.as_str(),
-                software_version: &request.software_version,
-                telemetry_batch_id: None,
-            },
-        )?;
-        Ok(())
-    }
-
-    /// A license this server trusts: decide under the tier and seat rules, and record the
-    /// check-in, the instance and any accepted telemetry in one transaction.
-    fn check_in_licensed(
-        &self,
-        request: &CheckInRequest<'_>,
-        license: LicensePayload,
-        telemetry: Option<Telemetry>,
-        now: DateTime<Utc>,
-    ) -> Result<CheckInResponse, CheckInError> {
-        let license_id = license.license_id.to_string();
-        let (status, message, times, duplicate) = self.store.transaction(|conn| {
-            let row = licensing::upsert_license(conn, &license_row(&license, now), store::naive(now))?;
-            let seats = licensing::seat_state(conn, &license_id, &request.instance_id, store::naive(now))?;
-            let (status, message) = decide(&license, &row, &seats, telemetry.is_some(), now);
-            let times = times_for(&license, status, &seats, now);
-
-            let seat_until = match status {
-                CheckInStatus::Valid => Some(store::naive(times.valid_until)),
-                // The lease is not extended, but a seat already held stays held.
-                CheckInStatus::TelemetryRequired | CheckInStatus::SeatLimitExceeded => {
-                    seats.instance.as_ref().filter(|i| i.license_id == license_id).and_then(|i| i.seat_until)
-                }
-                _ => None,
-            };
-            licensing::upsert_instance(
-                conn,
-                &store::InstanceRow {
-                    id: request.instance_id.clone(),
-                    license_id: license_id.clone(),
-                    software_version: request.software_version.clone(),
-                    first_seen_at: seats.instance.as_ref().map_or(store::naive(now), |i| i.first_seen_at),
-                    last_check_in_at: store::naive(now),
-                    last_status: status.as_str().to_owned(),
-                    seat_until,
-                },
-            )?;
-            let mut duplicate = false;
-            let batch_id = telemetry.as_ref().map(|t| t.batch.batch_id.to_string());
-            if let (CheckInStatus::Valid, Some(t)) = (status, &telemetry) {
-                let stored = scrubbed_batch(t, &request.instance_id, &license_id, now);
-                duplicate = !telemetry::insert_batch(conn, &stored)?;
-            }
-            licensing::insert_check_in(
-                conn,
-                &store::NewCheckIn {
-                    instance_id: &request.instance_id,
-                    license_id: Some(&license_id),
-                    at: store::naive(now),
-                    status: status.as_str(),
-                    software_version: &request.software_version,
-                    telemetry_batch_id: batch_id.as_deref().filter(|_| status == CheckInStatus::Valid),
-                },
-            )?;
-            Ok::<_, CheckInError>((status, message, times, duplicate))
-        })?;
-        let ack = telemetry.as_ref().map(|t| ack(t, status == CheckInStatus::Valid, duplicate));
-        Ok(self.answer(request, &license, status, message, times, ack, now))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &self,
-        request: &CheckInRequest<'_>,
-        license: &LicensePayload,
-        status: CheckInStatus,
-        message: String,
-        times: Times,
-        telemetry: Option<TelemetryAck>,
-        now: DateTime<Utc>,
-    ) -> CheckInResponse {
-        let lease = lease::sign(
-            &self.signer,
-            LeasePayload {
-                v: lease::LEASE_VERSION,
-                kid: self.signer.kid().to_owned(),
-                status,
-                license_id: license.license_id,
-                instance_id: request.instance_id.clone(),
-                nonce: request.nonce.clone(),
-                server_time: now,
-                next_check_in_at: times.next_check_in_at,
-                valid_until: times.valid_until,
-            },
-        );
-        CheckInResponse {
-            status,
-            message,
-            license_id: Some(license.license_id),
-            lease: Some(lease),
-            next_check_in_at: times.next_check_in_at,
-            valid_until: times.valid_until,
-            server_time: now,
-            telemetry,
-        }
+        Ok((batch, digest))
     }
 }
 
@@ -352,7 +303,8 @@ fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
 fn decide(
     license: &LicensePayload,
     row: &store::LicenseRow,
-    seats: &licensing::SeatState,
+    holds_seat: bool,
+    held_by_others: i64,
     has_telemetry: bool,
     now: DateTime<Utc>,
 ) -> (CheckInStatus, String) {
@@ -380,8 +332,7 @@ fn decide(
             ),
         );
     }
-    let license_id = license.license_id.to_string();
-    if !seats.holds_seat(&license_id, store::naive(now)) && seats.held_by_others >= i64::from(license.seats) {
+    if !holds_seat && held_by_others >= i64::from(license.seats) {
         return (
             CheckInStatus::SeatLimitExceeded,
             format!(
@@ -398,11 +349,12 @@ struct Times {
     valid_until: DateTime<Utc>,
 }
 
-/// When to come back and how long the lease lasts, per status.
+/// When to come back and how long the lease lasts, per status. `held` is the end of the seat
+/// the instance holds now, if any.
 fn times_for(
     license: &LicensePayload,
     status: CheckInStatus,
-    seats: &licensing::SeatState,
+    held: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Times {
     let interval = license.check_in_interval();
@@ -415,26 +367,18 @@ fn times_for(
             }
             Times { next_check_in_at: now + interval, valid_until }
         }
+        // Not extended: what the instance already held, if anything.
         CheckInStatus::TelemetryRequired | CheckInStatus::SeatLimitExceeded => {
-            // Not extended: what the instance already held, if anything.
-            let held = seats
-                .instance
-                .as_ref()
-                .filter(|i| i.license_id == license.license_id.to_string())
-                .and_then(|i| i.seat_until)
-                .map(store::utc)
-                .filter(|until| *until > now);
             Times { next_check_in_at: now + soon, valid_until: held.unwrap_or(now) }
         }
         CheckInStatus::NotYetValid => {
             Times { next_check_in_at: (now + interval).min(license.not_before), valid_until: now }
         }
+        CheckInStatus::Malformed | CheckInStatus::UnknownKey | CheckInStatus::BadSignature => {
+            Times { next_check_in_at: now + Duration::seconds(RETRY_UNREADABLE), valid_until: now }
+        }
         _ => Times { next_check_in_at: now + interval, valid_until: now },
     }
-}
-
-fn ack(t: &Telemetry, accepted: bool, duplicate: bool) -> TelemetryAck {
-    TelemetryAck { batch_id: t.batch.batch_id, accepted, duplicate, digest: t.digest.clone() }
 }
 
 fn license_row(license: &LicensePayload, now: DateTime<Utc>) -> store::LicenseRow {
@@ -459,12 +403,12 @@ fn license_row(license: &LicensePayload, now: DateTime<Utc>) -> store::LicenseRo
 
 /// The batch as it is stored: every string scrubbed again, whatever the client did.
 fn scrubbed_batch(
-    t: &Telemetry,
+    b: &TelemetryBatch,
+    digest: &str,
     instance_id: &str,
     license_id: &str,
     now: DateTime<Utc>,
 ) -> store::StoredBatch {
-    let b = &t.batch;
     let batch_id = b.batch_id.to_string();
     let received_at = store::naive(now);
     let mut counts = Redactions::default();
@@ -543,7 +487,7 @@ fn scrubbed_batch(
             received_at,
             period_start: store::naive(b.period_start),
             period_end: store::naive(b.period_end),
-            digest: t.digest.clone(),
+            digest: digest.to_owned(),
             app_version: environment.app_version.clone(),
             user_count_range: environment.user_count_range.as_str().to_owned(),
             environment: serde_json::to_string(&environment).expect("the environment serialises"),
