@@ -415,13 +415,23 @@ pub fn parse_batch(raw: &str) -> Result<TelemetryBatch, BatchError> {
     struct Probe {
         schema: Option<serde_json::Value>,
     }
-    let probe: Probe = serde_json::from_str(raw).map_err(|e| BatchError::Invalid(e.to_string()))?;
-    match probe.schema {
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(TELEMETRY_SCHEMA)) => {}
-        Some(other) => return Err(BatchError::UnsupportedSchema { found: other.to_string() }),
-        None => return Err(BatchError::Invalid("missing field `schema`".into())),
+    let batch_error = match serde_json::from_str::<TelemetryBatch>(raw) {
+        Ok(batch) if batch.schema == TELEMETRY_SCHEMA => return Ok(batch),
+        Ok(batch) => return Err(BatchError::UnsupportedSchema { found: batch.schema.to_string() }),
+        Err(e) => e,
+    };
+    // Only a batch that failed to parse is read again, to tell a batch of another schema
+    // (whose shape may differ) from a broken one.
+    match serde_json::from_str::<Probe>(raw) {
+        Ok(Probe { schema: Some(serde_json::Value::Number(n)) })
+            if n.as_u64() == Some(u64::from(TELEMETRY_SCHEMA)) =>
+        {
+            Err(BatchError::Invalid(batch_error.to_string()))
+        }
+        Ok(Probe { schema: Some(other) }) => Err(BatchError::UnsupportedSchema { found: other.to_string() }),
+        Ok(Probe { schema: None }) => Err(BatchError::Invalid("missing field `schema`".into())),
+        Err(e) => Err(BatchError::Invalid(e.to_string())),
     }
-    serde_json::from_str(raw).map_err(|e| BatchError::Invalid(e.to_string()))
 }
 
 impl TelemetryBatch {

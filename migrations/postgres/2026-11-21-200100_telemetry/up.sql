@@ -90,3 +90,9 @@ CREATE TABLE telemetry_aggregates (
     instances BIGINT NOT NULL,
     PRIMARY KEY (day, metric, dimension)
 );
+
+-- Raw JSON is written once and read rarely: store it uncompressed, which saves the CPU that
+-- compressing every batch cost under load.
+ALTER TABLE telemetry_events ALTER COLUMN usage SET STORAGE EXTERNAL;
+ALTER TABLE telemetry_performance ALTER COLUMN routes SET STORAGE EXTERNAL;
+ALTER TABLE telemetry_batches ALTER COLUMN environment SET STORAGE EXTERNAL;
