@@ -579,6 +579,25 @@ fn pii_in_every_batch_string_never_reaches_the_tables(h: Harness) {
         let r = h.check_in(&key, &format!("pii-{i}"), Some(&b.to_string()));
         assert_eq!(status(&r), "valid", "{secret}: {r}");
     }
+    // The request's own free-text field goes through the scrubber too.
+    let body = h.check_in_body(
+        &key,
+        "pii-version",
+        &nonce(),
+        Some(&batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string()),
+    );
+    let body = String::from_utf8(body).unwrap().replace("\"1.4.2\"", "\"1.4.2 jane.doe@example.com\"");
+    let (code, _) = h.post_raw("/v1/check-ins", "application/json", body.into_bytes());
+    assert_eq!(code, 200);
+    let (_, instances) = h.admin(Method::GET, "/v1/admin/instances", None);
+    let version = instances["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance_id"] == "pii-version")
+        .unwrap()["software_version"]
+        .clone();
+    assert_eq!(version, "1.4.2 [EMAIL]");
     let stored = h.store.telemetry_text().unwrap().join("\n");
     assert!(stored.contains("[EMAIL]") && stored.contains("[CARD]"), "the corpus went through the tables");
     for fragment in &fragments {

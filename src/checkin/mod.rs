@@ -212,7 +212,8 @@ impl CheckInService {
         Ok(Prepared {
             instance_id: request.instance_id,
             nonce: request.nonce,
-            software_version: request.software_version,
+            // Stored with the instance and the check-in: scrubbed like every telemetry string.
+            software_version: privacy::scrub(&request.software_version).0,
             now,
             subject,
             telemetry,
