@@ -382,26 +382,6 @@ fn times_for(
     }
 }
 
-fn license_row(license: &LicensePayload, now: DateTime<Utc>) -> store::LicenseRow {
-    store::LicenseRow {
-        id: license.license_id.to_string(),
-        kid: license.kid.clone(),
-        licensee: license.licensee.clone(),
-        tier: license.tier.as_str().to_owned(),
-        seats: i32::try_from(license.seats).unwrap_or(i32::MAX),
-        features: serde_json::to_string(&license.features).expect("a list of strings serialises"),
-        issued_at: store::naive(license.issued_at),
-        not_before: store::naive(license.not_before),
-        expires_at: license.expires_at.map(store::naive),
-        check_in_interval_s: license.check_in_interval_s.map(|s| s as i64),
-        license_key: None,
-        revoked_at: None,
-        revoked_reason: None,
-        first_seen_at: store::naive(now),
-        last_check_in_at: None,
-    }
-}
-
 /// The batch as it is stored: every string scrubbed again, whatever the client did.
 fn scrubbed_batch(
     b: &TelemetryBatch,

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{decide, license_row, times_for, CheckInError, Decision, Prepared, Subject};
+use super::{decide, times_for, CheckInError, Decision, Prepared, Subject};
 use crate::protocol::CheckInStatus;
 use crate::store::{self, licensing, telemetry, InstanceRow, NewCheckIn, Store};
 
@@ -111,7 +111,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let mut earliest: Option<DateTime<Utc>> = None;
         for p in group {
             if let Subject::Licensed(license) = &p.subject {
-                let mut row = license_row(license, p.now);
+                let mut row = store::LicenseRow::new(license, None, p.now);
                 row.last_check_in_at = Some(store::naive(p.now));
                 license_rows
                     .entry(row.id.clone())

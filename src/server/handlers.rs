@@ -115,31 +115,10 @@ pub async fn issue_license(
     let issued = license::issue(&issuer, request, now)
         .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
     let store = state.store.clone();
-    let row = issued_row(&issued, now);
+    let row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
     blocking(move || store.insert_issued_license(&row).map_err(ApiError::from)).await?;
     tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
     Ok(HttpResponse::Created().json(json!({ "license_key": issued.key, "payload": issued.payload })))
-}
-
-fn issued_row(issued: &license::Issued, now: chrono::DateTime<chrono::Utc>) -> store::LicenseRow {
-    let p = &issued.payload;
-    store::LicenseRow {
-        id: p.license_id.to_string(),
-        kid: p.kid.clone(),
-        licensee: p.licensee.clone(),
-        tier: p.tier.as_str().to_owned(),
-        seats: i32::try_from(p.seats).unwrap_or(i32::MAX),
-        features: serde_json::to_string(&p.features).expect("strings serialise"),
-        issued_at: store::naive(p.issued_at),
-        not_before: store::naive(p.not_before),
-        expires_at: p.expires_at.map(store::naive),
-        check_in_interval_s: p.check_in_interval_s.map(|s| s as i64),
-        license_key: Some(issued.key.clone()),
-        revoked_at: None,
-        revoked_reason: None,
-        first_seen_at: store::naive(now),
-        last_check_in_at: None,
-    }
 }
 
 pub async fn list_licenses(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -36,6 +36,35 @@ pub struct LicenseRow {
     pub last_check_in_at: Option<NaiveDateTime>,
 }
 
+impl LicenseRow {
+    /// The row of a license first seen at `now`; `key` is the license key itself when this
+    /// server issued it.
+    pub fn new(
+        license: &crate::license::LicensePayload,
+        key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> LicenseRow {
+        LicenseRow {
+            id: license.license_id.to_string(),
+            kid: license.kid.clone(),
+            licensee: license.licensee.clone(),
+            tier: license.tier.as_str().to_owned(),
+            // Bounded by the license format (at most 1,000,000 seats).
+            seats: i32::try_from(license.seats).unwrap_or(i32::MAX),
+            features: serde_json::to_string(&license.features).expect("a list of strings serialises"),
+            issued_at: naive(license.issued_at),
+            not_before: naive(license.not_before),
+            expires_at: license.expires_at.map(naive),
+            check_in_interval_s: license.check_in_interval_s.map(|s| s as i64),
+            license_key: key.map(str::to_owned),
+            revoked_at: None,
+            revoked_reason: None,
+            first_seen_at: naive(now),
+            last_check_in_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = instances)]
 pub struct InstanceRow {
