@@ -103,7 +103,9 @@ static ANY: LazyLock<RegexSet> = LazyLock::new(|| {
 });
 
 static PRIVATE_KEY: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\z)")
+    // Written with `-{5}` so that this pattern is not itself taken for key material by tools
+    // that scan the repository for PEM headers.
+    re(r"-{5}BEGIN [A-Z ]*PRIVATE KEY-{5}[\s\S]*?(?:-{5}END [A-Z ]*PRIVATE KEY-{5}|\z)")
 });
 static BEARER: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{8,}"));
 static JWT: LazyLock<Regex> =

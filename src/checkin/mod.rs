@@ -64,7 +64,6 @@ fn bad(code: &'static str, message: impl Into<String>) -> BadRequest {
 
 /// Everything a check-in needs besides the request.
 pub struct CheckInService {
-    pub store: Store,
     pub ring: Arc<KeyRing>,
     pub signer: Arc<Signer>,
     pub limits: BatchLimits,
@@ -160,8 +159,8 @@ impl CheckInService {
             store::Backend::Sqlite => 1,
             store::Backend::Postgres => WRITERS_ON_POSTGRES,
         };
-        let writer = writer::Writer::start(store.clone(), writers);
-        CheckInService { store, ring, signer, limits, rate_limiter: RateLimiter::new(per_minute), writer }
+        let writer = writer::Writer::start(store, writers);
+        CheckInService { ring, signer, limits, rate_limiter: RateLimiter::new(per_minute), writer }
     }
 
     /// Reads and checks a check-in body at `now`: everything but the database.
