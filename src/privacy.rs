@@ -232,3 +232,162 @@ fn is_ipv6(text: &str) -> bool {
     let text = text.trim_end_matches(':');
     text.matches(':').count() >= 2 && text.parse::<Ipv6Addr>().is_ok() && text != "::"
 }
+
+/// Pseudonymises a user id: HMAC-SHA-256 keyed with the install's secret salt, lowercase hex.
+/// A plain hash of a short id would be a dictionary lookup away from the id; without the salt,
+/// which never leaves the install, the digest says nothing, yet the same user maps to the same
+/// value within one install.
+pub fn hash_user_id(salt: &[u8], user_id: &str) -> String {
+    use hmac::{Hmac, Mac as _};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(salt).expect("HMAC takes keys of any length");
+    mac.update(user_id.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The domain of an email address, lowercased, where a domain is wanted; `None` when the text
+/// is not an address (callers then use `[EMAIL]`).
+pub fn email_domain(email: &str) -> Option<String> {
+    let (local, domain) = email.trim().rsplit_once('@')?;
+    let valid_domain = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    (!local.is_empty() && valid_domain).then(|| domain.to_ascii_lowercase())
+}
+
+/// Normalises a URL path for counting: the query string goes, and every segment that names
+/// one thing rather than a kind of thing (a number, a UUID, long hex, an email, a token)
+/// becomes `:id`, so `/users/42/orders/9f8e...` counts as `/users/:id/orders/:id`. (The actix
+/// middleware uses the matched route pattern instead, which is better where there is one.)
+pub fn normalize_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let segments: Vec<&str> =
+        path.split('/').map(|segment| if is_identifier_segment(segment) { ":id" } else { segment }).collect();
+    let joined = segments.join("/");
+    if joined.is_empty() {
+        "/".to_owned()
+    } else {
+        joined
+    }
+}
+
+fn is_identifier_segment(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let all = |f: fn(&u8) -> bool| segment.as_bytes().iter().all(f);
+    let uuid = segment.len() == 36
+        && segment.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    let numeric = all(u8::is_ascii_digit);
+    let long_hex = segment.len() >= 16 && all(u8::is_ascii_hexdigit);
+    let email = segment.contains('@') || segment.contains("%40");
+    // A token: long, and a mix of letters and digits (words like `notifications` are not).
+    let token = segment.len() >= 20
+        && all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'='))
+        && segment.bytes().any(|b| b.is_ascii_digit())
+        && segment.bytes().any(|b| b.is_ascii_alphabetic());
+    numeric || uuid || long_hex || email || token
+}
+
+/// The most stack frames kept.
+pub const MAX_STACK_FRAMES: usize = 5;
+
+/// Cuts a stack trace to its first frames, strips file paths down to the file name (paths name
+/// machines, users and layouts), and scrubs what is left.
+pub fn cut_stack<S: AsRef<str>>(frames: &[S], counts: &mut Redactions) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f.as_ref().trim())
+        .filter(|f| !f.is_empty())
+        .take(MAX_STACK_FRAMES)
+        .map(|frame| scrub_into(&strip_paths(frame), counts))
+        .collect()
+}
+
+/// Replaces every path in a frame (anything with a `/` or `\` in it) by its last component.
+fn strip_paths(frame: &str) -> String {
+    let mut out = String::with_capacity(frame.len());
+    for (i, word) in frame.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let bare = word.trim_start_matches(['(', '[', '"', '\'']);
+        if bare.contains('/') || bare.contains('\\') {
+            let prefix = &word[..word.len() - bare.len()];
+            let file = bare.rsplit(['/', '\\']).next().unwrap_or(bare);
+            out.push_str(prefix);
+            out.push_str(file);
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+/// Words that mark a property as secret, matched against whole words of its key.
+const SECRET_WORDS: [&str; 9] =
+    ["password", "passwd", "pwd", "secret", "token", "auth", "credential", "credentials", "ssn"];
+/// Pairs of words that mark a property as secret when adjacent in its key.
+const SECRET_PAIRS: [(&str, &str); 4] =
+    [("api", "key"), ("private", "key"), ("credit", "card"), ("card", "number")];
+
+/// Whether a property key names a secret, by whole words: `password`, `api_key`, `authToken`,
+/// `X-Api-Key` and `credit_card_number` do; `authorizer`, `tokenizer_name` and `passage` do not.
+pub fn is_secret_key(key: &str) -> bool {
+    let words = key_words(key);
+    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
+        || words.windows(2).any(|pair| SECRET_PAIRS.contains(&(pair[0].as_str(), pair[1].as_str())))
+}
+
+/// Splits a key into lowercase words at `_`, `-`, `.`, spaces and camelCase humps.
+fn key_words(key: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if !c.is_alphanumeric() {
+            if !current.is_empty() {
+                words.push(std::mem::take(&mut current));
+            }
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        current.extend(c.to_lowercase());
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
+/// Redacts, in place, the values of properties whose keys name secrets (at any depth), and
+/// scrubs every other string value. Counts go under `secret` and the scrubber's own rules.
+pub fn redact_properties(value: &mut serde_json::Value, counts: &mut Redactions) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if is_secret_key(key) && !v.is_null() {
+                    *v = serde_json::Value::String("[REDACTED]".into());
+                    counts.add(Rule::Secret);
+                } else {
+                    redact_properties(v, counts);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_properties(v, counts)),
+        serde_json::Value::String(s) => *s = scrub_into(s, counts),
+        _ => {}
+    }
+}

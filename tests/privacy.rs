@@ -58,3 +58,135 @@ fn card_detection_needs_luhn_and_a_network_prefix() {
     assert!(!is_card_number("2026112110300012"), "a timestamp-like number with a valid-looking length");
     assert!(!is_card_number("1234567812345670"), "Luhn passes but no network starts with 1");
 }
+
+use licensor::privacy::{
+    cut_stack, email_domain, hash_user_id, is_secret_key, normalize_path, redact_properties, Redactions,
+};
+
+#[test]
+fn user_ids_are_keyed_hashes_that_depend_on_the_install_salt() {
+    let salt_a = [7u8; 32];
+    let salt_b = [8u8; 32];
+    let a = hash_user_id(&salt_a, "42");
+    assert_eq!(a.len(), 64);
+    assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert_eq!(a, hash_user_id(&salt_a, "42"), "stable within an install");
+    assert_ne!(a, hash_user_id(&salt_b, "42"), "another install cannot link it");
+    assert_ne!(a, hash_user_id(&salt_a, "43"));
+    // Not the plain SHA-256 of the id, which a dictionary would reverse.
+    use sha2::Digest as _;
+    let plain: String = sha2::Sha256::digest(b"42").iter().map(|b| format!("{b:02x}")).collect();
+    assert_ne!(a, plain);
+}
+
+#[test]
+fn emails_reduce_to_their_domain() {
+    assert_eq!(email_domain("Jane.Doe@Example.COM").as_deref(), Some("example.com"));
+    assert_eq!(email_domain("a@mail.example.co.uk").as_deref(), Some("mail.example.co.uk"));
+    for bad in
+        ["no-at-sign", "@example.com", "a@localhost", "a@.example.com", "a@example..com", "a@exa mple.com"]
+    {
+        assert_eq!(email_domain(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn paths_are_normalised_to_kinds_of_things() {
+    for (raw, normal) in [
+        ("/users/42/orders/7", "/users/:id/orders/:id"),
+        ("/items/550e8400-e29b-41d4-a716-446655440000", "/items/:id"),
+        ("/blobs/9f86d081884c7d659a2feaa0c55ad015", "/blobs/:id"),
+        ("/by-email/jane.doe@example.com/settings", "/by-email/:id/settings"),
+        ("/reset/eyJhbGciOiJIUzI1NiJ9abc123XYZ", "/reset/:id"),
+        ("/api/v2/notifications?page=3&email=x@y.com", "/api/v2/notifications"),
+        ("/", "/"),
+        ("", "/"),
+        ("/health", "/health"),
+    ] {
+        assert_eq!(normalize_path(raw), normal, "{raw}");
+    }
+}
+
+#[test]
+fn stacks_keep_five_frames_without_paths_or_pii() {
+    let frames = [
+        "at db::pool::get (/home/jsmith/app/src/db/pool.rs:42)",
+        "at repo::load C:\\Users\\JohnDoe\\app\\repo.rs:7",
+        "at handlers::show user=jane.doe@example.com",
+        "",
+        "at 4",
+        "at 5",
+        "at 6",
+        "at 7",
+    ];
+    let mut counts = Redactions::default();
+    let cut = cut_stack(&frames, &mut counts);
+    assert_eq!(
+        cut,
+        [
+            "at db::pool::get (pool.rs:42)",
+            "at repo::load repo.rs:7",
+            "at handlers::show user=[EMAIL]",
+            "at 4",
+            "at 5"
+        ]
+    );
+    assert_eq!(counts.get(licensor::privacy::Rule::Email), 1);
+}
+
+#[test]
+fn secret_properties_are_redacted_by_whole_word() {
+    for secret in [
+        "password",
+        "user_password",
+        "apiKey",
+        "X-Api-Key",
+        "api_key",
+        "authToken",
+        "auth",
+        "client_secret",
+        "credentials",
+        "private_key",
+        "ssn",
+        "credit_card",
+        "card_number",
+        "refresh-token",
+        "PASSWD",
+    ] {
+        assert!(is_secret_key(secret), "{secret}");
+    }
+    for ordinary in [
+        "authorizer",
+        "author",
+        "tokenizer_name",
+        "passage",
+        "keyboard",
+        "secretary_count",
+        "api",
+        "key",
+        "card_type",
+    ] {
+        assert!(!is_secret_key(ordinary), "{ordinary}");
+    }
+    let mut props = serde_json::json!({
+        "authorizer": "ledger-service",
+        "password": "hunter2hunter2",
+        "nested": { "apiKey": "abc", "note": "mail jane.doe@example.com", "list": [{ "ssn": "078-05-1120" }] },
+        "count": 3,
+        "token": null
+    });
+    let mut counts = Redactions::default();
+    redact_properties(&mut props, &mut counts);
+    assert_eq!(
+        props,
+        serde_json::json!({
+            "authorizer": "ledger-service",
+            "password": "[REDACTED]",
+            "nested": { "apiKey": "[REDACTED]", "note": "mail [EMAIL]", "list": [{ "ssn": "[REDACTED]" }] },
+            "count": 3,
+            "token": null
+        })
+    );
+    assert_eq!(counts.get(licensor::privacy::Rule::Secret), 3);
+    assert_eq!(counts.get(licensor::privacy::Rule::Email), 1);
+}
