@@ -64,6 +64,8 @@ pub mod store;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "client")]
+pub mod client;
 
 pub use keys::{KeyError, KeyRing, Signer};
 pub use license::{IssueError, LicensePayload, LicenseRequest, Tier};

@@ -1,0 +1,157 @@
+//! What a deployment may collect and send, decided once at start from its tier, its public URL
+//! and the environment: development instances collect and send nothing; Community and Pro must
+//! send telemetry (opting out is not honoured, and start-up says why); Enterprise may run
+//! air-gapped. No I/O: the environment comes in as values.
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use crate::license::Tier;
+
+/// How the verifier runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A development instance: the license is verified offline, nothing is collected or sent.
+    Development { reason: String },
+    /// Enterprise with telemetry disabled: no network connection at all, a no-op collector,
+    /// expiry enforced locally.
+    AirGapped,
+    /// Telemetry is collected and sent at each check-in (or, with `debug`, printed to stderr
+    /// instead of sent).
+    Telemetry { debug: bool },
+}
+
+/// The switches the environment (or the embedding code) sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// `TELEMETRY_DISABLED=true`.
+    pub telemetry_disabled: bool,
+    /// `DO_NOT_TRACK=1`.
+    pub do_not_track: bool,
+    /// `LICENSOR_TELEMETRY_DEBUG=1`.
+    pub debug: bool,
+}
+
+/// The mode, and what start-up must tell the operator about how it was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub mode: Mode,
+    pub notices: Vec<String>,
+}
+
+/// Decides the mode for a license `tier`, the deployment's public URL (`None` when not
+/// configured) and the switches.
+pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> Decision {
+    let mut notices = Vec::new();
+    if let Some(reason) = development_reason(instance_url) {
+        notices.push(format!("development instance ({reason}): nothing is collected or sent"));
+        return Decision { mode: Mode::Development { reason }, notices };
+    }
+    let opted_out = switches.telemetry_disabled || switches.do_not_track;
+    if opted_out && tier == Tier::Enterprise {
+        if switches.do_not_track && !switches.telemetry_disabled {
+            notices.push(
+                "DO_NOT_TRACK=1: air-gapped mode (as TELEMETRY_DISABLED=true); no connection is made and the \
+                 license's expiry is enforced offline"
+                    .into(),
+            );
+        } else {
+            notices.push(
+                "TELEMETRY_DISABLED=true: air-gapped mode; no connection is made and the license's expiry is \
+                 enforced offline"
+                    .into(),
+            );
+        }
+        return Decision { mode: Mode::AirGapped, notices };
+    }
+    if opted_out {
+        let switch = if switches.telemetry_disabled { "TELEMETRY_DISABLED=true" } else { "DO_NOT_TRACK=1" };
+        notices.push(format!(
+            "{switch} is not honoured on the {tier} tier: its license requires usage telemetry (only Enterprise \
+             licenses may disable it), and the license server would answer telemetry_required. What is sent is \
+             aggregated and scrubbed of personal data; `licensor telemetry preview` shows every byte."
+        ));
+    }
+    if switches.debug {
+        notices.push(
+            "LICENSOR_TELEMETRY_DEBUG=1: each payload is printed to stderr instead of being sent".into(),
+        );
+    }
+    Decision { mode: Mode::Telemetry { debug: switches.debug }, notices }
+}
+
+static PRIVATE_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| {
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "0.0.0.0/8",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("valid network"))
+    .collect()
+});
+static PRIVATE_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| {
+    ["::1/128", "::/128", "fc00::/7", "fe80::/10"].iter().map(|n| n.parse().expect("valid network")).collect()
+});
+
+/// Why an instance URL makes this a development instance, or `None` for a public one: no URL,
+/// a URL that cannot be read, `localhost`, `*.localhost`, `*.local`, or a loopback, private,
+/// link-local or shared address (IPv4 and IPv6, IPv4-mapped IPv6 included).
+pub fn development_reason(instance_url: Option<&str>) -> Option<String> {
+    let Some(raw) = instance_url.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Some("no instance URL is configured (LICENSOR_INSTANCE_URL)".into());
+    };
+    let Ok(url) = reqwest::Url::parse(raw) else {
+        return Some(format!("the instance URL {raw:?} cannot be read"));
+    };
+    match url.host_str() {
+        None | Some("") => Some(format!("the instance URL {raw:?} has no host")),
+        // IPv6 hosts come bracketed; `development_host` reads either form.
+        Some(host) => development_host(host),
+    }
+}
+
+/// Why a `Host` header's host is local, for the middleware's per-request check.
+pub fn development_host(host: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return development_ip(ip);
+    }
+    if host == "localhost" || host.ends_with(".localhost") {
+        return Some(format!("{host} is a localhost name"));
+    }
+    if host.ends_with(".local") {
+        return Some(format!("{host} is a .local name"));
+    }
+    None
+}
+
+fn development_ip(ip: IpAddr) -> Option<String> {
+    let private = match ip {
+        IpAddr::V4(v4) => PRIVATE_V4.iter().any(|n| n.contains(&v4)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => PRIVATE_V4.iter().any(|n| n.contains(&v4)),
+            None => PRIVATE_V6.iter().any(|n| n.contains(&v6)),
+        },
+    };
+    private.then(|| format!("{ip} is a loopback or private address"))
+}
+
+/// Reads a boolean switch from the environment's text: `1`, `true`, `yes`, `on` and `0`,
+/// `false`, `no`, `off` (any case); unset or empty is false. Anything else is an error naming
+/// the variable, rather than a guess.
+pub fn parse_switch(name: &str, value: Option<&str>) -> Result<bool, String> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => {
+            Err(format!("{name}={other:?} is not a boolean: use true/false, 1/0, yes/no or on/off"))
+        }
+    }
+}
