@@ -1,5 +1,7 @@
 //! The client verifier a licensed deployment embeds (feature `client`; builds without the
 //! server). Built up in stages: today the policy that decides what an instance may collect and
-//! send; the verifier, collector, local store and phone-home follow.
+//! send, and the collector's counters; the verifier, latency sketches, local store and
+//! phone-home follow.
 
+pub mod collector;
 pub mod policy;

@@ -1,0 +1,140 @@
+//! The collector's `track_*` hot path for an existing key, beside the peer that does the same
+//! job, in the same run: OpenTelemetry's SDK `Counter::add` with two attributes (kind, name) on
+//! a meter with a periodic reader. Both are measured on one thread and on two threads hitting
+//! the same key (the contended case). Also: the collector's memory with 10,000 distinct keys.
+//!
+//! Run with `cargo bench --bench collector`. Targets: faster than the peer on one thread; two
+//! threads at least 1.5 times one thread's throughput; at most 2 MB for 10,000 keys.
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use licensor::client::collector::Counters;
+
+/// Counts the bytes live on the heap, for the memory figure.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// An exporter that drops what it is given: the reader runs, nothing leaves the process.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for Discard {
+    async fn export(
+        &self,
+        _: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
+const OPS: u64 = 5_000_000;
+const ROUNDS: usize = 5;
+
+/// Runs `op` OPS times on each of `threads` threads at once; returns total operations per
+/// second (the median of ROUNDS rounds).
+fn rate(threads: usize, op: &(dyn Fn() + Sync)) -> f64 {
+    let mut rates: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let barrier = Barrier::new(threads + 1);
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        op(); // the key exists before timing starts
+                        barrier.wait();
+                        for _ in 0..OPS {
+                            op();
+                        }
+                        barrier.wait();
+                    });
+                }
+                barrier.wait();
+                let start = Instant::now();
+                barrier.wait();
+                (threads as u64 * OPS) as f64 / start.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[ROUNDS / 2]
+}
+
+fn main() {
+    let counters = Counters::new(20_000);
+    let ours = |_: ()| counters.track_feature(black_box("export"));
+
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(Discard).with_interval(Duration::from_secs(10)).build())
+        .build();
+    let meter = provider.meter("licensor-bench");
+    let counter = meter.u64_counter("usage").build();
+    let attributes = [KeyValue::new("kind", "feature"), KeyValue::new("name", "export")];
+    let peer = |_: ()| counter.add(1, black_box(&attributes));
+
+    let ours_1 = rate(1, &|| ours(()));
+    let peer_1 = rate(1, &|| peer(()));
+    let ours_2 = rate(2, &|| ours(()));
+    let peer_2 = rate(2, &|| peer(()));
+    let ns = |r: f64| 1e9 / r;
+    println!("track_feature, existing key         1 thread: {:>6.1} M/s ({:>5.1} ns)   2 threads: {:>6.1} M/s  ({:.2}x)", ours_1 / 1e6, ns(ours_1), ours_2 / 1e6, ours_2 / ours_1);
+    println!("OpenTelemetry Counter::add, 2 attrs 1 thread: {:>6.1} M/s ({:>5.1} ns)   2 threads: {:>6.1} M/s  ({:.2}x)", peer_1 / 1e6, ns(peer_1), peer_2 / 1e6, peer_2 / peer_1);
+    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    println!(
+        "single thread: licensor {:.1}x the peer's speed ({} the target: faster)",
+        ours_1 / peer_1,
+        verdict(ours_1 > peer_1)
+    );
+    println!(
+        "two threads:   licensor {:.2}x its one-thread throughput ({} the target: at least 1.5x)",
+        ours_2 / ours_1,
+        verdict(ours_2 / ours_1 >= 1.5)
+    );
+    let (drained, _) = counters.drain();
+    assert!(drained[0].2 > 0);
+    drop(provider);
+
+    // Memory: what 10,000 distinct keys cost, tracked from one thread.
+    let names: Vec<String> = (0..10_000).map(|i| format!("feature_name_{i:05}")).collect();
+    let before = LIVE.load(Ordering::Relaxed);
+    let memory = Counters::new(20_000);
+    for name in &names {
+        memory.track_feature(name);
+    }
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "memory, 10,000 distinct keys (18-byte names): {:.2} MB ({} the target: at most 2 MB)",
+        bytes as f64 / (1024.0 * 1024.0),
+        verdict(bytes <= 2 * 1024 * 1024)
+    );
+    black_box(memory);
+}

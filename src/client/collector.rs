@@ -1,0 +1,264 @@
+//! The usage collector's counters: `track_feature`, `track_api_call`, `track_command` and
+//! `track_ui_action` on the host application's hot paths.
+//!
+//! Tracking must never block, fail or contend. Each thread keeps its own cache from key to an
+//! atomic counter that only that thread increments: an existing key costs one hash lookup
+//! without synchronisation and one uncontended relaxed add, and two threads never share a
+//! cache line (counters live in aligned chunks, one thread's each). The first use of a key on a
+//! thread registers that thread's counter in the collector's registry (a mutex taken only
+//! then), which is what `drain` reads; each name is stored once, shared by the registry and
+//! every thread's cache. Distinct keys are bounded: past the bound, events are counted as
+//! `overflow` rather than stored. A thread that ends leaves its counters in the registry
+//! (drained to zero, a few bytes each): thread pools are bounded, so this is too.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::UsageKind;
+
+/// The default bound on distinct (kind, name) keys.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+/// Names longer than this are cut (the protocol's limit on names).
+pub const MAX_NAME_LEN: usize = crate::protocol::MAX_NAME_LEN;
+
+/// A handle on a collector; cheap to clone and to share between threads.
+#[derive(Clone)]
+pub struct Counters {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Tells this collector's thread-local caches apart from other collectors'.
+    id: usize,
+    /// A disabled collector (development, air-gapped) does nothing at all.
+    enabled: bool,
+    max_keys: usize,
+    registry: Mutex<Registry>,
+    overflow: AtomicU64,
+}
+
+/// Counters per chunk: a chunk belongs to one thread, so two threads never write to the same
+/// cache line (a counter per key per thread, allocated one by one, would put two threads'
+/// counters of a key side by side).
+const CHUNK: usize = 16;
+
+/// Two cache lines' worth of alignment: x86 prefetches lines in pairs.
+#[repr(align(128))]
+struct Chunk([AtomicU64; CHUNK]);
+
+/// One counter: a place in a thread's chunk.
+#[derive(Clone)]
+struct Slot {
+    chunk: Arc<Chunk>,
+    index: u32,
+}
+
+impl Slot {
+    #[inline]
+    fn cell(&self) -> &AtomicU64 {
+        &self.chunk.0[self.index as usize]
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    /// The distinct keys, each name stored once and shared with every thread's cache.
+    keys: FxHashSet<(UsageKind, Arc<str>)>,
+    /// Every thread's chunks, with the key each used counter counts.
+    chunks: Vec<(Arc<Chunk>, [Option<(UsageKind, Arc<str>)>; CHUNK])>,
+}
+
+/// The chunk a thread allocates counters from: the chunk, how many of its counters are used,
+/// and where the registry lists it.
+struct Current {
+    chunk: Arc<Chunk>,
+    used: u32,
+    listed_at: usize,
+}
+
+/// One thread's counters of one collector: by kind, then name; and the chunk it allocates from.
+#[derive(Default)]
+struct Local {
+    maps: [FxHashMap<Arc<str>, Slot>; 4],
+    current: Option<Current>,
+}
+
+thread_local! {
+    /// This thread's caches, one per live collector it tracked into (almost always one).
+    static LOCAL: RefCell<Vec<(usize, Local)>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+fn slot(kind: UsageKind) -> usize {
+    match kind {
+        UsageKind::Feature => 0,
+        UsageKind::Api => 1,
+        UsageKind::Command => 2,
+        UsageKind::UiAction => 3,
+    }
+}
+
+impl Counters {
+    /// A collector holding at most `max_keys` distinct keys.
+    pub fn new(max_keys: usize) -> Counters {
+        Counters::build(true, max_keys)
+    }
+
+    /// A collector that ignores everything (development instances, air-gapped mode).
+    pub fn disabled() -> Counters {
+        Counters::build(false, 0)
+    }
+
+    fn build(enabled: bool, max_keys: usize) -> Counters {
+        Counters {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                enabled,
+                max_keys,
+                registry: Mutex::new(Registry::default()),
+                overflow: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Whether tracking records anything.
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    pub fn track_feature(&self, name: &str) {
+        self.add(UsageKind::Feature, name, 1);
+    }
+
+    pub fn track_api_call(&self, name: &str) {
+        self.add(UsageKind::Api, name, 1);
+    }
+
+    pub fn track_command(&self, name: &str) {
+        self.add(UsageKind::Command, name, 1);
+    }
+
+    pub fn track_ui_action(&self, name: &str) {
+        self.add(UsageKind::UiAction, name, 1);
+    }
+
+    /// Adds `n` to the counter of (`kind`, `name`).
+    #[inline]
+    pub fn add(&self, kind: UsageKind, name: &str, n: u64) {
+        if !self.inner.enabled {
+            return;
+        }
+        let counted = LOCAL.try_with(|local| {
+            let mut caches = local.try_borrow_mut().ok()?;
+            let id = self.inner.id;
+            let index = match caches.iter().position(|(owner, _)| *owner == id) {
+                Some(i) => i,
+                None => {
+                    caches.push((id, Local::default()));
+                    caches.len() - 1
+                }
+            };
+            let local = &mut caches[index].1;
+            if let Some(slot) = local.maps[slot(kind)].get(name) {
+                slot.cell().fetch_add(n, Ordering::Relaxed);
+                return Some(());
+            }
+            let (name, slot) = self.register(kind, name, &mut local.current)?;
+            slot.cell().fetch_add(n, Ordering::Relaxed);
+            local.maps[self::slot(kind)].insert(name, slot);
+            Some(())
+        });
+        if counted.ok().flatten().is_none() {
+            // Over the key bound, or tracking from a thread being torn down: counted, never
+            // an error for the host application.
+            self.inner.overflow.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Registers this thread's counter of a key: the cold path, once per key and thread.
+    fn register(
+        &self,
+        kind: UsageKind,
+        name: &str,
+        current: &mut Option<Current>,
+    ) -> Option<(Arc<str>, Slot)> {
+        let name = cut(name);
+        let mut registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let shared: Arc<str> = match registry.keys.get(&(kind, Arc::<str>::from(name))) {
+            Some((_, shared)) => shared.clone(),
+            None if registry.keys.len() >= self.inner.max_keys => return None,
+            None => {
+                let shared: Arc<str> = name.into();
+                registry.keys.insert((kind, shared.clone()));
+                shared
+            }
+        };
+        let current = match current {
+            Some(c) if (c.used as usize) < CHUNK => c,
+            _ => {
+                let chunk = Arc::new(Chunk(std::array::from_fn(|_| AtomicU64::new(0))));
+                registry.chunks.push((chunk.clone(), Default::default()));
+                current.insert(Current { chunk, used: 0, listed_at: registry.chunks.len() - 1 })
+            }
+        };
+        let index = current.used;
+        current.used += 1;
+        registry.chunks[current.listed_at].1[index as usize] = Some((kind, shared.clone()));
+        let slot = Slot { chunk: current.chunk.clone(), index };
+        Some((shared, slot))
+    }
+
+    /// Takes the counts accumulated since the last drain, summed over threads, as
+    /// (kind, name, count) sorted by kind and name, and the events dropped by the key bound.
+    pub fn drain(&self) -> (Vec<(UsageKind, String, u64)>, u64) {
+        let mut sums: std::collections::BTreeMap<(UsageKind, Arc<str>), u64> =
+            std::collections::BTreeMap::new();
+        {
+            let registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (chunk, keys) in &registry.chunks {
+                for (cell, key) in chunk.0.iter().zip(keys) {
+                    let Some((kind, name)) = key else { break };
+                    let n = cell.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        *sums.entry((*kind, name.clone())).or_default() += n;
+                    }
+                }
+            }
+        }
+        let counts = sums.into_iter().map(|((kind, name), n)| (kind, name.to_string(), n)).collect();
+        (counts, self.inner.overflow.swap(0, Ordering::Relaxed))
+    }
+
+    /// Distinct keys currently held.
+    pub fn distinct_keys(&self) -> usize {
+        self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).keys.len()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Forget this thread's cache of a collector that is gone (other threads' caches go
+        // with their threads).
+        let id = self.id;
+        let _ = LOCAL.try_with(|local| {
+            if let Ok(mut local) = local.try_borrow_mut() {
+                local.retain(|(owner, _)| *owner != id);
+            }
+        });
+    }
+}
+
+/// Cuts a name to the protocol's limit, on a character boundary.
+fn cut(name: &str) -> &str {
+    if name.len() <= MAX_NAME_LEN {
+        return name;
+    }
+    let mut end = MAX_NAME_LEN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
