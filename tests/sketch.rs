@@ -1,0 +1,98 @@
+//! The latency sketch: quantiles within 1% relative error, exact merging, and a wire form that
+//! round-trips and refuses garbage.
+
+use licensor::sketch::{Sketch, ALPHA};
+
+/// A deterministic spread of latencies over five orders of magnitude.
+fn latencies(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Log-uniform between 0.05 ms and 5 s.
+            let u = (state % 1_000_000) as f64 / 1_000_000.0;
+            0.05 * (1e5f64).powf(u)
+        })
+        .collect()
+}
+
+fn exact(sorted: &[f64], q: f64) -> f64 {
+    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+}
+
+#[test]
+fn quantiles_are_within_the_relative_error() {
+    let values = latencies(100_000, 0x9e37_79b9_7f4a_7c15);
+    let mut sketch = Sketch::default();
+    for v in &values {
+        sketch.add(*v);
+    }
+    let mut sorted = values.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(sketch.count(), 100_000);
+    for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
+        let (got, want) = (sketch.quantile(q).unwrap(), exact(&sorted, q));
+        assert!((got - want).abs() <= ALPHA * want * 1.0001, "q={q}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn merging_equals_adding_everything_to_one_sketch() {
+    let (a_values, b_values) = (latencies(20_000, 1), latencies(30_000, 2));
+    let (mut a, mut b, mut all) = (Sketch::default(), Sketch::default(), Sketch::default());
+    for v in &a_values {
+        a.add(*v);
+        all.add(*v);
+    }
+    for v in &b_values {
+        b.add(*v);
+        all.add(*v);
+    }
+    a.add(0.0);
+    all.add(0.0);
+    a.merge(&b).unwrap();
+    assert_eq!(a.count(), all.count());
+    for q in [0.5, 0.95, 0.99] {
+        assert_eq!(a.quantile(q), all.quantile(q));
+    }
+    assert_eq!(a.encode(), all.encode());
+    assert!(a.merge(&Sketch::with_alpha(0.02)).is_err(), "different accuracies do not merge");
+}
+
+#[test]
+fn the_wire_form_round_trips_and_refuses_garbage() {
+    let mut sketch = Sketch::default();
+    for v in [0.0, 0.0005, 1.0, 1.0, 2.5, 900.0, 12_000.0] {
+        sketch.add(v);
+    }
+    let text = sketch.encode();
+    assert!(text.starts_with("dd1:0.01:2:"), "{text}");
+    assert!(text.contains('~'), "empty runs are compressed: {text}");
+    assert_eq!(Sketch::decode(&text).unwrap(), sketch);
+    assert_eq!(Sketch::decode(&Sketch::default().encode()).unwrap(), Sketch::default());
+    assert_eq!(Sketch::default().quantile(0.5), None);
+    for garbage in [
+        "",
+        "dd2:0.01:0:0:",
+        "dd1:2:0:0:1",
+        "dd1:0.01:x:0:1",
+        "dd1:0.01:0:999999:1",
+        "dd1:0.01:0:0:1,~x",
+        "dd1:0.01:0:0:-1",
+        "dd1:0.01:0:0:1,~99999999999",
+    ] {
+        assert!(Sketch::decode(garbage).is_err(), "{garbage:?}");
+    }
+}
+
+#[test]
+fn hostile_values_never_panic() {
+    let mut sketch = Sketch::default();
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -5.0, f64::MAX, f64::MIN_POSITIVE, 1e-300, 1e300] {
+        sketch.add(v);
+    }
+    assert_eq!(sketch.count(), 8);
+    assert!(sketch.quantile(1.0).is_some());
+}
