@@ -119,6 +119,18 @@ fn main() {
         ours_2 / ours_1,
         verdict(ours_2 / ours_1 >= 1.5)
     );
+    let requests = licensor::client::requests::Requests::new(100);
+    let request = |_: ()| {
+        requests.track_request(
+            black_box("GET"),
+            black_box("/api/items/{id}"),
+            200,
+            black_box(Duration::from_micros(1_250)),
+        )
+    };
+    let req_1 = rate(1, &|| request(()));
+    let req_2 = rate(2, &|| request(()));
+    println!("track_request, existing route       1 thread: {:>6.1} M/s ({:>5.1} ns)   2 threads: {:>6.1} M/s  ({:.2}x)", req_1 / 1e6, ns(req_1), req_2 / 1e6, req_2 / req_1);
     let (drained, _) = counters.drain();
     assert!(drained[0].2 > 0);
     drop(provider);

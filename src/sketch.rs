@@ -69,11 +69,17 @@ impl Sketch {
             return;
         }
         let index = self.index(value);
-        self.add_to_bucket(index, n);
+        self.bump(index, n);
     }
 
-    /// Adds `n` to a bucket by index (for collectors that count buckets themselves).
+    /// Adds `n` values to a bucket by index (for collectors that count buckets themselves).
     pub fn add_to_bucket(&mut self, index: i32, n: u64) {
+        self.count += n;
+        self.bump(index.clamp(-MAX_INDEX, MAX_INDEX), n);
+    }
+
+    /// Adds `n` to a bucket's count, leaving the total to the caller.
+    fn bump(&mut self, index: i32, n: u64) {
         if self.counts.is_empty() {
             self.offset = index;
         }
@@ -104,7 +110,7 @@ impl Sketch {
         for (i, &n) in other.counts.iter().enumerate() {
             if n > 0 {
                 self.count += n;
-                self.add_to_bucket(other.offset + i as i32, n);
+                self.bump(other.offset + i as i32, n);
             }
         }
         Ok(())
@@ -190,7 +196,7 @@ impl Sketch {
                     return Err(bad("index out of range"));
                 }
                 sketch.count = sketch.count.checked_add(n).ok_or_else(|| bad("count overflow"))?;
-                sketch.add_to_bucket(index, n);
+                sketch.bump(index, n);
                 index += 1;
             }
         }

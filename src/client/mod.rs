@@ -5,3 +5,4 @@
 
 pub mod collector;
 pub mod policy;
+pub mod requests;

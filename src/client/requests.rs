@@ -1,0 +1,233 @@
+//! Request tracking: `track_request(method, route, status, duration)` on the host's request
+//! path, kept as counts, errors, maximum and a latency sketch per method and route.
+//!
+//! The same design as the usage counters: each thread writes only its own cells (aligned, so
+//! no two threads share a cache line), found through a thread-local map without locks; the
+//! registry, locked only when a thread meets a route for the first time, is what `drain`
+//! reads. Latencies go into fixed logarithmic buckets (the sketch's, 1% relative error) over
+//! 1 µs to about 100 s; longer ones land in the top bucket and still count in `max`.
+
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::sketch::Sketch;
+
+/// The most distinct (method, route) pairs kept; past it, requests count as overflow.
+pub const DEFAULT_MAX_ROUTES: usize = 500;
+/// Methods and routes longer than this are cut.
+const MAX_LEN: usize = crate::protocol::MAX_NAME_LEN;
+
+/// The lowest and highest bucket indices kept densely: 1 µs and about 100 s (in ms) at 1%.
+const LOW: i32 = -346;
+const HIGH: i32 = 576;
+const BUCKETS: usize = (HIGH - LOW + 1) as usize;
+
+/// One thread's figures for one route.
+#[repr(align(128))]
+struct Cells {
+    count: AtomicU64,
+    errors: AtomicU64,
+    /// The largest duration in ms, as f64 bits (positive floats order like their bits).
+    max_bits: AtomicU64,
+    zeros: AtomicU64,
+    buckets: [AtomicU32; BUCKETS],
+}
+
+impl Cells {
+    fn new() -> Cells {
+        Cells {
+            count: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            max_bits: AtomicU64::new(0),
+            zeros: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+/// What `drain` returns for one route: summed over threads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteFigures {
+    pub method: String,
+    pub route: String,
+    pub count: u64,
+    pub errors: u64,
+    pub max_ms: f64,
+    pub sketch: Sketch,
+}
+
+/// A handle on the request tracker; cheap to clone and share.
+#[derive(Clone)]
+pub struct Requests {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: usize,
+    enabled: bool,
+    max_routes: usize,
+    registry: Mutex<Registry>,
+    overflow: AtomicU64,
+    ln_gamma: f64,
+}
+
+#[derive(Default)]
+struct Registry {
+    routes: FxHashMap<(Arc<str>, Arc<str>), ()>,
+    cells: Vec<(Arc<str>, Arc<str>, Arc<Cells>)>,
+}
+
+type Local = FxHashMap<Arc<str>, FxHashMap<Arc<str>, Arc<Cells>>>;
+
+thread_local! {
+    static LOCAL: RefCell<Vec<(usize, Local)>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+impl Requests {
+    pub fn new(max_routes: usize) -> Requests {
+        Requests::build(true, max_routes)
+    }
+
+    /// A tracker that ignores everything (development instances, air-gapped mode).
+    pub fn disabled() -> Requests {
+        Requests::build(false, 0)
+    }
+
+    fn build(enabled: bool, max_routes: usize) -> Requests {
+        Requests {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                enabled,
+                max_routes,
+                registry: Mutex::new(Registry::default()),
+                overflow: AtomicU64::new(0),
+                ln_gamma: ((1.0 + crate::sketch::ALPHA) / (1.0 - crate::sketch::ALPHA)).ln(),
+            }),
+        }
+    }
+
+    /// Records one request. `route` should be the matched route pattern, never the raw path;
+    /// a status of 500 or more counts as an error.
+    #[inline]
+    pub fn track_request(&self, method: &str, route: &str, status: u16, duration: Duration) {
+        if !self.inner.enabled {
+            return;
+        }
+        let ms = duration.as_secs_f64() * 1000.0;
+        let recorded = LOCAL.try_with(|local| {
+            let mut caches = local.try_borrow_mut().ok()?;
+            let id = self.inner.id;
+            let index = match caches.iter().position(|(owner, _)| *owner == id) {
+                Some(i) => i,
+                None => {
+                    caches.push((id, Local::default()));
+                    caches.len() - 1
+                }
+            };
+            let local = &mut caches[index].1;
+            if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
+                self.record(cells, ms, status);
+                return Some(());
+            }
+            let (method, route, cells) = self.register(method, route)?;
+            local.entry(method).or_default().insert(route, cells.clone());
+            self.record(&cells, ms, status);
+            Some(())
+        });
+        if recorded.ok().flatten().is_none() {
+            self.inner.overflow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn record(&self, cells: &Cells, ms: f64, status: u16) {
+        cells.count.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            cells.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if ms.is_finite() && ms > crate::sketch::MIN_VALUE {
+            let index = ((ms.ln() / self.inner.ln_gamma).ceil() as i32).clamp(LOW, HIGH);
+            cells.buckets[(index - LOW) as usize].fetch_add(1, Ordering::Relaxed);
+            cells.max_bits.fetch_max(ms.to_bits(), Ordering::Relaxed);
+        } else {
+            cells.zeros.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn register(&self, method: &str, route: &str) -> Option<(Arc<str>, Arc<str>, Arc<Cells>)> {
+        let (method, route): (Arc<str>, Arc<str>) = (cut(method).into(), cut(route).into());
+        let mut registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (method.clone(), route.clone());
+        if !registry.routes.contains_key(&key) {
+            if registry.routes.len() >= self.inner.max_routes {
+                return None;
+            }
+            registry.routes.insert(key, ());
+        }
+        let cells = Arc::new(Cells::new());
+        registry.cells.push((method.clone(), route.clone(), cells.clone()));
+        Some((method, route, cells))
+    }
+
+    /// Takes the figures since the last drain, per (method, route), summed over threads and
+    /// sorted by method and route; and the requests dropped by the route bound.
+    pub fn drain(&self) -> (Vec<RouteFigures>, u64) {
+        let mut out: std::collections::BTreeMap<(Arc<str>, Arc<str>), RouteFigures> = Default::default();
+        {
+            let registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (method, route, cells) in &registry.cells {
+                let count = cells.count.swap(0, Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let figures = out.entry((method.clone(), route.clone())).or_insert_with(|| RouteFigures {
+                    method: method.to_string(),
+                    route: route.to_string(),
+                    count: 0,
+                    errors: 0,
+                    max_ms: 0.0,
+                    sketch: Sketch::default(),
+                });
+                figures.count += count;
+                figures.errors += cells.errors.swap(0, Ordering::Relaxed);
+                figures.max_ms =
+                    figures.max_ms.max(f64::from_bits(cells.max_bits.swap(0, Ordering::Relaxed)));
+                figures.sketch.add_n(0.0, cells.zeros.swap(0, Ordering::Relaxed));
+                for (i, bucket) in cells.buckets.iter().enumerate() {
+                    let n = bucket.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        figures.sketch.add_to_bucket(LOW + i as i32, u64::from(n));
+                    }
+                }
+            }
+        }
+        (out.into_values().collect(), self.inner.overflow.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let id = self.id;
+        let _ = LOCAL.try_with(|local| {
+            if let Ok(mut local) = local.try_borrow_mut() {
+                local.retain(|(owner, _)| *owner != id);
+            }
+        });
+    }
+}
+
+fn cut(text: &str) -> &str {
+    if text.len() <= MAX_LEN {
+        return text;
+    }
+    let mut end = MAX_LEN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
