@@ -16,6 +16,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use licensor::client::collector::Counters;
+use licensor::protocol::UsageKind;
 
 /// Counts the bytes live on the heap, for the memory figure.
 struct Counting;
@@ -134,6 +135,56 @@ fn main() {
     let (drained, _) = counters.drain();
     assert!(drained[0].2 > 0);
     drop(provider);
+
+    // A batch: one million tracked events over 200 distinct keys and 20 routes.
+    let telemetry = licensor::client::telemetry::Telemetry::new(&Default::default());
+    let kinds = [UsageKind::Feature, UsageKind::Api, UsageKind::Command, UsageKind::UiAction];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..800_000u64 {
+        let key = (next() % 200) as usize;
+        telemetry.counters.add(kinds[key % 4], &format!("usage_key_{key:03}"), 1 + i % 2);
+    }
+    let routes: Vec<String> = (0..20).map(|r| format!("/api/v1/resource{r}/{{id}}")).collect();
+    for _ in 0..200_000 {
+        let route = &routes[(next() % 20) as usize];
+        // Log-uniform latencies between 1 ms and 2 s.
+        let ms = (next() % 10_000) as f64 / 10_000.0 * (2000f64).ln();
+        let status = if next() % 100 == 0 { 500 } else { 200 };
+        telemetry.requests.track_request("GET", route, status, Duration::from_secs_f64(ms.exp() / 1000.0));
+    }
+    let now = chrono::Utc::now();
+    let batch = telemetry.take_batch(
+        uuid::Uuid::new_v4(),
+        (now - chrono::Duration::hours(24), now),
+        licensor::protocol::Environment {
+            app_version: "1.4.2".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            user_count_range: licensor::protocol::UserCountRange::UpTo50,
+            modules_enabled: vec!["signatures".into(), "org-chart".into()],
+            uptime_hours: 71.5,
+            last_sync_status: licensor::protocol::SyncStatus::Success,
+            health: Default::default(),
+        },
+    );
+    let json = serde_json::to_vec(&batch).expect("a batch serialises");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &json).expect("in memory");
+    let gz = gz.finish().expect("in memory");
+    println!(
+        "batch for 1,000,000 events (200 keys, 20 routes): {:.1} KB JSON, {:.1} KB gzipped ({} the target: at most 32 KB gzipped)",
+        json.len() as f64 / 1024.0,
+        gz.len() as f64 / 1024.0,
+        verdict(gz.len() <= 32 * 1024)
+    );
+    assert_eq!(batch.usage.len(), 200);
+    assert_eq!(batch.performance.iter().map(|p| p.count).sum::<u64>(), 200_000);
 
     // Memory: what 10,000 distinct keys cost, tracked from one thread.
     let names: Vec<String> = (0..10_000).map(|i| format!("feature_name_{i:05}")).collect();

@@ -116,12 +116,13 @@ impl Sketch {
         Ok(())
     }
 
-    /// The value at quantile `q` (0 to 1), within relative error α; `None` when empty.
+    /// The value at quantile `q` (0 to 1) by nearest rank (the `ceil(q·n)`-th smallest value:
+    /// the p99 of two requests is the slower one), within relative error α; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
-        let rank = (q.clamp(0.0, 1.0) * (self.count - 1) as f64).floor() as u64;
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).clamp(1, self.count) - 1;
         if rank < self.zeros {
             return Some(0.0);
         }

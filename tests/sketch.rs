@@ -18,8 +18,10 @@ fn latencies(n: usize, seed: u64) -> Vec<f64> {
         .collect()
 }
 
+/// Nearest rank: the ceil(q·n)-th smallest value.
 fn exact(sorted: &[f64], q: f64) -> f64 {
-    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 #[test]

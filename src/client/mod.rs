@@ -6,3 +6,4 @@
 pub mod collector;
 pub mod policy;
 pub mod requests;
+pub mod telemetry;

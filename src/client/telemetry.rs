@@ -1,0 +1,267 @@
+//! The collector as a whole: usage counters, request figures, deduplicated errors and sessions,
+//! and the assembly of a schema-1 batch from them. Scrubbing happens here, when figures are
+//! drained, off the host's hot paths: names and routes go through the PII scrubber, error
+//! messages and stacks through the privacy pipeline, and the redaction counts travel in the
+//! batch.
+
+use chrono::{DateTime, Timelike as _, Utc};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::collector::Counters;
+use super::requests::Requests;
+use crate::privacy::{self, Redactions};
+use crate::protocol::{
+    Dropped, Environment, ErrorGroup, RoutePerformance, Sessions, TelemetryBatch, UsageCount,
+    TELEMETRY_SCHEMA,
+};
+
+/// Bounds on what one collector holds between drains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_keys: usize,
+    pub max_routes: usize,
+    pub max_errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_keys: super::collector::DEFAULT_MAX_KEYS,
+            max_routes: super::requests::DEFAULT_MAX_ROUTES,
+            max_errors: 200,
+        }
+    }
+}
+
+/// Everything an instance tracks; cheap to clone and share.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub counters: Counters,
+    pub requests: Requests,
+    errors: Arc<Mutex<Errors>>,
+    sessions: Arc<Mutex<Sessions>>,
+    enabled: bool,
+}
+
+#[derive(Default)]
+struct Errors {
+    groups: BTreeMap<String, ErrorGroup>,
+    max: usize,
+    overflow: u64,
+    redactions: Redactions,
+}
+
+impl Telemetry {
+    pub fn new(limits: &Limits) -> Telemetry {
+        Telemetry {
+            counters: Counters::new(limits.max_keys),
+            requests: Requests::new(limits.max_routes),
+            errors: Arc::new(Mutex::new(Errors { max: limits.max_errors, ..Default::default() })),
+            sessions: Arc::new(Mutex::new(Sessions::default())),
+            enabled: true,
+        }
+    }
+
+    /// A collector that records nothing (development instances, air-gapped mode).
+    pub fn disabled() -> Telemetry {
+        Telemetry {
+            counters: Counters::disabled(),
+            requests: Requests::disabled(),
+            errors: Arc::new(Mutex::new(Errors::default())),
+            sessions: Arc::new(Mutex::new(Sessions::default())),
+            enabled: false,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Records an error under a category (`database`, `mail`...) at `now`. Errors with the
+    /// same category and the same message once its particulars (numbers, ids, PII) are taken
+    /// out share a fingerprint and are counted together. The error's chain of sources stands
+    /// in for its stack.
+    pub fn track_error(&self, error: &(dyn std::error::Error + 'static), category: &str, now: DateTime<Utc>) {
+        let mut chain = Vec::new();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            chain.push(format!("caused by: {cause}"));
+            source = cause.source();
+        }
+        self.track_error_parts(category, &error.to_string(), &chain, now);
+    }
+
+    /// Records an error from its parts, with an explicit stack (frames, most recent first).
+    pub fn track_error_parts<S: AsRef<str>>(
+        &self,
+        category: &str,
+        message: &str,
+        stack: &[S],
+        now: DateTime<Utc>,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let Ok(mut errors) = self.errors.lock() else { return };
+        let mut counts = Redactions::default();
+        let message = privacy::scrub_into(&cut(message, 2_048), &mut counts);
+        let category = privacy::scrub_into(&cut(category, 128), &mut counts);
+        let fingerprint = fingerprint(&category, &message);
+        if let Some(group) = errors.groups.get_mut(&fingerprint) {
+            group.count += 1;
+            group.last_seen = group.last_seen.max(now);
+            return;
+        }
+        if errors.groups.len() >= errors.max {
+            errors.overflow += 1;
+            return;
+        }
+        let stack = privacy::cut_stack(stack, &mut counts);
+        errors.redactions.merge(&counts);
+        errors.groups.insert(
+            fingerprint.clone(),
+            ErrorGroup {
+                fingerprint,
+                error_type: if category.is_empty() { "error".into() } else { category },
+                message,
+                stack: stack.into_iter().map(|l| cut(&l, 512)).collect(),
+                count: 1,
+                first_seen: now,
+                last_seen: now,
+            },
+        );
+    }
+
+    /// Starts a user session; it counts when the returned handle is ended or dropped.
+    pub fn start_session(&self, now: DateTime<Utc>) -> Session {
+        Session { sessions: self.enabled.then(|| self.sessions.clone()), started: now, ended: false }
+    }
+
+    /// Takes everything tracked since the last batch and assembles the next batch.
+    pub fn take_batch(
+        &self,
+        batch_id: uuid::Uuid,
+        period: (DateTime<Utc>, DateTime<Utc>),
+        environment: Environment,
+    ) -> TelemetryBatch {
+        let mut redactions = Redactions::default();
+        let (counts, counter_overflow) = self.counters.drain();
+        let usage = counts
+            .into_iter()
+            .map(|(kind, name, count)| UsageCount {
+                kind,
+                name: privacy::scrub_into(&name, &mut redactions),
+                count,
+            })
+            .collect();
+        let (routes, route_overflow) = self.requests.drain();
+        let performance = routes
+            .into_iter()
+            .map(|r| {
+                let q = |q| round(r.sketch.quantile(q).unwrap_or(0.0));
+                RoutePerformance {
+                    method: privacy::scrub_into(&r.method, &mut redactions),
+                    route: privacy::scrub_into(&r.route, &mut redactions),
+                    count: r.count,
+                    errors: r.errors,
+                    p50_ms: q(0.50),
+                    p95_ms: q(0.95),
+                    p99_ms: q(0.99),
+                    max_ms: round(r.max_ms),
+                    sketch: r.sketch.encode(),
+                }
+            })
+            .collect();
+        let (errors, error_overflow) = match self.errors.lock() {
+            Ok(mut e) => {
+                redactions.merge(&e.redactions);
+                e.redactions = Redactions::default();
+                (std::mem::take(&mut e.groups).into_values().collect(), std::mem::take(&mut e.overflow))
+            }
+            Err(_) => (Vec::new(), 0),
+        };
+        let sessions = self.sessions.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        TelemetryBatch {
+            schema: TELEMETRY_SCHEMA,
+            batch_id,
+            period_start: period.0,
+            period_end: period.1,
+            environment,
+            usage,
+            performance,
+            errors,
+            sessions,
+            dropped: Dropped {
+                sampled: 0,
+                throttled: 0,
+                overflow: counter_overflow + route_overflow + error_overflow,
+            },
+            redactions: redactions.by_name(),
+        }
+    }
+}
+
+/// A user session in progress.
+pub struct Session {
+    sessions: Option<Arc<Mutex<Sessions>>>,
+    started: DateTime<Utc>,
+    ended: bool,
+}
+
+impl Session {
+    /// Ends the session at `now`.
+    pub fn end(mut self, now: DateTime<Utc>) {
+        self.record(now);
+    }
+
+    fn record(&mut self, now: DateTime<Utc>) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let Some(sessions) = &self.sessions else { return };
+        let seconds = (now - self.started).to_std().unwrap_or(Duration::ZERO).as_secs();
+        if let Ok(mut s) = sessions.lock() {
+            s.count += 1;
+            s.total_duration_s += seconds;
+            s.hourly[self.started.hour() as usize] += 1;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.record(Utc::now());
+    }
+}
+
+/// Category and message with the particulars (numbers, ids) taken out, hashed: the same error
+/// in another request or for another record shares it.
+fn fingerprint(category: &str, message: &str) -> String {
+    let mut template = String::with_capacity(message.len());
+    let mut in_number = false;
+    for c in message.chars() {
+        if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_number) {
+            if !in_number {
+                template.push('#');
+                in_number = true;
+            }
+        } else {
+            in_number = false;
+            template.push(c);
+        }
+    }
+    let digest = Sha256::digest(format!("{category}\u{0}{template}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cut(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// Milliseconds to three decimals: enough for any latency, and a shorter payload.
+fn round(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}

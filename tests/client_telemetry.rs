@@ -1,0 +1,128 @@
+//! Assembling a batch from what an instance tracked: exact figures, deduplicated errors,
+//! sessions, drop and redaction counts, and nothing personal in the payload.
+
+use chrono::{Duration, TimeZone as _, Utc};
+use licensor::client::telemetry::{Limits, Telemetry};
+use licensor::protocol::{self, BatchLimits, Environment, SyncStatus, UsageKind, UserCountRange};
+
+fn environment() -> Environment {
+    Environment {
+        app_version: "1.4.2".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        user_count_range: UserCountRange::of(23),
+        modules_enabled: vec!["signatures".into()],
+        uptime_hours: 3.5,
+        last_sync_status: SyncStatus::Success,
+        health: Default::default(),
+    }
+}
+
+#[derive(Debug)]
+struct Failure(String, Option<Box<Failure>>);
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.1.as_deref().map(|e| e as _)
+    }
+}
+
+#[test]
+fn a_batch_carries_exactly_what_was_tracked_and_nothing_personal() {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 21, 9, 30, 0).unwrap();
+    let telemetry = Telemetry::new(&Limits::default());
+    for _ in 0..3 {
+        telemetry.counters.track_feature("export_pdf");
+    }
+    telemetry.counters.track_ui_action("clicked for jane.doe@example.com");
+    telemetry.requests.track_request("GET", "/api/items/{id}", 200, std::time::Duration::from_millis(12));
+    telemetry.requests.track_request("GET", "/api/items/{id}", 503, std::time::Duration::from_millis(40));
+    for (i, when) in [(7, t0), (8, t0 + Duration::minutes(5))] {
+        let error = Failure(
+            format!("query {i} for jane.doe@example.com timed out"),
+            Some(Box::new(Failure("pool exhausted at /home/jsmith/app/db.rs:42".into(), None))),
+        );
+        telemetry.track_error(&error, "database", when);
+    }
+    telemetry.track_error_parts("mail", "smtp refused", &["at mail::send (/srv/app/mail.rs:9)"], t0);
+    telemetry.start_session(t0).end(t0 + Duration::minutes(30));
+    // A session dropped without `end` ends then, by the system clock.
+    let dropped_at = Utc::now();
+    drop(telemetry.start_session(dropped_at));
+
+    let id = uuid::Uuid::new_v4();
+    let batch = telemetry.take_batch(id, (t0 - Duration::hours(24), t0), environment());
+    assert_eq!(batch.schema, 1);
+    assert_eq!(batch.batch_id, id);
+    assert_eq!(batch.usage.len(), 2);
+    assert_eq!(
+        (batch.usage[0].kind, batch.usage[0].name.as_str(), batch.usage[0].count),
+        (UsageKind::Feature, "export_pdf", 3)
+    );
+    assert_eq!(batch.usage[1].name, "clicked for [EMAIL]");
+    let route = &batch.performance[0];
+    assert_eq!((route.count, route.errors, route.max_ms), (2, 1, 40.0));
+    assert!((route.p50_ms - 12.0).abs() <= 0.12 && (route.p99_ms - 40.0).abs() <= 0.4, "{route:?}");
+    assert!(route.sketch.starts_with("dd1:"));
+
+    assert_eq!(batch.errors.len(), 2, "the two timeouts share a fingerprint: {:?}", batch.errors);
+    let db = batch.errors.iter().find(|e| e.error_type == "database").unwrap();
+    assert_eq!(db.count, 2);
+    assert_eq!((db.first_seen, db.last_seen), (t0, t0 + Duration::minutes(5)));
+    assert_eq!(db.message, "query 7 for [EMAIL] timed out");
+    assert_eq!(db.stack, ["caused by: pool exhausted at db.rs:42"]);
+    let mail = batch.errors.iter().find(|e| e.error_type == "mail").unwrap();
+    assert_eq!(mail.stack, ["at mail::send (mail.rs:9)"]);
+
+    assert_eq!(batch.sessions.count, 2);
+    assert!((1_800..1_805).contains(&batch.sessions.total_duration_s), "{:?}", batch.sessions);
+    use chrono::Timelike as _;
+    assert_eq!(batch.sessions.hourly.iter().sum::<u64>(), 2);
+    assert!(batch.sessions.hourly[9] >= 1 && batch.sessions.hourly[dropped_at.hour() as usize] >= 1);
+    assert!(batch.redactions["email"] >= 2, "{:?}", batch.redactions);
+    assert_eq!(batch.dropped.overflow, 0);
+
+    let json = serde_json::to_string(&batch).unwrap();
+    for secret in ["jane.doe", "example.com", "jsmith", "/home/", "/srv/app"] {
+        assert!(!json.contains(secret), "{secret} left the collector: {json}");
+    }
+    // The server accepts what the client builds.
+    let parsed = protocol::parse_batch(&json).unwrap();
+    parsed.check(&BatchLimits::default()).unwrap();
+    assert_eq!(parsed, batch);
+
+    // Taken: the next batch is empty.
+    let next = telemetry.take_batch(uuid::Uuid::new_v4(), (t0, t0 + Duration::hours(24)), environment());
+    assert!(next.usage.is_empty() && next.performance.is_empty() && next.errors.is_empty());
+    assert_eq!(next.sessions.count, 0);
+}
+
+#[test]
+fn bounds_turn_into_overflow_counts() {
+    let now = Utc::now();
+    let telemetry = Telemetry::new(&Limits { max_keys: 1, max_routes: 1, max_errors: 1 });
+    telemetry.counters.track_feature("a");
+    telemetry.counters.track_feature("b");
+    telemetry.requests.track_request("GET", "/a", 200, std::time::Duration::from_millis(1));
+    telemetry.requests.track_request("GET", "/b", 200, std::time::Duration::from_millis(1));
+    telemetry.track_error_parts::<&str>("x", "first", &[], now);
+    telemetry.track_error_parts::<&str>("x", "second", &[], now);
+    let batch = telemetry.take_batch(uuid::Uuid::new_v4(), (now, now), environment());
+    assert_eq!(batch.dropped.overflow, 3);
+}
+
+#[test]
+fn a_disabled_collector_yields_an_empty_batch() {
+    let now = Utc::now();
+    let telemetry = Telemetry::disabled();
+    telemetry.counters.track_feature("a");
+    telemetry.track_error_parts::<&str>("x", "y", &[], now);
+    telemetry.start_session(now).end(now + Duration::minutes(1));
+    let batch = telemetry.take_batch(uuid::Uuid::new_v4(), (now, now), environment());
+    assert!(batch.usage.is_empty() && batch.errors.is_empty());
+    assert_eq!(batch.sessions.count, 0);
+}
