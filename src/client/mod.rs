@@ -6,4 +6,5 @@
 pub mod collector;
 pub mod policy;
 pub mod requests;
+pub mod status;
 pub mod telemetry;
