@@ -4,6 +4,7 @@
 //! phone-home follow.
 
 pub mod collector;
+pub mod exchange;
 pub mod policy;
 pub mod requests;
 pub mod status;

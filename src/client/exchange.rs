@@ -1,0 +1,189 @@
+//! One check-in, from the client's side: build the request (the batch serialised once, embedded
+//! byte for byte, its digest kept), send it, and verify the answer before believing any of it:
+//! the lease's signature under the client's own key ring, the nonce, instance and license it
+//! binds, the answer's fields against the lease's, and the acknowledged digest against what was
+//! sent. Also the retry policy for failed attempts.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::Rng as _;
+use std::time::Duration;
+
+use crate::keys::KeyRing;
+use crate::lease::{self, LeasePayload};
+use crate::protocol::{self, CheckInResponse, CheckInStatus, OutgoingCheckIn, TelemetryBatch};
+
+/// A request ready to send, with what its answer must match.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub body: Vec<u8>,
+    pub nonce: String,
+    /// The digest of the telemetry bytes sent, if any.
+    pub digest: Option<String>,
+    pub batch_id: Option<uuid::Uuid>,
+}
+
+/// Builds a check-in request with a fresh nonce. `batch` is `None` only for an Enterprise
+/// instance that declares telemetry disabled.
+pub fn build_request(
+    license_key: &str,
+    instance_id: &str,
+    software_version: &str,
+    batch: Option<&TelemetryBatch>,
+) -> Request {
+    let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let raw = batch.map(|b| serde_json::to_string(b).expect("a batch serialises"));
+    let raw_value = raw.as_deref().map(|r| {
+        serde_json::value::RawValue::from_string(r.to_owned()).expect("a serialised batch is valid JSON")
+    });
+    let body = serde_json::to_vec(&OutgoingCheckIn {
+        license_key,
+        instance_id,
+        nonce: &nonce,
+        software_version,
+        telemetry: raw_value.as_deref(),
+        telemetry_disabled: batch.is_none(),
+    })
+    .expect("a check-in serialises");
+    Request {
+        body,
+        nonce,
+        digest: raw.as_deref().map(|r| protocol::digest(r.as_bytes())),
+        batch_id: batch.map(|b| b.batch_id),
+    }
+}
+
+/// An answer that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub response: CheckInResponse,
+    /// The lease, when the license could be read.
+    pub lease: Option<LeasePayload>,
+    /// The server acknowledged the batch (stored now or before): the outbox may let it go.
+    pub batch_acknowledged: bool,
+}
+
+/// Why an answer is not to be believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The body is not a check-in response.
+    #[error("the answer is not a check-in response: {0}")]
+    NotAResponse(String),
+    /// A response that must carry a lease does not.
+    #[error("the answer carries no lease")]
+    NoLease,
+    /// The lease's signature does not verify under the client's key ring.
+    #[error("the lease does not verify: {0}")]
+    BadLease(String),
+    /// The lease binds another nonce, instance or license: a replayed or misdirected answer.
+    #[error("the lease binds another {0}: a replayed or misdirected answer")]
+    Mismatch(&'static str),
+    /// The acknowledged digest is not the digest of what was sent.
+    #[error("the server acknowledged different telemetry bytes (digest {got}, sent {sent})")]
+    DigestMismatch { got: String, sent: String },
+}
+
+/// Checks an answer body against the request it answers.
+pub fn verify_answer(
+    body: &[u8],
+    request: &Request,
+    ring: &KeyRing,
+    instance_id: &str,
+    license_id: Option<uuid::Uuid>,
+) -> Result<Verified, AnswerError> {
+    let response: CheckInResponse =
+        serde_json::from_slice(body).map_err(|e| AnswerError::NotAResponse(e.to_string()))?;
+    let lease = match &response.lease {
+        Some(text) => {
+            let lease =
+                lease::verify_signature(text, ring).map_err(|e| AnswerError::BadLease(e.to_string()))?;
+            if lease.nonce != request.nonce {
+                return Err(AnswerError::Mismatch("nonce"));
+            }
+            if lease.instance_id != instance_id {
+                return Err(AnswerError::Mismatch("instance"));
+            }
+            if license_id.is_some_and(|id| id != lease.license_id)
+                || response.license_id != Some(lease.license_id)
+            {
+                return Err(AnswerError::Mismatch("license"));
+            }
+            let same = lease.status == response.status
+                && lease.valid_until == response.valid_until
+                && lease.next_check_in_at == response.next_check_in_at
+                && lease.server_time == response.server_time;
+            if !same {
+                return Err(AnswerError::Mismatch("status or time"));
+            }
+            Some(lease)
+        }
+        None if response.status == CheckInStatus::Malformed => None,
+        None => return Err(AnswerError::NoLease),
+    };
+    let mut batch_acknowledged = false;
+    if let (Some(ack), Some(sent)) = (&response.telemetry, &request.digest) {
+        if ack.digest != *sent {
+            return Err(AnswerError::DigestMismatch { got: ack.digest.clone(), sent: sent.clone() });
+        }
+        batch_acknowledged = ack.accepted && Some(ack.batch_id) == request.batch_id;
+    }
+    Ok(Verified { response, lease, batch_acknowledged })
+}
+
+/// What to do after an attempt that got no believable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// Try again after this long.
+    After(Duration),
+    /// Do not retry this request (a 4xx other than 408 and 429): it will not get better.
+    Never,
+}
+
+/// The first retry delay, and the cap on any.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(30);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// The retry policy: `attempt` counts failures so far (1 for the first). `status` is the HTTP
+/// status, if an answer came, and `retry_after` its `Retry-After` in seconds. Exponential
+/// backoff with full jitter, capped; a server's `Retry-After` is honoured as a minimum.
+pub fn retry_policy(attempt: u32, status: Option<u16>, retry_after: Option<u64>) -> Retry {
+    if let Some(status) = status {
+        if (400..500).contains(&status) && status != 408 && status != 429 {
+            return Retry::Never;
+        }
+    }
+    let exponential = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let ceiling = exponential.min(BACKOFF_CAP);
+    let jittered = Duration::from_secs_f64(ceiling.as_secs_f64() * rand::thread_rng().gen_range(0.5..=1.0));
+    let floor = Duration::from_secs(retry_after.unwrap_or(0)).min(BACKOFF_CAP);
+    Retry::After(jittered.max(floor))
+}
+
+/// When to check in next: at the time the lease names, with up to 5% (at most an hour) of
+/// random spread so that installs do not all come back at once.
+pub fn next_check_in(lease_next: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let span = (lease_next - now).max(chrono::Duration::zero());
+    let spread_ms = (span.num_milliseconds() / 20).min(3_600_000);
+    let jitter = if spread_ms > 0 { rand::thread_rng().gen_range(0..=spread_ms) } else { 0 };
+    lease_next + chrono::Duration::milliseconds(jitter)
+}
+
+/// Sends a request to `server` (its base URL) and returns the HTTP status, `Retry-After` and
+/// body, or an error when no answer came.
+pub async fn send(
+    client: &reqwest::Client,
+    server: &str,
+    request: &Request,
+) -> Result<(u16, Option<u64>, Vec<u8>), reqwest::Error> {
+    let url = format!("{}/v1/check-ins", server.trim_end_matches('/'));
+    let response =
+        client.post(url).header("content-type", "application/json").body(request.body.clone()).send().await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let body = response.bytes().await?.to_vec();
+    Ok((status, retry_after, body))
+}
