@@ -64,7 +64,8 @@ impl Sketch {
             return;
         }
         self.count += n;
-        if !(value > MIN_VALUE) || !value.is_finite() {
+        // NaN fails every comparison, so it is named explicitly.
+        if value.is_nan() || value <= MIN_VALUE || !value.is_finite() {
             self.zeros += n;
             return;
         }

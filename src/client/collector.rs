@@ -67,8 +67,11 @@ struct Registry {
     /// The distinct keys, each name stored once and shared with every thread's cache.
     keys: FxHashSet<(UsageKind, Arc<str>)>,
     /// Every thread's chunks, with the key each used counter counts.
-    chunks: Vec<(Arc<Chunk>, [Option<(UsageKind, Arc<str>)>; CHUNK])>,
+    chunks: Vec<(Arc<Chunk>, ChunkKeys)>,
 }
+
+/// The key each counter of a chunk counts, for the used ones.
+type ChunkKeys = [Option<(UsageKind, Arc<str>)>; CHUNK];
 
 /// The chunk a thread allocates counters from: the chunk, how many of its counters are used,
 /// and where the registry lists it.

@@ -541,6 +541,6 @@ fn merge_routes(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummar
         entry.errors += p.errors as i64;
     }
     let mut out: Vec<RouteSummary> = by_route.into_values().collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|r| std::cmp::Reverse(r.count));
     out
 }

@@ -270,8 +270,7 @@ impl Harness {
 /// A fresh random nonce of 24 bytes, base64url.
 pub fn nonce() -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(uuid::Uuid::new_v4().as_bytes().repeat(2)[..24].to_vec())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&uuid::Uuid::new_v4().as_bytes().repeat(2)[..24])
 }
 
 /// A realistic batch: `usage` counters, `routes` routes, `errors` error groups.
