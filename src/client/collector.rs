@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::local_cache;
 use crate::protocol::UsageKind;
 
 /// The default bound on distinct (kind, name) keys.
@@ -90,7 +91,7 @@ struct Local {
 
 thread_local! {
     /// This thread's caches, one per live collector it tracked into (almost always one).
-    static LOCAL: RefCell<Vec<(usize, Local)>> = const { RefCell::new(Vec::new()) };
+    static LOCAL: local_cache::Caches<Local> = const { RefCell::new(Vec::new()) };
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
@@ -156,15 +157,7 @@ impl Counters {
         }
         let counted = LOCAL.try_with(|local| {
             let mut caches = local.try_borrow_mut().ok()?;
-            let id = self.inner.id;
-            let index = match caches.iter().position(|(owner, _)| *owner == id) {
-                Some(i) => i,
-                None => {
-                    caches.push((id, Local::default()));
-                    caches.len() - 1
-                }
-            };
-            let local = &mut caches[index].1;
+            let local = local_cache::entry(&mut caches, self.inner.id);
             if let Some(slot) = local.maps[slot(kind)].get(name) {
                 slot.cell().fetch_add(n, Ordering::Relaxed);
                 return Some(());
@@ -188,7 +181,7 @@ impl Counters {
         name: &str,
         current: &mut Option<Current>,
     ) -> Option<(Arc<str>, Slot)> {
-        let name = cut(name);
+        let name = local_cache::cut(name, MAX_NAME_LEN);
         let mut registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let shared: Arc<str> = match registry.keys.get(&(kind, Arc::<str>::from(name))) {
             Some((_, shared)) => shared.clone(),
@@ -243,25 +236,6 @@ impl Counters {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Forget this thread's cache of a collector that is gone (other threads' caches go
-        // with their threads).
-        let id = self.id;
-        let _ = LOCAL.try_with(|local| {
-            if let Ok(mut local) = local.try_borrow_mut() {
-                local.retain(|(owner, _)| *owner != id);
-            }
-        });
+        local_cache::forget(&LOCAL, self.id);
     }
-}
-
-/// Cuts a name to the protocol's limit, on a character boundary.
-fn cut(name: &str) -> &str {
-    if name.len() <= MAX_NAME_LEN {
-        return name;
-    }
-    let mut end = MAX_NAME_LEN;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
 }

@@ -5,6 +5,7 @@
 
 pub mod collector;
 pub mod exchange;
+mod local_cache;
 pub mod policy;
 pub mod requests;
 pub mod status;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::local_cache;
 use crate::sketch::Sketch;
 
 /// The most distinct (method, route) pairs kept; past it, requests count as overflow.
@@ -83,7 +84,7 @@ struct Registry {
 type Local = FxHashMap<Arc<str>, FxHashMap<Arc<str>, Arc<Cells>>>;
 
 thread_local! {
-    static LOCAL: RefCell<Vec<(usize, Local)>> = const { RefCell::new(Vec::new()) };
+    static LOCAL: local_cache::Caches<Local> = const { RefCell::new(Vec::new()) };
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
@@ -121,15 +122,7 @@ impl Requests {
         let ms = duration.as_secs_f64() * 1000.0;
         let recorded = LOCAL.try_with(|local| {
             let mut caches = local.try_borrow_mut().ok()?;
-            let id = self.inner.id;
-            let index = match caches.iter().position(|(owner, _)| *owner == id) {
-                Some(i) => i,
-                None => {
-                    caches.push((id, Local::default()));
-                    caches.len() - 1
-                }
-            };
-            let local = &mut caches[index].1;
+            let local = local_cache::entry(&mut caches, self.inner.id);
             if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
                 self.record(cells, ms, status);
                 return Some(());
@@ -160,7 +153,8 @@ impl Requests {
     }
 
     fn register(&self, method: &str, route: &str) -> Option<(Arc<str>, Arc<str>, Arc<Cells>)> {
-        let (method, route): (Arc<str>, Arc<str>) = (cut(method).into(), cut(route).into());
+        let (method, route): (Arc<str>, Arc<str>) =
+            (local_cache::cut(method, MAX_LEN).into(), local_cache::cut(route, MAX_LEN).into());
         let mut registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = (method.clone(), route.clone());
         if !registry.routes.contains_key(&key) {
@@ -212,22 +206,6 @@ impl Requests {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let id = self.id;
-        let _ = LOCAL.try_with(|local| {
-            if let Ok(mut local) = local.try_borrow_mut() {
-                local.retain(|(owner, _)| *owner != id);
-            }
-        });
+        local_cache::forget(&LOCAL, self.id);
     }
-}
-
-fn cut(text: &str) -> &str {
-    if text.len() <= MAX_LEN {
-        return text;
-    }
-    let mut end = MAX_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
