@@ -349,8 +349,9 @@ struct Times {
     valid_until: DateTime<Utc>,
 }
 
-/// When to come back and how long the lease lasts, per status. `held` is the end of the seat
-/// the instance holds now, if any.
+/// When to come back and how long the lease lasts, per status of a trusted license (the writer
+/// answers keys it cannot read or trust itself). `held` is the end of the seat the instance
+/// holds now, if any.
 fn times_for(
     license: &LicensePayload,
     status: CheckInStatus,
@@ -373,9 +374,6 @@ fn times_for(
         }
         CheckInStatus::NotYetValid => {
             Times { next_check_in_at: (now + interval).min(license.not_before), valid_until: now }
-        }
-        CheckInStatus::Malformed | CheckInStatus::UnknownKey | CheckInStatus::BadSignature => {
-            Times { next_check_in_at: now + Duration::seconds(RETRY_UNREADABLE), valid_until: now }
         }
         _ => Times { next_check_in_at: now + interval, valid_until: now },
     }

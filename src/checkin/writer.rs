@@ -238,18 +238,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
 
         let instance_rows: Vec<InstanceRow> = touched.iter().map(|id| instances[id].clone()).collect();
         licensing::upsert_instances(conn, &instance_rows)?;
-        let new_check_ins: Vec<NewCheckIn<'_>> = check_ins
-            .iter()
-            .map(|c| NewCheckIn {
-                instance_id: c.instance_id,
-                license_id: c.license_id.as_deref(),
-                at: c.at,
-                status: c.status.as_str(),
-                software_version: c.software_version,
-                telemetry_batch_id: c.batch_id.as_deref(),
-            })
-            .collect();
-        licensing::insert_check_ins(conn, &new_check_ins)?;
+        licensing::insert_check_ins(conn, &check_ins)?;
         let stored: Vec<&store::StoredBatch> = batches.iter().map(|(_, b)| *b).collect();
         let inserted = telemetry::insert_batches(conn, &stored)?;
         for (i, b) in &batches {
@@ -261,29 +250,19 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
     })
 }
 
-/// A check-in row before it borrows into the insert.
-struct CheckInRow<'a> {
-    instance_id: &'a str,
-    license_id: Option<String>,
-    at: chrono::NaiveDateTime,
-    status: CheckInStatus,
-    software_version: &'a str,
-    batch_id: Option<String>,
-}
-
 fn check_in_row(
     p: &Prepared,
     license_id: Option<String>,
     status: CheckInStatus,
     batch_id: Option<String>,
-) -> CheckInRow<'_> {
-    CheckInRow {
+) -> NewCheckIn<'_> {
+    NewCheckIn {
         instance_id: &p.instance_id,
         license_id,
         at: store::naive(p.now),
-        status,
+        status: status.as_str(),
         software_version: &p.software_version,
-        batch_id,
+        telemetry_batch_id: batch_id,
     }
 }
 

@@ -89,7 +89,7 @@ pub struct Running {
     /// The address it listens on (useful when asked for port 0).
     pub addr: SocketAddr,
     handle: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), StartError>>>,
 }
 
 impl Running {
@@ -155,6 +155,32 @@ fn http_server(
     .run())
 }
 
+/// Serves until the server is stopped (by its handle, or by SIGTERM or SIGINT), running the
+/// scheduled jobs beside it; `ready` gets the server's handle once it is listening and the jobs
+/// are scheduled. In-flight requests get up to 30 seconds to finish.
+async fn serve(
+    config: ServerConfig,
+    state: web::Data<AppState>,
+    store: Store,
+    listener: TcpListener,
+    clock: Clock,
+    ready: impl FnOnce(actix_web::dev::ServerHandle),
+) -> Result<(), StartError> {
+    let bind = |source| StartError::Bind { addr: config.bind, source };
+    let server = http_server(state, listener, config.workers).map_err(bind)?;
+    let mut scheduler = if config.jobs {
+        Some(jobs::schedule(&config, store, clock).await.map_err(StartError::Jobs)?)
+    } else {
+        None
+    };
+    ready(server.handle());
+    let result = server.await;
+    if let Some(scheduler) = scheduler.as_mut() {
+        let _ = scheduler.shutdown().await;
+    }
+    result.map_err(bind)
+}
+
 /// Starts a server on its own thread, with `clock` as its time source, and returns once it
 /// listens. For tests and for applications that embed the server.
 pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, StartError> {
@@ -164,22 +190,21 @@ pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, StartError> 
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.bind, source })?;
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let server = http_server(state, listener, config.workers)?;
-            let scheduler = if config.jobs { jobs::schedule(&config, store, clock).await.ok() } else { None };
-            let _ = tx.send(server.handle());
-            let result = server.await;
-            if let Some(mut scheduler) = scheduler {
-                let _ = scheduler.shutdown().await;
-            }
-            result
-        })
+        actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, move |handle| {
+            let _ = tx.send(handle);
+        }))
     });
-    let handle = rx.recv().map_err(|_| StartError::Bind {
-        addr,
-        source: std::io::Error::other("the server thread stopped while starting"),
-    })?;
-    Ok(Running { addr, handle, thread: Some(thread) })
+    match rx.recv() {
+        Ok(handle) => Ok(Running { addr, handle, thread: Some(thread) }),
+        // The thread ended before it was ready: its result says why.
+        Err(_) => Err(match thread.join() {
+            Ok(Err(e)) => e,
+            _ => StartError::Bind {
+                addr,
+                source: std::io::Error::other("the server thread stopped while starting"),
+            },
+        }),
+    }
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: new connections are
@@ -195,21 +220,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         issuing = state.issuer.is_some(),
         "licensor server listening"
     );
-    actix_web::rt::System::new().block_on(async move {
-        let server = http_server(state, listener, config.workers)
-            .map_err(|source| StartError::Bind { addr: config.bind, source })?;
-        let mut scheduler = if config.jobs {
-            Some(jobs::schedule(&config, store, clock).await.map_err(StartError::Jobs)?)
-        } else {
-            None
-        };
-        let result = server.await;
-        if let Some(scheduler) = scheduler.as_mut() {
-            let _ = scheduler.shutdown().await;
-        }
-        tracing::info!("licensor server stopped");
-        result.map_err(|source| StartError::Bind { addr: config.bind, source })
-    })
+    let result = actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, |_| {}));
+    tracing::info!("licensor server stopped");
+    result
 }
 
 /// Runs `f` on the blocking pool: the database and signing work of a request.

@@ -81,11 +81,11 @@ pub struct InstanceRow {
 #[diesel(table_name = check_ins)]
 pub struct NewCheckIn<'a> {
     pub instance_id: &'a str,
-    pub license_id: Option<&'a str>,
+    pub license_id: Option<String>,
     pub at: NaiveDateTime,
     pub status: &'a str,
     pub software_version: &'a str,
-    pub telemetry_batch_id: Option<&'a str>,
+    pub telemetry_batch_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
