@@ -60,7 +60,7 @@ pub mod token;
 pub mod checkin;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
+#[cfg(any(feature = "client", feature = "server"))]
 pub mod store;
 
 #[cfg(feature = "cli")]

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use super::collector::Counters;
 use super::requests::Requests;
+use crate::store::local::Flush;
+use rustc_hash::FxHashSet;
 use crate::privacy::{self, Redactions};
 use crate::protocol::{
     Dropped, Environment, ErrorGroup, RoutePerformance, Sessions, TelemetryBatch, UsageCount,
@@ -24,6 +26,30 @@ pub struct Limits {
     pub max_keys: usize,
     pub max_routes: usize,
     pub max_errors: usize,
+}
+
+/// The most distinct users one collector remembers between drains (they only decide the
+/// batch's user-count range, whose top is "1001+").
+pub const MAX_USERS: usize = 10_000;
+
+/// Which raw error events are kept. Errors are the raw events: each occurrence carries a
+/// message and a stack to scrub, which costs microseconds. Counters and request timings are
+/// aggregated where they are tracked, cost nanoseconds, and are never sampled (sampling them
+/// would lose accuracy and save nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Every event is kept.
+    Always,
+    /// Each event is kept with this probability (0 to 1); the rest are counted as `sampled`.
+    Probabilistic(f64),
+    /// At most this many events a minute are kept; the rest are counted as `throttled`.
+    Throttled { per_minute: u32 },
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling::Always
+    }
 }
 
 impl Default for Limits {
@@ -43,6 +69,7 @@ pub struct Telemetry {
     pub requests: Requests,
     errors: Arc<Mutex<Errors>>,
     sessions: Arc<Mutex<Sessions>>,
+    users: Arc<Mutex<FxHashSet<String>>>,
     enabled: bool,
 }
 
@@ -52,6 +79,11 @@ struct Errors {
     max: usize,
     overflow: u64,
     redactions: Redactions,
+    sampling: Sampling,
+    sampled: u64,
+    throttled: u64,
+    /// The throttle's current minute and the events kept in it.
+    window: (i64, u32),
 }
 
 impl Telemetry {
@@ -61,8 +93,18 @@ impl Telemetry {
             requests: Requests::new(limits.max_routes),
             errors: Arc::new(Mutex::new(Errors { max: limits.max_errors, ..Default::default() })),
             sessions: Arc::new(Mutex::new(Sessions::default())),
+            users: Arc::default(),
             enabled: true,
         }
+    }
+
+    /// A collector whose raw error events are sampled.
+    pub fn with_sampling(limits: &Limits, sampling: Sampling) -> Telemetry {
+        let telemetry = Telemetry::new(limits);
+        if let Ok(mut errors) = telemetry.errors.lock() {
+            errors.sampling = sampling;
+        }
+        telemetry
     }
 
     /// A collector that records nothing (development instances, air-gapped mode).
@@ -72,6 +114,7 @@ impl Telemetry {
             requests: Requests::disabled(),
             errors: Arc::new(Mutex::new(Errors::default())),
             sessions: Arc::new(Mutex::new(Sessions::default())),
+            users: Arc::default(),
             enabled: false,
         }
     }
@@ -106,6 +149,26 @@ impl Telemetry {
             return;
         }
         let Ok(mut errors) = self.errors.lock() else { return };
+        match errors.sampling {
+            Sampling::Always => {}
+            Sampling::Probabilistic(p) => {
+                if rand::random::<f64>() >= p {
+                    errors.sampled += 1;
+                    return;
+                }
+            }
+            Sampling::Throttled { per_minute } => {
+                let minute = now.timestamp().div_euclid(60);
+                if errors.window.0 != minute {
+                    errors.window = (minute, 0);
+                }
+                if errors.window.1 >= per_minute {
+                    errors.throttled += 1;
+                    return;
+                }
+                errors.window.1 += 1;
+            }
+        }
         let mut counts = Redactions::default();
         let message = privacy::scrub_into(&cut(message, 2_048), &mut counts);
         let category = privacy::scrub_into(&cut(category, 128), &mut counts);
@@ -140,6 +203,18 @@ impl Telemetry {
         Session { sessions: self.enabled.then(|| self.sessions.clone()), started: now, ended: false }
     }
 
+    /// Notes a user as seen, by the salted hash of their id (never the id itself).
+    pub fn note_user(&self, user_hash: String) {
+        if !self.enabled {
+            return;
+        }
+        if let Ok(mut users) = self.users.lock() {
+            if users.len() < MAX_USERS {
+                users.insert(user_hash);
+            }
+        }
+    }
+
     /// Takes everything tracked since the last batch and assembles the next batch.
     pub fn take_batch(
         &self,
@@ -147,6 +222,24 @@ impl Telemetry {
         period: (DateTime<Utc>, DateTime<Utc>),
         environment: Environment,
     ) -> TelemetryBatch {
+        let flush = self.drain();
+        TelemetryBatch {
+            schema: TELEMETRY_SCHEMA,
+            batch_id,
+            period_start: period.0,
+            period_end: period.1,
+            environment,
+            usage: flush.usage,
+            performance: flush.performance,
+            errors: flush.errors,
+            sessions: flush.sessions,
+            dropped: flush.dropped,
+            redactions: flush.redactions,
+        }
+    }
+
+    /// Takes everything tracked since the last drain, scrubbed, for the local store.
+    pub fn drain(&self) -> Flush {
         let mut redactions = Redactions::default();
         let (counts, counter_overflow) = self.counters.drain();
         let usage = counts
@@ -175,32 +268,40 @@ impl Telemetry {
                 }
             })
             .collect();
-        let (errors, error_overflow) = match self.errors.lock() {
+        let (errors, error_overflow, sampled, throttled) = match self.errors.lock() {
             Ok(mut e) => {
                 redactions.merge(&e.redactions);
                 e.redactions = Redactions::default();
-                (std::mem::take(&mut e.groups).into_values().collect(), std::mem::take(&mut e.overflow))
+                (
+                    std::mem::take(&mut e.groups).into_values().collect(),
+                    std::mem::take(&mut e.overflow),
+                    std::mem::take(&mut e.sampled),
+                    std::mem::take(&mut e.throttled),
+                )
             }
-            Err(_) => (Vec::new(), 0),
+            Err(_) => (Vec::new(), 0, 0, 0),
         };
         let sessions = self.sessions.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
-        TelemetryBatch {
-            schema: TELEMETRY_SCHEMA,
-            batch_id,
-            period_start: period.0,
-            period_end: period.1,
-            environment,
+        let users = self.users.lock().map(|mut u| u.drain().collect()).unwrap_or_default();
+        Flush {
             usage,
             performance,
             errors,
             sessions,
-            dropped: Dropped {
-                sampled: 0,
-                throttled: 0,
-                overflow: counter_overflow + route_overflow + error_overflow,
-            },
+            dropped: Dropped { sampled, throttled, overflow: counter_overflow + route_overflow + error_overflow },
             redactions: redactions.by_name(),
+            users,
+            health: BTreeMap::new(),
         }
+    }
+
+    /// Whether a bound that a drain frees is nearly reached (error groups or users held), so
+    /// the flusher should drain now rather than at its next tick. Counter keys and routes are
+    /// not freed by a drain (each is registered once and bounded for the collector's life).
+    pub fn needs_flush(&self) -> bool {
+        let errors = self.errors.lock().map(|e| e.max > 0 && e.groups.len() * 4 >= e.max * 3).unwrap_or(false);
+        let users = self.users.lock().map(|u| u.len() * 4 >= MAX_USERS * 3).unwrap_or(false);
+        errors || users
     }
 }
 

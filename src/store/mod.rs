@@ -1,4 +1,6 @@
-//! Storage: the only module that knows diesel. One schema serves SQLite (the embedded default)
+//! Storage: the only module that knows diesel.
+//!
+//! The server's store (feature `server`): one schema serves SQLite (the embedded default)
 //! and PostgreSQL (production), through `#[derive(diesel::MultiConnection)]` with the backend
 //! chosen from the URL scheme. Queries the enum cannot express (upserts, multi-row inserts,
 //! row locks) run on the inner connection through [`on_backend!`], written once and compiled
@@ -6,228 +8,39 @@
 //! stay prepared (a statement sent through the enum is parsed and planned by PostgreSQL every
 //! time, which profiling showed to dominate its CPU under load).
 //!
+//! The client's local store ([`local`], feature `client`): one SQLite file in a deployment's
+//! data directory, with its own migrations, so an application embedding only the verifier
+//! compiles neither PostgreSQL nor the server's schema.
+//!
 //! Invariants: every unit of work is one transaction; callers hand in times (`now`) rather than
 //! the store reading a clock; no IP address or other caller metadata is ever stored.
 
+#[cfg(feature = "server")]
+mod db;
+#[cfg(feature = "server")]
 pub mod schema;
 
+#[cfg(feature = "server")]
 mod jobs;
+#[cfg(feature = "server")]
 pub mod licensing;
+#[cfg(feature = "server")]
 mod models;
+#[cfg(feature = "server")]
 pub mod telemetry;
 
+#[cfg(feature = "client")]
+pub mod local;
+
+#[cfg(feature = "server")]
+pub(crate) use db::on_backend;
+#[cfg(feature = "server")]
+pub use db::*;
+#[cfg(feature = "server")]
 pub use jobs::JobClaim;
+#[cfg(feature = "server")]
 pub use licensing::{InstanceRecord, LicenseRecord};
+#[cfg(feature = "server")]
 pub use models::*;
+#[cfg(feature = "server")]
 pub use telemetry::{ErrorSummary, FeatureSummary, RouteSummary, SessionSummary, TelemetrySummary};
-
-use diesel::connection::SimpleConnection as _;
-use diesel::pg::PgConnection;
-use diesel::r2d2::{self, ManageConnection};
-use diesel::sqlite::SqliteConnection;
-use diesel::Connection as _;
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness as _};
-use std::path::PathBuf;
-use std::time::Duration;
-
-/// A connection to either backend.
-#[derive(diesel::MultiConnection)]
-pub enum DbConnection {
-    Sqlite(SqliteConnection),
-    Postgresql(PgConnection),
-}
-
-/// Runs `$body` with `$c` bound to the inner connection of either backend. The body is
-/// compiled once per backend, so a query the enum cannot express is still written once.
-macro_rules! on_backend {
-    ($conn:expr, $c:ident => $body:expr) => {
-        match $conn {
-            $crate::store::DbConnection::Sqlite($c) => $body,
-            $crate::store::DbConnection::Postgresql($c) => $body,
-        }
-    };
-}
-pub(crate) use on_backend;
-
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-
-/// A lock id no other application on the database should share: held while migrating, so
-/// replicas starting together do not race each other's DDL.
-const MIGRATION_LOCK_ID: i64 = 0x6c69_6365_6e73_6f72; // "licensor"
-
-/// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database URL names no backend licensor supports.
-    #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://...")]
-    UnsupportedUrl(String),
-    /// The database could not be reached or opened.
-    #[error("cannot connect to the database: {0}")]
-    Connect(String),
-    /// Applying the schema migrations failed.
-    #[error("database migration failed: {0}")]
-    Migration(String),
-    /// A query failed.
-    #[error("database error: {0}")]
-    Query(#[from] diesel::result::Error),
-    /// No pooled connection became free in time.
-    #[error("database pool: {0}")]
-    Pool(#[from] r2d2::PoolError),
-}
-
-/// Which backend a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Where a `DATABASE_URL` points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A SQLite database file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL connection URL, passed to libpq as is.
-    Postgres(String),
-}
-
-impl Target {
-    /// Reads a URL: `sqlite://PATH` (relative), `sqlite:///ABS/PATH`, `sqlite:PATH`, or
-    /// `postgres://...` / `postgresql://...`.
-    pub fn parse(url: &str) -> Result<Target, StoreError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Target::Postgres(url.to_owned()));
-        }
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-        match path {
-            Some(p) if !p.is_empty() && !p.contains('?') => Ok(Target::Sqlite(PathBuf::from(p))),
-            _ => Err(StoreError::UnsupportedUrl(url.to_owned())),
-        }
-    }
-
-    pub fn backend(&self) -> Backend {
-        match self {
-            Target::Sqlite(_) => Backend::Sqlite,
-            Target::Postgres(_) => Backend::Postgres,
-        }
-    }
-}
-
-/// Opens connections of the backend the URL names, with its real errors (diesel's own
-/// multi-connection `establish` tries each backend and reports neither's error).
-#[derive(Debug, Clone)]
-pub struct Manager {
-    target: Target,
-}
-
-impl ManageConnection for Manager {
-    type Connection = DbConnection;
-    type Error = r2d2::Error;
-
-    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        match &self.target {
-            Target::Sqlite(path) => {
-                let url = path.to_string_lossy();
-                let mut c = SqliteConnection::establish(&url).map_err(r2d2::Error::ConnectionError)?;
-                // WAL lets readers run beside the writer; a busy timeout turns contention
-                // into waiting instead of errors; foreign keys are off by default in SQLite.
-                c.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON;",
-                )
-                .map_err(r2d2::Error::QueryError)?;
-                Ok(DbConnection::Sqlite(c))
-            }
-            Target::Postgres(url) => PgConnection::establish(url)
-                .map(DbConnection::Postgresql)
-                .map_err(r2d2::Error::ConnectionError),
-        }
-    }
-
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
-    }
-
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        r2d2::R2D2Connection::is_broken(conn)
-    }
-}
-
-/// A pooled connection.
-pub type PooledConnection = r2d2::PooledConnection<Manager>;
-
-/// The database: a connection pool over one backend.
-#[derive(Clone)]
-pub struct Store {
-    pool: r2d2::Pool<Manager>,
-    backend: Backend,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
-    }
-}
-
-impl Store {
-    /// Connects, creating a SQLite file's directory if needed, and applies pending migrations.
-    pub fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
-        let target = Target::parse(url)?;
-        if let Target::Sqlite(path) = &target {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Connect(format!("creating {}: {e}", dir.display())))?;
-            }
-        }
-        let backend = target.backend();
-        let manager = Manager { target };
-        // Connect once outside the pool, so a bad URL or a database that is down gives its
-        // own error message rather than r2d2's time-out.
-        let mut first = manager.connect().map_err(|e| StoreError::Connect(e.to_string()))?;
-        migrate(&mut first)?;
-        drop(first);
-        let pool = r2d2::Pool::builder()
-            .max_size(pool_size.max(1))
-            // Testing each connection on checkout costs a round trip per unit of work; a
-            // broken connection is still caught by `has_broken` and by the query itself.
-            .test_on_check_out(false)
-            .connection_timeout(Duration::from_secs(10))
-            .build(manager)
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        Ok(Store { pool, backend })
-    }
-
-    /// The backend this store runs on.
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    /// A connection from the pool (blocking: call from a blocking context).
-    pub fn conn(&self) -> Result<PooledConnection, StoreError> {
-        Ok(self.pool.get()?)
-    }
-
-    /// Whether the database answers a trivial query.
-    pub fn ping(&self) -> Result<(), StoreError> {
-        self.conn()?.batch_execute("SELECT 1")?;
-        Ok(())
-    }
-}
-
-/// Applies pending migrations of the connection's backend.
-fn migrate(conn: &mut DbConnection) -> Result<(), StoreError> {
-    let failed = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
-    match conn {
-        DbConnection::Sqlite(c) => {
-            c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(failed)?;
-        }
-        DbConnection::Postgresql(c) => {
-            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))?;
-            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()).map_err(failed);
-            c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))?;
-            result?;
-        }
-    }
-    Ok(())
-}

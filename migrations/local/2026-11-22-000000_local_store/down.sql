@@ -1,0 +1,10 @@
+DROP TABLE telemetry_batches;
+DROP TABLE telemetry_outbox;
+DROP TABLE telemetry_tallies;
+DROP TABLE telemetry_users;
+DROP TABLE telemetry_health;
+DROP TABLE telemetry_sessions;
+DROP TABLE telemetry_errors;
+DROP TABLE telemetry_performance;
+DROP TABLE telemetry_events;
+DROP TABLE verifier_state;
