@@ -31,10 +31,29 @@ pub fn build_request(
     software_version: &str,
     batch: Option<&TelemetryBatch>,
 ) -> Request {
-    let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
     let raw = batch.map(|b| serde_json::to_string(b).expect("a batch serialises"));
-    let raw_value = raw.as_deref().map(|r| {
-        serde_json::value::RawValue::from_string(r.to_owned()).expect("a serialised batch is valid JSON")
+    build_request_raw(
+        license_key,
+        instance_id,
+        software_version,
+        raw.as_deref().zip(batch.map(|b| b.batch_id)),
+    )
+}
+
+/// Builds a check-in request around telemetry already serialised (the outbox's exact bytes)
+/// and its batch id, with a fresh nonce.
+pub fn build_request_raw(
+    license_key: &str,
+    instance_id: &str,
+    software_version: &str,
+    telemetry: Option<(&str, uuid::Uuid)>,
+) -> Request {
+    let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    // The outbox holds JSON this crate wrote; should it not be JSON (a damaged file), it is
+    // sent as a JSON string, which the server refuses as malformed and the outbox lets go.
+    let raw_value = telemetry.map(|(raw, _)| {
+        serde_json::value::RawValue::from_string(raw.to_owned())
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(raw).expect("a string serialises"))
     });
     let body = serde_json::to_vec(&OutgoingCheckIn {
         license_key,
@@ -42,14 +61,14 @@ pub fn build_request(
         nonce: &nonce,
         software_version,
         telemetry: raw_value.as_deref(),
-        telemetry_disabled: batch.is_none(),
+        telemetry_disabled: telemetry.is_none(),
     })
     .expect("a check-in serialises");
     Request {
         body,
         nonce,
-        digest: raw.as_deref().map(|r| protocol::digest(r.as_bytes())),
-        batch_id: batch.map(|b| b.batch_id),
+        digest: raw_value.as_deref().map(|r| protocol::digest(r.get().as_bytes())),
+        batch_id: telemetry.map(|(_, id)| id),
     }
 }
 

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use super::collector::Counters;
 use super::requests::Requests;
-use crate::store::local::Flush;
-use rustc_hash::FxHashSet;
 use crate::privacy::{self, Redactions};
 use crate::protocol::{
     Dropped, Environment, ErrorGroup, RoutePerformance, Sessions, TelemetryBatch, UsageCount,
     TELEMETRY_SCHEMA,
 };
+use crate::store::local::Flush;
+use rustc_hash::FxHashSet;
 
 /// Bounds on what one collector holds between drains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,20 +36,15 @@ pub const MAX_USERS: usize = 10_000;
 /// message and a stack to scrub, which costs microseconds. Counters and request timings are
 /// aggregated where they are tracked, cost nanoseconds, and are never sampled (sampling them
 /// would lose accuracy and save nothing).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Sampling {
     /// Every event is kept.
+    #[default]
     Always,
     /// Each event is kept with this probability (0 to 1); the rest are counted as `sampled`.
     Probabilistic(f64),
     /// At most this many events a minute are kept; the rest are counted as `throttled`.
     Throttled { per_minute: u32 },
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling::Always
-    }
 }
 
 impl Default for Limits {
@@ -288,7 +283,11 @@ impl Telemetry {
             performance,
             errors,
             sessions,
-            dropped: Dropped { sampled, throttled, overflow: counter_overflow + route_overflow + error_overflow },
+            dropped: Dropped {
+                sampled,
+                throttled,
+                overflow: counter_overflow + route_overflow + error_overflow,
+            },
             redactions: redactions.by_name(),
             users,
             health: BTreeMap::new(),
@@ -299,7 +298,8 @@ impl Telemetry {
     /// the flusher should drain now rather than at its next tick. Counter keys and routes are
     /// not freed by a drain (each is registered once and bounded for the collector's life).
     pub fn needs_flush(&self) -> bool {
-        let errors = self.errors.lock().map(|e| e.max > 0 && e.groups.len() * 4 >= e.max * 3).unwrap_or(false);
+        let errors =
+            self.errors.lock().map(|e| e.max > 0 && e.groups.len() * 4 >= e.max * 3).unwrap_or(false);
         let users = self.users.lock().map(|u| u.len() * 4 >= MAX_USERS * 3).unwrap_or(false);
         errors || users
     }

@@ -186,7 +186,9 @@ pub struct VerifierState {
 impl VerifierState {
     /// The salt's bytes.
     pub fn salt_bytes(&self) -> Vec<u8> {
-        (0..self.salt.len() / 2).filter_map(|i| u8::from_str_radix(&self.salt[2 * i..2 * i + 2], 16).ok()).collect()
+        (0..self.salt.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&self.salt[2 * i..2 * i + 2], 16).ok())
+            .collect()
     }
 }
 
@@ -404,8 +406,10 @@ impl LocalStore {
             .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
         // WAL lets the `licensor telemetry` commands read while the application writes; the
         // busy timeout makes two writers wait for each other instead of failing.
-        conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-            .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+        )
+        .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
         conn.run_pending_migrations(MIGRATIONS)
             .map_err(|e| LocalError::Migrate { path: path.clone(), message: e.to_string() })?;
         Ok(LocalStore { conn: Mutex::new(conn), path })
@@ -478,7 +482,10 @@ impl LocalStore {
                         telemetry_events::batch_id,
                     ))
                     .do_update()
-                    .set(telemetry_events::count.eq(telemetry_events::count + excluded(telemetry_events::count)))
+                    .set(
+                        telemetry_events::count
+                            .eq(telemetry_events::count + excluded(telemetry_events::count)),
+                    )
                     .execute(c)?;
             }
             for r in &flush.performance {
@@ -537,7 +544,9 @@ impl LocalStore {
     ) -> Result<Outgoing, LocalError> {
         let mut conn = self.conn();
         conn.immediate_transaction(|c| {
-            if let Some(mut out) = telemetry_outbox::table.select(Outgoing::as_select()).first(c).optional()? {
+            if let Some(mut out) =
+                telemetry_outbox::table.select(Outgoing::as_select()).first(c).optional()?
+            {
                 diesel::update(telemetry_outbox::table.find(&out.batch_id))
                     .set(telemetry_outbox::attempts.eq(telemetry_outbox::attempts + 1))
                     .execute(c)?;
@@ -549,13 +558,17 @@ impl LocalStore {
             let payload = serde_json::to_string(&batch)
                 .map_err(|e| LocalError::Corrupt { what: "batch", message: e.to_string() })?;
             let id = batch_id.to_string();
-            for table in ["telemetry_events", "telemetry_performance", "telemetry_errors", "telemetry_sessions"] {
+            for table in
+                ["telemetry_events", "telemetry_performance", "telemetry_errors", "telemetry_sessions"]
+            {
                 diesel::sql_query(format!("UPDATE {table} SET batch_id = $1 WHERE batch_id = ''"))
                     .bind::<diesel::sql_types::Text, _>(&id)
                     .execute(c)?;
             }
             diesel::delete(telemetry_tallies::table).execute(c)?;
-            diesel::update(verifier_state::table).set(verifier_state::period_start.eq(naive(now))).execute(c)?;
+            diesel::update(verifier_state::table)
+                .set(verifier_state::period_start.eq(naive(now)))
+                .execute(c)?;
             let out = Outgoing {
                 batch_id: id,
                 created_at: naive(now),
@@ -586,11 +599,14 @@ impl LocalStore {
         limits: &BatchLimits,
     ) -> Result<String, LocalError> {
         let mut conn = self.conn();
-        if let Some(out) = telemetry_outbox::table.select(Outgoing::as_select()).first(&mut *conn).optional()? {
+        if let Some(out) =
+            telemetry_outbox::table.select(Outgoing::as_select()).first(&mut *conn).optional()?
+        {
             return Ok(out.payload);
         }
         let batch = assemble(&mut conn, uuid::Uuid::new_v4(), environment, now, limits)?;
-        serde_json::to_string(&batch).map_err(|e| LocalError::Corrupt { what: "batch", message: e.to_string() })
+        serde_json::to_string(&batch)
+            .map_err(|e| LocalError::Corrupt { what: "batch", message: e.to_string() })
     }
 
     /// The outbox row, if a batch is waiting to be acknowledged.
@@ -644,6 +660,12 @@ impl LocalStore {
             }
             Ok(true)
         })
+    }
+
+    /// Lets the outbox batch go without sending it and without counting it as dropped: it was
+    /// shown to the operator instead (`LICENSOR_TELEMETRY_DEBUG`).
+    pub fn release_outbox(&self, batch_id: &str) -> Result<bool, LocalError> {
+        Ok(diesel::delete(telemetry_outbox::table.find(batch_id)).execute(&mut *self.conn())? > 0)
     }
 
     /// The ledger, newest first.
@@ -762,12 +784,19 @@ impl LocalStore {
     /// removed as dropped. Nothing unsent is lost by the roll-up itself: counts are summed and
     /// sketches merged.
     pub fn roll_up(&self, now: DateTime<Utc>) -> Result<RollUp, LocalError> {
+        self.roll_up_within(now, MAX_ROWS)
+    }
+
+    /// [`LocalStore::roll_up`] with another bound on rows per table.
+    pub fn roll_up_within(&self, now: DateTime<Utc>, max_rows: i64) -> Result<RollUp, LocalError> {
         let mut conn = self.conn();
         conn.immediate_transaction(|c| {
             let mut outcome = RollUp::default();
             let hourly_until = naive(now - HOURLY_FOR);
             let daily_until = naive(now - DAILY_FOR);
-            let coarse = |t: NaiveDateTime| if t < daily_until { month_of(t) } else { day_of(t) };
+            // Decided by the day bucket, not the row's own time, so that rolling up again
+            // moves nothing: a day bucket before the monthly line always becomes its month.
+            let coarse = |t: NaiveDateTime| if day_of(t) < daily_until { month_of(t) } else { day_of(t) };
 
             // Events.
             let old: Vec<EventRow> = telemetry_events::table
@@ -776,13 +805,16 @@ impl LocalStore {
                 .load(c)?;
             let mut merged: BTreeMap<(NaiveDateTime, String, String, String), i64> = BTreeMap::new();
             for r in &old {
-                *merged.entry((coarse(r.period_start), r.kind.clone(), r.name.clone(), r.batch_id.clone())).or_default() +=
-                    r.count;
+                *merged
+                    .entry((coarse(r.period_start), r.kind.clone(), r.name.clone(), r.batch_id.clone()))
+                    .or_default() += r.count;
             }
             if merged.len() < old.len() || old.iter().any(|r| coarse(r.period_start) != r.period_start) {
                 outcome.merged += (old.len() - merged.len()) as u64;
-                diesel::delete(telemetry_events::table.filter(telemetry_events::period_start.lt(hourly_until)))
-                    .execute(c)?;
+                diesel::delete(
+                    telemetry_events::table.filter(telemetry_events::period_start.lt(hourly_until)),
+                )
+                .execute(c)?;
                 let rows: Vec<EventRow> = merged
                     .into_iter()
                     .map(|((period_start, kind, name, batch_id), count)| EventRow {
@@ -846,8 +878,10 @@ impl LocalStore {
             }
             if merged.len() < old.len() || old.iter().any(|r| coarse(r.period_start) != r.period_start) {
                 outcome.merged += (old.len() - merged.len()) as u64;
-                diesel::delete(telemetry_sessions::table.filter(telemetry_sessions::period_start.lt(hourly_until)))
-                    .execute(c)?;
+                diesel::delete(
+                    telemetry_sessions::table.filter(telemetry_sessions::period_start.lt(hourly_until)),
+                )
+                .execute(c)?;
                 for ((period_start, batch_id), s) in merged {
                     record_sessions(c, period_start, &batch_id, &s)?;
                 }
@@ -879,14 +913,17 @@ impl LocalStore {
                     .filter(telemetry_errors::last_seen.lt(sent_until)),
             )
             .execute(c)? as u64;
-            diesel::delete(telemetry_users::table.filter(telemetry_users::last_seen.lt(naive(now - ACTIVE_USERS_WINDOW))))
-                .execute(c)?;
+            diesel::delete(
+                telemetry_users::table
+                    .filter(telemetry_users::last_seen.lt(naive(now - ACTIVE_USERS_WINDOW))),
+            )
+            .execute(c)?;
 
             // The hard bound: the oldest rows go, sent ones first; unsent events lost are
             // counted.
             let events: i64 = telemetry_events::table.count().get_result(c)?;
-            if events > MAX_ROWS {
-                let excess = events - MAX_ROWS;
+            if events > max_rows {
+                let excess = events - max_rows;
                 let victims: Vec<EventRow> = telemetry_events::table
                     .select(EventRow::as_select())
                     .order(((telemetry_events::batch_id.eq("")), telemetry_events::period_start))
@@ -916,7 +953,7 @@ impl LocalStore {
                     "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY batch_id = '', \
                      period_start LIMIT max(0, (SELECT count(*) FROM {table}) - $1))"
                 ))
-                .bind::<diesel::sql_types::BigInt, _>(MAX_ROWS)
+                .bind::<diesel::sql_types::BigInt, _>(max_rows)
                 .execute(c)?;
                 outcome.removed += removed as u64;
             }
@@ -978,7 +1015,11 @@ fn add_tally(c: &mut SqliteConnection, name: &str, value: i64) -> QueryResult<us
         .execute(c)
 }
 
-fn record_route(c: &mut SqliteConnection, bucket: NaiveDateTime, r: &RoutePerformance) -> Result<(), LocalError> {
+fn record_route(
+    c: &mut SqliteConnection,
+    bucket: NaiveDateTime,
+    r: &RoutePerformance,
+) -> Result<(), LocalError> {
     let key = (bucket, r.method.as_str(), r.route.as_str(), "");
     let existing: Option<PerformanceRow> =
         telemetry_performance::table.find(key).select(PerformanceRow::as_select()).first(c).optional()?;
@@ -1283,7 +1324,8 @@ fn assemble(
 }
 
 fn acknowledge(c: &mut SqliteConnection, batch_id: &str, now: DateTime<Utc>) -> Result<(), LocalError> {
-    let Some(out) = telemetry_outbox::table.find(batch_id).select(Outgoing::as_select()).first(c).optional()?
+    let Some(out) =
+        telemetry_outbox::table.find(batch_id).select(Outgoing::as_select()).first(c).optional()?
     else {
         return Ok(());
     };

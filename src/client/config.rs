@@ -1,0 +1,192 @@
+//! The verifier's configuration: built in code, read from the environment, or both (the
+//! environment read into a `Config` that code then adjusts). Reading checks every value and
+//! names the variable at fault; nothing here touches the network or the store.
+
+use chrono::{DateTime, Utc};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::policy::{parse_switch, Switches};
+use super::telemetry::{Limits, Sampling};
+use crate::keys::KeyRing;
+
+/// Where "now" comes from: the system clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The license key, given directly or as a file to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LicenseSource {
+    Key(String),
+    File(PathBuf),
+}
+
+/// The trusted key ring: built into the application, or a directory of public keys.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Ring(KeyRing),
+    Dir(PathBuf),
+}
+
+/// Everything the verifier needs.
+#[derive(Clone)]
+pub struct Config {
+    /// `LICENSOR_LICENSE_KEY` or `LICENSOR_LICENSE_FILE`.
+    pub license: Option<LicenseSource>,
+    /// `LICENSOR_SERVER_URL`: the license server's base URL.
+    pub server_url: Option<String>,
+    /// `LICENSOR_KEYS_DIR`, or keys built into the application.
+    pub keys: Option<KeySource>,
+    /// `LICENSOR_DATA_DIR`: where the local store lives.
+    pub data_dir: PathBuf,
+    /// `LICENSOR_INSTANCE_URL`: the deployment's public URL.
+    pub instance_url: Option<String>,
+    /// `TELEMETRY_DISABLED`, `DO_NOT_TRACK`, `LICENSOR_TELEMETRY_DEBUG`.
+    pub switches: Switches,
+    /// The application's version, sent with each check-in.
+    pub software_version: String,
+    /// The application's modules in use, sent in the batch's environment.
+    pub modules_enabled: Vec<String>,
+    pub limits: Limits,
+    /// Which raw error events are kept.
+    pub sampling: Sampling,
+    /// How often tracked figures go from memory to the local store.
+    pub flush_every: Duration,
+    /// How often the registered health checks run.
+    pub health_every: Duration,
+    /// How soon after start the first check-in happens (a random part up to as much again
+    /// is added, so a fleet restarted together does not call at once).
+    pub first_check_in_after: Duration,
+    /// The longest one check-in request may take.
+    pub request_timeout: Duration,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The license key is not secret, but it identifies the customer: shown by kind only.
+        f.debug_struct("Config")
+            .field(
+                "license",
+                &self.license.as_ref().map(|l| match l {
+                    LicenseSource::Key(_) => "key".to_string(),
+                    LicenseSource::File(p) => format!("file {}", p.display()),
+                }),
+            )
+            .field("server_url", &self.server_url)
+            .field("data_dir", &self.data_dir)
+            .field("instance_url", &self.instance_url)
+            .field("switches", &self.switches)
+            .field("software_version", &self.software_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable holds a value of the wrong shape; the message says which and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// A configuration in code: the license key and the trusted keys, everything else at its
+    /// default (no server, no instance URL: a development instance until they are set).
+    pub fn new(license_key: impl Into<String>, keys: KeyRing, software_version: impl Into<String>) -> Config {
+        Config {
+            license: Some(LicenseSource::Key(license_key.into())),
+            keys: Some(KeySource::Ring(keys)),
+            software_version: software_version.into(),
+            ..Config::defaults()
+        }
+    }
+
+    fn defaults() -> Config {
+        Config {
+            license: None,
+            server_url: None,
+            keys: None,
+            data_dir: default_data_dir(|k| std::env::var(k).ok()),
+            instance_url: None,
+            switches: Switches::default(),
+            software_version: String::new(),
+            modules_enabled: Vec::new(),
+            limits: Limits::default(),
+            sampling: Sampling::Always,
+            flush_every: Duration::from_secs(5 * 60),
+            health_every: Duration::from_secs(60),
+            first_check_in_after: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            clock: Arc::new(Utc::now),
+        }
+    }
+
+    /// Reads the process environment.
+    pub fn from_env(software_version: impl Into<String>) -> Result<Config, ConfigError> {
+        Config::from_vars(|k| std::env::var(k).ok(), software_version)
+    }
+
+    /// Reads the environment through `var` (tests pass a map).
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        software_version: impl Into<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = |k: &str| var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let license = match (text("LICENSOR_LICENSE_KEY"), text("LICENSOR_LICENSE_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "LICENSOR_LICENSE_KEY and LICENSOR_LICENSE_FILE are both set: set one".into(),
+                ))
+            }
+            (Some(key), None) => Some(LicenseSource::Key(key)),
+            (None, Some(file)) => Some(LicenseSource::File(file.into())),
+            (None, None) => None,
+        };
+        let server_url = text("LICENSOR_SERVER_URL");
+        if let Some(url) = &server_url {
+            check_server_url(url).map_err(ConfigError::Invalid)?;
+        }
+        let switch = |k: &str| parse_switch(k, var(k).as_deref()).map_err(ConfigError::Invalid);
+        let mut config = Config {
+            license,
+            server_url,
+            keys: text("LICENSOR_KEYS_DIR").map(|d| KeySource::Dir(d.into())),
+            data_dir: default_data_dir(&var),
+            instance_url: text("LICENSOR_INSTANCE_URL"),
+            switches: Switches {
+                telemetry_disabled: switch("TELEMETRY_DISABLED")?,
+                do_not_track: switch("DO_NOT_TRACK")?,
+                debug: switch("LICENSOR_TELEMETRY_DEBUG")?,
+            },
+            software_version: software_version.into(),
+            ..Config::defaults()
+        };
+        if let Some(dir) = text("LICENSOR_DATA_DIR") {
+            config.data_dir = dir.into();
+        }
+        Ok(config)
+    }
+}
+
+/// Checks a license server URL: http or https, with a host.
+pub fn check_server_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(())
+        }
+        Ok(_) => Err(format!("LICENSOR_SERVER_URL={url:?} must be an http:// or https:// URL with a host")),
+        Err(e) => Err(format!("LICENSOR_SERVER_URL={url:?} is not a URL: {e}")),
+    }
+}
+
+/// `$XDG_DATA_HOME/licensor`, else `$HOME/.local/share/licensor`, else `./licensor-data`.
+fn default_data_dir(var: impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(xdg) = var("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("licensor");
+    }
+    if let Some(home) = var("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/licensor");
+    }
+    PathBuf::from("licensor-data")
+}
