@@ -1,0 +1,364 @@
+//! The verifier as an application embeds it (`Licensing::start`), against a real server over
+//! HTTP (in-process, with the test's clock shared by server and client), and against
+//! listeners that count connections or never answer.
+
+mod common;
+
+use chrono::Duration as Days;
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Db, Harness};
+use licensor::client::licensing::CheckInOutcome;
+use licensor::client::{Config, InvalidReason, Licensing, Mode, Status};
+use licensor::license::{Expiry, Tier};
+use licensor::protocol::CheckInStatus;
+use licensor::store::local::LocalStore;
+use licensor::Verdict;
+
+fn config(h: &Harness, key: &str, data: &std::path::Path) -> Config {
+    let mut c = Config::new(key, h.ring.clone(), "3.1.0");
+    c.server_url = Some(h.base.clone());
+    c.instance_url = Some("https://app.example.com".into());
+    c.data_dir = data.into();
+    // Tests check in when they choose, unless they say otherwise.
+    c.first_check_in_after = Duration::from_secs(3600);
+    let clock = h.clock.clone();
+    c.clock = Arc::new(move || *clock.lock().unwrap());
+    c
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// A listener that counts the connections made to it and never answers any.
+struct Silent {
+    url: String,
+    connections: Arc<AtomicUsize>,
+}
+
+fn silent_listener() -> Silent {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // Read what comes and never answer.
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Silent { url, connections }
+}
+
+#[derive(Debug)]
+struct Oops(String);
+impl std::fmt::Display for Oops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Oops {}
+
+fn telemetry_sent_once_and_acknowledged(h: Harness) {
+    let data = h.dir.path().join("client");
+    let key = h.license(Tier::Community, 5);
+    let l = Licensing::start(config(&h, &key, &data)).unwrap();
+    assert_eq!(l.mode(), &Mode::Telemetry { debug: false });
+    assert!(matches!(l.status(), Status::Grace { .. }), "before the first check-in: {:?}", l.status());
+    for _ in 0..3 {
+        l.track_feature("export");
+    }
+    l.track_request("GET", "/items/{id}", 200, Duration::from_millis(12));
+    l.track_request("GET", "/items/{id}", 503, Duration::from_millis(40));
+    l.track_error(&Oops("mail to jane.doe@example.com failed".into()), "mail");
+    l.start_session(Some("jane.doe@example.com")).end(h.now() + Days::minutes(5));
+
+    let outcome = block_on(l.check_in_now());
+    let CheckInOutcome::Answered { status, batch_acknowledged, .. } = outcome else { panic!("{outcome:?}") };
+    assert_eq!((status, batch_acknowledged), (CheckInStatus::Valid, true));
+    assert_eq!(l.status(), Status::Valid);
+    let instance = l.instance_id().unwrap();
+    let counts = h.store.telemetry_counts(&instance).unwrap();
+    assert_eq!(counts["telemetry_batches"], 1);
+    let summary = h.store.telemetry_summary(&instance, h.now() - Days::hours(24), h.now()).unwrap();
+    assert_eq!(summary.usage.len(), 1);
+    assert_eq!((summary.usage[0].name.as_str(), summary.usage[0].count), ("export", 3));
+    assert_eq!((summary.performance[0].count, summary.performance[0].errors), (2, 1));
+    assert_eq!(summary.errors[0].message, "mail to [EMAIL] failed");
+    assert_eq!(summary.sessions.count, 1);
+
+    // The next check-in sends a new batch with only what was tracked since.
+    l.track_feature("export");
+    h.advance(Days::hours(1));
+    assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::Answered { batch_acknowledged: true, .. }));
+    let summary = h.store.telemetry_summary(&instance, h.now() - Days::hours(24), h.now()).unwrap();
+    assert_eq!(summary.batches, 2);
+    assert_eq!(summary.usage[0].count, 4, "each event counted once");
+    l.shutdown();
+
+    let store = LocalStore::open(&data).unwrap();
+    assert_eq!(store.outbox().unwrap(), None);
+    let ledger = store.ledger().unwrap();
+    assert_eq!(ledger.len(), 2);
+    // The ledger holds what the server stored, byte for byte: the digests agree.
+    assert!(ledger[1].payload.contains("\"export\""));
+    assert_eq!(ledger[1].digest, licensor::protocol::digest(ledger[1].payload.as_bytes()));
+}
+
+fn restart_offline_on_the_cached_lease_then_grace_then_invalid_then_clock_set_back(mut h: Harness) {
+    let data = h.dir.path().join("client");
+    let key = h.license(Tier::Community, 5);
+    let first = Licensing::start(config(&h, &key, &data)).unwrap();
+    assert!(matches!(block_on(first.check_in_now()), CheckInOutcome::Answered { .. }));
+    let instance = first.instance_id();
+    first.shutdown();
+    h.stop_server();
+
+    // A restart needs no network: the lease comes from the store and verifies offline.
+    let l = Licensing::start(config(&h, &key, &data)).unwrap();
+    assert_eq!(l.instance_id(), instance);
+    assert_eq!(l.status(), Status::Valid);
+    let CheckInOutcome::NoAnswer { .. } = block_on(l.check_in_now()) else { panic!("the server is down") };
+    assert_eq!(l.status(), Status::Valid, "a failed check-in changes nothing while the lease is current");
+
+    // Community: check in every 24 hours, 7 days of grace.
+    h.advance(Days::hours(25));
+    let Status::Grace { until } = l.status() else { panic!("{:?}", l.status()) };
+    assert_eq!(until, common::t0() + Days::hours(24) + Days::days(7));
+    h.advance(Days::days(7));
+    assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::LeaseExpired { at: until } });
+
+    // The clock set back before the last server time seen: reported, not silently valid.
+    *h.clock.lock().unwrap() = common::t0() - Days::hours(2);
+    let Status::Invalid { reason: InvalidReason::ClockSetBack { server, .. } } = l.status() else {
+        panic!("{:?}", l.status())
+    };
+    assert_eq!(server, common::t0());
+    l.shutdown();
+}
+
+fn community_with_telemetry_disabled_still_sends(h: Harness) {
+    let key = h.license(Tier::Community, 5);
+    let vars = [("TELEMETRY_DISABLED", "true"), ("DO_NOT_TRACK", "1")];
+    let mut c =
+        Config::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()), "1.0").unwrap();
+    let base = config(&h, &key, &h.dir.path().join("client"));
+    c.license = base.license.clone();
+    c.keys = base.keys.clone();
+    c.server_url = base.server_url.clone();
+    c.instance_url = base.instance_url.clone();
+    c.data_dir = base.data_dir.clone();
+    c.clock = base.clock.clone();
+    c.first_check_in_after = base.first_check_in_after;
+    let l = Licensing::start(c).unwrap();
+    assert_eq!(l.mode(), &Mode::Telemetry { debug: false });
+    assert!(
+        l.notices().iter().any(|n| n.contains("is not honoured on the community tier")),
+        "{:?}",
+        l.notices()
+    );
+    l.track_feature("export");
+    let outcome = block_on(l.check_in_now());
+    assert!(
+        matches!(
+            outcome,
+            CheckInOutcome::Answered { status: CheckInStatus::Valid, batch_acknowledged: true, .. }
+        ),
+        "{outcome:?}"
+    );
+    l.shutdown();
+}
+
+fn a_revoked_license_turns_invalid_at_the_next_check_in(h: Harness) {
+    let key = h.license(Tier::Pro, 5);
+    let l = Licensing::start(config(&h, &key, &h.dir.path().join("client"))).unwrap();
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    assert!(l.has_feature("reports"));
+    let id = l.license().unwrap().license_id;
+    let (code, _) = h.admin(
+        reqwest::Method::POST,
+        &format!("/v1/admin/licenses/{id}/revoke"),
+        Some(&serde_json::json!({"reason": "unpaid"})),
+    );
+    assert_eq!(code, 200);
+    let outcome = block_on(l.check_in_now());
+    assert!(
+        matches!(outcome, CheckInOutcome::Answered { status: CheckInStatus::Revoked, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::Refused(CheckInStatus::Revoked) });
+    assert!(!l.has_feature("reports"));
+    l.shutdown();
+}
+
+on_both_backends!(
+    telemetry_sent_once_and_acknowledged,
+    restart_offline_on_the_cached_lease_then_grace_then_invalid_then_clock_set_back,
+    community_with_telemetry_disabled_still_sends,
+    a_revoked_license_turns_invalid_at_the_next_check_in,
+);
+
+#[test]
+fn the_first_check_in_happens_by_itself_shortly_after_start() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let key = h.license(Tier::Community, 5);
+    let mut c = config(&h, &key, &h.dir.path().join("client"));
+    c.first_check_in_after = Duration::from_millis(200);
+    let l = Licensing::start(c).unwrap();
+    l.track_feature("scheduled");
+    let instance = l.instance_id().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.store.telemetry_counts(&instance).unwrap()["telemetry_batches"] == 0 {
+        assert!(Instant::now() < deadline, "no check-in within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(l.status(), Status::Valid);
+    l.shutdown();
+}
+
+#[test]
+fn development_instances_collect_and_send_nothing() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let silent = silent_listener();
+    let key = h.license(Tier::Community, 5);
+    for url in [
+        None,
+        Some("http://localhost:3000"),
+        Some("http://10.1.2.3"),
+        Some("http://[::1]:8080"),
+        Some("https://nas.local"),
+    ] {
+        let data = h.dir.path().join("dev");
+        let mut c = config(&h, &key, &data);
+        c.instance_url = url.map(String::from);
+        c.server_url = Some(silent.url.clone());
+        c.first_check_in_after = Duration::from_millis(1);
+        let l = Licensing::start(c).unwrap();
+        assert!(matches!(l.mode(), Mode::Development { .. }), "{url:?}");
+        assert_eq!(l.status(), Status::Development);
+        assert!(l.has_feature("reports"));
+        l.track_feature("export");
+        assert!(!l.telemetry().enabled());
+        assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::NotApplicable(_)));
+        l.shutdown();
+        assert!(!data.exists(), "{url:?}: nothing is stored");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(silent.connections.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn enterprise_air_gap_makes_no_connection_and_enforces_expiry_offline() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let silent = silent_listener();
+    let key = h.license_with(Tier::Enterprise, 5, |r| r.expiry = Expiry::At(common::t0() + Days::days(30)));
+    let mut c = config(&h, &key, &h.dir.path().join("client"));
+    c.server_url = Some(silent.url.clone());
+    c.switches.telemetry_disabled = true;
+    c.first_check_in_after = Duration::from_millis(1);
+    let l = Licensing::start(c).unwrap();
+    assert_eq!(l.mode(), &Mode::AirGapped);
+    assert_eq!(l.status(), Status::Valid);
+    l.track_feature("export");
+    l.track_request("GET", "/", 200, Duration::from_millis(1));
+    assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::NotApplicable(_)));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(silent.connections.load(Ordering::SeqCst), 0, "air-gapped means no connection at all");
+    h.advance(Days::days(31));
+    assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::License(Verdict::Expired) });
+    l.shutdown();
+    assert!(!h.dir.path().join("client").exists());
+}
+
+#[test]
+fn a_server_that_never_answers_slows_neither_tracking_nor_shutdown() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let silent = silent_listener();
+    let key = h.license(Tier::Community, 5);
+    let data = h.dir.path().join("client");
+    let mut c = config(&h, &key, &data);
+    c.server_url = Some(silent.url.clone());
+    c.first_check_in_after = Duration::from_millis(1);
+    let l = Licensing::start(c).unwrap();
+    // The background check-in is now waiting on the silent server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while silent.connections.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the check-in never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..100_000 {
+        l.track_feature("while-waiting");
+    }
+    assert_eq!(l.status(), Status::Grace { until: common::t0() + Days::days(7) });
+    let started = Instant::now();
+    l.shutdown();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    // What was tracked reached the store, and the unsent batch waits in the outbox.
+    let store = LocalStore::open(&data).unwrap();
+    let export = store.export().unwrap();
+    let outbox = export.outbox.expect("the batch in flight stays in the outbox");
+    let unsent: i64 = export.events.iter().filter(|e| e.batch_id.is_empty()).map(|e| e.count).sum();
+    assert_eq!(unsent, 100_000);
+    assert_eq!(outbox.attempts, 1);
+}
+
+#[test]
+fn debug_mode_prints_instead_of_sending() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let silent = silent_listener();
+    let key = h.license(Tier::Pro, 5);
+    let mut c = config(&h, &key, &h.dir.path().join("client"));
+    c.server_url = Some(silent.url.clone());
+    c.switches.debug = true;
+    let l = Licensing::start(c).unwrap();
+    assert_eq!(l.mode(), &Mode::Telemetry { debug: true });
+    l.track_feature("export");
+    assert_eq!(block_on(l.check_in_now()), CheckInOutcome::Printed);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(silent.connections.load(Ordering::SeqCst), 0);
+    l.shutdown();
+}
+
+#[test]
+fn start_up_errors_are_specific() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let key = h.license(Tier::Community, 5);
+    let mut c = config(&h, &key, &h.dir.path().join("client"));
+    c.server_url = None;
+    let e = Licensing::start(c).unwrap_err();
+    assert_eq!(e.to_string(), "the community tier checks in with a license server: set LICENSOR_SERVER_URL");
+
+    let mut c = config(&h, &key, &h.dir.path().join("client"));
+    c.license = None;
+    assert_eq!(
+        Licensing::start(c).unwrap_err().to_string(),
+        "no license: set LICENSOR_LICENSE_KEY or LICENSOR_LICENSE_FILE"
+    );
+
+    let e = Config::from_vars(|k| (k == "TELEMETRY_DISABLED").then(|| "maybe".to_string()), "1").unwrap_err();
+    assert!(e.to_string().contains("TELEMETRY_DISABLED=\"maybe\" is not a boolean"), "{e}");
+    let e =
+        Config::from_vars(|k| (k == "LICENSOR_SERVER_URL").then(|| "ftp://x".to_string()), "1").unwrap_err();
+    assert!(e.to_string().contains("must be an http:// or https:// URL"), "{e}");
+
+    // A forged key is not a start-up error: the application starts and is told.
+    let forged = format!("{}x", &key[..key.len() - 1]);
+    let l = Licensing::start(config(&h, &forged, &h.dir.path().join("forged"))).unwrap();
+    assert!(matches!(l.status(), Status::Invalid { reason: InvalidReason::License(_) }), "{:?}", l.status());
+    assert!(!l.has_feature("reports"));
+    assert!(l.license().is_none());
+}
