@@ -1,1 +1,283 @@
-//! placeholder
+//! actix-web integration (feature `actix`) for applications that serve HTTP with actix-web:
+//! [`Track`], a middleware that tracks every request by its matched route pattern (never the
+//! raw path), status and duration, with 5xx answers counted as errors; and [`scope`], the
+//! telemetry routes an application mounts behind its own authentication.
+//!
+//! Requests whose `Host` is local (localhost, loopback or private addresses, `*.local`) are not
+//! tracked: they are the developers' own.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::policy;
+use super::Licensing;
+
+/// The middleware: `App::new().wrap(Track::new(licensing.clone()))`.
+#[derive(Clone)]
+pub struct Track {
+    licensing: Licensing,
+}
+
+impl Track {
+    pub fn new(licensing: Licensing) -> Track {
+        Track { licensing }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Track
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Transform = TrackService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        let enabled = self.licensing.telemetry().enabled();
+        ready(Ok(TrackService { service: Rc::new(service), licensing: self.licensing.clone(), enabled }))
+    }
+}
+
+/// The middleware's service; see [`Track`].
+pub struct TrackService<S> {
+    service: Rc<S>,
+    licensing: Licensing,
+    enabled: bool,
+}
+
+type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> Service<ServiceRequest> for TrackService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        if !self.enabled || local_host(&req) {
+            let fut = self.service.call(req);
+            return Box::pin(fut);
+        }
+        let started = Instant::now();
+        let service = self.service.clone();
+        let licensing = self.licensing.clone();
+        Box::pin(async move {
+            let method = req.method().clone();
+            let result = service.call(req).await;
+            let elapsed = started.elapsed();
+            let (status, pattern) = match &result {
+                Ok(res) => (res.status(), res.request().match_pattern()),
+                Err(e) => (e.as_response_error().status_code(), None),
+            };
+            // An unmatched path is never recorded as itself (it may hold anything).
+            let route = pattern.as_deref().unwrap_or("(unmatched)");
+            licensing.track_request(method.as_str(), route, status.as_u16(), elapsed);
+            if status.is_server_error() {
+                let message = format!("{} {route} answered {}", method.as_str(), status.as_u16());
+                licensing.telemetry().track_error_parts::<&str>("http", &message, &[], chrono::Utc::now());
+            }
+            result
+        })
+    }
+}
+
+/// Whether the request's host (from `Host`, or the URI's authority under HTTP/2) is local.
+fn local_host(req: &ServiceRequest) -> bool {
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else { return false };
+    policy::development_host(strip_port(host)).is_some()
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`; a bare IPv6 address stays.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The telemetry routes, to mount behind the application's own authentication:
+/// `GET /telemetry/summary?hours=24`, `POST /telemetry/flush` and `POST /telemetry/ui-actions`
+/// (a browser front end reports UI actions through its back end).
+pub fn scope(licensing: Licensing) -> actix_web::Scope {
+    web::scope("/telemetry")
+        .app_data(web::Data::new(licensing))
+        .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|err, _| {
+            let message = err.to_string();
+            actix_web::error::InternalError::from_response(
+                err,
+                error(StatusCode::BAD_REQUEST, "malformed_request", &message),
+            )
+            .into()
+        }))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| {
+            let message = err.to_string();
+            actix_web::error::InternalError::from_response(
+                err,
+                error(StatusCode::BAD_REQUEST, "malformed_request", &message),
+            )
+            .into()
+        }))
+        .route("/summary", web::get().to(summary))
+        .route("/flush", web::post().to(flush))
+        .route("/ui-actions", web::post().to(ui_actions))
+}
+
+/// The longest window a summary covers: the local store keeps hourly rows for two days and
+/// daily ones for sixty.
+const MAX_SUMMARY_HOURS: u32 = 90 * 24;
+/// The most UI actions one report may carry, and the most one action may count.
+const MAX_UI_ACTIONS: usize = 100;
+const MAX_UI_COUNT: u64 = 10_000;
+
+fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": { "code": code, "message": message } }))
+}
+
+fn disabled(licensing: &Licensing) -> HttpResponse {
+    let reason = match licensing.mode() {
+        super::Mode::Development { reason } => format!("development instance: {reason}"),
+        super::Mode::AirGapped => "air-gapped: telemetry is disabled".into(),
+        super::Mode::Telemetry { .. } => "the license key is refused".into(),
+    };
+    HttpResponse::Ok().json(json!({ "enabled": false, "reason": reason }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    hours: Option<u32>,
+}
+
+async fn summary(licensing: web::Data<Licensing>, query: web::Query<SummaryQuery>) -> HttpResponse {
+    let hours = query.hours.unwrap_or(24);
+    if hours == 0 || hours > MAX_SUMMARY_HOURS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_hours",
+            &format!("hours must be between 1 and {MAX_SUMMARY_HOURS}"),
+        );
+    }
+    let l = licensing.get_ref().clone();
+    match web::block(move || l.summary(hours)).await {
+        Ok(Ok(Some(summary))) => {
+            HttpResponse::Ok().json(json!({ "enabled": true, "hours": hours, "summary": summary }))
+        }
+        Ok(Ok(None)) => disabled(&licensing),
+        Ok(Err(e)) => {
+            tracing::error!(target: "licensor", "telemetry summary failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
+    }
+}
+
+async fn flush(licensing: web::Data<Licensing>) -> HttpResponse {
+    if !licensing.telemetry().enabled() {
+        return disabled(&licensing);
+    }
+    let l = licensing.get_ref().clone();
+    match web::block(move || l.flush()).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "flushed": true })),
+        Ok(Err(e)) => {
+            tracing::error!(target: "licensor", "telemetry flush failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UiActions {
+    actions: Vec<UiAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UiAction {
+    name: String,
+    #[serde(default = "one")]
+    count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+async fn ui_actions(licensing: web::Data<Licensing>, body: web::Json<UiActions>) -> HttpResponse {
+    let actions = body.into_inner().actions;
+    if actions.len() > MAX_UI_ACTIONS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "too_many_actions",
+            &format!("at most {MAX_UI_ACTIONS} actions per report, got {}", actions.len()),
+        );
+    }
+    for (i, a) in actions.iter().enumerate() {
+        let name = a.name.trim();
+        if name.is_empty() || name.chars().count() > crate::protocol::MAX_NAME_LEN {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                &format!("actions[{i}].name must be 1 to {} characters", crate::protocol::MAX_NAME_LEN),
+            );
+        }
+        if a.count == 0 || a.count > MAX_UI_COUNT {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                &format!("actions[{i}].count must be between 1 and {MAX_UI_COUNT}"),
+            );
+        }
+    }
+    let counted: u64 = actions.iter().map(|a| a.count).sum();
+    for a in &actions {
+        // Names are scrubbed of PII when the collector is drained, like every other name.
+        licensing.telemetry().counters.add(crate::protocol::UsageKind::UiAction, a.name.trim(), a.count);
+    }
+    let recorded = licensing.telemetry().enabled();
+    HttpResponse::Accepted()
+        .json(json!({ "accepted": actions.len(), "events": counted, "recorded": recorded }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped_from_every_host_form() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[fe80::1]"), "[fe80::1]");
+        assert_eq!(strip_port("10.0.0.1:80"), "10.0.0.1");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+}

@@ -1,0 +1,168 @@
+//! The actix-web middleware and telemetry scope, in an actix application.
+
+use actix_web::http::StatusCode;
+use actix_web::{test, web, App, HttpResponse};
+use chrono::{Duration, Utc};
+use serde_json::{json, Value};
+
+use licensor::client::actix::{scope, Track};
+use licensor::client::{Config, Licensing};
+use licensor::keys::{KeyRing, Signer};
+use licensor::license::{self, Expiry, LicenseRequest, Tier};
+
+fn licensing(dir: &std::path::Path, instance_url: Option<&str>) -> Licensing {
+    let signer = Signer::generate("vendor").unwrap();
+    let mut ring = KeyRing::new();
+    ring.insert_pem("vendor", &signer.public_pem()).unwrap();
+    let now = Utc::now();
+    let key = license::issue(
+        &signer,
+        LicenseRequest {
+            licensee: "Acme".into(),
+            tier: Tier::Pro,
+            expiry: Expiry::At(now + Duration::days(30)),
+            not_before: None,
+            seats: 3,
+            features: vec![],
+            check_in_interval: None,
+        },
+        now,
+    )
+    .unwrap()
+    .key;
+    let mut c = Config::new(key, ring, "1.0.0");
+    // Never contacted: the first check-in is an hour away.
+    c.server_url = Some("http://127.0.0.1:9".into());
+    c.instance_url = instance_url.map(String::from);
+    c.data_dir = dir.join("client");
+    c.first_check_in_after = std::time::Duration::from_secs(3600);
+    Licensing::start(c).unwrap()
+}
+
+macro_rules! app {
+    ($l:expr) => {
+        test::init_service(
+            App::new()
+                .wrap(Track::new($l.clone()))
+                .service(scope($l.clone()))
+                .route("/items/{id}", web::get().to(|| async { HttpResponse::Ok().body("item") }))
+                .route("/boom", web::get().to(|| async { HttpResponse::ServiceUnavailable().finish() })),
+        )
+        .await
+    };
+}
+
+macro_rules! get {
+    ($app:expr, $path:expr, $host:expr) => {{
+        let req = test::TestRequest::get().uri(&$path).insert_header(("host", $host)).to_request();
+        let res = test::call_service($app, req).await;
+        let status = res.status();
+        let body = test::read_body(res).await;
+        (status, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+    }};
+}
+
+#[actix_web::test]
+async fn requests_are_tracked_by_route_pattern_and_local_hosts_are_skipped() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing(dir.path(), Some("https://app.example.com"));
+    let app = app!(l);
+    for id in ["42", "43", "jane.doe@example.com"] {
+        assert_eq!(get!(&app, &format!("/items/{id}"), "app.example.com").0, StatusCode::OK);
+    }
+    assert_eq!(get!(&app, "/boom", "app.example.com:443").0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get!(&app, "/nope/4111111111111111", "app.example.com").0, StatusCode::NOT_FOUND);
+    // The developers' own requests are not counted.
+    for host in ["localhost:8080", "127.0.0.1", "[::1]:8080", "192.168.1.4", "dev.local"] {
+        assert_eq!(get!(&app, "/items/1", host).0, StatusCode::OK, "{host}");
+    }
+
+    let (status, body) = get!(&app, "/telemetry/summary?hours=24", "app.example.com");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["enabled"], true);
+    let routes = body["summary"]["performance"].as_array().unwrap();
+    let find = |route: &str| {
+        routes.iter().find(|r| r["route"] == route).unwrap_or_else(|| panic!("{route}: {body}"))
+    };
+    assert_eq!(find("/items/{id}")["count"], 3, "one route, never the raw paths: {body}");
+    assert_eq!((find("/boom")["count"].as_u64(), find("/boom")["errors"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(find("(unmatched)")["count"], 1);
+    // The summary's own request was tracked after the flush it caused, so it is not listed.
+    assert_eq!(routes.len(), 3, "{body}");
+    let text = body.to_string();
+    assert!(!text.contains("jane.doe") && !text.contains("4111111111111111"), "{text}");
+    let errors = body["summary"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["message"], "GET /boom answered 503");
+    l.shutdown();
+}
+
+#[actix_web::test]
+async fn ui_actions_are_counted_scrubbed_and_checked() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing(dir.path(), Some("https://app.example.com"));
+    let app = app!(l);
+    let post = |body: Value| {
+        test::TestRequest::post()
+            .uri("/telemetry/ui-actions")
+            .insert_header(("host", "app.example.com"))
+            .set_json(body)
+            .to_request()
+    };
+    let res = test::call_service(&app, post(json!({"actions": [{"name": "open_report"}, {"name": "export_csv", "count": 4}, {"name": "shared with jane.doe@example.com"}]}))).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body, json!({"accepted": 3, "events": 6, "recorded": true}));
+
+    for (bad, code) in [
+        (json!({"actions": [{"name": ""}]}), "invalid_action"),
+        (json!({"actions": [{"name": "x", "count": 0}]}), "invalid_action"),
+        (
+            json!({"actions": (0..101).map(|i| json!({"name": format!("a{i}")})).collect::<Vec<_>>()}),
+            "too_many_actions",
+        ),
+        (json!({"actions": [{"name": "x", "extra": 1}]}), "malformed_request"),
+        (json!({"nothing": []}), "malformed_request"),
+    ] {
+        let res = test::call_service(&app, post(bad.clone())).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = test::read_body_json(res).await;
+        assert_eq!(body["error"]["code"], code, "{bad}: {body}");
+    }
+
+    let flush = test::TestRequest::post()
+        .uri("/telemetry/flush")
+        .insert_header(("host", "app.example.com"))
+        .to_request();
+    assert_eq!(test::call_service(&app, flush).await.status(), StatusCode::OK);
+    let (_, body) = get!(&app, "/telemetry/summary", "app.example.com");
+    let usage = body["summary"]["usage"].as_array().unwrap();
+    let count = |name: &str| usage.iter().find(|u| u["name"] == name).map(|u| u["count"].as_u64().unwrap());
+    assert_eq!(count("export_csv"), Some(4));
+    assert_eq!(count("open_report"), Some(1));
+    assert_eq!(count("shared with [EMAIL]"), Some(1), "{body}");
+    assert!(usage.iter().all(|u| u["kind"] == "ui_action"));
+
+    let (status, body) = get!(&app, "/telemetry/summary?hours=0", "app.example.com");
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_hours")));
+    let (status, body) = get!(&app, "/telemetry/summary?hours=abc", "app.example.com");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed_request"))
+    );
+    l.shutdown();
+}
+
+#[actix_web::test]
+async fn a_development_instance_tracks_nothing_and_says_why() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing(dir.path(), Some("http://localhost:8080"));
+    let app = app!(l);
+    assert_eq!(get!(&app, "/items/1", "app.example.com").0, StatusCode::OK);
+    let (status, body) = get!(&app, "/telemetry/summary", "app.example.com");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["enabled"], false);
+    assert!(body["reason"].as_str().unwrap().starts_with("development instance"), "{body}");
+    assert!(!dir.path().join("client").exists());
+    l.shutdown();
+}
