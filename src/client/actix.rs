@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::policy;
+use super::telemetry::Telemetry;
 use super::Licensing;
 
 /// The middleware: `App::new().wrap(Track::new(licensing.clone()))`.
@@ -45,19 +46,19 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        let enabled = self.licensing.telemetry().enabled();
-        ready(Ok(TrackService { service: Rc::new(service), licensing: self.licensing.clone(), enabled }))
+        let telemetry = self.licensing.telemetry();
+        let enabled = telemetry.enabled();
+        ready(Ok(TrackService { service, telemetry: Rc::new(telemetry.clone()), enabled }))
     }
 }
 
-/// The middleware's service; see [`Track`].
+/// The middleware's service; see [`Track`]. One per worker thread, so its handle on the
+/// collector is shared through an `Rc`, never an atomic count.
 pub struct TrackService<S> {
-    service: Rc<S>,
-    licensing: Licensing,
+    service: S,
+    telemetry: Rc<Telemetry>,
     enabled: bool,
 }
-
-type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 impl<S, B> Service<ServiceRequest> for TrackService<S>
 where
@@ -66,37 +67,65 @@ where
 {
     type Response = ServiceResponse<B>;
     type Error = actix_web::Error;
-    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = TrackFuture<S::Future>;
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.service.poll_ready(cx)
     }
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        if !self.enabled || local_host(&req) {
-            let fut = self.service.call(req);
-            return Box::pin(fut);
-        }
-        let started = Instant::now();
-        let service = self.service.clone();
-        let licensing = self.licensing.clone();
-        Box::pin(async move {
-            let method = req.method().clone();
-            let result = service.call(req).await;
-            let elapsed = started.elapsed();
+        let tracked = (self.enabled && !local_host(&req)).then(|| Tracked {
+            started: Instant::now(),
+            method: req.method().clone(),
+            telemetry: self.telemetry.clone(),
+        });
+        TrackFuture { fut: self.service.call(req), tracked }
+    }
+}
+
+/// What a tracked request carries until its response is ready.
+struct Tracked {
+    started: Instant,
+    method: actix_web::http::Method,
+    telemetry: Rc<Telemetry>,
+}
+
+pin_project_lite::pin_project! {
+    /// The middleware's future: the inner service's, timed. No allocation per request.
+    pub struct TrackFuture<F> {
+        #[pin]
+        fut: F,
+        tracked: Option<Tracked>,
+    }
+}
+
+impl<F, B> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.fut.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(t) = this.tracked.take() {
+            let elapsed = t.started.elapsed();
             let (status, pattern) = match &result {
                 Ok(res) => (res.status(), res.request().match_pattern()),
                 Err(e) => (e.as_response_error().status_code(), None),
             };
             // An unmatched path is never recorded as itself (it may hold anything).
             let route = pattern.as_deref().unwrap_or("(unmatched)");
-            licensing.track_request(method.as_str(), route, status.as_u16(), elapsed);
+            t.telemetry.requests.track_request(t.method.as_str(), route, status.as_u16(), elapsed);
             if status.is_server_error() {
-                let message = format!("{} {route} answered {}", method.as_str(), status.as_u16());
-                licensing.telemetry().track_error_parts::<&str>("http", &message, &[], chrono::Utc::now());
+                let message = format!("{} {route} answered {}", t.method.as_str(), status.as_u16());
+                t.telemetry.track_error_parts::<&str>("http", &message, &[], chrono::Utc::now());
             }
-            result
-        })
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -108,7 +137,23 @@ fn local_host(req: &ServiceRequest) -> bool {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let Some(host) = host else { return false };
-    policy::development_host(strip_port(host)).is_some()
+    // Nearly every request of a deployment names the same host: the last answer is kept per
+    // worker thread, so the check costs a comparison.
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, bool)> = const { std::cell::RefCell::new((String::new(), false)) };
+    }
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return policy::development_host(strip_port(host)).is_some();
+        };
+        if last.0 != host {
+            let local = policy::development_host(strip_port(host)).is_some();
+            last.0.clear();
+            last.0.push_str(host);
+            last.1 = local;
+        }
+        last.1
+    })
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`; a bare IPv6 address stays.
