@@ -134,8 +134,11 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
 static IPV4: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"));
 static IPV6: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)(?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{0,4}|\d{1,3}(?:\.\d{1,3}){3})"));
+// `/home/` and `/Users/` as the systems spell them: a case-insensitive `/users/` would take a
+// URL path's `/users/C` (from `/users/C:\Users\name`) for a home directory and hide the
+// Windows path behind it. Drive letters and Windows' `Users` are case-insensitive.
 static HOME: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?i)(/home/|/Users/|[A-Z]:\\Users\\|[A-Z]:/Users/)([^/\\\s:]+)"));
+    LazyLock::new(|| re(r"(/home/|/Users/|(?i:[A-Z]:\\Users\\|[A-Z]:/Users/))([^/\\\s:]+)"));
 
 /// Scrubs one string, adding what it replaced to `counts`.
 pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {

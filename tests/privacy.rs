@@ -190,3 +190,12 @@ fn secret_properties_are_redacted_by_whole_word() {
     assert_eq!(counts.get(licensor::privacy::Rule::Secret), 3);
     assert_eq!(counts.get(licensor::privacy::Rule::Email), 1);
 }
+
+#[test]
+fn a_windows_home_path_inside_a_url_path_is_still_found() {
+    let (scrubbed, counts) = privacy::scrub("GET /users/C:\\Users\\JohnDoe\\AppData\\app.exe");
+    assert_eq!(scrubbed, "GET /users/C:\\Users\\[USER]\\AppData\\app.exe");
+    assert_eq!(counts.get(licensor::privacy::Rule::HomePath), 1);
+    // A URL's own /users/ segment is not a home directory.
+    assert_eq!(licensor::privacy::scrub("GET /users/{id}/orders").0, "GET /users/{id}/orders");
+}

@@ -10,6 +10,7 @@ mod bench;
 mod bulk;
 mod demo;
 mod serve;
+mod telemetry;
 mod vendor;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -48,9 +49,67 @@ pub enum Command {
     Serve(ServeArgs),
     /// Talk to a server's admin API: licenses, instances, telemetry.
     Admin(AdminArgs),
+    /// What this deployment's verifier collects and sends: see it, export it, clear it.
+    /// Reads the same environment as the library (LICENSOR_DATA_DIR, LICENSOR_LICENSE_KEY...).
+    #[command(subcommand)]
+    Telemetry(TelemetryCommand),
+    /// Check in with the license server now and print the outcome: exit 0 only when the
+    /// server answered `valid`, 1 for any other answer, 2 when no answer came.
+    CheckIn(ClientArgs),
     /// Load and speed measurements that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// What every command on a deployment's data takes besides the environment.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The application's version, as its check-ins report it.
+    #[arg(long, env = "LICENSOR_SOFTWARE_VERSION", default_value = concat!("licensor-cli/", env!("CARGO_PKG_VERSION")))]
+    pub software_version: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// Whether telemetry is on and why, the tier, the last and next check-in, the last result.
+    Status(ClientArgs),
+    /// The exact JSON of the next batch (the outbox's bytes when one is waiting).
+    Preview {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Indent the JSON (then it is no longer byte for byte what is sent).
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// The ledger: every batch the server acknowledged, newest first.
+    Sent {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the batches themselves, as a JSON array, byte for byte.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Everything stored locally about telemetry.
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+    },
+    /// Delete the telemetry stored locally and not yet sent (and the waiting batch).
+    Clear {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Delete the ledger of sent batches too.
+        #[arg(long)]
+        ledger: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +326,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Bench(BenchCommand::CheckIns(args)) => bench::check_ins(args),
+        Command::Telemetry(command) => telemetry::run(command),
+        Command::CheckIn(args) => telemetry::check_in(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -391,12 +391,18 @@ impl LocalStore {
             use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|source| LocalError::Dir { path: dir.into(), source })?;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
+            // Created 0600 before SQLite opens it. An existing file is never opened here: closing
+            // any descriptor of a database file drops every POSIX lock this process holds on it,
+            // under the feet of this process's other connections (SQLite's own warning), which
+            // showed up as "disk I/O error" in a process that opened the store twice.
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
+                }
+                Err(e) => return Err(LocalError::Open { path: path.clone(), message: e.to_string() }),
+            }
         }
         let url = path.to_str().ok_or_else(|| LocalError::Open {
             path: path.clone(),

@@ -1,0 +1,326 @@
+//! `licensor telemetry ...` and `licensor check-in`: the user's controls over a deployment's
+//! data directory, reading the same environment as the library, so what they show is what the
+//! application does.
+
+use anyhow::{Context as _, Result};
+use std::io::Write as _;
+
+use super::{ClientArgs, ExportFormat, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
+use crate::client::exchange::Retry;
+use crate::client::licensing::offline::Opened;
+use crate::client::licensing::CheckInOutcome;
+use crate::client::{Config, Mode, Status};
+use crate::protocol::CheckInStatus;
+use crate::store::local::{self, LocalStore};
+
+fn open(args: &ClientArgs) -> Result<Opened> {
+    let config = Config::from_env(args.software_version.clone())?;
+    Ok(Opened::open(config)?)
+}
+
+/// Runs a `licensor telemetry` command.
+pub fn run(command: TelemetryCommand) -> Result<u8> {
+    match command {
+        TelemetryCommand::Status(args) => status(&open(&args)?),
+        TelemetryCommand::Preview { client, pretty } => {
+            let opened = open(&client)?;
+            let Some(payload) = opened.preview()? else {
+                println!("{}", disabled_reason(opened.mode()));
+                return Ok(EXIT_OK);
+            };
+            if pretty {
+                let value: serde_json::Value = serde_json::from_str(&payload)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{payload}");
+            }
+            Ok(EXIT_OK)
+        }
+        TelemetryCommand::Sent { client, full } => {
+            let opened = open(&client)?;
+            let Some(store) = opened.store() else {
+                println!("{}", disabled_reason(opened.mode()));
+                return Ok(EXIT_OK);
+            };
+            let ledger = store.ledger()?;
+            if full {
+                let entries: Vec<serde_json::Value> = ledger
+                    .iter()
+                    .map(|e| {
+                        let batch: serde_json::Value = serde_json::from_str(&e.payload)
+                            .unwrap_or(serde_json::Value::String(e.payload.clone()));
+                        serde_json::json!({
+                            "batch_id": e.batch_id,
+                            "acknowledged_at": crate::time::format(&local::utc(e.acknowledged_at)),
+                            "digest": e.digest,
+                            "batch": batch,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if ledger.is_empty() {
+                println!("no batch has been sent yet");
+            } else {
+                println!("{:<36}  {:<20}  {:>8}  digest", "batch", "acknowledged", "bytes");
+                for e in &ledger {
+                    println!(
+                        "{:<36}  {:<20}  {:>8}  {}",
+                        e.batch_id,
+                        crate::time::format(&local::utc(e.acknowledged_at)),
+                        e.payload.len(),
+                        e.digest
+                    );
+                }
+                println!("{} batches (the ledger keeps the last {})", ledger.len(), local::LEDGER_MAX);
+            }
+            Ok(EXIT_OK)
+        }
+        TelemetryCommand::Export { client, format } => {
+            let opened = open(&client)?;
+            let Some(store) = opened.store() else {
+                println!("{}", disabled_reason(opened.mode()));
+                return Ok(EXIT_OK);
+            };
+            export(store, format)
+        }
+        TelemetryCommand::Clear { client, ledger } => {
+            let opened = open(&client)?;
+            let Some(store) = opened.store() else {
+                println!("{}", disabled_reason(opened.mode()));
+                return Ok(EXIT_OK);
+            };
+            let removed = store.clear(ledger)?;
+            println!(
+                "cleared {removed} rows of local telemetry{} from {}",
+                if ledger { " and the ledger" } else { "" },
+                store.path().display()
+            );
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn disabled_reason(mode: &Mode) -> String {
+    match mode {
+        Mode::Development { reason } => {
+            format!("telemetry: off (development instance: {reason}); nothing is stored")
+        }
+        Mode::AirGapped => "telemetry: off (air-gapped Enterprise); nothing is stored".into(),
+        Mode::Telemetry { .. } => "telemetry: off (the license key is refused); nothing is stored".into(),
+    }
+}
+
+fn status(opened: &Opened) -> Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match opened.mode() {
+        Mode::Telemetry { debug } => {
+            let tier = opened.license().map(|l| l.tier.as_str()).unwrap_or("?");
+            writeln!(
+                out,
+                "telemetry: on ({tier} tier{}){}",
+                if tier == "enterprise" {
+                    "; TELEMETRY_DISABLED=true would make it air-gapped"
+                } else {
+                    ": required by the license"
+                },
+                if *debug { "; LICENSOR_TELEMETRY_DEBUG=1: batches are printed, not sent" } else { "" }
+            )?;
+        }
+        other => writeln!(out, "{}", disabled_reason(other))?,
+    }
+    for notice in opened.notices() {
+        writeln!(out, "note: {notice}")?;
+    }
+    match opened.license() {
+        Ok(l) => writeln!(
+            out,
+            "license: {} ({}), tier {}, {} seats, {}",
+            l.license_id,
+            l.licensee,
+            l.tier,
+            l.seats,
+            l.expires_at.map_or("perpetual".to_string(), |t| format!("expires {}", crate::time::format(&t)))
+        )?,
+        Err(e) => writeln!(out, "license: refused: {e}")?,
+    }
+    let status = opened.status();
+    writeln!(
+        out,
+        "status: {}",
+        match &status {
+            Status::Valid => "valid".to_string(),
+            Status::Grace { until } => format!("grace until {}", crate::time::format(until)),
+            Status::Invalid { reason } => format!("invalid: {reason}"),
+            Status::Development => "development".to_string(),
+        }
+    )?;
+    if let Some(store) = opened.store() {
+        if let Some(state) = store.state()? {
+            writeln!(out, "instance: {}", state.instance_id)?;
+            let time = |t: Option<chrono::NaiveDateTime>| {
+                t.map_or("never".to_string(), |t| crate::time::format(&local::utc(t)))
+            };
+            writeln!(
+                out,
+                "last check-in: {}{}",
+                time(state.last_check_in_at),
+                state.last_result.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            )?;
+            writeln!(
+                out,
+                "next check-in: {}",
+                state.next_check_in_at.map_or("shortly after the application starts".to_string(), |t| {
+                    crate::time::format(&local::utc(t))
+                })
+            )?;
+        }
+        match store.outbox()? {
+            Some(o) => writeln!(out, "outbox: batch {} waiting, {} attempts", o.batch_id, o.attempts)?,
+            None => writeln!(out, "outbox: empty")?,
+        }
+        writeln!(out, "sent: {} batches in the ledger (`licensor telemetry sent`)", store.ledger()?.len())?;
+        writeln!(out, "store: {}", store.path().display())?;
+    }
+    Ok(if matches!(status, Status::Invalid { .. }) { EXIT_NOT_VALID } else { EXIT_OK })
+}
+
+fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
+    let export = store.export()?;
+    match format {
+        ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&export)?),
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+            w.write_record([
+                "table",
+                "period_start",
+                "kind",
+                "name",
+                "batch_id",
+                "count",
+                "errors",
+                "max_ms",
+                "detail",
+            ])?;
+            let t = |n: chrono::NaiveDateTime| crate::time::format(&local::utc(n));
+            for e in &export.events {
+                w.write_record([
+                    "telemetry_events",
+                    &t(e.period_start),
+                    &e.kind,
+                    &e.name,
+                    &e.batch_id,
+                    &e.count.to_string(),
+                    "",
+                    "",
+                    "",
+                ])?;
+            }
+            for r in &export.performance {
+                w.write_record([
+                    "telemetry_performance",
+                    &t(r.period_start),
+                    &r.method,
+                    &r.route,
+                    &r.batch_id,
+                    &r.count.to_string(),
+                    &r.errors.to_string(),
+                    &r.max_ms.to_string(),
+                    &r.sketch,
+                ])?;
+            }
+            for e in &export.errors {
+                w.write_record([
+                    "telemetry_errors",
+                    &t(e.first_seen),
+                    &e.error_type,
+                    &e.message,
+                    &e.batch_id,
+                    &e.count.to_string(),
+                    "",
+                    "",
+                    &e.stack,
+                ])?;
+            }
+            for s in &export.sessions {
+                w.write_record([
+                    "telemetry_sessions",
+                    &t(s.period_start),
+                    "",
+                    "",
+                    &s.batch_id,
+                    &s.count.to_string(),
+                    "",
+                    "",
+                    &format!("total_duration_s={} hourly={}", s.total_duration_s, s.hourly),
+                ])?;
+            }
+            for (name, value) in &export.tallies {
+                w.write_record(["telemetry_tallies", "", "", name, "", &value.to_string(), "", "", ""])?;
+            }
+            if let Some(o) = &export.outbox {
+                w.write_record([
+                    "telemetry_outbox",
+                    &t(o.created_at),
+                    "",
+                    "",
+                    &o.batch_id,
+                    "",
+                    "",
+                    "",
+                    &o.payload,
+                ])?;
+            }
+            for e in &export.ledger {
+                w.write_record([
+                    "telemetry_batches",
+                    &t(e.acknowledged_at),
+                    "",
+                    "",
+                    &e.batch_id,
+                    "",
+                    "",
+                    "",
+                    &e.payload,
+                ])?;
+            }
+            w.flush().context("writing the CSV")?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `licensor check-in`.
+pub fn check_in(args: ClientArgs) -> Result<u8> {
+    let opened = open(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let outcome = runtime.block_on(opened.check_in());
+    Ok(match outcome {
+        CheckInOutcome::Answered { status, next_check_in_at, batch_acknowledged } => {
+            println!(
+                "answered: {status}; telemetry {}; next check-in {}",
+                if batch_acknowledged { "acknowledged" } else { "not accepted (kept for the next check-in)" },
+                crate::time::format(&next_check_in_at)
+            );
+            if status == CheckInStatus::Valid {
+                EXIT_OK
+            } else {
+                EXIT_NOT_VALID
+            }
+        }
+        CheckInOutcome::NoAnswer { error, retry } => {
+            eprintln!("no answer: {error}");
+            if retry == Retry::Never {
+                eprintln!("(the server refused the request; the batch was let go and is counted as dropped)");
+            }
+            EXIT_ERROR
+        }
+        CheckInOutcome::Printed => {
+            eprintln!("LICENSOR_TELEMETRY_DEBUG=1: the batch was printed above and nothing was sent");
+            EXIT_ERROR
+        }
+        CheckInOutcome::NotApplicable(why) => {
+            eprintln!("no check-in: {why}");
+            EXIT_ERROR
+        }
+    })
+}

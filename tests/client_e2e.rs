@@ -1,0 +1,505 @@
+//! End to end: a real `licensor serve` process, a deployment embedding the library, and the
+//! `licensor check-in` / `licensor telemetry` commands on the deployment's data directory.
+//! Failures are made real: the server is killed (SIGKILL) in the middle of a check-in and
+//! restarted; the client process is killed between receiving the acknowledgement and
+//! recording it. Telemetry must reach the server exactly once either way.
+
+#![cfg(unix)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use licensor::client::{Config, Licensing, Status};
+use licensor::store::local::LocalStore;
+use licensor::store::Store;
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A `licensor serve` process in its own directory (zero configuration: SQLite, development
+/// keys and admin token in ./data).
+struct Server {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(dir: &Path, port: u16) -> Server {
+        let mut s = Server { dir: dir.into(), port, child: None };
+        s.restart();
+        s
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_licensor"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("LICENSOR_ADMIN_TOKEN")
+            .env_remove("LICENSOR_KEYS_DIR")
+            .env_remove("LICENSOR_SIGNING_KEY")
+            .env_remove("LICENSOR_ISSUING_KEY")
+            .env_remove("LICENSOR_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http().get(format!("{}/readyz", self.base())).send().is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "the server did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/admin-token")).unwrap().trim().to_string()
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.dir.join("data/keys")
+    }
+
+    fn issue(&self, tier: &str) -> String {
+        let issued: Value = http()
+            .post(format!("{}/v1/admin/licenses", self.base()))
+            .bearer_auth(self.token())
+            .json(&json!({ "tier": tier, "licensee": "E2E Corp", "perpetual": true, "seats": 5 }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        issued["license_key"].as_str().unwrap_or_else(|| panic!("{issued}")).to_owned()
+    }
+
+    fn summary(&self, instance: &str) -> Value {
+        http()
+            .get(format!("{}/v1/admin/telemetry/summary?instance_id={instance}&hours=24", self.base()))
+            .bearer_auth(self.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// The server's own database, read directly (the process may be running: SQLite in WAL).
+    fn store(&self) -> Store {
+        Store::open(&format!("sqlite://{}", self.dir.join("data/licensor.db").display()), 1).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The environment a deployment runs with.
+fn deployment_env(server_url: &str, key: &str, keys: &Path, data: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("LICENSOR_LICENSE_KEY", key.into()),
+        ("LICENSOR_SERVER_URL", server_url.into()),
+        ("LICENSOR_KEYS_DIR", keys.display().to_string()),
+        ("LICENSOR_DATA_DIR", data.display().to_string()),
+        ("LICENSOR_INSTANCE_URL", "https://erp.example.org".into()),
+        ("LICENSOR_SOFTWARE_VERSION", "5.0.1".into()),
+    ]
+}
+
+fn library(env: &[(&'static str, String)]) -> Licensing {
+    let mut config =
+        Config::from_vars(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()), "5.0.1").unwrap();
+    config.first_check_in_after = Duration::from_secs(3600);
+    Licensing::start(config).unwrap()
+}
+
+fn cli(env: &[(&'static str, String)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_licensor"));
+    command.args(args).env_remove("TELEMETRY_DISABLED").env_remove("DO_NOT_TRACK");
+    command.env_remove("LICENSOR_TELEMETRY_DEBUG").env_remove("LICENSOR_LICENSE_FILE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A TCP proxy in front of the server that reads each whole request and, from the upstream,
+/// each whole response, and lets a test decide what happens in between.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    /// Forward both ways.
+    None,
+    /// Kill the server once the request is read, before it reaches it.
+    KillServerBeforeForwarding,
+    /// Forward the request, wait for the server's answer (it has committed), then kill the
+    /// server and drop the client's connection unanswered.
+    KillServerAfterItAnswers,
+    /// Forward both ways, but first kill the client process (by pid) once the answer is in.
+    KillClientBeforeAnswering,
+}
+
+struct Proxy {
+    url: String,
+    fault: Arc<Mutex<Fault>>,
+    kill_server: Arc<Mutex<Option<u32>>>,
+    kill_client: Arc<Mutex<Option<u32>>>,
+}
+
+fn read_http_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .unwrap_or(0);
+            while data.len() < end + 4 + length {
+                let n = stream.read(&mut buf).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            return Some(data);
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn kill9(pid: u32) {
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+}
+
+fn proxy(upstream_port: u16) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let fault = Arc::new(Mutex::new(Fault::None));
+    let kill_server = Arc::new(Mutex::new(None::<u32>));
+    let kill_client = Arc::new(Mutex::new(None::<u32>));
+    let (f, ks, kc) = (fault.clone(), kill_server.clone(), kill_client.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (f, ks, kc) = (f.clone(), ks.clone(), kc.clone());
+            std::thread::spawn(move || {
+                let mut client = client;
+                while let Some(request) = read_http_message(&mut client) {
+                    let fault = *f.lock().unwrap();
+                    if fault == Fault::KillServerBeforeForwarding {
+                        kill9(ks.lock().unwrap().unwrap());
+                        return;
+                    }
+                    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else { return };
+                    upstream.write_all(&request).unwrap();
+                    let Some(response) = read_http_message(&mut upstream) else { return };
+                    match fault {
+                        Fault::KillServerAfterItAnswers => {
+                            kill9(ks.lock().unwrap().unwrap());
+                            return;
+                        }
+                        Fault::KillClientBeforeAnswering => {
+                            kill9(kc.lock().unwrap().unwrap());
+                            std::thread::sleep(Duration::from_millis(200));
+                            let _ = client.write_all(&response);
+                            return;
+                        }
+                        _ => {
+                            if client.write_all(&response).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Proxy { url, fault, kill_server, kill_client }
+}
+
+fn usage_count(summary: &Value, name: &str) -> u64 {
+    summary["usage"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{summary}"))
+        .iter()
+        .filter(|u| u["name"] == name)
+        .map(|u| u["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn telemetry_reaches_the_server_exactly_once_through_kills_and_restarts() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut server = Server::start(dir.path(), free_port());
+    let key = server.issue("community");
+    let proxy = proxy(server.port);
+    let data = dir.path().join("deployment");
+    let env = deployment_env(&proxy.url, &key, &server.keys(), &data);
+
+    // The application runs, tracks, and stops (its figures flushed to its store).
+    let app = library(&env);
+    let instance = app.instance_id().unwrap();
+    for _ in 0..5 {
+        app.track_feature("invoice.create");
+    }
+    app.shutdown();
+
+    // 1. The check-in succeeds: exit 0, figures on the server once.
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("answered: valid; telemetry acknowledged"), "{}", text(&out));
+    assert_eq!(usage_count(&server.summary(&instance), "invoice.create"), 5);
+
+    // 2. The server dies after storing the batch but before answering. No answer: exit 2;
+    //    the batch waits in the outbox; after the restart the same batch id is sent again
+    //    and counted once.
+    let app = library(&env);
+    for _ in 0..7 {
+        app.track_feature("invoice.create");
+    }
+    app.shutdown();
+    *proxy.kill_server.lock().unwrap() = Some(server.child.as_ref().unwrap().id());
+    *proxy.fault.lock().unwrap() = Fault::KillServerAfterItAnswers;
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    server.child.take().unwrap().wait().unwrap();
+    let waiting = LocalStore::open(&data).unwrap().outbox().unwrap().expect("the batch waits in the outbox");
+    *proxy.fault.lock().unwrap() = Fault::None;
+    server.restart();
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(usage_count(&server.summary(&instance), "invoice.create"), 12, "stored once, not twice");
+    let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();
+    assert_eq!(ledger[0].batch_id, waiting.batch_id, "the retry sent the same batch");
+    assert_eq!(ledger[0].payload, waiting.payload, "byte for byte");
+
+    // 3. The server dies before the request reaches it: nothing stored, sent again later.
+    let app = library(&env);
+    app.track_feature("invoice.create");
+    app.shutdown();
+    *proxy.kill_server.lock().unwrap() = Some(server.child.as_ref().unwrap().id());
+    *proxy.fault.lock().unwrap() = Fault::KillServerBeforeForwarding;
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(2));
+    server.child.take().unwrap().wait().unwrap();
+    *proxy.fault.lock().unwrap() = Fault::None;
+    server.restart();
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(0));
+    assert_eq!(usage_count(&server.summary(&instance), "invoice.create"), 13);
+
+    // 4. The client dies between the server's acknowledgement and recording it.
+    let app = library(&env);
+    for _ in 0..4 {
+        app.track_feature("invoice.create");
+    }
+    app.shutdown();
+    *proxy.fault.lock().unwrap() = Fault::KillClientBeforeAnswering;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_licensor"));
+    command.arg("check-in").stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in &env {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    *proxy.kill_client.lock().unwrap() = Some(child.id());
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), None, "the client was killed");
+    assert!(LocalStore::open(&data).unwrap().outbox().unwrap().is_some(), "no acknowledgement was recorded");
+    let summary = server.summary(&instance);
+    assert_eq!(usage_count(&summary, "invoice.create"), 17, "the server stored it: {summary}");
+    *proxy.fault.lock().unwrap() = Fault::None;
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(usage_count(&server.summary(&instance), "invoice.create"), 17, "and only once");
+    assert!(LocalStore::open(&data).unwrap().outbox().unwrap().is_none());
+    // Four batches in all: each retry sent its batch again under the same id.
+    assert_eq!(server.store().telemetry_counts(&instance).unwrap()["telemetry_batches"], 4);
+}
+
+#[test]
+fn user_controls_show_what_is_sent_and_a_restart_runs_offline() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut server = Server::start(dir.path(), free_port());
+    let key = server.issue("pro");
+    let data = dir.path().join("deployment");
+    let env = deployment_env(&server.base(), &key, &server.keys(), &data);
+
+    let out = cli(&env, &["telemetry", "status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status = text(&out);
+    assert!(status.contains("telemetry: on (pro tier: required by the license)"), "{status}");
+    assert!(status.contains("status: grace until"), "{status}");
+    assert!(status.contains("last check-in: never"), "{status}");
+
+    let app = library(&env);
+    app.track_command("report.export");
+    app.shutdown();
+    let preview = cli(&env, &["telemetry", "preview"]);
+    assert_eq!(preview.status.code(), Some(0));
+    let previewed: Value = serde_json::from_slice(&preview.stdout).unwrap();
+    assert_eq!(previewed["usage"], json!([{"kind": "command", "name": "report.export", "count": 1}]));
+
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(0));
+    let sent = cli(&env, &["telemetry", "sent", "--full"]);
+    let sent: Value = serde_json::from_slice(&sent.stdout).unwrap();
+    assert_eq!(sent[0]["batch"]["usage"], previewed["usage"]);
+    let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();
+    assert_eq!(sent[0]["digest"], ledger[0].digest);
+    assert_eq!(
+        ledger[0].digest,
+        licensor::protocol::digest(ledger[0].payload.as_bytes()),
+        "the digest the server acknowledged is that of the bytes kept"
+    );
+    let status = text(&cli(&env, &["telemetry", "status"]));
+    assert!(
+        status.contains("(valid)") && status.contains("outbox: empty") && status.contains("sent: 1 batches"),
+        "{status}"
+    );
+
+    let csv = cli(&env, &["telemetry", "export", "--format", "csv"]);
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert!(csv.starts_with("table,period_start,kind,name,batch_id,count,errors,max_ms,detail\n"), "{csv}");
+    assert!(csv.contains("telemetry_events,") && csv.contains(",command,report.export,"), "{csv}");
+    let json_export: Value = serde_json::from_slice(&cli(&env, &["telemetry", "export"]).stdout).unwrap();
+    assert_eq!(json_export["ledger"].as_array().unwrap().len(), 1);
+
+    assert_eq!(cli(&env, &["telemetry", "clear", "--ledger"]).status.code(), Some(0));
+    let cleared: Value = serde_json::from_slice(&cli(&env, &["telemetry", "export"]).stdout).unwrap();
+    assert!(
+        cleared["events"].as_array().unwrap().is_empty() && cleared["ledger"].as_array().unwrap().is_empty()
+    );
+
+    // The server goes away: a restart of the application is valid on its cached lease, and
+    // `check-in` says no answer came (exit 2).
+    server.kill();
+    let app = library(&env);
+    assert_eq!(app.status(), Status::Valid);
+    app.shutdown();
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(2));
+
+    // Another answer than valid is exit 1: the license revoked (server back up).
+    server.restart();
+    let license_id = licensor::token::decode_json(&key, licensor::token::kind_of(&key).unwrap()).unwrap()
+        ["license_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = http()
+        .post(format!("{}/v1/admin/licenses/{license_id}/revoke", server.base()))
+        .bearer_auth(server.token())
+        .json(&json!({"reason": "test"}))
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("answered: revoked"), "{}", text(&out));
+}
+
+#[test]
+fn the_pii_corpus_never_reaches_the_local_tables_the_payload_or_the_server() {
+    let corpus: Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pii-corpus.json"
+    )))
+    .unwrap();
+    let secrets: Vec<String> = corpus["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_str().unwrap().to_string())
+        .collect();
+    let fragments: Vec<String> = corpus["sensitive_fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), free_port());
+    let key = server.issue("community");
+    let data = dir.path().join("deployment");
+    let env = deployment_env(&server.base(), &key, &server.keys(), &data);
+    let app = library(&env);
+    // Every entry point, every secret.
+    for (i, secret) in secrets.iter().enumerate() {
+        let inline = secret.replace('\n', " ");
+        app.track_feature(&format!("export for {inline}"));
+        app.track_api_call(&format!("GET /users/{inline}"));
+        app.track_command(&format!("send {inline}"));
+        app.track_ui_action(&format!("clicked {inline}"));
+        app.track_request("POST", &format!("/orders/{inline}"), 500, Duration::from_millis(5));
+        #[derive(Debug)]
+        struct Leak(String, Option<Box<Leak>>);
+        impl std::fmt::Display for Leak {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Leak {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let error = Leak(
+            format!("case {i}: failed for {secret}"),
+            Some(Box::new(Leak(format!("at {secret}"), None))),
+        );
+        app.track_error(&error, &format!("context {inline}"));
+        app.register_health_check(&format!("check {inline}"), || licensor::protocol::Health::Healthy);
+        app.start_session(Some(secret)).end(chrono::Utc::now());
+    }
+    app.telemetry().track_error_parts("stack", "boom", &secrets, chrono::Utc::now());
+    app.shutdown();
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(0));
+
+    let local = String::from_utf8(cli(&env, &["telemetry", "export"]).stdout).unwrap();
+    let db = std::fs::read(data.join(licensor::store::local::FILE_NAME)).unwrap();
+    let db = String::from_utf8_lossy(&db);
+    let server_text = server.store().telemetry_text().unwrap().join("\n");
+    assert!(
+        local.contains("[EMAIL]") && server_text.contains("[EMAIL]"),
+        "redactions are visible, values are not"
+    );
+    for (place, text) in
+        [("local tables (export)", &*local), ("local database file", &*db), ("server tables", &*server_text)]
+    {
+        for secret in secrets.iter().chain(&fragments) {
+            assert!(!text.contains(secret.as_str()), "{place} holds {secret:?}");
+        }
+    }
+    let batch: Value =
+        serde_json::from_str(&LocalStore::open(&data).unwrap().ledger().unwrap()[0].payload).unwrap();
+    assert!(batch["redactions"]["email"].as_u64().unwrap() > 0, "{}", batch["redactions"]);
+    assert!(batch["errors"].as_array().unwrap().len() > secrets.len() / 2);
+}
