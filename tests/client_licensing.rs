@@ -362,3 +362,55 @@ fn start_up_errors_are_specific() {
     assert!(!l.has_feature("reports"));
     assert!(l.license().is_none());
 }
+
+#[test]
+fn health_checks_run_on_their_schedule_and_a_panic_counts_as_unhealthy() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let key = h.license(Tier::Community, 5);
+    let data = h.dir.path().join("client");
+    let mut c = config(&h, &key, &data);
+    c.health_every = Duration::from_millis(100);
+    let l = Licensing::start(c).unwrap();
+    l.register_health_check("database", || licensor::protocol::Health::Degraded);
+    l.register_health_check("mail", || panic!("the check itself fails"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::Answered { batch_acknowledged: true, .. }));
+    l.shutdown();
+    let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();
+    let batch: serde_json::Value = serde_json::from_str(&ledger[0].payload).unwrap();
+    assert_eq!(
+        batch["environment"]["health"],
+        serde_json::json!({"database": "degraded", "mail": "unhealthy"})
+    );
+}
+
+#[test]
+fn sampling_keeps_what_it_should_and_counts_the_rest() {
+    use licensor::client::telemetry::{Limits, Sampling, Telemetry};
+    let now = common::t0();
+    let throttled = Telemetry::with_sampling(&Limits::default(), Sampling::Throttled { per_minute: 2 });
+    for i in 0..5 {
+        throttled.track_error_parts::<&str>("db", &format!("timeout {i}"), &[], now);
+    }
+    // The next minute has its own allowance.
+    throttled.track_error_parts::<&str>("db", "timeout 9", &[], now + Days::minutes(1));
+    let flush = throttled.drain();
+    assert_eq!(flush.errors.iter().map(|e| e.count).sum::<u64>(), 3);
+    assert_eq!((flush.dropped.throttled, flush.dropped.sampled), (3, 0));
+
+    let none = Telemetry::with_sampling(&Limits::default(), Sampling::Probabilistic(0.0));
+    let all = Telemetry::with_sampling(&Limits::default(), Sampling::Probabilistic(1.0));
+    for _ in 0..10 {
+        none.track_error_parts::<&str>("db", "timeout", &[], now);
+        all.track_error_parts::<&str>("db", "timeout", &[], now);
+    }
+    assert_eq!((none.drain().dropped.sampled, all.drain().dropped.sampled), (10, 0));
+    let half = Telemetry::with_sampling(&Limits::default(), Sampling::Probabilistic(0.5));
+    for _ in 0..10_000 {
+        half.track_error_parts::<&str>("db", "timeout", &[], now);
+    }
+    let flush = half.drain();
+    let kept = flush.errors.iter().map(|e| e.count).sum::<u64>();
+    assert_eq!(kept + flush.dropped.sampled, 10_000);
+    assert!((4_000..6_000).contains(&kept), "{kept} of 10,000 kept at p = 0.5");
+}

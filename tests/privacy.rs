@@ -193,7 +193,7 @@ fn secret_properties_are_redacted_by_whole_word() {
 
 #[test]
 fn a_windows_home_path_inside_a_url_path_is_still_found() {
-    let (scrubbed, counts) = privacy::scrub("GET /users/C:\\Users\\JohnDoe\\AppData\\app.exe");
+    let (scrubbed, counts) = licensor::privacy::scrub("GET /users/C:\\Users\\JohnDoe\\AppData\\app.exe");
     assert_eq!(scrubbed, "GET /users/C:\\Users\\[USER]\\AppData\\app.exe");
     assert_eq!(counts.get(licensor::privacy::Rule::HomePath), 1);
     // A URL's own /users/ segment is not a home directory.
