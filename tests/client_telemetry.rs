@@ -126,3 +126,20 @@ fn a_disabled_collector_yields_an_empty_batch() {
     assert!(batch.usage.is_empty() && batch.errors.is_empty());
     assert_eq!(batch.sessions.count, 0);
 }
+
+#[test]
+fn raw_paths_count_by_their_shape_and_patterns_stay() {
+    let telemetry = Telemetry::new(&Limits::default());
+    for path in
+        ["/users/42/orders", "/users/43/orders?page=2", "/users/550e8400-e29b-41d4-a716-446655440000/orders"]
+    {
+        telemetry.requests.track_request("GET", path, 200, std::time::Duration::from_millis(3));
+    }
+    telemetry.requests.track_request("GET", "/items/{id}", 200, std::time::Duration::from_millis(3));
+    let flush = telemetry.drain();
+    let routes: Vec<(&str, u64)> = flush.performance.iter().map(|r| (r.route.as_str(), r.count)).collect();
+    assert!(routes.contains(&("/items/{id}", 1)), "{routes:?}");
+    assert_eq!(routes.iter().filter(|(r, _)| *r == "/users/:id/orders").count(), 1, "merged: {routes:?}");
+    assert!(routes.contains(&("/users/:id/orders", 3)), "{routes:?}");
+    assert!(routes.iter().all(|(r, _)| !r.contains("42") && !r.contains("550e8400")), "{routes:?}");
+}

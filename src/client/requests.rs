@@ -29,7 +29,6 @@ const BUCKETS: usize = (HIGH - LOW + 1) as usize;
 /// One thread's figures for one route.
 #[repr(align(128))]
 struct Cells {
-    count: AtomicU64,
     errors: AtomicU64,
     /// The largest duration in ms, as f64 bits (positive floats order like their bits).
     max_bits: AtomicU64,
@@ -40,7 +39,6 @@ struct Cells {
 impl Cells {
     fn new() -> Cells {
         Cells {
-            count: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             max_bits: AtomicU64::new(0),
             zeros: AtomicU64::new(0),
@@ -137,16 +135,21 @@ impl Requests {
         }
     }
 
+    /// One locked instruction in the common case: the bucket's add. The count is not kept
+    /// apart (it is the buckets' sum, taken at drain), and the maximum is only written when a
+    /// plain load shows it grew.
     #[inline]
     fn record(&self, cells: &Cells, ms: f64, status: u16) {
-        cells.count.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
             cells.errors.fetch_add(1, Ordering::Relaxed);
         }
         if ms.is_finite() && ms > crate::sketch::MIN_VALUE {
             let index = ((ms.ln() / self.inner.ln_gamma).ceil() as i32).clamp(LOW, HIGH);
             cells.buckets[(index - LOW) as usize].fetch_add(1, Ordering::Relaxed);
-            cells.max_bits.fetch_max(ms.to_bits(), Ordering::Relaxed);
+            let bits = ms.to_bits();
+            if bits > cells.max_bits.load(Ordering::Relaxed) {
+                cells.max_bits.fetch_max(bits, Ordering::Relaxed);
+            }
         } else {
             cells.zeros.fetch_add(1, Ordering::Relaxed);
         }
@@ -175,7 +178,18 @@ impl Requests {
         {
             let registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             for (method, route, cells) in &registry.cells {
-                let count = cells.count.swap(0, Ordering::Relaxed);
+                // Buckets first, then the rest: a request recorded meanwhile is counted in
+                // this drain or the next, never in neither; the count is the buckets' sum, so
+                // it always agrees with the sketch.
+                let zeros = cells.zeros.swap(0, Ordering::Relaxed);
+                let mut taken: Vec<(i32, u64)> = Vec::new();
+                for (i, bucket) in cells.buckets.iter().enumerate() {
+                    if bucket.load(Ordering::Relaxed) > 0 {
+                        let n = bucket.swap(0, Ordering::Relaxed);
+                        taken.push((LOW + i as i32, u64::from(n)));
+                    }
+                }
+                let count = zeros + taken.iter().map(|(_, n)| n).sum::<u64>();
                 if count == 0 {
                     continue;
                 }
@@ -188,15 +202,14 @@ impl Requests {
                     sketch: Sketch::default(),
                 });
                 figures.count += count;
-                figures.errors += cells.errors.swap(0, Ordering::Relaxed);
+                // A request recorded between the swaps can put its error in one drain and its
+                // bucket in the next; errors never exceed the count they belong to.
+                figures.errors += cells.errors.swap(0, Ordering::Relaxed).min(count);
                 figures.max_ms =
                     figures.max_ms.max(f64::from_bits(cells.max_bits.swap(0, Ordering::Relaxed)));
-                figures.sketch.add_n(0.0, cells.zeros.swap(0, Ordering::Relaxed));
-                for (i, bucket) in cells.buckets.iter().enumerate() {
-                    let n = bucket.swap(0, Ordering::Relaxed);
-                    if n > 0 {
-                        figures.sketch.add_to_bucket(LOW + i as i32, u64::from(n));
-                    }
+                figures.sketch.add_n(0.0, zeros);
+                for (index, n) in taken {
+                    figures.sketch.add_to_bucket(index, n);
                 }
             }
         }

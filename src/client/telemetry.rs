@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::collector::Counters;
-use super::requests::Requests;
+use super::requests::{Requests, RouteFigures};
 use crate::privacy::{self, Redactions};
 use crate::protocol::{
-    Dropped, Environment, ErrorGroup, RoutePerformance, Sessions, TelemetryBatch, UsageCount,
+    Dropped, Environment, ErrorGroup, RoutePerformance, Sessions, TelemetryBatch, UsageCount, UsageKind,
     TELEMETRY_SCHEMA,
 };
 use crate::store::local::Flush;
@@ -237,22 +237,45 @@ impl Telemetry {
     pub fn drain(&self) -> Flush {
         let mut redactions = Redactions::default();
         let (counts, counter_overflow) = self.counters.drain();
-        let usage = counts
-            .into_iter()
-            .map(|(kind, name, count)| UsageCount {
-                kind,
-                name: privacy::scrub_into(&name, &mut redactions),
-                count,
-            })
-            .collect();
+        // Scrubbing and normalising can make two keys one (two emails become `[EMAIL]`, two
+        // ids `:id`): they are merged here, so a batch never lists a key twice.
+        let mut merged_usage: BTreeMap<(UsageKind, String), u64> = BTreeMap::new();
+        for (kind, name, count) in counts {
+            *merged_usage.entry((kind, privacy::scrub_into(&name, &mut redactions))).or_default() += count;
+        }
+        let usage =
+            merged_usage.into_iter().map(|((kind, name), count)| UsageCount { kind, name, count }).collect();
         let (routes, route_overflow) = self.requests.drain();
-        let performance = routes
+        let mut merged_routes: BTreeMap<(String, String), RouteFigures> = BTreeMap::new();
+        for r in routes {
+            let method = privacy::scrub_into(&r.method, &mut redactions);
+            // A raw path (an application without route patterns) counts by its shape: ids,
+            // UUIDs, long hex, emails and tokens become `:id`.
+            let route = if r.route.starts_with('/') {
+                privacy::scrub_into(&privacy::normalize_path(&r.route), &mut redactions)
+            } else {
+                privacy::scrub_into(&r.route, &mut redactions)
+            };
+            match merged_routes.get_mut(&(method.clone(), route.clone())) {
+                Some(m) => {
+                    m.count += r.count;
+                    m.errors += r.errors;
+                    m.max_ms = m.max_ms.max(r.max_ms);
+                    // Both sketches come from this collector: same accuracy, so they merge.
+                    let _ = m.sketch.merge(&r.sketch);
+                }
+                None => {
+                    merged_routes.insert((method, route), r);
+                }
+            }
+        }
+        let performance = merged_routes
             .into_iter()
-            .map(|r| {
+            .map(|((method, route), r)| {
                 let q = |q| round(r.sketch.quantile(q).unwrap_or(0.0));
                 RoutePerformance {
-                    method: privacy::scrub_into(&r.method, &mut redactions),
-                    route: privacy::scrub_into(&r.route, &mut redactions),
+                    method,
+                    route,
                     count: r.count,
                     errors: r.errors,
                     p50_ms: q(0.50),
