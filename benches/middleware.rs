@@ -82,6 +82,40 @@ fn wrk(port: u16, seconds: u32) -> f64 {
         .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"))
 }
 
+/// The middleware's own cost, without the network: the same app called in-process (actix's
+/// test service) many times, with and without it, alternating; nanoseconds per request.
+fn in_process(plain: Licensing, tracked: Licensing) -> (f64, f64) {
+    use actix_web::test;
+    actix_web::rt::System::new().block_on(async move {
+        let app = |l: Licensing, on: bool| {
+            test::init_service(
+                App::new()
+                    .route("/hello/{name}", web::get().to(hello))
+                    .wrap(actix_web::middleware::Condition::new(on, Track::new(l))),
+            )
+        };
+        let a = app(plain, false).await;
+        let b = app(tracked, true).await;
+        const N: u32 = 200_000;
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            for (app, times) in [(&a, &mut ta), (&b, &mut tb)] {
+                let started = std::time::Instant::now();
+                for _ in 0..N {
+                    let req = test::TestRequest::get()
+                        .uri("/hello/world")
+                        .insert_header(("host", "app.example.com"))
+                        .to_request();
+                    let res = test::call_service(app, req).await;
+                    assert!(res.status().is_success());
+                }
+                times.push(started.elapsed().as_nanos() as f64 / f64::from(N));
+            }
+        }
+        (median(ta), median(tb))
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -131,6 +165,12 @@ fn main() {
     // the median round's ratio is reported.
     let loss = median(a.iter().zip(&b).map(|(a, b)| (a - b) / a * 100.0).collect());
     let (without, with) = (median(a), median(b));
+    let (ns_plain, ns_tracked) = in_process(licensing(dir.path(), None), l.clone());
+    println!(
+        "middleware: in-process, no network: {ns_plain:.0} ns per request without, {ns_tracked:.0} ns with: +{:.0} ns, which is {:.2}% of a request's time at {without:.0} req/s",
+        ns_tracked - ns_plain,
+        (ns_tracked - ns_plain) / (1e9 / without) * 100.0
+    );
     let tracked_requests = {
         let flushed = l.summary(24).unwrap().unwrap();
         flushed.performance.iter().map(|r| r.count).sum::<u64>()
