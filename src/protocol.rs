@@ -285,6 +285,20 @@ pub enum Health {
     Unhealthy,
 }
 
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        [Health::Healthy, Health::Degraded, Health::Unhealthy].into_iter().find(|h| h.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageKind {
@@ -364,6 +378,33 @@ pub struct Dropped {
     pub throttled: u64,
     #[serde(default)]
     pub overflow: u64,
+}
+
+impl RoutePerformance {
+    /// A route's figures with its percentiles read from its sketch, in milliseconds to three
+    /// decimals (enough for any latency, and a shorter payload).
+    pub fn from_sketch(
+        method: String,
+        route: String,
+        count: u64,
+        errors: u64,
+        max_ms: f64,
+        sketch: &crate::sketch::Sketch,
+    ) -> RoutePerformance {
+        let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
+        let q = |q| round(sketch.quantile(q).unwrap_or(0.0));
+        RoutePerformance {
+            method,
+            route,
+            count,
+            errors,
+            p50_ms: q(0.50),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            max_ms: round(max_ms),
+            sketch: sketch.encode(),
+        }
+    }
 }
 
 /// Bounds on a batch's lists and strings; the server's are configurable.

@@ -101,13 +101,7 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
 }
 
 fn disabled_reason(mode: &Mode) -> String {
-    match mode {
-        Mode::Development { reason } => {
-            format!("telemetry: off (development instance: {reason}); nothing is stored")
-        }
-        Mode::AirGapped => "telemetry: off (air-gapped Enterprise); nothing is stored".into(),
-        Mode::Telemetry { .. } => "telemetry: off (the license key is refused); nothing is stored".into(),
-    }
+    format!("telemetry: off ({}); nothing is stored", mode.off_reason().unwrap_or_default())
 }
 
 fn status(opened: &Opened) -> Result<u8> {

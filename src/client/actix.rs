@@ -173,22 +173,8 @@ fn strip_port(host: &str) -> &str {
 pub fn scope(licensing: Licensing) -> actix_web::Scope {
     web::scope("/telemetry")
         .app_data(web::Data::new(licensing))
-        .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|err, _| {
-            let message = err.to_string();
-            actix_web::error::InternalError::from_response(
-                err,
-                error(StatusCode::BAD_REQUEST, "malformed_request", &message),
-            )
-            .into()
-        }))
-        .app_data(web::QueryConfig::default().error_handler(|err, _| {
-            let message = err.to_string();
-            actix_web::error::InternalError::from_response(
-                err,
-                error(StatusCode::BAD_REQUEST, "malformed_request", &message),
-            )
-            .into()
-        }))
+        .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|err, _| malformed(err)))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| malformed(err)))
         .route("/summary", web::get().to(summary))
         .route("/flush", web::post().to(flush))
         .route("/ui-actions", web::post().to(ui_actions))
@@ -206,12 +192,17 @@ fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
 }
 
 fn disabled(licensing: &Licensing) -> HttpResponse {
-    let reason = match licensing.mode() {
-        super::Mode::Development { reason } => format!("development instance: {reason}"),
-        super::Mode::AirGapped => "air-gapped: telemetry is disabled".into(),
-        super::Mode::Telemetry { .. } => "the license key is refused".into(),
-    };
-    HttpResponse::Ok().json(json!({ "enabled": false, "reason": reason }))
+    HttpResponse::Ok().json(json!({ "enabled": false, "reason": licensing.mode().off_reason() }))
+}
+
+/// A body or query that does not parse: the API's error shape, not actix's text.
+fn malformed(err: impl std::fmt::Display + std::fmt::Debug + 'static) -> actix_web::Error {
+    let message = err.to_string();
+    actix_web::error::InternalError::from_response(
+        err,
+        error(StatusCode::BAD_REQUEST, "malformed_request", &message),
+    )
+    .into()
 }
 
 #[derive(Deserialize)]

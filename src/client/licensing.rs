@@ -234,8 +234,11 @@ impl Licensing {
     /// (as a range) ever leaves the install.
     pub fn start_session(&self, user_id: Option<&str>) -> Session {
         if let (Some(id), true) = (user_id, self.core.telemetry.enabled()) {
-            let salt = self.core.known.read().unwrap_or_else(|p| p.into_inner()).salt.clone();
-            self.core.telemetry.note_user(crate::privacy::hash_user_id(&salt, id));
+            let hash = crate::privacy::hash_user_id(
+                &self.core.known.read().unwrap_or_else(|p| p.into_inner()).salt,
+                id,
+            );
+            self.core.telemetry.note_user(hash);
         }
         self.core.telemetry.start_session(self.core.now())
     }
@@ -470,13 +473,11 @@ impl Core {
 
     /// One check-in: flush, take the outbox batch (or assemble one), send, verify, record.
     async fn check_in(&self) -> CheckInOutcome {
+        // A refused license key starts in development mode (see `open`), so telemetry mode
+        // always has a store and a license here.
         let (Some(store), Ok(payload), Mode::Telemetry { debug }) = (&self.store, &self.license, &self.mode)
         else {
-            return CheckInOutcome::NotApplicable(match &self.mode {
-                Mode::Development { reason } => format!("development instance: {reason}"),
-                Mode::AirGapped => "air-gapped: no connection is made".into(),
-                Mode::Telemetry { .. } => "the license key is refused".into(),
-            });
+            return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());
         };
         let _one = self.checking_in.lock().await;
         let now = self.now();

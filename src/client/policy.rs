@@ -22,6 +22,17 @@ pub enum Mode {
     Telemetry { debug: bool },
 }
 
+impl Mode {
+    /// Why nothing is collected or sent in this mode, or `None` where telemetry is on.
+    pub fn off_reason(&self) -> Option<String> {
+        match self {
+            Mode::Development { reason } => Some(format!("development instance: {reason}")),
+            Mode::AirGapped => Some("air-gapped: no connection is made".into()),
+            Mode::Telemetry { .. } => None,
+        }
+    }
+}
+
 /// The switches the environment (or the embedding code) sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Switches {

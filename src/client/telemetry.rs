@@ -272,18 +272,7 @@ impl Telemetry {
         let performance = merged_routes
             .into_iter()
             .map(|((method, route), r)| {
-                let q = |q| round(r.sketch.quantile(q).unwrap_or(0.0));
-                RoutePerformance {
-                    method,
-                    route,
-                    count: r.count,
-                    errors: r.errors,
-                    p50_ms: q(0.50),
-                    p95_ms: q(0.95),
-                    p99_ms: q(0.99),
-                    max_ms: round(r.max_ms),
-                    sketch: r.sketch.encode(),
-                }
+                RoutePerformance::from_sketch(method, route, r.count, r.errors, r.max_ms, &r.sketch)
             })
             .collect();
         let (errors, error_overflow, sampled, throttled) = match self.errors.lock() {
@@ -383,9 +372,4 @@ fn fingerprint(category: &str, message: &str) -> String {
 
 fn cut(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
-}
-
-/// Milliseconds to three decimals: enough for any latency, and a shorter payload.
-fn round(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1000.0
 }

@@ -522,7 +522,7 @@ impl LocalStore {
                     .execute(c)?;
             }
             for (name, health) in &flush.health {
-                let status = health_str(*health);
+                let status = health.as_str();
                 diesel::insert_into(telemetry_health::table)
                     .values((
                         telemetry_health::name.eq(name),
@@ -815,7 +815,7 @@ impl LocalStore {
                     .entry((coarse(r.period_start), r.kind.clone(), r.name.clone(), r.batch_id.clone()))
                     .or_default() += r.count;
             }
-            if merged.len() < old.len() || old.iter().any(|r| coarse(r.period_start) != r.period_start) {
+            if rewrite_needed(merged.len(), old.iter().map(|r| r.period_start), coarse) {
                 outcome.merged += (old.len() - merged.len()) as u64;
                 diesel::delete(
                     telemetry_events::table.filter(telemetry_events::period_start.lt(hourly_until)),
@@ -860,7 +860,7 @@ impl LocalStore {
                     }
                 }
             }
-            if merged.len() < old.len() || old.iter().any(|r| coarse(r.period_start) != r.period_start) {
+            if rewrite_needed(merged.len(), old.iter().map(|r| r.period_start), coarse) {
                 outcome.merged += (old.len() - merged.len()) as u64;
                 diesel::delete(
                     telemetry_performance::table.filter(telemetry_performance::period_start.lt(hourly_until)),
@@ -882,7 +882,7 @@ impl LocalStore {
                 let entry = merged.entry((coarse(r.period_start), r.batch_id.clone())).or_default();
                 add_sessions(entry, &session_of(r)?);
             }
-            if merged.len() < old.len() || old.iter().any(|r| coarse(r.period_start) != r.period_start) {
+            if rewrite_needed(merged.len(), old.iter().map(|r| r.period_start), coarse) {
                 outcome.merged += (old.len() - merged.len()) as u64;
                 diesel::delete(
                     telemetry_sessions::table.filter(telemetry_sessions::period_start.lt(hourly_until)),
@@ -980,6 +980,18 @@ pub struct CheckInRecord {
     pub acknowledged: Option<String>,
 }
 
+/// Whether rolled-up rows differ from the rows read: fewer of them, or any moved to a coarser
+/// period.
+fn rewrite_needed(
+    merged: usize,
+    starts: impl ExactSizeIterator<Item = NaiveDateTime>,
+    coarse: impl Fn(NaiveDateTime) -> NaiveDateTime,
+) -> bool {
+    let read = starts.len();
+    let mut starts = starts;
+    merged < read || starts.any(|t| coarse(t) != t)
+}
+
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -993,23 +1005,6 @@ fn decode_sketch(text: &str) -> Result<Sketch, LocalError> {
         return Ok(Sketch::default());
     }
     Sketch::decode(text).map_err(|e| corrupt("sketch", e))
-}
-
-fn health_str(h: Health) -> &'static str {
-    match h {
-        Health::Healthy => "healthy",
-        Health::Degraded => "degraded",
-        Health::Unhealthy => "unhealthy",
-    }
-}
-
-fn health_of(s: &str) -> Option<Health> {
-    match s {
-        "healthy" => Some(Health::Healthy),
-        "degraded" => Some(Health::Degraded),
-        "unhealthy" => Some(Health::Unhealthy),
-        _ => None,
-    }
 }
 
 fn add_tally(c: &mut SqliteConnection, name: &str, value: i64) -> QueryResult<usize> {
@@ -1181,22 +1176,10 @@ fn merge_routes(rows: &[PerformanceRow]) -> Result<Vec<RoutePerformance>, LocalE
             }
         }
     }
-    let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
     Ok(merged
         .into_iter()
         .map(|((method, route), (count, errors, max_ms, sketch))| {
-            let q = |q| round(sketch.quantile(q).unwrap_or(0.0));
-            RoutePerformance {
-                method: method.into(),
-                route: route.into(),
-                count,
-                errors,
-                p50_ms: q(0.50),
-                p95_ms: q(0.95),
-                p99_ms: q(0.99),
-                max_ms: round(max_ms),
-                sketch: sketch.encode(),
-            }
+            RoutePerformance::from_sketch(method.into(), route.into(), count, errors, max_ms, &sketch)
         })
         .collect())
 }
@@ -1311,7 +1294,7 @@ fn assemble(
     environment.user_count_range = UserCountRange::of(users.max(1) as u64);
     environment.health = health
         .into_iter()
-        .filter_map(|(name, status)| health_of(&status).map(|h| (name, h)))
+        .filter_map(|(name, status)| Health::parse(&status).map(|h| (name, h)))
         .take(limits.max_health)
         .collect();
     Ok(TelemetryBatch {
