@@ -1,7 +1,7 @@
 //! The latency sketch: quantiles within 1% relative error, exact merging, and a wire form that
 //! round-trips and refuses garbage.
 
-use licensor::sketch::{Sketch, ALPHA};
+use licensor::sketch::{default_index, Sketch, ALPHA};
 
 /// A deterministic spread of latencies over five orders of magnitude.
 fn latencies(n: usize, seed: u64) -> Vec<f64> {
@@ -97,4 +97,28 @@ fn hostile_values_never_panic() {
     }
     assert_eq!(sketch.count(), 8);
     assert!(sketch.quantile(1.0).is_some());
+}
+
+#[test]
+fn the_fast_index_agrees_with_the_sketch_on_every_bucket() {
+    // The constants behind `default_index` are the formula's.
+    let gamma = (1.0 + ALPHA) / (1.0 - ALPHA);
+    assert_eq!(Sketch::default().index(gamma), 1);
+    let sketch = Sketch::default();
+    // Every bucket from 1 µs to an hour, each at its centre, just inside both edges, and on
+    // the upper edge itself (where either side is within the accuracy).
+    let mut checked = 0;
+    for i in -346..=745 {
+        let (low, high) = (gamma.powi(i - 1), gamma.powi(i));
+        for v in [(low + high) / 2.0, low * (1.0 + 1e-9), high * (1.0 - 1e-9)] {
+            assert_eq!(default_index(v), sketch.index(v), "{v} ms");
+            assert_eq!(default_index(v), i, "{v} ms is in bucket {i}");
+            checked += 1;
+        }
+        assert!((default_index(high) - i).abs() <= 1, "edge {high}");
+    }
+    assert_eq!(checked, 3 * 1092);
+    // Values past the kept range are clamped, never wrapped.
+    assert_eq!(default_index(f64::MAX), sketch.index(f64::MAX));
+    assert_eq!(default_index(f64::MIN_POSITIVE), sketch.index(f64::MIN_POSITIVE));
 }
