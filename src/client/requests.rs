@@ -37,6 +37,26 @@ struct Cells {
 }
 
 impl Cells {
+    /// One locked instruction in the common case: the bucket's add. The count is not kept
+    /// apart (it is the buckets' sum, taken at drain), and the maximum is only written when a
+    /// plain load shows it grew.
+    #[inline]
+    fn record(&self, ms: f64, status: u16) {
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if ms.is_finite() && ms > crate::sketch::MIN_VALUE {
+            let index = crate::sketch::default_index(ms).clamp(LOW, HIGH);
+            self.buckets[(index - LOW) as usize].fetch_add(1, Ordering::Relaxed);
+            let bits = ms.to_bits();
+            if bits > self.max_bits.load(Ordering::Relaxed) {
+                self.max_bits.fetch_max(bits, Ordering::Relaxed);
+            }
+        } else {
+            self.zeros.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn new() -> Cells {
         Cells {
             errors: AtomicU64::new(0),
@@ -44,6 +64,20 @@ impl Cells {
             zeros: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
         }
+    }
+}
+
+/// One thread's cells for one (method, route): see [`Requests::route`]. Recording through it
+/// skips the thread-local look-up; it stays correct from any thread (the cells are atomic),
+/// but is meant for the thread that asked for it, whose cells these are.
+#[derive(Clone)]
+pub struct RouteCells(Arc<Cells>);
+
+impl RouteCells {
+    /// Records one request that took `ms` milliseconds; a status of 500 or more is an error.
+    #[inline]
+    pub fn record(&self, ms: f64, status: u16) {
+        self.0.record(ms, status);
     }
 }
 
@@ -70,7 +104,6 @@ struct Inner {
     max_routes: usize,
     registry: Mutex<Registry>,
     overflow: AtomicU64,
-    ln_gamma: f64,
 }
 
 #[derive(Default)]
@@ -105,7 +138,6 @@ impl Requests {
                 max_routes,
                 registry: Mutex::new(Registry::default()),
                 overflow: AtomicU64::new(0),
-                ln_gamma: ((1.0 + crate::sketch::ALPHA) / (1.0 - crate::sketch::ALPHA)).ln(),
             }),
         }
     }
@@ -118,41 +150,55 @@ impl Requests {
             return;
         }
         let ms = duration.as_secs_f64() * 1000.0;
+        // The common case borrows this thread's cells in place: no reference count is touched.
         let recorded = LOCAL.try_with(|local| {
             let mut caches = local.try_borrow_mut().ok()?;
             let local = local_cache::entry(&mut caches, self.inner.id);
             if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
-                self.record(cells, ms, status);
+                cells.record(ms, status);
                 return Some(());
             }
-            let (method, route, cells) = self.register(method, route)?;
-            local.entry(method).or_default().insert(route, cells.clone());
-            self.record(&cells, ms, status);
+            self.register_local(local, method, route)?.record(ms, status);
             Some(())
         });
         if recorded.ok().flatten().is_none() {
+            self.overflowed();
+        }
+    }
+
+    /// The calling thread's cells for (method, route), registered on first use, for a caller
+    /// that keeps its own map from route to cells (the actix middleware keeps one per worker).
+    /// `None` when the tracker is disabled or the route bound is reached; each such request is
+    /// then counted with [`Requests::overflowed`].
+    pub fn route(&self, method: &str, route: &str) -> Option<RouteCells> {
+        if !self.inner.enabled {
+            return None;
+        }
+        LOCAL
+            .try_with(|local| {
+                let mut caches = local.try_borrow_mut().ok()?;
+                let local = local_cache::entry(&mut caches, self.inner.id);
+                if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
+                    return Some(RouteCells(cells.clone()));
+                }
+                self.register_local(local, method, route).map(RouteCells)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Counts one request dropped by the route bound.
+    pub fn overflowed(&self) {
+        if self.inner.enabled {
             self.inner.overflow.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// One locked instruction in the common case: the bucket's add. The count is not kept
-    /// apart (it is the buckets' sum, taken at drain), and the maximum is only written when a
-    /// plain load shows it grew.
-    #[inline]
-    fn record(&self, cells: &Cells, ms: f64, status: u16) {
-        if status >= 500 {
-            cells.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if ms.is_finite() && ms > crate::sketch::MIN_VALUE {
-            let index = ((ms.ln() / self.inner.ln_gamma).ceil() as i32).clamp(LOW, HIGH);
-            cells.buckets[(index - LOW) as usize].fetch_add(1, Ordering::Relaxed);
-            let bits = ms.to_bits();
-            if bits > cells.max_bits.load(Ordering::Relaxed) {
-                cells.max_bits.fetch_max(bits, Ordering::Relaxed);
-            }
-        } else {
-            cells.zeros.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Registers (method, route) for this thread and keeps its cells in the thread's map.
+    fn register_local(&self, local: &mut Local, method: &str, route: &str) -> Option<Arc<Cells>> {
+        let (method, route, cells) = self.register(method, route)?;
+        local.entry(method).or_default().insert(route, cells.clone());
+        Some(cells)
     }
 
     fn register(&self, method: &str, route: &str) -> Option<(Arc<str>, Arc<str>, Arc<Cells>)> {
