@@ -1,6 +1,6 @@
 //! The actix-web middleware and telemetry scope, in an actix application.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{test, web, App, HttpResponse};
 use chrono::{Duration, Utc};
 use serde_json::{json, Value};
@@ -11,6 +11,14 @@ use licensor::keys::{KeyRing, Signer};
 use licensor::license::{self, Expiry, LicenseRequest, Tier};
 
 fn licensing(dir: &std::path::Path, instance_url: Option<&str>) -> Licensing {
+    licensing_with(dir, instance_url, |_| {})
+}
+
+fn licensing_with(
+    dir: &std::path::Path,
+    instance_url: Option<&str>,
+    tweak: impl FnOnce(&mut Config),
+) -> Licensing {
     let signer = Signer::generate("vendor").unwrap();
     let mut ring = KeyRing::new();
     ring.insert_pem("vendor", &signer.public_pem()).unwrap();
@@ -36,6 +44,7 @@ fn licensing(dir: &std::path::Path, instance_url: Option<&str>) -> Licensing {
     c.instance_url = instance_url.map(String::from);
     c.data_dir = dir.join("client");
     c.first_check_in_after = std::time::Duration::from_secs(3600);
+    tweak(&mut c);
     Licensing::start(c).unwrap()
 }
 
@@ -164,5 +173,59 @@ async fn a_development_instance_tracks_nothing_and_says_why() {
     assert_eq!(body["enabled"], false);
     assert!(body["reason"].as_str().unwrap().starts_with("development instance"), "{body}");
     assert!(!dir.path().join("client").exists());
+    l.shutdown();
+}
+
+#[actix_web::test]
+async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing_with(dir.path(), Some("https://app.example.com"), |c| c.limits.max_routes = 3);
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let ok = || async { HttpResponse::Ok().finish() };
+    let app = test::init_service(
+        App::new()
+            .wrap(Track::new(l.clone()))
+            .route("/items/{id}", web::get().to(ok))
+            .route("/items/{id}", web::post().to(ok))
+            .route("/items/{id}", web::method(purge.clone()).to(ok))
+            .route("/other", web::get().to(ok)),
+    )
+    .await;
+    let call = |method: Method, path: &str, host: &[u8]| {
+        test::TestRequest::default()
+            .method(method)
+            .uri(path)
+            .insert_header(("host", actix_web::http::header::HeaderValue::from_bytes(host).unwrap()))
+            .to_request()
+    };
+    for (method, path) in [
+        (Method::GET, "/items/1"),
+        (Method::GET, "/items/2"),
+        (Method::POST, "/items/3"),
+        (purge.clone(), "/items/4"),
+        (purge.clone(), "/items/5"),
+        // A fourth (method, route): past the bound of three.
+        (Method::GET, "/other"),
+    ] {
+        assert_eq!(
+            test::call_service(&app, call(method, path, b"app.example.com")).await.status(),
+            StatusCode::OK
+        );
+    }
+    // A host that is not text is nobody's development host: tracked like any other.
+    let res = test::call_service(&app, call(Method::GET, "/items/6", b"caf\xe9.example")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // The application's own tracking of the same route lands in the same figures.
+    l.telemetry().requests.track_request("GET", "/items/{id}", 200, std::time::Duration::from_millis(5));
+
+    let (routes, overflow) = l.telemetry().requests.drain();
+    let got: Vec<(&str, &str, u64)> =
+        routes.iter().map(|r| (r.method.as_str(), r.route.as_str(), r.count)).collect();
+    assert_eq!(got, [("GET", "/items/{id}", 4), ("POST", "/items/{id}", 1), ("PURGE", "/items/{id}", 2)]);
+    assert_eq!(overflow, 1, "the request past the route bound is counted, not lost");
+    // Every duration was recorded: the sketches hold every request.
+    assert_eq!(routes.iter().map(|r| r.sketch.count()).sum::<u64>(), 7);
+    let slowest = routes[0].sketch.quantile(1.0).unwrap();
+    assert!(slowest >= 5.0 * 0.99, "the directly tracked 5 ms is among GET's: {slowest}");
     l.shutdown();
 }

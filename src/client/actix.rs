@@ -8,17 +8,20 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::json;
+use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use super::policy;
+use super::requests::RouteCells;
 use super::telemetry::Telemetry;
 use super::Licensing;
 
@@ -47,17 +50,64 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         let telemetry = self.licensing.telemetry();
-        let enabled = telemetry.enabled();
-        ready(Ok(TrackService { service, telemetry: Rc::new(telemetry.clone()), enabled }))
+        let worker = telemetry.enabled().then(|| Rc::new(Worker::new(telemetry.clone())));
+        ready(Ok(TrackService { service, worker }))
     }
 }
 
-/// The middleware's service; see [`Track`]. One per worker thread, so its handle on the
-/// collector is shared through an `Rc`, never an atomic count.
+/// The middleware's service; see [`Track`].
 pub struct TrackService<S> {
     service: S,
-    telemetry: Rc<Telemetry>,
-    enabled: bool,
+    /// `None` where telemetry is off (development, air-gapped): requests pass untouched.
+    worker: Option<Rc<Worker>>,
+}
+
+/// One worker thread's tracking state. Actix builds one service per worker thread and never
+/// moves it to another, so nothing here needs a lock or an atomic count, and the request path
+/// touches only a few cache lines of its own.
+struct Worker {
+    telemetry: Telemetry,
+    /// Reads the CPU's time-stamp counter where it is invariant (about half the cost of
+    /// `Instant::now` on these machines), else the system's monotonic clock.
+    clock: quanta::Clock,
+    last_host: RefCell<LastHost>,
+    /// This worker's cells per route pattern and method. The patterns come from the
+    /// application's route table, so the map grows no larger than that.
+    routes: RefCell<FxHashMap<Box<str>, [Slot; METHODS.len()]>>,
+}
+
+/// The methods a route's cells are kept for in [`Worker::routes`]; requests with another
+/// (extension) method take the collector's general path.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
+/// A (route, method)'s cells, as far as this worker knows them.
+#[derive(Clone, Default)]
+enum Slot {
+    /// Not seen by this worker yet.
+    #[default]
+    Unknown,
+    /// Past the collector's route bound: its requests count as overflow.
+    Overflow,
+    Cells(RouteCells),
+}
+
+/// The last `Host` this worker saw, as raw bytes, and whether it is local. Nearly every
+/// request of a deployment names the same host, so the per-request check is one header
+/// look-up and a byte comparison; parsing and the policy run only when the host changes.
+#[derive(Default)]
+struct LastHost {
+    bytes: Vec<u8>,
+    local: bool,
 }
 
 impl<S, B> Service<ServiceRequest> for TrackService<S>
@@ -74,20 +124,42 @@ where
     }
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let tracked = (self.enabled && !local_host(&req)).then(|| Tracked {
-            started: Instant::now(),
-            method: req.method().clone(),
-            telemetry: self.telemetry.clone(),
-        });
+        let tracked = match &self.worker {
+            Some(worker) if !worker.local_host(&req) => Some(Tracked {
+                started: worker.clock.raw(),
+                method: match METHODS.iter().position(|m| m == req.method()) {
+                    Some(slot) => MethodKey::Slot(slot),
+                    None => MethodKey::Other(req.method().clone()),
+                },
+                worker: worker.clone(),
+            }),
+            _ => None,
+        };
         TrackFuture { fut: self.service.call(req), tracked }
     }
 }
 
 /// What a tracked request carries until its response is ready.
 struct Tracked {
-    started: Instant,
-    method: actix_web::http::Method,
-    telemetry: Rc<Telemetry>,
+    /// The clock's raw reading at the start.
+    started: u64,
+    method: MethodKey,
+    worker: Rc<Worker>,
+}
+
+/// A request's method: its place in [`METHODS`], or the method itself where it has none.
+enum MethodKey {
+    Slot(usize),
+    Other(Method),
+}
+
+impl MethodKey {
+    fn as_str(&self) -> &str {
+        match self {
+            MethodKey::Slot(slot) => METHODS[*slot].as_str(),
+            MethodKey::Other(method) => method.as_str(),
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -107,53 +179,94 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.fut.poll(cx) {
-            Poll::Ready(result) => result,
-            Poll::Pending => return Poll::Pending,
-        };
-        if let Some(t) = this.tracked.take() {
-            let elapsed = t.started.elapsed();
-            let (status, pattern) = match &result {
-                Ok(res) => (res.status(), res.request().match_pattern()),
-                Err(e) => (e.as_response_error().status_code(), None),
-            };
-            // An unmatched path is never recorded as itself (it may hold anything).
-            let route = pattern.as_deref().unwrap_or("(unmatched)");
-            t.telemetry.requests.track_request(t.method.as_str(), route, status.as_u16(), elapsed);
-            if status.is_server_error() {
-                let message = format!("{} {route} answered {}", t.method.as_str(), status.as_u16());
-                t.telemetry.track_error_parts::<&str>("http", &message, &[], chrono::Utc::now());
-            }
+        let poll = this.fut.poll(cx);
+        // The response is looked at where it lies, never moved out and back.
+        if let (Poll::Ready(result), Some(tracked)) = (&poll, this.tracked.take()) {
+            tracked.finish(result);
         }
-        Poll::Ready(result)
+        poll
     }
 }
 
-/// Whether the request's host (from `Host`, or the URI's authority under HTTP/2) is local.
-fn local_host(req: &ServiceRequest) -> bool {
-    let host = req
-        .headers()
-        .get(actix_web::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let Some(host) = host else { return false };
-    // Nearly every request of a deployment names the same host: the last answer is kept per
-    // worker thread, so the check costs a comparison.
-    thread_local! {
-        static LAST: std::cell::RefCell<(String, bool)> = const { std::cell::RefCell::new((String::new(), false)) };
-    }
-    LAST.with(|last| {
-        let Ok(mut last) = last.try_borrow_mut() else {
-            return policy::development_host(strip_port(host)).is_some();
+impl Tracked {
+    /// Records the request once its response (or error) is ready.
+    fn finish<B>(self, result: &Result<ServiceResponse<B>, actix_web::Error>) {
+        let worker = &self.worker;
+        let nanos = worker.clock.delta_as_nanos(self.started, worker.clock.raw());
+        let (status, pattern) = match result {
+            Ok(res) => (res.status(), res.request().match_pattern()),
+            Err(e) => (e.as_response_error().status_code(), None),
         };
-        if last.0 != host {
-            let local = policy::development_host(strip_port(host)).is_some();
-            last.0.clear();
-            last.0.push_str(host);
-            last.1 = local;
+        // An unmatched path is never recorded as itself (it may hold anything).
+        let route = pattern.as_deref().unwrap_or("(unmatched)");
+        worker.record(&self.method, route, status.as_u16(), nanos);
+        if status.is_server_error() {
+            let message = format!("{} {route} answered {}", self.method.as_str(), status.as_u16());
+            worker.telemetry.track_error_parts::<&str>("http", &message, &[], chrono::Utc::now());
         }
-        last.1
-    })
+    }
+}
+
+impl Worker {
+    fn new(telemetry: Telemetry) -> Worker {
+        Worker {
+            telemetry,
+            // The first clock of a process calibrates the counter (under a millisecond here);
+            // the rest reuse that calibration.
+            clock: quanta::Clock::new(),
+            last_host: RefCell::default(),
+            routes: RefCell::default(),
+        }
+    }
+
+    /// Whether the request's host (from `Host`, or the URI's authority under HTTP/2) is local.
+    fn local_host(&self, req: &ServiceRequest) -> bool {
+        let host = match req.headers().get(actix_web::http::header::HOST) {
+            Some(value) => value.as_bytes(),
+            None => match req.uri().authority() {
+                Some(authority) => authority.as_str().as_bytes(),
+                None => return false,
+            },
+        };
+        let Ok(mut last) = self.last_host.try_borrow_mut() else {
+            return host_is_local(host);
+        };
+        if last.bytes != host {
+            last.local = host_is_local(host);
+            last.bytes.clear();
+            last.bytes.extend_from_slice(host);
+        }
+        last.local
+    }
+
+    /// Records one request in this worker's cells for its route and method, found with one
+    /// hash of the pattern; the collector is asked for them the first time only.
+    fn record(&self, method: &MethodKey, route: &str, status: u16, nanos: u64) {
+        let requests = &self.telemetry.requests;
+        let (&MethodKey::Slot(slot), Ok(mut routes)) = (method, self.routes.try_borrow_mut()) else {
+            return requests.track_request(method.as_str(), route, status, Duration::from_nanos(nanos));
+        };
+        let slots = match routes.get_mut(route) {
+            Some(slots) => slots,
+            None => routes.entry(route.into()).or_default(),
+        };
+        if let Slot::Unknown = slots[slot] {
+            slots[slot] = match requests.route(method.as_str(), route) {
+                Some(cells) => Slot::Cells(cells),
+                None => Slot::Overflow,
+            };
+        }
+        match &slots[slot] {
+            Slot::Cells(cells) => cells.record(nanos as f64 / 1e6, status),
+            _ => requests.overflowed(),
+        }
+    }
+}
+
+/// Whether a host (as sent, perhaps with a port) is a development host. A host that is not
+/// text is not one: such a request is tracked like any other.
+fn host_is_local(host: &[u8]) -> bool {
+    std::str::from_utf8(host).is_ok_and(|host| policy::development_host(strip_port(host)).is_some())
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`; a bare IPv6 address stays.
