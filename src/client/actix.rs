@@ -91,12 +91,13 @@ const METHODS: [Method; 9] = [
 ];
 
 /// A (route, method)'s cells, as far as this worker knows them.
-#[derive(Clone, Default)]
+#[derive(Default)]
 enum Slot {
     /// Not seen by this worker yet.
     #[default]
     Unknown,
-    /// Past the collector's route bound: its requests count as overflow.
+    /// Past the collector's route bound, which never frees a place: its requests count as
+    /// overflow.
     Overflow,
     Cells(RouteCells),
 }

@@ -150,38 +150,36 @@ impl Requests {
             return;
         }
         let ms = duration.as_secs_f64() * 1000.0;
-        // The common case borrows this thread's cells in place: no reference count is touched.
-        let recorded = LOCAL.try_with(|local| {
-            let mut caches = local.try_borrow_mut().ok()?;
-            let local = local_cache::entry(&mut caches, self.inner.id);
-            if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
-                cells.record(ms, status);
-                return Some(());
-            }
-            self.register_local(local, method, route)?.record(ms, status);
-            Some(())
-        });
-        if recorded.ok().flatten().is_none() {
+        if self.with_cells(method, route, |cells| cells.record(ms, status)).is_none() {
             self.overflowed();
         }
     }
 
     /// The calling thread's cells for (method, route), registered on first use, for a caller
     /// that keeps its own map from route to cells (the actix middleware keeps one per worker).
-    /// `None` when the tracker is disabled or the route bound is reached; each such request is
-    /// then counted with [`Requests::overflowed`].
+    /// `None` when the tracker is disabled or the route bound is reached (the bound never frees
+    /// a place); each such request is then counted with [`Requests::overflowed`].
     pub fn route(&self, method: &str, route: &str) -> Option<RouteCells> {
         if !self.inner.enabled {
             return None;
         }
+        self.with_cells(method, route, |cells| RouteCells(cells.clone()))
+    }
+
+    /// Runs `f` on this thread's cells for (method, route), registering them on first use.
+    /// The common case borrows them in place: no reference count is touched.
+    #[inline]
+    fn with_cells<R>(&self, method: &str, route: &str, f: impl FnOnce(&Arc<Cells>) -> R) -> Option<R> {
         LOCAL
             .try_with(|local| {
                 let mut caches = local.try_borrow_mut().ok()?;
                 let local = local_cache::entry(&mut caches, self.inner.id);
                 if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
-                    return Some(RouteCells(cells.clone()));
+                    return Some(f(cells));
                 }
-                self.register_local(local, method, route).map(RouteCells)
+                let (method, route, cells) = self.register(method, route)?;
+                local.entry(method).or_default().insert(route, cells.clone());
+                Some(f(&cells))
             })
             .ok()
             .flatten()
@@ -192,13 +190,6 @@ impl Requests {
         if self.inner.enabled {
             self.inner.overflow.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Registers (method, route) for this thread and keeps its cells in the thread's map.
-    fn register_local(&self, local: &mut Local, method: &str, route: &str) -> Option<Arc<Cells>> {
-        let (method, route, cells) = self.register(method, route)?;
-        local.entry(method).or_default().insert(route, cells.clone());
-        Some(cells)
     }
 
     fn register(&self, method: &str, route: &str) -> Option<(Arc<str>, Arc<str>, Arc<Cells>)> {
