@@ -272,12 +272,14 @@ fn main() {
     }
     if !alone.is_empty() {
         // Each round's two runs are adjacent in time, so their ratio is the steadier estimate.
-        let rate_loss = median(alone.iter().map(|[a, b]| (1.0 - b.0 / a.0) * 100.0).collect());
+        let rate_losses: Vec<f64> = alone.iter().map(|[a, b]| (1.0 - b.0 / a.0) * 100.0).collect();
+        let (q1, q3) = quartiles(rate_losses.clone());
+        let rate_loss = median(rate_losses);
         let cpu_loss = median(alone.iter().map(|[a, b]| (1.0 - a.1 / b.1) * 100.0).collect());
         let (without, with) =
             (median(alone.iter().map(|p| p[0].0).collect()), median(alone.iter().map(|p| p[1].0).collect()));
         println!(
-            "middleware: alone: median without {without:.0} req/s, with {with:.0} req/s; median loss per round {rate_loss:.2}% in throughput, {cpu_loss:.2}% from CPU per request"
+            "middleware: alone: median without {without:.0} req/s, with {with:.0} req/s; median loss per round {rate_loss:.2}% in throughput (quartiles {q1:.2}% to {q3:.2}%), {cpu_loss:.2}% from CPU per request"
         );
     }
     let losses: Vec<f64> = side.iter().map(|(a, b)| (1.0 - a / b) * 100.0).collect();
