@@ -179,7 +179,7 @@ async fn a_development_instance_tracks_nothing_and_says_why() {
 #[actix_web::test]
 async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
     let dir = tempfile::TempDir::new().unwrap();
-    let l = licensing_with(dir.path(), Some("https://app.example.com"), |c| c.limits.max_routes = 3);
+    let l = licensing_with(dir.path(), Some("https://app.example.com"), |c| c.limits.max_routes = 4);
     let purge = Method::from_bytes(b"PURGE").unwrap();
     let ok = || async { HttpResponse::Ok().finish() };
     let app = test::init_service(
@@ -188,7 +188,15 @@ async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
             .route("/items/{id}", web::get().to(ok))
             .route("/items/{id}", web::post().to(ok))
             .route("/items/{id}", web::method(purge.clone()).to(ok))
-            .route("/other", web::get().to(ok)),
+            .route("/other", web::get().to(ok))
+            // A handler that waits: its future is pending before it answers.
+            .route(
+                "/slow/{id}",
+                web::get().to(|| async {
+                    actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+                    HttpResponse::Ok().finish()
+                }),
+            ),
     )
     .await;
     let call = |method: Method, path: &str, host: &[u8]| {
@@ -198,13 +206,16 @@ async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
             .insert_header(("host", actix_web::http::header::HeaderValue::from_bytes(host).unwrap()))
             .to_request()
     };
+    // A request whose handler waits is tracked once it answers, with the time it took.
+    let res = test::call_service(&app, call(Method::GET, "/slow/1", b"app.example.com")).await;
+    assert_eq!(res.status(), StatusCode::OK);
     for (method, path) in [
         (Method::GET, "/items/1"),
         (Method::GET, "/items/2"),
         (Method::POST, "/items/3"),
         (purge.clone(), "/items/4"),
         (purge.clone(), "/items/5"),
-        // A fourth (method, route): past the bound of three.
+        // A fifth (method, route): past the bound of four.
         (Method::GET, "/other"),
     ] {
         assert_eq!(
@@ -221,10 +232,20 @@ async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
     let (routes, overflow) = l.telemetry().requests.drain();
     let got: Vec<(&str, &str, u64)> =
         routes.iter().map(|r| (r.method.as_str(), r.route.as_str(), r.count)).collect();
-    assert_eq!(got, [("GET", "/items/{id}", 4), ("POST", "/items/{id}", 1), ("PURGE", "/items/{id}", 2)]);
+    assert_eq!(
+        got,
+        [
+            ("GET", "/items/{id}", 4),
+            ("GET", "/slow/{id}", 1),
+            ("POST", "/items/{id}", 1),
+            ("PURGE", "/items/{id}", 2)
+        ]
+    );
     assert_eq!(overflow, 1, "the request past the route bound is counted, not lost");
     // Every duration was recorded: the sketches hold every request.
-    assert_eq!(routes.iter().map(|r| r.sketch.count()).sum::<u64>(), 7);
+    assert_eq!(routes.iter().map(|r| r.sketch.count()).sum::<u64>(), 8);
+    let slow = routes[1].sketch.quantile(1.0).unwrap();
+    assert!(slow >= 20.0 * 0.99, "the waiting handler's 20 ms are in its time: {slow}");
     let slowest = routes[0].sketch.quantile(1.0).unwrap();
     assert!(slowest >= 5.0 * 0.99, "the directly tracked 5 ms is among GET's: {slowest}");
     l.shutdown();

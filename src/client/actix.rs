@@ -181,9 +181,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let poll = this.fut.poll(cx);
-        // The response is looked at where it lies, never moved out and back.
-        if let (Poll::Ready(result), Some(tracked)) = (&poll, this.tracked.take()) {
-            tracked.finish(result);
+        // The response is looked at where it lies, never moved out and back; what the request
+        // carries is taken only once it is ready (a pending poll leaves it in place).
+        if let Poll::Ready(result) = &poll {
+            if let Some(tracked) = this.tracked.take() {
+                tracked.finish(result);
+            }
         }
         poll
     }
