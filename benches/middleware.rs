@@ -16,8 +16,8 @@
 //! 3. **In process.** Both apps called through actix's test service, no network: the
 //!    middleware's own nanoseconds per request.
 //!
-//! Run with `cargo bench --bench middleware`; `ROUNDS` and `SECONDS` adjust the wrk rounds, and
-//! `ONLY=side` runs the side-by-side figure alone.
+//! Run with `cargo bench --bench middleware`; `ROUNDS` and `SECONDS` adjust the wrk rounds,
+//! `ONLY=side` runs the side-by-side figure alone and `ONLY=inproc` the in-process one alone.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use chrono::{Duration, Utc};
@@ -160,7 +160,7 @@ fn side_by_side(plain: &Served, tracked: &Served, seconds: u32) -> (f64, f64) {
 
 /// The middleware's own cost, without the network: the same app called in-process (actix's
 /// test service) many times, with and without it, alternating; nanoseconds per request.
-fn in_process(tracked: Licensing) -> (f64, f64) {
+fn in_process(tracked: Licensing, rounds: usize) -> (f64, f64) {
     use actix_web::test;
     actix_web::rt::System::new().block_on(async move {
         let a = test::init_service(hello_app!()).await;
@@ -181,9 +181,16 @@ fn in_process(tracked: Licensing) -> (f64, f64) {
                 $times.push(started.elapsed().as_nanos() as f64 / f64::from(N));
             }};
         }
-        for _ in 0..50 {
-            time!(a, ta);
-            time!(b, tb);
+        // `APP=plain` or `APP=tracked` runs one app only: under callgrind, the difference of
+        // the two runs' instruction counts is the middleware's.
+        let app = std::env::var("APP").unwrap_or_default();
+        for _ in 0..rounds {
+            if app != "tracked" {
+                time!(a, ta);
+            }
+            if app != "plain" {
+                time!(b, tb);
+            }
         }
         (median(ta), median(tb))
     })
@@ -191,7 +198,7 @@ fn in_process(tracked: Licensing) -> (f64, f64) {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The first and third quartiles.
@@ -201,6 +208,20 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
+    // `ONLY=inproc` measures the in-process figure alone, without wrk or pinning: the form to
+    // run under `valgrind --tool=callgrind`, whose instruction counts are steady.
+    if std::env::var("ONLY").is_ok_and(|v| v == "inproc") {
+        let dir = tempfile::TempDir::new().unwrap();
+        let l = licensing(dir.path());
+        let rounds = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+        let (ns_plain, ns_tracked) = in_process(l.clone(), rounds);
+        println!(
+            "middleware: in process, no network: {ns_plain:.0} ns per request without, {ns_tracked:.0} ns with: +{:.0} ns",
+            ns_tracked - ns_plain
+        );
+        l.shutdown();
+        return;
+    }
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("middleware: wrk is not installed (apt-get install wrk); nothing measured");
         return;
@@ -259,7 +280,7 @@ fn main() {
         alone.push(pair);
     }
     // 3. In process.
-    let in_process = (!side_only).then(|| in_process(l.clone()));
+    let in_process = (!side_only).then(|| in_process(l.clone(), 50));
 
     let tracked_requests: u64 = l.summary(24).unwrap().unwrap().performance.iter().map(|r| r.count).sum();
     assert!(tracked_requests > 0, "the tracked app tracked nothing");
