@@ -21,11 +21,80 @@ const MAX_INDEX: i32 = 2_000;
 const DEFAULT_INV_LN_GAMMA: f64 = 49.99833328888678;
 
 /// The bucket a value (above [`MIN_VALUE`]) falls in at relative accuracy [`ALPHA`]: what
-/// `Sketch::default().index(value)` gives, up to rounding on a bucket's very edge, without a
-/// division or a call to libm's `ceil` (the request tracker runs this once per request).
+/// `Sketch::default().index(value)` gives, up to rounding on a bucket's very edge (within about
+/// 1e-13 of it, where either bucket is within the accuracy). The request tracker runs this once
+/// per request, so from 1/1024 ms to 2^22 ms (70 minutes) it reads two small tables instead of
+/// calling libm's logarithm: a quarter of the instructions. Outside that range it computes the
+/// logarithm, without a division or a call to libm's `ceil`.
 #[inline]
 pub fn default_index(value: f64) -> i32 {
+    let bits = value.to_bits();
+    // The sign bit is clear for the values this is meant for, so the shift leaves the
+    // exponent alone; negative values and NaN land outside the table and take the formula.
+    let exponent = (bits >> 52) as i32 - 1023;
+    if (TABLE_LOW_EXPONENT..TABLE_HIGH_EXPONENT).contains(&exponent) {
+        let slice = ((exponent - TABLE_LOW_EXPONENT) as usize) << SLICE_BITS
+            | ((bits >> (52 - SLICE_BITS)) as usize & (SLICES_PER_OCTAVE - 1));
+        let index = i32::from(TABLES.0[slice]);
+        // A slice is narrower than a bucket: the value is in the slice's first bucket or the
+        // next one.
+        return index + i32::from(value > TABLES.1[(index - EDGE_LOW) as usize]);
+    }
     ceil_i32(value.ln() * DEFAULT_INV_LN_GAMMA).clamp(-MAX_INDEX, MAX_INDEX)
+}
+
+/// The table covers values from 2^`TABLE_LOW_EXPONENT` to 2^`TABLE_HIGH_EXPONENT` ms.
+const TABLE_LOW_EXPONENT: i32 = -10;
+const TABLE_HIGH_EXPONENT: i32 = 22;
+/// Each octave is cut into 2^`SLICE_BITS` slices by the mantissa's top bits; a slice spans a
+/// ratio of at most 1 + 1/64, less than a bucket's γ ≈ 1.0202, so it meets at most two buckets.
+const SLICE_BITS: u32 = 6;
+const SLICES_PER_OCTAVE: usize = 1 << SLICE_BITS;
+const SLICES: usize = (TABLE_HIGH_EXPONENT - TABLE_LOW_EXPONENT) as usize * SLICES_PER_OCTAVE;
+/// The buckets whose upper edges are kept: every bucket a table value can fall in.
+const EDGE_LOW: i32 = -347;
+const EDGE_HIGH: i32 = 764;
+const EDGES: usize = (EDGE_HIGH - EDGE_LOW + 1) as usize;
+
+/// The bucket of each slice's lowest value, and each bucket's upper edge γ^i, built at compile
+/// time.
+static TABLES: ([i16; SLICES], [f64; EDGES]) = build_tables();
+
+const fn build_tables() -> ([i16; SLICES], [f64; EDGES]) {
+    let gamma = (1.0 + ALPHA) / (1.0 - ALPHA);
+    // γ^i by repeated multiplication outwards from γ^0 = 1: some hundreds of roundings, a
+    // relative error near 1e-13 at the far ends.
+    let mut edges = [0.0; EDGES];
+    let zero = (-EDGE_LOW) as usize;
+    edges[zero] = 1.0;
+    let mut i = zero;
+    while i + 1 < EDGES {
+        edges[i + 1] = edges[i] * gamma;
+        i += 1;
+    }
+    i = zero;
+    while i > 0 {
+        edges[i - 1] = edges[i] / gamma;
+        i -= 1;
+    }
+    // Each slice's lowest value is an exact float; its bucket is the first whose upper edge
+    // reaches it. Both only grow, so one pass over the edges serves every slice.
+    let mut slices = [0i16; SLICES];
+    let mut edge = 0;
+    let mut slice = 0;
+    while slice < SLICES {
+        let exponent = (slice >> SLICE_BITS) as i64 + TABLE_LOW_EXPONENT as i64 + 1023;
+        let mantissa = (slice & (SLICES_PER_OCTAVE - 1)) as u64;
+        let lowest = f64::from_bits((exponent as u64) << 52 | mantissa << (52 - SLICE_BITS));
+        while edges[edge] < lowest {
+            edge += 1;
+        }
+        slices[slice] = (edge as i32 + EDGE_LOW) as i16;
+        slice += 1;
+    }
+    // The last slice's second bucket must have its edge in the table too.
+    assert!(edge + 1 < EDGES, "the edge table is too short for the slice table");
+    (slices, edges)
 }
 
 /// `x.ceil() as i32` (saturating): truncation is the ceiling of negative numbers and integers,

@@ -122,3 +122,39 @@ fn the_fast_index_agrees_with_the_sketch_on_every_bucket() {
     assert_eq!(default_index(f64::MAX), sketch.index(f64::MAX));
     assert_eq!(default_index(f64::MIN_POSITIVE), sketch.index(f64::MIN_POSITIVE));
 }
+
+#[test]
+fn the_fast_index_agrees_with_the_formula_everywhere_but_on_an_edge() {
+    // `default_index` reads tables from 2^-10 to 2^22 ms and computes the logarithm outside
+    // them. Sweep both, densely, with the floats on both sides of every table slice's start
+    // (2^e · (1 + k/64)) and of every octave: the places a table lookup could go wrong.
+    let sketch = Sketch::default();
+    let ln_gamma = ((1.0 + ALPHA) / (1.0 - ALPHA)).ln();
+    let mut values = Vec::new();
+    for e in -12..=24 {
+        for k in 0..64u64 {
+            let start = f64::from_bits(((e + 1023) as u64) << 52 | k << 46);
+            values.extend([start, f64::from_bits(start.to_bits() - 1), f64::from_bits(start.to_bits() + 1)]);
+        }
+    }
+    // 2 million values spread evenly in the logarithm from 0.0011 ms to 10^8 ms.
+    let (low, high) = (0.0011f64.ln(), 1e8f64.ln());
+    let n = 2_000_000;
+    values.extend((0..n).map(|i| (low + (high - low) * f64::from(i) / f64::from(n)).exp()));
+    let mut on_edge = 0;
+    for &v in &values {
+        let (fast, formula) = (default_index(v), sketch.index(v));
+        if fast != formula {
+            // Only a value on a bucket's very edge may go either way, and only by one.
+            let position = v.ln() / ln_gamma;
+            assert!(
+                (fast - formula).abs() == 1 && (position - position.round()).abs() < 1e-9,
+                "{v} ms: the fast index says {fast}, the formula {formula}"
+            );
+            on_edge += 1;
+        }
+    }
+    assert!(values.len() > 2_000_000);
+    // The even spread almost never lands within 1e-9 of an edge.
+    assert!(on_edge < 10, "{on_edge} values on an edge disagree");
+}
