@@ -224,6 +224,9 @@ impl Worker {
     }
 
     /// Whether the request's host (from `Host`, or the URI's authority under HTTP/2) is local.
+    /// Inlined into the middleware's generic service, which the application's crate compiles:
+    /// a call through the dynamic linker's table costs more here than the check itself.
+    #[inline]
     fn local_host(&self, req: &ServiceRequest) -> bool {
         let host = match req.headers().get(actix_web::http::header::HOST) {
             Some(value) => value.as_bytes(),
@@ -245,6 +248,7 @@ impl Worker {
 
     /// Records one request in this worker's cells for its route and method, found with one
     /// hash of the pattern; the collector is asked for them the first time only.
+    #[inline]
     fn record(&self, method: &MethodKey, route: &str, status: u16, nanos: u64) {
         let requests = &self.telemetry.requests;
         let (&MethodKey::Slot(slot), Ok(mut routes)) = (method, self.routes.try_borrow_mut()) else {
