@@ -207,18 +207,27 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
     (v[v.len() / 4], v[v.len() * 3 / 4])
 }
 
+/// Prints the in-process figure: nanoseconds per request without and with the middleware.
+fn report_in_process((ns_plain, ns_tracked): (f64, f64)) {
+    println!(
+        "middleware: in process, no network: {ns_plain:.0} ns per request without, {ns_tracked:.0} ns with: +{:.0} ns",
+        ns_tracked - ns_plain
+    );
+}
+
+/// A number from the environment, or `default` where it is unset or not a number.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn main() {
     // `ONLY=inproc` measures the in-process figure alone, without wrk or pinning: the form to
     // run under `valgrind --tool=callgrind`, whose instruction counts are steady.
     if std::env::var("ONLY").is_ok_and(|v| v == "inproc") {
         let dir = tempfile::TempDir::new().unwrap();
         let l = licensing(dir.path());
-        let rounds = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-        let (ns_plain, ns_tracked) = in_process(l.clone(), rounds);
-        println!(
-            "middleware: in process, no network: {ns_plain:.0} ns per request without, {ns_tracked:.0} ns with: +{:.0} ns",
-            ns_tracked - ns_plain
-        );
+        let rounds = env_number("ROUNDS", 50);
+        report_in_process(in_process(l.clone(), rounds));
         l.shutdown();
         return;
     }
@@ -239,8 +248,8 @@ fn main() {
             .expect("taskset runs (util-linux)");
         std::process::exit(status.code().unwrap_or(1));
     }
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
-    let seconds: u32 = std::env::var("SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let rounds: usize = env_number("ROUNDS", 15);
+    let seconds: u32 = env_number("SECONDS", 2);
     let dir = tempfile::TempDir::new().unwrap();
     let l = licensing(dir.path());
     let plain = serve!(hello_app!());
@@ -285,11 +294,8 @@ fn main() {
     let tracked_requests: u64 = l.summary(24).unwrap().unwrap().performance.iter().map(|r| r.count).sum();
     assert!(tracked_requests > 0, "the tracked app tracked nothing");
     println!("middleware: {tracked_requests} requests tracked by the tracked app");
-    if let Some((ns_plain, ns_tracked)) = in_process {
-        println!(
-            "middleware: in process, no network: {ns_plain:.0} ns per request without, {ns_tracked:.0} ns with: +{:.0} ns",
-            ns_tracked - ns_plain
-        );
+    if let Some(figures) = in_process {
+        report_in_process(figures);
     }
     if !alone.is_empty() {
         // Each round's two runs are adjacent in time, so their ratio is the steadier estimate.
