@@ -24,6 +24,10 @@ pub const MAX_NONCE_BYTES: usize = 128;
 pub const MAX_VERSION_LEN: usize = 64;
 /// The longest name (usage names, routes, modules, health keys), as the protocol fixes it.
 pub const MAX_NAME_LEN: usize = 128;
+/// The largest count a batch may carry (2^53 - 1, the largest integer every JSON reader holds
+/// exactly). Far above any real figure for one batch, and low enough that sums of many batches
+/// fit in the signed 64-bit integers both databases store; sums saturate beyond that.
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
 /// The outcome of a check-in, as the server decides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -522,6 +526,7 @@ impl TelemetryBatch {
             if p.sketch.len() > 64 * 1024 {
                 return invalid("performance[].sketch is longer than 64 KiB".into());
             }
+            check_storable("performance[].sketch", &p.sketch)?;
         }
         for e in &self.errors {
             let hex = !e.fingerprint.is_empty()
@@ -537,12 +542,16 @@ impl TelemetryBatch {
                     limits.max_message_len
                 ));
             }
+            check_storable("errors[].message", &e.message)?;
             too_many("stack lines", e.stack.len(), limits.max_stack_lines)?;
             if e.stack.iter().any(|l| l.chars().count() > limits.max_stack_line_len) {
                 return invalid(format!(
                     "errors[].stack lines are at most {} characters",
                     limits.max_stack_line_len
                 ));
+            }
+            for line in &e.stack {
+                check_storable("errors[].stack[]", line)?;
             }
             check_count("errors[].count", e.count)?;
             if e.last_seen < e.first_seen {
@@ -551,6 +560,9 @@ impl TelemetryBatch {
         }
         check_count("sessions.count", self.sessions.count)?;
         check_count("sessions.total_duration_s", self.sessions.total_duration_s)?;
+        for n in self.sessions.hourly {
+            check_count("sessions.hourly[]", n)?;
+        }
         for (name, v) in [
             ("dropped.sampled", self.dropped.sampled),
             ("dropped.throttled", self.dropped.throttled),
@@ -558,8 +570,12 @@ impl TelemetryBatch {
         ] {
             check_count(name, v)?;
         }
-        if self.redactions.len() > 64 || self.redactions.keys().any(|k| k.len() > 64) {
-            return invalid("redactions: at most 64 rules with names of at most 64 characters".into());
+        if self.redactions.len() > 64 {
+            return invalid("redactions: at most 64 rules".into());
+        }
+        for (rule, n) in &self.redactions {
+            check_text("redactions key", rule, 64)?;
+            check_count("redactions[]", *n)?;
         }
         Ok(())
     }
@@ -581,10 +597,20 @@ fn check_number(field: &str, value: f64) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// Counts are stored as signed 64-bit integers.
+/// Counts are at most [`MAX_COUNT`], so that sums stay exact and storable.
 fn check_count(field: &str, value: u64) -> Result<(), BatchError> {
-    if value > i64::MAX as u64 {
-        return Err(BatchError::Invalid(format!("{field} is too large")));
+    if value > MAX_COUNT {
+        return Err(BatchError::Invalid(format!("{field} is larger than {MAX_COUNT}")));
+    }
+    Ok(())
+}
+
+/// Free text (messages, stack lines, sketches) may hold line breaks and tabs, but nothing a
+/// backend cannot store: PostgreSQL refuses NUL in text where SQLite keeps it, so both refuse
+/// it here, before any database sees the batch.
+fn check_storable(field: &str, value: &str) -> Result<(), BatchError> {
+    if value.contains('\0') {
+        return Err(BatchError::Invalid(format!("{field} contains a NUL character")));
     }
     Ok(())
 }

@@ -50,6 +50,9 @@ pub enum CheckInError {
     /// stopped); the client should retry later.
     #[error("recording the check-in failed: {0}")]
     Unrecorded(String),
+    /// Recording panicked (a bug); the writer goes on with the next check-ins.
+    #[error("recording the check-in panicked")]
+    Panicked,
 }
 
 impl From<diesel::result::Error> for CheckInError {

@@ -81,24 +81,59 @@ fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
         };
         let (prepared, replies): (Vec<Prepared>, Vec<_>) =
             jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
-        // A bug in one group must not stop the writer for every later check-in.
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_group(store, &prepared)))
-                .unwrap_or_else(|_| Err(CheckInError::Unrecorded("the writer panicked".into())));
-        match outcome {
-            Ok(decisions) => {
-                for ((p, reply), d) in prepared.into_iter().zip(replies).zip(decisions) {
-                    let _ = reply.send((p, Ok(d)));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::error!(error = %message, checkins = replies.len(), "recording a group of check-ins failed");
-                for (p, reply) in prepared.into_iter().zip(replies) {
-                    let _ = reply.send((p, Err(CheckInError::Unrecorded(message.clone()))));
-                }
-            }
+        let outcomes = write_isolating(store, &prepared);
+        for ((p, reply), outcome) in prepared.into_iter().zip(replies).zip(outcomes) {
+            let _ = reply.send((p, outcome));
         }
+    }
+}
+
+/// Records a group in one transaction. Should the database refuse it (a value one check-in
+/// carries that validation let through, a constraint, a bug), the group is split in halves and
+/// each half written in a transaction of its own, down to single check-ins: the check-in at
+/// fault fails alone, and every other one is recorded. The halves are written in order, so
+/// decisions are still those of arrival order. One bad tenant costs about 2·log2(group)
+/// transactions, never the group's success. A database that cannot be reached fails the group
+/// at once: splitting would only multiply the failures.
+fn write_isolating(store: &Store, group: &[Prepared]) -> Vec<Result<Decision, CheckInError>> {
+    match write_guarded(store, group) {
+        Ok(decisions) => decisions.into_iter().map(Ok).collect(),
+        Err(e) if group.len() > 1 && caused_by_content(&e) => {
+            let (first, second) = group.split_at(group.len() / 2);
+            let mut outcomes = write_isolating(store, first);
+            outcomes.extend(write_isolating(store, second));
+            outcomes
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if group.len() == 1 && caused_by_content(&e) {
+                tracing::warn!(error = %message, instance_id = %group[0].instance_id, "the database refused one check-in");
+            } else {
+                tracing::error!(error = %message, checkins = group.len(), "recording a group of check-ins failed");
+            }
+            group.iter().map(|_| Err(CheckInError::Unrecorded(message.clone()))).collect()
+        }
+    }
+}
+
+/// [`write_group`], with a panic turned into an error: a bug that one check-in triggers must
+/// not stop the writer for every later one.
+fn write_guarded(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_group(store, group)))
+        .unwrap_or_else(|_| Err(CheckInError::Panicked))
+}
+
+/// Whether a failure may come from what one check-in carried (so that writing the group in
+/// parts can isolate it), rather than from the database being unreachable.
+fn caused_by_content(e: &CheckInError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        CheckInError::Panicked => true,
+        CheckInError::Store(store::StoreError::Query(Error::DatabaseError(kind, _))) => {
+            !matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand)
+        }
+        CheckInError::Store(store::StoreError::Query(Error::SerializationError(_))) => true,
+        _ => false,
     }
 }
 

@@ -140,6 +140,7 @@ impl From<CheckInError> for ApiError {
             CheckInError::TooMany { retry_after } => ApiError::TooManyRequests { retry_after },
             CheckInError::Store(s) => s.into(),
             CheckInError::Unrecorded(detail) => ApiError::Unavailable(detail),
+            CheckInError::Panicked => ApiError::Internal("recording the check-in panicked".into()),
         }
     }
 }

@@ -68,6 +68,8 @@ pub fn insert_batches(
 /// the text is the latest. `rows` must have distinct (instance, fingerprint) pairs.
 fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), StoreError> {
     use diesel::dsl::case_when;
+    use diesel::sql_types::BigInt;
+    use diesel::IntoSql as _;
     use telemetry_errors::{count, error_type, first_seen, last_seen, message, stack};
     macro_rules! upsert {
         ($values:expr) => {
@@ -76,7 +78,13 @@ fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), Store
                 .on_conflict((telemetry_errors::instance_id, telemetry_errors::fingerprint))
                 .do_update()
                 .set((
-                    count.eq(count + excluded(count)),
+                    // Saturates rather than overflowing: an overflow would fail the whole
+                    // group's transaction on PostgreSQL and turn into a float on SQLite.
+                    count.eq(case_when(
+                        count.gt(i64::MAX.into_sql::<BigInt>() - excluded(count)),
+                        i64::MAX.into_sql::<BigInt>(),
+                    )
+                    .otherwise(count + excluded(count))),
                     error_type.eq(excluded(error_type)),
                     message.eq(excluded(message)),
                     stack.eq(excluded(stack)),
@@ -110,7 +118,7 @@ fn merge_fingerprints(rows: &[ErrorRow]) -> Vec<ErrorRow> {
         merged
             .entry((row.instance_id.as_str(), row.fingerprint.as_str()))
             .and_modify(|m| {
-                m.count += row.count;
+                m.count = m.count.saturating_add(row.count);
                 m.first_seen = m.first_seen.min(row.first_seen);
                 if row.last_seen >= m.last_seen {
                     m.last_seen = row.last_seen;
@@ -206,7 +214,8 @@ impl Store {
             .load(conn)?;
         let mut usage: BTreeMap<(String, String), i64> = BTreeMap::new();
         for entry in usage_json.iter().flat_map(|j| parse_list::<UsageCount>(j)) {
-            *usage.entry((entry.kind.as_str().to_owned(), entry.name)).or_default() += entry.count as i64;
+            let sum = usage.entry((entry.kind.as_str().to_owned(), entry.name)).or_default();
+            *sum = sum.saturating_add(count(entry.count));
         }
         let mut usage: Vec<FeatureSummary> =
             usage.into_iter().map(|((kind, name), count)| FeatureSummary { kind, name, count }).collect();
@@ -243,11 +252,11 @@ impl Store {
             .load(conn)?;
         let mut sessions = SessionSummary { hourly: vec![0; 24], ..Default::default() };
         for row in session_rows {
-            sessions.count += row.count;
-            sessions.total_duration_s += row.total_duration_s;
-            let hourly: Vec<i64> = serde_json::from_str(&row.hourly).unwrap_or_default();
+            sessions.count = sessions.count.saturating_add(row.count);
+            sessions.total_duration_s = sessions.total_duration_s.saturating_add(row.total_duration_s);
+            let hourly: Vec<u64> = serde_json::from_str(&row.hourly).unwrap_or_default();
             for (slot, n) in sessions.hourly.iter_mut().zip(hourly) {
-                *slot += n;
+                *slot = slot.saturating_add(count(n));
             }
         }
         Ok(TelemetrySummary {
@@ -326,9 +335,10 @@ impl Store {
             let mut per_instance: BTreeMap<(String, String, String), i64> = BTreeMap::new();
             for (instance_id, usage) in &events {
                 for entry in parse_list::<UsageCount>(usage) {
-                    *per_instance
+                    let sum = per_instance
                         .entry((instance_id.clone(), entry.kind.as_str().to_owned(), entry.name))
-                        .or_default() += entry.count as i64;
+                        .or_default();
+                    *sum = sum.saturating_add(count(entry.count));
                 }
             }
             let features: Vec<FeatureRow> = per_instance
@@ -353,7 +363,7 @@ impl Store {
             let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<&str>)> = BTreeMap::new();
             for ((instance_id, kind, name), count) in &per_instance {
                 let entry = by_name.entry((kind.clone(), name.clone())).or_default();
-                entry.0 += count;
+                entry.0 = entry.0.saturating_add(*count);
                 entry.1.insert(instance_id);
             }
             let active: Vec<(String, String)> = telemetry_batches::table
@@ -506,6 +516,12 @@ fn delete_batch_children(conn: &mut DbConnection, which: Batches<'_>) -> Result<
     Ok(removed)
 }
 
+/// A count as stored: batches carry at most `protocol::MAX_COUNT`, and anything larger (which
+/// only an older build could have stored) saturates rather than wrapping to a negative.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Reads a JSON list stored by this module; a row that does not parse (which only a bug could
 /// write) contributes nothing rather than failing a whole summary.
 fn parse_list<T: serde::de::DeserializeOwned>(json: &str) -> Vec<T> {
@@ -537,8 +553,8 @@ fn merge_routes(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummar
         entry.p95_ms = weigh(entry.p95_ms, p.p95_ms);
         entry.p99_ms = weigh(entry.p99_ms, p.p99_ms);
         entry.max_ms = entry.max_ms.max(p.max_ms);
-        entry.count += p.count as i64;
-        entry.errors += p.errors as i64;
+        entry.count = entry.count.saturating_add(count(p.count));
+        entry.errors = entry.errors.saturating_add(count(p.errors));
     }
     let mut out: Vec<RouteSummary> = by_route.into_values().collect();
     out.sort_by_key(|r| std::cmp::Reverse(r.count));
