@@ -1,5 +1,6 @@
 //! Leases: the server's signed answer to a check-in (`LEASE1.` tokens), binding the license,
-//! the instance, the client's nonce and the times the server decided. A client keeps its last
+//! the instance, the client's nonce, the times the server decided and the acknowledgement of
+//! the batch sent. Every answer that can change a client's state carries one. A client keeps its last
 //! lease to start offline; because the nonce is inside, an old answer replayed can never
 //! satisfy a new check-in. This module does no I/O.
 
@@ -31,6 +32,10 @@ pub struct LeasePayload {
     /// The instance may run on this lease until then (exclusive).
     #[serde(with = "crate::time::rfc3339")]
     pub valid_until: DateTime<Utc>,
+    /// The acknowledgement of the batch this check-in carried, signed with the rest: the
+    /// client lets a batch go only on this, never on the answer's unsigned copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<protocol::TelemetryAck>,
 }
 
 impl Claims for LeasePayload {

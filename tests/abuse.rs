@@ -17,6 +17,11 @@ on_both_backends!(
     a_poisoned_check_in_fails_alone_while_others_succeed,
 );
 
+/// Writes a bad value into one place of a batch.
+type Poison = fn(&mut Value);
+/// Writes a count into one place of a batch.
+type SetCount = fn(&mut Value, u64);
+
 fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("")
 }
@@ -30,7 +35,7 @@ fn text_a_backend_cannot_store_is_refused_at_validation(h: Harness) {
     let key = h.license(Tier::Community, 1);
     // A NUL byte in every free-text field the batch carries: PostgreSQL refuses it, SQLite
     // would keep it; both backends refuse it the same way, before the database.
-    let places: [(&str, fn(&mut Value)); 5] = [
+    let places: [(&str, Poison); 5] = [
         ("message", |b| b["errors"][0]["message"] = json!("bad\u{0}byte")),
         ("stack", |b| b["errors"][0]["stack"][0] = json!("at \u{0}")),
         ("sketch", |b| b["performance"][0]["sketch"] = json!("\u{0}")),
@@ -53,7 +58,7 @@ fn counts_are_bounded_and_sums_saturate(h: Harness) {
     let key = h.license(Tier::Pro, 1);
     let max = licensor::protocol::MAX_COUNT;
     // Counts above 2^53 - 1 are refused, wherever they stand.
-    let places: [(&str, fn(&mut Value, u64)); 5] = [
+    let places: [(&str, SetCount); 5] = [
         ("usage", |b, n| b["usage"][0]["count"] = json!(n)),
         ("errors", |b, n| b["errors"][0]["count"] = json!(n)),
         ("hourly", |b, n| b["sessions"]["hourly"][3] = json!(n)),

@@ -7,7 +7,7 @@ use chrono::Duration;
 use std::time::Duration as StdDuration;
 
 use common::Harness;
-use licensor::client::exchange::{self, build_request, retry_policy, verify_answer, AnswerError, Retry};
+use licensor::client::exchange::{self, build_request, retry_policy, verify_answer, AnswerError};
 use licensor::client::telemetry::{Limits, Telemetry};
 use licensor::license::Tier;
 use licensor::protocol::{CheckInStatus, Environment, SyncStatus, UserCountRange};
@@ -50,7 +50,7 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
     let verified = verify_answer(&body, &request, &h.ring, "client-1", None).unwrap();
     assert_eq!(verified.response.status, CheckInStatus::Valid);
     assert!(verified.batch_acknowledged);
-    let lease = verified.lease.unwrap();
+    let lease = verified.lease;
     assert_eq!(lease.nonce, request.nonce);
     assert_eq!(h.store.telemetry_counts("client-1").unwrap()["telemetry_batches"], 1);
 
@@ -75,16 +75,35 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
         verify_answer(&body, &retry, &h.ring, "someone-else", None),
         Err(AnswerError::Mismatch("instance"))
     );
-    // Tampered: a digest that is not what was sent.
+    // The acknowledgement is signed inside the lease: the answer's unsigned copy, tampered
+    // with, no longer agrees with it.
     let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["telemetry"]["digest"] = serde_json::json!("00".repeat(32));
-    let tampered = serde_json::to_vec(&v).unwrap();
+    let lease_text = v["lease"].as_str().unwrap().to_owned();
+    let signed = licensor::lease::verify_signature(&lease_text, &h.ring).unwrap();
+    assert_eq!(signed.telemetry.as_ref().map(|t| (t.accepted, t.duplicate)), Some((true, true)));
+    for (field, value) in
+        [("digest", serde_json::json!("00".repeat(32))), ("accepted", serde_json::json!(false))]
+    {
+        let mut t = v.clone();
+        t["telemetry"][field] = value;
+        assert_eq!(
+            verify_answer(&serde_json::to_vec(&t).unwrap(), &retry, &h.ring, "client-1", None),
+            Err(AnswerError::Mismatch("status, time or acknowledgement")),
+            "{field}"
+        );
+    }
+    // A signed acknowledgement of other bytes than those sent: refused.
     assert!(matches!(
-        verify_answer(&tampered, &retry, &h.ring, "client-1", None),
-        Err(AnswerError::DigestMismatch { .. })
+        verify_answer(
+            &body,
+            &exchange::Request { digest: Some("00".repeat(32)), ..retry.clone() },
+            &h.ring,
+            "client-1",
+            None
+        ),
+        Err(AnswerError::Mismatch("nonce")) | Err(AnswerError::DigestMismatch { .. })
     ));
     // A changed status with the lease left as it was: refused.
-    v["telemetry"]["digest"] = serde_json::json!(retry.digest.clone());
     v["status"] = serde_json::json!("revoked");
     let forged = serde_json::to_vec(&v).unwrap();
     assert!(matches!(
@@ -100,21 +119,16 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
 }
 
 #[test]
-fn retry_policy_backs_off_with_jitter_and_never_retries_client_errors() {
-    for status in [400, 401, 403, 404, 413, 415] {
-        assert_eq!(retry_policy(1, Some(status), None), Retry::Never, "{status}");
-    }
-    for (attempt, status) in [(1, None), (1, Some(500)), (1, Some(503)), (1, Some(408)), (1, Some(429))] {
-        let Retry::After(delay) = retry_policy(attempt, status, None) else {
-            panic!("{status:?} must retry")
-        };
+fn retry_policy_backs_off_with_jitter_and_retries_everything() {
+    for attempt in [1, 1, 1, 1] {
+        let delay = retry_policy(attempt, None);
         assert!((exchange::BACKOFF_BASE / 2..=exchange::BACKOFF_BASE).contains(&delay), "{delay:?}");
     }
-    let Retry::After(third) = retry_policy(3, Some(503), None) else { panic!() };
+    let third = retry_policy(3, None);
     assert!((exchange::BACKOFF_BASE * 2..=exchange::BACKOFF_BASE * 4).contains(&third), "{third:?}");
-    let Retry::After(late) = retry_policy(40, None, None) else { panic!() };
+    let late = retry_policy(40, None);
     assert!(late <= exchange::BACKOFF_CAP && late >= exchange::BACKOFF_CAP / 2);
-    let Retry::After(told) = retry_policy(1, Some(429), Some(600)) else { panic!() };
+    let told = retry_policy(1, Some(600));
     assert!(told >= StdDuration::from_secs(600), "Retry-After is a minimum");
 }
 

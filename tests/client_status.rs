@@ -41,6 +41,7 @@ fn lease(status: CheckInStatus, server_time: DateTime<Utc>, next: Duration, vali
         server_time,
         next_check_in_at: server_time + next,
         valid_until: server_time + valid,
+        telemetry: None,
     }
 }
 

@@ -234,6 +234,12 @@ impl CheckInService {
             Subject::Unreadable(_) => None,
             Subject::Untrusted { license, .. } | Subject::Licensed(license) => Some(license),
         };
+        let telemetry = p.telemetry.as_ref().map(|t| TelemetryAck {
+            batch_id: t.batch_id,
+            accepted: d.status == CheckInStatus::Valid,
+            duplicate: d.duplicate,
+            digest: t.digest.clone(),
+        });
         let lease = license.map(|license| {
             lease::sign(
                 &self.signer,
@@ -247,6 +253,7 @@ impl CheckInService {
                     server_time: p.now,
                     next_check_in_at: d.next_check_in_at,
                     valid_until: d.valid_until,
+                    telemetry: telemetry.clone(),
                 },
             )
         });
@@ -258,12 +265,7 @@ impl CheckInService {
             next_check_in_at: d.next_check_in_at,
             valid_until: d.valid_until,
             server_time: p.now,
-            telemetry: p.telemetry.as_ref().map(|t| TelemetryAck {
-                batch_id: t.batch_id,
-                accepted: d.status == CheckInStatus::Valid,
-                duplicate: d.duplicate,
-                digest: t.digest.clone(),
-            }),
+            telemetry,
         }
     }
 

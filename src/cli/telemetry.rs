@@ -6,7 +6,6 @@ use anyhow::{Context as _, Result};
 use std::io::Write as _;
 
 use super::{ClientArgs, ExportFormat, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
-use crate::client::exchange::Retry;
 use crate::client::licensing::offline::Opened;
 use crate::client::licensing::CheckInOutcome;
 use crate::client::{Config, Mode, Status};
@@ -301,11 +300,9 @@ pub fn check_in(args: ClientArgs) -> Result<u8> {
                 EXIT_NOT_VALID
             }
         }
-        CheckInOutcome::NoAnswer { error, retry } => {
+        CheckInOutcome::NoAnswer { error, .. } => {
             eprintln!("no answer: {error}");
-            if retry == Retry::Never {
-                eprintln!("(the server refused the request; the batch was let go and is counted as dropped)");
-            }
+            eprintln!("(nothing changed: the batch stays queued for the next check-in)");
             EXIT_ERROR
         }
         CheckInOutcome::Printed => {

@@ -33,8 +33,13 @@ pub enum KeySource {
 pub struct Config {
     /// `LICENSOR_LICENSE_KEY` or `LICENSOR_LICENSE_FILE`.
     pub license: Option<LicenseSource>,
-    /// `LICENSOR_SERVER_URL`: the license server's base URL.
+    /// `LICENSOR_SERVER_URL`: the license server's base URL. `https://`, or `http://` to a
+    /// loopback address; plain `http://` elsewhere only with `allow_insecure_http`.
     pub server_url: Option<String>,
+    /// `LICENSOR_ALLOW_INSECURE_HTTP`: send license keys and telemetry over plain `http://` to
+    /// a server that is not on a loopback address (a lab, a TLS-terminating sidecar on another
+    /// host). Off by default.
+    pub allow_insecure_http: bool,
     /// `LICENSOR_KEYS_DIR`, or keys built into the application.
     pub keys: Option<KeySource>,
     /// `LICENSOR_DATA_DIR`: where the local store lives.
@@ -106,6 +111,7 @@ impl Config {
         Config {
             license: None,
             server_url: None,
+            allow_insecure_http: false,
             keys: None,
             data_dir: default_data_dir(|k| std::env::var(k).ok()),
             instance_url: None,
@@ -143,14 +149,16 @@ impl Config {
             (None, Some(file)) => Some(LicenseSource::File(file.into())),
             (None, None) => None,
         };
+        let switch = |k: &str| parse_switch(k, var(k).as_deref()).map_err(ConfigError::Invalid);
+        let allow_insecure_http = switch("LICENSOR_ALLOW_INSECURE_HTTP")?;
         let server_url = text("LICENSOR_SERVER_URL");
         if let Some(url) = &server_url {
-            check_server_url(url).map_err(ConfigError::Invalid)?;
+            check_server_url(url, allow_insecure_http).map_err(ConfigError::Invalid)?;
         }
-        let switch = |k: &str| parse_switch(k, var(k).as_deref()).map_err(ConfigError::Invalid);
         let mut config = Config {
             license,
             server_url,
+            allow_insecure_http,
             keys: text("LICENSOR_KEYS_DIR").map(|d| KeySource::Dir(d.into())),
             data_dir: default_data_dir(&var),
             instance_url: text("LICENSOR_INSTANCE_URL"),
@@ -169,15 +177,30 @@ impl Config {
     }
 }
 
-/// Checks a license server URL: http or https, with a host.
-pub fn check_server_url(url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
-            Ok(())
+/// Checks a license server URL: https with a host, or plain http to a loopback address (the
+/// license key and telemetry never cross a network in the clear), or plain http anywhere when
+/// the operator allowed it explicitly.
+pub fn check_server_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => u,
+        Ok(_) => {
+            return Err(format!("LICENSOR_SERVER_URL={url:?} must be an http:// or https:// URL with a host"))
         }
-        Ok(_) => Err(format!("LICENSOR_SERVER_URL={url:?} must be an http:// or https:// URL with a host")),
-        Err(e) => Err(format!("LICENSOR_SERVER_URL={url:?} is not a URL: {e}")),
+        Err(e) => return Err(format!("LICENSOR_SERVER_URL={url:?} is not a URL: {e}")),
+    };
+    let host = parsed.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if parsed.scheme() == "http" && !loopback && !allow_insecure_http {
+        return Err(format!(
+            "LICENSOR_SERVER_URL={url:?} is plain http to a host that is not on this machine: the license key \
+             and telemetry would cross the network unencrypted. Use https://, or set \
+             LICENSOR_ALLOW_INSECURE_HTTP=true to allow it"
+        ));
     }
+    Ok(())
 }
 
 /// `$XDG_DATA_HOME/licensor`, else `$HOME/.local/share/licensor`, else `./licensor-data`.

@@ -2,7 +2,8 @@
 //! byte for byte, its digest kept), send it, and verify the answer before believing any of it:
 //! the lease's signature under the client's own key ring, the nonce, instance and license it
 //! binds, the answer's fields against the lease's, and the acknowledged digest against what was
-//! sent. Also the retry policy for failed attempts.
+//! sent. An answer without a lease that verifies is no answer at all. Also the retry policy for
+//! failed attempts, and the bounded read of an answer.
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use crate::keys::KeyRing;
 use crate::lease::{self, LeasePayload};
-use crate::protocol::{self, CheckInResponse, CheckInStatus, OutgoingCheckIn, TelemetryBatch};
+use crate::protocol::{self, CheckInResponse, OutgoingCheckIn, TelemetryBatch};
 
 /// A request ready to send, with what its answer must match.
 #[derive(Debug, Clone)]
@@ -72,24 +73,28 @@ pub fn build_request_raw(
     }
 }
 
-/// An answer that passed every check.
+/// An answer that passed every check. Everything in it that changes the client's state comes
+/// from the signed lease, never from the answer's unsigned fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub response: CheckInResponse,
-    /// The lease, when the license could be read.
-    pub lease: Option<LeasePayload>,
-    /// The server acknowledged the batch (stored now or before): the outbox may let it go.
+    /// The lease: every answer a client believes carries one.
+    pub lease: LeasePayload,
+    /// The server acknowledged the batch (stored now or before), in the signed lease: the
+    /// outbox may let it go.
     pub batch_acknowledged: bool,
 }
 
-/// Why an answer is not to be believed.
+/// Why an answer is not to be believed. Each is treated as no answer: the client keeps its
+/// state and its batch, and retries with backoff.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnswerError {
     /// The body is not a check-in response.
     #[error("the answer is not a check-in response: {0}")]
     NotAResponse(String),
-    /// A response that must carry a lease does not.
-    #[error("the answer carries no lease")]
+    /// The answer carries no lease, so nothing in it is signed (a `malformed` answer, or one
+    /// that is not from the license server at all).
+    #[error("the answer carries no signed lease")]
     NoLease,
     /// The lease's signature does not verify under the client's key ring.
     #[error("the lease does not verify: {0}")]
@@ -102,7 +107,9 @@ pub enum AnswerError {
     DigestMismatch { got: String, sent: String },
 }
 
-/// Checks an answer body against the request it answers.
+/// Checks an answer body against the request it answers: the lease must verify under `ring`,
+/// bind this request's nonce, this instance and (when known) this license, and agree with
+/// every field of the answer; the acknowledgement counts only as the lease states it.
 pub fn verify_answer(
     body: &[u8],
     request: &Request,
@@ -112,35 +119,27 @@ pub fn verify_answer(
 ) -> Result<Verified, AnswerError> {
     let response: CheckInResponse =
         serde_json::from_slice(body).map_err(|e| AnswerError::NotAResponse(e.to_string()))?;
-    let lease = match &response.lease {
-        Some(text) => {
-            let lease =
-                lease::verify_signature(text, ring).map_err(|e| AnswerError::BadLease(e.to_string()))?;
-            if lease.nonce != request.nonce {
-                return Err(AnswerError::Mismatch("nonce"));
-            }
-            if lease.instance_id != instance_id {
-                return Err(AnswerError::Mismatch("instance"));
-            }
-            if license_id.is_some_and(|id| id != lease.license_id)
-                || response.license_id != Some(lease.license_id)
-            {
-                return Err(AnswerError::Mismatch("license"));
-            }
-            let same = lease.status == response.status
-                && lease.valid_until == response.valid_until
-                && lease.next_check_in_at == response.next_check_in_at
-                && lease.server_time == response.server_time;
-            if !same {
-                return Err(AnswerError::Mismatch("status or time"));
-            }
-            Some(lease)
-        }
-        None if response.status == CheckInStatus::Malformed => None,
-        None => return Err(AnswerError::NoLease),
-    };
+    let text = response.lease.as_deref().ok_or(AnswerError::NoLease)?;
+    let lease = lease::verify_signature(text, ring).map_err(|e| AnswerError::BadLease(e.to_string()))?;
+    if lease.nonce != request.nonce {
+        return Err(AnswerError::Mismatch("nonce"));
+    }
+    if lease.instance_id != instance_id {
+        return Err(AnswerError::Mismatch("instance"));
+    }
+    if license_id.is_some_and(|id| id != lease.license_id) || response.license_id != Some(lease.license_id) {
+        return Err(AnswerError::Mismatch("license"));
+    }
+    let same = lease.status == response.status
+        && lease.valid_until == response.valid_until
+        && lease.next_check_in_at == response.next_check_in_at
+        && lease.server_time == response.server_time
+        && lease.telemetry == response.telemetry;
+    if !same {
+        return Err(AnswerError::Mismatch("status, time or acknowledgement"));
+    }
     let mut batch_acknowledged = false;
-    if let (Some(ack), Some(sent)) = (&response.telemetry, &request.digest) {
+    if let (Some(ack), Some(sent)) = (&lease.telemetry, &request.digest) {
         if ack.digest != *sent {
             return Err(AnswerError::DigestMismatch { got: ack.digest.clone(), sent: sent.clone() });
         }
@@ -149,33 +148,21 @@ pub fn verify_answer(
     Ok(Verified { response, lease, batch_acknowledged })
 }
 
-/// What to do after an attempt that got no believable answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retry {
-    /// Try again after this long.
-    After(Duration),
-    /// Do not retry this request (a 4xx other than 408 and 429): it will not get better.
-    Never,
-}
-
 /// The first retry delay, and the cap on any.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(30);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(6 * 60 * 60);
 
-/// The retry policy: `attempt` counts failures so far (1 for the first). `status` is the HTTP
-/// status, if an answer came, and `retry_after` its `Retry-After` in seconds. Exponential
-/// backoff with full jitter, capped; a server's `Retry-After` is honoured as a minimum.
-pub fn retry_policy(attempt: u32, status: Option<u16>, retry_after: Option<u64>) -> Retry {
-    if let Some(status) = status {
-        if (400..500).contains(&status) && status != 408 && status != 429 {
-            return Retry::Never;
-        }
-    }
+/// The retry policy after an attempt that got no believable answer: `attempt` counts failures
+/// so far (1 for the first), `retry_after` is the server's `Retry-After` in seconds, if any.
+/// Exponential backoff with full jitter, capped; `Retry-After` is honoured as a minimum. Every
+/// failure is retried, a 4xx included: an answer without a signed lease may come from anyone
+/// on the way, so it is no reason to drop a batch or to wait a whole interval.
+pub fn retry_policy(attempt: u32, retry_after: Option<u64>) -> Duration {
     let exponential = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
     let ceiling = exponential.min(BACKOFF_CAP);
     let jittered = Duration::from_secs_f64(ceiling.as_secs_f64() * rand::thread_rng().gen_range(0.5..=1.0));
     let floor = Duration::from_secs(retry_after.unwrap_or(0)).min(BACKOFF_CAP);
-    Retry::After(jittered.max(floor))
+    jittered.max(floor)
 }
 
 /// When to check in next: at the time the lease names, with up to 5% (at most an hour) of
@@ -187,15 +174,30 @@ pub fn next_check_in(lease_next: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<
     lease_next + chrono::Duration::milliseconds(jitter)
 }
 
+/// The most bytes of an answer the client reads. A lease answer is a few KB; a larger body is
+/// not from a license server, and must not take the host application's memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Why no answer came.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The request failed (connection, TLS, time-out, a redirect, which is never followed).
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The answer's body is longer than [`MAX_ANSWER_BYTES`].
+    #[error("the answer is larger than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge,
+}
+
 /// Sends a request to `server` (its base URL) and returns the HTTP status, `Retry-After` and
-/// body, or an error when no answer came.
+/// body, or an error when no answer came. The body is read up to [`MAX_ANSWER_BYTES`].
 pub async fn send(
     client: &reqwest::Client,
     server: &str,
     request: &Request,
-) -> Result<(u16, Option<u64>, Vec<u8>), reqwest::Error> {
+) -> Result<(u16, Option<u64>, Vec<u8>), SendError> {
     let url = format!("{}/v1/check-ins", server.trim_end_matches('/'));
-    let response =
+    let mut response =
         client.post(url).header("content-type", "application/json").body(request.body.clone()).send().await?;
     let status = response.status().as_u16();
     let retry_after = response
@@ -203,6 +205,15 @@ pub async fn send(
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let body = response.bytes().await?.to_vec();
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Err(SendError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(SendError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok((status, retry_after, body))
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::config::{Clock, Config, KeySource, LicenseSource};
-use super::exchange::{self, Retry};
+use super::exchange;
 use super::policy::{self, Mode};
 use super::status::{self, Facts, Status};
 use super::telemetry::{Session, Telemetry};
@@ -78,8 +78,9 @@ pub enum CheckInOutcome {
     Answered { status: CheckInStatus, next_check_in_at: DateTime<Utc>, batch_acknowledged: bool },
     /// `LICENSOR_TELEMETRY_DEBUG`: the batch was printed to stderr, nothing was sent.
     Printed,
-    /// No believable answer: the request failed, or the answer did not verify.
-    NoAnswer { error: String, retry: Retry },
+    /// No believable answer: the request failed, the answer did not verify, or it carried no
+    /// signed lease (a 4xx included). Nothing changed; the next attempt is after `retry`.
+    NoAnswer { error: String, retry: Duration },
     /// This instance does not check in (development, air-gapped, invalid license).
     NotApplicable(String),
 }
@@ -325,7 +326,8 @@ impl Core {
                         tier: license.as_ref().map(|p| p.tier).unwrap_or(license::Tier::Community),
                     })
                 }
-                Some(url) => super::config::check_server_url(url).map_err(StartError::BadServerUrl)?,
+                Some(url) => super::config::check_server_url(url, config.allow_insecure_http)
+                    .map_err(StartError::BadServerUrl)?,
                 None => {}
             }
         }
@@ -376,6 +378,9 @@ impl Core {
         let http = if telemetry_on {
             Some(
                 reqwest::Client::builder()
+                    // A redirect would re-send the license key and the telemetry wherever it
+                    // points: none is followed, and a 3xx counts as no answer.
+                    .redirect(reqwest::redirect::Policy::none())
                     .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
                     .timeout(config.request_timeout)
                     .user_agent(concat!("licensor-client/", env!("CARGO_PKG_VERSION")))
@@ -486,7 +491,7 @@ impl Core {
         }
         let outgoing = match store.next_batch(self.environment(now), now, &BatchLimits::default()) {
             Ok(o) => o,
-            Err(e) => return self.failed(store, format!("the local store failed: {e}"), None, None),
+            Err(e) => return self.failed(store, format!("the local store failed: {e}"), None),
         };
         if *debug {
             eprintln!("licensor telemetry (LICENSOR_TELEMETRY_DEBUG=1, not sent): {}", outgoing.payload);
@@ -508,19 +513,13 @@ impl Core {
         );
         let (http_status, retry_after, body) = match exchange::send(http, server, &request).await {
             Ok(answer) => answer,
-            Err(e) => return self.failed(store, format!("no answer: {}", error_chain(&e)), None, None),
+            Err(e) => return self.failed(store, format!("no answer: {}", error_chain(&e)), None),
         };
+        // An error status carries no signed lease, so it may come from anyone on the way: the
+        // batch stays in the outbox and the check-in is retried with backoff.
         if !(200..300).contains(&http_status) {
             let error = format!("the server answered HTTP {http_status}: {}", error_message(&body));
-            let outcome = self.failed(store, error, Some(http_status), retry_after);
-            // A 4xx other than 408 and 429 will not get better by sending the same bytes: the
-            // batch is let go (counted as dropped) so the next check-in can succeed.
-            if let CheckInOutcome::NoAnswer { retry: Retry::Never, .. } = &outcome {
-                if let Err(e) = store.discard_outbox(&outgoing.batch_id) {
-                    tracing::warn!(target: "licensor", "discarding a refused batch failed: {e}");
-                }
-            }
-            return outcome;
+            return self.failed(store, error, retry_after);
         }
         let verified = match exchange::verify_answer(
             &body,
@@ -530,14 +529,16 @@ impl Core {
             Some(payload.license_id),
         ) {
             Ok(v) => v,
-            Err(e) => return self.failed(store, format!("the answer did not verify: {e}"), None, None),
+            Err(e) => return self.failed(store, format!("the answer did not verify: {e}"), None),
         };
         self.failures.store(0, Ordering::Relaxed);
-        let status = verified.response.status;
-        let next = exchange::next_check_in(verified.response.next_check_in_at, now);
+        // From here on, only what the signed lease says counts.
+        let lease = verified.lease;
+        let status = lease.status;
+        let next = exchange::next_check_in(lease.next_check_in_at, now);
         let record = CheckInRecord {
-            lease: verified.response.lease.clone().filter(|_| verified.lease.is_some()),
-            server_time: Some(verified.response.server_time),
+            lease: verified.response.lease.clone(),
+            server_time: Some(lease.server_time),
             result: status.as_str().into(),
             next_check_in_at: Some(next),
             acknowledged: verified.batch_acknowledged.then(|| outgoing.batch_id.clone()),
@@ -546,11 +547,13 @@ impl Core {
             tracing::warn!(target: "licensor", "recording the check-in failed: {e}");
         }
         if let Ok(mut known) = self.known.write() {
-            if let Some(lease) = verified.lease {
-                known.last_server_time =
-                    Some(known.last_server_time.map_or(lease.server_time, |t| t.max(lease.server_time)));
-                known.lease = Some(lease);
-            }
+            // The mark is the server time of the latest verified answer, not the highest ever
+            // seen: a fresh answer bound to this request's nonce is the best evidence of the
+            // server's time there is, so a mark once set far ahead (a server's clock gone
+            // wrong) is corrected by the next genuine check-in instead of locking the
+            // deployment out for good.
+            known.last_server_time = Some(lease.server_time);
+            known.lease = Some(lease);
             known.last_sync = SyncStatus::Success;
         }
         if status != CheckInStatus::Valid {
@@ -563,29 +566,11 @@ impl Core {
         }
     }
 
-    fn failed(
-        &self,
-        store: &LocalStore,
-        error: String,
-        http_status: Option<u16>,
-        retry_after: Option<u64>,
-    ) -> CheckInOutcome {
+    fn failed(&self, store: &LocalStore, error: String, retry_after: Option<u64>) -> CheckInOutcome {
         let attempt = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let retry = exchange::retry_policy(attempt, http_status, retry_after);
+        let retry = exchange::retry_policy(attempt, retry_after);
         let now = self.now();
-        let next = match &retry {
-            Retry::After(delay) => {
-                now + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::hours(6))
-            }
-            // Not retried: the next regular check-in, by the license's own interval.
-            Retry::Never => {
-                now + self
-                    .license
-                    .as_ref()
-                    .map(|p| p.check_in_interval())
-                    .unwrap_or(chrono::Duration::hours(24))
-            }
-        };
+        let next = now + chrono::Duration::from_std(retry).unwrap_or(chrono::Duration::hours(6));
         tracing::warn!(target: "licensor", "check-in failed (attempt {attempt}): {error}");
         let record =
             CheckInRecord { result: error.clone(), next_check_in_at: Some(next), ..Default::default() };
@@ -604,14 +589,7 @@ impl Core {
         let until = |t: DateTime<Utc>| (t - now).to_std().unwrap_or(Duration::ZERO);
         match outcome {
             CheckInOutcome::Answered { next_check_in_at, .. } => until(*next_check_in_at),
-            CheckInOutcome::NoAnswer { retry: Retry::After(d), .. } => *d,
-            CheckInOutcome::NoAnswer { retry: Retry::Never, .. } => until(
-                now + self
-                    .license
-                    .as_ref()
-                    .map(|p| p.check_in_interval())
-                    .unwrap_or(chrono::Duration::hours(24)),
-            ),
+            CheckInOutcome::NoAnswer { retry, .. } => *retry,
             CheckInOutcome::Printed => self.config.flush_every.max(Duration::from_secs(60)),
             CheckInOutcome::NotApplicable(_) => Duration::from_secs(24 * 60 * 60),
         }

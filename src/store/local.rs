@@ -627,10 +627,9 @@ impl LocalStore {
         let mut conn = self.conn();
         conn.immediate_transaction(|c| {
             let state: VerifierState = verifier_state::table.select(VerifierState::as_select()).first(c)?;
-            let server_time = match (state.last_server_time, outcome.server_time.map(naive)) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            // The server time of the latest verified answer replaces the mark (see
+            // `client::licensing`): a genuine answer corrects a mark set too far ahead.
+            let server_time = outcome.server_time.map(naive).or(state.last_server_time);
             diesel::update(verifier_state::table)
                 .set((
                     verifier_state::last_server_time.eq(server_time),
@@ -644,27 +643,6 @@ impl LocalStore {
                 acknowledge(c, batch_id, now)?;
             }
             Ok(())
-        })
-    }
-
-    /// Drops the outbox batch without sending it (the server refused it for good); its figures
-    /// are lost, and counted as dropped in the next batch.
-    pub fn discard_outbox(&self, batch_id: &str) -> Result<bool, LocalError> {
-        let mut conn = self.conn();
-        conn.immediate_transaction(|c| {
-            let Some(out) =
-                telemetry_outbox::table.find(batch_id).select(Outgoing::as_select()).first(c).optional()?
-            else {
-                return Ok(false);
-            };
-            let lost = serde_json::from_str::<TelemetryBatch>(&out.payload)
-                .map(|b| b.usage.iter().map(|u| u.count).sum::<u64>())
-                .unwrap_or(0);
-            diesel::delete(telemetry_outbox::table.find(batch_id)).execute(c)?;
-            if lost > 0 {
-                add_tally(c, "dropped.overflow", clamp(lost))?;
-            }
-            Ok(true)
         })
     }
 
