@@ -10,16 +10,16 @@ use ed25519_dalek::Signature;
 use std::hint::black_box;
 use std::time::Instant;
 
-use licensor::keys::{KeyRing, Signer};
+use licensor::keys::{KeyRing, Role, Signer};
 use licensor::license::{self, Expiry, LicenseRequest, Tier};
 
 const ROUNDS: usize = 9;
 const PER_ROUND: u32 = 20_000;
 
 fn main() {
-    let signer = Signer::generate("bench-2026").expect("valid kid");
+    let signer = Signer::generate("bench-2026", Role::License).expect("valid kid");
     let mut ring = KeyRing::new();
-    ring.insert("bench-2026".into(), signer.verifying_key()).expect("fresh ring");
+    ring.insert("bench-2026".into(), Role::License, signer.verifying_key()).expect("fresh ring");
     let now = Utc::now();
     let issued = license::issue(
         &signer,

@@ -26,14 +26,14 @@ use std::sync::mpsc;
 
 use licensor::client::actix::Track;
 use licensor::client::{Config, Licensing};
-use licensor::keys::{KeyRing, Signer};
+use licensor::keys::{KeyRing, Role, Signer};
 use licensor::license::{self, Expiry, LicenseRequest, Tier};
 
 /// A Pro deployment whose telemetry is on, whose first check-in is a day away.
 fn licensing(dir: &std::path::Path) -> Licensing {
-    let signer = Signer::generate("vendor").unwrap();
+    let signer = Signer::generate("vendor", Role::License).unwrap();
     let mut ring = KeyRing::new();
-    ring.insert_pem("vendor", &signer.public_pem()).unwrap();
+    ring.insert_pem("vendor", Role::License, &signer.public_pem()).unwrap();
     let now = Utc::now();
     let key = license::issue(
         &signer,

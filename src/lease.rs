@@ -75,8 +75,10 @@ impl Claims for LeasePayload {
     }
 }
 
-/// Signs a lease under the server's key.
+/// Signs a lease under the server's key, which must be a lease key (the server checks its
+/// role when it loads it).
 pub fn sign(signer: &Signer, mut payload: LeasePayload) -> String {
+    debug_assert_eq!(signer.role(), crate::keys::Role::Lease, "leases are signed by a lease key");
     payload.v = LEASE_VERSION;
     payload.kid = signer.kid().to_owned();
     token::sign(&payload, signer.signing_key())

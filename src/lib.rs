@@ -16,11 +16,11 @@
 //!
 //! ```
 //! use chrono::{Duration, Utc};
-//! use licensor::keys::{KeyRing, Signer};
+//! use licensor::keys::{KeyRing, Role, Signer};
 //! use licensor::license::{self, Expiry, LicenseRequest, Tier};
 //! use licensor::Verdict;
 //!
-//! let signer = Signer::generate("acme-2026")?;
+//! let signer = Signer::generate("acme-2026", Role::License)?;
 //! let now = Utc::now();
 //! let issued = license::issue(
 //!     &signer,
@@ -37,7 +37,7 @@
 //! )?;
 //!
 //! let mut ring = KeyRing::new();
-//! ring.insert_pem("acme-2026", &signer.public_pem())?;
+//! ring.insert_pem("acme-2026", Role::License, &signer.public_pem())?;
 //! let payload = license::verify(&issued.key, &ring, now)?;
 //! assert!(payload.has_feature("sso"));
 //!

@@ -273,6 +273,9 @@ pub enum IssueError {
     /// The license would already be expired when issued.
     #[error("expires_at {} is not in the future", crate::time::format(.0))]
     AlreadyExpired(DateTime<Utc>),
+    /// The signing key is not a license key: a lease key must never mint a license.
+    #[error("key {kid:?} is a {role} key; license keys are signed by a license key")]
+    NotALicenseKey { kid: String, role: crate::keys::Role },
 }
 
 /// A signed license key and the payload it carries.
@@ -285,6 +288,9 @@ pub struct Issued {
 /// Issues a license under `signer` at `now`, with a fresh random license id.
 /// Instants are truncated to whole seconds, as the wire format writes them.
 pub fn issue(signer: &Signer, request: LicenseRequest, now: DateTime<Utc>) -> Result<Issued, IssueError> {
+    if signer.role() != crate::keys::Role::License {
+        return Err(IssueError::NotALicenseKey { kid: signer.kid().to_owned(), role: signer.role() });
+    }
     let second = |t: DateTime<Utc>| t.duration_trunc(Duration::seconds(1)).unwrap_or(t);
     let now = second(now);
     let expires_at = match request.expiry {

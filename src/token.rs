@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::keys::KeyRing;
+use crate::keys::{KeyRing, Role};
 
 /// The longest token accepted. Real license keys are a few hundred bytes; anything longer is
 /// refused before any decoding work is done.
@@ -32,12 +32,14 @@ pub struct Kind {
     pub version: u32,
     /// `family` and `version` followed by a dot, as the token starts.
     pub prefix: &'static str,
+    /// The role a key must have in the ring to sign tokens of this family.
+    pub role: Role,
 }
 
-/// License keys: `LIC1.`.
-pub const LICENSE: Kind = Kind { family: "LIC", version: 1, prefix: "LIC1." };
-/// Server-signed leases: `LEASE1.`.
-pub const LEASE: Kind = Kind { family: "LEASE", version: 1, prefix: "LEASE1." };
+/// License keys: `LIC1.`, signed by a license key.
+pub const LICENSE: Kind = Kind { family: "LIC", version: 1, prefix: "LIC1.", role: Role::License };
+/// Server-signed leases: `LEASE1.`, signed by a lease key.
+pub const LEASE: Kind = Kind { family: "LEASE", version: 1, prefix: "LEASE1.", role: Role::Lease };
 
 /// Every family this build knows, for tools that accept any token (`licensor inspect`).
 pub const KINDS: [Kind; 2] = [LICENSE, LEASE];
@@ -88,10 +90,11 @@ pub enum TokenError {
     /// reads (a newer issuer, most likely).
     #[error("unsupported version: the token is {found}, this build reads {expected}")]
     UnsupportedVersion { found: String, expected: String },
-    /// The payload names a key id that is not in the key ring: an unknown issuer, or a key
-    /// that was removed from the ring.
-    #[error("unknown key: {kid:?} is not in the key ring")]
-    UnknownKey { kid: String },
+    /// The payload names a key id that is not in the key ring for this token's role: an
+    /// unknown issuer, a key that was removed from the ring, or a key of the other role (a
+    /// lease key naming itself in a license).
+    #[error("unknown key: {kid:?} is not in the key ring as a {role} key")]
+    UnknownKey { kid: String, role: Role },
     /// The signature does not verify under the key the payload names: the token was altered,
     /// or signed by a different key under the same id.
     #[error("bad signature: the token was altered or not signed by key {kid:?}")]
@@ -205,10 +208,12 @@ impl<C: Claims> Decoded<'_, C> {
         Ok(self.claims)
     }
 
-    /// Checks the signature only: whether the named key in the ring signed these bytes.
+    /// Checks the signature only: whether the named key in the ring, trusted for this token's
+    /// role, signed these bytes.
     pub fn verify_signature(&self, ring: &KeyRing) -> Result<(), TokenError> {
         let kid = self.claims.kid();
-        let key = ring.get(kid).ok_or_else(|| TokenError::UnknownKey { kid: kid.to_owned() })?;
+        let role = C::KIND.role;
+        let key = ring.get(kid, role).ok_or_else(|| TokenError::UnknownKey { kid: kid.to_owned(), role })?;
         key.verify_strict(self.signed, &self.signature)
             .map_err(|_| TokenError::BadSignature { kid: kid.to_owned() })
     }

@@ -63,7 +63,7 @@ impl Vendor {
     }
 
     fn private_key(&self) -> String {
-        self.dir.path().join("vendor-1.private.pem").to_str().unwrap().to_owned()
+        self.dir.path().join("vendor-1.license.private.pem").to_str().unwrap().to_owned()
     }
 
     fn issue(&self, extra: &[&str]) -> Output {
@@ -98,8 +98,8 @@ fn keygen_writes_a_0600_private_key_and_refuses_to_overwrite() {
     let out_dir = dir.path().join("nested/keys");
     let out = licensor(&["keygen", "--kid", "acme-2026", "--out-dir", out_dir.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let private = out_dir.join("acme-2026.private.pem");
-    let public = out_dir.join("acme-2026.public.pem");
+    let private = out_dir.join("acme-2026.license.private.pem");
+    let public = out_dir.join("acme-2026.license.public.pem");
     let printed = stdout(&out);
     assert!(printed.contains(private.to_str().unwrap()) && printed.contains(public.to_str().unwrap()));
     let private_pem = std::fs::read_to_string(&private).unwrap();

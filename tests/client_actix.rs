@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use licensor::client::actix::{scope, Track};
 use licensor::client::{Config, Licensing};
-use licensor::keys::{KeyRing, Signer};
+use licensor::keys::{KeyRing, Role, Signer};
 use licensor::license::{self, Expiry, LicenseRequest, Tier};
 
 fn licensing(dir: &std::path::Path, instance_url: Option<&str>) -> Licensing {
@@ -19,9 +19,9 @@ fn licensing_with(
     instance_url: Option<&str>,
     tweak: impl FnOnce(&mut Config),
 ) -> Licensing {
-    let signer = Signer::generate("vendor").unwrap();
+    let signer = Signer::generate("vendor", Role::License).unwrap();
     let mut ring = KeyRing::new();
-    ring.insert_pem("vendor", &signer.public_pem()).unwrap();
+    ring.insert_pem("vendor", Role::License, &signer.public_pem()).unwrap();
     let now = Utc::now();
     let key = license::issue(
         &signer,

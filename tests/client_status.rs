@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
 use licensor::client::policy::Mode;
 use licensor::client::status::{evaluate, Facts, InvalidReason, Status, CLOCK_TOLERANCE_S};
-use licensor::keys::{KeyRing, Signer};
+use licensor::keys::{KeyRing, Role, Signer};
 use licensor::lease::LeasePayload;
 use licensor::license::{self, Expiry, LicensePayload, LicenseRequest, Tier};
 use licensor::protocol::CheckInStatus;
@@ -14,7 +14,7 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn license(tier: Tier) -> LicensePayload {
-    let signer = Signer::generate("k").unwrap();
+    let signer = Signer::generate("k", Role::License).unwrap();
     let request = LicenseRequest {
         licensee: "Acme".into(),
         tier,
@@ -26,7 +26,7 @@ fn license(tier: Tier) -> LicensePayload {
     };
     let key = license::issue(&signer, request, t0()).unwrap().key;
     let mut ring = KeyRing::new();
-    ring.insert("k".into(), signer.verifying_key()).unwrap();
+    ring.insert("k".into(), Role::License, signer.verifying_key()).unwrap();
     license::verify(&key, &ring, t0()).unwrap()
 }
 

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
 use serde::{Deserialize, Serialize};
 
-use licensor::keys::{KeyRing, Signer};
+use licensor::keys::{KeyRing, Role, Signer};
 use licensor::license::{self, Expiry, IssueError, LicensePayload, LicenseRequest, Tier};
 use licensor::token::{self, Claims, Kind, Malformed, TokenError, Verdict};
 
@@ -27,9 +27,9 @@ fn request(tier: Tier) -> LicenseRequest {
 }
 
 fn signer_and_ring(kid: &str) -> (Signer, KeyRing) {
-    let signer = Signer::generate(kid).unwrap();
+    let signer = Signer::generate(kid, Role::License).unwrap();
     let mut ring = KeyRing::new();
-    ring.insert(kid.to_owned(), signer.verifying_key()).unwrap();
+    ring.insert(kid.to_owned(), Role::License, signer.verifying_key()).unwrap();
     (signer, ring)
 }
 
@@ -142,11 +142,11 @@ fn signature_covers_the_prefix_and_the_encoded_payload() {
 
 #[test]
 fn rotation_old_and_new_keys_verify_while_both_are_in_the_ring() {
-    let old = Signer::generate("vendor-2025").unwrap();
-    let new = Signer::generate("vendor-2026").unwrap();
+    let old = Signer::generate("vendor-2025", Role::License).unwrap();
+    let new = Signer::generate("vendor-2026", Role::License).unwrap();
     let mut ring = KeyRing::new();
-    ring.insert("vendor-2025".into(), old.verifying_key()).unwrap();
-    ring.insert("vendor-2026".into(), new.verifying_key()).unwrap();
+    ring.insert("vendor-2025".into(), Role::License, old.verifying_key()).unwrap();
+    ring.insert("vendor-2026".into(), Role::License, new.verifying_key()).unwrap();
     let old_key = license::issue(&old, request(Tier::Pro), t0()).unwrap().key;
     let new_key = license::issue(&new, request(Tier::Pro), t0()).unwrap().key;
     assert_eq!(verdict(&old_key, &ring, t0()), Verdict::Valid);
@@ -156,7 +156,7 @@ fn rotation_old_and_new_keys_verify_while_both_are_in_the_ring() {
     assert!(ring.remove("vendor-2025").is_some());
     assert_eq!(
         license::verify(&old_key, &ring, t0()).unwrap_err(),
-        TokenError::UnknownKey { kid: "vendor-2025".into() }
+        TokenError::UnknownKey { kid: "vendor-2025".into(), role: Role::License }
     );
     assert_eq!(verdict(&new_key, &ring, t0()), Verdict::Valid);
 }
@@ -169,14 +169,14 @@ fn wrong_kid_and_wrong_key_under_a_known_kid() {
     let (_, other_ring) = signer_and_ring("vendor-b");
     assert_eq!(
         license::verify(&key, &other_ring, t0()).unwrap_err(),
-        TokenError::UnknownKey { kid: "vendor-a".into() }
+        TokenError::UnknownKey { kid: "vendor-a".into(), role: Role::License }
     );
     assert_eq!(verdict(&key, &KeyRing::new(), t0()), Verdict::UnknownKey);
 
     // Another key published under the same id: the signature cannot verify.
-    let impostor = Signer::generate("vendor-a").unwrap();
+    let impostor = Signer::generate("vendor-a", Role::License).unwrap();
     let mut ring = KeyRing::new();
-    ring.insert("vendor-a".into(), impostor.verifying_key()).unwrap();
+    ring.insert("vendor-a".into(), Role::License, impostor.verifying_key()).unwrap();
     assert_eq!(
         license::verify(&key, &ring, t0()).unwrap_err(),
         TokenError::BadSignature { kid: "vendor-a".into() }

@@ -48,14 +48,24 @@ fn zero_config_start_then_sigterm_finishes_requests_in_flight() {
     for file in [
         "licensor.db",
         "admin-token",
-        "keys/lease.private.pem",
-        "keys/lease.public.pem",
-        "keys/vendor-dev.private.pem",
+        "private/dev-server.lease.private.pem",
+        "keys/dev-server.lease.public.pem",
+        "private/vendor-dev.license.private.pem",
+        "keys/vendor-dev.license.public.pem",
     ] {
         assert!(data.join(file).exists(), "{file} was not created");
     }
+    // The ring of trusted public keys holds no private key: it can be copied to clients.
+    let ring: Vec<String> = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(ring.iter().all(|f| f.ends_with(".public.pem")), "{ring:?}");
     use std::os::unix::fs::PermissionsExt as _;
-    for secret in ["admin-token", "keys/lease.private.pem", "keys/vendor-dev.private.pem"] {
+    assert_eq!(std::fs::metadata(data.join("private")).unwrap().permissions().mode() & 0o777, 0o700);
+    for secret in
+        ["admin-token", "private/dev-server.lease.private.pem", "private/vendor-dev.license.private.pem"]
+    {
         assert_eq!(
             std::fs::metadata(data.join(secret)).unwrap().permissions().mode() & 0o777,
             0o600,

@@ -244,7 +244,50 @@ fn untrusted_and_unreadable_keys(h: Harness) {
     assert!(r["lease"].is_string(), "a readable license gets a lease saying so");
     assert_eq!(r["telemetry"]["accepted"], false);
 
-    let stranger = licensor::keys::Signer::generate("stranger").unwrap();
+    // The server's own lease key, stolen from the internet-facing server, mints a perpetual
+    // million-seat license: its key is trusted for leases only, so the license is unknown.
+    let lease_key =
+        licensor::keys::Signer::load(&h.dir.path().join("keys/lease-test.lease.private.pem")).unwrap();
+    let minted = licensor::token::sign(
+        &licensor::license::LicensePayload {
+            v: 1,
+            kid: "lease-test".into(),
+            license_id: uuid::Uuid::new_v4(),
+            licensee: "Mallory".into(),
+            tier: Tier::Enterprise,
+            issued_at: common::t0(),
+            not_before: common::t0(),
+            expires_at: None,
+            seats: 1_000_000,
+            features: vec![],
+            check_in_interval_s: None,
+        },
+        lease_key.signing_key(),
+    );
+    let r = h.check_in(&minted, "x", t.as_deref());
+    assert_eq!(status(&r), "unknown_key", "{r}");
+    assert_eq!(
+        licensor::license::verify(&minted, &h.ring, h.now()).unwrap_err().verdict(),
+        licensor::Verdict::UnknownKey
+    );
+    assert!(matches!(
+        licensor::license::issue(
+            &lease_key,
+            licensor::license::LicenseRequest {
+                licensee: "Mallory".into(),
+                tier: Tier::Enterprise,
+                expiry: Expiry::Perpetual,
+                not_before: None,
+                seats: 1,
+                features: vec![],
+                check_in_interval: None,
+            },
+            h.now()
+        ),
+        Err(licensor::license::IssueError::NotALicenseKey { .. })
+    ));
+
+    let stranger = licensor::keys::Signer::generate("stranger", licensor::keys::Role::License).unwrap();
     let foreign = licensor::license::issue(
         &stranger,
         licensor::license::LicenseRequest {

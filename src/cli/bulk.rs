@@ -164,6 +164,7 @@ fn describe_csv_error(e: &csv::Error) -> String {
 fn issue_error_column(e: &IssueError, message: String) -> RowError {
     let column = match e {
         IssueError::AlreadyExpired(_) => "expires",
+        IssueError::NotALicenseKey { .. } => "(row)",
         IssueError::Invalid(f) => match f.field {
             "expires_at" => "expires",
             "check_in_interval_s" => "check_in_interval",

@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use chrono::{Duration, Utc};
 
 use super::{DemoArgs, EXIT_ERROR, EXIT_OK};
-use crate::keys::{KeyRing, Signer};
+use crate::keys::{KeyRing, Role, Signer};
 use crate::license::{self, Expiry, LicenseRequest, Tier};
 
 pub fn run(args: DemoArgs) -> Result<u8> {
@@ -13,7 +13,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         std::env::temp_dir().join(format!("licensor-demo-{}", uuid::Uuid::new_v4().simple()))
     });
     let kid = format!("demo-{}", Utc::now().format("%Y%m%d"));
-    let signer = Signer::generate(&kid)?;
+    let signer = Signer::generate(&kid, Role::License)?;
     let paths = signer.write_pair(&dir)?;
     println!("1. keygen: wrote {} (0600) and {}", paths.private.display(), paths.public.display());
 

@@ -37,7 +37,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate an Ed25519 key pair: KID.private.pem (mode 0600) and KID.public.pem.
+    /// Generate an Ed25519 key pair for one role: KID.ROLE.private.pem (mode 0600) and
+    /// KID.ROLE.public.pem, ROLE being license (the vendor's) or lease (the server's).
     Keygen(KeygenArgs),
     /// Issue a signed license key, or many from a CSV file.
     Issue(IssueArgs),
@@ -217,13 +218,13 @@ pub struct ServeArgs {
     /// Directory for the embedded database and the development set-up [default: data].
     #[arg(long, env = "LICENSOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Key ring of trusted public keys, KID.public.pem [default: DATA_DIR/keys].
+    /// Key ring of trusted public keys, KID.ROLE.public.pem [default: DATA_DIR/keys].
     #[arg(long, env = "LICENSOR_KEYS_DIR")]
     pub keys_dir: Option<PathBuf>,
-    /// The PKCS#8 key that signs leases, KID.private.pem (generated in development).
+    /// The PKCS#8 key that signs leases, KID.lease.private.pem (generated in development).
     #[arg(long, env = "LICENSOR_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
-    /// A PKCS#8 key that lets the admin API issue licenses.
+    /// A PKCS#8 key that lets the admin API issue licenses, KID.license.private.pem.
     #[arg(long, env = "LICENSOR_ISSUING_KEY")]
     pub issuing_key: Option<PathBuf>,
     /// Bearer token of the admin API (prefer the environment to the flag).
@@ -245,6 +246,10 @@ pub struct KeygenArgs {
     /// Key id: 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'.
     #[arg(long)]
     pub kid: String,
+    /// What the key signs: `license` (the vendor's issuing key, for license keys) or `lease`
+    /// (the license server's key, for its answers). One key, one role.
+    #[arg(long, default_value = "license", value_parser = parse_role)]
+    pub role: crate::keys::Role,
     /// Directory to write the key pair into (created if missing).
     #[arg(long, default_value = "keys")]
     pub out_dir: PathBuf,
@@ -252,7 +257,7 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct IssueArgs {
-    /// The issuing key, KID.private.pem; its key id is taken from the file name.
+    /// The issuing key, KID.license.private.pem; its key id is taken from the file name.
     #[arg(long, env = "LICENSOR_ISSUING_KEY")]
     pub private_key: PathBuf,
     /// community, pro or enterprise.
@@ -297,7 +302,7 @@ pub struct IssueArgs {
 pub struct InspectArgs {
     /// The license key or lease, or - to read it from standard input.
     pub key: String,
-    /// Directory of trusted public keys (KID.public.pem).
+    /// Directory of trusted public keys (KID.ROLE.public.pem).
     #[arg(long, env = "LICENSOR_KEYS_DIR", default_value = "keys")]
     pub keys: PathBuf,
     /// Judge validity at this instant instead of now; same forms as issue --expires.
@@ -349,4 +354,9 @@ pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
         .ok_or_else(|| format!("{s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+}
+
+/// Reads `--role`.
+fn parse_role(value: &str) -> Result<crate::keys::Role, String> {
+    crate::keys::Role::parse(value).ok_or_else(|| format!("{value:?} is not a role: use license or lease"))
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use std::io::Read as _;
 
 use super::{InspectArgs, IssueArgs, KeygenArgs, EXIT_NOT_VALID, EXIT_OK};
-use crate::keys::{KeyRing, Signer};
+use crate::keys::{KeyRing, Role, Signer};
 use crate::lease::LeasePayload;
 use crate::license::{self, Expiry, LicensePayload, LicenseRequest};
 use crate::token::{self, TokenError, Verdict};
@@ -16,19 +16,23 @@ use crate::token::{self, TokenError, Verdict};
 const MAX_STDIN: u64 = 8 * 1024 * 1024;
 
 pub fn keygen(args: KeygenArgs) -> Result<u8> {
-    let signer = Signer::generate(&args.kid)?;
+    let signer = Signer::generate(&args.kid, args.role)?;
     let paths = signer.write_pair(&args.out_dir)?;
     println!("private key: {}", paths.private.display());
     println!("public key:  {}", paths.public.display());
+    let trusts = match args.role {
+        Role::License => "licenses signed with it",
+        Role::Lease => "the license server's answers signed with it",
+    };
     eprintln!(
         "Keep the private key secret and out of version control; put the public key in the \
-         key ring of every server and client that must trust licenses signed with it."
+         key ring of every server and client that must trust {trusts}."
     );
     Ok(EXIT_OK)
 }
 
 pub fn issue(args: IssueArgs) -> Result<u8> {
-    let signer = Signer::load(&args.private_key).context("loading the issuing key")?;
+    let signer = Signer::load_for(&args.private_key, Role::License).context("loading the issuing key")?;
     if let (Some(from), Some(out)) = (&args.from, &args.out) {
         let count = super::bulk::issue_csv(&signer, from, out, Utc::now())?;
         eprintln!("issued {count} licenses into {}", out.display());
@@ -156,7 +160,9 @@ fn valid_message(license: &LicensePayload) -> String {
 
 fn refusal_message(e: &TokenError) -> String {
     match e {
-        TokenError::UnknownKey { .. } => format!("{e}; add its KID.public.pem to the key ring (--keys)"),
+        TokenError::UnknownKey { kid, role } => {
+            format!("{e}; add {kid}.{role}.public.pem to the key ring (--keys)")
+        }
         _ => e.to_string(),
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::keys::{self, KeyRing, Signer};
+use crate::keys::{self, KeyRing, Role, Signer};
 use crate::protocol::BatchLimits;
 
 /// Settings given on the command line or in the environment; `None` falls through to the
@@ -133,15 +133,24 @@ impl ServerConfig {
 
         let keys_configured = opts.keys_dir.is_some() || file.keys_dir.is_some();
         let keys_dir = opts.keys_dir.or(file.keys_dir).unwrap_or_else(|| data_dir.join("keys"));
+        // The development set-up keeps its private keys apart from the ring of trusted public
+        // keys, which may be copied to clients as it is.
+        let private_dir = data_dir.join("private");
         let signing_key = match opts.signing_key.or(file.signing_key) {
             Some(path) => path,
-            None => development_key(&keys_dir, "lease", &mut development)?,
+            None => development_key(&private_dir, &keys_dir, "dev-server", Role::Lease, &mut development)?,
         };
         let issuing_key = match opts.issuing_key.or(file.issuing_key) {
             Some(path) => Some(path),
             // Only a development set-up issues licenses without being told to, so that a
             // fresh checkout can run the whole flow.
-            None if !keys_configured => Some(development_key(&keys_dir, "vendor-dev", &mut development)?),
+            None if !keys_configured => Some(development_key(
+                &private_dir,
+                &keys_dir,
+                "vendor-dev",
+                Role::License,
+                &mut development,
+            )?),
             None => None,
         };
         let admin_token = match opts.admin_token.or(file.admin_token) {
@@ -216,14 +225,15 @@ impl ServerConfig {
     pub fn load_keys(&self) -> Result<(KeyRing, Signer, Option<Signer>), ConfigError> {
         let ring = KeyRing::load_dir(&self.keys_dir)
             .map_err(|source| ConfigError::Key { setting: "LICENSOR_KEYS_DIR", source })?;
-        let signer = Signer::load(&self.signing_key)
+        // One key, one role: the lease key signs answers only, the issuing key licenses only.
+        let signer = Signer::load_for(&self.signing_key, Role::Lease)
             .map_err(|source| ConfigError::Key { setting: "LICENSOR_SIGNING_KEY", source })?;
-        if ring.get(signer.kid()) != Some(&signer.verifying_key()) {
+        if ring.get(signer.kid(), Role::Lease) != Some(&signer.verifying_key()) {
             return Err(invalid(
                 "LICENSOR_SIGNING_KEY",
                 format!(
-                    "the public half of lease-signing key {:?} is not in the key ring {} (clients trusting that ring \
-                     could not verify leases): copy {}.public.pem there",
+                    "the public half of lease-signing key {:?} is not in the key ring {} as a lease key (clients \
+                     trusting that ring could not verify leases): copy {}.lease.public.pem there",
                     signer.kid(),
                     self.keys_dir.display(),
                     signer.kid()
@@ -232,31 +242,43 @@ impl ServerConfig {
         }
         let issuer = match &self.issuing_key {
             Some(path) => Some(
-                Signer::load(path)
+                Signer::load_for(path, Role::License)
                     .map_err(|source| ConfigError::Key { setting: "LICENSOR_ISSUING_KEY", source })?,
             ),
             None => None,
         };
-        if ring.is_empty() {
+        if !ring.kids().any(|kid| ring.role(kid) == Some(Role::License)) {
             return Err(invalid(
                 "LICENSOR_KEYS_DIR",
-                format!("no *.public.pem keys in {}", self.keys_dir.display()),
+                format!("no *.license.public.pem keys in {}: no license could verify", self.keys_dir.display()),
             ));
         }
         Ok((ring, signer, issuer))
     }
 }
 
-/// The development key named `prefix` in `dir`, generated on first start.
-fn development_key(dir: &Path, prefix: &str, development: &mut Vec<String>) -> Result<PathBuf, ConfigError> {
-    let path = dir.join(format!("{prefix}{}", keys::PRIVATE_SUFFIX));
+/// The development key `kid` of `role`, generated on first start: the private half in
+/// `private_dir` (0700), the public half in the ring `public_dir`, which so holds no secret.
+fn development_key(
+    private_dir: &Path,
+    public_dir: &Path,
+    kid: &str,
+    role: Role,
+    development: &mut Vec<String>,
+) -> Result<PathBuf, ConfigError> {
+    let path = private_dir.join(format!("{kid}.{role}{}", keys::PRIVATE_SUFFIX));
     if !path.exists() {
-        let signer =
-            Signer::generate(prefix).map_err(|source| ConfigError::Key { setting: "keys", source })?;
-        signer.write_pair(dir).map_err(|source| ConfigError::Key { setting: "keys", source })?;
-        development.push(format!("generated key {} (public half beside it)", path.display()));
+        let signer = Signer::generate(kid, role).map_err(|source| ConfigError::Key { setting: "keys", source })?;
+        let paths = signer
+            .write_split(private_dir, public_dir)
+            .map_err(|source| ConfigError::Key { setting: "keys", source })?;
+        development.push(format!(
+            "generated {role} key {} (public half in {})",
+            path.display(),
+            paths.public.display()
+        ));
     } else {
-        development.push(format!("using development key {}", path.display()));
+        development.push(format!("using development {role} key {}", path.display()));
     }
     Ok(path)
 }

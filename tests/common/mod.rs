@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex, Once};
 
-use licensor::keys::{KeyRing, Signer};
+use licensor::keys::{KeyRing, Role, Signer};
 use licensor::license::{self, Expiry, LicenseRequest, Tier};
 use licensor::server::{self, Running, ServerConfig};
 use licensor::store::Store;
@@ -125,9 +125,9 @@ impl Harness {
     pub fn start_with(db: Db, adjust: impl FnOnce(&mut ServerConfig)) -> Option<Harness> {
         let dir = tempfile::TempDir::new().unwrap();
         let keys_dir = dir.path().join("keys");
-        let vendor = Signer::generate("vendor-test").unwrap();
+        let vendor = Signer::generate("vendor-test", Role::License).unwrap();
         vendor.write_pair(&keys_dir).unwrap();
-        let lease = Signer::generate("lease-test").unwrap();
+        let lease = Signer::generate("lease-test", Role::Lease).unwrap();
         lease.write_pair(&keys_dir).unwrap();
         let ring = KeyRing::load_dir(&keys_dir).unwrap();
 
@@ -144,8 +144,8 @@ impl Harness {
             database_url: database_url.clone(),
             data_dir: dir.path().to_owned(),
             keys_dir: keys_dir.clone(),
-            signing_key: keys_dir.join("lease-test.private.pem"),
-            issuing_key: Some(keys_dir.join("vendor-test.private.pem")),
+            signing_key: keys_dir.join("lease-test.lease.private.pem"),
+            issuing_key: Some(keys_dir.join("vendor-test.license.private.pem")),
             admin_token: ADMIN_TOKEN.into(),
             workers: 2,
             db_pool_size: 8,
