@@ -6,7 +6,11 @@ mod common;
 
 use diesel::connection::SimpleConnection as _;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{batch, nonce, Db, Harness};
 use licensor::license::Tier;
@@ -15,6 +19,10 @@ on_both_backends!(
     text_a_backend_cannot_store_is_refused_at_validation,
     counts_are_bounded_and_sums_saturate,
     a_poisoned_check_in_fails_alone_while_others_succeed,
+    garbage_is_limited_per_address_before_parsing_and_stored_nowhere,
+    naming_a_victims_instance_cannot_lock_it_out,
+    refused_newcomers_leave_no_instances_behind,
+    readiness_means_a_check_in_could_be_recorded,
 );
 
 /// Writes a bad value into one place of a batch.
@@ -118,7 +126,8 @@ fn install_poison(h: &Harness) {
 
 fn a_poisoned_check_in_fails_alone_while_others_succeed(h: Harness) {
     install_poison(&h);
-    let poison_key = h.license(Tier::Community, 1);
+    // A license large enough that its own rate limit lets the flood through to the database.
+    let poison_key = h.license(Tier::Community, 1_000);
     let keys: Vec<String> = (0..4).map(|_| h.license(Tier::Pro, 50)).collect();
     let batch_text = batch(uuid::Uuid::new_v4(), 20, 5, 3).to_string();
     let (ok, failed, poison_answers) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
@@ -162,4 +171,274 @@ fn a_poisoned_check_in_fails_alone_while_others_succeed(h: Harness) {
     let instances = list["instances"].as_array().unwrap();
     assert!(instances.iter().all(|i| !i["instance_id"].as_str().unwrap().starts_with("poison-")));
     assert_eq!(instances.len(), 4 * 40);
+}
+
+fn count_rows(h: &Harness, table: &str) -> i64 {
+    use diesel::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = h.store.conn().unwrap();
+    diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).get_result::<N>(&mut *conn).unwrap().n
+}
+
+fn garbage_is_limited_per_address_before_parsing_and_stored_nowhere(h: Harness) {
+    let db = h.db;
+    drop(h);
+    let Some(h) = Harness::start_with(db, |c| c.rate_limit_per_address = 50) else { return };
+    let mut answered = 0;
+    let mut limited = 0;
+    for i in 0..200 {
+        let body = if i % 2 == 0 {
+            h.check_in_body("garbage", &format!("g-{i}"), &nonce(), None)
+        } else {
+            b"{not json".to_vec()
+        };
+        let (code, v) = h.post_raw("/v1/check-ins", "application/json", body);
+        match code {
+            200 => {
+                assert_eq!(status(&v), "malformed");
+                answered += 1;
+            }
+            400 => answered += 1,
+            429 => {
+                assert_eq!(v["error"]["code"], "too_many_requests");
+                limited += 1;
+            }
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!((answered, limited), (50, 150), "the address limit counts every request, parsed or not");
+    // Nothing of it reached the database.
+    assert_eq!(count_rows(&h, "check_ins"), 0);
+    assert_eq!(count_rows(&h, "instances"), 0);
+    assert_eq!(count_rows(&h, "licenses"), 0);
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
+    let send = |h: &Harness, forwarded: &str| {
+        h.http
+            .post(h.url("/v1/check-ins"))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", forwarded)
+            .body(h.check_in_body("garbage", "x", &nonce(), None))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Trusted: each client behind the proxy has its own allowance; what a client wrote itself
+    // to the left of the proxy's entry is ignored.
+    let h = Harness::start_with(Db::Sqlite, |c| {
+        c.rate_limit_per_address = 5;
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .unwrap();
+    for i in 0..5 {
+        assert_eq!(send(&h, &format!("10.9.9.{i}, 203.0.113.7")), 200);
+    }
+    assert_eq!(send(&h, "203.0.113.7"), 429);
+    assert_eq!(send(&h, "203.0.113.8"), 200, "another client behind the same proxy");
+    // Not trusted: the header proves nothing, and every request counts against the peer.
+    let h = Harness::start_with(Db::Sqlite, |c| c.rate_limit_per_address = 5).unwrap();
+    for i in 0..5 {
+        assert_eq!(send(&h, &format!("203.0.113.{i}")), 200);
+    }
+    assert_eq!(send(&h, "203.0.113.99"), 429);
+}
+
+fn naming_a_victims_instance_cannot_lock_it_out(h: Harness) {
+    let db = h.db;
+    drop(h);
+    let Some(h) = Harness::start_with(db, |c| c.rate_limit_per_minute = 3) else { return };
+    let victim_key = h.license(Tier::Pro, 5);
+    assert_eq!(
+        status(&h.check_in(&victim_key, "victim-1", Some(&batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()))),
+        "valid"
+    );
+    // 35 requests naming the victim's instance: garbage keys, and keys with a broken signature.
+    let mut forged = victim_key.clone().into_bytes();
+    let i = forged.len() - 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for i in 0..35 {
+        let key = if i % 2 == 0 { "garbage" } else { forged.as_str() };
+        let (code, _) =
+            h.post_raw("/v1/check-ins", "application/json", h.check_in_body(key, "victim-1", &nonce(), None));
+        assert_eq!(code, 200, "answered, never counted against the victim");
+    }
+    let r = h.check_in(&victim_key, "victim-1", Some(&batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()));
+    assert_eq!(status(&r), "valid", "{r}");
+}
+
+fn refused_newcomers_leave_no_instances_behind(h: Harness) {
+    let key = h.license(Tier::Community, 1);
+    assert_eq!(
+        status(&h.check_in(&key, "the-one", Some(&batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()))),
+        "valid"
+    );
+    let (mut refused, mut limited) = (0, 0);
+    for i in 0..200 {
+        let (code, v) = h.post_raw(
+            "/v1/check-ins",
+            "application/json",
+            h.check_in_body(&key, &format!("new-{i}"), &nonce(), None),
+        );
+        match code {
+            200 => {
+                assert_eq!(status(&v), "telemetry_required");
+                refused += 1;
+            }
+            429 => limited += 1,
+            other => panic!("{other}: {v}"),
+        }
+    }
+    // A 1-seat license may check in about 32 times a minute (2 per seat, and 30).
+    assert!((25..=33).contains(&refused), "{refused} answered, {limited} limited");
+    assert_eq!(count_rows(&h, "instances"), 1, "no instance rows for refused newcomers");
+    assert_eq!(count_rows(&h, "check_ins"), 1 + refused as i64, "each answered check-in is in the history");
+}
+
+fn readiness_means_a_check_in_could_be_recorded(h: Harness) {
+    let ready = |h: &Harness| h.http.get(h.url("/readyz")).send().unwrap().status().as_u16();
+    assert_eq!(ready(&h), 200);
+    // The schema gone (a botched restore): the database answers, but no check-in could be
+    // recorded.
+    h.store.conn().unwrap().batch_execute("DROP TABLE check_ins").unwrap();
+    assert_eq!(ready(&h), 503);
+    let (code, v) = h.admin(reqwest::Method::GET, "/v1/admin/licenses", None);
+    assert_eq!(code, 200, "the admin listing does not need check_ins: {v}");
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut, as a database outage would.
+struct TcpProxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    streams: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpProxy {
+    fn start(upstream: (&'static str, u16)) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (is_cut, open) = (cut.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if is_cut.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                open.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        TcpProxy { port, cut, streams }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_database_outage_is_answered_503_within_seconds_and_recovers() {
+    let proxy = TcpProxy::start(("127.0.0.1", 5432));
+    let port = proxy.port;
+    let Some(h) = Harness::start_with(Db::Postgres, move |c| {
+        c.database_url = c.database_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+        assert!(c.database_url.contains(&port.to_string()), "the test URL goes through the proxy");
+    }) else {
+        return;
+    };
+    let key = h.license(Tier::Enterprise, 5);
+    assert_eq!(status(&h.check_in(&key, "steady", None)), "valid");
+    proxy.cut();
+    let timed = |what: &str, f: &dyn Fn() -> u16| {
+        let started = Instant::now();
+        let code = f();
+        let took = started.elapsed();
+        assert_eq!(code, 503, "{what}");
+        assert!(took < Duration::from_secs(8), "{what} took {took:?}");
+    };
+    timed("readyz", &|| h.http.get(h.url("/readyz")).send().unwrap().status().as_u16());
+    timed("an admin listing", &|| h.admin(reqwest::Method::GET, "/v1/admin/licenses", None).0);
+    timed("a check-in", &|| {
+        h.post_raw("/v1/check-ins", "application/json", h.check_in_body(&key, "steady", &nonce(), None)).0
+    });
+    let (_, v) = h.admin(reqwest::Method::GET, "/v1/admin/instances", None);
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    assert!(!v.to_string().contains("5432") && !v.to_string().contains("connection"), "no internals: {v}");
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _) =
+            h.post_raw("/v1/check-ins", "application/json", h.check_in_body(&key, "steady", &nonce(), None));
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover after the database came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(h.http.get(h.url("/readyz")).send().unwrap().status().as_u16(), 200);
+}
+
+#[test]
+fn a_trickling_body_is_cut_off() {
+    let h = Harness::start_with(Db::Sqlite, |c| c.body_timeout = Duration::from_secs(1)).unwrap();
+    let mut stream = TcpStream::connect(h.server.as_ref().unwrap().addr).unwrap();
+    stream
+        .write_all(b"POST /v1/check-ins HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"li")
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // One byte a while, never the whole body.
+    loop {
+        let _ = stream.write_all(b" ");
+        std::thread::sleep(Duration::from_millis(200));
+        stream.set_nonblocking(true).unwrap();
+        let read = stream.read(&mut buf);
+        stream.set_nonblocking(false).unwrap();
+        match read {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) if started.elapsed() < Duration::from_secs(10) => continue,
+            Err(e) => panic!("no answer after {:?}: {e}", started.elapsed()),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }

@@ -108,8 +108,10 @@ fn split_writing_keeps_the_private_key_out_of_the_ring() {
     let signer = Signer::generate("server", Role::Lease).unwrap();
     let paths = signer.write_split(&private_dir, &ring_dir).unwrap();
     assert_eq!(paths.private.parent().unwrap(), private_dir);
-    let in_ring: Vec<String> =
-        std::fs::read_dir(&ring_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let in_ring: Vec<String> = std::fs::read_dir(&ring_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(in_ring, ["server.lease.public.pem"]);
     #[cfg(unix)]
     {
@@ -141,7 +143,11 @@ fn private_keys_are_pkcs8_that_openssl_reads() {
         }
     };
     assert!(out.status.success(), "openssl refused the key: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), signer.public_pem(), "openssl derives the same public key");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        signer.public_pem(),
+        "openssl derives the same public key"
+    );
 
     // The old v2 form still loads.
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -168,10 +174,7 @@ fn bad_key_material_is_a_clear_error() {
     // A public key where a private one is expected.
     let pair = Signer::generate("k3", Role::License).unwrap();
     std::fs::write(dir.path().join("k3.license.private.pem"), pair.public_pem()).unwrap();
-    assert!(matches!(
-        Signer::load(&dir.path().join("k3.license.private.pem")),
-        Err(KeyError::BadPem { .. })
-    ));
+    assert!(matches!(Signer::load(&dir.path().join("k3.license.private.pem")), Err(KeyError::BadPem { .. })));
 
     let bad_kid = dir.path().join("bad kid.license.public.pem");
     std::fs::write(&bad_kid, pair.public_pem()).unwrap();

@@ -62,7 +62,10 @@ fn zero_config_start_then_sigterm_finishes_requests_in_flight() {
         .collect();
     assert!(ring.iter().all(|f| f.ends_with(".public.pem")), "{ring:?}");
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(std::fs::metadata(data.join("private")).unwrap().permissions().mode() & 0o777, 0o700);
+    let mode = |p: &str| std::fs::metadata(data.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("private"), 0o700);
+    assert_eq!(mode(""), 0o700, "the data directory");
+    assert_eq!(mode("licensor.db"), 0o600, "the database file");
     for secret in
         ["admin-token", "private/dev-server.lease.private.pem", "private/vendor-dev.license.private.pem"]
     {

@@ -15,8 +15,10 @@ use crate::protocol::{
 };
 use crate::store::{self, Store, StoreError};
 
+pub mod limiter;
 mod writer;
 use crate::token::{self, TokenError};
+pub use limiter::{Limiter, Rates, RetryAfter};
 
 /// How soon an instance refused for a reason it can fix (no telemetry, no free seat) should
 /// come back, at most.
@@ -40,8 +42,9 @@ pub enum CheckInError {
     /// The request itself is malformed.
     #[error(transparent)]
     BadRequest(#[from] BadRequest),
-    /// The instance checked in more often than allowed; retry after this many seconds.
-    #[error("too many check-ins from this instance; retry after {retry_after} s")]
+    /// The client address, license or instance checked in more often than allowed; retry
+    /// after this many seconds.
+    #[error("too many check-ins; retry after {retry_after} s")]
     TooMany { retry_after: u64 },
     /// The database failed; the client should retry later.
     #[error(transparent)]
@@ -70,42 +73,10 @@ pub struct CheckInService {
     pub ring: Arc<KeyRing>,
     pub signer: Arc<Signer>,
     pub limits: BatchLimits,
-    pub rate_limiter: RateLimiter,
+    /// The rate limits: per address (the server calls it before reading a body), per license
+    /// and per instance (here, once the license verified).
+    pub limiter: Limiter,
     writer: writer::Writer,
-}
-
-/// At most `per_minute` check-ins per instance in each wall-clock minute. A client checks in
-/// daily or less; this only stops one that loops. Memory is bounded: when the table grows
-/// large, entries of past minutes are dropped.
-pub struct RateLimiter {
-    per_minute: u32,
-    seen: std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>,
-}
-
-impl RateLimiter {
-    const MAX_ENTRIES: usize = 100_000;
-
-    pub fn new(per_minute: u32) -> RateLimiter {
-        RateLimiter { per_minute, seen: Default::default() }
-    }
-
-    /// Counts a check-in of `instance_id` at `now`; `Err(seconds)` when over the limit.
-    pub fn admit(&self, instance_id: &str, now: DateTime<Utc>) -> Result<(), u64> {
-        let minute = now.timestamp().div_euclid(60);
-        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.len() >= Self::MAX_ENTRIES {
-            seen.retain(|_, (m, _)| *m == minute);
-        }
-        let entry = seen.entry(instance_id.to_owned()).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        if entry.1 >= self.per_minute {
-            return Err((60 - now.timestamp().rem_euclid(60)) as u64);
-        }
-        entry.1 += 1;
-        Ok(())
-    }
 }
 
 /// A batch that passed validation: what the acknowledgement needs, and (for a trusted
@@ -156,14 +127,14 @@ impl CheckInService {
         ring: Arc<KeyRing>,
         signer: Arc<Signer>,
         limits: BatchLimits,
-        per_minute: u32,
+        rates: Rates,
     ) -> Self {
         let writers = match store.backend() {
             store::Backend::Sqlite => 1,
             store::Backend::Postgres => WRITERS_ON_POSTGRES,
         };
         let writer = writer::Writer::start(store, writers);
-        CheckInService { ring, signer, limits, rate_limiter: RateLimiter::new(per_minute), writer }
+        CheckInService { ring, signer, limits, limiter: Limiter::new(rates), writer }
     }
 
     /// Reads and checks a check-in body at `now`: everything but the database.
@@ -172,9 +143,20 @@ impl CheckInService {
         let request: CheckInRequest<'_> = serde_json::from_slice(body)
             .map_err(|e| bad("invalid_request", format!("invalid check-in request: {e}")))?;
         check_request(&request)?;
-        self.rate_limiter
-            .admit(&request.instance_id, now)
-            .map_err(|retry_after| CheckInError::TooMany { retry_after })?;
+        let subject = match token::decode::<LicensePayload>(&request.license_key) {
+            Err(e) => Subject::Unreadable(e),
+            Ok(decoded) => match decoded.verify_signature(&self.ring) {
+                Err(error) => Subject::Untrusted { license: decoded.claims, error },
+                Ok(()) => Subject::Licensed(decoded.claims),
+            },
+        };
+        // Only a license's holder can present it, so these limits cannot be spent by anyone
+        // else: nobody can lock a victim's instance out by naming its id.
+        if let Subject::Licensed(license) = &subject {
+            let too_many = |RetryAfter(retry_after)| CheckInError::TooMany { retry_after };
+            self.limiter.admit_license(license.license_id, license.seats).map_err(too_many)?;
+            self.limiter.admit_instance(license.license_id, &request.instance_id).map_err(too_many)?;
+        }
         let batch = match (request.telemetry, request.telemetry_disabled) {
             (Some(_), true) => {
                 return Err(bad(
@@ -190,13 +172,6 @@ impl CheckInService {
             }
             (None, true) => None,
             (Some(raw), false) => Some(self.read_batch(raw.get())?),
-        };
-        let subject = match token::decode::<LicensePayload>(&request.license_key) {
-            Err(e) => Subject::Unreadable(e),
-            Ok(decoded) => match decoded.verify_signature(&self.ring) {
-                Err(error) => Subject::Untrusted { license: decoded.claims, error },
-                Ok(()) => Subject::Licensed(decoded.claims),
-            },
         };
         let telemetry = batch.map(|(batch, digest)| {
             let stored = match &subject {
@@ -223,8 +198,13 @@ impl CheckInService {
     }
 
     /// Has the writer decide and record a prepared check-in, together with whatever else is
-    /// waiting (one transaction for the group).
+    /// waiting (one transaction for the group). A key that cannot be read or trusted is
+    /// answered at once and recorded nowhere: it names no license this server knows, so
+    /// nothing it says may grow the database.
     pub async fn record(&self, prepared: Prepared) -> Result<(Prepared, Decision), CheckInError> {
+        if let Some(decision) = writer::unlicensed(&prepared) {
+            return Ok((prepared, decision));
+        }
         self.writer.submit(prepared).await
     }
 

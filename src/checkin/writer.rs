@@ -176,34 +176,11 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let mut batch_ids_seen = BTreeSet::new();
         let mut touched = BTreeSet::new();
         for (i, p) in group.iter().enumerate() {
-            let (license, row) = match &p.subject {
-                Subject::Unreadable(e) => {
-                    let message = format!("The license key cannot be read: {e}.");
-                    decisions.push(unlicensed(p, CheckInStatus::Malformed, message));
-                    check_ins.push(check_in_row(p, None, CheckInStatus::Malformed, None));
-                    continue;
-                }
-                Subject::Untrusted { license, error } => {
-                    let (status, message) = match error.verdict() {
-                        crate::token::Verdict::UnknownKey => (
-                            CheckInStatus::UnknownKey,
-                            format!(
-                                "The license was signed by key {:?}, which this server does not trust.",
-                                license.kid
-                            ),
-                        ),
-                        _ => (
-                            CheckInStatus::BadSignature,
-                            "The license key's signature does not verify: it was altered or forged."
-                                .to_owned(),
-                        ),
-                    };
-                    decisions.push(unlicensed(p, status, message));
-                    check_ins.push(check_in_row(p, None, status, None));
-                    continue;
-                }
-                Subject::Licensed(license) => (license, &licenses[&license.license_id.to_string()]),
+            // Keys that cannot be read or trusted never reach the writer (see `record`).
+            let Subject::Licensed(license) = &p.subject else {
+                return Err(CheckInError::Unrecorded("an unlicensed check-in reached the writer".into()));
             };
+            let row = &licenses[&license.license_id.to_string()];
             let license_id = &row.id;
             let now = store::naive(p.now);
             let previous = instances.get(&p.instance_id);
@@ -238,6 +215,20 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                 _ => {}
             }
             let first_seen_at = previous.map_or(now, |inst| inst.first_seen_at);
+            // An instance comes into being only when it is granted a seat: a refused newcomer
+            // (no seat, no telemetry, revoked...) leaves its check-in in the history, which
+            // the per-license rate limit bounds and retention ages out, and nothing else.
+            if previous.is_none() && status != CheckInStatus::Valid {
+                check_ins.push(check_in_row(p, Some(license_id.clone()), status, None));
+                decisions.push(Decision {
+                    status,
+                    message,
+                    next_check_in_at: times.next_check_in_at,
+                    valid_until: times.valid_until,
+                    duplicate: false,
+                });
+                continue;
+            }
             instances.insert(
                 p.instance_id.clone(),
                 InstanceRow {
@@ -301,17 +292,28 @@ fn check_in_row(
     }
 }
 
-/// The decision for a key that cannot be read or trusted.
-fn unlicensed(p: &Prepared, status: CheckInStatus, message: String) -> Decision {
-    let times = super::Times {
-        next_check_in_at: p.now + chrono::Duration::seconds(super::RETRY_UNREADABLE),
-        valid_until: p.now,
+/// The decision for a key that cannot be read or trusted, made without the database; `None`
+/// for a license this server trusts.
+pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
+    let (status, message) = match &p.subject {
+        Subject::Licensed(_) => return None,
+        Subject::Unreadable(e) => (CheckInStatus::Malformed, format!("The license key cannot be read: {e}.")),
+        Subject::Untrusted { license, error } => match error.verdict() {
+            crate::token::Verdict::UnknownKey => (
+                CheckInStatus::UnknownKey,
+                format!("The license was signed by key {:?}, which this server does not trust.", license.kid),
+            ),
+            _ => (
+                CheckInStatus::BadSignature,
+                "The license key's signature does not verify: it was altered or forged.".to_owned(),
+            ),
+        },
     };
-    Decision {
+    Some(Decision {
         status,
         message,
-        next_check_in_at: times.next_check_in_at,
-        valid_until: times.valid_until,
+        next_check_in_at: p.now + chrono::Duration::seconds(super::RETRY_UNREADABLE),
+        valid_until: p.now,
         duplicate: false,
-    }
+    })
 }

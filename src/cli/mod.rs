@@ -236,6 +236,13 @@ pub struct ServeArgs {
     /// Days raw telemetry is kept [default: 90].
     #[arg(long, env = "LICENSOR_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Check-ins one client address may start per minute [default: 600].
+    #[arg(long, env = "LICENSOR_RATE_LIMIT_PER_ADDRESS")]
+    pub rate_limit_per_address: Option<u32>,
+    /// Reverse proxies whose X-Forwarded-For is believed, as comma-separated addresses or
+    /// networks (10.0.0.0/8,::1) [default: none; the peer address is the client's].
+    #[arg(long, env = "LICENSOR_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Do not run the scheduled jobs on this replica.
     #[arg(long)]
     pub no_jobs: bool,

@@ -18,6 +18,8 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         admin_token: args.admin_token,
         workers: args.workers,
         retention_days: args.retention_days,
+        rate_limit_per_address: args.rate_limit_per_address,
+        trusted_proxies: args.trusted_proxies,
         jobs: args.no_jobs.then_some(false),
     })?;
     if !config.development.is_empty() {

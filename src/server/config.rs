@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub workers: Option<usize>,
     pub retention_days: Option<u32>,
     pub jobs: Option<bool>,
+    pub rate_limit_per_address: Option<u32>,
+    /// Comma-separated addresses or networks.
+    pub trusted_proxies: Option<String>,
 }
 
 /// The TOML file's settings (the same names, in snake case).
@@ -41,11 +44,14 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     pub db_pool_size: Option<u32>,
     pub max_body_bytes: Option<usize>,
+    pub body_timeout_s: Option<u64>,
     pub retention_days: Option<u32>,
     pub jobs: Option<bool>,
     pub retention_schedule: Option<String>,
     pub rollup_schedule: Option<String>,
     pub rate_limit_per_minute: Option<u32>,
+    pub rate_limit_per_address: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub limits: Option<BatchLimits>,
 }
 
@@ -62,6 +68,8 @@ pub struct ServerConfig {
     pub workers: usize,
     pub db_pool_size: u32,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive before the request is answered 408.
+    pub body_timeout: std::time::Duration,
     pub retention_days: u32,
     pub jobs: bool,
     /// Cron expressions with seconds (`sec min hour day month weekday`), in UTC.
@@ -69,6 +77,10 @@ pub struct ServerConfig {
     pub rollup_schedule: String,
     /// Check-ins one instance may make per minute before getting 429.
     pub rate_limit_per_minute: u32,
+    /// Check-ins one client address may start per minute before getting 429.
+    pub rate_limit_per_address: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client; empty: the peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: BatchLimits,
     /// What the development set-up generated on this start, for the warning banner.
     pub development: Vec<String>,
@@ -124,6 +136,8 @@ impl ServerConfig {
         let database_url = match opts.database_url.or(file.database_url) {
             Some(url) => url,
             None => {
+                ensure_data_dir(&data_dir)
+                    .map_err(|source| ConfigError::Setup { path: data_dir.clone(), source })?;
                 let url = format!("sqlite://{}", data_dir.join("licensor.db").display());
                 development.push(format!("database: {url} (embedded SQLite)"));
                 url
@@ -144,13 +158,9 @@ impl ServerConfig {
             Some(path) => Some(path),
             // Only a development set-up issues licenses without being told to, so that a
             // fresh checkout can run the whole flow.
-            None if !keys_configured => Some(development_key(
-                &private_dir,
-                &keys_dir,
-                "vendor-dev",
-                Role::License,
-                &mut development,
-            )?),
+            None if !keys_configured => {
+                Some(development_key(&private_dir, &keys_dir, "vendor-dev", Role::License, &mut development)?)
+            }
             None => None,
         };
         let admin_token = match opts.admin_token.or(file.admin_token) {
@@ -179,6 +189,10 @@ impl ServerConfig {
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(invalid("max_body_bytes", "must be from 1 KiB to 64 MiB"));
         }
+        let body_timeout_s = file.body_timeout_s.unwrap_or(10);
+        if !(1..=300).contains(&body_timeout_s) {
+            return Err(invalid("body_timeout_s", "must be from 1 to 300 seconds"));
+        }
         let retention_days = opts.retention_days.or(file.retention_days).unwrap_or(90);
         if !(1..=3650).contains(&retention_days) {
             return Err(invalid("LICENSOR_RETENTION_DAYS", "must be from 1 to 3650"));
@@ -199,6 +213,30 @@ impl ServerConfig {
         if rate_limit_per_minute == 0 {
             return Err(invalid("rate_limit_per_minute", "must be at least 1"));
         }
+        let rate_limit_per_address =
+            opts.rate_limit_per_address.or(file.rate_limit_per_address).unwrap_or(600);
+        if rate_limit_per_address == 0 {
+            return Err(invalid("LICENSOR_RATE_LIMIT_PER_ADDRESS", "must be at least 1"));
+        }
+        let proxies: Vec<String> = match opts.trusted_proxies {
+            Some(list) => {
+                list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+            }
+            None => file.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies = proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "LICENSOR_TRUSTED_PROXIES",
+                            format!("{p:?} is not an address or a network like 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         Ok(ServerConfig {
             bind,
@@ -211,11 +249,14 @@ impl ServerConfig {
             workers,
             db_pool_size,
             max_body_bytes,
+            body_timeout: std::time::Duration::from_secs(body_timeout_s),
             retention_days,
             jobs: opts.jobs.or(file.jobs).unwrap_or(true),
             retention_schedule,
             rollup_schedule,
             rate_limit_per_minute,
+            rate_limit_per_address,
+            trusted_proxies,
             limits: file.limits.unwrap_or_default(),
             development,
         })
@@ -250,11 +291,30 @@ impl ServerConfig {
         if !ring.kids().any(|kid| ring.role(kid) == Some(Role::License)) {
             return Err(invalid(
                 "LICENSOR_KEYS_DIR",
-                format!("no *.license.public.pem keys in {}: no license could verify", self.keys_dir.display()),
+                format!(
+                    "no *.license.public.pem keys in {}: no license could verify",
+                    self.keys_dir.display()
+                ),
             ));
         }
         Ok((ring, signer, issuer))
     }
+}
+
+/// Creates the data directory, if missing, so that only its owner may enter it: it holds the
+/// admin token, the private keys and the database of a development set-up.
+fn ensure_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    if data_dir.exists() {
+        return Ok(());
+    }
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        dir.mode(0o700);
+    }
+    dir.create(data_dir)
 }
 
 /// The development key `kid` of `role`, generated on first start: the private half in
@@ -267,8 +327,13 @@ fn development_key(
     development: &mut Vec<String>,
 ) -> Result<PathBuf, ConfigError> {
     let path = private_dir.join(format!("{kid}.{role}{}", keys::PRIVATE_SUFFIX));
+    if let Some(data_dir) = private_dir.parent() {
+        ensure_data_dir(data_dir)
+            .map_err(|source| ConfigError::Setup { path: data_dir.to_owned(), source })?;
+    }
     if !path.exists() {
-        let signer = Signer::generate(kid, role).map_err(|source| ConfigError::Key { setting: "keys", source })?;
+        let signer =
+            Signer::generate(kid, role).map_err(|source| ConfigError::Key { setting: "keys", source })?;
         let paths = signer
             .write_split(private_dir, public_dir)
             .map_err(|source| ConfigError::Key { setting: "keys", source })?;
@@ -295,7 +360,7 @@ fn development_admin_token(data_dir: &Path, development: &mut Vec<String>) -> Re
         development.push(format!("admin token read from {}", path.display()));
         return Ok(token.trim().to_owned());
     }
-    std::fs::create_dir_all(data_dir).map_err(setup)?;
+    ensure_data_dir(data_dir).map_err(setup)?;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     // A fixed prefix: a token must never start with '-' (a command line would take it for a

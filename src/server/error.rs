@@ -26,6 +26,8 @@ pub enum ApiError {
     TooLarge { limit: usize },
     /// 415: the body is not JSON.
     UnsupportedMediaType,
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
     /// 429: too many requests; retry after this many seconds.
     TooManyRequests { retry_after: u64 },
     /// 503: the database is unreachable or overloaded; retry later.
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooLarge { .. } => "body_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -63,6 +66,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 "the request body must be JSON (Content-Type: application/json)".into()
             }
+            ApiError::RequestTimeout => "the request body did not arrive in time".into(),
             ApiError::TooManyRequests { retry_after } => {
                 format!("too many requests; retry after {retry_after} s")
             }
@@ -88,6 +92,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,9 +131,10 @@ impl From<BadRequest> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Pool(_) | StoreError::Connect(_) => ApiError::Unavailable(e.to_string()),
-            _ => ApiError::Internal(e.to_string()),
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
         }
     }
 }

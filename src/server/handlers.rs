@@ -20,7 +20,8 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    blocking(move || store.ping().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
+    // Ready means a check-in could be recorded now, not merely that a connection opens.
+    blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 
@@ -37,7 +38,16 @@ pub async fn check_in(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    // The address limit comes before any parsing or signature work: a flood of garbage costs
+    // a map look-up per request and never reaches the database.
+    if let Some(address) = super::client_address::client_address(&req, &state.trusted_proxies) {
+        state
+            .service
+            .limiter
+            .admit_address(address)
+            .map_err(|crate::checkin::RetryAfter(retry_after)| ApiError::TooManyRequests { retry_after })?;
+    }
+    let body = json_body(&req, payload, &state).await?;
     // Parsing, checking, verifying and scrubbing take a few hundred microseconds of CPU and no
     // I/O: done here, on the worker. The writer thread does the database work.
     let prepared = state.service.prepare(&body, (state.clock)())?;
@@ -89,7 +99,7 @@ pub async fn issue_license(
                 .into(),
         });
     };
-    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let body = json_body(&req, payload, &state).await?;
     let body: IssueBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid license request: {e}")))?;
     let expiry = match (&body.expires_at, body.perpetual) {
@@ -143,7 +153,7 @@ pub async fn revoke_license(
 ) -> Result<HttpResponse, ApiError> {
     let license_id = path.into_inner();
     // The body is optional: a bare POST revokes without a reason.
-    let body = read_body(payload, state.max_body_bytes).await?;
+    let body = read_body(payload, &state).await?;
     let reason = if body.is_empty() {
         None
     } else {
@@ -259,7 +269,12 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Reads a JSON body of at most `limit` bytes.
-async fn json_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+async fn json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<web::Bytes, ApiError> {
+    let limit = state.max_body_bytes;
     require_json(req)?;
     if let Some(length) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
@@ -268,19 +283,25 @@ async fn json_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Re
             return Err(ApiError::TooLarge { limit });
         }
     }
-    read_body(payload, limit).await
+    read_body(payload, state).await
 }
 
-/// Reads a body of at most `limit` bytes; past that, 413 without reading the rest.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge { limit });
+/// Reads a body of at most `max_body_bytes` within `body_timeout`; past the limit, 413 without
+/// reading the rest; past the time, 408. A check-in body is a few KB: a client that trickles
+/// it would hold a connection and a worker's attention.
+async fn read_body(mut payload: web::Payload, state: &AppState) -> Result<web::Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    let read = async move {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("reading the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    actix_web::rt::time::timeout(state.body_timeout, read).await.map_err(|_| ApiError::RequestTimeout)?
 }

@@ -4,6 +4,7 @@
 //! never on the async executor.
 
 pub mod auth;
+mod client_address;
 pub mod config;
 pub mod error;
 mod handlers;
@@ -36,6 +37,10 @@ pub struct AppState {
     pub issuer: Option<Arc<Signer>>,
     pub clock: Clock,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Why the server could not start.
@@ -119,13 +124,12 @@ impl Drop for Running {
 fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, Store), StartError> {
     let (ring, signer, issuer) = config.load_keys()?;
     let store = Store::open(&config.database_url, config.db_pool_size)?;
-    let service = CheckInService::new(
-        store.clone(),
-        Arc::new(ring),
-        Arc::new(signer),
-        config.limits.clone(),
-        config.rate_limit_per_minute,
-    );
+    let rates = crate::checkin::Rates {
+        per_address_per_minute: config.rate_limit_per_address,
+        per_instance_per_minute: config.rate_limit_per_minute,
+    };
+    let service =
+        CheckInService::new(store.clone(), Arc::new(ring), Arc::new(signer), config.limits.clone(), rates);
     let state = AppState {
         service: Arc::new(service),
         store: store.clone(),
@@ -133,6 +137,8 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
         issuer: issuer.map(Arc::new),
         clock,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
+        trusted_proxies: config.trusted_proxies.clone(),
     };
     Ok((web::Data::new(state), store))
 }
@@ -167,14 +173,27 @@ async fn serve(
     ready: impl FnOnce(actix_web::dev::ServerHandle),
 ) -> Result<(), StartError> {
     let bind = |source| StartError::Bind { addr: config.bind, source };
+    let state_service = state.service.clone();
     let server = http_server(state, listener, config.workers).map_err(bind)?;
     let mut scheduler = if config.jobs {
         Some(jobs::schedule(&config, store, clock).await.map_err(StartError::Jobs)?)
     } else {
         None
     };
+    // Rate-limit keys whose allowance filled up again are dropped every minute, shard by shard,
+    // off the async workers.
+    let service = state_service.clone();
+    let forgetting = actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let service = service.clone();
+            let _ = actix_web::rt::task::spawn_blocking(move || service.limiter.forget_idle()).await;
+        }
+    });
     ready(server.handle());
     let result = server.await;
+    forgetting.abort();
     if let Some(scheduler) = scheduler.as_mut() {
         let _ = scheduler.shutdown().await;
     }

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// Applying the schema migrations failed.
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// The database answers but cannot record a check-in (its schema is missing, it is
+    /// read-only, or full).
+    #[error("the database cannot record check-ins: {0}")]
+    NotReady(String),
     /// A query failed.
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
@@ -111,8 +115,11 @@ impl ManageConnection for Manager {
                 let mut c = SqliteConnection::establish(&url).map_err(r2d2::Error::ConnectionError)?;
                 // WAL lets readers run beside the writer; a busy timeout turns contention
                 // into waiting instead of errors; foreign keys are off by default in SQLite.
+                // synchronous = FULL syncs the WAL at every commit, so an acknowledged
+                // check-in (a seat granted, a batch acknowledged and dropped by the client)
+                // survives a power loss; with group commit that is one sync per group.
                 c.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
@@ -149,21 +156,59 @@ impl std::fmt::Debug for Store {
     }
 }
 
+impl StoreError {
+    /// Whether the failure is the database being out of reach (answered 503, retry later)
+    /// rather than a query going wrong.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Pool(_) | StoreError::Connect(_) | StoreError::NotReady(_) => true,
+            StoreError::Query(Error::DatabaseError(kind, _)) => {
+                matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How long a request waits for a pooled connection: a database that is down is answered with
+/// 503 within a few seconds, not after the client gave up.
+const POOL_WAIT: Duration = Duration::from_secs(3);
+
 impl Store {
     /// Connects, creating a SQLite file's directory if needed, and applies pending migrations.
+    /// A SQLite file is made 0600, and a directory created for it 0700: the database holds
+    /// license keys and telemetry.
     pub fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
         let target = Target::parse(url)?;
         if let Target::Sqlite(path) = &target {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Connect(format!("creating {}: {e}", dir.display())))?;
+                if !dir.exists() {
+                    create_private_dir(dir)
+                        .map_err(|e| StoreError::Connect(format!("creating {}: {e}", dir.display())))?;
+                }
             }
         }
         let backend = target.backend();
+        let sqlite_file = match &target {
+            Target::Sqlite(path) => Some(path.clone()),
+            Target::Postgres(_) => None,
+        };
         let manager = Manager { target };
         // Connect once outside the pool, so a bad URL or a database that is down gives its
         // own error message rather than r2d2's time-out.
         let mut first = manager.connect().map_err(|e| StoreError::Connect(e.to_string()))?;
+        if let Some(path) = sqlite_file {
+            // Changing the mode by path never opens the file, so it cannot drop the POSIX
+            // locks this process holds on it. SQLite gives its -wal and -shm files the mode
+            // of the database file.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError::Connect(format!("making {} private: {e}", path.display())))?;
+            }
+        }
         migrate(&mut first)?;
         drop(first);
         let pool = r2d2::Pool::builder()
@@ -171,7 +216,7 @@ impl Store {
             // Testing each connection on checkout costs a round trip per unit of work; a
             // broken connection is still caught by `has_broken` and by the query itself.
             .test_on_check_out(false)
-            .connection_timeout(Duration::from_secs(10))
+            .connection_timeout(POOL_WAIT)
             .build(manager)
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         Ok(Store { pool, backend })
@@ -192,6 +237,60 @@ impl Store {
         self.conn()?.batch_execute("SELECT 1")?;
         Ok(())
     }
+
+    /// Whether a check-in could be recorded now: the check-in path's tables answer, and a
+    /// write goes through (it is rolled back). A database that is read-only, full or without
+    /// its schema fails here, where `ping` would pass.
+    pub fn ready(&self) -> Result<(), StoreError> {
+        use super::schema::{check_ins, instances, job_runs, licenses};
+        use diesel::prelude::*;
+        let mut conn = self.conn()?;
+        let outcome = DbConnection::transaction::<(), ProbeEnd, _>(&mut conn, |c| {
+            licenses::table.select(licenses::id).limit(1).load::<String>(c)?;
+            instances::table.select(instances::id).limit(1).load::<String>(c)?;
+            check_ins::table.select(check_ins::id).limit(1).load::<i64>(c)?;
+            diesel::insert_into(job_runs::table)
+                .values((
+                    job_runs::job.eq("readiness-probe"),
+                    job_runs::run_key.eq(uuid::Uuid::new_v4().to_string()),
+                    job_runs::started_at.eq(chrono::Utc::now().naive_utc()),
+                ))
+                .execute(c)?;
+            Err(ProbeEnd::RolledBack)
+        });
+        match outcome {
+            Ok(()) | Err(ProbeEnd::RolledBack) => Ok(()),
+            Err(ProbeEnd::Failed(e)) => Err(e),
+        }
+    }
+}
+
+/// How the readiness probe's transaction ended: always rolled back, by design or by failure.
+enum ProbeEnd {
+    RolledBack,
+    Failed(StoreError),
+}
+
+impl From<diesel::result::Error> for ProbeEnd {
+    fn from(e: diesel::result::Error) -> Self {
+        match StoreError::Query(e) {
+            unavailable if unavailable.is_unavailable() => ProbeEnd::Failed(unavailable),
+            StoreError::Query(e) => ProbeEnd::Failed(StoreError::NotReady(e.to_string())),
+            other => ProbeEnd::Failed(other),
+        }
+    }
+}
+
+/// Creates a directory (and its parents) that only its owner may enter.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// Applies pending migrations of the connection's backend.
