@@ -23,6 +23,10 @@ on_both_backends!(
     naming_a_victims_instance_cannot_lock_it_out,
     refused_newcomers_leave_no_instances_behind,
     readiness_means_a_check_in_could_be_recorded,
+    another_license_naming_an_instance_cannot_touch_it,
+    an_admin_frees_a_seat_at_once,
+    a_license_revoked_before_its_first_use_is_refused_at_its_first_check_in,
+    admin_listings_come_in_pages_with_filters,
 );
 
 /// Writes a bad value into one place of a batch.
@@ -167,7 +171,7 @@ fn a_poisoned_check_in_fails_alone_while_others_succeed(h: Harness) {
     assert_eq!(poison_answers.into_inner(), 8 * per_thread);
     assert!(ok * 100 >= (ok + failed) * 99, "{ok} of {} legitimate check-ins succeeded", ok + failed);
     // Nothing of the poisoned tenant was stored, and every legitimate batch was.
-    let (_, list) = h.admin(reqwest::Method::GET, "/v1/admin/instances", None);
+    let (_, list) = h.admin(reqwest::Method::GET, "/v1/admin/instances?limit=1000", None);
     let instances = list["instances"].as_array().unwrap();
     assert!(instances.iter().all(|i| !i["instance_id"].as_str().unwrap().starts_with("poison-")));
     assert_eq!(instances.len(), 4 * 40);
@@ -441,4 +445,183 @@ fn a_trickling_body_is_cut_off() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+fn telemetry_with(feature: &str) -> String {
+    let mut b = batch(uuid::Uuid::new_v4(), 1, 1, 1);
+    b["usage"][0]["name"] = json!(feature);
+    b.to_string()
+}
+
+fn license_id_of(h: &Harness, key: &str) -> String {
+    licensor::license::verify(key, &h.ring, h.now()).unwrap().license_id.to_string()
+}
+
+fn another_license_naming_an_instance_cannot_touch_it(h: Harness) {
+    let victim = h.license(Tier::Community, 1);
+    let attacker = h.license(Tier::Community, 5);
+    let (victim_id, attacker_id) = (license_id_of(&h, &victim), license_id_of(&h, &attacker));
+    assert_eq!(status(&h.check_in(&victim, "shared-id", Some(&telemetry_with("victim_feature")))), "valid");
+    // The attacker, with a license of their own, names the victim's instance id.
+    for _ in 0..3 {
+        assert_eq!(
+            status(&h.check_in(&attacker, "shared-id", Some(&telemetry_with("attacker_feature")))),
+            "valid"
+        );
+    }
+    // The victim's seat is still held: a second instance of the 1-seat license is refused.
+    assert_eq!(status(&h.check_in(&victim, "second", Some(&telemetry_with("x")))), "seat_limit_exceeded");
+    assert_eq!(status(&h.check_in(&victim, "shared-id", Some(&telemetry_with("victim_feature")))), "valid");
+    // Two instances, one per license.
+    let (_, list) = h.admin(reqwest::Method::GET, "/v1/admin/instances?limit=10", None);
+    let mut owners: Vec<&str> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["instance_id"] == "shared-id")
+        .map(|i| i["license_id"].as_str().unwrap())
+        .collect();
+    owners.sort();
+    let mut expected = vec![victim_id.as_str(), attacker_id.as_str()];
+    expected.sort();
+    assert_eq!(owners, expected);
+    // Telemetry is not mixed: the summary must be told which, and each holds its own.
+    let (code, v) = h.admin(reqwest::Method::GET, "/v1/admin/telemetry/summary?instance_id=shared-id", None);
+    assert_eq!((code, v["error"]["code"].as_str()), (409, Some("ambiguous_instance")), "{v}");
+    let summary = |license: &str| {
+        let path = format!("/v1/admin/telemetry/summary?instance_id=shared-id&license_id={license}");
+        let (code, v) = h.admin(reqwest::Method::GET, &path, None);
+        assert_eq!(code, 200, "{v}");
+        let names: Vec<String> =
+            v["usage"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect();
+        (names, v["batches"].as_i64().unwrap())
+    };
+    assert_eq!(summary(&victim_id), (vec!["victim_feature".to_owned()], 2));
+    assert_eq!(summary(&attacker_id), (vec!["attacker_feature".to_owned()], 3));
+    // Erasing one license's instance leaves the other's telemetry.
+    let (code, _) = h.admin(
+        reqwest::Method::DELETE,
+        &format!("/v1/admin/instances/shared-id/telemetry?license_id={attacker_id}"),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(summary(&victim_id).1, 2);
+    assert_eq!(summary(&attacker_id).1, 0);
+}
+
+fn an_admin_frees_a_seat_at_once(h: Harness) {
+    let key = h.license(Tier::Pro, 1);
+    let license = license_id_of(&h, &key);
+    assert_eq!(status(&h.check_in(&key, "killed-container", Some(&telemetry_with("a")))), "valid");
+    assert_eq!(status(&h.check_in(&key, "replacement", Some(&telemetry_with("a")))), "seat_limit_exceeded");
+    let path = format!("/v1/admin/licenses/{license}/instances/killed-container");
+    let (code, v) = h.admin(reqwest::Method::DELETE, &path, None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!((v["released"].as_bool(), v["held_seat"].as_bool()), (Some(true), Some(true)));
+    // The seat is free at once, and the released instance comes back as a new one.
+    assert_eq!(status(&h.check_in(&key, "replacement", Some(&telemetry_with("a")))), "valid");
+    assert_eq!(
+        status(&h.check_in(&key, "killed-container", Some(&telemetry_with("a")))),
+        "seat_limit_exceeded"
+    );
+    let (code, v) = h.admin(reqwest::Method::DELETE, &path, None);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "refused newcomers have no row"
+    );
+    // Another license's admin path cannot reach it.
+    let other = license_id_of(&h, &h.license(Tier::Pro, 1));
+    let (code, _) =
+        h.admin(reqwest::Method::DELETE, &format!("/v1/admin/licenses/{other}/instances/replacement"), None);
+    assert_eq!(code, 404);
+}
+
+fn a_license_revoked_before_its_first_use_is_refused_at_its_first_check_in(h: Harness) {
+    // A key issued offline by the vendor, leaked before any instance used it.
+    let key = h.license(Tier::Enterprise, 10);
+    let license = license_id_of(&h, &key);
+    let (code, v) = h.admin(
+        reqwest::Method::POST,
+        &format!("/v1/admin/licenses/{license}/revoke"),
+        Some(&json!({ "reason": "leaked on a forum" })),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (_, list) = h.admin(reqwest::Method::GET, "/v1/admin/licenses?revoked=true", None);
+    assert_eq!(list["licenses"][0]["license_id"], license.as_str());
+    assert_eq!(list["licenses"][0]["seen"], false);
+    let r = h.check_in(&key, "first", None);
+    assert_eq!(status(&r), "revoked");
+    assert!(r["message"].as_str().unwrap().contains("leaked on a forum"), "{r}");
+    // Its first check-in showed the server the license: its fields are known now.
+    let (_, list) = h.admin(reqwest::Method::GET, "/v1/admin/licenses", None);
+    assert_eq!(list["licenses"][0]["seen"], true);
+    assert_eq!(list["licenses"][0]["licensee"], "Acme Test Corp");
+    assert_eq!(list["licenses"][0]["seats"], 10);
+    let (code, _) = h.admin(reqwest::Method::POST, &format!("/v1/admin/licenses/{license}/reinstate"), None);
+    assert_eq!(code, 200);
+    assert_eq!(status(&h.check_in(&key, "first", None)), "valid");
+}
+
+fn admin_listings_come_in_pages_with_filters(h: Harness) {
+    let keys: Vec<String> = (0..3).map(|_| h.license(Tier::Enterprise, 20)).collect();
+    for (n, key) in keys.iter().enumerate() {
+        for i in 0..9 {
+            assert_eq!(status(&h.check_in(key, &format!("i-{n}-{i}"), None)), "valid");
+        }
+    }
+    let pro = h.license(Tier::Pro, 1);
+    assert_eq!(status(&h.check_in(&pro, "pro-1", Some(&telemetry_with("a")))), "valid");
+    assert_eq!(status(&h.check_in(&pro, "pro-1", None)), "telemetry_required");
+    // 28 instances in pages of 10: every one exactly once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/admin/instances?limit=10&cursor={c}"),
+            None => "/v1/admin/instances?limit=10".to_owned(),
+        };
+        let (code, v) = h.admin(reqwest::Method::GET, &path, None);
+        assert_eq!(code, 200, "{v}");
+        let items = v["instances"].as_array().unwrap();
+        pages.push(items.len());
+        for i in items {
+            assert!(seen.insert((i["license_id"].to_string(), i["instance_id"].to_string())), "{i} twice");
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [10, 10, 8]);
+    // Filters.
+    let first = license_id_of(&h, &keys[0]);
+    let (_, v) = h.admin(reqwest::Method::GET, &format!("/v1/admin/instances?license_id={first}"), None);
+    assert_eq!(v["instances"].as_array().unwrap().len(), 9);
+    let (_, v) = h.admin(reqwest::Method::GET, "/v1/admin/instances?status=telemetry_required", None);
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(v["instances"][0]["instance_id"], "pro-1");
+    let (_, v) = h.admin(reqwest::Method::GET, "/v1/admin/licenses?tier=pro", None);
+    assert_eq!(v["licenses"].as_array().unwrap().len(), 1);
+    let (_, v) = h.admin(reqwest::Method::GET, "/v1/admin/licenses?limit=2", None);
+    assert_eq!(v["licenses"].as_array().unwrap().len(), 2);
+    let (_, v2) = h.admin(
+        reqwest::Method::GET,
+        &format!("/v1/admin/licenses?limit=2&cursor={}", v["next_cursor"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(v2["licenses"].as_array().unwrap().len(), 2);
+    assert!(v2["next_cursor"].is_null());
+    // Bad input is a clear 400.
+    for (path, code) in [
+        ("/v1/admin/instances?limit=0", "invalid_query"),
+        ("/v1/admin/instances?limit=1001", "invalid_query"),
+        ("/v1/admin/instances?cursor=bm90LWEtY3Vyc29y", "invalid_cursor"),
+        ("/v1/admin/instances?status=sleeping", "invalid_query"),
+        ("/v1/admin/licenses?tier=gold", "invalid_query"),
+    ] {
+        let (status, v) = h.admin(reqwest::Method::GET, path, None);
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some(code)), "{path}: {v}");
+    }
 }

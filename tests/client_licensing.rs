@@ -90,7 +90,8 @@ fn telemetry_sent_once_and_acknowledged(h: Harness) {
     let instance = l.instance_id().unwrap();
     let counts = h.store.telemetry_counts(&instance).unwrap();
     assert_eq!(counts["telemetry_batches"], 1);
-    let summary = h.store.telemetry_summary(&instance, h.now() - Days::hours(24), h.now()).unwrap();
+    let license = h.store.licenses_of_instance(&instance).unwrap().remove(0);
+    let summary = h.store.telemetry_summary(&license, &instance, h.now() - Days::hours(24), h.now()).unwrap();
     assert_eq!(summary.usage.len(), 1);
     assert_eq!((summary.usage[0].name.as_str(), summary.usage[0].count), ("export", 3));
     assert_eq!((summary.performance[0].count, summary.performance[0].errors), (2, 1));
@@ -101,7 +102,8 @@ fn telemetry_sent_once_and_acknowledged(h: Harness) {
     l.track_feature("export");
     h.advance(Days::hours(1));
     assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::Answered { batch_acknowledged: true, .. }));
-    let summary = h.store.telemetry_summary(&instance, h.now() - Days::hours(24), h.now()).unwrap();
+    let license = h.store.licenses_of_instance(&instance).unwrap().remove(0);
+    let summary = h.store.telemetry_summary(&license, &instance, h.now() - Days::hours(24), h.now()).unwrap();
     assert_eq!(summary.batches, 2);
     assert_eq!(summary.usage[0].count, 4, "each event counted once");
     l.shutdown();

@@ -206,8 +206,11 @@ fn revoke_then_check_in_then_reinstate(h: Harness) {
     assert_eq!(code, 200);
     assert_eq!(status(&h.check_in(&key, "inst", t().as_deref())), "valid");
 
+    // Revoking needs a license id; reinstating, a license this server knows.
+    let (code, body) = h.admin(Method::POST, "/v1/admin/licenses/not-a-uuid/revoke", None);
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_license_id")));
     let (code, body) =
-        h.admin(Method::POST, "/v1/admin/licenses/00000000-0000-0000-0000-000000000000/revoke", None);
+        h.admin(Method::POST, "/v1/admin/licenses/00000000-0000-0000-0000-000000000000/reinstate", None);
     assert_eq!(code, 404);
     assert_eq!(body["error"]["code"], "not_found");
 }
@@ -800,6 +803,6 @@ fn the_load_tool_fires_real_check_ins() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("check-ins:   60 in"), "{out}");
     assert!(out.contains("  valid: 60"), "every check-in is valid: {out}");
-    let instances = h.store.list_instances().unwrap();
+    let instances = h.store.list_instances(&Default::default(), 1000, None).unwrap().items;
     assert_eq!(instances.len(), 30);
 }

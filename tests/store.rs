@@ -48,8 +48,8 @@ fn schema_matches_the_migrated_database(h: Harness) {
     h.store.rollup_day(h.now().date_naive()).unwrap();
     let text = h.store.telemetry_text().unwrap();
     assert!(text.iter().any(|t| t == "feature_0"));
-    assert_eq!(h.store.list_licenses(h.now()).unwrap().len(), 1);
-    assert_eq!(h.store.list_instances().unwrap().len(), 1);
+    assert_eq!(h.store.list_licenses(h.now(), &Default::default(), 10, None).unwrap().items.len(), 1);
+    assert_eq!(h.store.list_instances(&Default::default(), 10, None).unwrap().items.len(), 1);
     assert_eq!(h.store.check_ins_of("schema").unwrap().len(), 1);
     assert!(!h.store.aggregates_of(h.now().date_naive()).unwrap().is_empty());
     assert!(h.store.job_runs("none").unwrap().is_empty());

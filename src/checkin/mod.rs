@@ -414,6 +414,7 @@ fn scrubbed_batch(
         .errors
         .iter()
         .map(|e| store::ErrorRow {
+            license_id: license_id.to_owned(),
             instance_id: instance_id.to_owned(),
             fingerprint: e.fingerprint.to_ascii_lowercase(),
             error_type: s(&e.error_type),

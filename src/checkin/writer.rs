@@ -142,7 +142,9 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
     store.transaction(|conn| {
         // Licenses first: the upsert takes their locks, in id order (a BTreeMap's order).
         let mut license_rows: BTreeMap<String, store::LicenseRow> = BTreeMap::new();
-        let mut instance_ids: BTreeSet<&str> = BTreeSet::new();
+        // Instances are keyed by license and id: the same id under another license is another
+        // instance, which this check-in cannot touch.
+        let mut instance_keys: BTreeSet<(String, &str)> = BTreeSet::new();
         let mut earliest: Option<DateTime<Utc>> = None;
         for p in group {
             if let Subject::Licensed(license) = &p.subject {
@@ -152,16 +154,18 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                     .entry(row.id.clone())
                     .and_modify(|r| r.last_check_in_at = r.last_check_in_at.max(row.last_check_in_at))
                     .or_insert(row);
-                instance_ids.insert(&p.instance_id);
+                instance_keys.insert((license.license_id.to_string(), &p.instance_id));
                 earliest = Some(earliest.map_or(p.now, |e| e.min(p.now)));
             }
         }
         let rows: Vec<store::LicenseRow> = license_rows.into_values().collect();
         let licenses: HashMap<String, store::LicenseRow> =
             licensing::upsert_licenses(conn, &rows)?.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let ids: Vec<&str> = instance_ids.into_iter().collect();
-        let mut instances: HashMap<String, InstanceRow> =
-            licensing::instances_by_id(conn, &ids)?.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let keys: Vec<(&str, &str)> = instance_keys.iter().map(|(l, i)| (l.as_str(), *i)).collect();
+        let mut instances: HashMap<(String, String), InstanceRow> = licensing::instances_by_key(conn, &keys)?
+            .into_iter()
+            .map(|i| ((i.license_id.clone(), i.id.clone()), i))
+            .collect();
         // Seats held at the group's earliest instant: a seat that ends within the few
         // milliseconds a group spans still counts, which errs on the side of the limit.
         let license_ids: Vec<&str> = licenses.keys().map(String::as_str).collect();
@@ -183,11 +187,9 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
             let row = &licenses[&license.license_id.to_string()];
             let license_id = &row.id;
             let now = store::naive(p.now);
-            let previous = instances.get(&p.instance_id);
-            let held = previous
-                .filter(|inst| &inst.license_id == license_id)
-                .and_then(|inst| inst.seat_until)
-                .filter(|until| *until > now);
+            let key = (license_id.clone(), p.instance_id.clone());
+            let previous = instances.get(&key);
+            let held = previous.and_then(|inst| inst.seat_until).filter(|until| *until > now);
             let used = in_use.get(license_id).copied().unwrap_or(0);
             let held_by_others = used - i64::from(held.is_some());
             let (status, message) =
@@ -201,14 +203,6 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
             };
 
             // Keep the group's view of seats in use right for the check-ins after this one.
-            if let Some(prev) = previous {
-                let held_anywhere = prev.seat_until.is_some_and(|until| until > now);
-                if held_anywhere && &prev.license_id != license_id {
-                    if let Some(n) = in_use.get_mut(&prev.license_id) {
-                        *n -= 1;
-                    }
-                }
-            }
             match (held.is_some(), seat_until.is_some_and(|until| until > now)) {
                 (false, true) => *in_use.entry(license_id.clone()).or_default() += 1,
                 (true, false) => *in_use.entry(license_id.clone()).or_default() -= 1,
@@ -230,7 +224,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                 continue;
             }
             instances.insert(
-                p.instance_id.clone(),
+                key.clone(),
                 InstanceRow {
                     id: p.instance_id.clone(),
                     license_id: license_id.clone(),
@@ -241,7 +235,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                     seat_until,
                 },
             );
-            touched.insert(p.instance_id.clone());
+            touched.insert(key);
 
             let mut decision = Decision {
                 status,

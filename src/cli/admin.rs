@@ -47,7 +47,13 @@ pub fn run(args: AdminArgs) -> Result<u8> {
     let api = Api::new(&args.url, &args.token)?;
     use reqwest::Method;
     let (status, answer) = match args.command {
-        AdminCommand::Licenses => api.send(Method::GET, "/v1/admin/licenses", None)?,
+        AdminCommand::Licenses { limit, cursor, tier, revoked } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(cursor.map(|c| format!("cursor={}", encode(&c))));
+            query.extend(tier.map(|t| format!("tier={t}")));
+            query.extend(revoked.map(|r| format!("revoked={r}")));
+            api.send(Method::GET, &format!("/v1/admin/licenses?{}", query.join("&")), None)?
+        }
         AdminCommand::Issue {
             tier,
             licensee,
@@ -81,14 +87,32 @@ pub fn run(args: AdminArgs) -> Result<u8> {
         AdminCommand::Reinstate { license_id } => {
             api.send(Method::POST, &format!("/v1/admin/licenses/{license_id}/reinstate"), None)?
         }
-        AdminCommand::Instances => api.send(Method::GET, "/v1/admin/instances", None)?,
-        AdminCommand::Summary { instance, hours } => {
-            let query =
+        AdminCommand::Deactivate { license_id, instance_id } => api.send(
+            Method::DELETE,
+            &format!("/v1/admin/licenses/{}/instances/{}", encode(&license_id), encode(&instance_id)),
+            None,
+        )?,
+        AdminCommand::Instances { limit, cursor, license_id, status } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(cursor.map(|c| format!("cursor={}", encode(&c))));
+            query.extend(license_id.map(|l| format!("license_id={}", encode(&l))));
+            query.extend(status.map(|s| format!("status={}", encode(&s))));
+            api.send(Method::GET, &format!("/v1/admin/instances?{}", query.join("&")), None)?
+        }
+        AdminCommand::Summary { instance, license_id, hours } => {
+            let mut query =
                 format!("/v1/admin/telemetry/summary?instance_id={}&hours={hours}", encode(&instance));
+            if let Some(license) = license_id {
+                query.push_str(&format!("&license_id={}", encode(&license)));
+            }
             api.send(Method::GET, &query, None)?
         }
-        AdminCommand::Erase { instance } => {
-            api.send(Method::DELETE, &format!("/v1/admin/instances/{}/telemetry", encode(&instance)), None)?
+        AdminCommand::Erase { instance, license_id } => {
+            let mut path = format!("/v1/admin/instances/{}/telemetry", encode(&instance));
+            if let Some(license) = license_id {
+                path.push_str(&format!("?license_id={}", encode(&license)));
+            }
+            api.send(Method::DELETE, &path, None)?
         }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -158,8 +158,22 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// List licenses seen or issued, with revocation, instance counts and last check-in.
-    Licenses,
+    /// List licenses seen or issued, with revocation, instance counts and last check-in
+    /// (a page at a time: --cursor takes the next_cursor of the previous page).
+    Licenses {
+        /// Rows per page, 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where the page starts: the previous page's next_cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Only licenses of this tier.
+        #[arg(long)]
+        tier: Option<Tier>,
+        /// Only revoked licenses (true) or only the others (false).
+        #[arg(long)]
+        revoked: Option<bool>,
+    },
     /// Issue a license (the server must hold an issuing key).
     Issue {
         #[arg(long)]
@@ -180,27 +194,63 @@ pub enum AdminCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         check_in_interval: Option<std::time::Duration>,
     },
-    /// Revoke a license: every instance's next check-in answers `revoked`.
+    /// Revoke a license, even one the server has not seen yet: every instance's next
+    /// check-in answers `revoked`.
     Revoke {
+        /// The license's id (a UUID).
         license_id: String,
+        /// Why, kept with the revocation and sent in the answers' message.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Undo a revocation.
-    Reinstate { license_id: String },
-    /// List instances with their license, version, last check-in and status.
-    Instances,
+    Reinstate {
+        /// The license's id (a UUID).
+        license_id: String,
+    },
+    /// Free one instance's seat at once; its next check-in is answered as a new instance's.
+    Deactivate {
+        /// The license's id (a UUID).
+        license_id: String,
+        /// The instance's id, as the instance listing shows it.
+        instance_id: String,
+    },
+    /// List instances with their license, version, last check-in and status (a page at a
+    /// time: --cursor takes the next_cursor of the previous page).
+    Instances {
+        /// Rows per page, 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where the page starts: the previous page's next_cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Only the instances of this license.
+        #[arg(long)]
+        license_id: Option<String>,
+        /// Only instances whose last check-in had this status (valid, revoked, ...).
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// One instance's telemetry over the last hours.
     Summary {
+        /// The instance's id.
         #[arg(long)]
         instance: String,
+        /// The license the instance belongs to, when instances of this id exist under several.
+        #[arg(long)]
+        license_id: Option<String>,
+        /// How many hours back, 1 to 2160.
         #[arg(long, default_value_t = 24)]
         hours: u32,
     },
     /// Erase everything stored from one instance's telemetry.
     Erase {
+        /// The instance's id.
         #[arg(long)]
         instance: String,
+        /// Only that license's instance of this id [default: every license's].
+        #[arg(long)]
+        license_id: Option<String>,
     },
 }
 

@@ -131,10 +131,74 @@ pub async fn issue_license(
     Ok(HttpResponse::Created().json(json!({ "license_key": issued.key, "payload": issued.payload })))
 }
 
-pub async fn list_licenses(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The default and the largest page of an admin listing.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LicenseListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    tier: Option<Tier>,
+    #[serde(default)]
+    revoked: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    license_id: Option<String>,
+    #[serde(default)]
+    status: Option<crate::protocol::CheckInStatus>,
+}
+
+/// Reads a listing's query string, with an error naming what is wrong.
+fn listing_query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
+}
+
+/// Checks a page size and a cursor.
+fn page(limit: Option<usize>, cursor: Option<&str>) -> Result<(usize, Option<store::Cursor>), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
+    }
+    let cursor = cursor
+        .map(|c| {
+            store::Cursor::decode(c).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "the cursor is not one this listing handed out")
+            })
+        })
+        .transpose()?;
+    Ok((limit, cursor))
+}
+
+pub async fn list_licenses(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: LicenseListQuery = listing_query(&req)?;
+    let (limit, cursor) = page(query.limit, query.cursor.as_deref())?;
+    let filter =
+        store::LicenseFilter { tier: query.tier.map(|t| t.as_str().to_owned()), revoked: query.revoked };
     let (store, now) = (state.store.clone(), (state.clock)());
-    let licenses = blocking(move || store.list_licenses(now).map_err(ApiError::from)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "licenses": licenses })))
+    let page =
+        blocking(move || store.list_licenses(now, &filter, limit, cursor.as_ref()).map_err(ApiError::from))
+            .await?;
+    let next_cursor = page.next.as_ref().map(store::Cursor::encode);
+    Ok(HttpResponse::Ok().json(json!({ "licenses": page.items, "next_cursor": next_cursor })))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +246,20 @@ async fn set_revocation(
     let revoked = revocation.is_some();
     let id = license_id.clone();
     let found = blocking(move || {
-        store.set_revocation(&id, revocation.map(|reason| (now, reason))).map_err(ApiError::from)
+        match revocation {
+            // A license id is a UUID; one this server has not seen yet can be revoked too.
+            Some(reason) => {
+                let uuid = uuid::Uuid::parse_str(&id).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_license_id",
+                        format!("{id:?} is not a license id (a UUID)"),
+                    )
+                })?;
+                store.revoke_by_id(uuid, reason, now)?;
+                Ok(true)
+            }
+            None => Ok(store.set_revocation(&id, None)?),
+        }
     })
     .await?;
     if !found {
@@ -192,16 +269,32 @@ async fn set_revocation(
     Ok(HttpResponse::Ok().json(json!({ "license_id": license_id, "revoked": revoked })))
 }
 
-pub async fn list_instances(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list_instances(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: InstanceListQuery = listing_query(&req)?;
+    let (limit, cursor) = page(query.limit, query.cursor.as_deref())?;
+    let filter = store::InstanceFilter {
+        license_id: query.license_id,
+        status: query.status.map(|s| s.as_str().to_owned()),
+    };
     let store = state.store.clone();
-    let instances = blocking(move || store.list_instances().map_err(ApiError::from)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "instances": instances })))
+    let page =
+        blocking(move || store.list_instances(&filter, limit, cursor.as_ref()).map_err(ApiError::from))
+            .await?;
+    let next_cursor = page.next.as_ref().map(store::Cursor::encode);
+    Ok(HttpResponse::Ok().json(json!({ "instances": page.items, "next_cursor": next_cursor })))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SummaryQuery {
     instance_id: String,
+    /// Needed only when instances of this id exist under several licenses.
+    #[serde(default)]
+    license_id: Option<String>,
     #[serde(default = "day")]
     hours: u32,
 }
@@ -231,30 +324,83 @@ pub async fn telemetry_summary(
     }
     let (store, now) = (state.store.clone(), (state.clock)());
     let summary = blocking(move || {
-        if !store.instance_exists(&query.instance_id)? {
-            return Err(ApiError::NotFound(format!(
-                "no instance {:?} is known to this server",
-                query.instance_id
-            )));
-        }
+        let license_id = one_license_of(&store, &query.instance_id, query.license_id.as_deref())?;
         let since = now - Duration::hours(i64::from(query.hours));
-        Ok(store.telemetry_summary(&query.instance_id, since, now)?)
+        Ok(store.telemetry_summary(&license_id, &query.instance_id, since, now)?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(summary))
+}
+
+/// The license whose instance `instance_id` a request means: the one named, or the only one
+/// that has an instance of that id. Instance ids are scoped to their license, so two licenses
+/// may each have one, and then the request must say which.
+fn one_license_of(store: &store::Store, instance_id: &str, named: Option<&str>) -> Result<String, ApiError> {
+    let licenses = store.licenses_of_instance(instance_id)?;
+    let unknown = || ApiError::NotFound(format!("no instance {instance_id:?} is known to this server"));
+    match named {
+        Some(license) if licenses.iter().any(|l| l == license) => Ok(license.to_owned()),
+        Some(_) => Err(unknown()),
+        None => match licenses.as_slice() {
+            [] => Err(unknown()),
+            [only] => Ok(only.clone()),
+            several => Err(ApiError::Conflict {
+                code: "ambiguous_instance",
+                message: format!(
+                    "instance {instance_id:?} exists under {} licenses ({}): add license_id=...",
+                    several.len(),
+                    several.join(", ")
+                ),
+            }),
+        },
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseQuery {
+    /// Only that license's instance of this id; by default, every license's.
+    #[serde(default)]
+    license_id: Option<String>,
 }
 
 pub async fn erase_telemetry(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let instance_id = path.into_inner();
+    let query = web::Query::<EraseQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("{e}; expected ?license_id=...")))?
+        .into_inner();
     let store = state.store.clone();
-    let id = instance_id.clone();
-    let removed = blocking(move || store.erase_telemetry(&id).map_err(ApiError::from)).await?;
+    let (id, license) = (instance_id.clone(), query.license_id.clone());
+    let removed =
+        blocking(move || store.erase_telemetry(&id, license.as_deref()).map_err(ApiError::from)).await?;
     tracing::info!(instance_id = %instance_id, "instance telemetry erased");
     Ok(HttpResponse::Ok().json(json!({ "instance_id": instance_id, "removed": removed })))
+}
+
+/// Frees an instance's seat at once: its row goes, so its next check-in is answered as a new
+/// instance's. Its telemetry and check-in history stay.
+pub async fn release_instance(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (license_id, instance_id) = path.into_inner();
+    let (store, now) = (state.store.clone(), (state.clock)());
+    let (license, id) = (license_id.clone(), instance_id.clone());
+    let released =
+        blocking(move || store.release_instance(&license, &id, now).map_err(ApiError::from)).await?;
+    let Some(held_seat) = released else {
+        return Err(ApiError::NotFound(format!("license {license_id:?} has no instance {instance_id:?}")));
+    };
+    tracing::info!(license_id = %license_id, instance_id = %instance_id, "instance released");
+    Ok(HttpResponse::Ok().json(json!({
+        "license_id": license_id, "instance_id": instance_id, "released": true, "held_seat": held_seat
+    })))
 }
 
 /// Refuses a body that is not declared as JSON.

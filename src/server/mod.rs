@@ -75,6 +75,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     resource("/licenses/{license_id}/reinstate")
                         .route(web::post().to(handlers::reinstate_license)),
                 )
+                .service(
+                    resource("/licenses/{license_id}/instances/{instance_id}")
+                        .route(web::delete().to(handlers::release_instance)),
+                )
                 .service(resource("/instances").route(web::get().to(handlers::list_instances)))
                 .service(resource("/telemetry/summary").route(web::get().to(handlers::telemetry_summary)))
                 .service(

@@ -24,6 +24,9 @@ pub struct LicenseRecord {
     pub check_in_interval_s: Option<i64>,
     /// Whether this server issued the license (through the admin API).
     pub issued_here: bool,
+    /// Whether a check-in (or the admin API) has shown this server the license itself; a
+    /// license revoked by its id before that has empty fields until then.
+    pub seen: bool,
     pub revoked: bool,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
@@ -38,6 +41,7 @@ pub struct LicenseRecord {
 impl LicenseRecord {
     fn from_row(row: LicenseRow, instance_count: i64, seats_in_use: i64) -> LicenseRecord {
         LicenseRecord {
+            seen: !row.kid.is_empty(),
             license_id: row.id,
             kid: row.kid,
             licensee: row.licensee,
@@ -74,6 +78,59 @@ pub struct InstanceRecord {
     pub seat_until: Option<DateTime<Utc>>,
 }
 
+/// Which licenses a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LicenseFilter {
+    pub tier: Option<String>,
+    pub revoked: Option<bool>,
+}
+
+/// Which instances a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceFilter {
+    pub license_id: Option<String>,
+    /// The status of the instance's last check-in.
+    pub status: Option<String>,
+}
+
+/// Where a page of a listing ends: the sort time of its last row and that row's keys. Handed
+/// out opaque ([`Cursor::encode`]) and taken back checked ([`Cursor::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: NaiveDateTime,
+    pub keys: Vec<String>,
+}
+
+impl Cursor {
+    /// The cursor as an opaque token (base64url of a small JSON list).
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let list: Vec<String> = std::iter::once(self.at.and_utc().timestamp_micros().to_string())
+            .chain(self.keys.iter().cloned())
+            .collect();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&list).expect("strings serialise"))
+    }
+
+    /// Reads a token made by [`Cursor::encode`]; `None` for anything else.
+    pub fn decode(token: &str) -> Option<Cursor> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
+        let list: Vec<String> = serde_json::from_slice(&bytes).ok()?;
+        let (first, keys) = list.split_first()?;
+        let at = DateTime::<Utc>::from_timestamp_micros(first.parse().ok()?)?.naive_utc();
+        (keys.len() <= 2).then(|| Cursor { at, keys: keys.to_vec() })
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
 /// The most rows one multi-row statement carries: far below both backends' limits on bound
 /// parameters (65,535 for PostgreSQL, 32,766 for SQLite) for any of these tables.
 pub(super) const ROWS_PER_STATEMENT: usize = 500;
@@ -91,7 +148,21 @@ pub fn upsert_licenses(conn: &mut DbConnection, rows: &[LicenseRow]) -> Result<V
                 .values($values)
                 .on_conflict(licenses::id)
                 .do_update()
-                .set(licenses::last_check_in_at.eq(excluded(licenses::last_check_in_at)))
+                // The fields come from a license whose signature verified: they replace what
+                // the row held (nothing yet, for a license revoked before it was seen). The
+                // revocation and the key this server issued are the server's own and stay.
+                .set((
+                    licenses::kid.eq(excluded(licenses::kid)),
+                    licenses::licensee.eq(excluded(licenses::licensee)),
+                    licenses::tier.eq(excluded(licenses::tier)),
+                    licenses::seats.eq(excluded(licenses::seats)),
+                    licenses::features.eq(excluded(licenses::features)),
+                    licenses::issued_at.eq(excluded(licenses::issued_at)),
+                    licenses::not_before.eq(excluded(licenses::not_before)),
+                    licenses::expires_at.eq(excluded(licenses::expires_at)),
+                    licenses::check_in_interval_s.eq(excluded(licenses::check_in_interval_s)),
+                    licenses::last_check_in_at.eq(excluded(licenses::last_check_in_at)),
+                ))
                 .returning(LicenseRow::as_returning())
         };
     }
@@ -111,33 +182,46 @@ pub fn upsert_licenses(conn: &mut DbConnection, rows: &[LicenseRow]) -> Result<V
     Ok(out)
 }
 
-/// The rows of those of `ids` that exist.
-pub fn instances_by_id(conn: &mut DbConnection, ids: &[&str]) -> Result<Vec<InstanceRow>, StoreError> {
-    let mut out = Vec::with_capacity(ids.len());
+/// The rows of those of `keys` (license id, instance id) that exist.
+pub fn instances_by_key(
+    conn: &mut DbConnection,
+    keys: &[(&str, &str)],
+) -> Result<Vec<InstanceRow>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
     match conn {
-        // A primary-key probe per id, which cannot be planned as anything else: `id = ANY($1)`
+        // A primary-key probe per key, which cannot be planned as anything else: `id = ANY($1)`
         // turned into a sequential scan under load while the table grew faster than its
         // statistics.
         DbConnection::Postgresql(c) => {
-            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+                let (licenses, ids): (Vec<&str>, Vec<&str>) = chunk.iter().copied().unzip();
                 out.extend(
                     diesel::sql_query(
-                        "SELECT i.* FROM unnest($1::text[]) AS l(id), \
-                         LATERAL (SELECT * FROM instances WHERE instances.id = l.id) AS i",
+                        "SELECT i.* FROM unnest($1::text[], $2::text[]) AS k(license_id, id), \
+                         LATERAL (SELECT * FROM instances \
+                                  WHERE instances.license_id = k.license_id AND instances.id = k.id) AS i",
                     )
-                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(licenses)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(ids)
                     .load::<InstanceRow>(c)?,
                 );
             }
         }
         DbConnection::Sqlite(c) => {
-            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-                out.extend(
-                    instances::table
-                        .filter(instances::id.eq_any(chunk))
-                        .select(InstanceRow::as_select())
-                        .load(c)?,
-                );
+            let mut by_license: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for (license, id) in keys {
+                by_license.entry(license).or_default().push(id);
+            }
+            for (license, ids) in by_license {
+                for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                    out.extend(
+                        instances::table
+                            .filter(instances::license_id.eq(license))
+                            .filter(instances::id.eq_any(chunk))
+                            .select(InstanceRow::as_select())
+                            .load(c)?,
+                    );
+                }
             }
         }
     }
@@ -190,19 +274,20 @@ pub fn seats_in_use(
     Ok(out)
 }
 
-/// Inserts or replaces instances' rows; `rows` must have distinct ids.
+/// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.
 pub fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) -> Result<(), StoreError> {
     macro_rules! upsert {
         ($values:expr) => {
-            diesel::insert_into(instances::table).values($values).on_conflict(instances::id).do_update().set(
-                (
-                    instances::license_id.eq(excluded(instances::license_id)),
+            diesel::insert_into(instances::table)
+                .values($values)
+                .on_conflict((instances::license_id, instances::id))
+                .do_update()
+                .set((
                     instances::software_version.eq(excluded(instances::software_version)),
                     instances::last_check_in_at.eq(excluded(instances::last_check_in_at)),
                     instances::last_status.eq(excluded(instances::last_status)),
                     instances::seat_until.eq(excluded(instances::seat_until)),
-                ),
-            )
+                ))
         };
     }
     match conn {
@@ -246,31 +331,84 @@ impl Store {
         Ok(())
     }
 
-    /// All licenses, newest first, with their instance counts.
-    pub fn list_licenses(&self, now: DateTime<Utc>) -> Result<Vec<LicenseRecord>, StoreError> {
+    /// A page of licenses, newest first, with their instance counts: at most `limit` after
+    /// `after` (a cursor from the previous page), and the cursor of the next page if any.
+    pub fn list_licenses(
+        &self,
+        now: DateTime<Utc>,
+        filter: &LicenseFilter,
+        limit: usize,
+        after: Option<&Cursor>,
+    ) -> Result<Page<LicenseRecord>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<LicenseRow> = licenses::table
-            .select(LicenseRow::as_select())
-            .order(licenses::first_seen_at.desc())
+        let mut query = licenses::table.select(LicenseRow::as_select()).into_boxed();
+        if let Some(tier) = &filter.tier {
+            query = query.filter(licenses::tier.eq(tier));
+        }
+        match filter.revoked {
+            Some(true) => query = query.filter(licenses::revoked_at.is_not_null()),
+            Some(false) => query = query.filter(licenses::revoked_at.is_null()),
+            None => {}
+        }
+        if let Some(cursor) = after {
+            let (t, id) = (cursor.at, cursor.keys.first().cloned().unwrap_or_default());
+            query = query.filter(
+                licenses::first_seen_at.lt(t).or(licenses::first_seen_at.eq(t).and(licenses::id.lt(id))),
+            );
+        }
+        let mut rows: Vec<LicenseRow> = query
+            .order((licenses::first_seen_at.desc(), licenses::id.desc()))
+            .limit(limit as i64 + 1)
             .load(&mut conn)?;
+        let next = (rows.len() > limit).then(|| {
+            rows.truncate(limit);
+            let last = &rows[limit - 1];
+            Cursor { at: last.first_seen_at, keys: vec![last.id.clone()] }
+        });
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let counts: Vec<(String, i64)> = instances::table
+            .filter(instances::license_id.eq_any(&ids))
             .group_by(instances::license_id)
             .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
         let in_use: Vec<(String, i64)> = instances::table
+            .filter(instances::license_id.eq_any(&ids))
             .filter(instances::seat_until.gt(naive(now)))
             .group_by(instances::license_id)
             .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
         let lookup =
             |list: &[(String, i64)], id: &str| list.iter().find(|(l, _)| l == id).map_or(0, |(_, n)| *n);
-        Ok(rows
+        let items = rows
             .into_iter()
             .map(|row| {
                 let (total, used) = (lookup(&counts, &row.id), lookup(&in_use, &row.id));
                 LicenseRecord::from_row(row, total, used)
             })
-            .collect())
+            .collect();
+        Ok(Page { items, next })
+    }
+
+    /// Revokes a license this server may never have seen, by its id: the first check-in of
+    /// any of its instances answers `revoked`. For a known license, the same as
+    /// [`Store::set_revocation`].
+    pub fn revoke_by_id(
+        &self,
+        id: uuid::Uuid,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.transaction(|conn| {
+            let changed = diesel::update(licenses::table.find(id.to_string()))
+                .set((licenses::revoked_at.eq(Some(naive(now))), licenses::revoked_reason.eq(&reason)))
+                .execute(conn)?;
+            if changed == 0 {
+                diesel::insert_into(licenses::table)
+                    .values(LicenseRow::revoked_unseen(id, reason.clone(), now))
+                    .execute(conn)?;
+            }
+            Ok::<_, StoreError>(())
+        })
     }
 
     /// Revokes (`Some`) or reinstates (`None`) a license; false when no such license is known.
@@ -289,14 +427,48 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// All instances with their license, most recently seen first.
-    pub fn list_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        let rows: Vec<(InstanceRow, String, String)> = instances::table
+    /// A page of instances with their license, most recently seen first: at most `limit`
+    /// after `after`, and the cursor of the next page if any.
+    pub fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        limit: usize,
+        after: Option<&Cursor>,
+    ) -> Result<Page<InstanceRecord>, StoreError> {
+        let mut query = instances::table
             .inner_join(licenses::table)
             .select((InstanceRow::as_select(), licenses::licensee, licenses::tier))
-            .order(instances::last_check_in_at.desc())
+            .into_boxed();
+        if let Some(license) = &filter.license_id {
+            query = query.filter(instances::license_id.eq(license));
+        }
+        if let Some(status) = &filter.status {
+            query = query.filter(instances::last_status.eq(status));
+        }
+        if let Some(cursor) = after {
+            let t = cursor.at;
+            let (license, id) = match cursor.keys.as_slice() {
+                [license, id] => (license.clone(), id.clone()),
+                _ => (String::new(), String::new()),
+            };
+            query = query.filter(
+                instances::last_check_in_at.lt(t).or(instances::last_check_in_at.eq(t).and(
+                    instances::license_id
+                        .lt(license.clone())
+                        .or(instances::license_id.eq(license).and(instances::id.lt(id))),
+                )),
+            );
+        }
+        let mut rows: Vec<(InstanceRow, String, String)> = query
+            .order((instances::last_check_in_at.desc(), instances::license_id.desc(), instances::id.desc()))
+            .limit(limit as i64 + 1)
             .load(&mut self.conn()?)?;
-        Ok(rows
+        let next = (rows.len() > limit).then(|| {
+            rows.truncate(limit);
+            let (last, _, _) = &rows[limit - 1];
+            Cursor { at: last.last_check_in_at, keys: vec![last.license_id.clone(), last.id.clone()] }
+        });
+        let items = rows
             .into_iter()
             .map(|(i, licensee, tier)| InstanceRecord {
                 instance_id: i.id,
@@ -309,13 +481,44 @@ impl Store {
                 last_status: i.last_status,
                 seat_until: i.seat_until.map(utc),
             })
-            .collect())
+            .collect();
+        Ok(Page { items, next })
     }
 
-    /// Whether an instance is known.
-    pub fn instance_exists(&self, id: &str) -> Result<bool, StoreError> {
-        let n: i64 = instances::table.filter(instances::id.eq(id)).count().get_result(&mut self.conn()?)?;
-        Ok(n > 0)
+    /// Deletes a license's instance, freeing its seat at once: `None` when there is no such
+    /// instance, else whether it held a seat at `now`.
+    pub fn release_instance(
+        &self,
+        license_id: &str,
+        instance_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<bool>, StoreError> {
+        self.transaction(|conn| {
+            let row: Option<InstanceRow> = instances::table
+                .filter(instances::license_id.eq(license_id))
+                .filter(instances::id.eq(instance_id))
+                .select(InstanceRow::as_select())
+                .first(conn)
+                .optional()?;
+            let Some(row) = row else { return Ok(None) };
+            diesel::delete(
+                instances::table
+                    .filter(instances::license_id.eq(license_id))
+                    .filter(instances::id.eq(instance_id)),
+            )
+            .execute(conn)?;
+            Ok::<_, StoreError>(Some(row.seat_until.is_some_and(|until| until > naive(now))))
+        })
+    }
+
+    /// The licenses that have an instance of this id, in order (usually one; instance ids
+    /// are scoped to their license, so two licenses may each have one).
+    pub fn licenses_of_instance(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(instances::table
+            .filter(instances::id.eq(id))
+            .select(instances::license_id)
+            .order(instances::license_id)
+            .load(&mut self.conn()?)?)
     }
 
     /// The check-in history of one instance, oldest first.

@@ -39,7 +39,7 @@ pub use db::*;
 #[cfg(feature = "server")]
 pub use jobs::JobClaim;
 #[cfg(feature = "server")]
-pub use licensing::{InstanceRecord, LicenseRecord};
+pub use licensing::{Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page};
 #[cfg(feature = "server")]
 pub use models::*;
 #[cfg(feature = "server")]

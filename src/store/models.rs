@@ -63,6 +63,30 @@ impl LicenseRow {
             last_check_in_at: None,
         }
     }
+
+    /// The row of a license this server has never seen, revoked by its id before its first
+    /// check-in (a key that leaked before it was used). Its fields stay empty (`kid` is
+    /// empty: "not seen yet") until the first check-in presents the signed license, whose
+    /// fields then replace them; the revocation stays.
+    pub fn revoked_unseen(id: uuid::Uuid, reason: Option<String>, now: DateTime<Utc>) -> LicenseRow {
+        LicenseRow {
+            id: id.to_string(),
+            kid: String::new(),
+            licensee: String::new(),
+            tier: String::new(),
+            seats: 0,
+            features: "[]".into(),
+            issued_at: naive(now),
+            not_before: naive(now),
+            expires_at: None,
+            check_in_interval_s: None,
+            license_key: None,
+            revoked_at: Some(naive(now)),
+            revoked_reason: reason,
+            first_seen_at: naive(now),
+            last_check_in_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
@@ -156,6 +180,7 @@ pub struct SessionRow {
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = telemetry_errors)]
 pub struct ErrorRow {
+    pub license_id: String,
     pub instance_id: String,
     pub fingerprint: String,
     pub error_type: String,
@@ -169,6 +194,7 @@ pub struct ErrorRow {
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = telemetry_features)]
 pub struct FeatureRow {
+    pub license_id: String,
     pub instance_id: String,
     pub day: NaiveDate,
     pub kind: String,

@@ -22,7 +22,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    instances (id) {
+    instances (license_id, id) {
         id -> Text,
         license_id -> Text,
         software_version -> Text,
@@ -72,7 +72,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_features (instance_id, day, kind, name) {
+    telemetry_features (license_id, instance_id, day, kind, name) {
+        license_id -> Text,
         instance_id -> Text,
         day -> Date,
         kind -> Text,
@@ -82,7 +83,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_errors (instance_id, fingerprint) {
+    telemetry_errors (license_id, instance_id, fingerprint) {
+        license_id -> Text,
         instance_id -> Text,
         fingerprint -> Text,
         error_type -> Text,

@@ -65,7 +65,7 @@ pub fn insert_batches(
 }
 
 /// Adds error groups to the deduplicated errors: counts add up, first and last seen widen,
-/// the text is the latest. `rows` must have distinct (instance, fingerprint) pairs.
+/// the text is the latest. `rows` must have distinct (license, instance, fingerprint) keys.
 fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), StoreError> {
     use diesel::dsl::case_when;
     use diesel::sql_types::BigInt;
@@ -75,7 +75,11 @@ fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), Store
         ($values:expr) => {
             diesel::insert_into(telemetry_errors::table)
                 .values($values)
-                .on_conflict((telemetry_errors::instance_id, telemetry_errors::fingerprint))
+                .on_conflict((
+                    telemetry_errors::license_id,
+                    telemetry_errors::instance_id,
+                    telemetry_errors::fingerprint,
+                ))
                 .do_update()
                 .set((
                     // Saturates rather than overflowing: an overflow would fail the whole
@@ -113,10 +117,10 @@ fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), Store
 
 /// Merges error groups that share a fingerprint, so one upsert never touches a row twice.
 fn merge_fingerprints(rows: &[ErrorRow]) -> Vec<ErrorRow> {
-    let mut merged: BTreeMap<(&str, &str), ErrorRow> = BTreeMap::new();
+    let mut merged: BTreeMap<(&str, &str, &str), ErrorRow> = BTreeMap::new();
     for row in rows {
         merged
-            .entry((row.instance_id.as_str(), row.fingerprint.as_str()))
+            .entry((row.license_id.as_str(), row.instance_id.as_str(), row.fingerprint.as_str()))
             .and_modify(|m| {
                 m.count = m.count.saturating_add(row.count);
                 m.first_seen = m.first_seen.min(row.first_seen);
@@ -191,6 +195,7 @@ impl Store {
     /// One instance's telemetry received in `[since, until]`.
     pub fn telemetry_summary(
         &self,
+        license_id: &str,
         instance_id: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -199,10 +204,12 @@ impl Store {
         let mut conn = self.conn()?;
         let conn = &mut *conn;
         let in_window = telemetry_batches::table
+            .filter(telemetry_batches::license_id.eq(license_id))
             .filter(telemetry_batches::instance_id.eq(instance_id))
             .filter(telemetry_batches::received_at.between(from, to))
             .select(telemetry_batches::batch_id);
         let batches: i64 = telemetry_batches::table
+            .filter(telemetry_batches::license_id.eq(license_id))
             .filter(telemetry_batches::instance_id.eq(instance_id))
             .filter(telemetry_batches::received_at.between(from, to))
             .count()
@@ -228,6 +235,7 @@ impl Store {
         let performance = merge_routes(routes_json.iter().flat_map(|j| parse_list::<RoutePerformance>(j)));
 
         let errors: Vec<ErrorRow> = telemetry_errors::table
+            .filter(telemetry_errors::license_id.eq(license_id))
             .filter(telemetry_errors::instance_id.eq(instance_id))
             .filter(telemetry_errors::last_seen.ge(from))
             .order(telemetry_errors::count.desc())
@@ -271,29 +279,40 @@ impl Store {
         })
     }
 
-    /// Erases everything stored from one instance's telemetry, in one transaction.
-    pub fn erase_telemetry(&self, instance_id: &str) -> Result<Removed, StoreError> {
+    /// Erases everything stored from the telemetry of the instances named `instance_id` (of
+    /// one license, or of every license that has one), in one transaction.
+    pub fn erase_telemetry(
+        &self,
+        instance_id: &str,
+        license_id: Option<&str>,
+    ) -> Result<Removed, StoreError> {
+        // Every license's instance of that id when none is named: erasing more is the safe side.
+        let licenses = || license_id.map_or_else(|| vec![None], |l| vec![Some(l)]);
         self.transaction(|conn| {
-            let mut removed = delete_batch_children(conn, Batches::OfInstance(instance_id))?;
-            removed.insert(
-                "telemetry_batches",
-                diesel::delete(
-                    telemetry_batches::table.filter(telemetry_batches::instance_id.eq(instance_id)),
-                )
-                .execute(conn)?,
-            );
-            removed.insert(
-                "telemetry_features",
-                diesel::delete(
-                    telemetry_features::table.filter(telemetry_features::instance_id.eq(instance_id)),
-                )
-                .execute(conn)?,
-            );
-            removed.insert(
-                "telemetry_errors",
-                diesel::delete(telemetry_errors::table.filter(telemetry_errors::instance_id.eq(instance_id)))
-                    .execute(conn)?,
-            );
+            let mut removed = delete_batch_children(conn, Batches::OfInstance { instance_id, license_id })?;
+            let (mut batches, mut features, mut errors) = (0, 0, 0);
+            for license in licenses() {
+                let mut b = diesel::delete(telemetry_batches::table)
+                    .filter(telemetry_batches::instance_id.eq(instance_id))
+                    .into_boxed();
+                let mut f = diesel::delete(telemetry_features::table)
+                    .filter(telemetry_features::instance_id.eq(instance_id))
+                    .into_boxed();
+                let mut e = diesel::delete(telemetry_errors::table)
+                    .filter(telemetry_errors::instance_id.eq(instance_id))
+                    .into_boxed();
+                if let Some(license) = license {
+                    b = b.filter(telemetry_batches::license_id.eq(license));
+                    f = f.filter(telemetry_features::license_id.eq(license));
+                    e = e.filter(telemetry_errors::license_id.eq(license));
+                }
+                batches += b.execute(conn)?;
+                features += f.execute(conn)?;
+                errors += e.execute(conn)?;
+            }
+            removed.insert("telemetry_batches", batches);
+            removed.insert("telemetry_features", features);
+            removed.insert("telemetry_errors", errors);
             Ok::<_, StoreError>(removed)
         })
     }
@@ -324,26 +343,35 @@ impl Store {
         let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
         let to = from + chrono::Duration::days(1);
         self.transaction(|conn| {
-            let of_day = telemetry_batches::table
+            // An install is a license's instance: the same instance id under two licenses is
+            // two installs.
+            let events: Vec<(String, String, String)> = telemetry_events::table
+                .inner_join(
+                    telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_events::batch_id)),
+                )
                 .filter(telemetry_batches::received_at.ge(from))
                 .filter(telemetry_batches::received_at.lt(to))
-                .select(telemetry_batches::batch_id);
-            let events: Vec<(String, String)> = telemetry_events::table
-                .filter(telemetry_events::batch_id.eq_any(of_day))
-                .select((telemetry_events::instance_id, telemetry_events::usage))
+                .select((
+                    telemetry_batches::license_id,
+                    telemetry_events::instance_id,
+                    telemetry_events::usage,
+                ))
                 .load(conn)?;
-            let mut per_instance: BTreeMap<(String, String, String), i64> = BTreeMap::new();
-            for (instance_id, usage) in &events {
+            type Install = (String, String);
+            let mut per_instance: BTreeMap<(Install, String, String), i64> = BTreeMap::new();
+            for (license_id, instance_id, usage) in &events {
                 for entry in parse_list::<UsageCount>(usage) {
+                    let install = (license_id.clone(), instance_id.clone());
                     let sum = per_instance
-                        .entry((instance_id.clone(), entry.kind.as_str().to_owned(), entry.name))
+                        .entry((install, entry.kind.as_str().to_owned(), entry.name))
                         .or_default();
                     *sum = sum.saturating_add(count(entry.count));
                 }
             }
             let features: Vec<FeatureRow> = per_instance
                 .iter()
-                .map(|((instance_id, kind, name), count)| FeatureRow {
+                .map(|(((license_id, instance_id), kind, name), count)| FeatureRow {
+                    license_id: license_id.clone(),
                     instance_id: instance_id.clone(),
                     day,
                     kind: kind.clone(),
@@ -360,22 +388,25 @@ impl Store {
             });
 
             // Across instances: usage per kind and name, with how many installs used it.
-            let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<&str>)> = BTreeMap::new();
-            for ((instance_id, kind, name), count) in &per_instance {
+            let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<&Install>)> = BTreeMap::new();
+            for ((install, kind, name), count) in &per_instance {
                 let entry = by_name.entry((kind.clone(), name.clone())).or_default();
                 entry.0 = entry.0.saturating_add(*count);
-                entry.1.insert(instance_id);
+                entry.1.insert(install);
             }
-            let active: Vec<(String, String)> = telemetry_batches::table
+            let active: Vec<(String, Install)> = telemetry_batches::table
                 .inner_join(licenses::table.on(licenses::id.eq(telemetry_batches::license_id)))
                 .filter(telemetry_batches::received_at.ge(from))
                 .filter(telemetry_batches::received_at.lt(to))
-                .select((telemetry_batches::instance_id, licenses::tier))
+                .select((telemetry_batches::license_id, telemetry_batches::instance_id, licenses::tier))
                 .distinct()
-                .load(conn)?;
-            let mut by_tier: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for (instance_id, tier) in active {
-                by_tier.entry(tier).or_default().insert(instance_id);
+                .load::<(String, String, String)>(conn)?
+                .into_iter()
+                .map(|(license_id, instance_id, tier)| (tier, (license_id, instance_id)))
+                .collect();
+            let mut by_tier: BTreeMap<String, BTreeSet<Install>> = BTreeMap::new();
+            for (tier, install) in active {
+                by_tier.entry(tier).or_default().insert(install);
             }
             let mut aggregates: Vec<AggregateRow> = by_name
                 .into_iter()
@@ -491,7 +522,11 @@ impl Store {
 /// Which batches a deletion is about.
 enum Batches<'a> {
     ReceivedBefore(NaiveDateTime),
-    OfInstance(&'a str),
+    /// An instance's, of one license or of every license that has one of that id.
+    OfInstance {
+        instance_id: &'a str,
+        license_id: Option<&'a str>,
+    },
 }
 
 /// Deletes the raw rows (events, performance, sessions) of some batches, before the batch rows
@@ -502,14 +537,20 @@ fn delete_batch_children(conn: &mut DbConnection, which: Batches<'_>) -> Result<
     for table in ["telemetry_events", "telemetry_performance", "telemetry_sessions"] {
         let condition = match which {
             Batches::ReceivedBefore(_) => "received_at < $1",
-            Batches::OfInstance(_) => "instance_id = $1",
+            Batches::OfInstance { license_id: None, .. } => "instance_id = $1",
+            Batches::OfInstance { license_id: Some(_), .. } => "instance_id = $1 AND license_id = $2",
         };
         let sql = format!(
             "DELETE FROM {table} WHERE batch_id IN (SELECT batch_id FROM telemetry_batches WHERE {condition})"
         );
         let n = match which {
             Batches::ReceivedBefore(t) => diesel::sql_query(sql).bind::<Timestamp, _>(t).execute(conn)?,
-            Batches::OfInstance(id) => diesel::sql_query(sql).bind::<Text, _>(id).execute(conn)?,
+            Batches::OfInstance { instance_id, license_id: None } => {
+                diesel::sql_query(sql).bind::<Text, _>(instance_id).execute(conn)?
+            }
+            Batches::OfInstance { instance_id, license_id: Some(license) } => {
+                diesel::sql_query(sql).bind::<Text, _>(instance_id).bind::<Text, _>(license).execute(conn)?
+            }
         };
         removed.insert(table, n);
     }
