@@ -61,13 +61,7 @@ impl Claims for LeasePayload {
     }
 
     fn check_fields(&self) -> Result<(), String> {
-        crate::keys::validate_kid(&self.kid).map_err(|e| format!("kid: {e}"))?;
-        if !protocol::valid_instance_id(&self.instance_id) {
-            return Err("instance_id: 1 to 64 characters of A-Z, a-z, 0-9, '_', '-'".into());
-        }
-        if !protocol::valid_nonce(&self.nonce) {
-            return Err("nonce: base64url of 16 to 128 bytes".into());
-        }
+        protocol::check_signed_answer(&self.kid, &self.instance_id, &self.nonce)?;
         if self.next_check_in_at < self.server_time {
             return Err("next_check_in_at: before server_time".into());
         }

@@ -113,6 +113,27 @@ pub struct OutgoingCheckIn<'a> {
     pub telemetry_disabled: bool,
 }
 
+/// `POST /v1/deactivations`: an instance releases its seat, proven by its license key and the
+/// last lease the server signed for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeactivationRequest {
+    pub license_key: String,
+    pub instance_id: String,
+    pub nonce: String,
+    /// The instance's last lease (`LEASE1.`), which binds this license and instance.
+    pub lease: String,
+}
+
+/// The answer to a deactivation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeactivationResponse {
+    /// `RECEIPT1.`, signed: the client believes nothing else of this answer.
+    pub receipt: String,
+    /// Whether the server still knew the instance (false for a retry after the first answer
+    /// was lost: the instance is released all the same).
+    pub released: bool,
+}
+
 /// The answer to every well-formed check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckInResponse {
@@ -173,6 +194,19 @@ pub fn valid_instance_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_INSTANCE_ID_LEN
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks the fields every signed answer binds (a lease's, a receipt's): the signing key's
+/// id, the instance and the client's nonce, with a message naming the field at fault.
+pub fn check_signed_answer(kid: &str, instance_id: &str, nonce: &str) -> Result<(), String> {
+    crate::keys::validate_kid(kid).map_err(|e| format!("kid: {e}"))?;
+    if !valid_instance_id(instance_id) {
+        return Err("instance_id: 1 to 64 characters of A-Z, a-z, 0-9, '_', '-'".into());
+    }
+    if !valid_nonce(nonce) {
+        return Err("nonce: base64url of 16 to 128 bytes".into());
+    }
+    Ok(())
 }
 
 /// Checks a nonce: canonical unpadded base64url of 16 to 128 bytes.

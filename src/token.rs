@@ -42,7 +42,7 @@ pub const LICENSE: Kind = Kind { family: "LIC", version: 1, prefix: "LIC1.", rol
 pub const LEASE: Kind = Kind { family: "LEASE", version: 1, prefix: "LEASE1.", role: Role::Lease };
 
 /// Every family this build knows, for tools that accept any token (`licensor inspect`).
-pub const KINDS: [Kind; 2] = [LICENSE, LEASE];
+pub const KINDS: [Kind; 3] = [LICENSE, LEASE, crate::receipt::RECEIPT];
 
 /// The outcome of checking a token, as the protocol names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

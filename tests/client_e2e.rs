@@ -343,6 +343,24 @@ fn telemetry_reaches_the_server_exactly_once_through_kills_and_restarts() {
     assert!(LocalStore::open(&data).unwrap().outbox().unwrap().is_none());
     // Four batches in all: each retry sent its batch again under the same id.
     assert_eq!(server.store().telemetry_counts(&instance).unwrap()["telemetry_batches"], 4);
+
+    // 5. The deployment is decommissioned: it releases its seat, with a signed receipt.
+    assert_eq!(server.store().licenses_of_instance(&instance).unwrap().len(), 1);
+    let out = cli(&env, &["deactivate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("released its seat") && text(&out).contains("receipt: RECEIPT1."),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        server.store().licenses_of_instance(&instance).unwrap().is_empty(),
+        "the server forgot the instance"
+    );
+    // Nothing is left to release.
+    let out = cli(&env, &["deactivate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("never checked in"), "{}", text(&out));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{Db, Harness};
 use licensor::client::licensing::CheckInOutcome;
-use licensor::client::{Config, InvalidReason, Licensing, StartError, Status};
+use licensor::client::{Config, DeactivateError, InvalidReason, Licensing, StartError, Status};
 use licensor::license::Tier;
 use licensor::protocol::CheckInStatus;
 use licensor::store::local::LocalStore;
@@ -314,4 +314,94 @@ fn a_clock_mark_set_far_ahead_recovers_at_the_next_genuine_answer() {
     let l = Licensing::start(c).unwrap();
     assert_eq!(l.status(), Status::Valid);
     l.shutdown();
+}
+
+#[test]
+fn a_deployment_releases_its_own_seat_with_a_signed_receipt() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let key = h.license(Tier::Pro, 1);
+    let (a_data, b_data) = (h.dir.path().join("a"), h.dir.path().join("b"));
+    let a = Licensing::start(config(&h, &key, &h.base, &a_data)).unwrap();
+    let b = Licensing::start(config(&h, &key, &h.base, &b_data)).unwrap();
+    // Nothing to release before the first check-in.
+    assert!(matches!(block_on(a.deactivate()), Err(DeactivateError::NeverCheckedIn)));
+    assert!(matches!(
+        block_on(a.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    let CheckInOutcome::Answered { status, .. } = block_on(b.check_in_now()) else { panic!() };
+    assert_eq!(status, CheckInStatus::SeatLimitExceeded);
+
+    // A forged receipt, and a genuine one replayed, change nothing.
+    let (forger, _) = fake_server(|_, stream| {
+        let body = br#"{"receipt":"RECEIPT1.e30.AAAA","released":true}"#;
+        respond(stream, "200 OK", &[("content-type", "application/json".into())], body);
+    });
+    let forged = Licensing::start(config(&h, &key, &forger, &a_data)).unwrap();
+    assert!(matches!(block_on(forged.deactivate()), Err(DeactivateError::BadReceipt(_))));
+    assert_eq!(forged.status(), Status::Valid);
+    forged.shutdown();
+
+    let deactivated = block_on(a.deactivate()).unwrap();
+    assert_eq!(deactivated.instance_id, a.instance_id().unwrap());
+    let receipt = licensor::receipt::verify(&deactivated.receipt, &h.ring).unwrap();
+    assert_eq!(receipt.action, licensor::receipt::Action::Deactivated);
+    assert_eq!(a.status(), Status::Invalid { reason: InvalidReason::Deactivated });
+    assert!(matches!(block_on(a.check_in_now()), CheckInOutcome::NotApplicable(_)));
+    // The seat is free at once for another instance.
+    let CheckInOutcome::Answered { status, .. } = block_on(b.check_in_now()) else { panic!() };
+    assert_eq!(status, CheckInStatus::Valid);
+    b.shutdown();
+
+    let replayed = deactivated.receipt.clone();
+    let (replayer, _) = fake_server(move |_, stream| {
+        let body = serde_json::to_vec(&json!({ "receipt": replayed, "released": true })).unwrap();
+        respond(stream, "200 OK", &[("content-type", "application/json".into())], &body);
+    });
+    // A fresh start of the same install (its lease was forgotten) checks in anew, then meets
+    // the replay.
+    let again = Licensing::start(config(&h, &key, &h.base, &a_data)).unwrap();
+    assert!(matches!(block_on(again.check_in_now()), CheckInOutcome::Answered { .. }));
+    again.shutdown();
+    let replay = Licensing::start(config(&h, &key, &replayer, &a_data)).unwrap();
+    let err = block_on(replay.deactivate()).unwrap_err();
+    assert!(err.to_string().contains("binds another request"), "{err}");
+    replay.shutdown();
+}
+
+#[test]
+fn the_server_releases_only_on_a_lease_it_signed_for_that_instance() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let key = h.license(Tier::Pro, 5);
+    let other_key = h.license(Tier::Pro, 5);
+    let lease_of = |key: &str, instance: &str| {
+        h.check_in(key, instance, Some(&common::batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()))["lease"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (mine, theirs) = (lease_of(&key, "mine"), lease_of(&other_key, "theirs"));
+    let other_instance = lease_of(&key, "other");
+    let try_release = |license_key: &str, lease: &str| {
+        let body = json!({ "license_key": license_key, "instance_id": "mine", "nonce": common::nonce(), "lease": lease });
+        h.post_json("/v1/deactivations", &body)
+    };
+    for (lease, code) in [
+        (theirs.as_str(), "lease_mismatch"),
+        (other_instance.as_str(), "lease_mismatch"),
+        ("LEASE1.e30.AAAA", "invalid_lease"),
+    ] {
+        let (status, v) = try_release(&key, lease);
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some(code)), "{v}");
+    }
+    let (status, v) = try_release("garbage", &mine);
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_license")), "{v}");
+    assert_eq!(h.store.licenses_of_instance("mine").unwrap().len(), 1, "nothing was released");
+    let (status, v) = try_release(&key, &mine);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["released"], true);
+    assert!(h.store.licenses_of_instance("mine").unwrap().is_empty());
+    // A retry after a lost answer gets a receipt too.
+    let (status, v) = try_release(&key, &mine);
+    assert_eq!((status, v["released"].as_bool()), (200, Some(false)));
 }

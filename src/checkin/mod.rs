@@ -109,6 +109,15 @@ pub struct Prepared {
     pub telemetry: Option<Telemetry>,
 }
 
+/// A deactivation whose license and lease verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deactivation {
+    pub license_id: uuid::Uuid,
+    pub instance_id: String,
+    pub nonce: String,
+    pub now: DateTime<Utc>,
+}
+
 /// The writer's verdict on one check-in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -206,6 +215,65 @@ impl CheckInService {
             return Ok((prepared, decision));
         }
         self.writer.submit(prepared).await
+    }
+
+    /// Reads and checks a deactivation at `now`: the license must verify under the ring, and
+    /// the lease presented must be one this server signed for this license and instance.
+    pub fn prepare_deactivation(
+        &self,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Deactivation, CheckInError> {
+        let now = now.duration_trunc(Duration::seconds(1)).unwrap_or(now);
+        let request: protocol::DeactivationRequest = serde_json::from_slice(body)
+            .map_err(|e| bad("invalid_request", format!("invalid deactivation request: {e}")))?;
+        if !protocol::valid_instance_id(&request.instance_id) {
+            return Err(bad(
+                "invalid_instance_id",
+                "instance_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+            )
+            .into());
+        }
+        if !protocol::valid_nonce(&request.nonce) {
+            return Err(
+                bad("invalid_nonce", "nonce must be unpadded base64url of 16 to 128 random bytes").into()
+            );
+        }
+        let license = token::decode::<LicensePayload>(&request.license_key)
+            .and_then(|d| d.verify_signature(&self.ring).map(|()| d.claims))
+            .map_err(|e| {
+                bad("invalid_license", format!("the license key is not one this server trusts: {e}"))
+            })?;
+        let lease = lease::verify_signature(&request.lease, &self.ring)
+            .map_err(|e| bad("invalid_lease", format!("the lease is not one this server signed: {e}")))?;
+        if lease.license_id != license.license_id || lease.instance_id != request.instance_id {
+            return Err(bad("lease_mismatch", "the lease was signed for another license or instance").into());
+        }
+        let too_many = |RetryAfter(retry_after)| CheckInError::TooMany { retry_after };
+        self.limiter.admit_license(license.license_id, license.seats).map_err(too_many)?;
+        self.limiter.admit_instance(license.license_id, &request.instance_id).map_err(too_many)?;
+        Ok(Deactivation {
+            license_id: license.license_id,
+            instance_id: request.instance_id,
+            nonce: request.nonce,
+            now,
+        })
+    }
+
+    /// The signed receipt of a deactivation.
+    pub fn receipt(&self, d: &Deactivation) -> String {
+        crate::receipt::sign(
+            &self.signer,
+            crate::receipt::ReceiptPayload {
+                v: crate::receipt::RECEIPT_VERSION,
+                kid: self.signer.kid().to_owned(),
+                action: crate::receipt::Action::Deactivated,
+                license_id: d.license_id,
+                instance_id: d.instance_id.clone(),
+                nonce: d.nonce.clone(),
+                server_time: d.now,
+            },
+        )
     }
 
     /// The answer to a recorded check-in, with its signed lease.

@@ -57,6 +57,9 @@ pub enum Command {
     /// Check in with the license server now and print the outcome: exit 0 only when the
     /// server answered `valid`, 1 for any other answer, 2 when no answer came.
     CheckIn(ClientArgs),
+    /// Release this deployment's seat (it is being decommissioned), with a receipt signed by
+    /// the license server: exit 0 when released, 2 when not (nothing changed then).
+    Deactivate(ClientArgs),
     /// Load and speed measurements that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -390,6 +393,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::CheckIns(args)) => bench::check_ins(args),
         Command::Telemetry(command) => telemetry::run(command),
         Command::CheckIn(args) => telemetry::check_in(args),
+        Command::Deactivate(args) => telemetry::deactivate(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

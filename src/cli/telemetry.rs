@@ -282,6 +282,28 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// `licensor deactivate`.
+pub fn deactivate(args: ClientArgs) -> Result<u8> {
+    let opened = open(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(opened.deactivate()) {
+        Ok(d) => {
+            println!(
+                "deactivated: instance {} of license {} released its seat at {}",
+                d.instance_id,
+                d.license_id,
+                crate::time::format(&d.server_time)
+            );
+            println!("receipt: {}", d.receipt);
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("not deactivated: {e}");
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
 /// `licensor check-in`.
 pub fn check_in(args: ClientArgs) -> Result<u8> {
     let opened = open(&args)?;

@@ -49,7 +49,7 @@ pub fn build_request_raw(
     software_version: &str,
     telemetry: Option<(&str, uuid::Uuid)>,
 ) -> Request {
-    let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let nonce = fresh_nonce();
     // The outbox holds JSON this crate wrote; should it not be JSON (a damaged file), it is
     // sent as a JSON string, which the server refuses as malformed and the outbox lets go.
     let raw_value = telemetry.map(|(raw, _)| {
@@ -71,6 +71,11 @@ pub fn build_request_raw(
         digest: raw_value.as_deref().map(|r| protocol::digest(r.get().as_bytes())),
         batch_id: telemetry.map(|(_, id)| id),
     }
+}
+
+/// A fresh random nonce: 24 bytes, base64url.
+pub fn fresh_nonce() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>())
 }
 
 /// An answer that passed every check. Everything in it that changes the client's state comes
@@ -196,9 +201,18 @@ pub async fn send(
     server: &str,
     request: &Request,
 ) -> Result<(u16, Option<u64>, Vec<u8>), SendError> {
-    let url = format!("{}/v1/check-ins", server.trim_end_matches('/'));
-    let mut response =
-        client.post(url).header("content-type", "application/json").body(request.body.clone()).send().await?;
+    post(client, server, "/v1/check-ins", request.body.clone()).await
+}
+
+/// Posts a JSON body to `path` under `server` and reads the answer as [`send`] does.
+pub async fn post(
+    client: &reqwest::Client,
+    server: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Option<u64>, Vec<u8>), SendError> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let mut response = client.post(url).header("content-type", "application/json").body(body).send().await?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()

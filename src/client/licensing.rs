@@ -85,6 +85,39 @@ pub enum CheckInOutcome {
     NotApplicable(String),
 }
 
+/// Why an instance could not release its seat. Nothing changed locally in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum DeactivateError {
+    /// This instance does not talk to a license server (development, air-gapped, refused key).
+    #[error("this instance does not check in, so it holds no seat: {0}")]
+    NotApplicable(String),
+    /// No lease was ever signed for this instance: it never held a seat to release.
+    #[error("this instance never checked in: it holds no seat")]
+    NeverCheckedIn,
+    /// No answer came.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+    /// The server refused (an error status, without a receipt).
+    #[error("the server answered HTTP {status}: {message}")]
+    Refused { status: u16, message: String },
+    /// The answer's receipt is missing, does not verify, or binds another request.
+    #[error("the answer did not verify: {0}")]
+    BadReceipt(String),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] LocalError),
+}
+
+/// A released seat, as the server's signed receipt states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deactivated {
+    pub license_id: uuid::Uuid,
+    pub instance_id: String,
+    pub server_time: DateTime<Utc>,
+    /// The receipt itself (`RECEIPT1.`), for the operator's records.
+    pub receipt: String,
+}
+
 type HealthCheck = Box<dyn Fn() -> Health + Send + Sync>;
 
 /// What the verifier knows, shared between the application's threads and the background one.
@@ -95,6 +128,8 @@ struct Known {
     instance_id: String,
     salt: Vec<u8>,
     last_sync: SyncStatus,
+    /// This instance released its seat; it sends nothing more until restarted.
+    deactivated: bool,
 }
 
 /// Everything behind a handle.
@@ -274,6 +309,18 @@ impl Licensing {
         self.core.check_in().await
     }
 
+    /// Releases this instance's seat, for a deployment being decommissioned: sends the
+    /// license key and the last lease, and believes only a receipt that the server signed for
+    /// this request's nonce, license and instance. Then the background thread stops (what is
+    /// in memory is flushed to the local store), `status()` is `Invalid { Deactivated }`, and
+    /// nothing more is sent; a later start checks in as a new instance. Telemetry not yet sent
+    /// stays in the local store. On an error nothing changed, and the instance runs on.
+    pub async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+        let deactivated = self.core.deactivate().await?;
+        self.shutdown();
+        Ok(deactivated)
+    }
+
     /// Stops the background thread and flushes what is in memory to the store, within a
     /// second whatever the server is doing: a check-in in flight is abandoned (its batch stays
     /// in the outbox and is sent again, same id, at the next start).
@@ -355,6 +402,7 @@ impl Core {
                     Some(r) if CheckInStatus::parse(r).is_some() => SyncStatus::Success,
                     Some(_) => SyncStatus::Error,
                 },
+                deactivated: false,
             };
             (Some(store), known)
         } else {
@@ -365,6 +413,7 @@ impl Core {
                 instance_id: String::new(),
                 salt: Vec::new(),
                 last_sync: SyncStatus::None,
+                deactivated: false,
             };
             (None, known)
         };
@@ -423,6 +472,9 @@ impl Core {
     fn status(&self) -> Status {
         let now = self.now();
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        if known.deactivated {
+            return Status::Invalid { reason: status::InvalidReason::Deactivated };
+        }
         // The window is checked again now: a license may expire while the application runs.
         let checked =
             self.license.as_ref().map_err(Clone::clone).and_then(|p| token::check_window(p, now).map(|()| p));
@@ -476,6 +528,56 @@ impl Core {
         }
     }
 
+    /// Releases this instance's seat (see [`Licensing::deactivate`]).
+    async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+        let (Some(store), Ok(payload), Mode::Telemetry { .. }) = (&self.store, &self.license, &self.mode)
+        else {
+            return Err(DeactivateError::NotApplicable(self.mode.off_reason().unwrap_or_default()));
+        };
+        let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
+            return Err(DeactivateError::NotApplicable("no license server is configured".into()));
+        };
+        let _one = self.checking_in.lock().await;
+        let lease = store.state()?.and_then(|s| s.lease).ok_or(DeactivateError::NeverCheckedIn)?;
+        let instance_id = self.known.read().map(|k| k.instance_id.clone()).unwrap_or_default();
+        let nonce = exchange::fresh_nonce();
+        let body = serde_json::to_vec(&crate::protocol::DeactivationRequest {
+            license_key: self.license_key.clone(),
+            instance_id: instance_id.clone(),
+            nonce: nonce.clone(),
+            lease,
+        })
+        .expect("a deactivation serialises");
+        let (status, _, answer) = exchange::post(http, server, "/v1/deactivations", body)
+            .await
+            .map_err(|e| DeactivateError::NoAnswer(error_chain(&e)))?;
+        if !(200..300).contains(&status) {
+            return Err(DeactivateError::Refused { status, message: error_message(&answer) });
+        }
+        let bad = |m: String| DeactivateError::BadReceipt(m);
+        let response: crate::protocol::DeactivationResponse =
+            serde_json::from_slice(&answer).map_err(|e| bad(format!("not a deactivation answer: {e}")))?;
+        let receipt =
+            crate::receipt::verify(&response.receipt, &self.ring).map_err(|e| bad(e.to_string()))?;
+        if receipt.nonce != nonce
+            || receipt.instance_id != instance_id
+            || receipt.license_id != payload.license_id
+        {
+            return Err(bad("the receipt binds another request: a replayed or misdirected answer".into()));
+        }
+        store.forget_lease(self.now())?;
+        if let Ok(mut known) = self.known.write() {
+            known.lease = None;
+            known.deactivated = true;
+        }
+        Ok(Deactivated {
+            license_id: receipt.license_id,
+            instance_id,
+            server_time: receipt.server_time,
+            receipt: response.receipt,
+        })
+    }
+
     /// One check-in: flush, take the outbox batch (or assemble one), send, verify, record.
     async fn check_in(&self) -> CheckInOutcome {
         // A refused license key starts in development mode (see `open`), so telemetry mode
@@ -485,6 +587,9 @@ impl Core {
             return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());
         };
         let _one = self.checking_in.lock().await;
+        if self.known.read().is_ok_and(|k| k.deactivated) {
+            return CheckInOutcome::NotApplicable("this instance released its seat (deactivated)".into());
+        }
         let now = self.now();
         if let Err(e) = self.flush() {
             tracing::warn!(target: "licensor", "flushing telemetry before the check-in failed: {e}");
@@ -795,6 +900,11 @@ pub mod offline {
         /// One check-in now.
         pub async fn check_in(&self) -> CheckInOutcome {
             self.core.check_in().await
+        }
+
+        /// Releases this instance's seat now (see [`Licensing::deactivate`]).
+        pub async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+            self.core.deactivate().await
         }
 
         pub fn clock(&self) -> Clock {

@@ -16,7 +16,7 @@ pub mod status;
 pub mod telemetry;
 
 pub use config::{Clock, Config, ConfigError, KeySource, LicenseSource};
-pub use licensing::{CheckInOutcome, LicenseInfo, Licensing, StartError};
+pub use licensing::{CheckInOutcome, DeactivateError, Deactivated, LicenseInfo, Licensing, StartError};
 pub use policy::Mode;
 pub use status::{InvalidReason, Status};
 pub use telemetry::{Sampling, Session};

@@ -40,6 +40,8 @@ pub enum InvalidReason {
     LeaseExpired { at: DateTime<Utc> },
     /// The local clock is behind the latest server time seen: the lease cannot be judged.
     ClockSetBack { local: DateTime<Utc>, server: DateTime<Utc> },
+    /// This instance released its seat (`Licensing::deactivate`).
+    Deactivated,
 }
 
 impl fmt::Display for InvalidReason {
@@ -50,6 +52,7 @@ impl fmt::Display for InvalidReason {
             InvalidReason::LeaseExpired { at } => {
                 write!(f, "no successful check-in before {}", crate::time::format(at))
             }
+            InvalidReason::Deactivated => f.write_str("this instance released its seat (deactivated)"),
             InvalidReason::ClockSetBack { local, server } => write!(
                 f,
                 "the local clock ({}) is behind the license server's last time ({}): it was set back",

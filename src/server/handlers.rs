@@ -38,21 +38,49 @@ pub async fn check_in(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    // The address limit comes before any parsing or signature work: a flood of garbage costs
-    // a map look-up per request and never reaches the database.
-    if let Some(address) = super::client_address::client_address(&req, &state.trusted_proxies) {
-        state
-            .service
-            .limiter
-            .admit_address(address)
-            .map_err(|crate::checkin::RetryAfter(retry_after)| ApiError::TooManyRequests { retry_after })?;
-    }
+    limit_address(&req, &state)?;
     let body = json_body(&req, payload, &state).await?;
     // Parsing, checking, verifying and scrubbing take a few hundred microseconds of CPU and no
     // I/O: done here, on the worker. The writer thread does the database work.
     let prepared = state.service.prepare(&body, (state.clock)())?;
     let (prepared, decision) = state.service.record(prepared).await?;
     Ok(HttpResponse::Ok().json(state.service.respond(&prepared, &decision)))
+}
+
+/// An instance releases its own seat (a deployment being decommissioned), proven by its
+/// license key and the last lease the server signed for it; answered with a signed receipt.
+pub async fn deactivate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    limit_address(&req, &state)?;
+    let body = json_body(&req, payload, &state).await?;
+    let deactivation = state.service.prepare_deactivation(&body, (state.clock)())?;
+    let store = state.store.clone();
+    let (license, instance, now) =
+        (deactivation.license_id.to_string(), deactivation.instance_id.clone(), deactivation.now);
+    let released = blocking(move || store.release_instance(&license, &instance, now).map_err(ApiError::from))
+        .await?
+        .is_some();
+    tracing::info!(license_id = %deactivation.license_id, instance_id = %deactivation.instance_id, "instance deactivated itself");
+    Ok(HttpResponse::Ok().json(crate::protocol::DeactivationResponse {
+        receipt: state.service.receipt(&deactivation),
+        released,
+    }))
+}
+
+/// Counts a request against its client address's limit, before any parsing or signature
+/// work: a flood of garbage costs a map look-up per request and never reaches the database.
+fn limit_address(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    match super::client_address::client_address(req, &state.trusted_proxies) {
+        Some(address) => state
+            .service
+            .limiter
+            .admit_address(address)
+            .map_err(|crate::checkin::RetryAfter(retry_after)| ApiError::TooManyRequests { retry_after }),
+        None => Ok(()),
+    }
 }
 
 /// The body of an admin `POST /v1/admin/licenses`.

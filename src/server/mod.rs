@@ -61,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)))
         .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
+        .service(resource("/v1/deactivations").route(web::post().to(handlers::deactivate)))
         .service(
             web::scope("/v1/admin")
                 .service(

@@ -620,6 +620,21 @@ impl LocalStore {
         Ok(telemetry_outbox::table.select(Outgoing::as_select()).first(&mut *self.conn()).optional()?)
     }
 
+    /// Forgets the lease after the instance released its seat: the next start checks in as a
+    /// new instance would.
+    pub fn forget_lease(&self, now: DateTime<Utc>) -> Result<(), LocalError> {
+        let mut conn = self.conn();
+        diesel::update(verifier_state::table)
+            .set((
+                verifier_state::lease.eq(None::<String>),
+                verifier_state::last_check_in_at.eq(naive(now)),
+                verifier_state::last_result.eq("deactivated"),
+                verifier_state::next_check_in_at.eq(None::<NaiveDateTime>),
+            ))
+            .execute(&mut *conn)?;
+        Ok(())
+    }
+
     /// Records a check-in's outcome in one transaction: the lease and server time (when an
     /// answer verified), the result in words, the next check-in, and, if the server
     /// acknowledged `acknowledged` (the batch id), the move of the outbox row to the ledger.

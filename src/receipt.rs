@@ -1,0 +1,82 @@
+//! Receipts: the server's signed answer to a request that is not a check-in (`RECEIPT1.`
+//! tokens), binding what was done, to which license and instance, the client's nonce and the
+//! server's time. Signed by the server's lease key (the role that signs the server's answers),
+//! so a deployment believes a receipt exactly as it believes a lease. This module does no I/O.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::{KeyRing, Role, Signer};
+use crate::protocol;
+use crate::token::{self, Claims, Kind, TokenError};
+
+/// The receipt payload format version this build reads and writes.
+pub const RECEIPT_VERSION: u32 = 1;
+
+/// Server-signed receipts: `RECEIPT1.`, signed by a lease key.
+pub const RECEIPT: Kind = Kind { family: "RECEIPT", version: 1, prefix: "RECEIPT1.", role: Role::Lease };
+
+/// What a receipt acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The instance released its seat: the server forgot it, and its next check-in, if any,
+    /// is a new instance's.
+    Deactivated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptPayload {
+    pub v: u32,
+    /// Id of the server key that signed the receipt.
+    pub kid: String,
+    pub action: Action,
+    pub license_id: Uuid,
+    pub instance_id: String,
+    /// The client's nonce from the request this receipt answers.
+    pub nonce: String,
+    #[serde(with = "crate::time::rfc3339")]
+    pub server_time: DateTime<Utc>,
+}
+
+impl Claims for ReceiptPayload {
+    const KIND: Kind = RECEIPT;
+    const VERSION: u32 = RECEIPT_VERSION;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn not_before(&self) -> Option<DateTime<Utc>> {
+        None
+    }
+
+    fn expires_at(&self) -> Option<DateTime<Utc>> {
+        None
+    }
+
+    fn check_fields(&self) -> Result<(), String> {
+        protocol::check_signed_answer(&self.kid, &self.instance_id, &self.nonce)?;
+        Ok(())
+    }
+}
+
+/// Signs a receipt under the server's lease key.
+pub fn sign(signer: &Signer, mut payload: ReceiptPayload) -> String {
+    debug_assert_eq!(signer.role(), Role::Lease, "receipts are signed by a lease key");
+    payload.v = RECEIPT_VERSION;
+    payload.kid = signer.kid().to_owned();
+    token::sign(&payload, signer.signing_key())
+}
+
+/// Verifies a receipt's structure and signature under a key trusted for the lease role.
+pub fn verify(receipt: &str, ring: &KeyRing) -> Result<ReceiptPayload, TokenError> {
+    let decoded = token::decode::<ReceiptPayload>(receipt)?;
+    decoded.verify_signature(ring)?;
+    Ok(decoded.claims)
+}
