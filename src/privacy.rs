@@ -5,7 +5,11 @@
 //!
 //! The rules are deliberately specific so that ordinary operational text survives: card
 //! numbers must pass the Luhn check and carry a card-network prefix (so timestamps and order
-//! numbers are not cards), IP addresses must parse as addresses (so `10:30:00` is a time).
+//! numbers are not cards), IBANs must pass their mod-97 check, US social security numbers must
+//! fall in issued ranges, IP addresses must parse as addresses (so `10:30:00` is a time), and a
+//! bare 40-character AWS secret must mix upper case, lower case and digits (so a git commit
+//! hash survives). The classes follow Sentry Relay's default PII rules: cards, national
+//! identifiers, IBANs, keys and tokens, addresses, home paths.
 
 use regex::{Captures, Regex, RegexSet};
 use std::collections::BTreeMap;
@@ -25,6 +29,8 @@ pub enum Rule {
     Phone,
     Ip,
     HomePath,
+    NationalId,
+    Iban,
 }
 
 impl Rule {
@@ -40,6 +46,8 @@ impl Rule {
             Rule::Phone => "phone",
             Rule::Ip => "ip",
             Rule::HomePath => "home_path",
+            Rule::NationalId => "national_id",
+            Rule::Iban => "iban",
         }
     }
 }
@@ -96,6 +104,10 @@ static ANY: LazyLock<RegexSet> = LazyLock::new(|| {
             &*IPV6,
             &*PHONE,
             &*HOME,
+            &*SSN,
+            &*IBAN,
+            &*AWS_SECRET,
+            &*TILDE_HOME,
         ]
         .map(Regex::as_str),
     )
@@ -110,22 +122,36 @@ static PRIVATE_KEY: LazyLock<Regex> = LazyLock::new(|| {
 static BEARER: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{8,}"));
 static JWT: LazyLock<Regex> =
     LazyLock::new(|| re(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"));
-/// Well-known key shapes: Stripe, GitHub, Slack, AWS access keys, Google API keys, and long
-/// prefixed secrets such as `sk-...`.
+/// Well-known key shapes: Stripe, GitHub (classic and fine-grained `github_pat_`), Slack
+/// tokens and webhook URLs, AWS access key ids, Google API keys, and long prefixed secrets
+/// such as `sk-...`.
 static API_KEY: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"\b(?:(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|sk-[A-Za-z0-9_-]{20,})",
+        r"(?:\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]+|\b(?:AKIA|ASIA)[0-9A-Z]{16}|\bAIza[0-9A-Za-z_-]{35}|\bsk-[A-Za-z0-9_-]{20,})",
     )
 });
+/// An AWS secret access key standing alone: 40 characters of base64 (checked further in
+/// [`is_aws_secret`]), with nothing of the same alphabet on either side.
+static AWS_SECRET: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})($|[^A-Za-z0-9/+=])"));
 /// `password=...`, `api_key: ...` and the like: the value after a secret-sounding key.
 static SECRET_ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r#"(?i)\b((?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|client[_-]?secret|password|passwd|pwd|token|private[_-]?key|credentials?)["']?\s*[=:]\s*["']?)[^\s"',;&]+"#,
     )
 });
-static EMAIL: LazyLock<Regex> =
-    LazyLock::new(|| re(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"));
-static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d(?:[ -]?\d){12,18}\b"));
+/// Addresses in any script (`jörg@exämple.de`, `用户@例子.公司`): word characters are
+/// Unicode's.
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| re(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"));
+/// 13 to 19 digits grouped by spaces, dashes or dots, glued to letters or not (`card4111...`);
+/// the digits around the match are taken too, so a longer number is never cut into a card.
+static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"(^|\D)(\d(?:[ .-]?\d){12,18})($|\D)"));
+/// A US social security number, written with dashes or spaces (`078-05-1120`); the issued
+/// ranges are checked in [`is_ssn`].
+static SSN: LazyLock<Regex> = LazyLock::new(|| re(r"\b(\d{3})[- ](\d{2})[- ](\d{4})\b"));
+/// An IBAN, compact or in groups of four (`DE89 3704 0044 0532 0130 00`); the mod-97 check is
+/// in [`is_iban`].
+static IBAN: LazyLock<Regex> = LazyLock::new(|| re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"));
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r"(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){2,4}\b|\(\d{3}\)\s?\d{3}[\s.-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b)",
@@ -139,6 +165,9 @@ static IPV6: LazyLock<Regex> =
 // Windows path behind it. Drive letters and Windows' `Users` are case-insensitive.
 static HOME: LazyLock<Regex> =
     LazyLock::new(|| re(r"(/home/|/Users/|(?i:[A-Z]:\\Users\\|[A-Z]:/Users/))([^/\\\s:]+)"));
+/// `~jsmith/...`: another user's home directory, as shells and web servers (`/~jsmith/`)
+/// write it (`~/...` names no one).
+static TILDE_HOME: LazyLock<Regex> = LazyLock::new(|| re(r"(^|[\s(\[\x22'=:/])~([A-Za-z_][A-Za-z0-9._-]*)/"));
 
 /// Scrubs one string, adding what it replaced to `counts`.
 pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
@@ -166,12 +195,26 @@ pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
     apply(1, &BEARER, Rule::BearerToken, &|c| Some(format!("{} [TOKEN]", &c[1])));
     apply(2, &JWT, Rule::Jwt, &|_| Some("[TOKEN]".into()));
     apply(3, &API_KEY, Rule::ApiKey, &|_| Some("[API_KEY]".into()));
+    apply(13, &AWS_SECRET, Rule::ApiKey, &|c| {
+        is_aws_secret(&c[2]).then(|| format!("{}[API_KEY]{}", &c[1], &c[3]))
+    });
     apply(4, &SECRET_ASSIGNMENT, Rule::Secret, &|c| {
         let value = &c[0][c[1].len()..];
         (!value.starts_with('[')).then(|| format!("{}[REDACTED]", &c[1]))
     });
     apply(5, &EMAIL, Rule::Email, &|_| Some("[EMAIL]".into()));
-    apply(6, &CARD, Rule::Card, &|c| is_card_number(&c[0]).then(|| "[CARD]".into()));
+    // IBANs before cards: an IBAN's digits can look like a card number.
+    apply(12, &IBAN, Rule::Iban, &|c| is_iban(&c[0]).then(|| "[IBAN]".into()));
+    // Twice: the characters around one card are part of its match, so a card right after
+    // another (one separator between them) is found on the second pass.
+    for _ in 0..2 {
+        apply(6, &CARD, Rule::Card, &|c| {
+            let (start, end) = card_within(&c[2])?;
+            let digits = &c[2];
+            Some(format!("{}{}[CARD]{}{}", &c[1], &digits[..start], &digits[end..], &c[3]))
+        });
+    }
+    apply(11, &SSN, Rule::NationalId, &|c| is_ssn(&c[1], &c[2], &c[3]).then(|| "[NATIONAL_ID]".into()));
     apply(7, &IPV4, Rule::Ip, &|c| c[0].parse::<Ipv4Addr>().is_ok().then(|| "[IP]".into()));
     apply(8, &IPV6, Rule::Ip, &|c| is_ipv6(&c[0]).then(|| "[IP]".into()));
     apply(9, &PHONE, Rule::Phone, &|c| {
@@ -179,7 +222,80 @@ pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
         (8..=15).contains(&digits).then(|| "[PHONE]".into())
     });
     apply(10, &HOME, Rule::HomePath, &|c| (!c[2].starts_with('[')).then(|| format!("{}[USER]", &c[1])));
+    apply(14, &TILDE_HOME, Rule::HomePath, &|c| Some(format!("{}~[USER]/", &c[1])));
     out
+}
+
+/// Where, in a run of digit groups joined by single separators, a card number stands: the
+/// run may begin or end with digits that are not the card's (`x86_64 4111 1111 1111 1111`
+/// is one run, from `64`), so every span of whole groups is tried, from the left.
+fn card_within(run: &str) -> Option<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut start = None;
+    for (i, b) in run.bytes().enumerate() {
+        match (b.is_ascii_digit(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                groups.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        groups.push((s, run.len()));
+    }
+    for (i, &(from, _)) in groups.iter().enumerate() {
+        let mut digits = 0;
+        for &(s, to) in &groups[i..] {
+            digits += to - s;
+            if digits > 19 {
+                break;
+            }
+            if digits >= 13 && is_card_number(&run[from..to]) {
+                return Some((from, to));
+            }
+        }
+    }
+    None
+}
+
+/// Whether three groups are a US social security number as issued: area not 000, 666 or
+/// 900-999, group not 00, serial not 0000.
+fn is_ssn(area: &str, group: &str, serial: &str) -> bool {
+    let (Ok(area), Ok(group), Ok(serial)) = (area.parse::<u16>(), group.parse::<u8>(), serial.parse::<u16>())
+    else {
+        return false;
+    };
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// Whether text (spaces allowed) is an IBAN: 15 to 34 characters whose mod-97 check holds.
+pub fn is_iban(text: &str) -> bool {
+    let compact: Vec<u8> = text.bytes().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    // The country and check digits move to the end; letters count as 10 to 35.
+    let mut remainder: u32 = 0;
+    for &b in compact[4..].iter().chain(&compact[..4]) {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+    }
+    remainder == 1
+}
+
+/// Whether 40 base64 characters look like an AWS secret access key rather than a hash or a
+/// word: upper case, lower case and digits all present.
+fn is_aws_secret(text: &str) -> bool {
+    text.len() == 40
+        && text.bytes().any(|b| b.is_ascii_uppercase())
+        && text.bytes().any(|b| b.is_ascii_lowercase())
+        && text.bytes().any(|b| b.is_ascii_digit())
 }
 
 /// Scrubs one string, returning it with its counts.

@@ -60,6 +60,12 @@ fn text_a_backend_cannot_store_is_refused_at_validation(h: Harness) {
         let body = h.check_in_body(&key, "nul-sender", &nonce(), Some(&b.to_string()));
         assert_eq!(error_code(&h, body), (400, "invalid_telemetry".to_owned()), "NUL in the {place}");
     }
+    // An instance id is stored as it is, so one carrying a secret is refused.
+    for id in ["AKIAIOSFODNN7EXAMPLE", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"] {
+        let body =
+            h.check_in_body(&key, id, &nonce(), Some(&batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()));
+        assert_eq!(error_code(&h, body), (400, "invalid_instance_id".to_owned()), "{id}");
+    }
     // Line breaks and tabs in messages stay allowed: they are operational text.
     let mut b = batch(uuid::Uuid::new_v4(), 2, 1, 1);
     b["errors"][0]["message"] = json!("line one\n\tline two");

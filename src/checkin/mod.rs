@@ -339,6 +339,14 @@ fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
             "instance_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
         ));
     }
+    // The instance id is stored and shown as it is, never scrubbed: one that the scrubber
+    // would change (an access key, say) is refused rather than kept.
+    if privacy::scrub(&request.instance_id).1.total() > 0 {
+        return Err(bad(
+            "invalid_instance_id",
+            "instance_id looks like a secret or personal data; use a random id, as the client library does",
+        ));
+    }
     if !protocol::valid_nonce(&request.nonce) {
         return Err(bad("invalid_nonce", "nonce must be unpadded base64url of 16 to 128 random bytes"));
     }
