@@ -283,7 +283,13 @@ impl Sketch {
         let mut index = offset;
         for item in parts.next().unwrap_or("").split(',').filter(|i| !i.is_empty()) {
             if let Some(run) = item.strip_prefix('~') {
-                let run: i32 = run.parse().map_err(|_| bad("bad run of empty buckets"))?;
+                // A run skips forward over empty buckets: at least one, never backwards (a
+                // negative run would count buckets twice).
+                let run: u32 = run.parse().map_err(|_| bad("bad run of empty buckets"))?;
+                if run == 0 {
+                    return Err(bad("empty run of empty buckets"));
+                }
+                let run = i32::try_from(run).map_err(|_| bad("index overflow"))?;
                 index = index.checked_add(run).ok_or_else(|| bad("index overflow"))?;
             } else {
                 let n: u64 = item.parse().map_err(|_| bad("bad count"))?;
