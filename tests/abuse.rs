@@ -631,3 +631,20 @@ fn admin_listings_come_in_pages_with_filters(h: Harness) {
         assert_eq!((status, v["error"]["code"].as_str()), (400, Some(code)), "{path}: {v}");
     }
 }
+
+#[test]
+fn the_limiters_forget_idle_keys_so_memory_stays_bounded() {
+    use licensor::checkin::{Limiter, Rates};
+    let limiter = Limiter::new(Rates { per_address_per_minute: 600, per_instance_per_minute: 600 });
+    let license = uuid::Uuid::new_v4();
+    for i in 0..20_000u32 {
+        let address = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        limiter.admit_address(address).unwrap();
+        limiter.admit_instance(license, &format!("instance-{i}")).unwrap();
+    }
+    assert!(limiter.forget_idle() >= 20_000, "recent keys are kept");
+    // One request of a 600-a-minute allowance is replenished after 0.1 s; a key is dropped once
+    // it would be admitted as a new one.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(limiter.forget_idle(), 0, "every key's allowance is full again: all forgotten");
+}
