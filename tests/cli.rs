@@ -118,6 +118,32 @@ fn keygen_writes_a_0600_private_key_and_refuses_to_overwrite() {
     assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
     assert_eq!(std::fs::read_to_string(&private).unwrap(), private_pem, "the old key is untouched");
 
+    // A lease key for the license server: named for its role, refused for issuing.
+    let lease =
+        licensor(&["keygen", "--kid", "server-1", "--role", "lease", "--out-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(code(&lease), 0, "{}", stderr(&lease));
+    let lease_private = out_dir.join("server-1.lease.private.pem");
+    assert!(lease_private.exists() && out_dir.join("server-1.lease.public.pem").exists());
+    let refused = licensor(&[
+        "issue",
+        "--private-key",
+        lease_private.to_str().unwrap(),
+        "--tier",
+        "pro",
+        "--licensee",
+        "Mallory",
+        "--perpetual",
+    ]);
+    assert_eq!(code(&refused), EXIT_ERROR);
+    assert!(
+        stderr(&refused).contains("a lease key") || stderr(&refused).contains("license key is needed"),
+        "{}",
+        stderr(&refused)
+    );
+    let bad_role =
+        licensor(&["keygen", "--kid", "x", "--role", "admin", "--out-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(code(&bad_role), EXIT_ERROR);
+
     // Only the public half left behind still blocks a new pair under that id.
     std::fs::remove_file(&private).unwrap();
     let again = licensor(&["keygen", "--kid", "acme-2026", "--out-dir", out_dir.to_str().unwrap()]);

@@ -766,6 +766,29 @@ fn admin_cli_talks_to_the_server() {
     let (code, _, _) = licensor_cli(&["admin", "reinstate", &license_id], &env);
     assert_eq!(code, 0);
 
+    // Instances, a page at a time and filtered, and a seat released from the command line.
+    let key = issued["license_key"].as_str().unwrap();
+    for instance in ["cli-a", "cli-b"] {
+        let telemetry = batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string();
+        assert_eq!(status(&h.check_in(key, instance, Some(&telemetry))), "valid");
+    }
+    let (code, out, _) =
+        licensor_cli(&["admin", "instances", "--limit", "1", "--license-id", &license_id], &env);
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["instances"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, out, _) = licensor_cli(&["admin", "instances", "--limit", "1", "--cursor", &cursor], &env);
+    let next: Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(next["instances"][0]["instance_id"], page["instances"][0]["instance_id"]);
+    let (code, out, _) = licensor_cli(&["admin", "deactivate", &license_id, "cli-a"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["held_seat"], true);
+    let (code, out, _) = licensor_cli(&["admin", "instances", "--license-id", &license_id], &env);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(licensor_cli(&["admin", "deactivate", &license_id, "cli-a"], &env).0, 1, "already released");
+
     // A refusal from the server is exit 1; no server at all is exit 2.
     let (code, out, _) = licensor_cli(&["admin", "summary", "--instance", "ghost"], &env);
     assert_eq!(code, 1);

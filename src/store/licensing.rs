@@ -207,21 +207,19 @@ pub fn instances_by_key(
                 );
             }
         }
+        // One query by id (indexed), the pairs kept in memory: an id under several licenses is
+        // rare, so this reads hardly more rows than asked for, in one statement per chunk.
         DbConnection::Sqlite(c) => {
-            let mut by_license: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-            for (license, id) in keys {
-                by_license.entry(license).or_default().push(id);
-            }
-            for (license, ids) in by_license {
-                for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-                    out.extend(
-                        instances::table
-                            .filter(instances::license_id.eq(license))
-                            .filter(instances::id.eq_any(chunk))
-                            .select(InstanceRow::as_select())
-                            .load(c)?,
-                    );
-                }
+            let wanted: std::collections::HashSet<(&str, &str)> = keys.iter().copied().collect();
+            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+                let ids: Vec<&str> = chunk.iter().map(|(_, id)| *id).collect();
+                let rows: Vec<InstanceRow> = instances::table
+                    .filter(instances::id.eq_any(&ids))
+                    .select(InstanceRow::as_select())
+                    .load(c)?;
+                out.extend(
+                    rows.into_iter().filter(|r| wanted.contains(&(r.license_id.as_str(), r.id.as_str()))),
+                );
             }
         }
     }

@@ -22,7 +22,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    instances (license_id, id) {
+    instances (id, license_id) {
         id -> Text,
         license_id -> Text,
         software_version -> Text,
@@ -72,9 +72,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_features (license_id, instance_id, day, kind, name) {
-        license_id -> Text,
+    telemetry_features (instance_id, license_id, day, kind, name) {
         instance_id -> Text,
+        license_id -> Text,
         day -> Date,
         kind -> Text,
         name -> Text,
@@ -83,9 +83,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_errors (license_id, instance_id, fingerprint) {
-        license_id -> Text,
+    telemetry_errors (instance_id, license_id, fingerprint) {
         instance_id -> Text,
+        license_id -> Text,
         fingerprint -> Text,
         error_type -> Text,
         message -> Text,

@@ -4,21 +4,20 @@
 -- (deduplicated errors, daily features) carries the license too.
 -- Rows written before this migration had unique instance ids, so each takes its license from
 -- its instance (rows of an instance that no longer exists keep an empty license id).
+-- Keys start with the instance id: look-ups by instance alone (erasure, the admin's question
+-- "which licenses have this id") use them, so no further index is written at every check-in.
 
 ALTER TABLE telemetry_errors ADD COLUMN license_id TEXT NOT NULL DEFAULT '';
 UPDATE telemetry_errors e SET license_id = i.license_id FROM instances i WHERE i.id = e.instance_id;
 ALTER TABLE telemetry_errors ALTER COLUMN license_id DROP DEFAULT;
 ALTER TABLE telemetry_errors DROP CONSTRAINT telemetry_errors_pkey;
-ALTER TABLE telemetry_errors ADD PRIMARY KEY (license_id, instance_id, fingerprint);
-CREATE INDEX telemetry_errors_instance ON telemetry_errors (instance_id);
+ALTER TABLE telemetry_errors ADD PRIMARY KEY (instance_id, license_id, fingerprint);
 
 ALTER TABLE telemetry_features ADD COLUMN license_id TEXT NOT NULL DEFAULT '';
 UPDATE telemetry_features f SET license_id = i.license_id FROM instances i WHERE i.id = f.instance_id;
 ALTER TABLE telemetry_features ALTER COLUMN license_id DROP DEFAULT;
 ALTER TABLE telemetry_features DROP CONSTRAINT telemetry_features_pkey;
-ALTER TABLE telemetry_features ADD PRIMARY KEY (license_id, instance_id, day, kind, name);
-CREATE INDEX telemetry_features_instance ON telemetry_features (instance_id);
+ALTER TABLE telemetry_features ADD PRIMARY KEY (instance_id, license_id, day, kind, name);
 
 ALTER TABLE instances DROP CONSTRAINT instances_pkey;
-ALTER TABLE instances ADD PRIMARY KEY (license_id, id);
-CREATE INDEX instances_id ON instances (id);
+ALTER TABLE instances ADD PRIMARY KEY (id, license_id);

@@ -4,6 +4,8 @@
 -- (deduplicated errors, daily features) carries the license too.
 -- Rows written before this migration had unique instance ids, so each takes its license from
 -- its instance (rows of an instance that no longer exists keep an empty license id).
+-- Keys start with the instance id: look-ups by instance alone (erasure, the admin's question
+-- "which licenses have this id") use them, so no further index is written at every check-in.
 
 CREATE TABLE telemetry_errors_scoped (
     license_id TEXT NOT NULL,
@@ -15,7 +17,7 @@ CREATE TABLE telemetry_errors_scoped (
     count BIGINT NOT NULL,
     first_seen TIMESTAMP NOT NULL,
     last_seen TIMESTAMP NOT NULL,
-    PRIMARY KEY (license_id, instance_id, fingerprint)
+    PRIMARY KEY (instance_id, license_id, fingerprint)
 );
 INSERT INTO telemetry_errors_scoped
 SELECT COALESCE((SELECT i.license_id FROM instances i WHERE i.id = e.instance_id), ''),
@@ -23,7 +25,6 @@ SELECT COALESCE((SELECT i.license_id FROM instances i WHERE i.id = e.instance_id
 FROM telemetry_errors e;
 DROP TABLE telemetry_errors;
 ALTER TABLE telemetry_errors_scoped RENAME TO telemetry_errors;
-CREATE INDEX telemetry_errors_instance ON telemetry_errors (instance_id);
 
 CREATE TABLE telemetry_features_scoped (
     license_id TEXT NOT NULL,
@@ -32,7 +33,7 @@ CREATE TABLE telemetry_features_scoped (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     count BIGINT NOT NULL,
-    PRIMARY KEY (license_id, instance_id, day, kind, name)
+    PRIMARY KEY (instance_id, license_id, day, kind, name)
 );
 INSERT INTO telemetry_features_scoped
 SELECT COALESCE((SELECT i.license_id FROM instances i WHERE i.id = f.instance_id), ''),
@@ -41,7 +42,6 @@ FROM telemetry_features f;
 DROP TABLE telemetry_features;
 ALTER TABLE telemetry_features_scoped RENAME TO telemetry_features;
 CREATE INDEX telemetry_features_day ON telemetry_features (day);
-CREATE INDEX telemetry_features_instance ON telemetry_features (instance_id);
 
 CREATE TABLE instances_scoped (
     id TEXT NOT NULL,
@@ -51,11 +51,10 @@ CREATE TABLE instances_scoped (
     last_check_in_at TIMESTAMP NOT NULL,
     last_status TEXT NOT NULL,
     seat_until TIMESTAMP,
-    PRIMARY KEY (license_id, id)
+    PRIMARY KEY (id, license_id)
 );
 INSERT INTO instances_scoped
 SELECT id, license_id, software_version, first_seen_at, last_check_in_at, last_status, seat_until FROM instances;
 DROP TABLE instances;
 ALTER TABLE instances_scoped RENAME TO instances;
 CREATE INDEX instances_license_seat ON instances (license_id, seat_until);
-CREATE INDEX instances_id ON instances (id);
