@@ -331,6 +331,19 @@ fn development_key(
         ensure_data_dir(data_dir)
             .map_err(|source| ConfigError::Setup { path: data_dir.to_owned(), source })?;
     }
+    let public = public_dir.join(format!("{kid}.{role}{}", keys::PUBLIC_SUFFIX));
+    if !path.exists() && public.exists() {
+        // A data directory from before key roles kept the private key beside the public one.
+        return Err(invalid(
+            "keys",
+            format!(
+                "{} exists but its private key {} does not: move the private key there (the layout before \
+                 key roles kept it in the ring directory), or start the development set-up afresh",
+                public.display(),
+                path.display()
+            ),
+        ));
+    }
     if !path.exists() {
         let signer =
             Signer::generate(kid, role).map_err(|source| ConfigError::Key { setting: "keys", source })?;
