@@ -41,3 +41,51 @@ fn flags_override_the_file_which_overrides_defaults() {
     assert_eq!((config.retention_days, config.admin_token.as_str()), (7, "flag-token-flag-token-flag-token"));
     assert_eq!(config.bind.to_string(), "127.0.0.1:9001");
 }
+
+#[test]
+fn new_settings_are_read_and_checked() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let opts = |proxies: &str, per_address: u32| ServeOptions {
+        data_dir: Some(dir.path().join("data")),
+        trusted_proxies: Some(proxies.into()),
+        rate_limit_per_address: Some(per_address),
+        ..Default::default()
+    };
+    let config = ServerConfig::resolve(opts("10.0.0.0/8, ::1", 50)).unwrap();
+    assert_eq!(config.trusted_proxies.len(), 2);
+    assert!(config.trusted_proxies[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+    assert_eq!((config.rate_limit_per_address, config.body_timeout.as_secs()), (50, 10));
+    let err = ServerConfig::resolve(opts("10.0.0.0/8,proxy.example", 50)).unwrap_err().to_string();
+    assert!(err.contains("LICENSOR_TRUSTED_PROXIES") && err.contains("proxy.example"), "{err}");
+    let err = ServerConfig::resolve(opts("", 0)).unwrap_err().to_string();
+    assert!(err.contains("LICENSOR_RATE_LIMIT_PER_ADDRESS"), "{err}");
+}
+
+/// A development data directory from before key roles: its keys renamed as the README says,
+/// but the private key still in the ring directory. The server says where it must go rather
+/// than generating a key over it.
+#[test]
+fn an_old_development_directory_gets_the_way_out() {
+    use licensor::keys::{Role, Signer};
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    Signer::generate("vendor-dev", Role::License).unwrap().write_pair(&data.join("keys")).unwrap();
+    let err = ServerConfig::resolve(ServeOptions { data_dir: Some(data.clone()), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("move the private key there"), "{err}");
+    assert!(err.contains("private/vendor-dev.license.private.pem"), "{err}");
+    // Moved, it starts.
+    std::fs::create_dir_all(data.join("private")).unwrap();
+    std::fs::rename(
+        data.join("keys/vendor-dev.license.private.pem"),
+        data.join("private/vendor-dev.license.private.pem"),
+    )
+    .unwrap();
+    let config = ServerConfig::resolve(ServeOptions { data_dir: Some(data), ..Default::default() }).unwrap();
+    assert!(
+        config.development.iter().any(|d| d.contains("using development license key")),
+        "{:?}",
+        config.development
+    );
+}
