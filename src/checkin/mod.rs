@@ -159,12 +159,8 @@ impl CheckInService {
                 Ok(()) => Subject::Licensed(decoded.claims),
             },
         };
-        // Only a license's holder can present it, so these limits cannot be spent by anyone
-        // else: nobody can lock a victim's instance out by naming its id.
         if let Subject::Licensed(license) = &subject {
-            let too_many = |RetryAfter(retry_after)| CheckInError::TooMany { retry_after };
-            self.limiter.admit_license(license.license_id, license.seats).map_err(too_many)?;
-            self.limiter.admit_instance(license.license_id, &request.instance_id).map_err(too_many)?;
+            self.admit(license, &request.instance_id)?;
         }
         let batch = match (request.telemetry, request.telemetry_disabled) {
             (Some(_), true) => {
@@ -227,18 +223,7 @@ impl CheckInService {
         let now = now.duration_trunc(Duration::seconds(1)).unwrap_or(now);
         let request: protocol::DeactivationRequest = serde_json::from_slice(body)
             .map_err(|e| bad("invalid_request", format!("invalid deactivation request: {e}")))?;
-        if !protocol::valid_instance_id(&request.instance_id) {
-            return Err(bad(
-                "invalid_instance_id",
-                "instance_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
-            )
-            .into());
-        }
-        if !protocol::valid_nonce(&request.nonce) {
-            return Err(
-                bad("invalid_nonce", "nonce must be unpadded base64url of 16 to 128 random bytes").into()
-            );
-        }
+        check_instance_and_nonce(&request.instance_id, &request.nonce)?;
         let license = token::decode::<LicensePayload>(&request.license_key)
             .and_then(|d| d.verify_signature(&self.ring).map(|()| d.claims))
             .map_err(|e| {
@@ -249,15 +234,22 @@ impl CheckInService {
         if lease.license_id != license.license_id || lease.instance_id != request.instance_id {
             return Err(bad("lease_mismatch", "the lease was signed for another license or instance").into());
         }
-        let too_many = |RetryAfter(retry_after)| CheckInError::TooMany { retry_after };
-        self.limiter.admit_license(license.license_id, license.seats).map_err(too_many)?;
-        self.limiter.admit_instance(license.license_id, &request.instance_id).map_err(too_many)?;
+        self.admit(&license, &request.instance_id)?;
         Ok(Deactivation {
             license_id: license.license_id,
             instance_id: request.instance_id,
             nonce: request.nonce,
             now,
         })
+    }
+
+    /// Counts a request of a license whose signature verified against its license's and its
+    /// instance's rate limits. Only a license's holder can present it, so these limits cannot
+    /// be spent by anyone else: nobody can lock a victim's instance out by naming its id.
+    fn admit(&self, license: &LicensePayload, instance_id: &str) -> Result<(), CheckInError> {
+        let too_many = |RetryAfter(retry_after)| CheckInError::TooMany { retry_after };
+        self.limiter.admit_license(license.license_id, license.seats).map_err(too_many)?;
+        self.limiter.admit_instance(license.license_id, instance_id).map_err(too_many)
     }
 
     /// The signed receipt of a deactivation.
@@ -332,8 +324,9 @@ impl CheckInService {
     }
 }
 
-fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
-    if !protocol::valid_instance_id(&request.instance_id) {
+/// Checks what every request of an instance carries: its id and the client's nonce.
+fn check_instance_and_nonce(instance_id: &str, nonce: &str) -> Result<(), BadRequest> {
+    if !protocol::valid_instance_id(instance_id) {
         return Err(bad(
             "invalid_instance_id",
             "instance_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
@@ -341,15 +334,20 @@ fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
     }
     // The instance id is stored and shown as it is, never scrubbed: one that the scrubber
     // would change (an access key, say) is refused rather than kept.
-    if privacy::scrub(&request.instance_id).1.total() > 0 {
+    if privacy::scrub(instance_id).1.total() > 0 {
         return Err(bad(
             "invalid_instance_id",
             "instance_id looks like a secret or personal data; use a random id, as the client library does",
         ));
     }
-    if !protocol::valid_nonce(&request.nonce) {
+    if !protocol::valid_nonce(nonce) {
         return Err(bad("invalid_nonce", "nonce must be unpadded base64url of 16 to 128 random bytes"));
     }
+    Ok(())
+}
+
+fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
+    check_instance_and_nonce(&request.instance_id, &request.nonce)?;
     let version = &request.software_version;
     if version.is_empty()
         || version.len() > protocol::MAX_VERSION_LEN

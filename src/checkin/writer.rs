@@ -212,30 +212,21 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
             // An instance comes into being only when it is granted a seat: a refused newcomer
             // (no seat, no telemetry, revoked...) leaves its check-in in the history, which
             // the per-license rate limit bounds and retention ages out, and nothing else.
-            if previous.is_none() && status != CheckInStatus::Valid {
-                check_ins.push(check_in_row(p, Some(license_id.clone()), status, None));
-                decisions.push(Decision {
-                    status,
-                    message,
-                    next_check_in_at: times.next_check_in_at,
-                    valid_until: times.valid_until,
-                    duplicate: false,
-                });
-                continue;
+            if previous.is_some() || status == CheckInStatus::Valid {
+                instances.insert(
+                    key.clone(),
+                    InstanceRow {
+                        id: p.instance_id.clone(),
+                        license_id: license_id.clone(),
+                        software_version: p.software_version.clone(),
+                        first_seen_at,
+                        last_check_in_at: now,
+                        last_status: status.as_str().to_owned(),
+                        seat_until,
+                    },
+                );
+                touched.insert(key);
             }
-            instances.insert(
-                key.clone(),
-                InstanceRow {
-                    id: p.instance_id.clone(),
-                    license_id: license_id.clone(),
-                    software_version: p.software_version.clone(),
-                    first_seen_at,
-                    last_check_in_at: now,
-                    last_status: status.as_str().to_owned(),
-                    seat_until,
-                },
-            );
-            touched.insert(key);
 
             let mut decision = Decision {
                 status,
