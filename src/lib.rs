@@ -61,7 +61,7 @@ pub mod token;
 pub mod checkin;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg(any(feature = "client", feature = "server"))]
+#[cfg(feature = "server")]
 pub mod store;
 
 #[cfg(feature = "cli")]

@@ -13,8 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use licensor::client::store::LocalStore;
 use licensor::client::{Config, Licensing, Status};
-use licensor::store::local::LocalStore;
 use licensor::store::Store;
 use serde_json::{json, Value};
 
@@ -406,7 +406,7 @@ fn user_controls_show_what_is_sent_and_a_restart_runs_offline() {
     let csv = cli(&env, &["telemetry", "export", "--format", "csv"]);
     let csv = String::from_utf8(csv.stdout).unwrap();
     assert!(csv.starts_with("table,period_start,kind,name,batch_id,count,errors,max_ms,detail\n"), "{csv}");
-    assert!(csv.contains("telemetry_events,") && csv.contains(",command,report.export,"), "{csv}");
+    assert!(csv.contains("usage_counts,") && csv.contains(",command,report.export,"), "{csv}");
     let json_export: Value = serde_json::from_slice(&cli(&env, &["telemetry", "export"]).stdout).unwrap();
     assert_eq!(json_export["ledger"].as_array().unwrap().len(), 1);
 
@@ -502,7 +502,7 @@ fn the_pii_corpus_never_reaches_the_local_tables_the_payload_or_the_server() {
     assert_eq!(cli(&env, &["check-in"]).status.code(), Some(0));
 
     let local = String::from_utf8(cli(&env, &["telemetry", "export"]).stdout).unwrap();
-    let db = std::fs::read(data.join(licensor::store::local::FILE_NAME)).unwrap();
+    let db = std::fs::read(data.join(licensor::client::store::FILE_NAME)).unwrap();
     let db = String::from_utf8_lossy(&db);
     let server_text = server.store().telemetry_text().unwrap().join("\n");
     assert!(

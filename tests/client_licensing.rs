@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::{Db, Harness};
 use licensor::client::licensing::CheckInOutcome;
+use licensor::client::store::LocalStore;
 use licensor::client::{Config, InvalidReason, Licensing, Mode, Status};
 use licensor::license::{Expiry, Tier};
 use licensor::protocol::CheckInStatus;
-use licensor::store::local::LocalStore;
 use licensor::Verdict;
 
 fn config(h: &Harness, key: &str, data: &std::path::Path) -> Config {

@@ -2,12 +2,13 @@
 //! roll-up, on a real SQLite file per test.
 
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
+use licensor::client::store::{CheckInRecord, LocalStore, FILE_NAME};
+use licensor::client::telemetry::Figures;
 use licensor::protocol::{
     self, BatchLimits, Dropped, Environment, ErrorGroup, Health, RoutePerformance, Sessions, SyncStatus,
     TelemetryBatch, UsageCount, UsageKind, UserCountRange,
 };
 use licensor::sketch::Sketch;
-use licensor::store::local::{CheckInRecord, Flush, LocalStore, FILE_NAME};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 10, 30, 0).unwrap()
@@ -98,7 +99,7 @@ fn the_store_is_private_and_the_identity_survives_a_restart() {
 fn flushes_add_up_and_a_batch_takes_everything_unsent_exactly_once() {
     let (_dir, store) = open();
     let limits = BatchLimits::default();
-    let mut flush = Flush {
+    let mut flush = Figures {
         usage: vec![usage(UsageKind::Feature, "export", 3), usage(UsageKind::Api, "GET /v1/items", 10)],
         performance: vec![route("/items/{id}", &[10.0, 20.0], 1)],
         errors: vec![error("f1", 2, t0())],
@@ -111,7 +112,7 @@ fn flushes_add_up_and_a_batch_takes_everything_unsent_exactly_once() {
     flush.redactions.insert("email".into(), 2);
     store.record(&flush, t0(), &limits).unwrap();
     // A second flush in another hour: counts add, sketches merge, users are not counted twice.
-    let second = Flush {
+    let second = Figures {
         usage: vec![usage(UsageKind::Feature, "export", 2)],
         performance: vec![route("/items/{id}", &[30.0, 40.0, 1000.0], 0)],
         errors: vec![error("f1", 1, t0() + Duration::hours(2))],
@@ -154,7 +155,7 @@ fn flushes_add_up_and_a_batch_takes_everything_unsent_exactly_once() {
     // Figures tracked meanwhile wait for the next batch.
     store
         .record(
-            &Flush { usage: vec![usage(UsageKind::Command, "import", 7)], ..Default::default() },
+            &Figures { usage: vec![usage(UsageKind::Command, "import", 7)], ..Default::default() },
             now,
             &limits,
         )
@@ -227,7 +228,7 @@ fn preview_changes_nothing_and_shows_the_outbox_once_there_is_one() {
     let limits = BatchLimits::default();
     store
         .record(
-            &Flush { usage: vec![usage(UsageKind::Feature, "sso", 1)], ..Default::default() },
+            &Figures { usage: vec![usage(UsageKind::Feature, "sso", 1)], ..Default::default() },
             t0(),
             &limits,
         )
@@ -244,7 +245,7 @@ fn preview_changes_nothing_and_shows_the_outbox_once_there_is_one() {
 fn a_batch_keeps_within_the_servers_limits_and_counts_the_rest() {
     let (_dir, store) = open();
     let limits = BatchLimits { max_usage: 2, max_errors: 1, ..Default::default() };
-    let flush = Flush {
+    let flush = Figures {
         usage: vec![
             usage(UsageKind::Feature, "a", 5),
             usage(UsageKind::Feature, "b", 1),
@@ -266,7 +267,7 @@ fn the_ledger_is_bounded_and_keeps_the_newest() {
     let (_dir, store) = open();
     let limits = BatchLimits::default();
     let mut ids = Vec::new();
-    for i in 0..(licensor::store::local::LEDGER_MAX + 3) {
+    for i in 0..(licensor::client::store::LEDGER_MAX + 3) {
         let now = t0() + Duration::minutes(i);
         let out = store.next_batch(environment(), now, &limits).unwrap();
         store
@@ -282,7 +283,7 @@ fn the_ledger_is_bounded_and_keeps_the_newest() {
         ids.push(out.batch_id);
     }
     let ledger = store.ledger().unwrap();
-    assert_eq!(ledger.len() as i64, licensor::store::local::LEDGER_MAX);
+    assert_eq!(ledger.len() as i64, licensor::client::store::LEDGER_MAX);
     assert_eq!(ledger[0].batch_id, *ids.last().unwrap(), "newest first");
     assert!(!ledger.iter().any(|e| ids[..3].contains(&e.batch_id)), "the three oldest were dropped");
 }
@@ -294,7 +295,7 @@ fn months_offline_roll_up_into_coarser_periods_without_losing_a_count() {
     // 100 days offline, a flush every hour: 2,400 hourly rows per key.
     let start = t0() - Duration::days(100);
     for h in 0..(100 * 24) {
-        let flush = Flush {
+        let flush = Figures {
             usage: vec![usage(UsageKind::Feature, "export", 1)],
             performance: vec![route("/items", &[h as f64 % 50.0 + 1.0], 0)],
             sessions: Sessions { count: 1, total_duration_s: 10, hourly: [0; 24] },
@@ -329,7 +330,7 @@ fn past_the_row_bound_the_oldest_go_sent_first_and_unsent_losses_are_counted() {
     let limits = BatchLimits::default();
     for h in 0..6 {
         let flush =
-            Flush { usage: vec![usage(UsageKind::Feature, &format!("f{h}"), 10)], ..Default::default() };
+            Figures { usage: vec![usage(UsageKind::Feature, &format!("f{h}"), 10)], ..Default::default() };
         store.record(&flush, t0() + Duration::hours(h), &limits).unwrap();
         if h == 1 {
             // The first two hours are sent and acknowledged.
@@ -361,7 +362,7 @@ fn clear_removes_telemetry_but_not_the_identity() {
     let id = store.state().unwrap().unwrap().instance_id;
     store
         .record(
-            &Flush { usage: vec![usage(UsageKind::Feature, "x", 1)], ..Default::default() },
+            &Figures { usage: vec![usage(UsageKind::Feature, "x", 1)], ..Default::default() },
             t0(),
             &limits,
         )

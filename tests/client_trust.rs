@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use common::{Db, Harness};
 use licensor::client::licensing::CheckInOutcome;
+use licensor::client::store::LocalStore;
 use licensor::client::{Config, DeactivateError, InvalidReason, Licensing, StartError, Status};
 use licensor::license::Tier;
 use licensor::protocol::CheckInStatus;
-use licensor::store::local::LocalStore;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)

@@ -8,9 +8,9 @@ use std::io::Write as _;
 use super::{ClientArgs, ExportFormat, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
 use crate::client::licensing::offline::Opened;
 use crate::client::licensing::CheckInOutcome;
+use crate::client::store::{self as local, LocalStore};
 use crate::client::{Config, Mode, Status};
 use crate::protocol::CheckInStatus;
-use crate::store::local::{self, LocalStore};
 
 fn open(args: &ClientArgs) -> Result<Opened> {
     let config = Config::from_env(args.software_version.clone())?;
@@ -197,7 +197,7 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
             let t = |n: chrono::NaiveDateTime| crate::time::format(&local::utc(n));
             for e in &export.events {
                 w.write_record([
-                    "telemetry_events",
+                    "usage_counts",
                     &t(e.period_start),
                     &e.kind,
                     &e.name,
@@ -210,7 +210,7 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
             }
             for r in &export.performance {
                 w.write_record([
-                    "telemetry_performance",
+                    "route_latencies",
                     &t(r.period_start),
                     &r.method,
                     &r.route,
@@ -223,7 +223,7 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
             }
             for e in &export.errors {
                 w.write_record([
-                    "telemetry_errors",
+                    "error_groups",
                     &t(e.first_seen),
                     &e.error_type,
                     &e.message,
@@ -236,7 +236,7 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
             }
             for s in &export.sessions {
                 w.write_record([
-                    "telemetry_sessions",
+                    "session_counts",
                     &t(s.period_start),
                     "",
                     "",
@@ -248,24 +248,14 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
                 ])?;
             }
             for (name, value) in &export.tallies {
-                w.write_record(["telemetry_tallies", "", "", name, "", &value.to_string(), "", "", ""])?;
+                w.write_record(["pending_tallies", "", "", name, "", &value.to_string(), "", "", ""])?;
             }
             if let Some(o) = &export.outbox {
-                w.write_record([
-                    "telemetry_outbox",
-                    &t(o.created_at),
-                    "",
-                    "",
-                    &o.batch_id,
-                    "",
-                    "",
-                    "",
-                    &o.payload,
-                ])?;
+                w.write_record(["outbox", &t(o.created_at), "", "", &o.batch_id, "", "", "", &o.payload])?;
             }
             for e in &export.ledger {
                 w.write_record([
-                    "telemetry_batches",
+                    "ledger",
                     &t(e.acknowledged_at),
                     "",
                     "",

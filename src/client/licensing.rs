@@ -21,11 +21,11 @@ use super::exchange;
 use super::policy::{self, Mode};
 use super::status::{self, Facts, Status};
 use super::telemetry::{Session, Telemetry};
+use crate::client::store::{self as local, CheckInRecord, LocalError, LocalStore};
 use crate::keys::{KeyError, KeyRing};
 use crate::lease::{self, LeasePayload};
 use crate::license::{self, LicensePayload};
 use crate::protocol::{BatchLimits, CheckInStatus, Environment, Health, SyncStatus, UserCountRange};
-use crate::store::local::{self, CheckInRecord, LocalError, LocalStore};
 use crate::token::{self, TokenError};
 
 /// Why the verifier could not start. An invalid license is not one of these: the verifier
@@ -298,7 +298,7 @@ impl Licensing {
     }
 
     /// The local store's summary of the last `hours` (after a flush).
-    pub fn summary(&self, hours: u32) -> Result<Option<local::Summary>, LocalError> {
+    pub fn summary(&self, hours: u32) -> Result<Option<local::LocalSummary>, LocalError> {
         let Some(store) = &self.core.store else { return Ok(None) };
         self.core.flush()?;
         store.summary(hours, self.core.now()).map(Some)

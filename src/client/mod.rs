@@ -13,6 +13,7 @@ mod local_cache;
 pub mod policy;
 pub mod requests;
 pub mod status;
+pub mod store;
 pub mod telemetry;
 
 pub use config::{Clock, Config, ConfigError, KeySource, LicenseSource};

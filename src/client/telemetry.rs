@@ -14,10 +14,9 @@ use super::collector::Counters;
 use super::requests::{Requests, RouteFigures};
 use crate::privacy::{self, Redactions};
 use crate::protocol::{
-    Dropped, Environment, ErrorGroup, RoutePerformance, Sessions, TelemetryBatch, UsageCount, UsageKind,
-    TELEMETRY_SCHEMA,
+    Dropped, Environment, ErrorGroup, Health, RoutePerformance, Sessions, TelemetryBatch, UsageCount,
+    UsageKind, TELEMETRY_SCHEMA,
 };
-use crate::store::local::Flush;
 use rustc_hash::FxHashSet;
 
 /// Bounds on what one collector holds between drains.
@@ -54,6 +53,34 @@ impl Default for Limits {
             max_routes: super::requests::DEFAULT_MAX_ROUTES,
             max_errors: 200,
         }
+    }
+}
+
+/// Figures drained from the collector, scrubbed: what the local store adds to its tables.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    pub usage: Vec<UsageCount>,
+    pub performance: Vec<RoutePerformance>,
+    pub errors: Vec<ErrorGroup>,
+    pub sessions: Sessions,
+    pub dropped: Dropped,
+    pub redactions: BTreeMap<String, u64>,
+    /// Salted hashes of the user ids seen.
+    pub users: Vec<String>,
+    /// The latest result of each health check.
+    pub health: BTreeMap<String, Health>,
+}
+
+impl Figures {
+    pub fn is_empty(&self) -> bool {
+        self.usage.is_empty()
+            && self.performance.is_empty()
+            && self.errors.is_empty()
+            && self.sessions.count == 0
+            && self.dropped == Dropped::default()
+            && self.redactions.values().all(|&v| v == 0)
+            && self.users.is_empty()
+            && self.health.is_empty()
     }
 }
 
@@ -234,7 +261,7 @@ impl Telemetry {
     }
 
     /// Takes everything tracked since the last drain, scrubbed, for the local store.
-    pub fn drain(&self) -> Flush {
+    pub fn drain(&self) -> Figures {
         let mut redactions = Redactions::default();
         let (counts, counter_overflow) = self.counters.drain();
         // Scrubbing and normalising can make two keys one (two emails become `[EMAIL]`, two
@@ -290,7 +317,7 @@ impl Telemetry {
         };
         let sessions = self.sessions.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
         let users = self.users.lock().map(|mut u| u.drain().collect()).unwrap_or_default();
-        Flush {
+        Figures {
             usage,
             performance,
             errors,

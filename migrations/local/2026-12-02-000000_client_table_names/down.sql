@@ -1,0 +1,9 @@
+ALTER TABLE usage_counts RENAME TO telemetry_events;
+ALTER TABLE route_latencies RENAME TO telemetry_performance;
+ALTER TABLE error_groups RENAME TO telemetry_errors;
+ALTER TABLE session_counts RENAME TO telemetry_sessions;
+ALTER TABLE health_checks RENAME TO telemetry_health;
+ALTER TABLE seen_users RENAME TO telemetry_users;
+ALTER TABLE pending_tallies RENAME TO telemetry_tallies;
+ALTER TABLE outbox RENAME TO telemetry_outbox;
+ALTER TABLE ledger RENAME TO telemetry_batches;
