@@ -7,10 +7,21 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, Visitor};
 use serde::{Deserializer, Serializer};
 use std::fmt;
+use std::sync::Arc;
 
-/// Formats an instant as the protocol writes it, e.g. `2026-11-21T10:00:00Z`.
+/// Where "now" comes from: the system clock, or a test's. The server and the client both take
+/// one, so no module under test reads the system clock behind its back.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// Formats an instant as the protocol writes it, e.g. `2026-11-21T10:00:00Z`: whole seconds,
+/// any fraction dropped (an instant is never rounded up past itself).
 pub fn format(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Parses an RFC 3339 instant (any offset) into UTC.

@@ -2,7 +2,7 @@
 //! environment read into a `Config` that code then adjusts). Reading checks every value and
 //! names the variable at fault; nothing here touches the network or the store.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,7 @@ use super::policy::{parse_switch, Switches};
 use super::telemetry::{Limits, Sampling};
 use crate::keys::KeyRing;
 
-/// Where "now" comes from: the system clock, or a test's.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub use crate::time::Clock;
 
 /// The license key, given directly or as a file to read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,6 @@ mod handlers;
 pub mod jobs;
 
 use actix_web::{web, App, HttpServer};
-use chrono::{DateTime, Utc};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
@@ -21,13 +20,7 @@ use crate::store::Store;
 pub use config::{ConfigError, ServeOptions, ServerConfig};
 use error::ApiError;
 
-/// Where the server reads the time: the system clock, or a test's.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(Utc::now)
-}
+pub use crate::time::{system_clock, Clock};
 
 /// What every handler shares.
 pub struct AppState {

@@ -1,0 +1,297 @@
+//! The handle a licensed application holds: [`Licensing::start`] opens the [`verifier`]
+//! (the license verified offline, the instance's identity and last lease restored from the
+//! local store) and, where telemetry is on, starts the background [`worker`], which flushes
+//! figures to the store, runs health checks, rolls old figures up, and checks in on the
+//! schedule the last lease names. [`offline`] is the same verifier without the worker, for the
+//! command line.
+//!
+//! `track_*` calls and `status()` only touch memory. The network is used only by the worker
+//! and by the calls that ask for it (`check_in_now`, `deactivate`); the store is written by the
+//! worker, by `flush`, `summary` and `shutdown` when the host calls them (the actix scope calls
+//! `summary` from a blocking thread), and by the CLI's process. Every write is one SQLite
+//! transaction, so writers on any thread, or in another process, serialise there; a slow or
+//! dead license server can delay nothing but the next check-in.
+
+use chrono::{DateTime, Utc};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::config::Config;
+use super::policy::Mode;
+use super::status::Status;
+use super::telemetry::{Session, Telemetry};
+use crate::client::store::{self as local, LocalError};
+use crate::keys::KeyError;
+use crate::license::{self};
+use crate::protocol::{CheckInStatus, Health};
+use verifier::Verifier;
+use worker::Worker;
+
+pub mod offline;
+mod verifier;
+mod worker;
+
+/// Why the verifier could not start. An invalid license is not one of these: the verifier
+/// starts and reports it through [`Licensing::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Neither a license key nor a license file was given.
+    #[error("no license: set LICENSOR_LICENSE_KEY or LICENSOR_LICENSE_FILE")]
+    NoLicense,
+    /// The license file could not be read.
+    #[error("cannot read the license file {path}: {source}")]
+    LicenseFile { path: std::path::PathBuf, source: std::io::Error },
+    /// No trusted keys were given.
+    #[error("no trusted keys: set LICENSOR_KEYS_DIR or pass the application's built-in keys")]
+    NoKeys,
+    /// The key ring could not be loaded.
+    #[error("cannot load the trusted keys: {0}")]
+    Keys(#[from] KeyError),
+    /// Telemetry is required and no license server is configured.
+    #[error("the {tier} tier checks in with a license server: set LICENSOR_SERVER_URL")]
+    NoServer { tier: license::Tier },
+    /// The server URL is not usable.
+    #[error("{0}")]
+    BadServerUrl(String),
+    /// The local store could not be opened.
+    #[error(transparent)]
+    Store(#[from] LocalError),
+    /// The background thread or its runtime could not be started.
+    #[error("cannot start the background check-in thread")]
+    Runtime(#[source] std::io::Error),
+    /// The HTTP client could not be set up (no TLS roots, a bad TLS library state).
+    #[error("cannot set up the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// The license as the application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseInfo {
+    pub license_id: uuid::Uuid,
+    pub licensee: String,
+    pub tier: license::Tier,
+    /// The entitlements: features the license grants.
+    pub features: Vec<String>,
+    pub seats: u32,
+    /// `None` for a perpetual license.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What one check-in came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckInOutcome {
+    /// The server answered and the answer verified.
+    Answered { status: CheckInStatus, next_check_in_at: DateTime<Utc>, batch_acknowledged: bool },
+    /// `LICENSOR_TELEMETRY_DEBUG`: the batch was printed to stderr, nothing was sent.
+    Printed,
+    /// No believable answer: the request failed, the answer did not verify, or it carried no
+    /// signed lease (a 4xx included). Nothing changed; the next attempt is after `retry`.
+    NoAnswer { error: String, retry: Duration },
+    /// This instance does not check in (development, air-gapped, invalid license).
+    NotApplicable(String),
+}
+
+/// Why an instance could not release its seat. Nothing changed locally in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum DeactivateError {
+    /// This instance does not talk to a license server (development, air-gapped, refused key).
+    #[error("this instance does not check in, so it holds no seat: {0}")]
+    NotApplicable(String),
+    /// No lease was ever signed for this instance: it never held a seat to release.
+    #[error("this instance never checked in: it holds no seat")]
+    NeverCheckedIn,
+    /// No answer came.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+    /// The server refused (an error status, without a receipt).
+    #[error("the server answered HTTP {status}: {message}")]
+    Refused { status: u16, message: String },
+    /// The answer's receipt is missing, does not verify, or binds another request.
+    #[error("the answer did not verify: {0}")]
+    BadReceipt(String),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] LocalError),
+}
+
+/// A released seat, as the server's signed receipt states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deactivated {
+    pub license_id: uuid::Uuid,
+    pub instance_id: String,
+    pub server_time: DateTime<Utc>,
+    /// The receipt itself (`RECEIPT1.`), for the operator's records.
+    pub receipt: String,
+}
+
+/// The verifier: cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Licensing {
+    verifier: Arc<Verifier>,
+    worker: Arc<Mutex<Option<Worker>>>,
+}
+
+impl std::fmt::Debug for Licensing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Licensing").field("mode", &self.verifier.mode).finish_non_exhaustive()
+    }
+}
+
+impl Licensing {
+    /// Starts the verifier. Needs no network: the license is verified offline and the last
+    /// lease restored from the store. Where telemetry is on, a background thread then checks
+    /// in shortly (see [`Config::first_check_in_after`]).
+    pub fn start(config: Config) -> Result<Licensing, StartError> {
+        let verifier = Arc::new(Verifier::open(config)?);
+        for notice in &verifier.notices {
+            tracing::warn!(target: "licensor", "{notice}");
+        }
+        let worker = match verifier.mode {
+            Mode::Telemetry { .. } if verifier.license.is_ok() => Some(worker::spawn(verifier.clone())?),
+            _ => None,
+        };
+        Ok(Licensing { verifier, worker: Arc::new(Mutex::new(worker)) })
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.verifier.status()
+    }
+
+    /// The license, when its key verified.
+    pub fn license(&self) -> Option<LicenseInfo> {
+        self.verifier.license.as_ref().ok().map(|p| LicenseInfo {
+            license_id: p.license_id,
+            licensee: p.licensee.clone(),
+            tier: p.tier,
+            features: p.features.clone(),
+            seats: p.seats,
+            expires_at: p.expires_at,
+        })
+    }
+
+    /// Whether the license grants `feature` and the status allows its use (valid, in grace,
+    /// or a development instance).
+    pub fn has_feature(&self, feature: &str) -> bool {
+        let granted = self.verifier.license.as_ref().is_ok_and(|p| p.has_feature(feature));
+        granted && !matches!(self.status(), Status::Invalid { .. })
+    }
+
+    /// How the verifier runs, and what start-up said about it.
+    pub fn mode(&self) -> &Mode {
+        &self.verifier.mode
+    }
+
+    pub fn notices(&self) -> &[String] {
+        &self.verifier.notices
+    }
+
+    /// This install's instance id (`None` where nothing is stored: development, air-gapped).
+    pub fn instance_id(&self) -> Option<String> {
+        self.verifier
+            .store
+            .as_ref()
+            .map(|_| self.verifier.instance.read().unwrap_or_else(|p| p.into_inner()).instance_id.clone())
+    }
+
+    /// The collector behind the `track_*` calls, for integrations.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.verifier.telemetry
+    }
+
+    pub fn track_feature(&self, name: &str) {
+        self.verifier.telemetry.counters.track_feature(name);
+    }
+
+    pub fn track_api_call(&self, name: &str) {
+        self.verifier.telemetry.counters.track_api_call(name);
+    }
+
+    pub fn track_command(&self, name: &str) {
+        self.verifier.telemetry.counters.track_command(name);
+    }
+
+    pub fn track_ui_action(&self, name: &str) {
+        self.verifier.telemetry.counters.track_ui_action(name);
+    }
+
+    /// Records an error with a context (`"sending mail"`, `"database"`); its message and its
+    /// chain of causes are scrubbed before anything is kept.
+    pub fn track_error(&self, error: &(dyn std::error::Error + 'static), context: &str) {
+        self.verifier.telemetry.track_error(error, context, self.verifier.now());
+    }
+
+    /// Records one request: `route` is the matched route pattern, never the raw path.
+    pub fn track_request(&self, method: &str, route: &str, status: u16, duration: Duration) {
+        self.verifier.telemetry.requests.track_request(method, route, status, duration);
+    }
+
+    /// Starts a user session, ended by [`Session::end`] or when dropped. A user id, if given,
+    /// is hashed with this install's secret salt at once; only the number of distinct users
+    /// (as a range) ever leaves the install.
+    pub fn start_session(&self, user_id: Option<&str>) -> Session {
+        if let (Some(id), true) = (user_id, self.verifier.telemetry.enabled()) {
+            let hash = crate::privacy::hash_user_id(
+                &self.verifier.instance.read().unwrap_or_else(|p| p.into_inner()).salt,
+                id,
+            );
+            self.verifier.telemetry.note_user(hash);
+        }
+        self.verifier.telemetry.start_session(self.verifier.now())
+    }
+
+    /// Registers a health check, run every [`Config::health_every`] on the background
+    /// thread; a check that panics counts as unhealthy.
+    pub fn register_health_check(&self, name: &str, check: impl Fn() -> Health + Send + Sync + 'static) {
+        if !self.verifier.telemetry.enabled() {
+            return;
+        }
+        let name = crate::privacy::scrub(&name.chars().take(128).collect::<String>()).0;
+        if let Ok(mut checks) = self.verifier.health_checks.lock() {
+            checks.retain(|(n, _)| *n != name);
+            checks.push((name, Arc::new(Box::new(check))));
+        }
+    }
+
+    /// Moves tracked figures from memory to the local store now.
+    pub fn flush(&self) -> Result<(), LocalError> {
+        self.verifier.flush()
+    }
+
+    /// The local store's summary of the last `hours` (after a flush).
+    pub fn summary(&self, hours: u32) -> Result<Option<local::LocalSummary>, LocalError> {
+        let Some(store) = &self.verifier.store else { return Ok(None) };
+        self.verifier.flush()?;
+        store.summary(hours, self.verifier.now()).map(Some)
+    }
+
+    /// Checks in now, outside the schedule, and waits for the outcome.
+    pub async fn check_in_now(&self) -> CheckInOutcome {
+        self.verifier.check_in().await
+    }
+
+    /// Releases this instance's seat, for a deployment being decommissioned: sends the
+    /// license key and the last lease, and believes only a receipt that the server signed for
+    /// this request's nonce, license and instance. Then the background thread stops (what is
+    /// in memory is flushed to the local store), `status()` is `Invalid { Deactivated }`, and
+    /// nothing more is sent; a later start checks in as a new instance. Telemetry not yet sent
+    /// stays in the local store. On an error nothing changed, and the instance runs on.
+    pub async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+        let deactivated = self.verifier.deactivate().await?;
+        self.shutdown();
+        Ok(deactivated)
+    }
+
+    /// Stops the background thread and flushes what is in memory to the store, within a
+    /// second whatever the server is doing: a check-in in flight is abandoned (its batch stays
+    /// in the outbox and is sent again, same id, at the next start).
+    pub fn shutdown(&self) {
+        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(worker) = worker {
+            worker.stop();
+        }
+        if let Err(e) = self.verifier.flush() {
+            tracing::warn!(target: "licensor", "last flush of telemetry failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! For the command line: the verifier opened on a data directory for one command, without the
+//! background worker. `licensor telemetry ...`, `check-in` and `deactivate` run the same code
+//! the library runs, reading the same environment.
+
+use super::verifier::Verifier;
+use super::{CheckInOutcome, DeactivateError, Deactivated, StartError};
+use crate::client::config::Config;
+use crate::client::policy::Mode;
+use crate::client::status::Status;
+use crate::client::store::{LocalError, LocalStore};
+use crate::license::LicensePayload;
+use crate::protocol::BatchLimits;
+use crate::time::Clock;
+use crate::token::TokenError;
+
+/// A verifier opened for one command: no background thread.
+pub struct Opened {
+    pub(crate) verifier: Verifier,
+}
+
+impl Opened {
+    pub fn open(config: Config) -> Result<Opened, StartError> {
+        Ok(Opened { verifier: Verifier::open(config)? })
+    }
+
+    pub fn status(&self) -> Status {
+        self.verifier.status()
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.verifier.mode
+    }
+
+    pub fn notices(&self) -> &[String] {
+        &self.verifier.notices
+    }
+
+    pub fn license(&self) -> Result<&LicensePayload, &TokenError> {
+        self.verifier.license.as_ref()
+    }
+
+    pub fn store(&self) -> Option<&LocalStore> {
+        self.verifier.store.as_ref()
+    }
+
+    /// The batch the next check-in would send.
+    pub fn preview(&self) -> Result<Option<String>, LocalError> {
+        let Some(store) = &self.verifier.store else { return Ok(None) };
+        let now = self.verifier.now();
+        store.preview(self.verifier.environment(now), now, &BatchLimits::default()).map(Some)
+    }
+
+    /// One check-in now.
+    pub async fn check_in(&self) -> CheckInOutcome {
+        self.verifier.check_in().await
+    }
+
+    /// Releases this instance's seat now (see [`Licensing::deactivate`]).
+    pub async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+        self.verifier.deactivate().await
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.verifier.clock()
+    }
+}

@@ -1,0 +1,452 @@
+//! The verifier behind a handle: the license verified offline, the instance's identity and
+//! lease restored from the local store, the collector, and the one check-in and deactivation
+//! code path that the worker, the handle and the command line all use.
+//!
+//! Invariants: its state changes only on a verified lease or receipt; the clock mark is the
+//! server time of the latest verified answer; one check-in or deactivation at a time.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use super::{CheckInOutcome, DeactivateError, Deactivated, StartError};
+use crate::client::config::{check_server_url, Config, KeySource, LicenseSource};
+use crate::client::exchange;
+use crate::client::policy::{self, Mode};
+use crate::client::status::{self, Facts, Status};
+use crate::client::store::{self as local, CheckInRecord, LocalError, LocalStore};
+use crate::client::telemetry::Telemetry;
+use crate::keys::KeyRing;
+use crate::lease::{self, LeasePayload};
+use crate::license::{self, LicensePayload};
+use crate::protocol::{BatchLimits, CheckInStatus, Environment, Health, SyncStatus, UserCountRange};
+use crate::time::Clock;
+use crate::token::{self, TokenError};
+
+pub(super) type HealthCheck = Box<dyn Fn() -> Health + Send + Sync>;
+
+/// What the verifier knows, shared between the application's threads and the background one.
+pub(super) struct InstanceState {
+    pub(super) lease: Option<LeasePayload>,
+    pub(super) last_server_time: Option<DateTime<Utc>>,
+    pub(super) first_started: DateTime<Utc>,
+    pub(super) instance_id: String,
+    pub(super) salt: Vec<u8>,
+    pub(super) last_sync: SyncStatus,
+    /// This instance released its seat; it sends nothing more until restarted.
+    pub(super) deactivated: bool,
+}
+
+/// Everything behind a handle.
+pub(crate) struct Verifier {
+    pub(super) license_key: String,
+    pub(super) license: Result<LicensePayload, TokenError>,
+    pub(super) ring: KeyRing,
+    pub(super) mode: Mode,
+    pub(super) notices: Vec<String>,
+    pub(super) server_url: Option<String>,
+    pub(super) software_version: String,
+    pub(super) modules_enabled: Vec<String>,
+    pub(super) config: Config,
+    pub(super) store: Option<LocalStore>,
+    pub(super) telemetry: Telemetry,
+    pub(super) instance: RwLock<InstanceState>,
+    pub(super) health_checks: Mutex<Vec<(String, Arc<HealthCheck>)>>,
+    pub(super) health: Mutex<BTreeMap<String, Health>>,
+    pub(super) started: DateTime<Utc>,
+    pub(super) http: Option<reqwest::Client>,
+    /// One check-in at a time, whoever asks.
+    pub(super) checking_in: tokio::sync::Mutex<()>,
+    pub(super) failures: AtomicU32,
+}
+
+impl Verifier {
+    pub(super) fn open(config: Config) -> Result<Verifier, StartError> {
+        let now = (config.clock)();
+        let license_key = match &config.license {
+            None => return Err(StartError::NoLicense),
+            Some(LicenseSource::Key(key)) => key.trim().to_string(),
+            Some(LicenseSource::File(path)) => std::fs::read_to_string(path)
+                .map_err(|source| StartError::LicenseFile { path: path.clone(), source })?
+                .trim()
+                .to_string(),
+        };
+        let ring = match &config.keys {
+            None => return Err(StartError::NoKeys),
+            Some(KeySource::Ring(ring)) => ring.clone(),
+            Some(KeySource::Dir(dir)) => KeyRing::load_dir(dir)?,
+        };
+        let license = license::verify(&license_key, &ring, now);
+        let (mode, mut notices) = match &license {
+            Ok(payload) => {
+                let decision = policy::decide(payload.tier, config.instance_url.as_deref(), &config.switches);
+                (decision.mode, decision.notices)
+            }
+            Err(e) => (
+                Mode::Development { reason: format!("the license key is {}", e.verdict()) },
+                vec![format!("the license key is refused ({e}): nothing is collected or sent")],
+            ),
+        };
+        let telemetry_on = matches!(mode, Mode::Telemetry { .. }) && license.is_ok();
+        if telemetry_on {
+            match &config.server_url {
+                None if !config.switches.debug => {
+                    return Err(StartError::NoServer {
+                        tier: license.as_ref().map(|p| p.tier).unwrap_or(license::Tier::Community),
+                    })
+                }
+                Some(url) => {
+                    check_server_url(url, config.allow_insecure_http).map_err(StartError::BadServerUrl)?
+                }
+                None => {}
+            }
+        }
+        let (store, instance) = if telemetry_on {
+            let store = LocalStore::open(&config.data_dir)?;
+            let state = store.state_or_init(now)?;
+            let license_id = license.as_ref().ok().map(|p| p.license_id);
+            // The cached lease counts only if it verifies and names this instance and license.
+            let lease = state.lease.as_deref().and_then(|text| match lease::verify_signature(text, &ring) {
+                Ok(l) if l.instance_id == state.instance_id && Some(l.license_id) == license_id => Some(l),
+                Ok(_) => None,
+                Err(e) => {
+                    notices.push(format!("the cached lease does not verify ({e}); waiting for a new one"));
+                    None
+                }
+            });
+            let instance = InstanceState {
+                lease,
+                last_server_time: state.last_server_time.map(local::utc),
+                first_started: local::utc(state.first_started_at),
+                instance_id: state.instance_id.clone(),
+                salt: state.salt_bytes(),
+                last_sync: match state.last_result.as_deref() {
+                    None => SyncStatus::None,
+                    Some(r) if CheckInStatus::parse(r).is_some() => SyncStatus::Success,
+                    Some(_) => SyncStatus::Error,
+                },
+                deactivated: false,
+            };
+            (Some(store), instance)
+        } else {
+            let instance = InstanceState {
+                lease: None,
+                last_server_time: None,
+                first_started: now,
+                instance_id: String::new(),
+                salt: Vec::new(),
+                last_sync: SyncStatus::None,
+                deactivated: false,
+            };
+            (None, instance)
+        };
+        let telemetry = if telemetry_on {
+            Telemetry::with_sampling(&config.limits, config.sampling)
+        } else {
+            Telemetry::disabled()
+        };
+        // No HTTP client at all unless this instance checks in: air-gapped means no
+        // connection, and a client that does not exist cannot make one.
+        let http = if telemetry_on {
+            Some(
+                reqwest::Client::builder()
+                    // A redirect would re-send the license key and the telemetry wherever it
+                    // points: none is followed, and a 3xx counts as no answer.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+                    .timeout(config.request_timeout)
+                    .user_agent(concat!("licensor-client/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(StartError::HttpClient)?,
+            )
+        } else {
+            None
+        };
+        Ok(Verifier {
+            license_key,
+            license,
+            ring,
+            mode,
+            notices,
+            server_url: config.server_url.clone(),
+            software_version: config.software_version.clone(),
+            modules_enabled: config.modules_enabled.clone(),
+            store,
+            telemetry,
+            instance: RwLock::new(instance),
+            health_checks: Mutex::new(Vec::new()),
+            health: Mutex::new(BTreeMap::new()),
+            started: now,
+            http,
+            checking_in: tokio::sync::Mutex::new(()),
+            failures: AtomicU32::new(0),
+            config,
+        })
+    }
+
+    pub(super) fn now(&self) -> DateTime<Utc> {
+        (self.config.clock)()
+    }
+
+    pub(super) fn clock(&self) -> Clock {
+        self.config.clock.clone()
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let now = self.now();
+        let instance = self.instance.read().unwrap_or_else(|p| p.into_inner());
+        if instance.deactivated {
+            return Status::Invalid { reason: status::InvalidReason::Deactivated };
+        }
+        // The window is checked again now: a license may expire while the application runs.
+        let checked =
+            self.license.as_ref().map_err(Clone::clone).and_then(|p| token::check_window(p, now).map(|()| p));
+        let error;
+        let license = match checked {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                error = e;
+                Err(&error)
+            }
+        };
+        status::evaluate(&Facts {
+            license,
+            mode: &self.mode,
+            lease: instance.lease.as_ref(),
+            last_server_time: instance.last_server_time,
+            first_started: instance.first_started,
+            now,
+        })
+    }
+
+    pub(super) fn flush(&self) -> Result<(), LocalError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut flush = self.telemetry.drain();
+        flush.health = self.health.lock().map(|h| h.clone()).unwrap_or_default();
+        store.record(&flush, self.now(), &BatchLimits::default())
+    }
+
+    pub(super) fn environment(&self, now: DateTime<Utc>) -> Environment {
+        Environment {
+            app_version: self.software_version.chars().take(crate::protocol::MAX_VERSION_LEN).collect(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            // Filled in by the store from its tables.
+            user_count_range: UserCountRange::UpTo10,
+            modules_enabled: self.modules_enabled.clone(),
+            uptime_hours: ((now - self.started).num_seconds().max(0) as f64 / 36.0).round() / 100.0,
+            last_sync_status: self.instance.read().map(|k| k.last_sync).unwrap_or(SyncStatus::None),
+            health: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn run_health_checks(&self) {
+        let checks: Vec<(String, Arc<HealthCheck>)> =
+            self.health_checks.lock().map(|c| c.clone()).unwrap_or_default();
+        for (name, check) in checks {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| check())).unwrap_or(Health::Unhealthy);
+            if let Ok(mut health) = self.health.lock() {
+                health.insert(name, result);
+            }
+        }
+    }
+
+    /// Releases this instance's seat (see [`Licensing::deactivate`]).
+    pub(super) async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+        let (Some(store), Ok(payload), Mode::Telemetry { .. }) = (&self.store, &self.license, &self.mode)
+        else {
+            return Err(DeactivateError::NotApplicable(self.mode.off_reason().unwrap_or_default()));
+        };
+        let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
+            return Err(DeactivateError::NotApplicable("no license server is configured".into()));
+        };
+        let _one = self.checking_in.lock().await;
+        let lease = store.state()?.and_then(|s| s.lease).ok_or(DeactivateError::NeverCheckedIn)?;
+        let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
+        let nonce = exchange::fresh_nonce();
+        let body = serde_json::to_vec(&crate::protocol::DeactivationRequest {
+            license_key: self.license_key.clone(),
+            instance_id: instance_id.clone(),
+            nonce: nonce.clone(),
+            lease,
+        })
+        .expect("a deactivation serialises");
+        let (status, _, answer) = exchange::post(http, server, "/v1/deactivations", body)
+            .await
+            .map_err(|e| DeactivateError::NoAnswer(error_chain(&e)))?;
+        if !(200..300).contains(&status) {
+            return Err(DeactivateError::Refused { status, message: error_message(&answer) });
+        }
+        let bad = |m: String| DeactivateError::BadReceipt(m);
+        let response: crate::protocol::DeactivationResponse =
+            serde_json::from_slice(&answer).map_err(|e| bad(format!("not a deactivation answer: {e}")))?;
+        let receipt =
+            crate::receipt::verify(&response.receipt, &self.ring).map_err(|e| bad(e.to_string()))?;
+        if receipt.nonce != nonce
+            || receipt.instance_id != instance_id
+            || receipt.license_id != payload.license_id
+        {
+            return Err(bad("the receipt binds another request: a replayed or misdirected answer".into()));
+        }
+        store.forget_lease(self.now())?;
+        if let Ok(mut instance) = self.instance.write() {
+            instance.lease = None;
+            instance.deactivated = true;
+        }
+        Ok(Deactivated {
+            license_id: receipt.license_id,
+            instance_id,
+            server_time: receipt.server_time,
+            receipt: response.receipt,
+        })
+    }
+
+    /// One check-in: flush, take the outbox batch (or assemble one), send, verify, record.
+    pub(super) async fn check_in(&self) -> CheckInOutcome {
+        // A refused license key starts in development mode (see `open`), so telemetry mode
+        // always has a store and a license here.
+        let (Some(store), Ok(payload), Mode::Telemetry { debug }) = (&self.store, &self.license, &self.mode)
+        else {
+            return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());
+        };
+        let _one = self.checking_in.lock().await;
+        if self.instance.read().is_ok_and(|k| k.deactivated) {
+            return CheckInOutcome::NotApplicable("this instance released its seat (deactivated)".into());
+        }
+        let now = self.now();
+        if let Err(e) = self.flush() {
+            tracing::warn!(target: "licensor", "flushing telemetry before the check-in failed: {e}");
+        }
+        let outgoing = match store.next_batch(self.environment(now), now, &BatchLimits::default()) {
+            Ok(o) => o,
+            Err(e) => return self.failed(store, format!("the local store failed: {e}"), None),
+        };
+        if *debug {
+            eprintln!("licensor telemetry (LICENSOR_TELEMETRY_DEBUG=1, not sent): {}", outgoing.payload);
+            if let Err(e) = store.release_outbox(&outgoing.batch_id) {
+                tracing::warn!(target: "licensor", "releasing the printed batch failed: {e}");
+            }
+            return CheckInOutcome::Printed;
+        }
+        let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
+            return CheckInOutcome::NotApplicable("no license server is configured".into());
+        };
+        let batch_id = uuid::Uuid::parse_str(&outgoing.batch_id).unwrap_or_else(|_| uuid::Uuid::nil());
+        let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
+        let request = exchange::build_request_raw(
+            &self.license_key,
+            &instance_id,
+            &self.software_version,
+            Some((&outgoing.payload, batch_id)),
+        );
+        let (http_status, retry_after, body) = match exchange::send(http, server, &request).await {
+            Ok(answer) => answer,
+            Err(e) => return self.failed(store, format!("no answer: {}", error_chain(&e)), None),
+        };
+        // An error status carries no signed lease, so it may come from anyone on the way: the
+        // batch stays in the outbox and the check-in is retried with backoff.
+        if !(200..300).contains(&http_status) {
+            let error = format!("the server answered HTTP {http_status}: {}", error_message(&body));
+            return self.failed(store, error, retry_after);
+        }
+        let verified = match exchange::verify_answer(
+            &body,
+            &request,
+            &self.ring,
+            &instance_id,
+            Some(payload.license_id),
+        ) {
+            Ok(v) => v,
+            Err(e) => return self.failed(store, format!("the answer did not verify: {e}"), None),
+        };
+        self.failures.store(0, Ordering::Relaxed);
+        // From here on, only what the signed lease says counts.
+        let lease = verified.lease;
+        let status = lease.status;
+        let next = exchange::next_check_in(lease.next_check_in_at, now);
+        let record = CheckInRecord {
+            lease: verified.response.lease.clone(),
+            server_time: Some(lease.server_time),
+            result: status.as_str().into(),
+            next_check_in_at: Some(next),
+            acknowledged: verified.batch_acknowledged.then(|| outgoing.batch_id.clone()),
+        };
+        if let Err(e) = store.record_check_in(&record, now) {
+            tracing::warn!(target: "licensor", "recording the check-in failed: {e}");
+        }
+        if let Ok(mut instance) = self.instance.write() {
+            // The mark is the server time of the latest verified answer, not the highest ever
+            // seen: a fresh answer bound to this request's nonce is the best evidence of the
+            // server's time there is, so a mark once set far ahead (a server's clock gone
+            // wrong) is corrected by the next genuine check-in instead of locking the
+            // deployment out for good.
+            instance.last_server_time = Some(lease.server_time);
+            instance.lease = Some(lease);
+            instance.last_sync = SyncStatus::Success;
+        }
+        if status != CheckInStatus::Valid {
+            tracing::warn!(target: "licensor", "the license server answered {status}");
+        }
+        CheckInOutcome::Answered {
+            status,
+            next_check_in_at: next,
+            batch_acknowledged: verified.batch_acknowledged,
+        }
+    }
+
+    pub(super) fn failed(
+        &self,
+        store: &LocalStore,
+        error: String,
+        retry_after: Option<u64>,
+    ) -> CheckInOutcome {
+        let attempt = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let retry = exchange::retry_policy(attempt, retry_after);
+        let now = self.now();
+        let next = now + chrono::Duration::from_std(retry).unwrap_or(chrono::Duration::hours(6));
+        tracing::warn!(target: "licensor", "check-in failed (attempt {attempt}): {error}");
+        let record =
+            CheckInRecord { result: error.clone(), next_check_in_at: Some(next), ..Default::default() };
+        if let Err(e) = store.record_check_in(&record, now) {
+            tracing::warn!(target: "licensor", "recording the failed check-in failed: {e}");
+        }
+        if let Ok(mut instance) = self.instance.write() {
+            instance.last_sync = SyncStatus::Error;
+        }
+        CheckInOutcome::NoAnswer { error, retry }
+    }
+
+    /// When the check-in after `outcome` is due, from now.
+    pub(super) fn delay_after(&self, outcome: &CheckInOutcome) -> Duration {
+        let now = self.now();
+        let until = |t: DateTime<Utc>| (t - now).to_std().unwrap_or(Duration::ZERO);
+        match outcome {
+            CheckInOutcome::Answered { next_check_in_at, .. } => until(*next_check_in_at),
+            CheckInOutcome::NoAnswer { retry, .. } => *retry,
+            CheckInOutcome::Printed => self.config.flush_every.max(Duration::from_secs(60)),
+            CheckInOutcome::NotApplicable(_) => Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// An error with its causes, for the operator (reqwest's own message omits the cause).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The `message` of an API error body, or the body's start.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<crate::protocol::ErrorBody>(body)
+        .map(|b| format!("{} ({})", b.error.message, b.error.code))
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}

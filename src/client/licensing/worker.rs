@@ -1,0 +1,136 @@
+//! The background worker: a thread of its own with a current-thread tokio runtime, so the host
+//! application needs no runtime and its own is never blocked. Its jobs are plain `tokio::time`
+//! loops, one task each, so a check-in waiting on a slow server holds up no flush:
+//!
+//! - flush memory to the store every [`Config::flush_every`](crate::client::Config);
+//! - every 10 s, flush early when a bound that a flush frees is nearly full;
+//! - every hour, roll the local tables up;
+//! - run the health checks every `health_every`, on a blocking thread;
+//! - check in after the first delay (with spread), then when the lease says, or after the
+//!   retry policy's backoff.
+//!
+//! Fixed intervals and one-shots are all the client needs; cron expressions belong to the
+//! server's jobs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::verifier::Verifier;
+use super::StartError;
+
+/// How long shutdown waits for the worker before leaving it behind.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(600);
+/// How often the worker checks whether a bound that a flush frees is nearly full.
+const WATCH_EVERY: Duration = Duration::from_secs(10);
+/// How often the local tables are rolled up.
+const ROLL_UP_EVERY: Duration = Duration::from_secs(60 * 60);
+
+/// The running worker.
+pub(super) struct Worker {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Worker {
+    /// Stops the worker, waiting for it at most [`SHUTDOWN_WAIT`]: a check-in in flight is
+    /// abandoned (its batch stays in the outbox).
+    pub(super) fn stop(self) {
+        let _ = self.stop.send(());
+        if self.done.recv_timeout(SHUTDOWN_WAIT).is_err() {
+            tracing::warn!(target: "licensor", "the check-in thread did not stop in time; left behind");
+        }
+    }
+}
+
+/// Starts the worker thread.
+pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("licensor-check-in")
+        .build()
+        .map_err(StartError::Runtime)?;
+    std::thread::Builder::new()
+        .name("licensor-check-in".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let tasks = [
+                    tokio::spawn(every(verifier.config.flush_every, verifier.clone(), |v| async move {
+                        flush(&v)
+                    })),
+                    tokio::spawn(every(WATCH_EVERY, verifier.clone(), |v| async move { watch(&v) })),
+                    tokio::spawn(every(ROLL_UP_EVERY, verifier.clone(), |v| async move { roll_up(&v) })),
+                    // Off the worker's thread: a slow check must not hold up a flush or a check-in.
+                    tokio::spawn(every(verifier.config.health_every, verifier.clone(), |v| async move {
+                        let _ = tokio::task::spawn_blocking(move || v.run_health_checks()).await;
+                    })),
+                    tokio::spawn(check_ins(verifier)),
+                ];
+                let _ = stopped.await;
+                for task in &tasks {
+                    task.abort();
+                }
+            });
+            // Whatever is still running (a check-in waiting on a silent server) is dropped.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            let _ = done_tx.send(());
+        })
+        .map_err(StartError::Runtime)?;
+    Ok(Worker { stop, done })
+}
+
+/// Runs `job` every `period`, the first time one period from now; a run that overruns delays
+/// the next rather than piling runs up.
+async fn every<F, Fut>(period: Duration, verifier: Arc<Verifier>, job: F)
+where
+    F: Fn(Arc<Verifier>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let period = period.max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        job(verifier.clone()).await;
+    }
+}
+
+fn flush(verifier: &Verifier) {
+    if let Err(e) = verifier.flush() {
+        tracing::warn!(target: "licensor", "flushing telemetry failed: {e}");
+    }
+}
+
+/// Flushes early when a bound that a flush frees (error groups, users) is nearly full.
+fn watch(verifier: &Verifier) {
+    if verifier.telemetry.needs_flush() {
+        flush(verifier);
+    }
+}
+
+fn roll_up(verifier: &Verifier) {
+    let Some(store) = &verifier.store else { return };
+    match store.roll_up(verifier.now()) {
+        Ok(r) if r.dropped > 0 => tracing::warn!(
+            target: "licensor",
+            "local telemetry over its bound: {} unsent events dropped (counted in the next batch)",
+            r.dropped
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(target: "licensor", "rolling up local telemetry failed: {e}"),
+    }
+}
+
+/// Checks in after the first delay (with a random spread, so a fleet started together does not
+/// check in together), then whenever the last outcome says.
+async fn check_ins(verifier: Arc<Verifier>) {
+    let first = verifier.config.first_check_in_after;
+    let mut delay = first + first.mul_f64(rand::random::<f64>());
+    loop {
+        tokio::time::sleep(delay).await;
+        let outcome = verifier.check_in().await;
+        delay = verifier.delay_after(&outcome);
+    }
+}
