@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use licensor::client::collector::Counters;
+use licensor::client::counters::Counters;
 use licensor::protocol::UsageKind;
 
 /// Counts the bytes live on the heap, for the memory figure.

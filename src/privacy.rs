@@ -363,19 +363,6 @@ pub fn hash_user_id(salt: &[u8], user_id: &str) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The domain of an email address, lowercased, where a domain is wanted; `None` when the text
-/// is not an address (callers then use `[EMAIL]`).
-pub fn email_domain(email: &str) -> Option<String> {
-    let (local, domain) = email.trim().rsplit_once('@')?;
-    let valid_domain = domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && domain
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    (!local.is_empty() && valid_domain).then(|| domain.to_ascii_lowercase())
-}
-
 /// Normalises a URL path for counting: the query string goes, and every segment that names
 /// one thing rather than a kind of thing (a number, a UUID, long hex, an email, a token)
 /// becomes `:id`, so `/users/42/orders/9f8e...` counts as `/users/:id/orders/:id`. (The actix
@@ -449,64 +436,4 @@ fn strip_paths(frame: &str) -> String {
         }
     }
     out
-}
-
-/// Words that mark a property as secret, matched against whole words of its key.
-const SECRET_WORDS: [&str; 9] =
-    ["password", "passwd", "pwd", "secret", "token", "auth", "credential", "credentials", "ssn"];
-/// Pairs of words that mark a property as secret when adjacent in its key.
-const SECRET_PAIRS: [(&str, &str); 4] =
-    [("api", "key"), ("private", "key"), ("credit", "card"), ("card", "number")];
-
-/// Whether a property key names a secret, by whole words: `password`, `api_key`, `authToken`,
-/// `X-Api-Key` and `credit_card_number` do; `authorizer`, `tokenizer_name` and `passage` do not.
-pub fn is_secret_key(key: &str) -> bool {
-    let words = key_words(key);
-    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
-        || words.windows(2).any(|pair| SECRET_PAIRS.contains(&(pair[0].as_str(), pair[1].as_str())))
-}
-
-/// Splits a key into lowercase words at `_`, `-`, `.`, spaces and camelCase humps.
-fn key_words(key: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut previous_lower = false;
-    for c in key.chars() {
-        if !c.is_alphanumeric() {
-            if !current.is_empty() {
-                words.push(std::mem::take(&mut current));
-            }
-            previous_lower = false;
-            continue;
-        }
-        if c.is_uppercase() && previous_lower && !current.is_empty() {
-            words.push(std::mem::take(&mut current));
-        }
-        previous_lower = c.is_lowercase() || c.is_ascii_digit();
-        current.extend(c.to_lowercase());
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words
-}
-
-/// Redacts, in place, the values of properties whose keys name secrets (at any depth), and
-/// scrubs every other string value. Counts go under `secret` and the scrubber's own rules.
-pub fn redact_properties(value: &mut serde_json::Value, counts: &mut Redactions) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if is_secret_key(key) && !v.is_null() {
-                    *v = serde_json::Value::String("[REDACTED]".into());
-                    counts.add(Rule::Secret);
-                } else {
-                    redact_properties(v, counts);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_properties(v, counts)),
-        serde_json::Value::String(s) => *s = scrub_into(s, counts),
-        _ => {}
-    }
 }

@@ -1,7 +1,7 @@
 //! The collector's counters: exact sums across threads, draining, the key bound, and doing
 //! nothing at all when disabled.
 
-use licensor::client::collector::Counters;
+use licensor::client::counters::Counters;
 use licensor::protocol::UsageKind;
 
 #[test]

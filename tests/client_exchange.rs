@@ -43,7 +43,12 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
     telemetry.requests.track_request("POST", "/api/invoices", 201, StdDuration::from_millis(18));
     let batch =
         telemetry.take_batch(uuid::Uuid::new_v4(), (h.now() - Duration::hours(24), h.now()), environment());
-    let request = build_request(&key, "client-1", "2.0.1", Some(&batch));
+    let request = build_request(
+        &key,
+        "client-1",
+        "2.0.1",
+        Some((&serde_json::to_string(&batch).unwrap(), batch.batch_id)),
+    );
 
     let (status, body) = send(&h, &request);
     assert_eq!(status, 200);
@@ -55,7 +60,12 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
     assert_eq!(h.store.telemetry_counts("client-1").unwrap()["telemetry_batches"], 1);
 
     // A retry of the same batch (a new request, the same batch id) is acknowledged, not stored.
-    let retry = build_request(&key, "client-1", "2.0.1", Some(&batch));
+    let retry = build_request(
+        &key,
+        "client-1",
+        "2.0.1",
+        Some((&serde_json::to_string(&batch).unwrap(), batch.batch_id)),
+    );
     let (_, body) = send(&h, &retry);
     let verified = verify_answer(&body, &retry, &h.ring, "client-1", Some(lease.license_id)).unwrap();
     assert!(verified.batch_acknowledged);

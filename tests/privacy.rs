@@ -59,9 +59,7 @@ fn card_detection_needs_luhn_and_a_network_prefix() {
     assert!(!is_card_number("1234567812345670"), "Luhn passes but no network starts with 1");
 }
 
-use licensor::privacy::{
-    cut_stack, email_domain, hash_user_id, is_secret_key, normalize_path, redact_properties, Redactions,
-};
+use licensor::privacy::{cut_stack, hash_user_id, normalize_path, Redactions};
 
 #[test]
 fn user_ids_are_keyed_hashes_that_depend_on_the_install_salt() {
@@ -77,17 +75,6 @@ fn user_ids_are_keyed_hashes_that_depend_on_the_install_salt() {
     use sha2::Digest as _;
     let plain: String = sha2::Sha256::digest(b"42").iter().map(|b| format!("{b:02x}")).collect();
     assert_ne!(a, plain);
-}
-
-#[test]
-fn emails_reduce_to_their_domain() {
-    assert_eq!(email_domain("Jane.Doe@Example.COM").as_deref(), Some("example.com"));
-    assert_eq!(email_domain("a@mail.example.co.uk").as_deref(), Some("mail.example.co.uk"));
-    for bad in
-        ["no-at-sign", "@example.com", "a@localhost", "a@.example.com", "a@example..com", "a@exa mple.com"]
-    {
-        assert_eq!(email_domain(bad), None, "{bad}");
-    }
 }
 
 #[test]
@@ -131,63 +118,6 @@ fn stacks_keep_five_frames_without_paths_or_pii() {
             "at 5"
         ]
     );
-    assert_eq!(counts.get(licensor::privacy::Rule::Email), 1);
-}
-
-#[test]
-fn secret_properties_are_redacted_by_whole_word() {
-    for secret in [
-        "password",
-        "user_password",
-        "apiKey",
-        "X-Api-Key",
-        "api_key",
-        "authToken",
-        "auth",
-        "client_secret",
-        "credentials",
-        "private_key",
-        "ssn",
-        "credit_card",
-        "card_number",
-        "refresh-token",
-        "PASSWD",
-    ] {
-        assert!(is_secret_key(secret), "{secret}");
-    }
-    for ordinary in [
-        "authorizer",
-        "author",
-        "tokenizer_name",
-        "passage",
-        "keyboard",
-        "secretary_count",
-        "api",
-        "key",
-        "card_type",
-    ] {
-        assert!(!is_secret_key(ordinary), "{ordinary}");
-    }
-    let mut props = serde_json::json!({
-        "authorizer": "ledger-service",
-        "password": "hunter2hunter2",
-        "nested": { "apiKey": "abc", "note": "mail jane.doe@example.com", "list": [{ "ssn": "078-05-1120" }] },
-        "count": 3,
-        "token": null
-    });
-    let mut counts = Redactions::default();
-    redact_properties(&mut props, &mut counts);
-    assert_eq!(
-        props,
-        serde_json::json!({
-            "authorizer": "ledger-service",
-            "password": "[REDACTED]",
-            "nested": { "apiKey": "[REDACTED]", "note": "mail [EMAIL]", "list": [{ "ssn": "[REDACTED]" }] },
-            "count": 3,
-            "token": null
-        })
-    );
-    assert_eq!(counts.get(licensor::privacy::Rule::Secret), 3);
     assert_eq!(counts.get(licensor::privacy::Rule::Email), 1);
 }
 

@@ -50,7 +50,7 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         let telemetry = self.licensing.telemetry();
-        let worker = telemetry.enabled().then(|| Rc::new(Worker::new(telemetry.clone())));
+        let worker = telemetry.enabled().then(|| Rc::new(WorkerState::new(telemetry.clone())));
         ready(Ok(TrackService { service, worker }))
     }
 }
@@ -59,13 +59,13 @@ where
 pub struct TrackService<S> {
     service: S,
     /// `None` where telemetry is off (development, air-gapped): requests pass untouched.
-    worker: Option<Rc<Worker>>,
+    worker: Option<Rc<WorkerState>>,
 }
 
 /// One worker thread's tracking state. Actix builds one service per worker thread and never
 /// moves it to another, so nothing here needs a lock or an atomic count, and the request path
 /// touches only a few cache lines of its own.
-struct Worker {
+struct WorkerState {
     telemetry: Telemetry,
     /// Reads the CPU's time-stamp counter where it is invariant (about half the cost of
     /// `Instant::now` on these machines), else the system's monotonic clock.
@@ -73,10 +73,10 @@ struct Worker {
     last_host: RefCell<LastHost>,
     /// This worker's cells per route pattern and method. The patterns come from the
     /// application's route table, so the map grows no larger than that.
-    routes: RefCell<FxHashMap<Box<str>, [Slot; METHODS.len()]>>,
+    routes: RefCell<FxHashMap<Box<str>, [RouteEntry; METHODS.len()]>>,
 }
 
-/// The methods a route's cells are kept for in [`Worker::routes`]; requests with another
+/// The methods a route's cells are kept for in [`WorkerState::routes`]; requests with another
 /// (extension) method take the collector's general path.
 const METHODS: [Method; 9] = [
     Method::GET,
@@ -92,7 +92,7 @@ const METHODS: [Method; 9] = [
 
 /// A (route, method)'s cells, as far as this worker knows them.
 #[derive(Default)]
-enum Slot {
+enum RouteEntry {
     /// Not seen by this worker yet.
     #[default]
     Unknown,
@@ -129,7 +129,7 @@ where
             Some(worker) if !worker.local_host(&req) => Some(Tracked {
                 started: worker.clock.raw(),
                 method: match METHODS.iter().position(|m| m == req.method()) {
-                    Some(slot) => MethodKey::Slot(slot),
+                    Some(index) => MethodKey::Listed(index),
                     None => MethodKey::Other(req.method().clone()),
                 },
                 worker: worker.clone(),
@@ -145,19 +145,19 @@ struct Tracked {
     /// The clock's raw reading at the start.
     started: u64,
     method: MethodKey,
-    worker: Rc<Worker>,
+    worker: Rc<WorkerState>,
 }
 
 /// A request's method: its place in [`METHODS`], or the method itself where it has none.
 enum MethodKey {
-    Slot(usize),
+    Listed(usize),
     Other(Method),
 }
 
 impl MethodKey {
     fn as_str(&self) -> &str {
         match self {
-            MethodKey::Slot(slot) => METHODS[*slot].as_str(),
+            MethodKey::Listed(index) => METHODS[*index].as_str(),
             MethodKey::Other(method) => method.as_str(),
         }
     }
@@ -211,9 +211,9 @@ impl Tracked {
     }
 }
 
-impl Worker {
-    fn new(telemetry: Telemetry) -> Worker {
-        Worker {
+impl WorkerState {
+    fn new(telemetry: Telemetry) -> WorkerState {
+        WorkerState {
             telemetry,
             // The first clock of a process calibrates the counter (under a millisecond here);
             // the rest reuse that calibration.
@@ -251,21 +251,21 @@ impl Worker {
     #[inline]
     fn record(&self, method: &MethodKey, route: &str, status: u16, nanos: u64) {
         let requests = &self.telemetry.requests;
-        let (&MethodKey::Slot(slot), Ok(mut routes)) = (method, self.routes.try_borrow_mut()) else {
+        let (&MethodKey::Listed(index), Ok(mut routes)) = (method, self.routes.try_borrow_mut()) else {
             return requests.track_request(method.as_str(), route, status, Duration::from_nanos(nanos));
         };
-        let slots = match routes.get_mut(route) {
-            Some(slots) => slots,
+        let entries = match routes.get_mut(route) {
+            Some(entries) => entries,
             None => routes.entry(route.into()).or_default(),
         };
-        if let Slot::Unknown = slots[slot] {
-            slots[slot] = match requests.route(method.as_str(), route) {
-                Some(cells) => Slot::Cells(cells),
-                None => Slot::Overflow,
+        if let RouteEntry::Unknown = entries[index] {
+            entries[index] = match requests.route(method.as_str(), route) {
+                Some(cells) => RouteEntry::Cells(cells),
+                None => RouteEntry::Overflow,
             };
         }
-        match &slots[slot] {
-            Slot::Cells(cells) => cells.record(nanos as f64 / 1e6, status),
+        match &entries[index] {
+            RouteEntry::Cells(cells) => cells.record(nanos as f64 / 1e6, status),
             _ => requests.overflowed(),
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::keys::KeyRing;
 use crate::lease::{self, LeasePayload};
-use crate::protocol::{self, CheckInResponse, OutgoingCheckIn, TelemetryBatch};
+use crate::protocol::{self, CheckInResponse, OutgoingCheckIn};
 
 /// A request ready to send, with what its answer must match.
 #[derive(Debug, Clone)]
@@ -24,26 +24,9 @@ pub struct Request {
     pub batch_id: Option<uuid::Uuid>,
 }
 
-/// Builds a check-in request with a fresh nonce. `batch` is `None` only for an Enterprise
-/// instance that declares telemetry disabled.
-pub fn build_request(
-    license_key: &str,
-    instance_id: &str,
-    software_version: &str,
-    batch: Option<&TelemetryBatch>,
-) -> Request {
-    let raw = batch.map(|b| serde_json::to_string(b).expect("a batch serialises"));
-    build_request_raw(
-        license_key,
-        instance_id,
-        software_version,
-        raw.as_deref().zip(batch.map(|b| b.batch_id)),
-    )
-}
-
 /// Builds a check-in request around telemetry already serialised (the outbox's exact bytes)
 /// and its batch id, with a fresh nonce.
-pub fn build_request_raw(
+pub fn build_request(
     license_key: &str,
     instance_id: &str,
     software_version: &str,

@@ -5,11 +5,10 @@
 
 #[cfg(feature = "actix")]
 pub mod actix;
-pub mod collector;
 pub mod config;
+pub mod counters;
 pub mod exchange;
 pub mod licensing;
-mod local_cache;
 pub mod policy;
 pub mod requests;
 pub mod status;
@@ -21,3 +20,15 @@ pub use licensing::{CheckInOutcome, DeactivateError, Deactivated, LicenseInfo, L
 pub use policy::Mode;
 pub use status::{InvalidReason, Status};
 pub use telemetry::{Sampling, Session};
+
+/// Cuts a name to `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

@@ -9,11 +9,11 @@
 
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use thread_local::ThreadLocal;
 
-use super::local_cache;
 use crate::sketch::Sketch;
 
 /// The most distinct (method, route) pairs kept; past it, requests count as overflow.
@@ -99,7 +99,9 @@ pub struct Requests {
 }
 
 struct Inner {
-    id: usize,
+    /// Each thread's map to its cells; a thread that has exited hands its map (and so its
+    /// cells) to the next new thread, so cells are bounded by the threads alive at once.
+    local: ThreadLocal<RefCell<Local>>,
     enabled: bool,
     max_routes: usize,
     registry: Mutex<Registry>,
@@ -114,12 +116,6 @@ struct Registry {
 
 type Local = FxHashMap<Arc<str>, FxHashMap<Arc<str>, Arc<Cells>>>;
 
-thread_local! {
-    static LOCAL: local_cache::Caches<Local> = const { RefCell::new(Vec::new()) };
-}
-
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
-
 impl Requests {
     pub fn new(max_routes: usize) -> Requests {
         Requests::build(true, max_routes)
@@ -133,7 +129,7 @@ impl Requests {
     fn build(enabled: bool, max_routes: usize) -> Requests {
         Requests {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                local: ThreadLocal::new(),
                 enabled,
                 max_routes,
                 registry: Mutex::new(Registry::default()),
@@ -170,19 +166,13 @@ impl Requests {
     /// The common case borrows them in place: no reference count is touched.
     #[inline]
     fn with_cells<R>(&self, method: &str, route: &str, f: impl FnOnce(&Arc<Cells>) -> R) -> Option<R> {
-        LOCAL
-            .try_with(|local| {
-                let mut caches = local.try_borrow_mut().ok()?;
-                let local = local_cache::entry(&mut caches, self.inner.id);
-                if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
-                    return Some(f(cells));
-                }
-                let (method, route, cells) = self.register(method, route)?;
-                local.entry(method).or_default().insert(route, cells.clone());
-                Some(f(&cells))
-            })
-            .ok()
-            .flatten()
+        let mut local = self.inner.local.get_or_default().try_borrow_mut().ok()?;
+        if let Some(cells) = local.get(method).and_then(|routes| routes.get(route)) {
+            return Some(f(cells));
+        }
+        let (method, route, cells) = self.register(method, route)?;
+        local.entry(method).or_default().insert(route, cells.clone());
+        Some(f(&cells))
     }
 
     /// Counts one request dropped by the route bound.
@@ -194,7 +184,7 @@ impl Requests {
 
     fn register(&self, method: &str, route: &str) -> Option<(Arc<str>, Arc<str>, Arc<Cells>)> {
         let (method, route): (Arc<str>, Arc<str>) =
-            (local_cache::cut(method, MAX_LEN).into(), local_cache::cut(route, MAX_LEN).into());
+            (super::cut(method, MAX_LEN).into(), super::cut(route, MAX_LEN).into());
         let mut registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = (method.clone(), route.clone());
         if !registry.routes.contains_key(&key) {
@@ -254,8 +244,36 @@ impl Requests {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        local_cache::forget(&LOCAL, self.id);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio's blocking pool retires idle threads and starts new ones: cells (about 3.8 KB per
+    /// thread and route) must pass from exited threads to new ones, not pile up.
+    #[test]
+    fn cells_of_exited_threads_serve_new_threads() {
+        let requests = Requests::new(DEFAULT_MAX_ROUTES);
+        for round in 0..125 {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let requests = requests.clone();
+                    std::thread::spawn(move || {
+                        requests.track_request("GET", "/a", 200, Duration::from_millis(3));
+                        requests.track_request("POST", "/b", 500, Duration::from_millis(5));
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let held = requests.inner.registry.lock().unwrap().cells.len();
+            assert!(held <= 2 * 16, "round {round}: {held} cells held for 2 routes and 8 threads at a time");
+        }
+        let (routes, overflow) = requests.drain();
+        assert_eq!(overflow, 0);
+        assert_eq!(
+            routes.iter().map(|r| (r.route.as_str(), r.count, r.errors)).collect::<Vec<_>>(),
+            [("/a", 1_000, 0), ("/b", 1_000, 1_000)]
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The collector as a whole: usage counters, request figures, deduplicated errors and sessions,
+//! The collector, [`Telemetry`]: usage counters, request figures, deduplicated errors and sessions,
 //! and the assembly of a schema-1 batch from them. Scrubbing happens here, when figures are
 //! drained, off the host's hot paths: names and routes go through the PII scrubber, error
 //! messages and stacks through the privacy pipeline, and the redaction counts travel in the
@@ -10,13 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::collector::Counters;
+use super::counters::Counters;
 use super::requests::{Requests, RouteFigures};
 use crate::privacy::{self, Redactions};
-use crate::protocol::{
-    Dropped, Environment, ErrorGroup, Health, RoutePerformance, Sessions, TelemetryBatch, UsageCount,
-    UsageKind, TELEMETRY_SCHEMA,
-};
+use crate::protocol::{Dropped, ErrorGroup, Health, RoutePerformance, Sessions, UsageCount, UsageKind};
 use rustc_hash::FxHashSet;
 
 /// Bounds on what one collector holds between drains.
@@ -49,7 +46,7 @@ pub enum Sampling {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_keys: super::collector::DEFAULT_MAX_KEYS,
+            max_keys: super::counters::DEFAULT_MAX_KEYS,
             max_routes: super::requests::DEFAULT_MAX_ROUTES,
             max_errors: 200,
         }
@@ -237,16 +234,18 @@ impl Telemetry {
         }
     }
 
-    /// Takes everything tracked since the last batch and assembles the next batch.
+    #[cfg(feature = "test-support")]
+    /// Tests and the collector benchmark: everything tracked since the last drain as one
+    /// batch, without the store's list limits (deployments assemble batches in the store).
     pub fn take_batch(
         &self,
         batch_id: uuid::Uuid,
         period: (DateTime<Utc>, DateTime<Utc>),
-        environment: Environment,
-    ) -> TelemetryBatch {
+        environment: crate::protocol::Environment,
+    ) -> crate::protocol::TelemetryBatch {
         let flush = self.drain();
-        TelemetryBatch {
-            schema: TELEMETRY_SCHEMA,
+        crate::protocol::TelemetryBatch {
+            schema: crate::protocol::TELEMETRY_SCHEMA,
             batch_id,
             period_start: period.0,
             period_end: period.1,

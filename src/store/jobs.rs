@@ -42,7 +42,8 @@ impl Store {
         Ok(())
     }
 
-    /// The runs recorded for `job`: (run key, outcome), for status pages and tests.
+    #[cfg(feature = "test-support")]
+    /// The runs recorded for `job`: (run key, outcome), for tests.
     pub fn job_runs(&self, job: &str) -> Result<Vec<(String, Option<String>)>, StoreError> {
         Ok(job_runs::table
             .filter(job_runs::job.eq(job))

@@ -519,6 +519,7 @@ impl Store {
             .load(&mut self.conn()?)?)
     }
 
+    #[cfg(feature = "test-support")]
     /// The check-in history of one instance, oldest first.
     pub fn check_ins_of(&self, instance_id: &str) -> Result<Vec<CheckInRow>, StoreError> {
         Ok(check_ins::table

@@ -436,7 +436,8 @@ impl Store {
         })
     }
 
-    /// The daily aggregates of one day, for reports and tests.
+    #[cfg(feature = "test-support")]
+    /// The daily aggregates of one day (tests; issue 12 reads them through the insights views).
     pub fn aggregates_of(&self, day: NaiveDate) -> Result<Vec<AggregateRow>, StoreError> {
         Ok(telemetry_aggregates::table
             .filter(telemetry_aggregates::day.eq(day))
@@ -445,7 +446,8 @@ impl Store {
             .load(&mut self.conn()?)?)
     }
 
-    /// Every stored text value of the telemetry tables, for privacy audits and tests.
+    #[cfg(feature = "test-support")]
+    /// Every stored text value of the telemetry tables, for the privacy tests.
     pub fn telemetry_text(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn()?;
         let conn = &mut *conn;
@@ -468,7 +470,8 @@ impl Store {
         Ok(out)
     }
 
-    /// How many rows each telemetry table holds for an instance, for tests and audits.
+    #[cfg(feature = "test-support")]
+    /// How many rows each telemetry table holds for an instance, for tests.
     pub fn telemetry_counts(&self, instance_id: &str) -> Result<BTreeMap<&'static str, i64>, StoreError> {
         let mut conn = self.conn()?;
         let conn = &mut *conn;

@@ -336,7 +336,7 @@ impl Verifier {
         };
         let batch_id = uuid::Uuid::parse_str(&outgoing.batch_id).unwrap_or_else(|_| uuid::Uuid::nil());
         let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
-        let request = exchange::build_request_raw(
+        let request = exchange::build_request(
             &self.license_key,
             &instance_id,
             &self.software_version,

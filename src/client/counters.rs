@@ -1,4 +1,4 @@
-//! The usage collector's counters: `track_feature`, `track_api_call`, `track_command` and
+//! The usage counters, part of the collector ([`Telemetry`](super::telemetry::Telemetry)): `track_feature`, `track_api_call`, `track_command` and
 //! `track_ui_action` on the host application's hot paths.
 //!
 //! Tracking must never block, fail or contend. Each thread keeps its own cache from key to an
@@ -8,15 +8,18 @@
 //! thread registers that thread's counter in the collector's registry (a mutex taken only
 //! then), which is what `drain` reads; each name is stored once, shared by the registry and
 //! every thread's cache. Distinct keys are bounded: past the bound, events are counted as
-//! `overflow` rather than stored. A thread that ends leaves its counters in the registry
-//! (drained to zero, a few bytes each): thread pools are bounded, so this is too.
+//! `overflow` rather than stored. The caches are per collector and per thread
+//! (`thread_local::ThreadLocal`), which hands a thread that has exited's cache, and so its
+//! counters, to the next new thread: a pool that retires and creates threads (tokio's
+//! blocking pool) holds as many caches as it ever had threads alive at once, not as many as it
+//! ever started.
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use thread_local::ThreadLocal;
 
-use super::local_cache;
 use crate::protocol::UsageKind;
 
 /// The default bound on distinct (kind, name) keys.
@@ -31,8 +34,8 @@ pub struct Counters {
 }
 
 struct Inner {
-    /// Tells this collector's thread-local caches apart from other collectors'.
-    id: usize,
+    /// Each thread's cache of its counters.
+    local: ThreadLocal<RefCell<Local>>,
     /// A disabled collector (development, air-gapped) does nothing at all.
     enabled: bool,
     max_keys: usize,
@@ -51,12 +54,12 @@ struct Chunk([AtomicU64; CHUNK]);
 
 /// One counter: a place in a thread's chunk.
 #[derive(Clone)]
-struct Slot {
+struct Counter {
     chunk: Arc<Chunk>,
     index: u32,
 }
 
-impl Slot {
+impl Counter {
     #[inline]
     fn cell(&self) -> &AtomicU64 {
         &self.chunk.0[self.index as usize]
@@ -85,18 +88,12 @@ struct Current {
 /// One thread's counters of one collector: by kind, then name; and the chunk it allocates from.
 #[derive(Default)]
 struct Local {
-    maps: [FxHashMap<Arc<str>, Slot>; 4],
+    maps: [FxHashMap<Arc<str>, Counter>; 4],
     current: Option<Current>,
 }
 
-thread_local! {
-    /// This thread's caches, one per live collector it tracked into (almost always one).
-    static LOCAL: local_cache::Caches<Local> = const { RefCell::new(Vec::new()) };
-}
-
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
-
-fn slot(kind: UsageKind) -> usize {
+/// Where a kind's map sits in [`Local::maps`].
+fn kind_index(kind: UsageKind) -> usize {
     match kind {
         UsageKind::Feature => 0,
         UsageKind::Api => 1,
@@ -119,7 +116,7 @@ impl Counters {
     fn build(enabled: bool, max_keys: usize) -> Counters {
         Counters {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                local: ThreadLocal::new(),
                 enabled,
                 max_keys,
                 registry: Mutex::new(Registry::default()),
@@ -155,21 +152,21 @@ impl Counters {
         if !self.inner.enabled {
             return;
         }
-        let counted = LOCAL.try_with(|local| {
-            let mut caches = local.try_borrow_mut().ok()?;
-            let local = local_cache::entry(&mut caches, self.inner.id);
-            if let Some(slot) = local.maps[slot(kind)].get(name) {
-                slot.cell().fetch_add(n, Ordering::Relaxed);
+        let counted = (|| {
+            // Borrowed already only if tracking re-entered itself on this thread (a panic
+            // hook that tracks): counted as overflow rather than a panic.
+            let mut local = self.inner.local.get_or_default().try_borrow_mut().ok()?;
+            if let Some(counter) = local.maps[kind_index(kind)].get(name) {
+                counter.cell().fetch_add(n, Ordering::Relaxed);
                 return Some(());
             }
-            let (name, slot) = self.register(kind, name, &mut local.current)?;
-            slot.cell().fetch_add(n, Ordering::Relaxed);
-            local.maps[self::slot(kind)].insert(name, slot);
+            let (name, counter) = self.register(kind, name, &mut local.current)?;
+            counter.cell().fetch_add(n, Ordering::Relaxed);
+            local.maps[kind_index(kind)].insert(name, counter);
             Some(())
-        });
-        if counted.ok().flatten().is_none() {
-            // Over the key bound, or tracking from a thread being torn down: counted, never
-            // an error for the host application.
+        })();
+        if counted.is_none() {
+            // Over the key bound: counted, never an error for the host application.
             self.inner.overflow.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -180,8 +177,8 @@ impl Counters {
         kind: UsageKind,
         name: &str,
         current: &mut Option<Current>,
-    ) -> Option<(Arc<str>, Slot)> {
-        let name = local_cache::cut(name, MAX_NAME_LEN);
+    ) -> Option<(Arc<str>, Counter)> {
+        let name = super::cut(name, MAX_NAME_LEN);
         let mut registry = self.inner.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let shared: Arc<str> = match registry.keys.get(&(kind, Arc::<str>::from(name))) {
             Some((_, shared)) => shared.clone(),
@@ -203,8 +200,8 @@ impl Counters {
         let index = current.used;
         current.used += 1;
         registry.chunks[current.listed_at].1[index as usize] = Some((kind, shared.clone()));
-        let slot = Slot { chunk: current.chunk.clone(), index };
-        Some((shared, slot))
+        let counter = Counter { chunk: current.chunk.clone(), index };
+        Some((shared, counter))
     }
 
     /// Takes the counts accumulated since the last drain, summed over threads, as
@@ -234,8 +231,39 @@ impl Counters {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        local_cache::forget(&LOCAL, self.id);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters of exited threads serve new threads: 1,000 short-lived threads, at most 8 alive
+    /// at once, hold chunks for about 8 threads, and every count arrives.
+    #[test]
+    fn counters_of_exited_threads_serve_new_threads() {
+        let counters = Counters::new(DEFAULT_MAX_KEYS);
+        for round in 0..125 {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let counters = counters.clone();
+                    std::thread::spawn(move || {
+                        counters.track_feature("sso");
+                        counters.track_command("export");
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let held = counters.inner.registry.lock().unwrap().chunks.len();
+            assert!(held <= 16, "round {round}: {held} chunks held for 8 threads at a time");
+        }
+        let (counts, overflow) = counters.drain();
+        assert_eq!(overflow, 0);
+        assert_eq!(
+            counts,
+            [
+                (UsageKind::Feature, "sso".to_string(), 1_000),
+                (UsageKind::Command, "export".to_string(), 1_000)
+            ]
+        );
     }
 }
