@@ -87,7 +87,7 @@ pub enum KeyError {
     #[error("key {kid:?} is a {found} key, but a {expected} key is needed here")]
     WrongRole { kid: String, expected: Role, found: Role },
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     /// A key file exists where `keygen` would write; keys are never overwritten.
     #[error("{0} already exists: refusing to overwrite a key")]

@@ -28,7 +28,46 @@ on_both_backends!(
     rate_limit_answers_429_with_retry_after,
     a_batch_repeating_a_fingerprint_is_merged,
     concurrent_new_instances_never_exceed_the_seats,
+    the_summary_merges_sketches_instead_of_averaging_percentiles,
 );
+
+/// One batch of a route at 10 ms and one at 1,000 ms: averaging their medians would say
+/// 505 ms, which no request took. The merged sketches say 10 ms (within 1%); a route whose
+/// batches carry no sketch falls back to the average and says so.
+fn the_summary_merges_sketches_instead_of_averaging_percentiles(h: Harness) {
+    let key = h.license(Tier::Pro, 3);
+    let route_batch = |ms: f64, n: u64, sketched: bool| {
+        let mut sketch = licensor::sketch::Sketch::default();
+        sketch.add_n(ms, n);
+        let mut b = batch(uuid::Uuid::new_v4(), 0, 0, 0);
+        b["performance"] = json!([
+            { "method": "GET", "route": "/sketched", "count": n, "errors": 0, "p50_ms": ms, "p95_ms": ms,
+              "p99_ms": ms, "max_ms": ms, "sketch": sketch.encode() },
+            { "method": "GET", "route": "/plain", "count": n, "errors": 0, "p50_ms": ms, "p95_ms": ms,
+              "p99_ms": ms, "max_ms": ms, "sketch": if sketched { sketch.encode() } else { String::new() } },
+        ]);
+        b.to_string()
+    };
+    assert_eq!(status(&h.check_in(&key, "merged", Some(&route_batch(10.0, 101, true)))), "valid");
+    h.advance(Duration::minutes(5));
+    assert_eq!(status(&h.check_in(&key, "merged", Some(&route_batch(1000.0, 100, false)))), "valid");
+    let s = summary(&h, "merged", 24);
+    let route = |name: &str| {
+        s["performance"].as_array().unwrap().iter().find(|r| r["route"] == name).unwrap().clone()
+    };
+    let sketched = route("/sketched");
+    assert_eq!(
+        (sketched["count"].as_i64(), sketched["percentiles"].as_str()),
+        (Some(201), Some("merged_sketches"))
+    );
+    assert!((sketched["p50_ms"].as_f64().unwrap() - 10.0).abs() <= 0.1, "{sketched}");
+    assert!((sketched["p99_ms"].as_f64().unwrap() - 1000.0).abs() <= 10.0, "{sketched}");
+    assert_eq!(sketched["max_ms"], 1000.0);
+    let plain = route("/plain");
+    assert_eq!(plain["percentiles"], "weighted_average");
+    let average = (10.0 * 101.0 + 1000.0 * 100.0) / 201.0;
+    assert!((plain["p50_ms"].as_f64().unwrap() - average).abs() < 1e-9, "{plain}");
+}
 
 fn concurrent_new_instances_never_exceed_the_seats(h: Harness) {
     let key = h.license(Tier::Enterprise, 3);

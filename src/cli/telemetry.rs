@@ -313,7 +313,9 @@ pub fn check_in(args: ClientArgs) -> Result<u8> {
             }
         }
         CheckInOutcome::NoAnswer { error, .. } => {
-            eprintln!("no answer: {error}");
+            // The error says what failed: no answer, an error status, or an answer that did
+            // not verify.
+            eprintln!("{error}");
             eprintln!("(nothing changed: the batch stays queued for the next check-in)");
             EXIT_ERROR
         }

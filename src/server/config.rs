@@ -90,7 +90,7 @@ pub struct ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The TOML file could not be read.
-    #[error("reading the config file {path}: {source}")]
+    #[error("cannot read the config file {path}")]
     Read { path: PathBuf, source: std::io::Error },
     /// The TOML file is not valid, or names a setting that does not exist.
     #[error("config file {path}: {message}")]
@@ -99,10 +99,10 @@ pub enum ConfigError {
     #[error("{setting}: {message}")]
     Invalid { setting: &'static str, message: String },
     /// A key could not be loaded or created.
-    #[error("{setting}: {source}")]
+    #[error("{setting}")]
     Key { setting: &'static str, source: keys::KeyError },
     /// Files of the development set-up could not be written.
-    #[error("creating the development set-up in {path}: {source}")]
+    #[error("cannot create the development set-up in {path}")]
     Setup { path: PathBuf, source: std::io::Error },
 }
 

@@ -3,7 +3,7 @@
 //! `Store::claim_job`), so it happens once; a replica that loses the claim skips the run.
 
 use chrono::{DateTime, Duration, Utc};
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use super::config::ServerConfig;
 use super::Clock;
@@ -68,9 +68,22 @@ pub fn run_rollup(store: &Store, now: DateTime<Utc>) -> Result<RunOutcome, Store
     }
 }
 
+/// Why the jobs could not be scheduled.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot schedule {what}")]
+pub struct ScheduleError {
+    what: String,
+    source: JobSchedulerError,
+}
+
 /// Schedules both jobs and starts the scheduler.
-pub async fn schedule(config: &ServerConfig, store: Store, clock: Clock) -> Result<JobScheduler, String> {
-    let scheduler = JobScheduler::new().await.map_err(|e| e.to_string())?;
+pub async fn schedule(
+    config: &ServerConfig,
+    store: Store,
+    clock: Clock,
+) -> Result<JobScheduler, ScheduleError> {
+    let failed = |what: String| move |source| ScheduleError { what, source };
+    let scheduler = JobScheduler::new().await.map_err(failed("the scheduler".into()))?;
     let retention_days = config.retention_days;
     let jobs: [(&str, &str); 2] =
         [(RETENTION, &config.retention_schedule), (ROLLUP, &config.rollup_schedule)];
@@ -97,9 +110,9 @@ pub async fn schedule(config: &ServerConfig, store: Store, clock: Clock) -> Resu
                 }
             })
         })
-        .map_err(|e| format!("{name} schedule {schedule:?}: {e}"))?;
-        scheduler.add(job).await.map_err(|e| e.to_string())?;
+        .map_err(failed(format!("the {name} job on {schedule:?}")))?;
+        scheduler.add(job).await.map_err(failed(format!("the {name} job")))?;
     }
-    scheduler.start().await.map_err(|e| e.to_string())?;
+    scheduler.start().await.map_err(failed("the scheduler".into()))?;
     Ok(scheduler)
 }

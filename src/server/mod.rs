@@ -36,17 +36,22 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// Why the server could not start.
+/// Why the server could not start (the client's own start-up failures are
+/// [`client::StartError`](crate::client::StartError)).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ServeError {
+    /// A setting is missing, malformed or inconsistent.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    /// The address is taken, or not this machine's.
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("scheduling jobs: {0}")]
-    Jobs(String),
+    /// The job scheduler could not start.
+    #[error(transparent)]
+    Jobs(#[from] jobs::ScheduleError),
 }
 
 /// All routes, in one place.
@@ -92,7 +97,7 @@ pub struct Running {
     /// The address it listens on (useful when asked for port 0).
     pub addr: SocketAddr,
     handle: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<Result<(), StartError>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
 
 impl Running {
@@ -119,7 +124,7 @@ impl Drop for Running {
 }
 
 /// Opens the store, loads the keys and prepares the shared state.
-fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, Store), StartError> {
+fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, Store), ServeError> {
     let (ring, signer, issuer) = config.load_keys()?;
     let store = Store::open(&config.database_url, config.db_pool_size)?;
     let rates = crate::checkin::Rates {
@@ -169,12 +174,12 @@ async fn serve(
     listener: TcpListener,
     clock: Clock,
     ready: impl FnOnce(actix_web::dev::ServerHandle),
-) -> Result<(), StartError> {
-    let bind = |source| StartError::Bind { addr: config.bind, source };
+) -> Result<(), ServeError> {
+    let bind = |source| ServeError::Bind { addr: config.bind, source };
     let state_service = state.service.clone();
     let server = http_server(state, listener, config.workers).map_err(bind)?;
     let mut scheduler = if config.jobs {
-        Some(jobs::schedule(&config, store, clock).await.map_err(StartError::Jobs)?)
+        Some(jobs::schedule(&config, store, clock).await.map_err(ServeError::Jobs)?)
     } else {
         None
     };
@@ -200,11 +205,11 @@ async fn serve(
 
 /// Starts a server on its own thread, with `clock` as its time source, and returns once it
 /// listens. For tests and for applications that embed the server.
-pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, StartError> {
+pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, ServeError> {
     let (state, store) = prepare(&config, clock.clone())?;
     let listener =
-        TcpListener::bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.bind, source })?;
+        TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, move |handle| {
@@ -216,7 +221,7 @@ pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, StartError> 
         // The thread ended before it was ready: its result says why.
         Err(_) => Err(match thread.join() {
             Ok(Err(e)) => e,
-            _ => StartError::Bind {
+            _ => ServeError::Bind {
                 addr,
                 source: std::io::Error::other("the server thread stopped while starting"),
             },
@@ -226,11 +231,11 @@ pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, StartError> 
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: new connections are
 /// refused, in-flight requests get up to 30 seconds to finish.
-pub fn run(config: ServerConfig) -> Result<(), StartError> {
+pub fn run(config: ServerConfig) -> Result<(), ServeError> {
     let clock = system_clock();
     let (state, store) = prepare(&config, clock.clone())?;
     let listener =
-        TcpListener::bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
+        TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     tracing::info!(
         addr = %config.bind,
         backend = ?store.backend(),

@@ -42,20 +42,27 @@ pub enum StoreError {
     #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     /// The database could not be reached or opened.
-    #[error("cannot connect to the database: {0}")]
-    Connect(String),
+    #[error("cannot connect to the database")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The SQLite file's directory could not be created, or the file made private.
+    #[error("cannot prepare the database file {path}")]
+    File { path: std::path::PathBuf, source: std::io::Error },
     /// Applying the schema migrations failed.
-    #[error("database migration failed: {0}")]
-    Migration(String),
+    #[error("database migration failed")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database answers but cannot record a check-in (its schema is missing, it is
     /// read-only, or full).
-    #[error("the database cannot record check-ins: {0}")]
-    NotReady(String),
+    #[error("the database cannot record check-ins")]
+    NotReady(#[source] diesel::result::Error),
     /// A query failed.
-    #[error("database error: {0}")]
+    #[error("database query failed")]
     Query(#[from] diesel::result::Error),
+    /// A stored value does not read back (damage, or a bug that wrote it): the read fails
+    /// rather than a plausible default standing in for it.
+    #[error("the database holds an unreadable {what}")]
+    Corrupt { what: &'static str, source: serde_json::Error },
     /// No pooled connection became free in time.
-    #[error("database pool: {0}")]
+    #[error("no database connection became free")]
     Pool(#[from] r2d2::PoolError),
 }
 
@@ -185,7 +192,7 @@ impl Store {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.exists() {
                     create_private_dir(dir)
-                        .map_err(|e| StoreError::Connect(format!("creating {}: {e}", dir.display())))?;
+                        .map_err(|source| StoreError::File { path: dir.to_owned(), source })?;
                 }
             }
         }
@@ -197,7 +204,7 @@ impl Store {
         let manager = Manager { target };
         // Connect once outside the pool, so a bad URL or a database that is down gives its
         // own error message rather than r2d2's time-out.
-        let mut first = manager.connect().map_err(|e| StoreError::Connect(e.to_string()))?;
+        let mut first = manager.connect().map_err(|e| StoreError::Connect(e.into()))?;
         if let Some(path) = sqlite_file {
             // Changing the mode by path never opens the file, so it cannot drop the POSIX
             // locks this process holds on it. SQLite gives its -wal and -shm files the mode
@@ -206,7 +213,7 @@ impl Store {
             {
                 use std::os::unix::fs::PermissionsExt as _;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| StoreError::Connect(format!("making {} private: {e}", path.display())))?;
+                    .map_err(|source| StoreError::File { path: path.clone(), source })?;
             }
         }
         migrate(&mut first)?;
@@ -218,7 +225,7 @@ impl Store {
             .test_on_check_out(false)
             .connection_timeout(POOL_WAIT)
             .build(manager)
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
+            .map_err(|e| StoreError::Connect(e.into()))?;
         Ok(Store { pool, backend })
     }
 
@@ -275,7 +282,7 @@ impl From<diesel::result::Error> for ProbeEnd {
     fn from(e: diesel::result::Error) -> Self {
         match StoreError::Query(e) {
             unavailable if unavailable.is_unavailable() => ProbeEnd::Failed(unavailable),
-            StoreError::Query(e) => ProbeEnd::Failed(StoreError::NotReady(e.to_string())),
+            StoreError::Query(e) => ProbeEnd::Failed(StoreError::NotReady(e)),
             other => ProbeEnd::Failed(other),
         }
     }
@@ -295,7 +302,7 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Applies pending migrations of the connection's backend.
 fn migrate(conn: &mut DbConnection) -> Result<(), StoreError> {
-    let failed = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+    let failed = StoreError::Migration;
     match conn {
         DbConnection::Sqlite(c) => {
             c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(failed)?;

@@ -39,15 +39,21 @@ pub struct LicenseRecord {
 }
 
 impl LicenseRecord {
-    fn from_row(row: LicenseRow, instance_count: i64, seats_in_use: i64) -> LicenseRecord {
-        LicenseRecord {
+    fn from_row(
+        row: LicenseRow,
+        instance_count: i64,
+        seats_in_use: i64,
+    ) -> Result<LicenseRecord, StoreError> {
+        let features = serde_json::from_str(&row.features)
+            .map_err(|source| StoreError::Corrupt { what: "licenses.features", source })?;
+        Ok(LicenseRecord {
             seen: !row.kid.is_empty(),
             license_id: row.id,
             kid: row.kid,
             licensee: row.licensee,
             tier: row.tier,
             seats: row.seats,
-            features: serde_json::from_str(&row.features).unwrap_or_default(),
+            features,
             issued_at: utc(row.issued_at),
             not_before: utc(row.not_before),
             expires_at: row.expires_at.map(utc),
@@ -60,7 +66,7 @@ impl LicenseRecord {
             seats_in_use,
             first_seen_at: utc(row.first_seen_at),
             last_check_in_at: row.last_check_in_at.map(utc),
-        }
+        })
     }
 }
 
@@ -383,7 +389,7 @@ impl Store {
                 let (total, used) = (lookup(&counts, &row.id), lookup(&in_use, &row.id));
                 LicenseRecord::from_row(row, total, used)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Page { items, next })
     }
 

@@ -22,4 +22,6 @@ pub use db::*;
 pub use jobs::JobClaim;
 pub use licensing::{Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page};
 pub use models::*;
-pub use telemetry::{ErrorSummary, FeatureSummary, RouteSummary, SessionSummary, TelemetrySummary};
+pub use telemetry::{
+    ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,
+};

@@ -11,6 +11,7 @@ use super::models::*;
 use super::schema::*;
 use super::{on_backend, DbConnection, Store, StoreError};
 use crate::protocol::{RoutePerformance, UsageCount};
+use crate::sketch::Sketch;
 
 /// Stores the batches of a group of check-ins, except those whose id was stored before, and
 /// returns the ids stored now. `batches` must have distinct ids.
@@ -162,11 +163,24 @@ pub struct RouteSummary {
     pub route: String,
     pub count: i64,
     pub errors: i64,
-    /// Percentiles weighted by request count across the window's batches; `max_ms` is exact.
+    /// Percentiles over the window (see `percentiles` for how they were found); `max_ms` is
+    /// exact.
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    pub percentiles: Percentiles,
+}
+
+/// How a summary's percentiles were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Percentiles {
+    /// From the batches' sketches merged: within the sketch's 1% relative error.
+    MergedSketches,
+    /// Some batch carried no sketch this server reads: the batches' percentiles weighted by
+    /// their request counts, an approximation.
+    WeightedAverage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -220,7 +234,13 @@ impl Store {
             .select(telemetry_events::usage)
             .load(conn)?;
         let mut usage: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for entry in usage_json.iter().flat_map(|j| parse_list::<UsageCount>(j)) {
+        for entry in usage_json
+            .iter()
+            .map(|j| parse_list::<UsageCount>(j, "telemetry_events.usage"))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+        {
             let sum = usage.entry((entry.kind.as_str().to_owned(), entry.name)).or_default();
             *sum = sum.saturating_add(count(entry.count));
         }
@@ -232,7 +252,11 @@ impl Store {
             .filter(telemetry_performance::batch_id.eq_any(in_window))
             .select(telemetry_performance::routes)
             .load(conn)?;
-        let performance = merge_routes(routes_json.iter().flat_map(|j| parse_list::<RoutePerformance>(j)));
+        let routes = routes_json
+            .iter()
+            .map(|j| parse_list::<RoutePerformance>(j, "telemetry_performance.routes"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let performance = merge_route_sketches(routes.into_iter().flatten());
 
         let errors: Vec<ErrorRow> = telemetry_errors::table
             .filter(telemetry_errors::license_id.eq(license_id))
@@ -243,16 +267,18 @@ impl Store {
             .load(conn)?;
         let errors = errors
             .into_iter()
-            .map(|e| ErrorSummary {
-                fingerprint: e.fingerprint,
-                error_type: e.error_type,
-                message: e.message,
-                stack: serde_json::from_str(&e.stack).unwrap_or_default(),
-                count: e.count,
-                first_seen: utc(e.first_seen),
-                last_seen: utc(e.last_seen),
+            .map(|e| -> Result<ErrorSummary, StoreError> {
+                Ok(ErrorSummary {
+                    fingerprint: e.fingerprint,
+                    error_type: e.error_type,
+                    message: e.message,
+                    stack: parse_list(&e.stack, "telemetry_errors.stack")?,
+                    count: e.count,
+                    first_seen: utc(e.first_seen),
+                    last_seen: utc(e.last_seen),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
 
         let session_rows: Vec<SessionRow> = telemetry_sessions::table
             .filter(telemetry_sessions::batch_id.eq_any(in_window))
@@ -262,7 +288,7 @@ impl Store {
         for row in session_rows {
             sessions.count = sessions.count.saturating_add(row.count);
             sessions.total_duration_s = sessions.total_duration_s.saturating_add(row.total_duration_s);
-            let hourly: Vec<u64> = serde_json::from_str(&row.hourly).unwrap_or_default();
+            let hourly: Vec<u64> = parse_list(&row.hourly, "telemetry_sessions.hourly")?;
             for (slot, n) in sessions.hourly.iter_mut().zip(hourly) {
                 *slot = slot.saturating_add(count(n));
             }
@@ -360,7 +386,7 @@ impl Store {
             type Install = (String, String);
             let mut per_instance: BTreeMap<(Install, String, String), i64> = BTreeMap::new();
             for (license_id, instance_id, usage) in &events {
-                for entry in parse_list::<UsageCount>(usage) {
+                for entry in parse_list::<UsageCount>(usage, "telemetry_events.usage")? {
                     let install = (license_id.clone(), instance_id.clone());
                     let sum = per_instance
                         .entry((install, entry.kind.as_str().to_owned(), entry.name))
@@ -566,30 +592,34 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Reads a JSON list stored by this module; a row that does not parse (which only a bug could
-/// write) contributes nothing rather than failing a whole summary.
-fn parse_list<T: serde::de::DeserializeOwned>(json: &str) -> Vec<T> {
-    serde_json::from_str(json).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "unreadable telemetry row");
-        Vec::new()
-    })
+/// Reads a JSON list stored by this module. Stored JSON is written only from validated
+/// batches, so one that does not read back is damage or a bug: the read fails with
+/// [`StoreError::Corrupt`] naming the column, rather than a plausible empty value standing in.
+fn parse_list<T: serde::de::DeserializeOwned>(json: &str, what: &'static str) -> Result<Vec<T>, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { what, source })
 }
 
-/// Merges per-batch route figures: counts add up, `max_ms` is the maximum, and percentiles
-/// are averaged weighted by each batch's request count (an approximation; exact merging
-/// needs the sketches).
-fn merge_routes(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummary> {
-    let mut by_route: BTreeMap<(String, String), RouteSummary> = BTreeMap::new();
+/// Merges per-batch route figures: counts add up and `max_ms` is the maximum. Percentiles
+/// come from the batches' sketches merged, exact within the sketch's 1% where every batch of
+/// the route carries a dd1 sketch (what this crate's client sends); the protocol leaves the
+/// sketch opaque and optional, so for a route where one is missing or of another kind the
+/// percentiles are the batches' weighted by request count, an approximation, and say so.
+fn merge_route_sketches(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummary> {
+    let mut by_route: BTreeMap<(String, String), (RouteSummary, Option<Sketch>)> = BTreeMap::new();
     for p in rows {
-        let entry = by_route.entry((p.method.clone(), p.route.clone())).or_insert(RouteSummary {
-            method: p.method,
-            route: p.route,
-            count: 0,
-            errors: 0,
-            p50_ms: 0.0,
-            p95_ms: 0.0,
-            p99_ms: 0.0,
-            max_ms: 0.0,
+        let (entry, merged) = by_route.entry((p.method.clone(), p.route.clone())).or_insert_with(|| {
+            let summary = RouteSummary {
+                method: p.method.clone(),
+                route: p.route.clone(),
+                count: 0,
+                errors: 0,
+                p50_ms: 0.0,
+                p95_ms: 0.0,
+                p99_ms: 0.0,
+                max_ms: 0.0,
+                percentiles: Percentiles::MergedSketches,
+            };
+            (summary, Some(Sketch::default()))
         });
         let (old, new) = (entry.count as f64, p.count as f64);
         let weigh = |a: f64, b: f64| if old + new > 0.0 { (a * old + b * new) / (old + new) } else { 0.0 };
@@ -599,8 +629,33 @@ fn merge_routes(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummar
         entry.max_ms = entry.max_ms.max(p.max_ms);
         entry.count = entry.count.saturating_add(count(p.count));
         entry.errors = entry.errors.saturating_add(count(p.errors));
+        let sketch = (!p.sketch.is_empty()).then(|| Sketch::decode(&p.sketch).ok()).flatten();
+        *merged = match (merged.take(), sketch) {
+            (Some(mut m), Some(s)) => m.merge(&s).is_ok().then_some(m),
+            _ => None,
+        };
     }
-    let mut out: Vec<RouteSummary> = by_route.into_values().collect();
+    let mut out: Vec<RouteSummary> = by_route
+        .into_values()
+        .map(|(mut summary, merged)| {
+            match merged {
+                Some(sketch) => {
+                    let exact = RoutePerformance::from_sketch(
+                        String::new(),
+                        String::new(),
+                        0,
+                        0,
+                        summary.max_ms,
+                        &sketch,
+                    );
+                    (summary.p50_ms, summary.p95_ms, summary.p99_ms) =
+                        (exact.p50_ms, exact.p95_ms, exact.p99_ms);
+                }
+                None => summary.percentiles = Percentiles::WeightedAverage,
+            }
+            summary
+        })
+        .collect();
     out.sort_by_key(|r| std::cmp::Reverse(r.count));
     out
 }

@@ -39,13 +39,13 @@ pub enum StartError {
     #[error("no license: set LICENSOR_LICENSE_KEY or LICENSOR_LICENSE_FILE")]
     NoLicense,
     /// The license file could not be read.
-    #[error("cannot read the license file {path}: {source}")]
+    #[error("cannot read the license file {path}")]
     LicenseFile { path: std::path::PathBuf, source: std::io::Error },
     /// No trusted keys were given.
     #[error("no trusted keys: set LICENSOR_KEYS_DIR or pass the application's built-in keys")]
     NoKeys,
     /// The key ring could not be loaded.
-    #[error("cannot load the trusted keys: {0}")]
+    #[error("cannot load the trusted keys")]
     Keys(#[from] KeyError),
     /// Telemetry is required and no license server is configured.
     #[error("the {tier} tier checks in with a license server: set LICENSOR_SERVER_URL")]
@@ -101,8 +101,8 @@ pub enum DeactivateError {
     #[error("this instance never checked in: it holds no seat")]
     NeverCheckedIn,
     /// No answer came.
-    #[error("no answer: {0}")]
-    NoAnswer(String),
+    #[error("no answer")]
+    NoAnswer(#[source] crate::client::exchange::SendError),
     /// The server refused (an error status, without a receipt).
     #[error("the server answered HTTP {status}: {message}")]
     Refused { status: u16, message: String },

@@ -276,7 +276,7 @@ impl Verifier {
         .expect("a deactivation serialises");
         let (status, _, answer) = exchange::post(http, server, "/v1/deactivations", body)
             .await
-            .map_err(|e| DeactivateError::NoAnswer(error_chain(&e)))?;
+            .map_err(DeactivateError::NoAnswer)?;
         if !(200..300).contains(&status) {
             return Err(DeactivateError::Refused { status, message: error_message(&answer) });
         }

@@ -65,8 +65,7 @@ impl LocalStore {
             }
             let batch_id = uuid::Uuid::new_v4();
             let batch = assemble(c, batch_id, environment, now, limits)?;
-            let payload = serde_json::to_string(&batch)
-                .map_err(|e| LocalError::Corrupt { what: "batch", message: e.to_string() })?;
+            let payload = serde_json::to_string(&batch).map_err(|e| super::corrupt("batch", e))?;
             let id = batch_id.to_string();
             for table in ["usage_counts", "route_latencies", "error_groups", "session_counts"] {
                 diesel::sql_query(format!("UPDATE {table} SET batch_id = $1 WHERE batch_id = ''"))
@@ -111,8 +110,7 @@ impl LocalStore {
             return Ok(out.payload);
         }
         let batch = assemble(&mut conn, uuid::Uuid::new_v4(), environment, now, limits)?;
-        serde_json::to_string(&batch)
-            .map_err(|e| LocalError::Corrupt { what: "batch", message: e.to_string() })
+        serde_json::to_string(&batch).map_err(|e| super::corrupt("batch", e))
     }
 
     /// The outbox row, if a batch is waiting to be acknowledged.

@@ -59,20 +59,20 @@ pub const ACTIVE_USERS_WINDOW: chrono::Duration = chrono::Duration::days(30);
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     /// The data directory could not be created or made private.
-    #[error("cannot prepare the data directory {path}: {source}")]
+    #[error("cannot prepare the data directory {path}")]
     Dir { path: PathBuf, source: std::io::Error },
-    /// The SQLite file could not be opened.
-    #[error("cannot open the local store {path}: {message}")]
-    Open { path: PathBuf, message: String },
+    /// The SQLite file could not be created, made private or opened.
+    #[error("cannot open the local store {path}")]
+    Open { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     /// The schema migrations could not be applied.
-    #[error("cannot migrate the local store {path}: {message}")]
-    Migrate { path: PathBuf, message: String },
+    #[error("cannot migrate the local store {path}")]
+    Migrate { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     /// A statement failed (a locked or full disk, a damaged file).
-    #[error("local store query failed: {0}")]
+    #[error("local store query failed")]
     Query(#[from] diesel::result::Error),
-    /// A stored value could not be read back.
-    #[error("the local store holds an unreadable {what}: {message}")]
-    Corrupt { what: &'static str, message: String },
+    /// A stored value could not be read back (see `corrupt`).
+    #[error("the local store holds an unreadable {what}")]
+    Corrupt { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 /// What the verifier keeps across restarts.
@@ -155,25 +155,25 @@ impl LocalStore {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                        .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
+                        .map_err(|e| LocalError::Open { path: path.clone(), source: e.into() })?;
                 }
-                Err(e) => return Err(LocalError::Open { path: path.clone(), message: e.to_string() }),
+                Err(e) => return Err(LocalError::Open { path: path.clone(), source: e.into() }),
             }
         }
         let url = path.to_str().ok_or_else(|| LocalError::Open {
             path: path.clone(),
-            message: "the path is not valid UTF-8".into(),
+            source: "the path is not valid UTF-8".into(),
         })?;
         let mut conn = SqliteConnection::establish(url)
-            .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
+            .map_err(|e| LocalError::Open { path: path.clone(), source: e.into() })?;
         // WAL lets the `licensor telemetry` commands read while the application writes; the
         // busy timeout makes two writers wait for each other instead of failing.
         conn.batch_execute(
             "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
         )
-        .map_err(|e| LocalError::Open { path: path.clone(), message: e.to_string() })?;
+        .map_err(|e| LocalError::Open { path: path.clone(), source: e.into() })?;
         conn.run_pending_migrations(MIGRATIONS)
-            .map_err(|e| LocalError::Migrate { path: path.clone(), message: e.to_string() })?;
+            .map_err(|source| LocalError::Migrate { path: path.clone(), source })?;
         Ok(LocalStore { conn: Mutex::new(conn), path })
     }
 
@@ -278,8 +278,8 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> LocalError {
-    LocalError::Corrupt { what, message: e.to_string() }
+fn corrupt(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> LocalError {
+    LocalError::Corrupt { what, source: Box::new(e) }
 }
 
 fn decode_sketch(text: &str) -> Result<Sketch, LocalError> {
