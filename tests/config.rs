@@ -55,10 +55,68 @@ fn new_settings_are_read_and_checked() {
     assert_eq!(config.trusted_proxies.len(), 2);
     assert!(config.trusted_proxies[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
     assert_eq!((config.rate_limit_per_address, config.body_timeout.as_secs()), (50, 10));
+    // Options are what the flags gave, unless marked as from the environment: errors name the
+    // setting as the operator gave it.
     let err = ServerConfig::resolve(opts("10.0.0.0/8,proxy.example", 50)).unwrap_err().to_string();
-    assert!(err.contains("LICENSOR_TRUSTED_PROXIES") && err.contains("proxy.example"), "{err}");
+    assert!(err.starts_with("--trusted-proxies: ") && err.contains("proxy.example"), "{err}");
+    let err = ServerConfig::resolve(ServeOptions {
+        from_env: vec!["trusted_proxies"],
+        ..opts("proxy.example", 50)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("LICENSOR_TRUSTED_PROXIES: "), "{err}");
     let err = ServerConfig::resolve(opts("", 0)).unwrap_err().to_string();
-    assert!(err.contains("LICENSOR_RATE_LIMIT_PER_ADDRESS"), "{err}");
+    assert!(err.starts_with("--rate-limit-per-address: "), "{err}");
+}
+
+/// Every setting but the batch limits has a flag and a variable (flags > environment > TOML);
+/// a value from the file is named by its key and the file.
+#[test]
+fn settings_once_only_in_toml_have_flags_and_variables_too() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let base = || ServeOptions { data_dir: Some(dir.path().join("data")), ..Default::default() };
+    let config = ServerConfig::resolve(ServeOptions {
+        db_pool_size: Some(4),
+        max_body_bytes: Some(4096),
+        body_timeout_s: Some(3),
+        retention_schedule: Some("0 0 4 * * *".into()),
+        rollup_schedule: Some("0 0 1 * * *".into()),
+        rate_limit_per_minute: Some(7),
+        ..base()
+    })
+    .unwrap();
+    assert_eq!(
+        (
+            config.db_pool_size,
+            config.max_body_bytes,
+            config.body_timeout.as_secs(),
+            config.rate_limit_per_minute
+        ),
+        (4, 4096, 3, 7)
+    );
+    assert_eq!(
+        (config.retention_schedule.as_str(), config.rollup_schedule.as_str()),
+        ("0 0 4 * * *", "0 0 1 * * *")
+    );
+    let err = ServerConfig::resolve(ServeOptions {
+        db_pool_size: Some(0),
+        from_env: vec!["db_pool_size"],
+        ..base()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "LICENSOR_DB_POOL_SIZE: must be from 1 to 512");
+    let err = ServerConfig::resolve(ServeOptions { rollup_schedule: Some("daily".into()), ..base() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("--rollup-schedule: "), "{err}");
+    let file = dir.path().join("licensor.toml");
+    std::fs::write(&file, "body_timeout_s = 0\n").unwrap();
+    let err = ServerConfig::resolve(ServeOptions { config_file: Some(file.clone()), ..base() })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, format!("body_timeout_s in {}: must be from 1 to 300 seconds", file.display()));
 }
 
 /// A development data directory from before key roles: its keys renamed as the README says,

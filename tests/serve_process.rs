@@ -170,9 +170,13 @@ fn bad_configuration_is_a_clear_error() {
         let out = command.output().unwrap();
         (out.status.code().unwrap(), String::from_utf8(out.stderr).unwrap())
     };
+    // A setting is named as the operator gave it: the flag typed, or the variable set.
     let (code, err) = run(&["--bind", "nowhere"], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("LICENSOR_BIND") && err.contains("\"nowhere\""), "{err}");
+    assert!(err.contains("error: --bind: \"nowhere\" is not an address"), "{err}");
+    let (code, err) = run(&[], &[("LICENSOR_BIND", "nowhere")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("error: LICENSOR_BIND: \"nowhere\" is not an address"), "{err}");
     let (code, err) = run(&[], &[("DATABASE_URL", "mysql://x")]);
     assert_eq!(code, 2);
     assert!(err.contains("DATABASE_URL") && err.contains("mysql://x"), "{err}");
@@ -185,5 +189,37 @@ fn bad_configuration_is_a_clear_error() {
     assert!(err.contains("bad.toml") && err.contains("unknown_setting"), "{err}");
     let (code, err) = run(&["--signing-key", "missing.private.pem"], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("LICENSOR_SIGNING_KEY") && err.contains("missing.private.pem"), "{err}");
+    assert!(err.contains("--signing-key") && err.contains("missing.private.pem"), "{err}");
+    // Each cause is said once.
+    let (code, err) = run(&["--signing-key", "missing.lease.private.pem"], &[]);
+    assert_eq!(code, 2);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("error: --signing-key: missing.lease.private.pem: No such file"), "{err}");
+}
+
+/// A start that fails (the port is taken) never says it listens and leaves none of the keys,
+/// token or database it generated behind.
+#[test]
+fn a_failed_start_leaves_nothing_generated_and_never_claims_to_listen() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_licensor"))
+        .args(["serve", "--bind", &taken.local_addr().unwrap().to_string()])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("LICENSOR_ADMIN_TOKEN")
+        .env_remove("LICENSOR_BIND")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+    assert!(!err.contains("generated admin token"), "the token of a failed start is never shown: {err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(dir.path().join("data")).map(|d| d.count())
+    );
 }

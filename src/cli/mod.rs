@@ -296,8 +296,26 @@ pub struct ServeArgs {
     /// networks (10.0.0.0/8,::1) [default: none; the peer address is the client's].
     #[arg(long, env = "LICENSOR_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
+    /// Database connections in the pool [default: 16].
+    #[arg(long, env = "LICENSOR_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
+    /// The largest request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "LICENSOR_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Seconds a request body may take to arrive before the answer is 408 [default: 10].
+    #[arg(long, env = "LICENSOR_BODY_TIMEOUT_S")]
+    pub body_timeout_s: Option<u64>,
+    /// When the retention job runs: cron with seconds, UTC [default: "0 15 3 * * *"].
+    #[arg(long, env = "LICENSOR_RETENTION_SCHEDULE")]
+    pub retention_schedule: Option<String>,
+    /// When the daily roll-up runs: cron with seconds, UTC [default: "0 5 0 * * *"].
+    #[arg(long, env = "LICENSOR_ROLLUP_SCHEDULE")]
+    pub rollup_schedule: Option<String>,
+    /// Check-ins one instance may make per minute [default: 30].
+    #[arg(long, env = "LICENSOR_RATE_LIMIT_PER_MINUTE")]
+    pub rate_limit_per_minute: Option<u32>,
     /// Do not run the scheduled jobs on this replica.
-    #[arg(long)]
+    #[arg(long, env = "LICENSOR_NO_JOBS")]
     pub no_jobs: bool,
 }
 

@@ -3,10 +3,21 @@
 use anyhow::Result;
 
 use super::{ServeArgs, EXIT_OK};
-use crate::server::{self, ServeOptions, ServerConfig};
+use crate::server::{self, ServeOptions, ServerConfig, SETTINGS};
 
 pub fn run(args: ServeArgs) -> Result<u8> {
     init_tracing();
+    // clap merges a flag and its variable; a setting whose flag is not on the command line came
+    // from the environment, and its errors name the variable.
+    let typed: Vec<String> = std::env::args().collect();
+    let from_env = SETTINGS
+        .iter()
+        .filter(|(_, flag, env)| {
+            std::env::var_os(env).is_some()
+                && !typed.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        })
+        .map(|(key, _, _)| *key)
+        .collect();
     let config = ServerConfig::resolve(ServeOptions {
         config_file: args.config,
         bind: args.bind,
@@ -21,15 +32,29 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         rate_limit_per_address: args.rate_limit_per_address,
         trusted_proxies: args.trusted_proxies,
         jobs: args.no_jobs.then_some(false),
+        db_pool_size: args.db_pool_size,
+        max_body_bytes: args.max_body_bytes,
+        body_timeout_s: args.body_timeout_s,
+        retention_schedule: args.retention_schedule,
+        rollup_schedule: args.rollup_schedule,
+        rate_limit_per_minute: args.rate_limit_per_minute,
+        from_env,
     })?;
-    if !config.development.is_empty() {
-        eprintln!("{}", development_banner(&config));
+    let created = config.clone();
+    let banner = |config: &ServerConfig, addr: std::net::SocketAddr| {
+        if !config.development.is_empty() {
+            eprintln!("{}", development_banner(config, addr));
+        }
+    };
+    if let Err(e) = server::run(config, banner) {
+        // Nothing generated on a start that failed stays behind.
+        created.discard_created();
+        return Err(e.into());
     }
-    server::run(config)?;
     Ok(EXIT_OK)
 }
 
-fn development_banner(config: &ServerConfig) -> String {
+fn development_banner(config: &ServerConfig, addr: std::net::SocketAddr) -> String {
     let mut banner = String::from(
         "\n************************************************************************\n\
          WARNING: DEVELOPMENT SET-UP. Settings that were not configured were\n\
@@ -42,7 +67,7 @@ fn development_banner(config: &ServerConfig) -> String {
         banner.push_str(line);
         banner.push('\n');
     }
-    banner.push_str(&format!("  - listening on http://{}\n", config.bind));
+    banner.push_str(&format!("  - listening on http://{addr}\n"));
     banner.push_str("************************************************************************\n");
     banner
 }

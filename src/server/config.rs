@@ -28,6 +28,79 @@ pub struct ServeOptions {
     pub rate_limit_per_address: Option<u32>,
     /// Comma-separated addresses or networks.
     pub trusted_proxies: Option<String>,
+    pub db_pool_size: Option<u32>,
+    pub max_body_bytes: Option<usize>,
+    pub body_timeout_s: Option<u64>,
+    pub retention_schedule: Option<String>,
+    pub rollup_schedule: Option<String>,
+    pub rate_limit_per_minute: Option<u32>,
+    /// The settings above (by TOML key) whose value came from the environment rather than a
+    /// flag, so that an error names what the operator actually set.
+    pub from_env: Vec<&'static str>,
+}
+
+/// Every setting that has a flag and an environment variable: its TOML key, flag and variable.
+/// (The batch `limits` are a TOML table only: a structure, not one value.)
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    ("bind", "--bind", "LICENSOR_BIND"),
+    ("database_url", "--database-url", "DATABASE_URL"),
+    ("data_dir", "--data-dir", "LICENSOR_DATA_DIR"),
+    ("keys_dir", "--keys-dir", "LICENSOR_KEYS_DIR"),
+    ("signing_key", "--signing-key", "LICENSOR_SIGNING_KEY"),
+    ("issuing_key", "--issuing-key", "LICENSOR_ISSUING_KEY"),
+    ("admin_token", "--admin-token", "LICENSOR_ADMIN_TOKEN"),
+    ("workers", "--workers", "LICENSOR_WORKERS"),
+    ("db_pool_size", "--db-pool-size", "LICENSOR_DB_POOL_SIZE"),
+    ("max_body_bytes", "--max-body-bytes", "LICENSOR_MAX_BODY_BYTES"),
+    ("body_timeout_s", "--body-timeout-s", "LICENSOR_BODY_TIMEOUT_S"),
+    ("retention_days", "--retention-days", "LICENSOR_RETENTION_DAYS"),
+    ("retention_schedule", "--retention-schedule", "LICENSOR_RETENTION_SCHEDULE"),
+    ("rollup_schedule", "--rollup-schedule", "LICENSOR_ROLLUP_SCHEDULE"),
+    ("rate_limit_per_minute", "--rate-limit-per-minute", "LICENSOR_RATE_LIMIT_PER_MINUTE"),
+    ("rate_limit_per_address", "--rate-limit-per-address", "LICENSOR_RATE_LIMIT_PER_ADDRESS"),
+    ("trusted_proxies", "--trusted-proxies", "LICENSOR_TRUSTED_PROXIES"),
+];
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Given {
+    Flag,
+    Env,
+    File,
+    Default,
+}
+
+/// Names settings the way the operator gave them: the flag typed, the variable set, or the
+/// key in the config file.
+struct Sources<'a> {
+    from_env: &'a [&'static str],
+    file: Option<&'a Path>,
+}
+
+impl Sources<'_> {
+    /// The value given first (flags and environment, then the file) and where it came from.
+    fn pick<T>(&self, key: &'static str, given: Option<T>, file: Option<T>) -> (Option<T>, Given) {
+        match (given, file) {
+            (Some(v), _) if self.from_env.contains(&key) => (Some(v), Given::Env),
+            (Some(v), _) => (Some(v), Given::Flag),
+            (None, Some(v)) => (Some(v), Given::File),
+            (None, None) => (None, Given::Default),
+        }
+    }
+
+    fn name(&self, key: &'static str, given: Given) -> String {
+        let (flag, env) =
+            SETTINGS.iter().find(|(k, _, _)| *k == key).map_or((key, key), |(_, flag, env)| (*flag, *env));
+        match (given, self.file) {
+            (Given::Flag, _) => flag.to_owned(),
+            (Given::File, Some(path)) => format!("{key} in {}", path.display()),
+            (Given::Env | Given::Default | Given::File, _) => env.to_owned(),
+        }
+    }
+
+    fn invalid(&self, key: &'static str, given: Given, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { setting: self.name(key, given), message: message.into() }
+    }
 }
 
 /// The TOML file's settings (the same names, in snake case).
@@ -84,6 +157,12 @@ pub struct ServerConfig {
     pub limits: BatchLimits,
     /// What the development set-up generated on this start, for the warning banner.
     pub development: Vec<String>,
+    /// Files and directories the development set-up created on this start, newest last: a
+    /// start that fails removes them ([`ServerConfig::discard_created`]), so it leaves no
+    /// generated key or token behind.
+    pub created: Vec<PathBuf>,
+    /// How the key settings were given (flag, variable or file key), for `load_keys`' errors.
+    pub key_setting_names: [String; 3],
 }
 
 /// A setting that is missing, malformed or inconsistent.
@@ -95,12 +174,13 @@ pub enum ConfigError {
     /// The TOML file is not valid, or names a setting that does not exist.
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    /// A setting's value is invalid.
+    /// A setting's value is invalid; `setting` is named as it was given (flag, variable or
+    /// file key).
     #[error("{setting}: {message}")]
-    Invalid { setting: &'static str, message: String },
+    Invalid { setting: String, message: String },
     /// A key could not be loaded or created.
     #[error("{setting}")]
-    Key { setting: &'static str, source: keys::KeyError },
+    Key { setting: String, source: keys::KeyError },
     /// Files of the development set-up could not be written.
     #[error("cannot create the development set-up in {path}")]
     Setup { path: PathBuf, source: std::io::Error },
@@ -109,14 +189,33 @@ pub enum ConfigError {
 const DEFAULT_BIND: &str = "127.0.0.1:8080";
 const MIN_ADMIN_TOKEN_LEN: usize = 24;
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { setting, message: message.into() }
+fn invalid(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting: setting.to_owned(), message: message.into() }
 }
 
 impl ServerConfig {
     /// Resolves flags and environment over the TOML file over defaults, creating the
     /// development set-up (keys, admin token) where nothing was configured.
     pub fn resolve(opts: ServeOptions) -> Result<ServerConfig, ConfigError> {
+        let mut created = Vec::new();
+        match ServerConfig::resolve_creating(opts, &mut created) {
+            Ok(mut config) => {
+                config.created = created;
+                Ok(config)
+            }
+            Err(e) => {
+                remove_created(&created);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what the development set-up created on this start: for a start that failed.
+    pub fn discard_created(&self) {
+        remove_created(&self.created);
+    }
+
+    fn resolve_creating(opts: ServeOptions, created: &mut Vec<PathBuf>) -> Result<ServerConfig, ConfigError> {
         let file = match &opts.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -127,111 +226,154 @@ impl ServerConfig {
             None => FileConfig::default(),
         };
         let mut development = Vec::new();
+        let src = Sources { from_env: &opts.from_env, file: opts.config_file.as_deref() };
 
-        let bind_text = opts.bind.or(file.bind).unwrap_or_else(|| DEFAULT_BIND.to_owned());
+        let (bind_text, given) = src.pick("bind", opts.bind, file.bind);
+        let bind_text = bind_text.unwrap_or_else(|| DEFAULT_BIND.to_owned());
         let bind: SocketAddr = bind_text.parse().map_err(|_| {
-            invalid("LICENSOR_BIND", format!("{bind_text:?} is not an address like 127.0.0.1:8080"))
+            src.invalid("bind", given, format!("{bind_text:?} is not an address like 127.0.0.1:8080"))
         })?;
         let data_dir = opts.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data"));
-        let database_url = match opts.database_url.or(file.database_url) {
+        let (database_url, given) = src.pick("database_url", opts.database_url, file.database_url);
+        let database_url = match database_url {
             Some(url) => url,
             None => {
-                ensure_data_dir(&data_dir)
+                ensure_data_dir(&data_dir, created)
                     .map_err(|source| ConfigError::Setup { path: data_dir.clone(), source })?;
-                let url = format!("sqlite://{}", data_dir.join("licensor.db").display());
+                let file = data_dir.join("licensor.db");
+                if !file.exists() {
+                    // Created by the store when it opens; a failed start removes it with the
+                    // rest (a missing -wal or -shm file is simply skipped).
+                    created.extend(
+                        ["licensor.db", "licensor.db-wal", "licensor.db-shm"].map(|f| data_dir.join(f)),
+                    );
+                }
+                let url = format!("sqlite://{}", file.display());
                 development.push(format!("database: {url} (embedded SQLite)"));
                 url
             }
         };
-        crate::store::Target::parse(&database_url).map_err(|e| invalid("DATABASE_URL", e.to_string()))?;
+        crate::store::Target::parse(&database_url)
+            .map_err(|e| src.invalid("database_url", given, e.to_string()))?;
 
         let keys_configured = opts.keys_dir.is_some() || file.keys_dir.is_some();
+        let key_setting_names = [
+            ("keys_dir", src.pick("keys_dir", opts.keys_dir.as_ref(), file.keys_dir.as_ref()).1),
+            ("signing_key", src.pick("signing_key", opts.signing_key.as_ref(), file.signing_key.as_ref()).1),
+            ("issuing_key", src.pick("issuing_key", opts.issuing_key.as_ref(), file.issuing_key.as_ref()).1),
+        ]
+        .map(|(key, given)| src.name(key, given));
         let keys_dir = opts.keys_dir.or(file.keys_dir).unwrap_or_else(|| data_dir.join("keys"));
         // The development set-up keeps its private keys apart from the ring of trusted public
         // keys, which may be copied to clients as it is.
         let private_dir = data_dir.join("private");
         let signing_key = match opts.signing_key.or(file.signing_key) {
             Some(path) => path,
-            None => development_key(&private_dir, &keys_dir, "dev-server", Role::Lease, &mut development)?,
+            None => development_key(
+                &private_dir,
+                &keys_dir,
+                "dev-server",
+                Role::Lease,
+                &mut development,
+                created,
+            )?,
         };
         let issuing_key = match opts.issuing_key.or(file.issuing_key) {
             Some(path) => Some(path),
             // Only a development set-up issues licenses without being told to, so that a
             // fresh checkout can run the whole flow.
-            None if !keys_configured => {
-                Some(development_key(&private_dir, &keys_dir, "vendor-dev", Role::License, &mut development)?)
-            }
+            None if !keys_configured => Some(development_key(
+                &private_dir,
+                &keys_dir,
+                "vendor-dev",
+                Role::License,
+                &mut development,
+                created,
+            )?),
             None => None,
         };
-        let admin_token = match opts.admin_token.or(file.admin_token) {
+        let (admin_token, given) = src.pick("admin_token", opts.admin_token, file.admin_token);
+        let admin_token = match admin_token {
             Some(token) => token,
-            None => development_admin_token(&data_dir, &mut development)?,
+            None => development_admin_token(&data_dir, &mut development, created)?,
         };
         if admin_token.len() < MIN_ADMIN_TOKEN_LEN || admin_token.chars().any(char::is_whitespace) {
-            return Err(invalid(
-                "LICENSOR_ADMIN_TOKEN",
+            return Err(src.invalid(
+                "admin_token",
+                given,
                 format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without white space"),
             ));
         }
 
-        let workers = opts
-            .workers
-            .or(file.workers)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let (workers, given) = src.pick("workers", opts.workers, file.workers);
+        let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         if !(1..=256).contains(&workers) {
-            return Err(invalid("LICENSOR_WORKERS", "must be from 1 to 256"));
+            return Err(src.invalid("workers", given, "must be from 1 to 256"));
         }
-        let db_pool_size = file.db_pool_size.unwrap_or(16);
+        let (db_pool_size, given) = src.pick("db_pool_size", opts.db_pool_size, file.db_pool_size);
+        let db_pool_size = db_pool_size.unwrap_or(16);
         if !(1..=512).contains(&db_pool_size) {
-            return Err(invalid("db_pool_size", "must be from 1 to 512"));
+            return Err(src.invalid("db_pool_size", given, "must be from 1 to 512"));
         }
-        let max_body_bytes = file.max_body_bytes.unwrap_or(1024 * 1024);
+        let (max_body_bytes, given) = src.pick("max_body_bytes", opts.max_body_bytes, file.max_body_bytes);
+        let max_body_bytes = max_body_bytes.unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
-            return Err(invalid("max_body_bytes", "must be from 1 KiB to 64 MiB"));
+            return Err(src.invalid("max_body_bytes", given, "must be from 1 KiB to 64 MiB"));
         }
-        let body_timeout_s = file.body_timeout_s.unwrap_or(10);
+        let (body_timeout_s, given) = src.pick("body_timeout_s", opts.body_timeout_s, file.body_timeout_s);
+        let body_timeout_s = body_timeout_s.unwrap_or(10);
         if !(1..=300).contains(&body_timeout_s) {
-            return Err(invalid("body_timeout_s", "must be from 1 to 300 seconds"));
+            return Err(src.invalid("body_timeout_s", given, "must be from 1 to 300 seconds"));
         }
-        let retention_days = opts.retention_days.or(file.retention_days).unwrap_or(90);
+        let (retention_days, given) = src.pick("retention_days", opts.retention_days, file.retention_days);
+        let retention_days = retention_days.unwrap_or(90);
         if !(1..=3650).contains(&retention_days) {
-            return Err(invalid("LICENSOR_RETENTION_DAYS", "must be from 1 to 3650"));
+            return Err(src.invalid("retention_days", given, "must be from 1 to 3650"));
         }
-        let retention_schedule = file.retention_schedule.unwrap_or_else(|| "0 15 3 * * *".to_owned());
-        let rollup_schedule = file.rollup_schedule.unwrap_or_else(|| "0 5 0 * * *".to_owned());
-        for (setting, expr) in
-            [("retention_schedule", &retention_schedule), ("rollup_schedule", &rollup_schedule)]
-        {
+        let (retention_schedule, retention_given) =
+            src.pick("retention_schedule", opts.retention_schedule, file.retention_schedule);
+        let retention_schedule = retention_schedule.unwrap_or_else(|| "0 15 3 * * *".to_owned());
+        let (rollup_schedule, rollup_given) =
+            src.pick("rollup_schedule", opts.rollup_schedule, file.rollup_schedule);
+        let rollup_schedule = rollup_schedule.unwrap_or_else(|| "0 5 0 * * *".to_owned());
+        for (setting, given, expr) in [
+            ("retention_schedule", retention_given, &retention_schedule),
+            ("rollup_schedule", rollup_given, &rollup_schedule),
+        ] {
             if expr.split_whitespace().count() != 6 {
-                return Err(invalid(
+                return Err(src.invalid(
                     setting,
+                    given,
                     format!("{expr:?} is not a cron expression with seconds (6 fields)"),
                 ));
             }
         }
-        let rate_limit_per_minute = file.rate_limit_per_minute.unwrap_or(30);
+        let (rate_limit_per_minute, given) =
+            src.pick("rate_limit_per_minute", opts.rate_limit_per_minute, file.rate_limit_per_minute);
+        let rate_limit_per_minute = rate_limit_per_minute.unwrap_or(30);
         if rate_limit_per_minute == 0 {
-            return Err(invalid("rate_limit_per_minute", "must be at least 1"));
+            return Err(src.invalid("rate_limit_per_minute", given, "must be at least 1"));
         }
-        let rate_limit_per_address =
-            opts.rate_limit_per_address.or(file.rate_limit_per_address).unwrap_or(600);
+        let (rate_limit_per_address, given) =
+            src.pick("rate_limit_per_address", opts.rate_limit_per_address, file.rate_limit_per_address);
+        let rate_limit_per_address = rate_limit_per_address.unwrap_or(600);
         if rate_limit_per_address == 0 {
-            return Err(invalid("LICENSOR_RATE_LIMIT_PER_ADDRESS", "must be at least 1"));
+            return Err(src.invalid("rate_limit_per_address", given, "must be at least 1"));
         }
-        let proxies: Vec<String> = match opts.trusted_proxies {
-            Some(list) => {
-                list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
-            }
-            None => file.trusted_proxies.unwrap_or_default(),
-        };
+        let given_list = opts.trusted_proxies.map(|list| {
+            list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+        });
+        let (proxies, given) = src.pick("trusted_proxies", given_list, file.trusted_proxies);
         let trusted_proxies = proxies
+            .unwrap_or_default()
             .iter()
-            .map(|p| {
+            .map(|p: &String| {
                 p.parse::<ipnet::IpNet>()
                     .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                     .map_err(|_| {
-                        invalid(
-                            "LICENSOR_TRUSTED_PROXIES",
+                        src.invalid(
+                            "trusted_proxies",
+                            given,
                             format!("{p:?} is not an address or a network like 10.0.0.0/8"),
                         )
                     })
@@ -259,19 +401,21 @@ impl ServerConfig {
             trusted_proxies,
             limits: file.limits.unwrap_or_default(),
             development,
+            created: Vec::new(),
+            key_setting_names,
         })
     }
 
     /// Loads the key ring and the keys, checking that they fit together.
     pub fn load_keys(&self) -> Result<(KeyRing, Signer, Option<Signer>), ConfigError> {
         let ring = KeyRing::load_dir(&self.keys_dir)
-            .map_err(|source| ConfigError::Key { setting: "LICENSOR_KEYS_DIR", source })?;
+            .map_err(|source| ConfigError::Key { setting: self.key_setting_names[0].clone(), source })?;
         // One key, one role: the lease key signs answers only, the issuing key licenses only.
         let signer = Signer::load_for(&self.signing_key, Role::Lease)
-            .map_err(|source| ConfigError::Key { setting: "LICENSOR_SIGNING_KEY", source })?;
+            .map_err(|source| ConfigError::Key { setting: self.key_setting_names[1].clone(), source })?;
         if ring.get(signer.kid(), Role::Lease) != Some(&signer.verifying_key()) {
             return Err(invalid(
-                "LICENSOR_SIGNING_KEY",
+                &self.key_setting_names[1],
                 format!(
                     "the public half of lease-signing key {:?} is not in the key ring {} as a lease key (clients \
                      trusting that ring could not verify leases): copy {}.lease.public.pem there",
@@ -281,16 +425,16 @@ impl ServerConfig {
                 ),
             ));
         }
-        let issuer = match &self.issuing_key {
-            Some(path) => Some(
-                Signer::load_for(path, Role::License)
-                    .map_err(|source| ConfigError::Key { setting: "LICENSOR_ISSUING_KEY", source })?,
-            ),
-            None => None,
-        };
+        let issuer =
+            match &self.issuing_key {
+                Some(path) => Some(Signer::load_for(path, Role::License).map_err(|source| {
+                    ConfigError::Key { setting: self.key_setting_names[2].clone(), source }
+                })?),
+                None => None,
+            };
         if !ring.kids().any(|kid| ring.role(kid) == Some(Role::License)) {
             return Err(invalid(
-                "LICENSOR_KEYS_DIR",
+                &self.key_setting_names[0],
                 format!(
                     "no *.license.public.pem keys in {}: no license could verify",
                     self.keys_dir.display()
@@ -303,10 +447,11 @@ impl ServerConfig {
 
 /// Creates the data directory, if missing, so that only its owner may enter it: it holds the
 /// admin token, the private keys and the database of a development set-up.
-fn ensure_data_dir(data_dir: &Path) -> std::io::Result<()> {
+fn ensure_data_dir(data_dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
     if data_dir.exists() {
         return Ok(());
     }
+    created.push(data_dir.to_owned());
     let mut dir = std::fs::DirBuilder::new();
     dir.recursive(true);
     #[cfg(unix)]
@@ -325,10 +470,11 @@ fn development_key(
     kid: &str,
     role: Role,
     development: &mut Vec<String>,
+    created: &mut Vec<PathBuf>,
 ) -> Result<PathBuf, ConfigError> {
     let path = private_dir.join(format!("{kid}.{role}{}", keys::PRIVATE_SUFFIX));
     if let Some(data_dir) = private_dir.parent() {
-        ensure_data_dir(data_dir)
+        ensure_data_dir(data_dir, created)
             .map_err(|source| ConfigError::Setup { path: data_dir.to_owned(), source })?;
     }
     let public = public_dir.join(format!("{kid}.{role}{}", keys::PUBLIC_SUFFIX));
@@ -345,11 +491,17 @@ fn development_key(
         ));
     }
     if !path.exists() {
-        let signer =
-            Signer::generate(kid, role).map_err(|source| ConfigError::Key { setting: "keys", source })?;
+        let signer = Signer::generate(kid, role)
+            .map_err(|source| ConfigError::Key { setting: "keys".into(), source })?;
+        for dir in [private_dir, public_dir] {
+            if !dir.exists() {
+                created.push(dir.to_owned());
+            }
+        }
         let paths = signer
             .write_split(private_dir, public_dir)
-            .map_err(|source| ConfigError::Key { setting: "keys", source })?;
+            .map_err(|source| ConfigError::Key { setting: "keys".into(), source })?;
+        created.extend([path.clone(), paths.public.clone()]);
         development.push(format!(
             "generated {role} key {} (public half in {})",
             path.display(),
@@ -363,7 +515,11 @@ fn development_key(
 
 /// The development admin token in `data_dir/admin-token` (0600), generated on first start
 /// and printed once.
-fn development_admin_token(data_dir: &Path, development: &mut Vec<String>) -> Result<String, ConfigError> {
+fn development_admin_token(
+    data_dir: &Path,
+    development: &mut Vec<String>,
+    created: &mut Vec<PathBuf>,
+) -> Result<String, ConfigError> {
     use base64::Engine as _;
     use rand::RngCore as _;
     use std::io::Write as _;
@@ -373,7 +529,7 @@ fn development_admin_token(data_dir: &Path, development: &mut Vec<String>) -> Re
         development.push(format!("admin token read from {}", path.display()));
         return Ok(token.trim().to_owned());
     }
-    ensure_data_dir(data_dir).map_err(setup)?;
+    ensure_data_dir(data_dir, created).map_err(setup)?;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     // A fixed prefix: a token must never start with '-' (a command line would take it for a
@@ -387,8 +543,20 @@ fn development_admin_token(data_dir: &Path, development: &mut Vec<String>) -> Re
         options.mode(0o600);
     }
     let mut file = options.open(&path).map_err(setup)?;
+    created.push(path.clone());
     file.write_all(token.as_bytes()).map_err(setup)?;
     // Printed this once so the developer can use it; it is never logged afterwards.
     development.push(format!("generated admin token (stored in {}, mode 0600): {token}", path.display()));
     Ok(token)
+}
+
+/// Removes files and then directories created by a start, newest first; a directory is removed
+/// only when empty (a database file may have been created in it since, and is the operator's).
+fn remove_created(created: &[PathBuf]) {
+    for path in created.iter().rev() {
+        let removed = if path.is_dir() { std::fs::remove_dir(path) } else { std::fs::remove_file(path) };
+        if let Err(e) = removed {
+            tracing::debug!("leaving {} in place: {e}", path.display());
+        }
+    }
 }

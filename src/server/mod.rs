@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::checkin::CheckInService;
 use crate::keys::Signer;
 use crate::store::Store;
-pub use config::{ConfigError, ServeOptions, ServerConfig};
+pub use config::{ConfigError, ServeOptions, ServerConfig, SETTINGS};
 use error::ApiError;
 
 pub use crate::time::{system_clock, Clock};
@@ -230,19 +230,25 @@ pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, ServeError> 
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: new connections are
-/// refused, in-flight requests get up to 30 seconds to finish.
-pub fn run(config: ServerConfig) -> Result<(), ServeError> {
+/// refused, in-flight requests get up to 30 seconds to finish. `listening` is called once the
+/// address is bound (and not at all when the start fails), for a banner that must not claim
+/// too early that the server listens.
+pub fn run(
+    config: ServerConfig,
+    listening: impl FnOnce(&ServerConfig, SocketAddr),
+) -> Result<(), ServeError> {
     let clock = system_clock();
     let (state, store) = prepare(&config, clock.clone())?;
     let listener =
         TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    tracing::info!(
-        addr = %config.bind,
-        backend = ?store.backend(),
-        issuing = state.issuer.is_some(),
-        "licensor server listening"
-    );
-    let result = actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, |_| {}));
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let (backend, issuing, banner_config) = (store.backend(), state.issuer.is_some(), config.clone());
+    // Called once the jobs are scheduled and the server is about to accept connections.
+    let ready = move |_| {
+        listening(&banner_config, addr);
+        tracing::info!(addr = %addr, backend = ?backend, issuing, "licensor server listening");
+    };
+    let result = actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, ready));
     tracing::info!("licensor server stopped");
     result
 }

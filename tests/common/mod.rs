@@ -160,6 +160,8 @@ impl Harness {
             trusted_proxies: vec![],
             limits: Default::default(),
             development: vec![],
+            created: vec![],
+            key_setting_names: ["keys".into(), "signing key".into(), "issuing key".into()],
         };
         adjust(&mut config);
         let clock = Arc::new(Mutex::new(t0()));
