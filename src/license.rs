@@ -232,9 +232,9 @@ fn is_feature_name(feature: &str) -> bool {
 }
 
 fn humanize_seconds(s: u64) -> String {
-    if s % 86_400 == 0 {
+    if s.is_multiple_of(86_400) {
         format!("{} days", s / 86_400)
-    } else if s % 3_600 == 0 {
+    } else if s.is_multiple_of(3_600) {
         format!("{} hours", s / 3_600)
     } else {
         format!("{s} seconds")

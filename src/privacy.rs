@@ -343,7 +343,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// An IPv6 address, but not a time of day or a bare run of colons.

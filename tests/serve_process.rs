@@ -136,7 +136,7 @@ fn zero_config_start_then_sigterm_finishes_requests_in_flight() {
     let mut again = Command::new(env!("CARGO_BIN_EXE_licensor"))
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .env_remove("DATABASE_URL")
         .env_remove("LICENSOR_ADMIN_TOKEN")
         .stderr(Stdio::piped())
@@ -151,6 +151,9 @@ fn zero_config_start_then_sigterm_finishes_requests_in_flight() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("admin token read from"), "{stderr}");
     assert!(!stderr.contains(token.trim()), "the token is printed once only");
+    // Logs to a pipe (a file, a journal) carry no colour codes.
+    assert!(stderr.contains("licensor server listening"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape codes in logs to a pipe: {stderr:?}");
 }
 
 #[test]

@@ -115,7 +115,7 @@ pub fn run(args: AdminArgs) -> Result<u8> {
             api.send(Method::DELETE, &path, None)?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+    outln!("{}", serde_json::to_string_pretty(&answer)?)?;
     if (200..300).contains(&status) {
         Ok(EXIT_OK)
     } else {

@@ -124,18 +124,18 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
             latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1] as f64
                 / 1000.0
         };
-        println!("check-ins:   {} in {elapsed:.2} s", latencies.len());
-        println!("throughput:  {:.0} check-ins/s", latencies.len() as f64 / elapsed);
-        println!(
+        outln!("check-ins:   {} in {elapsed:.2} s", latencies.len())?;
+        outln!("throughput:  {:.0} check-ins/s", latencies.len() as f64 / elapsed)?;
+        outln!(
             "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             pct(0.50),
             pct(0.90),
             pct(0.99),
             pct(1.0)
-        );
-        println!("batch:       {} bytes (50 usage counters, 20 routes, 5 error groups)", template.len());
+        )?;
+        outln!("batch:       {} bytes (50 usage counters, 20 routes, 5 error groups)", template.len())?;
         for (outcome, n) in &outcomes {
-            println!("  {outcome}: {n}");
+            outln!("  {outcome}: {n}")?;
         }
         Ok(EXIT_OK)
     })

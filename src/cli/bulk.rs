@@ -29,16 +29,34 @@ pub fn issue_csv(signer: &Signer, from: &Path, out: &Path, now: DateTime<Utc>) -
     }
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
+        // Row lengths are checked below, so a short row joins the list of bad rows.
+        .flexible(true)
         .from_path(from)
         .with_context(|| format!("opening {}", from.display()))?;
     let headers = reader.headers().with_context(|| format!("{}: line 1", from.display()))?.clone();
     let columns = Columns::from_headers(&headers).with_context(|| format!("{}: line 1", from.display()))?;
 
+    // Every bad row is reported at once: rows the reader cannot read (not UTF-8) and rows of
+    // the wrong length are listed with the rows whose values are wrong.
     let mut rows = Vec::new();
+    let mut errors = Vec::new();
     for record in reader.records() {
-        rows.push(record.map_err(|e| anyhow::anyhow!("{}: {}", from.display(), describe_csv_error(&e)))?);
+        match record {
+            Ok(record) if record.len() != headers.len() => {
+                let line = record.position().map_or(0, |p| p.line());
+                errors.push((
+                    line,
+                    format!("line {line}: {} fields where the header has {}", record.len(), headers.len()),
+                ));
+            }
+            Ok(record) => rows.push(record),
+            Err(e) if e.is_io_error() => {
+                return Err(e).with_context(|| format!("reading {}", from.display()))
+            }
+            Err(e) => errors.push((e.position().map_or(0, |p| p.line()), describe_csv_error(&e))),
+        }
     }
-    if rows.is_empty() {
+    if rows.is_empty() && errors.is_empty() {
         bail!("{}: no rows to issue", from.display());
     }
 
@@ -46,21 +64,22 @@ pub fn issue_csv(signer: &Signer, from: &Path, out: &Path, now: DateTime<Utc>) -
         ProgressStyle::with_template("{bar:40} {pos}/{len} licenses {eta}").expect("the template is valid"),
     );
     let mut issued = Vec::with_capacity(rows.len());
-    let mut errors = Vec::new();
     for record in &rows {
         let line = record.position().map_or(0, |p| p.line());
         match columns.request(record).and_then(|req| {
             license::issue(signer, req, now).map_err(|e| issue_error_column(&e, e.to_string()))
         }) {
             Ok(license) => issued.push(license),
-            Err((column, message)) => errors.push(format!("line {line}, column {column}: {message}")),
+            Err((column, message)) => errors.push((line, format!("line {line}, column {column}: {message}"))),
         }
         progress.inc(1);
     }
     progress.finish_and_clear();
     if !errors.is_empty() {
+        errors.sort_by_key(|(line, _)| *line);
         let count = errors.len();
-        let mut listing = errors.into_iter().take(MAX_LISTED_ERRORS).collect::<Vec<_>>().join("\n  ");
+        let mut listing =
+            errors.into_iter().take(MAX_LISTED_ERRORS).map(|(_, e)| e).collect::<Vec<_>>().join("\n  ");
         if count > MAX_LISTED_ERRORS {
             listing.push_str(&format!("\n  ... and {} more", count - MAX_LISTED_ERRORS));
         }
@@ -152,9 +171,6 @@ impl Columns {
 fn describe_csv_error(e: &csv::Error) -> String {
     let line = |pos: &Option<csv::Position>| pos.as_ref().map_or(0, csv::Position::line);
     match e.kind() {
-        csv::ErrorKind::UnequalLengths { pos, expected_len, len } => {
-            format!("line {}: {len} fields where the header has {expected_len}", line(pos))
-        }
         csv::ErrorKind::Utf8 { pos, .. } => format!("line {}: not UTF-8 text", line(pos)),
         _ => e.to_string(),
     }
@@ -177,8 +193,9 @@ fn issue_error_column(e: &IssueError, message: String) -> RowError {
     (column, message)
 }
 
-/// Writes the rows with their licenses into a temporary file beside `out`, then renames it,
-/// so `out` is either complete or absent.
+/// Writes the rows with their licenses into a temporary file beside `out`, then links it to
+/// `out` only if `out` still does not exist (`persist_noclobber`: no check-then-rename race),
+/// so `out` is either complete or absent, and never another file overwritten.
 fn write_output(
     out: &Path,
     headers: &csv::StringRecord,
@@ -186,28 +203,27 @@ fn write_output(
     issued: &[Issued],
 ) -> Result<()> {
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().context("--out must name a file")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
+    out.file_name().context("--out must name a file")?;
     let result = (|| -> Result<()> {
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let mut writer = csv::Writer::from_writer(file);
+        // Dropped (and so removed) on any error below.
+        let tmp = tempfile::Builder::new().prefix(".licensor-issue-").suffix(".tmp").tempfile_in(dir)?;
+        let mut writer = csv::Writer::from_writer(tmp);
         writer.write_record(headers.iter().chain(ADDED))?;
         for (row, license) in rows.iter().zip(issued) {
             let id = license.payload.license_id.to_string();
             writer.write_record(row.iter().chain([id.as_str(), license.key.as_str()]))?;
         }
-        let mut file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.flush()?;
-        file.sync_all()?;
-        // A rename onto an existing file would replace it: check again right before.
-        if out.exists() {
-            bail!("{} appeared while issuing: refusing to overwrite it", out.display());
-        }
-        std::fs::rename(&tmp, out)?;
+        let mut tmp = writer.into_inner().map_err(|e| e.into_error())?;
+        tmp.flush()?;
+        tmp.as_file().sync_all()?;
+        tmp.persist_noclobber(out).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!("{} appeared while issuing: refusing to overwrite it", out.display())
+            } else {
+                e.error.into()
+            }
+        })?;
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
     result.with_context(|| format!("writing {}", out.display()))
 }

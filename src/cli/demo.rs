@@ -15,14 +15,14 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     let kid = format!("demo-{}", Utc::now().format("%Y%m%d"));
     let signer = Signer::generate(&kid, Role::License)?;
     let paths = signer.write_pair(&dir)?;
-    println!("1. keygen: wrote {} (0600) and {}", paths.private.display(), paths.public.display());
+    outln!("1. keygen: wrote {} (0600) and {}", paths.private.display(), paths.public.display())?;
 
     let ring = KeyRing::load_dir(&dir).context("loading the demo key ring")?;
-    println!("2. key ring: {} key(s) loaded from {}", ring.len(), dir.display());
+    outln!("2. key ring: {} key(s) loaded from {}", ring.len(), dir.display())?;
 
     let now = Utc::now();
     let mut all_valid = true;
-    println!("3. issue and verify one license per tier:");
+    outln!("3. issue and verify one license per tier:")?;
     for tier in Tier::ALL {
         let request = LicenseRequest {
             licensee: format!("Demo {tier} customer"),
@@ -41,8 +41,8 @@ pub fn run(args: DemoArgs) -> Result<u8> {
                 e.to_string()
             }
         };
-        println!("   {tier:<10} {}  verdict: {verdict}", issued.payload.license_id);
-        println!("   {}", issued.key);
+        outln!("   {tier:<10} {}  verdict: {verdict}", issued.payload.license_id)?;
+        outln!("   {}", issued.key)?;
 
         // A key whose signature is altered by one character must be refused.
         let mut tampered = issued.key.clone().into_bytes();
@@ -52,15 +52,15 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         match license::verify(&tampered, &ring, now) {
             Ok(_) => {
                 all_valid = false;
-                println!("   tampered copy: ACCEPTED (this is a bug)");
+                outln!("   tampered copy: ACCEPTED (this is a bug)")?;
             }
-            Err(e) => println!("   tampered copy: {}", e.verdict()),
+            Err(e) => outln!("   tampered copy: {}", e.verdict())?,
         }
     }
-    println!(
+    outln!(
         "4. try it yourself: licensor inspect <key> --keys {}\n   \
          (the demo key pair stays in that directory; delete it when done)",
         dir.display()
-    );
+    )?;
     Ok(if all_valid { EXIT_OK } else { EXIT_ERROR })
 }

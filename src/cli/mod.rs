@@ -5,6 +5,15 @@
 //! or answer other than valid) and [`EXIT_ERROR`] (usage, input or I/O errors; clap's own
 //! usage errors exit with 2 as well).
 
+/// `println!` that hands back the write's error instead of panicking: a closed pipe
+/// (`licensor inspect ... | head`) ends the output, and [`run`] exits quietly, as ripgrep does.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod admin;
 mod bench;
 mod bulk;
@@ -97,6 +106,8 @@ pub enum TelemetryCommand {
     Export {
         #[command(flatten)]
         client: ClientArgs,
+        /// json: every table as one document; csv: one row per stored row, the table in the
+        /// first column.
         #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
         format: ExportFormat,
     },
@@ -179,21 +190,28 @@ pub enum AdminCommand {
     },
     /// Issue a license (the server must hold an issuing key).
     Issue {
+        /// community, pro or enterprise.
         #[arg(long)]
         tier: Tier,
+        /// Who the license is for.
         #[arg(long)]
         licensee: String,
-        /// RFC 3339, or YYYY-MM-DD for 00:00:00 UTC that day.
+        /// When the license stops being valid: RFC 3339, or YYYY-MM-DD for 00:00:00 UTC that day.
         #[arg(long, value_parser = parse_instant, required_unless_present = "perpetual", conflicts_with = "perpetual")]
         expires: Option<DateTime<Utc>>,
+        /// Issue a license that never expires (instead of --expires).
         #[arg(long)]
         perpetual: bool,
+        /// When the license starts being valid (default: now); same forms as --expires.
         #[arg(long, value_parser = parse_instant)]
         not_before: Option<DateTime<Utc>>,
+        /// How many instances may run at once.
         #[arg(long, default_value_t = 1)]
         seats: u32,
+        /// A feature entitlement; repeat for several.
         #[arg(long = "feature", value_name = "NAME")]
         features: Vec<String>,
+        /// Override the tier's check-in interval, e.g. 12h, 3days (1 hour to 365 days).
         #[arg(long, value_parser = humantime::parse_duration)]
         check_in_interval: Option<std::time::Duration>,
     },
@@ -415,11 +433,20 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`| head`): the output simply ends there.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Whether an error comes from writing to a pipe whose reader has closed it.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Parses an instant as RFC 3339, or a bare `YYYY-MM-DD` as 00:00:00 UTC that day.

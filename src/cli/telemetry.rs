@@ -24,21 +24,21 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
         TelemetryCommand::Preview { client, pretty } => {
             let opened = open(&client)?;
             let Some(payload) = opened.preview()? else {
-                println!("{}", disabled_reason(opened.mode()));
+                outln!("{}", disabled_reason(opened.mode()))?;
                 return Ok(EXIT_OK);
             };
             if pretty {
                 let value: serde_json::Value = serde_json::from_str(&payload)?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?)?;
             } else {
-                println!("{payload}");
+                outln!("{payload}")?;
             }
             Ok(EXIT_OK)
         }
         TelemetryCommand::Sent { client, full } => {
             let opened = open(&client)?;
             let Some(store) = opened.store() else {
-                println!("{}", disabled_reason(opened.mode()));
+                outln!("{}", disabled_reason(opened.mode()))?;
                 return Ok(EXIT_OK);
             };
             let ledger = store.ledger()?;
@@ -56,28 +56,28 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                outln!("{}", serde_json::to_string_pretty(&entries)?)?;
             } else if ledger.is_empty() {
-                println!("no batch has been sent yet");
+                outln!("no batch has been sent yet")?;
             } else {
-                println!("{:<36}  {:<20}  {:>8}  digest", "batch", "acknowledged", "bytes");
+                outln!("{:<36}  {:<20}  {:>8}  digest", "batch", "acknowledged", "bytes")?;
                 for e in &ledger {
-                    println!(
+                    outln!(
                         "{:<36}  {:<20}  {:>8}  {}",
                         e.batch_id,
                         crate::time::format(&local::utc(e.acknowledged_at)),
                         e.payload.len(),
                         e.digest
-                    );
+                    )?;
                 }
-                println!("{} batches (the ledger keeps the last {})", ledger.len(), local::LEDGER_MAX);
+                outln!("{} batches (the ledger keeps the last {})", ledger.len(), local::LEDGER_MAX)?;
             }
             Ok(EXIT_OK)
         }
         TelemetryCommand::Export { client, format } => {
             let opened = open(&client)?;
             let Some(store) = opened.store() else {
-                println!("{}", disabled_reason(opened.mode()));
+                outln!("{}", disabled_reason(opened.mode()))?;
                 return Ok(EXIT_OK);
             };
             export(store, format)
@@ -85,15 +85,15 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
         TelemetryCommand::Clear { client, ledger } => {
             let opened = open(&client)?;
             let Some(store) = opened.store() else {
-                println!("{}", disabled_reason(opened.mode()));
+                outln!("{}", disabled_reason(opened.mode()))?;
                 return Ok(EXIT_OK);
             };
             let removed = store.clear(ledger)?;
-            println!(
+            outln!(
                 "cleared {removed} rows of local telemetry{} from {}",
                 if ledger { " and the ledger" } else { "" },
                 store.path().display()
-            );
+            )?;
             Ok(EXIT_OK)
         }
     }
@@ -180,7 +180,7 @@ fn status(opened: &Opened) -> Result<u8> {
 fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
     let export = store.export()?;
     match format {
-        ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&export)?),
+        ExportFormat::Json => outln!("{}", serde_json::to_string_pretty(&export)?)?,
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout().lock());
             w.write_record([
@@ -278,13 +278,13 @@ pub fn deactivate(args: ClientArgs) -> Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match runtime.block_on(opened.deactivate()) {
         Ok(d) => {
-            println!(
+            outln!(
                 "deactivated: instance {} of license {} released its seat at {}",
                 d.instance_id,
                 d.license_id,
                 crate::time::format(&d.server_time)
-            );
-            println!("receipt: {}", d.receipt);
+            )?;
+            outln!("receipt: {}", d.receipt)?;
             Ok(EXIT_OK)
         }
         Err(e) => {
@@ -301,11 +301,11 @@ pub fn check_in(args: ClientArgs) -> Result<u8> {
     let outcome = runtime.block_on(opened.check_in());
     Ok(match outcome {
         CheckInOutcome::Answered { status, next_check_in_at, batch_acknowledged } => {
-            println!(
+            outln!(
                 "answered: {status}; telemetry {}; next check-in {}",
                 if batch_acknowledged { "acknowledged" } else { "not accepted (kept for the next check-in)" },
                 crate::time::format(&next_check_in_at)
-            );
+            )?;
             if status == CheckInStatus::Valid {
                 EXIT_OK
             } else {

@@ -18,8 +18,8 @@ const MAX_STDIN: u64 = 8 * 1024 * 1024;
 pub fn keygen(args: KeygenArgs) -> Result<u8> {
     let signer = Signer::generate(&args.kid, args.role)?;
     let paths = signer.write_pair(&args.out_dir)?;
-    println!("private key: {}", paths.private.display());
-    println!("public key:  {}", paths.public.display());
+    outln!("private key: {}", paths.private.display())?;
+    outln!("public key:  {}", paths.public.display())?;
     let trusts = match args.role {
         Role::License => "licenses signed with it",
         Role::Lease => "the license server's answers signed with it",
@@ -59,16 +59,15 @@ pub fn issue(args: IssueArgs) -> Result<u8> {
     let issued = license::issue(&signer, request, Utc::now())?;
     if args.json {
         let out = json!({ "license_key": issued.key, "payload": issued.payload });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        println!("{}", issued.key);
+        outln!("{}", issued.key)?;
     }
     Ok(EXIT_OK)
 }
 
 pub fn inspect(args: InspectArgs) -> Result<u8> {
-    let ring = KeyRing::load_dir(&args.keys)
-        .with_context(|| format!("loading the key ring from {}", args.keys.display()))?;
+    let ring = KeyRing::load_dir(&args.keys).context("loading the key ring")?;
     let input = if args.key == "-" {
         let mut bytes = Vec::new();
         std::io::stdin().take(MAX_STDIN).read_to_end(&mut bytes).context("reading standard input")?;
@@ -94,13 +93,13 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
             "kind": report.kind,
             "payload": report.payload,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        println!("verdict: {}", report.verdict);
-        println!("kind:    {}", report.kind);
-        println!("message: {}", report.message);
+        outln!("verdict: {}", report.verdict)?;
+        outln!("kind:    {}", report.kind)?;
+        outln!("message: {}", report.message)?;
         if let Some(payload) = &report.payload {
-            println!("payload:\n{}", serde_json::to_string_pretty(payload)?);
+            outln!("payload:\n{}", serde_json::to_string_pretty(payload)?)?;
         }
     }
     Ok(if report.verdict == Verdict::Valid { EXIT_OK } else { EXIT_NOT_VALID })
