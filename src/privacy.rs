@@ -360,7 +360,7 @@ pub fn hash_user_id(salt: &[u8], user_id: &str) -> String {
     use hmac::{Hmac, Mac as _};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(salt).expect("HMAC takes keys of any length");
     mac.update(user_id.as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Normalises a URL path for counting: the query string goes, and every segment that names

@@ -180,13 +180,7 @@ pub struct ErrorDetail {
 /// SHA-256 of `bytes` as lowercase hex: the digest a telemetry acknowledgement carries.
 pub fn digest(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
-    let hash = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in hash {
-        use fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Checks an instance id: 1 to 64 characters of `[A-Za-z0-9_-]`.

@@ -87,7 +87,7 @@ fn the_store_is_private_and_the_identity_survives_a_restart() {
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(data.join(FILE_NAME)).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(first.salt.len(), 64);
-    assert_eq!(first.salt_bytes().len(), 32);
+    assert_eq!(first.salt_bytes().unwrap().len(), 32);
     uuid::Uuid::parse_str(&first.instance_id).unwrap();
 
     let store = LocalStore::open(&data).unwrap();

@@ -303,7 +303,7 @@ pub fn scope(licensing: Licensing) -> actix_web::Scope {
 
 /// The longest window a summary covers: the local store keeps hourly rows for two days and
 /// daily ones for sixty.
-const MAX_SUMMARY_HOURS: u32 = 90 * 24;
+const MAX_LOCAL_SUMMARY_HOURS: u32 = 90 * 24;
 /// The most UI actions one report may carry, and the most one action may count.
 const MAX_UI_ACTIONS: usize = 100;
 const MAX_UI_COUNT: u64 = 10_000;
@@ -334,11 +334,11 @@ struct SummaryQuery {
 
 async fn summary(licensing: web::Data<Licensing>, query: web::Query<SummaryQuery>) -> HttpResponse {
     let hours = query.hours.unwrap_or(24);
-    if hours == 0 || hours > MAX_SUMMARY_HOURS {
+    if hours == 0 || hours > MAX_LOCAL_SUMMARY_HOURS {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_hours",
-            &format!("hours must be between 1 and {MAX_SUMMARY_HOURS}"),
+            &format!("hours must be between 1 and {MAX_LOCAL_SUMMARY_HOURS}"),
         );
     }
     let l = licensing.get_ref().clone();

@@ -393,7 +393,7 @@ fn fingerprint(category: &str, message: &str) -> String {
         }
     }
     let digest = Sha256::digest(format!("{category}\u{0}{template}").as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..16])
 }
 
 fn cut(text: &str, max_chars: usize) -> String {

@@ -1,45 +1,42 @@
 //! One handler per route. Handlers read and check the request, hand the work to the blocking
 //! pool, and shape the answer; the decisions live in `checkin` and `store`.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Duration;
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Admin;
 use super::error::ApiError;
+use super::extract::{self, AddressAdmitted, Json, JsonBytes, OptionalJsonBytes};
 use super::{blocking, AppState};
 use crate::license::{self, Expiry, LicenseRequest, Tier};
 use crate::store;
 
-pub async fn healthz() -> HttpResponse {
+pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     // Ready means a check-in could be recorded now, not merely that a connection opens.
     blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(super) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(super) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-pub async fn check_in(
+pub(super) async fn check_in(
+    _admitted: AddressAdmitted,
     state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
+    JsonBytes(body): JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
-    limit_address(&req, &state)?;
-    let body = json_body(&req, payload, &state).await?;
     // Parsing, checking, verifying and scrubbing take a few hundred microseconds of CPU and no
     // I/O: done here, on the worker. The writer thread does the database work.
     let prepared = state.service.prepare(&body, (state.clock)())?;
@@ -49,13 +46,11 @@ pub async fn check_in(
 
 /// An instance releases its own seat (a deployment being decommissioned), proven by its
 /// license key and the last lease the server signed for it; answered with a signed receipt.
-pub async fn deactivate(
+pub(super) async fn deactivate(
+    _admitted: AddressAdmitted,
     state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
+    JsonBytes(body): JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
-    limit_address(&req, &state)?;
-    let body = json_body(&req, payload, &state).await?;
     let deactivation = state.service.prepare_deactivation(&body, (state.clock)())?;
     let store = state.store.clone();
     let (license, instance, now) =
@@ -70,23 +65,10 @@ pub async fn deactivate(
     }))
 }
 
-/// Counts a request against its client address's limit, before any parsing or signature
-/// work: a flood of garbage costs a map look-up per request and never reaches the database.
-fn limit_address(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    match super::client_address::client_address(req, &state.trusted_proxies) {
-        Some(address) => state
-            .service
-            .limiter
-            .admit_address(address)
-            .map_err(|crate::checkin::RetryAfter(retry_after)| ApiError::TooManyRequests { retry_after }),
-        None => Ok(()),
-    }
-}
-
 /// The body of an admin `POST /v1/admin/licenses`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IssueBody {
+pub(super) struct IssueBody {
     tier: Tier,
     licensee: String,
     /// RFC 3339; required unless `perpetual` is true.
@@ -114,11 +96,10 @@ fn instant(field: &'static str, value: &str) -> Result<chrono::DateTime<chrono::
     })
 }
 
-pub async fn issue_license(
+pub(super) async fn issue_license(
     _admin: Admin,
     state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
+    Json(body): Json<IssueBody>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(issuer) = state.issuer.clone() else {
         return Err(ApiError::Conflict {
@@ -127,9 +108,6 @@ pub async fn issue_license(
                 .into(),
         });
     };
-    let body = json_body(&req, payload, &state).await?;
-    let body: IssueBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid license request: {e}")))?;
     let expiry = match (&body.expires_at, body.perpetual) {
         (Some(t), false) => Expiry::At(instant("expires_at", t)?),
         (None, true) => Expiry::Perpetual,
@@ -165,7 +143,7 @@ const MAX_PAGE: usize = 1_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LicenseListQuery {
+pub(super) struct LicenseListQuery {
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
@@ -178,7 +156,7 @@ struct LicenseListQuery {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InstanceListQuery {
+pub(super) struct InstanceListQuery {
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
@@ -187,13 +165,6 @@ struct InstanceListQuery {
     license_id: Option<String>,
     #[serde(default)]
     status: Option<crate::protocol::CheckInStatus>,
-}
-
-/// Reads a listing's query string, with an error naming what is wrong.
-fn listing_query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
-    web::Query::<T>::from_query(req.query_string())
-        .map(web::Query::into_inner)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
 }
 
 /// Checks a page size and a cursor.
@@ -212,12 +183,11 @@ fn page(limit: Option<usize>, cursor: Option<&str>) -> Result<(usize, Option<sto
     Ok((limit, cursor))
 }
 
-pub async fn list_licenses(
+pub(super) async fn list_licenses(
     _admin: Admin,
     state: web::Data<AppState>,
-    req: HttpRequest,
+    web::Query(query): web::Query<LicenseListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query: LicenseListQuery = listing_query(&req)?;
     let (limit, cursor) = page(query.limit, query.cursor.as_deref())?;
     let filter =
         store::LicenseFilter { tier: query.tier.map(|t| t.as_str().to_owned()), revoked: query.revoked };
@@ -231,33 +201,29 @@ pub async fn list_licenses(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeBody {
+pub(super) struct RevokeBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
-pub async fn revoke_license(
+pub(super) async fn revoke_license(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    req: HttpRequest,
-    payload: web::Payload,
+    OptionalJsonBytes(body): OptionalJsonBytes,
 ) -> Result<HttpResponse, ApiError> {
     let license_id = path.into_inner();
     // The body is optional: a bare POST revokes without a reason.
-    let body = read_body(payload, &state).await?;
-    let reason = if body.is_empty() {
-        None
-    } else {
-        require_json(&req)?;
-        let body: RevokeBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid revoke request: {e}")))?;
-        body.reason.map(|r| crate::privacy::scrub(r.chars().take(500).collect::<String>().as_str()).0)
+    let reason = match body {
+        None => None,
+        Some(body) => extract::parse::<RevokeBody>(&body)?
+            .reason
+            .map(|r| crate::privacy::scrub(r.chars().take(500).collect::<String>().as_str()).0),
     };
     set_revocation(state, license_id, Some(reason)).await
 }
 
-pub async fn reinstate_license(
+pub(super) async fn reinstate_license(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -297,12 +263,11 @@ async fn set_revocation(
     Ok(HttpResponse::Ok().json(json!({ "license_id": license_id, "revoked": revoked })))
 }
 
-pub async fn list_instances(
+pub(super) async fn list_instances(
     _admin: Admin,
     state: web::Data<AppState>,
-    req: HttpRequest,
+    web::Query(query): web::Query<InstanceListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query: InstanceListQuery = listing_query(&req)?;
     let (limit, cursor) = page(query.limit, query.cursor.as_deref())?;
     let filter = store::InstanceFilter {
         license_id: query.license_id,
@@ -318,7 +283,7 @@ pub async fn list_instances(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SummaryQuery {
+pub(super) struct SummaryQuery {
     instance_id: String,
     /// Needed only when instances of this id exist under several licenses.
     #[serde(default)]
@@ -331,23 +296,18 @@ fn day() -> u32 {
     24
 }
 
-/// The longest summary window: the raw tables' default retention.
-const MAX_SUMMARY_HOURS: u32 = 90 * 24;
+/// The longest window of an instance's telemetry summary: the raw tables' default retention.
+const MAX_INSTANCE_SUMMARY_HOURS: u32 = 90 * 24;
 
-pub async fn telemetry_summary(
+pub(super) async fn telemetry_summary(
     _admin: Admin,
     state: web::Data<AppState>,
-    req: HttpRequest,
+    web::Query(query): web::Query<SummaryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<SummaryQuery>::from_query(req.query_string())
-        .map_err(|e| {
-            ApiError::bad_request("invalid_query", format!("{e}; expected ?instance_id=...&hours=24"))
-        })?
-        .into_inner();
-    if !(1..=MAX_SUMMARY_HOURS).contains(&query.hours) {
+    if !(1..=MAX_INSTANCE_SUMMARY_HOURS).contains(&query.hours) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("hours must be from 1 to {MAX_SUMMARY_HOURS}"),
+            format!("hours must be from 1 to {MAX_INSTANCE_SUMMARY_HOURS}"),
         ));
     }
     let (store, now) = (state.store.clone(), (state.clock)());
@@ -386,22 +346,19 @@ fn one_license_of(store: &store::Store, instance_id: &str, named: Option<&str>) 
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EraseQuery {
+pub(super) struct EraseQuery {
     /// Only that license's instance of this id; by default, every license's.
     #[serde(default)]
     license_id: Option<String>,
 }
 
-pub async fn erase_telemetry(
+pub(super) async fn erase_telemetry(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    req: HttpRequest,
+    web::Query(query): web::Query<EraseQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let instance_id = path.into_inner();
-    let query = web::Query::<EraseQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request("invalid_query", format!("{e}; expected ?license_id=...")))?
-        .into_inner();
     let store = state.store.clone();
     let (id, license) = (instance_id.clone(), query.license_id.clone());
     let removed =
@@ -412,7 +369,7 @@ pub async fn erase_telemetry(
 
 /// Frees an instance's seat at once: its row goes, so its next check-in is answered as a new
 /// instance's. Its telemetry and check-in history stay.
-pub async fn release_instance(
+pub(super) async fn release_instance(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -429,53 +386,4 @@ pub async fn release_instance(
     Ok(HttpResponse::Ok().json(json!({
         "license_id": license_id, "instance_id": instance_id, "released": true, "held_seat": held_seat
     })))
-}
-
-/// Refuses a body that is not declared as JSON.
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
-}
-
-/// Reads a JSON body of at most `limit` bytes.
-async fn json_body(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<web::Bytes, ApiError> {
-    let limit = state.max_body_bytes;
-    require_json(req)?;
-    if let Some(length) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-    {
-        if length > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
-    }
-    read_body(payload, state).await
-}
-
-/// Reads a body of at most `max_body_bytes` within `body_timeout`; past the limit, 413 without
-/// reading the rest; past the time, 408. A check-in body is a few KB: a client that trickles
-/// it would hold a connection and a worker's attention.
-async fn read_body(mut payload: web::Payload, state: &AppState) -> Result<web::Bytes, ApiError> {
-    let limit = state.max_body_bytes;
-    let read = async move {
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("reading the body: {e}")))?;
-            if body.len() + chunk.len() > limit {
-                return Err(ApiError::TooLarge { limit });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
-    };
-    actix_web::rt::time::timeout(state.body_timeout, read).await.map_err(|_| ApiError::RequestTimeout)?
 }

@@ -7,6 +7,7 @@ pub mod auth;
 mod client_address;
 pub mod config;
 pub mod error;
+mod extract;
 mod handlers;
 pub mod jobs;
 
@@ -154,6 +155,7 @@ fn http_server(
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(web::QueryConfig::default().error_handler(extract::query_error))
             .configure(routes)
             .default_service(web::to(handlers::not_found))
             .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthz").exclude("/readyz"))

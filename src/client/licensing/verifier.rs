@@ -122,7 +122,7 @@ impl Verifier {
                 last_server_time: state.last_server_time.map(local::utc),
                 first_started: local::utc(state.first_started_at),
                 instance_id: state.instance_id.clone(),
-                salt: state.salt_bytes(),
+                salt: state.salt_bytes()?,
                 last_sync: match state.last_result.as_deref() {
                     None => SyncStatus::None,
                     Some(r) if CheckInStatus::parse(r).is_some() => SyncStatus::Success,

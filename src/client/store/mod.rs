@@ -95,11 +95,10 @@ pub struct VerifierState {
 }
 
 impl VerifierState {
-    /// The salt's bytes.
-    pub fn salt_bytes(&self) -> Vec<u8> {
-        (0..self.salt.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&self.salt[2 * i..2 * i + 2], 16).ok())
-            .collect()
+    /// The salt's bytes; a salt that does not read back is [`LocalError::Corrupt`], never a
+    /// shorter or empty salt standing in for it.
+    pub fn salt_bytes(&self) -> Result<Vec<u8>, LocalError> {
+        hex::decode(&self.salt).map_err(|e| corrupt("salt", e))
     }
 }
 
@@ -201,7 +200,7 @@ impl LocalStore {
             let state = VerifierState {
                 id: 1,
                 instance_id: uuid::Uuid::new_v4().to_string(),
-                salt: salt.iter().map(|b| format!("{b:02x}")).collect(),
+                salt: hex::encode(salt),
                 first_started_at: naive(now),
                 period_start: naive(now),
                 last_server_time: None,
