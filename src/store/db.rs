@@ -178,6 +178,10 @@ impl StoreError {
     }
 }
 
+/// The most rows one multi-row statement carries: far below both backends' limits on bound
+/// parameters (65,535 for PostgreSQL, 32,766 for SQLite) for any of these tables.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
 /// How long a request waits for a pooled connection: a database that is down is answered with
 /// 503 within a few seconds, not after the client gave up.
 const POOL_WAIT: Duration = Duration::from_secs(3);

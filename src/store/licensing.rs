@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::models::*;
 use super::schema::{check_ins, instances, licenses};
-use super::{on_backend, DbConnection, Store, StoreError};
+use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
 
 /// A license as the admin API lists it.
@@ -137,10 +137,6 @@ pub struct Page<T> {
     pub next: Option<Cursor>,
 }
 
-/// The most rows one multi-row statement carries: far below both backends' limits on bound
-/// parameters (65,535 for PostgreSQL, 32,766 for SQLite) for any of these tables.
-pub(super) const ROWS_PER_STATEMENT: usize = 500;
-
 /// Records the licenses of a group of check-ins as seen (inserting each the first time) and
 /// checked in, and returns their rows. `rows` must have distinct ids, sorted: being writes, the
 /// upserts take the locks that serialise check-ins of one license until the transaction ends
@@ -172,19 +168,11 @@ pub fn upsert_licenses(conn: &mut DbConnection, rows: &[LicenseRow]) -> Result<V
                 .returning(LicenseRow::as_returning())
         };
     }
-    match conn {
-        DbConnection::Postgresql(c) => {
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                out.extend(upsert!(chunk).get_results(c)?);
-            }
+    on_backend!(conn, c => {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            out.extend(upsert!(chunk).get_results(c)?);
         }
-        // Diesel cannot express a multi-row upsert for SQLite, which is in-process anyway.
-        DbConnection::Sqlite(c) => {
-            for row in rows {
-                out.push(upsert!(row).get_result(c)?);
-            }
-        }
-    }
+    });
     Ok(out)
 }
 
@@ -294,18 +282,11 @@ pub fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) -> Result
                 ))
         };
     }
-    match conn {
-        DbConnection::Postgresql(c) => {
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                upsert!(chunk).execute(c)?;
-            }
+    on_backend!(conn, c => {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            upsert!(chunk).execute(c)?;
         }
-        DbConnection::Sqlite(c) => {
-            for row in rows {
-                upsert!(row).execute(c)?;
-            }
-        }
-    }
+    });
     Ok(())
 }
 

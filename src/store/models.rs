@@ -90,7 +90,9 @@ impl LicenseRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
-#[diesel(table_name = instances)]
+// `None` is written as NULL (these columns have no defaults), not as DEFAULT, which SQLite's
+// multi-row VALUES cannot take: so both backends upsert a group's rows in one statement.
+#[diesel(table_name = instances, treat_none_as_default_value = false)]
 pub struct InstanceRow {
     pub id: String,
     pub license_id: String,
@@ -178,7 +180,8 @@ pub struct SessionRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = telemetry_errors)]
+// As for instances: lets diesel build one multi-row upsert on SQLite too.
+#[diesel(table_name = telemetry_errors, treat_none_as_default_value = false)]
 pub struct ErrorRow {
     pub license_id: String,
     pub instance_id: String,

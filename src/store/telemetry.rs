@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::models::*;
 use super::schema::*;
-use super::{on_backend, DbConnection, Store, StoreError};
+use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use crate::protocol::{RoutePerformance, UsageCount};
 use crate::sketch::Sketch;
 
@@ -26,7 +26,7 @@ pub fn insert_batches(
     let mut inserted = BTreeSet::new();
     match conn {
         DbConnection::Postgresql(c) => {
-            for chunk in batches.chunks(super::licensing::ROWS_PER_STATEMENT) {
+            for chunk in batches.chunks(ROWS_PER_STATEMENT) {
                 let rows: Vec<&BatchRow> = chunk.iter().map(|b| &b.batch).collect();
                 let ids: Vec<String> = diesel::insert_into(telemetry_batches::table)
                     .values(rows)
@@ -36,6 +36,9 @@ pub fn insert_batches(
                 inserted.extend(ids);
             }
         }
+        // diesel runs a SQLite batch with RETURNING as one statement per row and expects a row
+        // back from each; a batch already stored returns none (`NotFound`), so the rows go one
+        // by one, counted by what each statement inserted. (In-process: no round trips.)
         DbConnection::Sqlite(c) => {
             for b in batches {
                 let n = diesel::insert_into(telemetry_batches::table)
@@ -51,7 +54,7 @@ pub fn insert_batches(
     let stored: Vec<&StoredBatch> =
         batches.iter().copied().filter(|b| inserted.contains(&b.batch.batch_id)).collect();
     on_backend!(conn, c => {
-        for chunk in stored.chunks(super::licensing::ROWS_PER_STATEMENT) {
+        for chunk in stored.chunks(ROWS_PER_STATEMENT) {
             let events: Vec<&EventRow> = chunk.iter().map(|b| &b.events).collect();
             diesel::insert_into(telemetry_events::table).values(events).execute(c)?;
             let performance: Vec<&PerformanceRow> = chunk.iter().map(|b| &b.performance).collect();
@@ -100,19 +103,11 @@ fn upsert_errors(conn: &mut DbConnection, rows: &[ErrorRow]) -> Result<(), Store
                 ))
         };
     }
-    match conn {
-        DbConnection::Postgresql(c) => {
-            for chunk in rows.chunks(super::licensing::ROWS_PER_STATEMENT) {
-                upsert!(chunk).execute(c)?;
-            }
+    on_backend!(conn, c => {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            upsert!(chunk).execute(c)?;
         }
-        // Diesel cannot express a multi-row upsert for SQLite, which is in-process anyway.
-        DbConnection::Sqlite(c) => {
-            for row in rows {
-                upsert!(row).execute(c)?;
-            }
-        }
-    }
+    });
     Ok(())
 }
 
@@ -408,7 +403,7 @@ impl Store {
             diesel::delete(telemetry_features::table.filter(telemetry_features::day.eq(day)))
                 .execute(conn)?;
             on_backend!(&mut *conn, c => {
-                for chunk in features.chunks(500) {
+                for chunk in features.chunks(ROWS_PER_STATEMENT) {
                     diesel::insert_into(telemetry_features::table).values(chunk).execute(c)?;
                 }
             });
@@ -454,7 +449,7 @@ impl Store {
             diesel::delete(telemetry_aggregates::table.filter(telemetry_aggregates::day.eq(day)))
                 .execute(conn)?;
             on_backend!(&mut *conn, c => {
-                for chunk in aggregates.chunks(500) {
+                for chunk in aggregates.chunks(ROWS_PER_STATEMENT) {
                     diesel::insert_into(telemetry_aggregates::table).values(chunk).execute(c)?;
                 }
             });
