@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{decide, times_for, CheckInError, Decision, Prepared, Subject};
 use crate::protocol::CheckInStatus;
-use crate::store::{self, licensing, telemetry, InstanceRow, NewCheckIn, Store};
+use crate::store::{self, InstanceRow, NewCheckIn, Store};
 
 /// The most check-ins one transaction records.
 const MAX_GROUP: usize = 256;
@@ -126,20 +126,16 @@ fn write_guarded(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Che
 /// Whether a failure may come from what one check-in carried (so that writing the group in
 /// parts can isolate it), rather than from the database being unreachable.
 fn caused_by_content(e: &CheckInError) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
     match e {
         CheckInError::Panicked => true,
-        CheckInError::Store(store::StoreError::Query(Error::DatabaseError(kind, _))) => {
-            !matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand)
-        }
-        CheckInError::Store(store::StoreError::Query(Error::SerializationError(_))) => true,
+        CheckInError::Store(e) => e.may_come_from_content(),
         _ => false,
     }
 }
 
 /// Decides and records a group of check-ins in one transaction.
 fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
-    store.transaction(|conn| {
+    store.write_check_ins(|tx| {
         // Licenses first: the upsert takes their locks, in id order (a BTreeMap's order).
         let mut license_rows: BTreeMap<String, store::LicenseRow> = BTreeMap::new();
         // Instances are keyed by license and id: the same id under another license is another
@@ -160,9 +156,10 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         }
         let rows: Vec<store::LicenseRow> = license_rows.into_values().collect();
         let licenses: HashMap<String, store::LicenseRow> =
-            licensing::upsert_licenses(conn, &rows)?.into_iter().map(|r| (r.id.clone(), r)).collect();
+            tx.upsert_licenses(&rows)?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let keys: Vec<(&str, &str)> = instance_keys.iter().map(|(l, i)| (l.as_str(), *i)).collect();
-        let mut instances: HashMap<(String, String), InstanceRow> = licensing::instances_by_key(conn, &keys)?
+        let mut instances: HashMap<(String, String), InstanceRow> = tx
+            .instances_by_key(&keys)?
             .into_iter()
             .map(|i| ((i.license_id.clone(), i.id.clone()), i))
             .collect();
@@ -170,7 +167,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         // milliseconds a group spans still counts, which errs on the side of the limit.
         let license_ids: Vec<&str> = licenses.keys().map(String::as_str).collect();
         let mut in_use: HashMap<String, i64> = match earliest {
-            Some(t) => licensing::seats_in_use(conn, &license_ids, store::naive(t))?.into_iter().collect(),
+            Some(t) => tx.seats_in_use(&license_ids, store::naive(t))?.into_iter().collect(),
             None => HashMap::new(),
         };
 
@@ -248,10 +245,10 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         }
 
         let instance_rows: Vec<InstanceRow> = touched.iter().map(|id| instances[id].clone()).collect();
-        licensing::upsert_instances(conn, &instance_rows)?;
-        licensing::insert_check_ins(conn, &check_ins)?;
+        tx.upsert_instances(&instance_rows)?;
+        tx.insert_check_ins(&check_ins)?;
         let stored: Vec<&store::StoredBatch> = batches.iter().map(|(_, b)| *b).collect();
-        let inserted = telemetry::insert_batches(conn, &stored)?;
+        let inserted = tx.insert_batches(&stored)?;
         for (i, b) in &batches {
             if !inserted.contains(&b.batch.batch_id) {
                 decisions[*i].duplicate = true;

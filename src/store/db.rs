@@ -164,6 +164,20 @@ impl std::fmt::Debug for Store {
 }
 
 impl StoreError {
+    /// Whether the failure may come from what was written (a constraint, a value the database
+    /// refused, a conflict between transactions), rather than from the database being out of
+    /// reach: writing the same work in smaller parts can then isolate the part at fault.
+    pub fn may_come_from_content(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Query(Error::DatabaseError(kind, _)) => {
+                !matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand)
+            }
+            StoreError::Query(Error::SerializationError(_)) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the failure is the database being out of reach (answered 503, retry later)
     /// rather than a query going wrong.
     pub fn is_unavailable(&self) -> bool {

@@ -142,7 +142,10 @@ pub struct Page<T> {
 /// upserts take the locks that serialise check-ins of one license until the transaction ends
 /// (row locks on PostgreSQL, taken in id order so that replicas cannot deadlock; the database
 /// write lock on SQLite, taken before any read).
-pub fn upsert_licenses(conn: &mut DbConnection, rows: &[LicenseRow]) -> Result<Vec<LicenseRow>, StoreError> {
+pub(super) fn upsert_licenses(
+    conn: &mut DbConnection,
+    rows: &[LicenseRow],
+) -> Result<Vec<LicenseRow>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     macro_rules! upsert {
         ($values:expr) => {
@@ -177,7 +180,7 @@ pub fn upsert_licenses(conn: &mut DbConnection, rows: &[LicenseRow]) -> Result<V
 }
 
 /// The rows of those of `keys` (license id, instance id) that exist.
-pub fn instances_by_key(
+pub(super) fn instances_by_key(
     conn: &mut DbConnection,
     keys: &[(&str, &str)],
 ) -> Result<Vec<InstanceRow>, StoreError> {
@@ -221,7 +224,7 @@ pub fn instances_by_key(
 }
 
 /// How many instances hold a seat at `now`, for each of `license_ids` that has any.
-pub fn seats_in_use(
+pub(super) fn seats_in_use(
     conn: &mut DbConnection,
     license_ids: &[&str],
     now: NaiveDateTime,
@@ -267,7 +270,7 @@ pub fn seats_in_use(
 }
 
 /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.
-pub fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) -> Result<(), StoreError> {
+pub(super) fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) -> Result<(), StoreError> {
     macro_rules! upsert {
         ($values:expr) => {
             diesel::insert_into(instances::table)
@@ -291,7 +294,7 @@ pub fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) -> Result
 }
 
 /// Appends check-ins to the history.
-pub fn insert_check_ins(conn: &mut DbConnection, rows: &[NewCheckIn<'_>]) -> Result<(), StoreError> {
+pub(super) fn insert_check_ins(conn: &mut DbConnection, rows: &[NewCheckIn<'_>]) -> Result<(), StoreError> {
     on_backend!(conn, c => {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             diesel::insert_into(check_ins::table).values(chunk).execute(c)?;

@@ -9,14 +9,16 @@
 //! Invariants: every unit of work is one transaction; callers hand in times (`now`) rather than
 //! the store reading a clock; no IP address or other caller metadata is ever stored.
 
+mod checkin;
 mod db;
 pub mod schema;
 
 mod jobs;
-pub mod licensing;
+mod licensing;
 mod models;
-pub mod telemetry;
+mod telemetry;
 
+pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;
 pub use db::*;
 pub use jobs::JobClaim;

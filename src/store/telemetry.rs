@@ -19,7 +19,7 @@ use crate::sketch::Sketch;
 /// The batch rows go first with `ON CONFLICT DO NOTHING`: a retry, or a copy arriving at the
 /// same moment through another replica (which waits on the first copy's uncommitted row),
 /// inserts nothing, and so nothing else of it is stored either.
-pub fn insert_batches(
+pub(super) fn insert_batches(
     conn: &mut DbConnection,
     batches: &[&StoredBatch],
 ) -> Result<BTreeSet<String>, StoreError> {

@@ -1,0 +1,109 @@
+//! From the protocol's batch to the rows the store keeps: every string scrubbed again, whatever
+//! the client did, and the lists serialised as the store's JSON columns. No I/O.
+
+use chrono::{DateTime, Utc};
+
+use crate::privacy::{self, Redactions};
+use crate::protocol::{self, TelemetryBatch};
+use crate::store;
+
+/// The batch as it is stored: every string scrubbed again, whatever the client did.
+pub(super) fn scrubbed_batch(
+    b: &TelemetryBatch,
+    digest: &str,
+    instance_id: &str,
+    license_id: &str,
+    now: DateTime<Utc>,
+) -> store::StoredBatch {
+    let batch_id = b.batch_id.to_string();
+    let received_at = store::naive(now);
+    let mut counts = Redactions::default();
+    let mut s = |text: &str| privacy::scrub_into(text, &mut counts);
+
+    let mut environment = b.environment.clone();
+    environment.app_version = s(&environment.app_version);
+    environment.os = s(&environment.os);
+    environment.arch = s(&environment.arch);
+    environment.modules_enabled = environment.modules_enabled.iter().map(|m| s(m)).collect();
+    environment.health = environment.health.iter().map(|(k, v)| (s(k), *v)).collect();
+    let usage: Vec<protocol::UsageCount> = b
+        .usage
+        .iter()
+        .map(|u| protocol::UsageCount { kind: u.kind, name: s(&u.name), count: u.count })
+        .collect();
+    let routes: Vec<protocol::RoutePerformance> = b
+        .performance
+        .iter()
+        .map(|p| protocol::RoutePerformance {
+            method: s(&p.method),
+            route: s(&p.route),
+            sketch: s(&p.sketch),
+            ..p.clone()
+        })
+        .collect();
+    let events = store::EventRow {
+        batch_id: batch_id.clone(),
+        instance_id: instance_id.to_owned(),
+        received_at,
+        usage: serde_json::to_string(&usage).expect("usage serialises"),
+    };
+    let performance = store::PerformanceRow {
+        batch_id: batch_id.clone(),
+        instance_id: instance_id.to_owned(),
+        received_at,
+        routes: serde_json::to_string(&routes).expect("routes serialise"),
+    };
+    let errors = b
+        .errors
+        .iter()
+        .map(|e| store::ErrorRow {
+            license_id: license_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            fingerprint: e.fingerprint.to_ascii_lowercase(),
+            error_type: s(&e.error_type),
+            message: s(&e.message),
+            stack: serde_json::to_string(&e.stack.iter().map(|l| s(l)).collect::<Vec<_>>())
+                .expect("strings serialise"),
+            count: e.count as i64,
+            first_seen: store::naive(e.first_seen),
+            last_seen: store::naive(e.last_seen),
+        })
+        .collect();
+    let redactions: std::collections::BTreeMap<String, u64> =
+        b.redactions.iter().map(|(k, v)| (s(k), *v)).collect();
+    let sessions = store::SessionRow {
+        batch_id: batch_id.clone(),
+        instance_id: instance_id.to_owned(),
+        received_at,
+        count: b.sessions.count as i64,
+        total_duration_s: b.sessions.total_duration_s as i64,
+        hourly: serde_json::to_string(&b.sessions.hourly).expect("integers serialise"),
+    };
+    if counts.total() > 0 {
+        tracing::warn!(
+            instance_id,
+            redactions = counts.total(),
+            "the server scrubbed PII that the client let through"
+        );
+    }
+    store::StoredBatch {
+        batch: store::BatchRow {
+            batch_id,
+            instance_id: instance_id.to_owned(),
+            license_id: license_id.to_owned(),
+            received_at,
+            period_start: store::naive(b.period_start),
+            period_end: store::naive(b.period_end),
+            digest: digest.to_owned(),
+            app_version: environment.app_version.clone(),
+            user_count_range: environment.user_count_range.as_str().to_owned(),
+            environment: serde_json::to_string(&environment).expect("the environment serialises"),
+            dropped: serde_json::to_string(&b.dropped).expect("counts serialise"),
+            redactions: serde_json::to_string(&redactions).expect("counts serialise"),
+        },
+        events,
+        performance,
+        errors,
+        sessions,
+    }
+}

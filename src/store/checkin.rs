@@ -1,0 +1,82 @@
+//! The narrow interface the check-in writer records a group through: one transaction, and the
+//! handful of statements a group needs, so that `checkin` decides without knowing diesel.
+
+use chrono::NaiveDateTime;
+use diesel::Connection as _;
+use std::collections::BTreeSet;
+
+use super::models::{InstanceRow, LicenseRow, NewCheckIn, StoredBatch};
+use super::{licensing, telemetry, DbConnection, Store, StoreError};
+
+/// A group's transaction, open: every statement of it commits or none does.
+pub struct CheckInWrite<'c> {
+    conn: &'c mut DbConnection,
+}
+
+impl CheckInWrite<'_> {
+    /// Inserts or refreshes licenses (taking their row locks, in the order given), returning
+    /// the stored rows.
+    pub fn upsert_licenses(&mut self, rows: &[LicenseRow]) -> Result<Vec<LicenseRow>, StoreError> {
+        licensing::upsert_licenses(self.conn, rows)
+    }
+
+    /// The rows of those of `keys` (license id, instance id) that exist.
+    pub fn instances_by_key(&mut self, keys: &[(&str, &str)]) -> Result<Vec<InstanceRow>, StoreError> {
+        licensing::instances_by_key(self.conn, keys)
+    }
+
+    /// How many instances hold a seat at `now`, for each of `license_ids` that has any.
+    pub fn seats_in_use(
+        &mut self,
+        license_ids: &[&str],
+        now: NaiveDateTime,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        licensing::seats_in_use(self.conn, license_ids, now)
+    }
+
+    /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.
+    pub fn upsert_instances(&mut self, rows: &[InstanceRow]) -> Result<(), StoreError> {
+        licensing::upsert_instances(self.conn, rows)
+    }
+
+    /// Appends check-ins to the history.
+    pub fn insert_check_ins(&mut self, rows: &[NewCheckIn<'_>]) -> Result<(), StoreError> {
+        licensing::insert_check_ins(self.conn, rows)
+    }
+
+    /// Stores the batches not stored before; returns the ids stored now.
+    pub fn insert_batches(&mut self, batches: &[&StoredBatch]) -> Result<BTreeSet<String>, StoreError> {
+        telemetry::insert_batches(self.conn, batches)
+    }
+}
+
+/// How a group's transaction ended, inside the store: the database's own error, or the
+/// caller's.
+enum Ended<E> {
+    Database(diesel::result::Error),
+    Caller(E),
+}
+
+impl<E> From<diesel::result::Error> for Ended<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Ended::Database(e)
+    }
+}
+
+impl Store {
+    /// Runs `f` as one transaction over a group of check-ins: committed when `f` succeeds,
+    /// rolled back otherwise.
+    pub fn write_check_ins<T, E>(&self, f: impl FnOnce(&mut CheckInWrite<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = self.conn()?;
+        DbConnection::transaction::<T, Ended<E>, _>(&mut conn, |c| {
+            f(&mut CheckInWrite { conn: c }).map_err(Ended::Caller)
+        })
+        .map_err(|ended| match ended {
+            Ended::Database(e) => E::from(StoreError::Query(e)),
+            Ended::Caller(e) => e,
+        })
+    }
+}
