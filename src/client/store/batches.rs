@@ -177,7 +177,7 @@ fn assemble(
     let health: Vec<(String, String)> =
         health_checks::table.select((health_checks::name, health_checks::status)).load(c)?;
 
-    let mut usage = sum_usage(&events);
+    let mut usage = sum_usage(&events)?;
     let mut performance = merge_route_rows(&routes)?;
     let mut error_groups = merge_error_rows(&errors)?;
     let mut dropped = Dropped::default();
@@ -203,9 +203,12 @@ fn assemble(
     environment.user_count_range = UserCountRange::of(users.max(1) as u64);
     environment.health = health
         .into_iter()
-        .filter_map(|(name, status)| Health::parse(&status).map(|h| (name, h)))
         .take(limits.max_health)
-        .collect();
+        .map(|(name, status)| match Health::parse(&status) {
+            Some(h) => Ok((name, h)),
+            None => Err(super::corrupt("health status", super::Unknown(status))),
+        })
+        .collect::<Result<_, _>>()?;
     Ok(TelemetryBatch {
         schema: TELEMETRY_SCHEMA,
         batch_id,

@@ -277,6 +277,14 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A stored value this build never writes (a kind or status it does not know).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a value this build writes")]
+struct Unknown(String);
+
+/// A stored value that does not read back. Everything here was written by this crate from
+/// checked values, so this is damage or a bug: the unit of work fails with it, naming the
+/// column, rather than a default or a skip hiding it (ARCHITECTURE.md, "Stored values").
 fn corrupt(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> LocalError {
     LocalError::Corrupt { what, source: Box::new(e) }
 }

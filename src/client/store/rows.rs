@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use super::schema::*;
-use super::{corrupt, decode_sketch, naive_rfc3339, utc, LocalError};
+use super::{corrupt, decode_sketch, naive_rfc3339, utc, LocalError, Unknown};
 use crate::protocol::{ErrorGroup, RoutePerformance, Sessions, UsageCount, UsageKind};
 use crate::sketch::Sketch;
 
@@ -82,15 +82,13 @@ pub(super) fn add_sessions(into: &mut Sessions, s: &Sessions) {
     }
 }
 
-pub(super) fn sum_usage(rows: &[UsageRow]) -> Vec<UsageCount> {
+pub(super) fn sum_usage(rows: &[UsageRow]) -> Result<Vec<UsageCount>, LocalError> {
     let mut sums: BTreeMap<(UsageKind, &str), u64> = BTreeMap::new();
     for r in rows {
-        // A kind this build does not know cannot have been written by it; skip it.
-        if let Some(kind) = UsageKind::parse(&r.kind) {
-            *sums.entry((kind, r.name.as_str())).or_default() += r.count.max(0) as u64;
-        }
+        let kind = UsageKind::parse(&r.kind).ok_or_else(|| corrupt("usage kind", Unknown(r.kind.clone())))?;
+        *sums.entry((kind, r.name.as_str())).or_default() += r.count.max(0) as u64;
     }
-    sums.into_iter().map(|((kind, name), count)| UsageCount { kind, name: name.into(), count }).collect()
+    Ok(sums.into_iter().map(|((kind, name), count)| UsageCount { kind, name: name.into(), count }).collect())
 }
 
 pub(super) fn merge_route_rows(rows: &[RouteRow]) -> Result<Vec<RoutePerformance>, LocalError> {

@@ -126,7 +126,7 @@ impl LocalStore {
                 .filter(session_counts::period_start.ge(from))
                 .select(SessionsRow::as_select())
                 .load(c)?;
-            let mut usage = sum_usage(&events);
+            let mut usage = sum_usage(&events)?;
             usage.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
             let performance = merge_route_rows(&routes)?
                 .into_iter()
