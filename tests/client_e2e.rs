@@ -422,7 +422,10 @@ fn user_controls_show_what_is_sent_and_a_restart_runs_offline() {
     let app = library(&env);
     assert_eq!(app.status(), Status::Valid);
     app.shutdown();
-    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(2));
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("no answer: ") && err.matches("no answer").count() == 1, "{err}");
 
     // Another answer than valid is exit 1: the license revoked (server back up).
     server.restart();
