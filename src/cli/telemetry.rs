@@ -8,7 +8,7 @@ use std::io::Write as _;
 use super::{ClientArgs, ExportFormat, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
 use crate::client::licensing::offline::Opened;
 use crate::client::licensing::CheckInOutcome;
-use crate::client::store::{self as local, LocalStore};
+use crate::client::store::{self, LocalStore};
 use crate::client::{Config, Mode, Status};
 use crate::protocol::CheckInStatus;
 
@@ -50,7 +50,7 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
                             .unwrap_or(serde_json::Value::String(e.payload.clone()));
                         serde_json::json!({
                             "batch_id": e.batch_id,
-                            "acknowledged_at": crate::time::format(&local::utc(e.acknowledged_at)),
+                            "acknowledged_at": crate::time::format(&store::utc(e.acknowledged_at)),
                             "digest": e.digest,
                             "batch": batch,
                         })
@@ -65,12 +65,12 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
                     outln!(
                         "{:<36}  {:<20}  {:>8}  {}",
                         e.batch_id,
-                        crate::time::format(&local::utc(e.acknowledged_at)),
+                        crate::time::format(&store::utc(e.acknowledged_at)),
                         e.payload.len(),
                         e.digest
                     )?;
                 }
-                outln!("{} batches (the ledger keeps the last {})", ledger.len(), local::LEDGER_MAX)?;
+                outln!("{} batches (the ledger keeps the last {})", ledger.len(), store::LEDGER_MAX)?;
             }
             Ok(EXIT_OK)
         }
@@ -151,7 +151,7 @@ fn status(opened: &Opened) -> Result<u8> {
         if let Some(state) = store.state()? {
             writeln!(out, "instance: {}", state.instance_id)?;
             let time = |t: Option<chrono::NaiveDateTime>| {
-                t.map_or("never".to_string(), |t| crate::time::format(&local::utc(t)))
+                t.map_or("never".to_string(), |t| crate::time::format(&store::utc(t)))
             };
             writeln!(
                 out,
@@ -163,7 +163,7 @@ fn status(opened: &Opened) -> Result<u8> {
                 out,
                 "next check-in: {}",
                 state.next_check_in_at.map_or("shortly after the application starts".to_string(), |t| {
-                    crate::time::format(&local::utc(t))
+                    crate::time::format(&store::utc(t))
                 })
             )?;
         }
@@ -194,7 +194,7 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
                 "max_ms",
                 "detail",
             ])?;
-            let t = |n: chrono::NaiveDateTime| crate::time::format(&local::utc(n));
+            let t = |n: chrono::NaiveDateTime| crate::time::format(&store::utc(n));
             for e in &export.events {
                 w.write_record([
                     "usage_counts",

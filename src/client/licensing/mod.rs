@@ -1,6 +1,6 @@
-//! The handle a licensed application holds: [`Licensing::start`] opens the [`verifier`]
+//! The handle a licensed application holds: [`Licensing::start`] opens the `verifier`
 //! (the license verified offline, the instance's identity and last lease restored from the
-//! local store) and, where telemetry is on, starts the background [`worker`], which flushes
+//! local store) and, where telemetry is on, starts the background `worker`, which flushes
 //! figures to the store, runs health checks, rolls old figures up, and checks in on the
 //! schedule the last lease names. [`offline`] is the same verifier without the worker, for the
 //! command line.
@@ -20,9 +20,9 @@ use super::config::Config;
 use super::policy::Mode;
 use super::status::Status;
 use super::telemetry::{Session, Telemetry};
-use crate::client::store::{self as local, LocalError};
+use crate::client::store::{LocalError, LocalSummary};
 use crate::keys::KeyError;
-use crate::license::{self};
+use crate::license;
 use crate::protocol::{CheckInStatus, Health};
 use verifier::Verifier;
 use worker::Worker;
@@ -259,7 +259,7 @@ impl Licensing {
     }
 
     /// The local store's summary of the last `hours` (after a flush).
-    pub fn summary(&self, hours: u32) -> Result<Option<local::LocalSummary>, LocalError> {
+    pub fn summary(&self, hours: u32) -> Result<Option<LocalSummary>, LocalError> {
         let Some(store) = &self.verifier.store else { return Ok(None) };
         self.verifier.flush()?;
         store.summary(hours, self.verifier.now()).map(Some)

@@ -17,7 +17,7 @@ use crate::client::config::{check_server_url, Config, KeySource, LicenseSource};
 use crate::client::exchange;
 use crate::client::policy::{self, Mode};
 use crate::client::status::{self, Facts, Status};
-use crate::client::store::{self as local, CheckInRecord, LocalError, LocalStore};
+use crate::client::store::{self, CheckInRecord, LocalError, LocalStore};
 use crate::client::telemetry::Telemetry;
 use crate::keys::KeyRing;
 use crate::lease::{self, LeasePayload};
@@ -119,8 +119,8 @@ impl Verifier {
             });
             let instance = InstanceState {
                 lease,
-                last_server_time: state.last_server_time.map(local::utc),
-                first_started: local::utc(state.first_started_at),
+                last_server_time: state.last_server_time.map(store::utc),
+                first_started: store::utc(state.first_started_at),
                 instance_id: state.instance_id.clone(),
                 salt: state.salt_bytes()?,
                 last_sync: match state.last_result.as_deref() {
