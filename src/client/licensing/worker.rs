@@ -4,7 +4,8 @@
 //!
 //! - flush memory to the store every [`Config::flush_every`](crate::client::Config);
 //! - every 10 s, flush early when a bound that a flush frees is nearly full;
-//! - every hour, roll the local tables up;
+//! - roll the local tables up 10 s after start, then every hour (so an application restarted
+//!   more often than hourly still keeps its tables bounded);
 //! - run the health checks every `health_every`, on a blocking thread;
 //! - check in after the first delay (with spread), then when the lease says, or after the
 //!   retry policy's backoff.
@@ -56,18 +57,24 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
         .name("licensor-check-in".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let tasks = [
-                    tokio::spawn(every(verifier.config.flush_every, verifier.clone(), |v| async move {
-                        flush(&v)
-                    })),
-                    tokio::spawn(every(WATCH_EVERY, verifier.clone(), |v| async move { watch(&v) })),
-                    tokio::spawn(every(ROLL_UP_EVERY, verifier.clone(), |v| async move { roll_up(&v) })),
-                    // Off the worker's thread: a slow check must not hold up a flush or a check-in.
-                    tokio::spawn(every(verifier.config.health_every, verifier.clone(), |v| async move {
-                        let _ = tokio::task::spawn_blocking(move || v.run_health_checks()).await;
-                    })),
-                    tokio::spawn(check_ins(verifier)),
-                ];
+                let (flush_every, health_every) = (verifier.config.flush_every, verifier.config.health_every);
+                let tasks =
+                    [
+                        tokio::spawn(every(flush_every, flush_every, verifier.clone(), |v| async move {
+                            flush(&v)
+                        })),
+                        tokio::spawn(every(WATCH_EVERY, WATCH_EVERY, verifier.clone(), |v| async move {
+                            watch(&v)
+                        })),
+                        tokio::spawn(every(WATCH_EVERY, ROLL_UP_EVERY, verifier.clone(), |v| async move {
+                            roll_up(&v)
+                        })),
+                        // Off the worker's thread: a slow check must not hold up a flush or a check-in.
+                        tokio::spawn(every(health_every, health_every, verifier.clone(), |v| async move {
+                            let _ = tokio::task::spawn_blocking(move || v.run_health_checks()).await;
+                        })),
+                        tokio::spawn(check_ins(verifier)),
+                    ];
                 let _ = stopped.await;
                 for task in &tasks {
                     task.abort();
@@ -81,15 +88,15 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
     Ok(Worker { stop, done })
 }
 
-/// Runs `job` every `period`, the first time one period from now; a run that overruns delays
-/// the next rather than piling runs up.
-async fn every<F, Fut>(period: Duration, verifier: Arc<Verifier>, job: F)
+/// Runs `job` after `first`, then every `period`; a run that overruns delays the next rather
+/// than piling runs up.
+async fn every<F, Fut>(first: Duration, period: Duration, verifier: Arc<Verifier>, job: F)
 where
     F: Fn(Arc<Verifier>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let period = period.max(Duration::from_millis(1));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
