@@ -52,6 +52,8 @@ pub const HOURLY_FOR: chrono::Duration = chrono::Duration::hours(48);
 pub const DAILY_FOR: chrono::Duration = chrono::Duration::days(60);
 /// Rows already sent are kept for local summaries this long.
 pub const SENT_KEPT_FOR: chrono::Duration = chrono::Duration::days(400);
+/// The most rows one multi-row insert carries (far below SQLite's 32,766 bound parameters).
+const ROWS_PER_STATEMENT: usize = 500;
 /// Users seen within this window count towards the batch's user-count range.
 pub const ACTIVE_USERS_WINDOW: chrono::Duration = chrono::Duration::days(30);
 

@@ -11,7 +11,7 @@ use super::rows::{add_sessions, session_of};
 use super::schema::*;
 use super::{corrupt, day_of, decode_sketch, month_of, naive, LocalError, LocalStore};
 use super::{RouteRow, SessionsRow, UsageRow};
-use super::{ACTIVE_USERS_WINDOW, DAILY_FOR, HOURLY_FOR, MAX_ROWS, SENT_KEPT_FOR};
+use super::{ACTIVE_USERS_WINDOW, DAILY_FOR, HOURLY_FOR, MAX_ROWS, ROWS_PER_STATEMENT, SENT_KEPT_FOR};
 use crate::protocol::Sessions;
 use crate::sketch::Sketch;
 
@@ -72,7 +72,7 @@ impl LocalStore {
                         count,
                     })
                     .collect();
-                for chunk in rows.chunks(500) {
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     diesel::insert_into(usage_counts::table).values(chunk).execute(c)?;
                 }
             }
