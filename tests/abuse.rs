@@ -291,6 +291,7 @@ fn refused_newcomers_leave_no_instances_behind(h: Harness) {
         "valid"
     );
     let (mut refused, mut limited) = (0, 0);
+    let started = std::time::Instant::now();
     for i in 0..200 {
         let (code, v) = h.post_raw(
             "/v1/check-ins",
@@ -306,8 +307,13 @@ fn refused_newcomers_leave_no_instances_behind(h: Harness) {
             other => panic!("{other}: {v}"),
         }
     }
-    // A 1-seat license may check in about 32 times a minute (2 per seat, and 30).
-    assert!((25..=33).contains(&refused), "{refused} answered, {limited} limited");
+    // A 1-seat license may check in about 32 times a minute (2 per seat, and 30); the limiter
+    // runs on the real monotonic clock, so a slow machine's loop earns what refilled meanwhile.
+    let refilled = (started.elapsed().as_secs_f64() * 32.0 / 60.0).ceil() as usize;
+    assert!(
+        (25..=33 + refilled).contains(&refused),
+        "{refused} answered, {limited} limited, {refilled} refilled"
+    );
     assert_eq!(count_rows(&h, "instances"), 1, "no instance rows for refused newcomers");
     assert_eq!(count_rows(&h, "check_ins"), 1 + refused as i64, "each answered check-in is in the history");
 }
