@@ -382,3 +382,40 @@ fn clear_removes_telemetry_but_not_the_identity() {
     assert!(store.ledger().unwrap().is_empty());
     assert_eq!(store.state().unwrap().unwrap().instance_id, id);
 }
+
+/// A deployment's store written by the build before the tables got names of their own opens
+/// with this build: the rename migration keeps every row, unsent figures and the ledger alike.
+#[test]
+fn a_store_from_before_the_table_renames_keeps_its_rows() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::Connection as _;
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    {
+        let mut old = diesel::sqlite::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        old.batch_execute(include_str!("../migrations/local/2026-11-22-000000_local_store/up.sql")).unwrap();
+        old.batch_execute(
+            "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+                 run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);
+             INSERT INTO __diesel_schema_migrations (version) VALUES ('20261122000000');
+             INSERT INTO verifier_state (id, instance_id, salt, first_started_at, period_start)
+                 VALUES (1, 'old-instance', '0a0b', '2026-11-21 10:00:00', '2026-11-21 10:00:00');
+             INSERT INTO telemetry_events (period_start, kind, name, batch_id, count)
+                 VALUES ('2026-11-21 10:00:00', 'feature', 'sso', '', 7);
+             INSERT INTO telemetry_batches (batch_id, acknowledged_at, payload, digest)
+                 VALUES ('b-1', '2026-11-21 09:00:00', '{}', 'd');",
+        )
+        .unwrap();
+    }
+    let store = LocalStore::open(dir.path()).unwrap();
+    let state = store.state().unwrap().unwrap();
+    assert_eq!((state.instance_id.as_str(), state.salt_bytes().unwrap()), ("old-instance", vec![10, 11]));
+    let export = store.export().unwrap();
+    assert_eq!(export.events.len(), 1);
+    assert_eq!((export.events[0].name.as_str(), export.events[0].count), ("sso", 7));
+    assert_eq!(export.ledger.iter().map(|e| e.batch_id.as_str()).collect::<Vec<_>>(), ["b-1"]);
+    // And it goes on working: the unsent row goes into the next batch.
+    let next = store.next_batch(environment(), t0(), &BatchLimits::default()).unwrap();
+    let batch: TelemetryBatch = serde_json::from_str(&next.payload).unwrap();
+    assert_eq!(batch.usage, [usage(UsageKind::Feature, "sso", 7)]);
+}
