@@ -355,6 +355,37 @@ fn past_the_row_bound_the_oldest_go_sent_first_and_unsent_losses_are_counted() {
     assert_eq!(batch.dropped.overflow, 10, "the lost unsent events are said in the batch");
 }
 
+/// Rows already sent are kept for local summaries for 400 days, in every time-bucketed table;
+/// rows not yet sent are never expired, only rolled up.
+#[test]
+fn sent_rows_expire_after_their_keeping_time_and_unsent_rows_never_do() {
+    let (_dir, store) = open();
+    let limits = BatchLimits::default();
+    let sent = Figures {
+        usage: vec![usage(UsageKind::Feature, "sent", 3)],
+        performance: vec![route("/sent", &[5.0, 7.0], 0)],
+        errors: vec![error("00aa", 2, t0())],
+        sessions: Sessions { count: 1, total_duration_s: 60, hourly: [0; 24] },
+        ..Default::default()
+    };
+    store.record(&sent, t0(), &limits).unwrap();
+    let out = store.next_batch(environment(), t0(), &limits).unwrap();
+    let acknowledged =
+        CheckInRecord { result: "valid".into(), acknowledged: Some(out.batch_id), ..Default::default() };
+    store.record_check_in(&acknowledged, t0()).unwrap();
+    let unsent = Figures { usage: vec![usage(UsageKind::Feature, "unsent", 4)], ..Default::default() };
+    store.record(&unsent, t0(), &limits).unwrap();
+
+    // Within the keeping time, nothing is removed. (A row rolled up into its month is dated by
+    // the month's start, so the keeping time counts from there: up to a month less.)
+    assert_eq!(store.roll_up(t0() + Duration::days(370)).unwrap().removed, 0);
+    let rolled = store.roll_up(t0() + Duration::days(401)).unwrap();
+    assert_eq!((rolled.removed, rolled.dropped), (4, 0), "one sent row in each of the four tables");
+    let left = store.export().unwrap();
+    assert_eq!(left.events.iter().map(|e| (e.name.as_str(), e.count)).collect::<Vec<_>>(), [("unsent", 4)]);
+    assert!(left.performance.is_empty() && left.errors.is_empty() && left.sessions.is_empty());
+}
+
 #[test]
 fn clear_removes_telemetry_but_not_the_identity() {
     let (_dir, store) = open();

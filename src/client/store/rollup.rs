@@ -132,30 +132,18 @@ impl LocalStore {
 
             // Sent long ago: kept no longer.
             let sent_until = naive(now - SENT_KEPT_FOR);
-            outcome.removed += diesel::delete(
-                usage_counts::table
-                    .filter(usage_counts::batch_id.ne(""))
-                    .filter(usage_counts::period_start.lt(sent_until)),
-            )
-            .execute(c)? as u64;
-            outcome.removed += diesel::delete(
-                route_latencies::table
-                    .filter(route_latencies::batch_id.ne(""))
-                    .filter(route_latencies::period_start.lt(sent_until)),
-            )
-            .execute(c)? as u64;
-            outcome.removed += diesel::delete(
-                session_counts::table
-                    .filter(session_counts::batch_id.ne(""))
-                    .filter(session_counts::period_start.lt(sent_until)),
-            )
-            .execute(c)? as u64;
-            outcome.removed += diesel::delete(
-                error_groups::table
-                    .filter(error_groups::batch_id.ne(""))
-                    .filter(error_groups::last_seen.lt(sent_until)),
-            )
-            .execute(c)? as u64;
+            for (table, time) in [
+                ("usage_counts", "period_start"),
+                ("route_latencies", "period_start"),
+                ("session_counts", "period_start"),
+                ("error_groups", "last_seen"),
+            ] {
+                let removed =
+                    diesel::sql_query(format!("DELETE FROM {table} WHERE batch_id <> '' AND {time} < $1"))
+                        .bind::<diesel::sql_types::Timestamp, _>(sent_until)
+                        .execute(c)?;
+                outcome.removed += removed as u64;
+            }
             diesel::delete(
                 seen_users::table.filter(seen_users::last_seen.lt(naive(now - ACTIVE_USERS_WINDOW))),
             )
