@@ -423,20 +423,28 @@ impl RoutePerformance {
         max_ms: f64,
         sketch: &crate::sketch::Sketch,
     ) -> RoutePerformance {
-        let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
-        let q = |q| round(sketch.quantile(q).unwrap_or(0.0));
+        let [p50_ms, p95_ms, p99_ms] = percentiles_ms(sketch);
         RoutePerformance {
             method,
             route,
             count,
             errors,
-            p50_ms: q(0.50),
-            p95_ms: q(0.95),
-            p99_ms: q(0.99),
-            max_ms: round(max_ms),
+            p50_ms,
+            p95_ms,
+            p99_ms,
+            max_ms: round_ms(max_ms),
             sketch: sketch.encode(),
         }
     }
+}
+
+/// The p50, p95 and p99 of a latency sketch, in milliseconds to three decimals (0 when empty).
+pub fn percentiles_ms(sketch: &crate::sketch::Sketch) -> [f64; 3] {
+    [0.50, 0.95, 0.99].map(|q| round_ms(sketch.quantile(q).unwrap_or(0.0)))
+}
+
+fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
 }
 
 /// Bounds on a batch's lists and strings; the server's are configurable.

@@ -40,7 +40,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         rate_limit_per_minute: args.rate_limit_per_minute,
         from_env,
     })?;
-    let created = config.clone();
+    let created = config.created.clone();
     let banner = |config: &ServerConfig, addr: std::net::SocketAddr| {
         if !config.development.is_empty() {
             eprintln!("{}", development_banner(config, addr));
@@ -48,7 +48,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     };
     if let Err(e) = server::run(config, banner) {
         // Nothing generated on a start that failed stays behind.
-        created.discard_created();
+        server::remove_created(&created);
         return Err(e.into());
     }
     Ok(EXIT_OK)

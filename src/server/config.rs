@@ -158,11 +158,30 @@ pub struct ServerConfig {
     /// What the development set-up generated on this start, for the warning banner.
     pub development: Vec<String>,
     /// Files and directories the development set-up created on this start, newest last: a
-    /// start that fails removes them ([`ServerConfig::discard_created`]), so it leaves no
-    /// generated key or token behind.
+    /// start that fails removes them ([`remove_created`]), so it leaves no generated key or
+    /// token behind.
     pub created: Vec<PathBuf>,
-    /// How the key settings were given (flag, variable or file key), for `load_keys`' errors.
-    pub key_setting_names: [String; 3],
+    /// How the key settings were given, for `load_keys`' errors.
+    pub key_setting_names: KeySettingNames,
+}
+
+/// The key settings named as they were given (flag, variable or file key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySettingNames {
+    pub keys_dir: String,
+    pub signing_key: String,
+    pub issuing_key: String,
+}
+
+impl Default for KeySettingNames {
+    /// The variables' names.
+    fn default() -> Self {
+        KeySettingNames {
+            keys_dir: "LICENSOR_KEYS_DIR".into(),
+            signing_key: "LICENSOR_SIGNING_KEY".into(),
+            issuing_key: "LICENSOR_ISSUING_KEY".into(),
+        }
+    }
 }
 
 /// A setting that is missing, malformed or inconsistent.
@@ -210,11 +229,6 @@ impl ServerConfig {
         }
     }
 
-    /// Removes what the development set-up created on this start: for a start that failed.
-    pub fn discard_created(&self) {
-        remove_created(&self.created);
-    }
-
     fn resolve_creating(opts: ServeOptions, created: &mut Vec<PathBuf>) -> Result<ServerConfig, ConfigError> {
         let file = match &opts.config_file {
             Some(path) => {
@@ -256,18 +270,20 @@ impl ServerConfig {
         crate::store::Target::parse(&database_url)
             .map_err(|e| src.invalid("database_url", given, e.to_string()))?;
 
-        let keys_configured = opts.keys_dir.is_some() || file.keys_dir.is_some();
-        let key_setting_names = [
-            ("keys_dir", src.pick("keys_dir", opts.keys_dir.as_ref(), file.keys_dir.as_ref()).1),
-            ("signing_key", src.pick("signing_key", opts.signing_key.as_ref(), file.signing_key.as_ref()).1),
-            ("issuing_key", src.pick("issuing_key", opts.issuing_key.as_ref(), file.issuing_key.as_ref()).1),
-        ]
-        .map(|(key, given)| src.name(key, given));
-        let keys_dir = opts.keys_dir.or(file.keys_dir).unwrap_or_else(|| data_dir.join("keys"));
+        let (keys_dir, keys_given) = src.pick("keys_dir", opts.keys_dir, file.keys_dir);
+        let (signing_key, signing_given) = src.pick("signing_key", opts.signing_key, file.signing_key);
+        let (issuing_key, issuing_given) = src.pick("issuing_key", opts.issuing_key, file.issuing_key);
+        let key_setting_names = KeySettingNames {
+            keys_dir: src.name("keys_dir", keys_given),
+            signing_key: src.name("signing_key", signing_given),
+            issuing_key: src.name("issuing_key", issuing_given),
+        };
+        let keys_configured = keys_dir.is_some();
+        let keys_dir = keys_dir.unwrap_or_else(|| data_dir.join("keys"));
         // The development set-up keeps its private keys apart from the ring of trusted public
         // keys, which may be copied to clients as it is.
         let private_dir = data_dir.join("private");
-        let signing_key = match opts.signing_key.or(file.signing_key) {
+        let signing_key = match signing_key {
             Some(path) => path,
             None => development_key(
                 &private_dir,
@@ -278,7 +294,7 @@ impl ServerConfig {
                 created,
             )?,
         };
-        let issuing_key = match opts.issuing_key.or(file.issuing_key) {
+        let issuing_key = match issuing_key {
             Some(path) => Some(path),
             // Only a development set-up issues licenses without being told to, so that a
             // fresh checkout can run the whole flow.
@@ -408,14 +424,18 @@ impl ServerConfig {
 
     /// Loads the key ring and the keys, checking that they fit together.
     pub fn load_keys(&self) -> Result<(KeyRing, Signer, Option<Signer>), ConfigError> {
-        let ring = KeyRing::load_dir(&self.keys_dir)
-            .map_err(|source| ConfigError::Key { setting: self.key_setting_names[0].clone(), source })?;
+        let ring = KeyRing::load_dir(&self.keys_dir).map_err(|source| ConfigError::Key {
+            setting: self.key_setting_names.keys_dir.clone(),
+            source,
+        })?;
         // One key, one role: the lease key signs answers only, the issuing key licenses only.
-        let signer = Signer::load_for(&self.signing_key, Role::Lease)
-            .map_err(|source| ConfigError::Key { setting: self.key_setting_names[1].clone(), source })?;
+        let signer = Signer::load_for(&self.signing_key, Role::Lease).map_err(|source| ConfigError::Key {
+            setting: self.key_setting_names.signing_key.clone(),
+            source,
+        })?;
         if ring.get(signer.kid(), Role::Lease) != Some(&signer.verifying_key()) {
             return Err(invalid(
-                &self.key_setting_names[1],
+                &self.key_setting_names.signing_key,
                 format!(
                     "the public half of lease-signing key {:?} is not in the key ring {} as a lease key (clients \
                      trusting that ring could not verify leases): copy {}.lease.public.pem there",
@@ -425,16 +445,16 @@ impl ServerConfig {
                 ),
             ));
         }
-        let issuer =
-            match &self.issuing_key {
-                Some(path) => Some(Signer::load_for(path, Role::License).map_err(|source| {
-                    ConfigError::Key { setting: self.key_setting_names[2].clone(), source }
-                })?),
-                None => None,
-            };
+        let issuer = match &self.issuing_key {
+            Some(path) => Some(Signer::load_for(path, Role::License).map_err(|source| ConfigError::Key {
+                setting: self.key_setting_names.issuing_key.clone(),
+                source,
+            })?),
+            None => None,
+        };
         if !ring.kids().any(|kid| ring.role(kid) == Some(Role::License)) {
             return Err(invalid(
-                &self.key_setting_names[0],
+                &self.key_setting_names.keys_dir,
                 format!(
                     "no *.license.public.pem keys in {}: no license could verify",
                     self.keys_dir.display()
@@ -550,9 +570,10 @@ fn development_admin_token(
     Ok(token)
 }
 
-/// Removes files and then directories created by a start, newest first; a directory is removed
+/// Removes files and then directories created by a start (`ServerConfig::created`), newest
+/// first, for a start that failed; a directory is removed
 /// only when empty (a database file may have been created in it since, and is the operator's).
-fn remove_created(created: &[PathBuf]) {
+pub fn remove_created(created: &[PathBuf]) {
     for path in created.iter().rev() {
         let removed = if path.is_dir() { std::fs::remove_dir(path) } else { std::fs::remove_file(path) };
         if let Err(e) = removed {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::checkin::CheckInService;
 use crate::keys::Signer;
 use crate::store::Store;
-pub use config::{ConfigError, ServeOptions, ServerConfig, SETTINGS};
+pub use config::{remove_created, ConfigError, KeySettingNames, ServeOptions, ServerConfig, SETTINGS};
 use error::ApiError;
 
 pub use crate::time::{system_clock, Clock};

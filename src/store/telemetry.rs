@@ -635,16 +635,8 @@ fn merge_route_sketches(rows: impl Iterator<Item = RoutePerformance>) -> Vec<Rou
         .map(|(mut summary, merged)| {
             match merged {
                 Some(sketch) => {
-                    let exact = RoutePerformance::from_sketch(
-                        String::new(),
-                        String::new(),
-                        0,
-                        0,
-                        summary.max_ms,
-                        &sketch,
-                    );
-                    (summary.p50_ms, summary.p95_ms, summary.p99_ms) =
-                        (exact.p50_ms, exact.p95_ms, exact.p99_ms);
+                    [summary.p50_ms, summary.p95_ms, summary.p99_ms] =
+                        crate::protocol::percentiles_ms(&sketch);
                 }
                 None => summary.percentiles = Percentiles::WeightedAverage,
             }

@@ -161,7 +161,7 @@ impl Harness {
             limits: Default::default(),
             development: vec![],
             created: vec![],
-            key_setting_names: ["keys".into(), "signing key".into(), "issuing key".into()],
+            key_setting_names: Default::default(),
         };
         adjust(&mut config);
         let clock = Arc::new(Mutex::new(t0()));
