@@ -36,6 +36,11 @@ pub struct LeasePayload {
     /// client lets a batch go only on this, never on the answer's unsigned copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<protocol::TelemetryAck>,
+    /// A newer license key for the same license, delivered by this answer: bound to the
+    /// nonce with the rest, so nobody on the way can hand an instance another key (which must
+    /// verify under the client's license keys besides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_key: Option<String>,
 }
 
 impl Claims for LeasePayload {

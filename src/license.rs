@@ -324,6 +324,67 @@ pub fn issue(signer: &Signer, request: LicenseRequest, now: DateTime<Utc>) -> Re
     Ok(Issued { key, payload })
 }
 
+/// What a renewal changes; a field left `None` keeps the license's current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub expiry: Option<Expiry>,
+    pub seats: Option<u32>,
+    /// The whole new list of entitlements, in any order, duplicates allowed.
+    pub features: Option<Vec<String>>,
+}
+
+impl Changes {
+    /// Whether the renewal would change nothing the vendor asked about.
+    pub fn is_empty(&self) -> bool {
+        self.expiry.is_none() && self.seats.is_none() && self.features.is_none()
+    }
+}
+
+/// Issues the successor of `current` under `signer` at `now`: the same license id, licensee,
+/// tier, start and interval, with `changes` applied, signed by `signer` (which may be another
+/// license key than the one that signed `current`, after a rotation).
+///
+/// Its `issued_at` is later than `current`'s, even when both fall in the same second: the
+/// server and the clients keep the key issued last, so each renewal must be strictly newer.
+pub fn renew(
+    signer: &Signer,
+    current: &LicensePayload,
+    changes: Changes,
+    now: DateTime<Utc>,
+) -> Result<Issued, IssueError> {
+    if signer.role() != crate::keys::Role::License {
+        return Err(IssueError::NotALicenseKey { kid: signer.kid().to_owned(), role: signer.role() });
+    }
+    let second = |t: DateTime<Utc>| t.duration_trunc(Duration::seconds(1)).unwrap_or(t);
+    let now = second(now);
+    let mut payload = current.clone();
+    payload.v = PAYLOAD_VERSION;
+    payload.kid = signer.kid().to_owned();
+    payload.issued_at = now.max(current.issued_at + Duration::seconds(1));
+    match changes.expiry {
+        Some(Expiry::At(t)) => {
+            let t = second(t);
+            if t <= now {
+                return Err(IssueError::AlreadyExpired(t));
+            }
+            payload.expires_at = Some(t);
+        }
+        Some(Expiry::Perpetual) => payload.expires_at = None,
+        None => {}
+    }
+    if let Some(seats) = changes.seats {
+        payload.seats = seats;
+    }
+    if let Some(mut features) = changes.features {
+        features.sort();
+        features.dedup();
+        payload.features = features;
+    }
+    payload.check()?;
+    let key = token::sign(&payload, signer.signing_key());
+    Ok(Issued { key, payload })
+}
+
 /// Verifies a license key offline: structure, signature under `ring`, and validity at `now`.
 pub fn verify(key: &str, ring: &KeyRing, now: DateTime<Utc>) -> Result<LicensePayload, TokenError> {
     token::verify(key, ring, now)

@@ -151,6 +151,10 @@ pub struct CheckInResponse {
     pub server_time: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<TelemetryAck>,
+    /// A newer key for the same license (a renewal or a change of seats or features), which
+    /// the client adopts once it verifies; the lease carries the same key, signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_key: Option<String>,
 }
 
 /// The server's acknowledgement of a batch.

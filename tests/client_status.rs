@@ -42,6 +42,7 @@ fn lease(status: CheckInStatus, server_time: DateTime<Utc>, next: Duration, vali
         next_check_in_at: server_time + next,
         valid_until: server_time + valid,
         telemetry: None,
+        license_key: None,
     }
 }
 

@@ -828,6 +828,32 @@ fn admin_cli_talks_to_the_server() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["instances"].as_array().unwrap().len(), 1);
     assert_eq!(licensor_cli(&["admin", "deactivate", &license_id, "cli-a"], &env).0, 1, "already released");
 
+    // Renew and change from the command line: each answers the new key.
+    let (code, out, err) = licensor_cli(&["admin", "renew", &license_id, "--expires", "2028-01-01"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let renewed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(renewed["payload"]["expires_at"], "2028-01-01T00:00:00Z");
+    assert_eq!(renewed["payload"]["license_id"], license_id.as_str());
+    let (code, out, err) = licensor_cli(
+        &["admin", "update", &license_id, "--seats", "5", "--feature", "export", "--feature", "audit"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let updated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["payload"]["seats"], 5);
+    assert_eq!(updated["payload"]["features"], serde_json::json!(["audit", "export"]));
+    assert_eq!(updated["payload"]["expires_at"], "2028-01-01T00:00:00Z");
+    let (code, out, _) = licensor_cli(&["admin", "update", &license_id, "--clear-features"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["payload"]["features"], serde_json::json!([]));
+    let telemetry = batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string();
+    let answer = h.check_in(key, "cli-b", Some(&telemetry));
+    assert_eq!(status(&answer), "valid");
+    assert!(answer["license_key"].as_str().unwrap().starts_with("LIC1."), "{answer}");
+    // Nothing to change is a usage error (exit 2), before any request.
+    assert_eq!(licensor_cli(&["admin", "update", &license_id], &env).0, 2);
+    assert_eq!(licensor_cli(&["admin", "renew", &license_id], &env).0, 2);
+
     // A refusal from the server is exit 1; no server at all is exit 2.
     let (code, out, _) = licensor_cli(&["admin", "summary", "--instance", "ghost"], &env);
     assert_eq!(code, 1);

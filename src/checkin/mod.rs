@@ -97,6 +97,8 @@ pub enum Subject {
 /// A check-in after the CPU work (parsing, validation, signature, scrubbing), ready for the
 /// writer to decide and record.
 pub struct Prepared {
+    /// The license key as presented: the server keeps the newest key of each license.
+    pub license_key: String,
     pub instance_id: String,
     pub nonce: String,
     pub software_version: String,
@@ -123,6 +125,9 @@ pub struct Decision {
     pub valid_until: DateTime<Utc>,
     /// The batch id was stored before (or earlier in the same group): acknowledged, not stored.
     pub duplicate: bool,
+    /// The license's newest key, when the check-in presented an older one: the answer
+    /// delivers it, and the decision was made under it.
+    pub renewal: Option<String>,
 }
 
 impl CheckInService {
@@ -188,6 +193,7 @@ impl CheckInService {
             Telemetry { batch_id: batch.batch_id, digest, stored }
         });
         Ok(Prepared {
+            license_key: request.license_key,
             instance_id: request.instance_id,
             nonce: request.nonce,
             // Stored with the instance and the check-in: scrubbed like every telemetry string.
@@ -290,6 +296,7 @@ impl CheckInService {
                     next_check_in_at: d.next_check_in_at,
                     valid_until: d.valid_until,
                     telemetry: telemetry.clone(),
+                    license_key: d.renewal.clone(),
                 },
             )
         });
@@ -302,6 +309,7 @@ impl CheckInService {
             valid_until: d.valid_until,
             server_time: p.now,
             telemetry,
+            license_key: d.renewal.clone(),
         }
     }
 

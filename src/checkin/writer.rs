@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{decide, times_for, CheckInError, Decision, Prepared, Subject};
+use crate::license::LicensePayload;
 use crate::protocol::CheckInStatus;
 use crate::store::{self, InstanceRow, NewCheckIn, Store};
 
@@ -144,11 +145,19 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let mut earliest: Option<DateTime<Utc>> = None;
         for p in group {
             if let Subject::Licensed(license) = &p.subject {
-                let mut row = store::LicenseRow::new(license, None, p.now);
+                let mut row = store::LicenseRow::new(license, Some(&p.license_key), p.now);
                 row.last_check_in_at = Some(store::naive(p.now));
+                // Two check-ins of one license may present two of its keys: the row carries
+                // the newer one (the upsert keeps the newest of the row's and this).
                 license_rows
                     .entry(row.id.clone())
-                    .and_modify(|r| r.last_check_in_at = r.last_check_in_at.max(row.last_check_in_at))
+                    .and_modify(|r| {
+                        let last = r.last_check_in_at.max(row.last_check_in_at);
+                        if row.issued_at > r.issued_at {
+                            *r = row.clone();
+                        }
+                        r.last_check_in_at = last;
+                    })
                     .or_insert(row);
                 instance_keys.insert((license.license_id.to_string(), &p.instance_id));
                 earliest = Some(earliest.map_or(p.now, |e| e.min(p.now)));
@@ -183,6 +192,10 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
             };
             let row = &licenses[&license.license_id.to_string()];
             let license_id = &row.id;
+            // The server keeps each license's newest key: an instance presenting an older one
+            // is judged under the newest and is handed it.
+            let newest = newest_key(license, &p.license_key, row)?;
+            let license = newest.as_ref().map_or(license, |(payload, _)| payload);
             let now = store::naive(p.now);
             let key = (license_id.clone(), p.instance_id.clone());
             let previous = instances.get(&key);
@@ -231,6 +244,8 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                 next_check_in_at: times.next_check_in_at,
                 valid_until: times.valid_until,
                 duplicate: false,
+                // A revoked license gets no key: revocation wins over any key.
+                renewal: newest.filter(|_| status != CheckInStatus::Revoked).map(|(_, key)| key),
             };
             let mut batch_id = None;
             if let (CheckInStatus::Valid, Some(t)) = (status, &p.telemetry) {
@@ -256,6 +271,30 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         }
         Ok(decisions)
     })
+}
+
+/// The license's newest key and its payload, when the row holds a key newer than the one the
+/// check-in presented. The row's key is one this server issued or one a check-in presented
+/// and the ring verified, so it is read, not verified again; one that does not read is damage.
+fn newest_key(
+    presented: &LicensePayload,
+    presented_key: &str,
+    row: &store::LicenseRow,
+) -> Result<Option<(LicensePayload, String)>, CheckInError> {
+    let Some(key) = row.license_key.as_deref() else { return Ok(None) };
+    if key == presented_key || row.issued_at <= store::naive(presented.issued_at) {
+        return Ok(None);
+    }
+    let corrupt = |e: crate::token::TokenError| {
+        CheckInError::Store(store::StoreError::Corrupt { what: "licenses.license_key", source: e.into() })
+    };
+    let payload = crate::token::decode::<LicensePayload>(key).map_err(corrupt)?.claims;
+    if payload.license_id != presented.license_id {
+        return Err(corrupt(crate::token::TokenError::Malformed(crate::token::Malformed::Payload(
+            "the key names another license".into(),
+        ))));
+    }
+    Ok(Some((payload, key.to_owned())))
 }
 
 fn check_in_row(
@@ -297,5 +336,6 @@ pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
         next_check_in_at: p.now + chrono::Duration::seconds(super::RETRY_UNREADABLE),
         valid_until: p.now,
         duplicate: false,
+        renewal: None,
     })
 }

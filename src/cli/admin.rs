@@ -80,6 +80,15 @@ pub fn run(args: AdminArgs) -> Result<u8> {
             }
             api.send(Method::POST, "/v1/admin/licenses", Some(&body))?
         }
+        AdminCommand::Renew { license_id, expires, perpetual } => {
+            let body = changes(expires, perpetual, None, None);
+            api.send(Method::PATCH, &format!("/v1/admin/licenses/{}", encode(&license_id)), Some(&body))?
+        }
+        AdminCommand::Update { license_id, seats, features, clear_features, expires, perpetual } => {
+            let features = (clear_features || !features.is_empty()).then_some(features);
+            let body = changes(expires, perpetual, seats, features);
+            api.send(Method::PATCH, &format!("/v1/admin/licenses/{}", encode(&license_id)), Some(&body))?
+        }
         AdminCommand::Revoke { license_id, reason } => {
             let body = reason.map(|r| json!({ "reason": r }));
             api.send(Method::POST, &format!("/v1/admin/licenses/{license_id}/revoke"), body.as_ref())?
@@ -122,6 +131,29 @@ pub fn run(args: AdminArgs) -> Result<u8> {
         eprintln!("the server answered {status}");
         Ok(EXIT_NOT_VALID)
     }
+}
+
+/// The body of a license change (`PATCH /v1/admin/licenses/{id}`): only what was given.
+fn changes(
+    expires: Option<chrono::DateTime<chrono::Utc>>,
+    perpetual: bool,
+    seats: Option<u32>,
+    features: Option<Vec<String>>,
+) -> Value {
+    let mut body = json!({});
+    if let Some(t) = expires {
+        body["expires_at"] = json!(crate::time::format(&t));
+    }
+    if perpetual {
+        body["perpetual"] = json!(true);
+    }
+    if let Some(n) = seats {
+        body["seats"] = json!(n);
+    }
+    if let Some(f) = features {
+        body["features"] = json!(f);
+    }
+    body
 }
 
 /// Percent-encodes a path or query value (instance ids are plain, but the user may mistype).

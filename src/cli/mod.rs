@@ -215,6 +215,40 @@ pub enum AdminCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         check_in_interval: Option<std::time::Duration>,
     },
+    /// Renew a license: a new key for the same license with a later expiry, which each of
+    /// its instances receives in its next check-in (nobody pastes a new key).
+    Renew {
+        /// The license's id (a UUID).
+        license_id: String,
+        /// The new expiry: RFC 3339, or YYYY-MM-DD for 00:00:00 UTC that day.
+        #[arg(long, value_parser = parse_instant, required_unless_present = "perpetual", conflicts_with = "perpetual")]
+        expires: Option<DateTime<Utc>>,
+        /// Make the license perpetual (instead of --expires).
+        #[arg(long)]
+        perpetual: bool,
+    },
+    /// Change a license's seats, features or expiry: a new key for the same license, which
+    /// each of its instances receives in its next check-in.
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
+    Update {
+        /// The license's id (a UUID).
+        license_id: String,
+        /// The new number of seats.
+        #[arg(long, group = "change")]
+        seats: Option<u32>,
+        /// A feature entitlement of the new list (which replaces the old); repeat for several.
+        #[arg(long = "feature", value_name = "NAME", group = "change", conflicts_with = "clear_features")]
+        features: Vec<String>,
+        /// Remove every feature entitlement.
+        #[arg(long, group = "change")]
+        clear_features: bool,
+        /// The new expiry: RFC 3339, or YYYY-MM-DD for 00:00:00 UTC that day.
+        #[arg(long, value_parser = parse_instant, group = "change", conflicts_with = "perpetual")]
+        expires: Option<DateTime<Utc>>,
+        /// Make the license perpetual.
+        #[arg(long, group = "change")]
+        perpetual: bool,
+    },
     /// Revoke a license, even one the server has not seen yet: every instance's next
     /// check-in answers `revoked`.
     Revoke {

@@ -10,7 +10,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::extract::{self, AddressAdmitted, Json, JsonBytes, OptionalJsonBytes};
 use super::{blocking, AppState};
-use crate::license::{self, Expiry, LicenseRequest, Tier};
+use crate::license::{self, Expiry, LicensePayload, LicenseRequest, Tier};
 use crate::store;
 
 pub(super) async fn healthz() -> HttpResponse {
@@ -96,18 +96,20 @@ fn instant(field: &'static str, value: &str) -> Result<chrono::DateTime<chrono::
     })
 }
 
+/// The server's issuing key, or the 409 that says why `what` cannot be done without one.
+fn issuer(state: &AppState, what: &str) -> Result<std::sync::Arc<crate::keys::Signer>, ApiError> {
+    state.issuer.clone().ok_or_else(|| ApiError::Conflict {
+        code: "issuing_disabled",
+        message: format!("this server holds no issuing key; configure LICENSOR_ISSUING_KEY to {what}"),
+    })
+}
+
 pub(super) async fn issue_license(
     _admin: Admin,
     state: web::Data<AppState>,
     Json(body): Json<IssueBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(issuer) = state.issuer.clone() else {
-        return Err(ApiError::Conflict {
-            code: "issuing_disabled",
-            message: "this server holds no issuing key; configure LICENSOR_ISSUING_KEY to issue licenses"
-                .into(),
-        });
-    };
+    let issuer = issuer(&state, "issue licenses")?;
     let expiry = match (&body.expires_at, body.perpetual) {
         (Some(t), false) => Expiry::At(instant("expires_at", t)?),
         (None, true) => Expiry::Perpetual,
@@ -135,6 +137,84 @@ pub(super) async fn issue_license(
     blocking(move || store.insert_issued_license(&row).map_err(ApiError::from)).await?;
     tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
     Ok(HttpResponse::Created().json(json!({ "license_key": issued.key, "payload": issued.payload })))
+}
+
+/// What `PATCH /v1/admin/licenses/{license_id}` changes; at least one field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateBody {
+    /// RFC 3339: the new expiry.
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// True: the license no longer expires.
+    #[serde(default)]
+    perpetual: bool,
+    #[serde(default)]
+    seats: Option<u32>,
+    /// The whole new list of entitlements.
+    #[serde(default)]
+    features: Option<Vec<String>>,
+}
+
+/// Renews or changes a license: a new key for the same license id, signed with the issuing
+/// key, which the next check-in of each of its instances delivers (see `checkin`).
+pub(super) async fn update_license(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let issuer = issuer(&state, "renew licenses")?;
+    let expiry = match (&body.expires_at, body.perpetual) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give at most one of expires_at and perpetual: true",
+            ))
+        }
+        (Some(t), false) => Some(Expiry::At(instant("expires_at", t)?)),
+        (None, true) => Some(Expiry::Perpetual),
+        (None, false) => None,
+    };
+    let changes = license::Changes { expiry, seats: body.seats, features: body.features };
+    if changes.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give what to change: expires_at or perpetual, seats, features",
+        ));
+    }
+    let license_id = path.into_inner();
+    let (store, now) = (state.store.clone(), (state.clock)());
+    let renewed = blocking(move || {
+        let unknown = || ApiError::NotFound(format!("no license {license_id:?} is known to this server"));
+        let row = store.license(&license_id)?.ok_or_else(unknown)?;
+        // The row holds the license's newest key: this server's, or the newest a check-in
+        // presented. A license only revoked by id, never seen, has none to build on.
+        let Some(current_key) = row.license_key.as_deref() else {
+            return Err(ApiError::Conflict {
+                code: "license_not_seen",
+                message: "this server has not seen this license's key yet; it can renew it after its first check-in"
+                    .into(),
+            });
+        };
+        let current = crate::token::decode::<LicensePayload>(current_key)
+            .map_err(|e| ApiError::Internal(format!("the stored key of license {license_id} does not read: {e}")))?
+            .claims;
+        let issued = license::renew(&issuer, &current, changes, now)
+            .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
+        let mut new_row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
+        new_row.id = row.id.clone();
+        if !store.replace_license_key(&new_row, row.issued_at)? {
+            return Err(ApiError::Conflict {
+                code: "license_changed",
+                message: "the license changed while it was being renewed; try again".into(),
+            });
+        }
+        Ok(issued)
+    })
+    .await?;
+    tracing::info!(license_id = %renewed.payload.license_id, "license renewed");
+    Ok(HttpResponse::Ok().json(json!({ "license_key": renewed.key, "payload": renewed.payload })))
 }
 
 /// The default and the largest page of an admin listing.

@@ -68,6 +68,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(handlers::issue_license))
                         .route(web::get().to(handlers::list_licenses)),
                 )
+                .service(resource("/licenses/{license_id}").route(web::patch().to(handlers::update_license)))
                 .service(
                     resource("/licenses/{license_id}/revoke").route(web::post().to(handlers::revoke_license)),
                 )

@@ -60,7 +60,7 @@ pub enum StoreError {
     /// A stored value does not read back (damage, or a bug that wrote it): the read fails
     /// rather than a plausible default standing in for it.
     #[error("the database holds an unreadable {what}")]
-    Corrupt { what: &'static str, source: serde_json::Error },
+    Corrupt { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
     /// No pooled connection became free in time.
     #[error("no database connection became free")]
     Pool(#[from] r2d2::PoolError),

@@ -45,7 +45,7 @@ impl LicenseRecord {
         seats_in_use: i64,
     ) -> Result<LicenseRecord, StoreError> {
         let features = serde_json::from_str(&row.features)
-            .map_err(|source| StoreError::Corrupt { what: "licenses.features", source })?;
+            .map_err(|source| StoreError::Corrupt { what: "licenses.features", source: source.into() })?;
         Ok(LicenseRecord {
             seen: !row.kid.is_empty(),
             license_id: row.id,
@@ -147,25 +147,31 @@ pub(super) fn upsert_licenses(
     rows: &[LicenseRow],
 ) -> Result<Vec<LicenseRow>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
+    use diesel::dsl::case_when;
+    // The row keeps the license key issued last (by `issued_at`): a key presented by a
+    // check-in replaces the row's fields only when it is at least as new, so an instance still
+    // running on the key a renewal replaced cannot roll the license back, and the newer key
+    // is there to hand it (see `checkin`). A row revoked before it was seen has no fields yet
+    // (`kid` is empty), and any key fills it. The revocation is the server's own and stays.
+    macro_rules! newer {
+        () => {
+            excluded(licenses::issued_at).ge(licenses::issued_at).or(licenses::kid.eq(""))
+        };
+    }
+    macro_rules! keep_newest {
+        ($($column:ident),*) => {
+            ($(licenses::$column.eq(case_when(newer!(), excluded(licenses::$column)).otherwise(licenses::$column)),)*)
+        };
+    }
     macro_rules! upsert {
         ($values:expr) => {
             diesel::insert_into(licenses::table)
                 .values($values)
                 .on_conflict(licenses::id)
                 .do_update()
-                // The fields come from a license whose signature verified: they replace what
-                // the row held (nothing yet, for a license revoked before it was seen). The
-                // revocation and the key this server issued are the server's own and stay.
                 .set((
-                    licenses::kid.eq(excluded(licenses::kid)),
-                    licenses::licensee.eq(excluded(licenses::licensee)),
-                    licenses::tier.eq(excluded(licenses::tier)),
-                    licenses::seats.eq(excluded(licenses::seats)),
-                    licenses::features.eq(excluded(licenses::features)),
-                    licenses::issued_at.eq(excluded(licenses::issued_at)),
-                    licenses::not_before.eq(excluded(licenses::not_before)),
-                    licenses::expires_at.eq(excluded(licenses::expires_at)),
-                    licenses::check_in_interval_s.eq(excluded(licenses::check_in_interval_s)),
+                    keep_newest!(kid, licensee, tier, seats, features, issued_at, not_before),
+                    keep_newest!(expires_at, check_in_interval_s, license_key),
                     licenses::last_check_in_at.eq(excluded(licenses::last_check_in_at)),
                 ))
                 .returning(LicenseRow::as_returning())
@@ -375,6 +381,32 @@ impl Store {
             })
             .collect::<Result<_, _>>()?;
         Ok(Page { items, next })
+    }
+
+    /// One license's row, if this server knows the license.
+    pub fn license(&self, id: &str) -> Result<Option<LicenseRow>, StoreError> {
+        Ok(licenses::table.find(id).select(LicenseRow::as_select()).first(&mut self.conn()?).optional()?)
+    }
+
+    /// Replaces a license's key by its successor `row` (a renewal), provided the row still
+    /// holds the key issued at `replaces` (compare-and-set: two renewals at once cannot both
+    /// build on the same key, and a newer key a check-in presented meanwhile is never
+    /// overwritten by an older one). The revocation and the history stay. False when the
+    /// row changed meanwhile.
+    pub fn replace_license_key(&self, row: &LicenseRow, replaces: NaiveDateTime) -> Result<bool, StoreError> {
+        let changed = diesel::update(
+            licenses::table.filter(licenses::id.eq(&row.id)).filter(licenses::issued_at.eq(replaces)),
+        )
+        .set((
+            licenses::kid.eq(&row.kid),
+            licenses::seats.eq(row.seats),
+            licenses::features.eq(&row.features),
+            licenses::issued_at.eq(row.issued_at),
+            licenses::expires_at.eq(row.expires_at),
+            licenses::license_key.eq(&row.license_key),
+        ))
+        .execute(&mut self.conn()?)?;
+        Ok(changed == 1)
     }
 
     /// Revokes a license this server may never have seen, by its id: the first check-in of

@@ -591,7 +591,7 @@ fn count(n: u64) -> i64 {
 /// batches, so one that does not read back is damage or a bug: the read fails with
 /// [`StoreError::Corrupt`] naming the column, rather than a plausible empty value standing in.
 fn parse_list<T: serde::de::DeserializeOwned>(json: &str, what: &'static str) -> Result<Vec<T>, StoreError> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { what, source })
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { what, source: source.into() })
 }
 
 /// Merges per-batch route figures: counts add up and `max_ms` is the maximum. Percentiles
