@@ -419,3 +419,96 @@ fn sampling_keeps_what_it_should_and_counts_the_rest() {
     assert_eq!(kept + flush.dropped.sampled, 10_000);
     assert!((4_000..6_000).contains(&kept), "{kept} of 10,000 kept at p = 0.5");
 }
+
+fn renew(h: &Harness, license_id: uuid::Uuid, body: serde_json::Value) -> String {
+    let (status, answer) =
+        h.admin(reqwest::Method::PATCH, &format!("/v1/admin/licenses/{license_id}"), Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    answer["license_key"].as_str().unwrap().to_owned()
+}
+
+/// The vendor renews and adds a feature; the deployment receives the new key in its next
+/// check-in, uses it at once (expiry, seats, features) and keeps it across a restart, while
+/// its configuration still names the old key.
+#[test]
+fn a_renewed_key_is_adopted_at_the_next_check_in_and_kept_across_restarts() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let t0 = h.now();
+    let old = h.license_with(Tier::Community, 2, |r| r.expiry = Expiry::At(t0 + Days::days(3)));
+    let data = h.dir.path().join("client");
+    let l = Licensing::start(config(&h, &old, &data)).unwrap();
+    l.track_feature("reports");
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    let license_id = l.license().unwrap().license_id;
+    let new_expiry = t0 + Days::days(400);
+    let new_key = renew(
+        &h,
+        license_id,
+        serde_json::json!({ "expires_at": licensor::time::format(&new_expiry), "seats": 7,
+                            "features": ["reports", "export"] }),
+    );
+    assert!(!l.has_feature("export"), "not before the deployment has the key");
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    let info = l.license().unwrap();
+    assert_eq!((info.license_id, info.seats, info.expires_at), (license_id, 7, Some(new_expiry)));
+    assert!(l.has_feature("export"));
+    assert_eq!(
+        LocalStore::open(&data).unwrap().state().unwrap().unwrap().license_key.as_deref(),
+        Some(&*new_key)
+    );
+    // The next check-in presents the new key, and nothing more is delivered.
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    let last = h.store.check_ins_of(&l.instance_id().unwrap()).unwrap();
+    assert_eq!(last.len(), 3);
+    l.shutdown();
+
+    // Past the old key's expiry, restarted with the old key still configured: the renewal
+    // stands (the old key alone would be invalid now).
+    h.advance(Days::days(5));
+    let l = Licensing::start(config(&h, &old, &data)).unwrap();
+    assert_eq!(l.license().unwrap().expires_at, Some(new_expiry));
+    assert!(!matches!(l.status(), Status::Invalid { .. }), "{:?}", l.status());
+    assert!(l.has_feature("export"));
+    l.shutdown();
+
+    // A key the customer pastes that is newer than the stored renewal wins over it.
+    let newest = renew(&h, license_id, serde_json::json!({ "seats": 9 }));
+    let l = Licensing::start(config(&h, &newest, &data)).unwrap();
+    assert_eq!(l.license().unwrap().seats, 9);
+    l.shutdown();
+}
+
+/// A deployment whose license expired before it restarted still checks in, which is how its
+/// renewal reaches it.
+#[test]
+fn an_expired_deployment_receives_its_renewal() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let t0 = h.now();
+    let old = h.license_with(Tier::Community, 1, |r| r.expiry = Expiry::At(t0 + Days::days(1)));
+    h.advance(Days::days(2));
+    let l = Licensing::start(config(&h, &old, &h.dir.path().join("client"))).unwrap();
+    assert_eq!(l.mode(), &Mode::Telemetry { debug: false });
+    assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::License(Verdict::Expired) });
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Expired, .. }
+    ));
+    renew(&h, l.license().unwrap().license_id, serde_json::json!({ "perpetual": true }));
+    assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::License(Verdict::Expired) });
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    assert_eq!(l.status(), Status::Valid);
+    assert_eq!(l.license().unwrap().expires_at, None);
+    l.shutdown();
+}

@@ -405,3 +405,110 @@ fn the_server_releases_only_on_a_lease_it_signed_for_that_instance() {
     let (status, v) = try_release(&key, &mine);
     assert_eq!((status, v["released"].as_bool()), (200, Some(false)));
 }
+
+/// A lease signed by the real lease key may still carry a key the deployment must not use: one
+/// of another license, an older one of its own, or one signed by a license key it does not
+/// trust. Each is ignored, and the answer otherwise counts.
+#[test]
+fn a_delivered_key_counts_only_when_it_is_a_newer_key_of_the_same_license() {
+    use licensor::keys::{Role, Signer};
+    use licensor::license::{self, Changes, LicensePayload};
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let t0 = h.now();
+    let key = h.license(Tier::Community, 3);
+    let payload: LicensePayload = license::verify(&key, &h.ring, t0).unwrap();
+    let another = license::verify(&h.license(Tier::Community, 50), &h.ring, t0).unwrap();
+    let renewed = |p: &LicensePayload, signer: &Signer, at| {
+        license::renew(signer, p, Changes { seats: Some(50), ..Default::default() }, at).unwrap().key
+    };
+    let stranger = Signer::generate("stranger", Role::License).unwrap();
+    let hostile = [
+        ("another license", renewed(&another, &h.vendor, t0)),
+        (
+            "an older key",
+            license::issue(
+                &h.vendor,
+                license::LicenseRequest {
+                    licensee: payload.licensee.clone(),
+                    tier: payload.tier,
+                    expiry: license::Expiry::Perpetual,
+                    not_before: None,
+                    seats: 50,
+                    features: vec![],
+                    check_in_interval: None,
+                },
+                t0 - Days::days(30),
+            )
+            .map(|mut i| {
+                // The same license id, issued before the deployment's key.
+                i.payload.license_id = payload.license_id;
+                licensor::token::sign(&i.payload, h.vendor.signing_key())
+            })
+            .unwrap(),
+        ),
+        ("an untrusted signer", renewed(&payload, &stranger, t0)),
+    ];
+    let lease_signer =
+        Arc::new(Signer::load(&h.dir.path().join("keys/lease-test.lease.private.pem")).unwrap());
+    for (what, delivered) in hostile {
+        let data = h.dir.path().join(format!("client-{}", what.replace(' ', "-")));
+        let (signer, delivered, license_id) = (lease_signer.clone(), delivered.clone(), payload.license_id);
+        let (url, _) = fake_server(move |seen, stream| {
+            let request: Value = serde_json::from_slice(&seen.body).unwrap();
+            #[derive(serde::Deserialize)]
+            struct Req<'a> {
+                #[serde(borrow)]
+                telemetry: &'a serde_json::value::RawValue,
+            }
+            let raw: Req = serde_json::from_slice(&seen.body).unwrap();
+            let batch: Value = serde_json::from_str(raw.telemetry.get()).unwrap();
+            let ack = licensor::protocol::TelemetryAck {
+                batch_id: serde_json::from_value(batch["batch_id"].clone()).unwrap(),
+                accepted: true,
+                duplicate: false,
+                digest: licensor::protocol::digest(raw.telemetry.get().as_bytes()),
+            };
+            let payload = licensor::lease::LeasePayload {
+                v: 1,
+                kid: String::new(),
+                status: CheckInStatus::Valid,
+                license_id,
+                instance_id: request["instance_id"].as_str().unwrap().into(),
+                nonce: request["nonce"].as_str().unwrap().into(),
+                server_time: t0,
+                next_check_in_at: t0 + Days::hours(24),
+                valid_until: t0 + Days::days(8),
+                telemetry: Some(ack.clone()),
+                license_key: Some(delivered.clone()),
+            };
+            let t = |d| licensor::time::format(&d);
+            let body = json!({
+                "status": "valid", "message": "ok", "license_id": license_id,
+                "lease": licensor::lease::sign(&signer, payload),
+                "next_check_in_at": t(t0 + Days::hours(24)), "valid_until": t(t0 + Days::days(8)),
+                "server_time": t(t0), "telemetry": ack, "license_key": delivered,
+            });
+            respond(
+                stream,
+                "200 OK",
+                &[("content-type", "application/json".into())],
+                body.to_string().as_bytes(),
+            );
+        });
+        let l = Licensing::start(config(&h, &key, &url, &data)).unwrap();
+        l.track_feature("reports");
+        let outcome = block_on(l.check_in_now());
+        assert!(
+            matches!(
+                outcome,
+                CheckInOutcome::Answered { status: CheckInStatus::Valid, batch_acknowledged: true, .. }
+            ),
+            "{what}: the rest of the answer counts: {outcome:?}"
+        );
+        assert_eq!(l.status(), Status::Valid, "{what}");
+        let info = l.license().unwrap();
+        assert_eq!((info.license_id, info.seats), (payload.license_id, 3), "{what}: the key in force stays");
+        assert_eq!(LocalStore::open(&data).unwrap().state().unwrap().unwrap().license_key, None, "{what}");
+        l.shutdown();
+    }
+}

@@ -147,7 +147,7 @@ impl Licensing {
             tracing::warn!(target: "licensor", "{notice}");
         }
         let worker = match verifier.mode {
-            Mode::Telemetry { .. } if verifier.license.is_ok() => Some(worker::spawn(verifier.clone())?),
+            Mode::Telemetry { .. } if verifier.payload().is_ok() => Some(worker::spawn(verifier.clone())?),
             _ => None,
         };
         Ok(Licensing { verifier, worker: Arc::new(Mutex::new(worker)) })
@@ -158,9 +158,10 @@ impl Licensing {
         self.verifier.status()
     }
 
-    /// The license, when its key verified.
+    /// The license in force (the configured key, or a renewal the server delivered since),
+    /// when its signature verified; [`status`](Self::status) says whether it is valid now.
     pub fn license(&self) -> Option<LicenseInfo> {
-        self.verifier.license.as_ref().ok().map(|p| LicenseInfo {
+        self.verifier.payload().ok().map(|p| LicenseInfo {
             license_id: p.license_id,
             licensee: p.licensee.clone(),
             tier: p.tier,
@@ -173,7 +174,14 @@ impl Licensing {
     /// Whether the license grants `feature` and the status allows its use (valid, in grace,
     /// or a development instance).
     pub fn has_feature(&self, feature: &str) -> bool {
-        let granted = self.verifier.license.as_ref().is_ok_and(|p| p.has_feature(feature));
+        let granted = self
+            .verifier
+            .license
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .payload
+            .as_ref()
+            .is_ok_and(|p| p.has_feature(feature));
         granted && !matches!(self.status(), Status::Invalid { .. })
     }
 

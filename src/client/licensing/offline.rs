@@ -35,8 +35,10 @@ impl Opened {
         &self.verifier.notices
     }
 
-    pub fn license(&self) -> Result<&LicensePayload, &TokenError> {
-        self.verifier.license.as_ref()
+    /// The license in force (a renewal the server delivered, when newer than the configured
+    /// key), when its signature verified.
+    pub fn license(&self) -> Result<LicensePayload, TokenError> {
+        self.verifier.payload()
     }
 
     pub fn store(&self) -> Option<&LocalStore> {

@@ -40,10 +40,19 @@ pub(super) struct InstanceState {
     pub(super) deactivated: bool,
 }
 
+/// The license in force: the configured key, or a newer one a check-in answer delivered.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentLicense {
+    pub(super) key: String,
+    /// The key's payload when its signature verifies under the ring. Its validity window is
+    /// judged at each use (a license may expire while the application runs), not here: an
+    /// expired license still checks in, which is how its renewal reaches it.
+    pub(super) payload: Result<LicensePayload, TokenError>,
+}
+
 /// Everything behind a handle.
 pub(crate) struct Verifier {
-    pub(super) license_key: String,
-    pub(super) license: Result<LicensePayload, TokenError>,
+    pub(super) license: RwLock<CurrentLicense>,
     pub(super) ring: KeyRing,
     pub(super) mode: Mode,
     pub(super) notices: Vec<String>,
@@ -79,7 +88,24 @@ impl Verifier {
             Some(KeySource::Ring(ring)) => ring.clone(),
             Some(KeySource::Dir(dir)) => KeyRing::load_dir(dir)?,
         };
-        let license = license::verify(&license_key, &ring, now);
+        let configured = verify_signature(&license_key, &ring);
+        // A renewal delivered earlier and kept in the store is used when it is newer than the
+        // configured key. The store is read only where it already exists: a deployment that
+        // never checked in has none, and opening one would create it.
+        let mut early_store = None;
+        let mut current = CurrentLicense { key: license_key, payload: configured };
+        if let Ok(configured) = &current.payload {
+            if LocalStore::exists(&config.data_dir) {
+                let store = LocalStore::open(&config.data_dir)?;
+                if let Some(renewed) = store.state()?.and_then(|s| s.license_key) {
+                    if let Some(payload) = newer_key(configured, &renewed, &ring) {
+                        current = CurrentLicense { key: renewed, payload: Ok(payload) };
+                    }
+                }
+                early_store = Some(store);
+            }
+        }
+        let license = current.payload.clone();
         let (mode, mut notices) = match &license {
             Ok(payload) => {
                 let decision = policy::decide(payload.tier, config.instance_url.as_deref(), &config.switches);
@@ -105,7 +131,10 @@ impl Verifier {
             }
         }
         let (store, instance) = if telemetry_on {
-            let store = LocalStore::open(&config.data_dir)?;
+            let store = match early_store {
+                Some(store) => store,
+                None => LocalStore::open(&config.data_dir)?,
+            };
             let state = store.state_or_init(now)?;
             let license_id = license.as_ref().ok().map(|p| p.license_id);
             // The cached lease counts only if it verifies and names this instance and license.
@@ -166,8 +195,7 @@ impl Verifier {
             None
         };
         Ok(Verifier {
-            license_key,
-            license,
+            license: RwLock::new(current),
             ring,
             mode,
             notices,
@@ -187,6 +215,16 @@ impl Verifier {
         })
     }
 
+    /// The license in force now.
+    pub(super) fn current(&self) -> CurrentLicense {
+        self.license.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The payload of the license in force, when its signature verified.
+    pub(super) fn payload(&self) -> Result<LicensePayload, TokenError> {
+        self.license.read().unwrap_or_else(|p| p.into_inner()).payload.clone()
+    }
+
     pub(super) fn now(&self) -> DateTime<Utc> {
         (self.config.clock)()
     }
@@ -201,9 +239,10 @@ impl Verifier {
         if instance.deactivated {
             return Status::Invalid { reason: status::InvalidReason::Deactivated };
         }
-        // The window is checked again now: a license may expire while the application runs.
+        // The window is checked now: a license may expire while the application runs.
+        let payload = self.payload();
         let checked =
-            self.license.as_ref().map_err(Clone::clone).and_then(|p| token::check_window(p, now).map(|()| p));
+            payload.as_ref().map_err(Clone::clone).and_then(|p| token::check_window(p, now).map(|()| p));
         let error;
         let license = match checked {
             Ok(p) => Ok(p),
@@ -256,7 +295,8 @@ impl Verifier {
 
     /// Releases this instance's seat (see [`Licensing::deactivate`]).
     pub(super) async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
-        let (Some(store), Ok(payload), Mode::Telemetry { .. }) = (&self.store, &self.license, &self.mode)
+        let current = self.current();
+        let (Some(store), Ok(payload), Mode::Telemetry { .. }) = (&self.store, &current.payload, &self.mode)
         else {
             return Err(DeactivateError::NotApplicable(self.mode.off_reason().unwrap_or_default()));
         };
@@ -268,7 +308,7 @@ impl Verifier {
         let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
         let nonce = exchange::fresh_nonce();
         let body = serde_json::to_vec(&crate::protocol::DeactivationRequest {
-            license_key: self.license_key.clone(),
+            license_key: current.key.clone(),
             instance_id: instance_id.clone(),
             nonce: nonce.clone(),
             lease,
@@ -308,7 +348,9 @@ impl Verifier {
     pub(super) async fn check_in(&self) -> CheckInOutcome {
         // A refused license key starts in development mode (see `open`), so telemetry mode
         // always has a store and a license here.
-        let (Some(store), Ok(payload), Mode::Telemetry { debug }) = (&self.store, &self.license, &self.mode)
+        let current = self.current();
+        let (Some(store), Ok(payload), Mode::Telemetry { debug }) =
+            (&self.store, &current.payload, &self.mode)
         else {
             return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());
         };
@@ -337,7 +379,7 @@ impl Verifier {
         let batch_id = uuid::Uuid::parse_str(&outgoing.batch_id).unwrap_or_else(|_| uuid::Uuid::nil());
         let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
         let request = exchange::build_request(
-            &self.license_key,
+            &current.key,
             &instance_id,
             &self.software_version,
             Some((&outgoing.payload, batch_id)),
@@ -366,6 +408,16 @@ impl Verifier {
         // From here on, only what the signed lease says counts.
         let lease = verified.lease;
         let status = lease.status;
+        // A newer key for this license, delivered in the signed lease: used from now on once
+        // it verifies under the license keys this deployment trusts and is newer than the key
+        // in force. One that does not is ignored (and said), never a reason to drop the answer.
+        let renewed = lease.license_key.as_deref().and_then(|key| match newer_key(payload, key, &self.ring) {
+            Some(renewed) => Some((key.to_owned(), renewed)),
+            None => {
+                tracing::warn!(target: "licensor", "the server delivered a license key that is not a newer key of this license; keeping the current one");
+                None
+            }
+        });
         let next = exchange::next_check_in(lease.next_check_in_at, now);
         let record = CheckInRecord {
             lease: verified.response.lease.clone(),
@@ -373,9 +425,16 @@ impl Verifier {
             result: status.as_str().into(),
             next_check_in_at: Some(next),
             acknowledged: verified.batch_acknowledged.then(|| outgoing.batch_id.clone()),
+            renewed_key: renewed.as_ref().map(|(key, _)| key.clone()),
         };
         if let Err(e) = store.record_check_in(&record, now) {
             tracing::warn!(target: "licensor", "recording the check-in failed: {e}");
+        }
+        if let Some((key, payload)) = renewed {
+            tracing::info!(target: "licensor", license_id = %payload.license_id, "the license server delivered a renewed license key; using it from now on");
+            if let Ok(mut license) = self.license.write() {
+                *license = CurrentLicense { key, payload: Ok(payload) };
+            }
         }
         if let Ok(mut instance) = self.instance.write() {
             // The mark is the server time of the latest verified answer, not the highest ever
@@ -430,6 +489,22 @@ impl Verifier {
             CheckInOutcome::NotApplicable(_) => Duration::from_secs(24 * 60 * 60),
         }
     }
+}
+
+/// A license key's payload when its signature verifies under `ring` (a license key of the
+/// ring), whatever its validity window.
+fn verify_signature(key: &str, ring: &KeyRing) -> Result<LicensePayload, TokenError> {
+    let decoded = token::decode::<LicensePayload>(key)?;
+    decoded.verify_signature(ring)?;
+    Ok(decoded.claims)
+}
+
+/// The payload of `candidate` when it is a key of the same license as `current`, issued later,
+/// whose signature verifies under `ring`: a renewal this deployment may use.
+fn newer_key(current: &LicensePayload, candidate: &str, ring: &KeyRing) -> Option<LicensePayload> {
+    verify_signature(candidate, ring)
+        .ok()
+        .filter(|p| p.license_id == current.license_id && p.issued_at > current.issued_at)
 }
 
 /// An error with its causes, for the operator (reqwest's own message omits the cause).

@@ -94,6 +94,9 @@ pub struct VerifierState {
     /// The last check-in's outcome, in words (`valid`, `seat_limit_exceeded`, `no answer: ...`).
     pub last_result: Option<String>,
     pub next_check_in_at: Option<NaiveDateTime>,
+    /// The newest license key a verified check-in answer delivered (a renewal), if any; the
+    /// verifier prefers it to the configured key when it is newer and verifies.
+    pub license_key: Option<String>,
 }
 
 impl VerifierState {
@@ -178,6 +181,11 @@ impl LocalStore {
         Ok(LocalStore { conn: Mutex::new(conn), path })
     }
 
+    /// Whether `dir` holds a store (without creating one).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(FILE_NAME).is_file()
+    }
+
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -210,6 +218,7 @@ impl LocalStore {
                 last_check_in_at: None,
                 last_result: None,
                 next_check_in_at: None,
+                license_key: None,
             };
             diesel::insert_into(verifier_state::table).values(&state).execute(c)?;
             Ok(state)
@@ -253,6 +262,8 @@ impl LocalStore {
                     verifier_state::last_check_in_at.eq(naive(now)),
                     verifier_state::last_result.eq(&outcome.result),
                     verifier_state::next_check_in_at.eq(outcome.next_check_in_at.map(naive)),
+                    verifier_state::license_key
+                        .eq(outcome.renewed_key.as_ref().or(state.license_key.as_ref())),
                 ))
                 .execute(c)?;
             if let Some(batch_id) = &outcome.acknowledged {
@@ -273,6 +284,8 @@ pub struct CheckInRecord {
     pub next_check_in_at: Option<DateTime<Utc>>,
     /// The batch id the server acknowledged.
     pub acknowledged: Option<String>,
+    /// A newer license key the answer delivered and the verifier accepted.
+    pub renewed_key: Option<String>,
 }
 
 fn clamp(n: u64) -> i64 {

@@ -13,6 +13,7 @@ diesel::table! {
         last_check_in_at -> Nullable<Timestamp>,
         last_result -> Nullable<Text>,
         next_check_in_at -> Nullable<Timestamp>,
+        license_key -> Nullable<Text>,
     }
 }
 diesel::table! {
