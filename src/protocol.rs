@@ -272,6 +272,15 @@ pub enum UserCountRange {
 }
 
 impl UserCountRange {
+    /// Every range, from the smallest.
+    pub const ALL: [UserCountRange; 5] = [
+        UserCountRange::UpTo10,
+        UserCountRange::UpTo50,
+        UserCountRange::UpTo200,
+        UserCountRange::UpTo1000,
+        UserCountRange::Over1000,
+    ];
+
     /// The range a user count falls in.
     pub fn of(users: u64) -> UserCountRange {
         match users {

@@ -850,6 +850,27 @@ fn admin_cli_talks_to_the_server() {
     let answer = h.check_in(key, "cli-b", Some(&telemetry));
     assert_eq!(status(&answer), "valid");
     assert!(answer["license_key"].as_str().unwrap().starts_with("LIC1."), "{answer}");
+    // Insights and jobs from the command line.
+    let (code, out, err) = licensor_cli(&["admin", "jobs", "run", "rollup", "--day", "2026-11-21"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["run_key"], "2026-11-21");
+    let (code, out, _) = licensor_cli(&["admin", "insights", "overview", "--days", "1"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["period"]["days"], 1);
+    let (code, out, _) =
+        licensor_cli(&["admin", "insights", "usage", "--kind", "feature", "--days", "2", "--csv"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("name,count,installs,share,previous_count,change,rising\n"), "{out}");
+    assert_eq!(licensor_cli(&["admin", "insights", "usage"], &env).0, 2, "usage needs --kind");
+    let (code, out, _) = licensor_cli(&["admin", "license", &license_id], &env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["license"]["license_id"], license_id.as_str());
+    let (code, out, _) = licensor_cli(&["admin", "licenses", "--search", "cli co"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["licenses"].as_array().unwrap().len(), 1);
+    let (_, out, _) = licensor_cli(&["admin", "licenses", "--search", "nobody%"], &env);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["licenses"], serde_json::json!([]));
+
     // Nothing to change is a usage error (exit 2), before any request.
     assert_eq!(licensor_cli(&["admin", "update", &license_id], &env).0, 2);
     assert_eq!(licensor_cli(&["admin", "renew", &license_id], &env).0, 2);

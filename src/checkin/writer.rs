@@ -255,7 +255,9 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                     _ => decision.duplicate = true,
                 }
             }
-            check_ins.push(check_in_row(p, Some(license_id.clone()), status, batch_id));
+            let mut check_in = check_in_row(p, Some(license_id.clone()), status, batch_id);
+            check_in.valid_until = (status == CheckInStatus::Valid).then(|| store::naive(times.valid_until));
+            check_ins.push(check_in);
             decisions.push(decision);
         }
 
@@ -310,6 +312,7 @@ fn check_in_row(
         status: status.as_str(),
         software_version: &p.software_version,
         telemetry_batch_id: batch_id,
+        valid_until: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-use super::{AdminArgs, AdminCommand, EXIT_NOT_VALID, EXIT_OK};
+use super::{AdminArgs, AdminCommand, InsightsView, JobName, JobsCommand, EXIT_NOT_VALID, EXIT_OK};
 
 /// A client of the admin API.
 pub struct Api {
@@ -47,12 +47,37 @@ pub fn run(args: AdminArgs) -> Result<u8> {
     let api = Api::new(&args.url, &args.token)?;
     use reqwest::Method;
     let (status, answer) = match args.command {
-        AdminCommand::Licenses { limit, cursor, tier, revoked } => {
+        AdminCommand::Licenses { limit, cursor, tier, revoked, search } => {
             let mut query = vec![format!("limit={limit}")];
             query.extend(cursor.map(|c| format!("cursor={}", encode(&c))));
             query.extend(tier.map(|t| format!("tier={t}")));
             query.extend(revoked.map(|r| format!("revoked={r}")));
+            query.extend(search.map(|s| format!("search={}", encode(&s))));
             api.send(Method::GET, &format!("/v1/admin/licenses?{}", query.join("&")), None)?
+        }
+        AdminCommand::License { license_id, days } => {
+            api.send(Method::GET, &format!("/v1/admin/licenses/{}?days={days}", encode(&license_id)), None)?
+        }
+        AdminCommand::Insights { view, days, kind, since_version, csv } => {
+            let name = match view {
+                InsightsView::Overview => "overview",
+                InsightsView::Usage => "usage",
+                InsightsView::Performance => "performance",
+                InsightsView::Errors => "errors",
+                InsightsView::Environment => "environment",
+                InsightsView::Licenses => "licenses",
+            };
+            let mut query = vec![format!("days={days}")];
+            query.extend(kind.map(|k| format!("kind={}", encode(&k))));
+            query.extend(since_version.map(|v| format!("since_version={}", encode(&v))));
+            if csv {
+                query.push("format=csv".into());
+            }
+            api.send(Method::GET, &format!("/v1/admin/insights/{name}?{}", query.join("&")), None)?
+        }
+        AdminCommand::Jobs { command: JobsCommand::Run { job: JobName::Rollup, day } } => {
+            let body = json!({ "day": day.to_string() });
+            api.send(Method::POST, "/v1/admin/jobs/rollup/runs", Some(&body))?
         }
         AdminCommand::Issue {
             tier,
@@ -124,7 +149,11 @@ pub fn run(args: AdminArgs) -> Result<u8> {
             api.send(Method::DELETE, &path, None)?
         }
     };
-    outln!("{}", serde_json::to_string_pretty(&answer)?)?;
+    match &answer {
+        // A CSV answer is printed as it came.
+        Value::String(text) => outln!("{}", text.trim_end())?,
+        json => outln!("{}", serde_json::to_string_pretty(json)?)?,
+    }
     if (200..300).contains(&status) {
         Ok(EXIT_OK)
     } else {

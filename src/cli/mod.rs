@@ -187,6 +187,40 @@ pub enum AdminCommand {
         /// Only revoked licenses (true) or only the others (false).
         #[arg(long)]
         revoked: Option<bool>,
+        /// Only licenses whose licensee contains this text, or whose id starts with it.
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// One license: its payload, status, instances, check-in history and telemetry.
+    License {
+        /// The license's id (a UUID).
+        license_id: String,
+        /// How many days of telemetry, 1 to 365.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// A fleet insights view, as JSON or CSV.
+    Insights {
+        /// Which view.
+        #[arg(value_enum)]
+        view: InsightsView,
+        /// How many whole days before today, 1 to 365.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// For `usage`: feature, api_call, command or ui_action.
+        #[arg(long, required_if_eq("view", "usage"))]
+        kind: Option<String>,
+        /// For `errors`: only the groups first seen since this version first ran.
+        #[arg(long)]
+        since_version: Option<String>,
+        /// Print the view's table as CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Scheduled jobs, on demand.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
     },
     /// Issue a license (the server must hold an issuing key).
     Issue {
@@ -307,6 +341,37 @@ pub enum AdminCommand {
         #[arg(long)]
         license_id: Option<String>,
     },
+}
+
+/// The insights views of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InsightsView {
+    Overview,
+    Usage,
+    Performance,
+    Errors,
+    Environment,
+    Licenses,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Run a job now, claimed like its scheduled run (refused while that run is under way).
+    Run {
+        /// The job.
+        #[arg(value_enum)]
+        job: JobName,
+        /// The day to roll up (UTC), not after today.
+        #[arg(long)]
+        day: NaiveDate,
+    },
+}
+
+/// The jobs that can be run on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JobName {
+    /// The daily roll-up that the insights read.
+    Rollup,
 }
 
 #[derive(Debug, Args)]

@@ -133,7 +133,8 @@ pub(super) async fn issue_license(
     let issued = license::issue(&issuer, request, now)
         .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
     let store = state.store.clone();
-    let row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
+    let mut row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
+    row.issued_here = true;
     blocking(move || store.insert_issued_license(&row).map_err(ApiError::from)).await?;
     tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
     Ok(HttpResponse::Created().json(json!({ "license_key": issued.key, "payload": issued.payload })))
@@ -232,6 +233,9 @@ pub(super) struct LicenseListQuery {
     tier: Option<Tier>,
     #[serde(default)]
     revoked: Option<bool>,
+    /// Text in the licensee's name, or the start of the license id.
+    #[serde(default)]
+    search: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,8 +273,12 @@ pub(super) async fn list_licenses(
     web::Query(query): web::Query<LicenseListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, cursor) = page(query.limit, query.cursor.as_deref())?;
-    let filter =
-        store::LicenseFilter { tier: query.tier.map(|t| t.as_str().to_owned()), revoked: query.revoked };
+    let filter = store::LicenseFilter {
+        tier: query.tier.map(|t| t.as_str().to_owned()),
+        revoked: query.revoked,
+        id: None,
+        search: query.search,
+    };
     let (store, now) = (state.store.clone(), (state.clock)());
     let page =
         blocking(move || store.list_licenses(now, &filter, limit, cursor.as_ref()).map_err(ApiError::from))

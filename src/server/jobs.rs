@@ -48,13 +48,39 @@ pub fn run_retention(
     Ok(RunOutcome::Ran(outcome))
 }
 
-/// Rolls up the previous UTC day into `telemetry_features` and `telemetry_aggregates`, once.
+/// Rolls up the previous UTC day (see `Store::rollup_day`), once.
 pub fn run_rollup(store: &Store, now: DateTime<Utc>) -> Result<RunOutcome, StoreError> {
     let day = (now - Duration::days(1)).date_naive();
-    let run_key = day.format("%Y-%m-%d").to_string();
-    let Some(claim) = store.claim_job(ROLLUP, &run_key, now)? else {
+    let Some(claim) = store.claim_job(ROLLUP, &day.format("%Y-%m-%d").to_string(), now)? else {
         return Ok(RunOutcome::Skipped);
     };
+    rollup_claimed(store, claim, day, now)
+}
+
+/// How long a run may go without finishing before a run asked for now takes it over.
+const STALE_RUN: i64 = 60 * 60;
+
+/// Rolls up `day` now, as the admin asks: claimed under the same key as the nightly run of that
+/// day, so it never runs beside one (`Skipped` while one is under way), and run again when the
+/// day was rolled up before (a roll-up replaces the day's rows).
+pub fn run_rollup_of(
+    store: &Store,
+    day: chrono::NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<RunOutcome, StoreError> {
+    let run_key = day.format("%Y-%m-%d").to_string();
+    let Some(claim) = store.claim_job_again(ROLLUP, &run_key, now, Duration::seconds(STALE_RUN))? else {
+        return Ok(RunOutcome::Skipped);
+    };
+    rollup_claimed(store, claim, day, now)
+}
+
+fn rollup_claimed(
+    store: &Store,
+    claim: crate::store::JobClaim,
+    day: chrono::NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<RunOutcome, StoreError> {
     match store.rollup_day(day) {
         Ok(rows) => {
             let outcome = format!("rolled up {day}: {rows} rows");

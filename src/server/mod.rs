@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 mod extract;
 mod handlers;
+pub mod insights;
 pub mod jobs;
 
 use actix_web::{web, App, HttpServer};
@@ -68,7 +69,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(handlers::issue_license))
                         .route(web::get().to(handlers::list_licenses)),
                 )
-                .service(resource("/licenses/{license_id}").route(web::patch().to(handlers::update_license)))
+                .service(
+                    resource("/licenses/{license_id}")
+                        .route(web::get().to(insights::license_detail))
+                        .route(web::patch().to(handlers::update_license)),
+                )
+                .service(resource("/insights/overview").route(web::get().to(insights::overview)))
+                .service(resource("/insights/usage").route(web::get().to(insights::usage)))
+                .service(resource("/insights/performance").route(web::get().to(insights::performance)))
+                .service(resource("/insights/errors").route(web::get().to(insights::errors)))
+                .service(resource("/insights/environment").route(web::get().to(insights::environment)))
+                .service(resource("/insights/licenses").route(web::get().to(insights::licenses)))
+                .service(resource("/jobs/rollup/runs").route(web::post().to(insights::run_rollup)))
                 .service(
                     resource("/licenses/{license_id}/revoke").route(web::post().to(handlers::revoke_license)),
                 )

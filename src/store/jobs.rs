@@ -34,6 +34,32 @@ impl Store {
         Ok((inserted == 1).then(|| JobClaim { job: job.to_owned(), run_key: run_key.to_owned() }))
     }
 
+    /// Claims the run `run_key` of `job` for a run asked for now (by the admin): like
+    /// [`Store::claim_job`], but a run that already finished, or one started more than
+    /// `stale_after` ago that never finished (its process died), is taken over and run again.
+    /// `None` while another run of it is under way.
+    pub fn claim_job_again(
+        &self,
+        job: &str,
+        run_key: &str,
+        now: DateTime<Utc>,
+        stale_after: chrono::Duration,
+    ) -> Result<Option<JobClaim>, StoreError> {
+        if let Some(claim) = self.claim_job(job, run_key, now)? {
+            return Ok(Some(claim));
+        }
+        let taken = diesel::update(job_runs::table.find((job, run_key)).filter(
+            job_runs::finished_at.is_not_null().or(job_runs::started_at.lt(naive(now - stale_after))),
+        ))
+        .set((
+            job_runs::started_at.eq(naive(now)),
+            job_runs::finished_at.eq(None::<chrono::NaiveDateTime>),
+            job_runs::outcome.eq(None::<String>),
+        ))
+        .execute(&mut self.conn()?)?;
+        Ok((taken == 1).then(|| JobClaim { job: job.to_owned(), run_key: run_key.to_owned() }))
+    }
+
     /// Records how a claimed run ended.
     pub fn finish_job(&self, claim: &JobClaim, now: DateTime<Utc>, outcome: &str) -> Result<(), StoreError> {
         diesel::update(job_runs::table.find((&claim.job, &claim.run_key)))

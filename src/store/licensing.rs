@@ -58,7 +58,7 @@ impl LicenseRecord {
             not_before: utc(row.not_before),
             expires_at: row.expires_at.map(utc),
             check_in_interval_s: row.check_in_interval_s,
-            issued_here: row.license_key.is_some(),
+            issued_here: row.issued_here,
             revoked: row.revoked_at.is_some(),
             revoked_at: row.revoked_at.map(utc),
             revoked_reason: row.revoked_reason,
@@ -89,6 +89,11 @@ pub struct InstanceRecord {
 pub struct LicenseFilter {
     pub tier: Option<String>,
     pub revoked: Option<bool>,
+    /// One license by its id.
+    pub id: Option<String>,
+    /// Licenses whose licensee contains this text (case-insensitive on ASCII), or whose id
+    /// starts with it.
+    pub search: Option<String>,
 }
 
 /// Which instances a listing shows.
@@ -339,6 +344,26 @@ impl Store {
         if let Some(tier) = &filter.tier {
             query = query.filter(licenses::tier.eq(tier));
         }
+        if let Some(id) = &filter.id {
+            query = query.filter(licenses::id.eq(id));
+        }
+        if let Some(text) = filter.search.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            // LIKE's own wildcards in the text are matched literally.
+            let escaped: String = text
+                .to_ascii_lowercase()
+                .chars()
+                .flat_map(|c| match c {
+                    '%' | '_' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            query = query.filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("LOWER(licensee) LIKE ")
+                    .bind::<diesel::sql_types::Text, _>(format!("%{escaped}%"))
+                    .sql(" ESCAPE '\\'")
+                    .or(licenses::id.like(format!("{escaped}%")).escape('\\')),
+            );
+        }
         match filter.revoked {
             Some(true) => query = query.filter(licenses::revoked_at.is_not_null()),
             Some(false) => query = query.filter(licenses::revoked_at.is_null()),
@@ -404,6 +429,7 @@ impl Store {
             licenses::issued_at.eq(row.issued_at),
             licenses::expires_at.eq(row.expires_at),
             licenses::license_key.eq(&row.license_key),
+            licenses::issued_here.eq(true),
         ))
         .execute(&mut self.conn()?)?;
         Ok(changed == 1)

@@ -13,6 +13,7 @@ mod checkin;
 mod db;
 pub mod schema;
 
+mod insights;
 mod jobs;
 mod licensing;
 mod models;
@@ -21,6 +22,7 @@ mod telemetry;
 pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;
 pub use db::*;
+pub use insights::*;
 pub use jobs::JobClaim;
 pub use licensing::{Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page};
 pub use models::*;

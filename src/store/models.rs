@@ -34,11 +34,13 @@ pub struct LicenseRow {
     pub revoked_reason: Option<String>,
     pub first_seen_at: NaiveDateTime,
     pub last_check_in_at: Option<NaiveDateTime>,
+    /// This server issued (or renewed) the license through the admin API.
+    pub issued_here: bool,
 }
 
 impl LicenseRow {
-    /// The row of a license first seen at `now`; `key` is the license key itself when this
-    /// server issued it.
+    /// The row of a license first seen at `now`, with its key (not issued here: the caller
+    /// says so when it is).
     pub fn new(
         license: &crate::license::LicensePayload,
         key: Option<&str>,
@@ -61,6 +63,7 @@ impl LicenseRow {
             revoked_reason: None,
             first_seen_at: naive(now),
             last_check_in_at: None,
+            issued_here: false,
         }
     }
 
@@ -85,6 +88,7 @@ impl LicenseRow {
             revoked_reason: reason,
             first_seen_at: naive(now),
             last_check_in_at: None,
+            issued_here: false,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct NewCheckIn<'a> {
     pub status: &'a str,
     pub software_version: &'a str,
     pub telemetry_batch_id: Option<String>,
+    /// The end of the lease a `valid` check-in granted (the days it covers, for the roll-up).
+    pub valid_until: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
@@ -124,6 +130,7 @@ pub struct CheckInRow {
     pub status: String,
     pub software_version: String,
     pub telemetry_batch_id: Option<String>,
+    pub valid_until: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]

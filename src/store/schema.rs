@@ -18,6 +18,7 @@ diesel::table! {
         revoked_reason -> Nullable<Text>,
         first_seen_at -> Timestamp,
         last_check_in_at -> Nullable<Timestamp>,
+        issued_here -> Bool,
     }
 }
 
@@ -42,6 +43,7 @@ diesel::table! {
         status -> Text,
         software_version -> Text,
         telemetry_batch_id -> Nullable<Text>,
+        valid_until -> Nullable<Timestamp>,
     }
 }
 
@@ -127,6 +129,41 @@ diesel::table! {
 }
 
 diesel::table! {
+    install_days (day, license_id, instance_id) {
+        day -> Date,
+        license_id -> Text,
+        instance_id -> Text,
+        tier -> Text,
+        software_version -> Text,
+        lease_until -> Timestamp,
+        checked_in -> Bool,
+        user_count_range -> Text,
+        os -> Text,
+        arch -> Text,
+        modules -> Text,
+        uptime_hours -> Double,
+        health -> Text,
+    }
+}
+
+diesel::table! {
+    route_days (day, method, route, software_version) {
+        day -> Date,
+        method -> Text,
+        route -> Text,
+        software_version -> Text,
+        count -> BigInt,
+        errors -> BigInt,
+        p50_ms -> Double,
+        p95_ms -> Double,
+        p99_ms -> Double,
+        max_ms -> Double,
+        sketch -> Text,
+        installs -> BigInt,
+    }
+}
+
+diesel::table! {
     job_runs (job, run_key) {
         job -> Text,
         run_key -> Text,
@@ -149,5 +186,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     telemetry_performance,
     telemetry_sessions,
     telemetry_aggregates,
+    install_days,
+    route_days,
     job_runs,
 );

@@ -357,9 +357,11 @@ impl Store {
         })
     }
 
-    /// Rolls up the telemetry received on `day` (UTC) into `telemetry_features` (per instance)
-    /// and `telemetry_aggregates` (across instances), replacing any earlier rollup of that day
-    /// in the same transaction, so a re-run never double-counts.
+    /// Rolls up `day` (UTC) into `telemetry_features` (usage per install), `install_days` (the
+    /// installs active that day, carried forward from the day before), `route_days`
+    /// (performance across installs) and `telemetry_aggregates` (fleet figures), replacing any
+    /// earlier roll-up of that day in the same transaction, so a re-run never double-counts.
+    /// Days are rolled up in order: a day's active installs start from the day before's.
     pub fn rollup_day(&self, day: NaiveDate) -> Result<usize, StoreError> {
         let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
         let to = from + chrono::Duration::days(1);
@@ -415,20 +417,6 @@ impl Store {
                 entry.0 = entry.0.saturating_add(*count);
                 entry.1.insert(install);
             }
-            let active: Vec<(String, Install)> = telemetry_batches::table
-                .inner_join(licenses::table.on(licenses::id.eq(telemetry_batches::license_id)))
-                .filter(telemetry_batches::received_at.ge(from))
-                .filter(telemetry_batches::received_at.lt(to))
-                .select((telemetry_batches::license_id, telemetry_batches::instance_id, licenses::tier))
-                .distinct()
-                .load::<(String, String, String)>(conn)?
-                .into_iter()
-                .map(|(license_id, instance_id, tier)| (tier, (license_id, instance_id)))
-                .collect();
-            let mut by_tier: BTreeMap<String, BTreeSet<Install>> = BTreeMap::new();
-            for (tier, install) in active {
-                by_tier.entry(tier).or_default().insert(install);
-            }
             let mut aggregates: Vec<AggregateRow> = by_name
                 .into_iter()
                 .map(|((kind, name), (count, installs))| AggregateRow {
@@ -439,13 +427,9 @@ impl Store {
                     instances: installs.len() as i64,
                 })
                 .collect();
-            aggregates.extend(by_tier.into_iter().map(|(tier, installs)| AggregateRow {
-                day,
-                metric: "active_instances".into(),
-                dimension: format!("tier:{tier}"),
-                value: installs.len() as f64,
-                instances: installs.len() as i64,
-            }));
+            let (installs, figures) = super::insights::rollup_installs(conn, day)?;
+            aggregates.extend(figures);
+            let routes = super::insights::rollup_routes(conn, day)?;
             diesel::delete(telemetry_aggregates::table.filter(telemetry_aggregates::day.eq(day)))
                 .execute(conn)?;
             on_backend!(&mut *conn, c => {
@@ -453,7 +437,7 @@ impl Store {
                     diesel::insert_into(telemetry_aggregates::table).values(chunk).execute(c)?;
                 }
             });
-            Ok::<_, StoreError>(features.len() + aggregates.len())
+            Ok::<_, StoreError>(features.len() + aggregates.len() + installs + routes)
         })
     }
 
@@ -600,6 +584,14 @@ fn parse_list<T: serde::de::DeserializeOwned>(json: &str, what: &'static str) ->
 /// sketch opaque and optional, so for a route where one is missing or of another kind the
 /// percentiles are the batches' weighted by request count, an approximation, and say so.
 fn merge_route_sketches(rows: impl Iterator<Item = RoutePerformance>) -> Vec<RouteSummary> {
+    merge_routes(rows).into_iter().map(|(summary, _)| summary).collect()
+}
+
+/// [`merge_route_sketches`], with each route's merged sketch where there is one (every batch
+/// of the route carried a dd1 sketch), for roll-ups that keep it to merge again.
+pub(super) fn merge_routes(
+    rows: impl Iterator<Item = RoutePerformance>,
+) -> Vec<(RouteSummary, Option<Sketch>)> {
     let mut by_route: BTreeMap<(String, String), (RouteSummary, Option<Sketch>)> = BTreeMap::new();
     for p in rows {
         let (entry, merged) = by_route.entry((p.method.clone(), p.route.clone())).or_insert_with(|| {
@@ -630,19 +622,19 @@ fn merge_route_sketches(rows: impl Iterator<Item = RoutePerformance>) -> Vec<Rou
             _ => None,
         };
     }
-    let mut out: Vec<RouteSummary> = by_route
+    let mut out: Vec<(RouteSummary, Option<Sketch>)> = by_route
         .into_values()
         .map(|(mut summary, merged)| {
-            match merged {
+            match &merged {
                 Some(sketch) => {
                     [summary.p50_ms, summary.p95_ms, summary.p99_ms] =
-                        crate::protocol::percentiles_ms(&sketch);
+                        crate::protocol::percentiles_ms(sketch);
                 }
                 None => summary.percentiles = Percentiles::WeightedAverage,
             }
-            summary
+            (summary, merged)
         })
         .collect();
-    out.sort_by_key(|r| std::cmp::Reverse(r.count));
+    out.sort_by_key(|(r, _)| std::cmp::Reverse(r.count));
     out
 }

@@ -1,0 +1,1109 @@
+//! The vendor's insights: the daily roll-ups they read (`install_days`, `route_days` and the
+//! fleet figures in `telemetry_aggregates`), and the views themselves.
+//!
+//! Invariants: the views read roll-ups (and the deduplicated error groups, the licenses and
+//! their instances), never raw batches, so their cost grows with installs x days rather than
+//! with events; a roll-up of a day replaces that day's rows in the caller's transaction, so a
+//! re-run never double-counts. An install is a license's instance.
+
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::models::*;
+use super::schema::*;
+use super::telemetry::{merge_routes, Percentiles, RouteSummary};
+use super::{naive, on_backend, utc, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
+use crate::license::Tier;
+use crate::protocol::{CheckInStatus, Environment, RoutePerformance};
+
+/// An install: (license id, instance id).
+type Install = (String, String);
+/// A check-in as the roll-up reads it: license, instance, time, status, version, lease end.
+type DayCheckIn = (Option<String>, String, NaiveDateTime, String, String, Option<NaiveDateTime>);
+/// The installs that reported each (method, route).
+type RouteInstalls = BTreeMap<(String, String), BTreeSet<Install>>;
+
+/// One install's row for one day.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = install_days)]
+pub struct InstallDay {
+    pub day: NaiveDate,
+    pub license_id: String,
+    pub instance_id: String,
+    pub tier: String,
+    pub software_version: String,
+    pub lease_until: NaiveDateTime,
+    pub checked_in: bool,
+    pub user_count_range: String,
+    pub os: String,
+    pub arch: String,
+    pub modules: String,
+    pub uptime_hours: f64,
+    pub health: String,
+}
+
+/// Performance of one route and version on one day, across installs.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = route_days)]
+pub struct RouteDay {
+    pub day: NaiveDate,
+    pub method: String,
+    pub route: String,
+    pub software_version: String,
+    pub count: i64,
+    pub errors: i64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub sketch: String,
+    pub installs: i64,
+}
+
+fn midnight(day: NaiveDate) -> NaiveDateTime {
+    day.and_hms_opt(0, 0, 0).expect("midnight exists")
+}
+
+/// Rolls up the installs of `day`: which were active (their lease covered part of the day),
+/// with what tier, version and environment, and the fleet figures derived from that. Reads the
+/// previous day's rows (carried forward while their lease lasts), the day's check-ins and the
+/// environments of the day's batches. Returns the rows written and the aggregates to add.
+pub(super) fn rollup_installs(
+    conn: &mut DbConnection,
+    day: NaiveDate,
+) -> Result<(usize, Vec<AggregateRow>), StoreError> {
+    let (from, to) = (midnight(day), midnight(day) + Duration::days(1));
+    let yesterday: Vec<InstallDay> = install_days::table
+        .filter(install_days::day.eq(day - Duration::days(1)))
+        .select(InstallDay::as_select())
+        .load(conn)?;
+    let was_active: BTreeSet<Install> =
+        yesterday.iter().map(|r| (r.license_id.clone(), r.instance_id.clone())).collect();
+    let mut rows: BTreeMap<Install, InstallDay> = yesterday
+        .into_iter()
+        .map(|mut r| {
+            r.day = day;
+            r.checked_in = false;
+            ((r.license_id.clone(), r.instance_id.clone()), r)
+        })
+        .collect();
+
+    // The day's check-ins in order: a valid one grants a new lease; a refusal that ends the
+    // seat (revoked, expired, not yet valid) ends the lease at that moment.
+    let check_ins: Vec<DayCheckIn> = check_ins::table
+        .filter(check_ins::at.ge(from))
+        .filter(check_ins::at.lt(to))
+        .order((check_ins::at, check_ins::id))
+        .select((
+            check_ins::license_id,
+            check_ins::instance_id,
+            check_ins::at,
+            check_ins::status,
+            check_ins::software_version,
+            check_ins::valid_until,
+        ))
+        .load(conn)?;
+    let license_ids: BTreeSet<&str> = check_ins.iter().filter_map(|c| c.0.as_deref()).collect();
+    let mut tiers: HashMap<String, String> = HashMap::new();
+    for chunk in license_ids.into_iter().collect::<Vec<_>>().chunks(ROWS_PER_STATEMENT) {
+        let found: Vec<(String, String)> = licenses::table
+            .filter(licenses::id.eq_any(chunk))
+            .select((licenses::id, licenses::tier))
+            .load(conn)?;
+        tiers.extend(found);
+    }
+    let mut outcomes: BTreeMap<String, (i64, BTreeSet<Install>)> = BTreeMap::new();
+    for (license_id, instance_id, at, status, version, valid_until) in check_ins {
+        let Some(license_id) = license_id else { continue };
+        let install = (license_id.clone(), instance_id.clone());
+        let outcome = outcomes.entry(status.clone()).or_default();
+        outcome.0 += 1;
+        outcome.1.insert(install.clone());
+        match CheckInStatus::parse(&status) {
+            Some(CheckInStatus::Valid) => {
+                let Some(until) = valid_until else { continue };
+                let tier = tiers.get(&license_id).cloned().unwrap_or_default();
+                let row = rows.entry(install).or_insert_with(|| InstallDay {
+                    day,
+                    license_id,
+                    instance_id,
+                    tier: String::new(),
+                    software_version: String::new(),
+                    lease_until: until,
+                    checked_in: true,
+                    user_count_range: String::new(),
+                    os: String::new(),
+                    arch: String::new(),
+                    modules: "[]".into(),
+                    uptime_hours: 0.0,
+                    health: "{}".into(),
+                });
+                row.tier = tier;
+                row.software_version = version;
+                row.lease_until = until;
+                row.checked_in = true;
+            }
+            Some(CheckInStatus::Revoked | CheckInStatus::Expired | CheckInStatus::NotYetValid) => {
+                if let Some(row) = rows.get_mut(&install) {
+                    row.lease_until = row.lease_until.min(at);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // The environment each install reported last that day.
+    let batches: Vec<(String, String, String, String)> = telemetry_batches::table
+        .filter(telemetry_batches::received_at.ge(from))
+        .filter(telemetry_batches::received_at.lt(to))
+        .order((telemetry_batches::received_at, telemetry_batches::batch_id))
+        .select((
+            telemetry_batches::license_id,
+            telemetry_batches::instance_id,
+            telemetry_batches::user_count_range,
+            telemetry_batches::environment,
+        ))
+        .load(conn)?;
+    for (license_id, instance_id, users, environment) in batches {
+        let Some(row) = rows.get_mut(&(license_id, instance_id)) else { continue };
+        let env: Environment = serde_json::from_str(&environment).map_err(|source| StoreError::Corrupt {
+            what: "telemetry_batches.environment",
+            source: source.into(),
+        })?;
+        row.user_count_range = users;
+        row.os = env.os;
+        row.arch = env.arch;
+        row.modules = serde_json::to_string(&env.modules_enabled).expect("names serialise");
+        row.uptime_hours = env.uptime_hours;
+        row.health = serde_json::to_string(&env.health).expect("a map of names serialises");
+    }
+
+    // Active: the lease covers part of the day.
+    let active: Vec<InstallDay> = rows.into_values().filter(|r| r.lease_until > from).collect();
+    diesel::delete(install_days::table.filter(install_days::day.eq(day))).execute(conn)?;
+    on_backend!(&mut *conn, c => {
+        for chunk in active.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(install_days::table).values(chunk).execute(c)?;
+        }
+    });
+
+    let mut figures = Figures::new(day);
+    figures.add("active", "all", active.len());
+    let by = |metric: &'static str, key: &dyn Fn(&InstallDay) -> &str| {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for row in &active {
+            *counts.entry(key(row)).or_default() += 1;
+        }
+        counts.into_iter().map(move |(k, n)| (metric, k.to_owned(), n)).collect::<Vec<_>>()
+    };
+    let mut rows_out: Vec<(&'static str, String, usize)> = Vec::new();
+    rows_out.extend(by("active.tier", &|r| &r.tier));
+    rows_out.extend(by("active.version", &|r| &r.software_version));
+    let reporting: Vec<&InstallDay> = active.iter().filter(|r| !r.user_count_range.is_empty()).collect();
+    let mut count_env = |metric: &'static str, values: &mut dyn Iterator<Item = String>| {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for v in values {
+            *counts.entry(v).or_default() += 1;
+        }
+        rows_out.extend(counts.into_iter().map(|(k, n)| (metric, k, n)));
+    };
+    count_env("env.user_count_range", &mut reporting.iter().map(|r| r.user_count_range.clone()));
+    count_env("env.os", &mut reporting.iter().map(|r| r.os.clone()));
+    count_env("env.arch", &mut reporting.iter().map(|r| r.arch.clone()));
+    let mut modules = Vec::new();
+    let mut health = Vec::new();
+    for r in &reporting {
+        let list: BTreeSet<String> = serde_json::from_str(&r.modules)
+            .map_err(|source| StoreError::Corrupt { what: "install_days.modules", source: source.into() })?;
+        modules.extend(list);
+        let checks: BTreeMap<String, String> = serde_json::from_str(&r.health)
+            .map_err(|source| StoreError::Corrupt { what: "install_days.health", source: source.into() })?;
+        health.extend(checks.into_iter().map(|(name, state)| format!("{name}:{state}")));
+    }
+    count_env("env.module", &mut modules.into_iter());
+    count_env("env.health", &mut health.into_iter());
+    for (metric, dimension, n) in rows_out {
+        figures.add(metric, &dimension, n);
+    }
+    figures.add("env.reporting", "all", reporting.len());
+    if !reporting.is_empty() {
+        let mean = reporting.iter().map(|r| r.uptime_hours).sum::<f64>() / reporting.len() as f64;
+        figures.push("env.uptime_hours", "mean", (mean * 100.0).round() / 100.0, reporting.len());
+    }
+    let now_active: BTreeSet<Install> =
+        active.iter().map(|r| (r.license_id.clone(), r.instance_id.clone())).collect();
+    figures.add("instances.new", "all", now_active.difference(&was_active).count());
+    figures.add("instances.lapsed", "all", was_active.difference(&now_active).count());
+    for (status, (n, installs)) in outcomes {
+        figures.push("check_ins", &status, n as f64, installs.len());
+    }
+    Ok((active.len(), figures.rows))
+}
+
+/// The aggregates of one day, as they are built.
+struct Figures {
+    day: NaiveDate,
+    rows: Vec<AggregateRow>,
+}
+
+impl Figures {
+    fn new(day: NaiveDate) -> Figures {
+        Figures { day, rows: Vec::new() }
+    }
+
+    /// A count of installs.
+    fn add(&mut self, metric: &str, dimension: &str, installs: usize) {
+        self.push(metric, dimension, installs as f64, installs);
+    }
+
+    fn push(&mut self, metric: &str, dimension: &str, value: f64, installs: usize) {
+        self.rows.push(AggregateRow {
+            day: self.day,
+            metric: metric.to_owned(),
+            dimension: dimension.to_owned(),
+            value,
+            instances: installs as i64,
+        });
+    }
+}
+
+/// Rolls up the request performance received on `day` per route and software version, the
+/// batches' sketches merged. Returns the rows written.
+pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<usize, StoreError> {
+    let (from, to) = (midnight(day), midnight(day) + Duration::days(1));
+    let batches: Vec<(String, String, String, String)> = telemetry_performance::table
+        .inner_join(
+            telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_performance::batch_id)),
+        )
+        .filter(telemetry_batches::received_at.ge(from))
+        .filter(telemetry_batches::received_at.lt(to))
+        .select((
+            telemetry_batches::license_id,
+            telemetry_batches::instance_id,
+            telemetry_batches::app_version,
+            telemetry_performance::routes,
+        ))
+        .load(conn)?;
+    let mut by_version: BTreeMap<String, (Vec<RoutePerformance>, RouteInstalls)> = BTreeMap::new();
+    for (license_id, instance_id, version, routes) in batches {
+        let routes: Vec<RoutePerformance> = serde_json::from_str(&routes).map_err(|source| {
+            StoreError::Corrupt { what: "telemetry_performance.routes", source: source.into() }
+        })?;
+        let entry = by_version.entry(version).or_default();
+        for r in &routes {
+            entry
+                .1
+                .entry((r.method.clone(), r.route.clone()))
+                .or_default()
+                .insert((license_id.clone(), instance_id.clone()));
+        }
+        entry.0.extend(routes);
+    }
+    let mut rows = Vec::new();
+    for (version, (routes, installs)) in by_version {
+        for (summary, sketch) in merge_routes(routes.into_iter()) {
+            let n = installs.get(&(summary.method.clone(), summary.route.clone())).map_or(0, BTreeSet::len);
+            rows.push(RouteDay {
+                day,
+                software_version: version.clone(),
+                count: summary.count,
+                errors: summary.errors,
+                p50_ms: summary.p50_ms,
+                p95_ms: summary.p95_ms,
+                p99_ms: summary.p99_ms,
+                max_ms: summary.max_ms,
+                sketch: sketch.map(|s| s.encode()).unwrap_or_default(),
+                installs: n as i64,
+                method: summary.method,
+                route: summary.route,
+            });
+        }
+    }
+    diesel::delete(route_days::table.filter(route_days::day.eq(day))).execute(conn)?;
+    on_backend!(&mut *conn, c => {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(route_days::table).values(chunk).execute(c)?;
+        }
+    });
+    Ok(rows.len())
+}
+
+/// The days a view covers: the `days` whole UTC days before `today` (the roll-ups hold whole
+/// days, rolled up after they end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Period {
+    /// The first day (inclusive).
+    pub from: NaiveDate,
+    /// The day after the last (exclusive): today.
+    pub until: NaiveDate,
+    pub days: u32,
+}
+
+impl Period {
+    /// The `days` days before `now`'s day.
+    pub fn ending(now: DateTime<Utc>, days: u32) -> Period {
+        let until = now.date_naive();
+        Period { from: until - Duration::days(i64::from(days)), until, days }
+    }
+
+    /// The period of the same length just before this one.
+    pub fn previous(&self) -> Period {
+        Period { from: self.from - Duration::days(i64::from(self.days)), until: self.from, days: self.days }
+    }
+}
+
+/// The overview: installs active per day, by tier and version, new and lapsed, and check-in
+/// outcomes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overview {
+    pub period: Period,
+    pub days: Vec<OverviewDay>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct OverviewDay {
+    pub day: NaiveDate,
+    pub active: i64,
+    pub by_tier: BTreeMap<String, i64>,
+    pub by_version: BTreeMap<String, i64>,
+    /// Active that day and not the day before: a first activation or a return.
+    pub new: i64,
+    /// Active the day before and not that day.
+    pub lapsed: i64,
+    /// Check-ins that day, by status.
+    pub check_ins: BTreeMap<String, i64>,
+}
+
+/// Usage of one kind (features, API calls, commands or UI actions) across installs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Usage {
+    pub period: Period,
+    pub kind: String,
+    /// Distinct installs active during the period.
+    pub active_installs: i64,
+    pub names: Vec<NameUsage>,
+    /// The names whose count grew most against the previous period: what to build next.
+    pub rising: Vec<NameUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NameUsage {
+    pub name: String,
+    pub count: i64,
+    /// Distinct installs that used it during the period.
+    pub installs: i64,
+    /// `installs` over the period's active installs.
+    pub share: f64,
+    pub previous_count: i64,
+    /// The relative change against the previous period (0.25 for +25%); `null` when the
+    /// previous period had none.
+    pub change: Option<f64>,
+}
+
+/// Request performance per route, overall and by version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Performance {
+    pub period: Period,
+    pub routes: Vec<RoutePerformanceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoutePerformanceView {
+    #[serde(flatten)]
+    pub overall: RouteFigures,
+    pub by_version: BTreeMap<String, RouteFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteFigures {
+    pub method: String,
+    pub route: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub percentiles: Percentiles,
+}
+
+impl From<RouteSummary> for RouteFigures {
+    fn from(s: RouteSummary) -> RouteFigures {
+        RouteFigures {
+            error_rate: ratio(s.errors, s.count),
+            method: s.method,
+            route: s.route,
+            requests: s.count,
+            errors: s.errors,
+            p50_ms: s.p50_ms,
+            p95_ms: s.p95_ms,
+            p99_ms: s.p99_ms,
+            max_ms: s.max_ms,
+            percentiles: s.percentiles,
+        }
+    }
+}
+
+/// Error groups across installs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Errors {
+    pub period: Period,
+    /// When given: only the groups first seen since this version first ran anywhere.
+    pub since_version: Option<String>,
+    pub groups: Vec<ErrorGroupView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorGroupView {
+    pub fingerprint: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    /// Scrubbed, as stored; the latest text of the group.
+    pub message: String,
+    pub installs: i64,
+    pub count: i64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// The versions the affected installs run now.
+    pub versions: Vec<String>,
+    /// The newest version that had appeared (anywhere) by the group's first sighting.
+    pub first_seen_version: Option<String>,
+}
+
+/// The fleet's environment on the period's last rolled-up day.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvironmentView {
+    pub period: Period,
+    /// The day the figures are of (`null` when nothing was rolled up in the period).
+    pub day: Option<NaiveDate>,
+    /// Installs that reported an environment.
+    pub installs: i64,
+    pub user_count_ranges: Vec<Share>,
+    pub modules: Vec<Share>,
+    pub os: Vec<Share>,
+    pub arch: Vec<Share>,
+    /// `name:state` of each health check.
+    pub health: Vec<Share>,
+    pub uptime_hours_mean: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Share {
+    pub name: String,
+    pub installs: i64,
+    pub share: f64,
+}
+
+/// Seat use per license and the licenses that need attention.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LicensesView {
+    pub period: Period,
+    pub licenses: Vec<SeatUse>,
+    pub at_risk: AtRisk,
+    /// Licenses expiring in each of the next 12 weeks (weeks start on the view's day).
+    pub expirations_per_week: Vec<WeekExpirations>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeatUse {
+    pub license_id: String,
+    pub licensee: String,
+    pub tier: String,
+    pub revoked: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub seats: i64,
+    pub in_use: i64,
+    /// The most installs active on one day of the period.
+    pub peak: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct AtRisk {
+    /// Licenses with instances past their check-in time.
+    pub overdue: Vec<RiskEntry>,
+    /// Of those instances, the ones still running on their grace period (seat still held).
+    pub in_grace: Vec<RiskEntry>,
+    /// Licenses expiring within 30 days.
+    pub expiring: Vec<RiskEntry>,
+    /// Licenses with every seat in use.
+    pub at_seat_limit: Vec<RiskEntry>,
+    /// Licenses with check-ins refused for missing telemetry during the period.
+    pub telemetry_refused: Vec<RiskEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RiskEntry {
+    pub license_id: String,
+    pub licensee: String,
+    /// What the risk counts: instances (overdue, in grace), seats in use (at the limit),
+    /// refused check-ins; for `expiring`, the days left.
+    pub count: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeekExpirations {
+    pub week_start: NaiveDate,
+    pub licenses: i64,
+}
+
+fn ratio(part: i64, whole: i64) -> f64 {
+    if whole <= 0 {
+        0.0
+    } else {
+        ((part as f64 / whole as f64) * 10_000.0).round() / 10_000.0
+    }
+}
+
+#[derive(QueryableByName)]
+struct NameRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    installs: i64,
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct LicenseCount {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    license_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+impl Store {
+    /// The aggregates of `metrics` on the days of `period`.
+    fn aggregates_in(
+        conn: &mut DbConnection,
+        period: &Period,
+        metrics: &[&str],
+    ) -> Result<Vec<AggregateRow>, StoreError> {
+        Ok(telemetry_aggregates::table
+            .filter(telemetry_aggregates::day.ge(period.from))
+            .filter(telemetry_aggregates::day.lt(period.until))
+            .filter(telemetry_aggregates::metric.eq_any(metrics))
+            .order((telemetry_aggregates::day, telemetry_aggregates::metric, telemetry_aggregates::dimension))
+            .select(AggregateRow::as_select())
+            .load(conn)?)
+    }
+
+    /// Distinct installs active during `period`.
+    fn active_installs(conn: &mut DbConnection, period: &Period) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) AS n FROM (SELECT DISTINCT license_id, instance_id FROM install_days \
+                   WHERE day >= $1 AND day < $2) AS t";
+        let row: CountRow = on_backend!(conn, c => {
+            diesel::sql_query(sql)
+                .bind::<diesel::sql_types::Date, _>(period.from)
+                .bind::<diesel::sql_types::Date, _>(period.until)
+                .get_result(c)?
+        });
+        Ok(row.n)
+    }
+
+    /// The overview of `period`.
+    pub fn insights_overview(&self, period: Period) -> Result<Overview, StoreError> {
+        let mut conn = self.conn()?;
+        let rows = Self::aggregates_in(
+            &mut conn,
+            &period,
+            &["active", "active.tier", "active.version", "instances.new", "instances.lapsed", "check_ins"],
+        )?;
+        let mut days: BTreeMap<NaiveDate, OverviewDay> = BTreeMap::new();
+        let mut day = period.from;
+        while day < period.until {
+            days.insert(day, OverviewDay { day, ..Default::default() });
+            day += Duration::days(1);
+        }
+        for row in rows {
+            let Some(d) = days.get_mut(&row.day) else { continue };
+            let n = row.value as i64;
+            match row.metric.as_str() {
+                "active" => d.active = n,
+                "active.tier" => _ = d.by_tier.insert(row.dimension, n),
+                "active.version" => _ = d.by_version.insert(row.dimension, n),
+                "instances.new" => d.new = n,
+                "instances.lapsed" => d.lapsed = n,
+                _ => _ = d.check_ins.insert(row.dimension, n),
+            }
+        }
+        Ok(Overview { period, days: days.into_values().collect() })
+    }
+
+    /// Usage of `kind` (`feature`, `api`, `command`, `ui_action`) during `period`, against the
+    /// period before.
+    pub fn insights_usage(&self, period: Period, kind: &str) -> Result<Usage, StoreError> {
+        let mut conn = self.conn()?;
+        let metric = format!("usage.{kind}");
+        let totals = |conn: &mut DbConnection, p: &Period| -> Result<BTreeMap<String, i64>, StoreError> {
+            let mut out: BTreeMap<String, i64> = BTreeMap::new();
+            for row in Self::aggregates_in(conn, p, &[metric.as_str()])? {
+                let sum = out.entry(row.dimension).or_default();
+                *sum = sum.saturating_add(row.value as i64);
+            }
+            Ok(out)
+        };
+        let now = totals(&mut conn, &period)?;
+        let before = totals(&mut conn, &period.previous())?;
+        let sql = "SELECT name, COUNT(*) AS installs FROM (SELECT DISTINCT name, license_id, instance_id \
+                   FROM telemetry_features WHERE kind = $1 AND day >= $2 AND day < $3) AS t GROUP BY name";
+        let installs: Vec<NameRow> = on_backend!(&mut *conn, c => {
+            diesel::sql_query(sql)
+                .bind::<diesel::sql_types::Text, _>(kind)
+                .bind::<diesel::sql_types::Date, _>(period.from)
+                .bind::<diesel::sql_types::Date, _>(period.until)
+                .load(c)?
+        });
+        let installs: HashMap<String, i64> = installs.into_iter().map(|r| (r.name, r.installs)).collect();
+        let active_installs = Self::active_installs(&mut conn, &period)?;
+        let mut names: Vec<NameUsage> = now
+            .into_iter()
+            .map(|(name, count)| {
+                let previous_count = before.get(&name).copied().unwrap_or(0);
+                let n = installs.get(&name).copied().unwrap_or(0);
+                NameUsage {
+                    count,
+                    installs: n,
+                    share: ratio(n, active_installs),
+                    previous_count,
+                    change: (previous_count > 0).then(|| ratio(count - previous_count, previous_count)),
+                    name,
+                }
+            })
+            .collect();
+        names.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+        let mut rising: Vec<NameUsage> =
+            names.iter().filter(|n| n.count > n.previous_count).cloned().collect();
+        rising.sort_by(|a, b| {
+            (b.count - b.previous_count).cmp(&(a.count - a.previous_count)).then_with(|| a.name.cmp(&b.name))
+        });
+        rising.truncate(10);
+        Ok(Usage { period, kind: kind.to_owned(), active_installs, names, rising })
+    }
+
+    /// Request performance per route during `period`, overall and by version.
+    pub fn insights_performance(&self, period: Period) -> Result<Performance, StoreError> {
+        let rows: Vec<RouteDay> = route_days::table
+            .filter(route_days::day.ge(period.from))
+            .filter(route_days::day.lt(period.until))
+            .select(RouteDay::as_select())
+            .load(&mut self.conn()?)?;
+        let as_batch = |r: &RouteDay| RoutePerformance {
+            method: r.method.clone(),
+            route: r.route.clone(),
+            count: r.count.max(0) as u64,
+            errors: r.errors.max(0) as u64,
+            p50_ms: r.p50_ms,
+            p95_ms: r.p95_ms,
+            p99_ms: r.p99_ms,
+            max_ms: r.max_ms,
+            sketch: r.sketch.clone(),
+        };
+        let overall = merge_routes(rows.iter().map(as_batch));
+        let mut by_version: BTreeMap<(String, String), BTreeMap<String, RouteFigures>> = BTreeMap::new();
+        let versions: BTreeSet<&str> = rows.iter().map(|r| r.software_version.as_str()).collect();
+        for version in versions {
+            let of_version = rows.iter().filter(|r| r.software_version == version).map(as_batch);
+            for (summary, _) in merge_routes(of_version) {
+                by_version
+                    .entry((summary.method.clone(), summary.route.clone()))
+                    .or_default()
+                    .insert(version.to_owned(), summary.into());
+            }
+        }
+        let routes = overall
+            .into_iter()
+            .map(|(summary, _)| {
+                let key = (summary.method.clone(), summary.route.clone());
+                RoutePerformanceView {
+                    overall: summary.into(),
+                    by_version: by_version.remove(&key).unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Performance { period, routes })
+    }
+
+    /// Error groups seen during `period` across installs; with `since_version`, only those
+    /// first seen since that version first ran.
+    pub fn insights_errors(&self, period: Period, since_version: Option<&str>) -> Result<Errors, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(ErrorRow, Option<String>)> = telemetry_errors::table
+            .left_join(
+                instances::table.on(instances::id
+                    .eq(telemetry_errors::instance_id)
+                    .and(instances::license_id.eq(telemetry_errors::license_id))),
+            )
+            .filter(telemetry_errors::last_seen.ge(midnight(period.from)))
+            .select((ErrorRow::as_select(), instances::software_version.nullable()))
+            .load(&mut *conn)?;
+        // When each version first ran anywhere, from the daily figures.
+        let firsts: Vec<(String, Option<NaiveDate>)> = telemetry_aggregates::table
+            .filter(telemetry_aggregates::metric.eq("active.version"))
+            .group_by(telemetry_aggregates::dimension)
+            .select((telemetry_aggregates::dimension, diesel::dsl::min(telemetry_aggregates::day)))
+            .load(&mut *conn)?;
+        let firsts: Vec<(NaiveDate, String)> =
+            firsts.into_iter().filter_map(|(v, d)| d.map(|d| (d, v))).collect();
+        let appeared = |version: &str| firsts.iter().find(|(_, v)| v == version).map(|(d, _)| *d);
+        // A version that never ran has no error groups that appeared since.
+        let floor = since_version.map(|v| appeared(v).unwrap_or(NaiveDate::MAX));
+        let mut groups: BTreeMap<String, (ErrorGroupView, BTreeSet<Install>, BTreeSet<String>)> =
+            BTreeMap::new();
+        for (e, version) in rows {
+            let (group, installs, versions) = groups.entry(e.fingerprint.clone()).or_insert_with(|| {
+                let view = ErrorGroupView {
+                    fingerprint: e.fingerprint.clone(),
+                    error_type: e.error_type.clone(),
+                    message: e.message.clone(),
+                    installs: 0,
+                    count: 0,
+                    first_seen: utc(e.first_seen),
+                    last_seen: utc(e.last_seen),
+                    versions: Vec::new(),
+                    first_seen_version: None,
+                };
+                (view, BTreeSet::new(), BTreeSet::new())
+            });
+            if utc(e.last_seen) >= group.last_seen {
+                group.error_type = e.error_type;
+                group.message = e.message;
+                group.last_seen = utc(e.last_seen);
+            }
+            group.first_seen = group.first_seen.min(utc(e.first_seen));
+            group.count = group.count.saturating_add(e.count);
+            installs.insert((e.license_id, e.instance_id));
+            versions.extend(version);
+        }
+        let mut out: Vec<ErrorGroupView> = groups
+            .into_values()
+            .map(|(mut group, installs, versions)| {
+                group.installs = installs.len() as i64;
+                group.versions = versions.into_iter().collect();
+                let first_day = group.first_seen.date_naive();
+                group.first_seen_version = firsts
+                    .iter()
+                    .filter(|(d, _)| *d <= first_day)
+                    .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
+                    .map(|(_, v)| v.clone());
+                group
+            })
+            .filter(|g| floor.is_none_or(|f| g.first_seen.date_naive() >= f))
+            .collect();
+        out.sort_by(|a, b| {
+            (b.installs, b.count).cmp(&(a.installs, a.count)).then_with(|| a.fingerprint.cmp(&b.fingerprint))
+        });
+        Ok(Errors { period, since_version: since_version.map(str::to_owned), groups: out })
+    }
+
+    /// The environment of the fleet on the period's last rolled-up day.
+    pub fn insights_environment(&self, period: Period) -> Result<EnvironmentView, StoreError> {
+        let mut conn = self.conn()?;
+        let day: Option<NaiveDate> = telemetry_aggregates::table
+            .filter(telemetry_aggregates::metric.eq("env.reporting"))
+            .filter(telemetry_aggregates::day.ge(period.from))
+            .filter(telemetry_aggregates::day.lt(period.until))
+            .select(diesel::dsl::max(telemetry_aggregates::day))
+            .first(&mut *conn)?;
+        let mut view = EnvironmentView {
+            period,
+            day,
+            installs: 0,
+            user_count_ranges: Vec::new(),
+            modules: Vec::new(),
+            os: Vec::new(),
+            arch: Vec::new(),
+            health: Vec::new(),
+            uptime_hours_mean: None,
+        };
+        let Some(day) = day else { return Ok(view) };
+        let rows: Vec<AggregateRow> = telemetry_aggregates::table
+            .filter(telemetry_aggregates::day.eq(day))
+            .filter(telemetry_aggregates::metric.like("env.%"))
+            .select(AggregateRow::as_select())
+            .load(&mut *conn)?;
+        view.installs = rows.iter().find(|r| r.metric == "env.reporting").map_or(0, |r| r.instances);
+        let total = view.installs;
+        for row in rows {
+            let share =
+                Share { share: ratio(row.instances, total), installs: row.instances, name: row.dimension };
+            match row.metric.as_str() {
+                "env.user_count_range" => view.user_count_ranges.push(share),
+                "env.module" => view.modules.push(share),
+                "env.os" => view.os.push(share),
+                "env.arch" => view.arch.push(share),
+                "env.health" => view.health.push(share),
+                "env.uptime_hours" => view.uptime_hours_mean = Some(row.value),
+                _ => {}
+            }
+        }
+        let order = crate::protocol::UserCountRange::ALL.map(|r| r.as_str());
+        view.user_count_ranges.sort_by_key(|s| order.iter().position(|o| *o == s.name));
+        for list in [&mut view.modules, &mut view.os, &mut view.arch, &mut view.health] {
+            list.sort_by(|a, b| b.installs.cmp(&a.installs).then_with(|| a.name.cmp(&b.name)));
+        }
+        Ok(view)
+    }
+
+    /// Seat use per license (at most `limit`, fullest first) and the licenses at risk at `now`.
+    pub fn insights_licenses(
+        &self,
+        period: Period,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<LicensesView, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<LicenseRow> =
+            licenses::table.filter(licenses::kid.ne("")).select(LicenseRow::as_select()).load(&mut *conn)?;
+        let instances: Vec<(String, NaiveDateTime, Option<NaiveDateTime>)> = instances::table
+            .select((instances::license_id, instances::last_check_in_at, instances::seat_until))
+            .load(&mut *conn)?;
+        let peak_sql = "SELECT license_id, MAX(n) AS n FROM (SELECT license_id, day, COUNT(*) AS n \
+                        FROM install_days WHERE day >= $1 AND day < $2 GROUP BY license_id, day) AS t \
+                        GROUP BY license_id";
+        let refused_sql = "SELECT license_id, COUNT(*) AS n FROM check_ins WHERE status = $1 AND at >= $2 \
+                           AND license_id IS NOT NULL GROUP BY license_id";
+        let (peaks, refused): (Vec<LicenseCount>, Vec<LicenseCount>) = on_backend!(&mut *conn, c => {
+            (
+                diesel::sql_query(peak_sql)
+                    .bind::<diesel::sql_types::Date, _>(period.from)
+                    .bind::<diesel::sql_types::Date, _>(period.until)
+                    .load(c)?,
+                diesel::sql_query(refused_sql)
+                    .bind::<diesel::sql_types::Text, _>(CheckInStatus::TelemetryRequired.as_str())
+                    .bind::<diesel::sql_types::Timestamp, _>(midnight(period.from))
+                    .load(c)?,
+            )
+        });
+        let peaks: HashMap<String, i64> = peaks.into_iter().map(|r| (r.license_id, r.n)).collect();
+        let now_naive = naive(now);
+        let by_id: HashMap<&str, &LicenseRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        let mut in_use: HashMap<&str, i64> = HashMap::new();
+        let mut overdue: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut in_grace: BTreeMap<&str, i64> = BTreeMap::new();
+        for (license_id, last, seat_until) in &instances {
+            let Some(license) = by_id.get(license_id.as_str()) else { continue };
+            let holds = seat_until.is_some_and(|u| u > now_naive);
+            if holds {
+                *in_use.entry(license.id.as_str()).or_default() += 1;
+            }
+            let interval = match license.check_in_interval_s {
+                Some(s) => Duration::seconds(s),
+                None => license.tier.parse::<Tier>().map_or(Duration::days(1), Tier::check_in_interval),
+            };
+            if *last + interval < now_naive && license.revoked_at.is_none() {
+                *overdue.entry(license.id.as_str()).or_default() += 1;
+                if holds {
+                    *in_grace.entry(license.id.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let entry = |id: &str, count: i64| {
+            let l = by_id[id];
+            RiskEntry {
+                license_id: l.id.clone(),
+                licensee: l.licensee.clone(),
+                count,
+                expires_at: l.expires_at.map(utc),
+            }
+        };
+        let by_count = |map: BTreeMap<&str, i64>| {
+            let mut list: Vec<RiskEntry> = map.into_iter().map(|(id, n)| entry(id, n)).collect();
+            list.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.license_id.cmp(&b.license_id)));
+            list
+        };
+        let live = |l: &&LicenseRow| l.revoked_at.is_none() && l.expires_at.is_none_or(|e| e > now_naive);
+        let mut expiring: Vec<RiskEntry> = rows
+            .iter()
+            .filter(live)
+            .filter(|l| l.expires_at.is_some_and(|e| e <= now_naive + Duration::days(30)))
+            .map(|l| {
+                let left = l.expires_at.map_or(0, |e| (e - now_naive).num_days());
+                entry(&l.id, left)
+            })
+            .collect();
+        expiring
+            .sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then_with(|| a.license_id.cmp(&b.license_id)));
+        let at_limit: BTreeMap<&str, i64> = rows
+            .iter()
+            .filter(live)
+            .filter_map(|l| {
+                let used = in_use.get(l.id.as_str()).copied().unwrap_or(0);
+                (used >= i64::from(l.seats)).then_some((l.id.as_str(), used))
+            })
+            .collect();
+        let refused: BTreeMap<&str, i64> = refused
+            .iter()
+            .filter_map(|r| by_id.get(r.license_id.as_str()).map(|l| (l.id.as_str(), r.n)))
+            .collect();
+        let today = now.date_naive();
+        let expirations_per_week = (0..12)
+            .map(|w| {
+                let start = today + Duration::weeks(w);
+                let (a, b) = (midnight(start), midnight(start + Duration::weeks(1)));
+                let n = rows
+                    .iter()
+                    .filter(|l| l.revoked_at.is_none())
+                    .filter(|l| l.expires_at.is_some_and(|e| e >= a.max(now_naive) && e < b))
+                    .count();
+                WeekExpirations { week_start: start, licenses: n as i64 }
+            })
+            .collect();
+        let mut licenses: Vec<SeatUse> = rows
+            .iter()
+            .map(|l| SeatUse {
+                license_id: l.id.clone(),
+                licensee: l.licensee.clone(),
+                tier: l.tier.clone(),
+                revoked: l.revoked_at.is_some(),
+                expires_at: l.expires_at.map(utc),
+                seats: i64::from(l.seats),
+                in_use: in_use.get(l.id.as_str()).copied().unwrap_or(0),
+                peak: peaks.get(&l.id).copied().unwrap_or(0),
+            })
+            .collect();
+        licenses.sort_by(|a, b| {
+            (b.in_use * a.seats.max(1))
+                .cmp(&(a.in_use * b.seats.max(1)))
+                .then_with(|| b.in_use.cmp(&a.in_use))
+                .then_with(|| a.license_id.cmp(&b.license_id))
+        });
+        licenses.truncate(limit);
+        Ok(LicensesView {
+            period,
+            licenses,
+            at_risk: AtRisk {
+                overdue: by_count(overdue),
+                in_grace: by_count(in_grace),
+                expiring,
+                at_seat_limit: by_count(at_limit),
+                telemetry_refused: by_count(refused),
+            },
+            expirations_per_week,
+        })
+    }
+}
+
+/// One license as the vendor's console shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LicenseDetail {
+    pub license: super::LicenseRecord,
+    /// The payload of the license's newest key, when this server holds one.
+    pub payload: Option<crate::license::LicensePayload>,
+    /// `valid`, `revoked`, `expired`, `not_yet_valid`, or `not_seen` (revoked by id before any
+    /// check-in showed the license).
+    pub status: String,
+    /// Its instances, the most recently seen first (at most 1,000).
+    pub instances: Vec<super::InstanceRecord>,
+    /// Its latest check-ins (at most 100), newest first.
+    pub history: Vec<HistoryEntry>,
+    pub telemetry: LicenseTelemetry,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub instance_id: String,
+    pub status: String,
+    pub software_version: String,
+}
+
+/// A license's telemetry over a period, from the roll-ups.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LicenseTelemetry {
+    pub period: Period,
+    /// Usage per kind and name across the license's installs, the most used first (at most 100).
+    pub usage: Vec<super::FeatureSummary>,
+    /// Distinct error groups seen during the period, and their occurrences.
+    pub error_groups: i64,
+    pub errors: i64,
+}
+
+impl Store {
+    /// One license: its record, payload, status, instances, history and telemetry; `None`
+    /// when this server does not know it.
+    pub fn license_detail(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        period: Period,
+    ) -> Result<Option<LicenseDetail>, StoreError> {
+        let Some(row) = self.license(id)? else { return Ok(None) };
+        let filter = super::LicenseFilter { id: Some(id.to_owned()), ..Default::default() };
+        let Some(license) = self.list_licenses(now, &filter, 1, None)?.items.pop() else { return Ok(None) };
+        let payload = row
+            .license_key
+            .as_deref()
+            .map(|key| crate::token::decode::<crate::license::LicensePayload>(key).map(|d| d.claims))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt { what: "licenses.license_key", source: e.into() })?;
+        let status = if row.revoked_at.is_some() {
+            "revoked".to_owned()
+        } else if row.kid.is_empty() {
+            "not_seen".to_owned()
+        } else if row.expires_at.is_some_and(|e| e <= naive(now)) {
+            "expired".to_owned()
+        } else if row.not_before > naive(now) {
+            "not_yet_valid".to_owned()
+        } else {
+            "valid".to_owned()
+        };
+        let filter = super::InstanceFilter { license_id: Some(id.to_owned()), status: None };
+        let instances = self.list_instances(&filter, 1_000, None)?.items;
+        let mut conn = self.conn()?;
+        let history = check_ins::table
+            .filter(check_ins::license_id.eq(id))
+            .order((check_ins::at.desc(), check_ins::id.desc()))
+            .limit(100)
+            .select((check_ins::at, check_ins::instance_id, check_ins::status, check_ins::software_version))
+            .load::<(NaiveDateTime, String, String, String)>(&mut *conn)?
+            .into_iter()
+            .map(|(at, instance_id, status, software_version)| HistoryEntry {
+                at: utc(at),
+                instance_id,
+                status,
+                software_version,
+            })
+            .collect();
+        // One license's rows (its installs x days x names) are few: summed here, which also
+        // spares the backends' different types for a SUM of BIGINT.
+        let rows: Vec<(String, String, i64)> = telemetry_features::table
+            .filter(telemetry_features::license_id.eq(id))
+            .filter(telemetry_features::day.ge(period.from))
+            .filter(telemetry_features::day.lt(period.until))
+            .select((telemetry_features::kind, telemetry_features::name, telemetry_features::count))
+            .load(&mut *conn)?;
+        let mut sums: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for (kind, name, count) in rows {
+            let sum = sums.entry((kind, name)).or_default();
+            *sum = sum.saturating_add(count);
+        }
+        let mut usage: Vec<super::FeatureSummary> = sums
+            .into_iter()
+            .map(|((kind, name), count)| super::FeatureSummary { kind, name, count })
+            .collect();
+        usage.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
+        usage.truncate(100);
+        let errors: Vec<(String, i64)> = telemetry_errors::table
+            .filter(telemetry_errors::license_id.eq(id))
+            .filter(telemetry_errors::last_seen.ge(midnight(period.from)))
+            .select((telemetry_errors::fingerprint, telemetry_errors::count))
+            .load(&mut *conn)?;
+        let groups: BTreeSet<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        let telemetry = LicenseTelemetry {
+            period,
+            usage,
+            error_groups: groups.len() as i64,
+            errors: errors.iter().fold(0i64, |sum, (_, n)| sum.saturating_add(*n)),
+        };
+        Ok(Some(LicenseDetail { license, payload, status, instances, history, telemetry }))
+    }
+}
