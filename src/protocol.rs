@@ -451,6 +451,22 @@ impl RoutePerformance {
     }
 }
 
+/// Percent-encodes a path segment or query value (everything but RFC 3986's unreserved
+/// characters), for the admin command line and the dashboard's links.
+///
+/// ```
+/// assert_eq!(licensor::protocol::percent_encode("a b/é"), "a%20b%2F%C3%A9");
+/// ```
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The p50, p95 and p99 of a latency sketch, in milliseconds to three decimals (0 when empty).
 pub fn percentiles_ms(sketch: &crate::sketch::Sketch) -> [f64; 3] {
     [0.50, 0.95, 0.99].map(|q| round_ms(sketch.quantile(q).unwrap_or(0.0)))

@@ -350,8 +350,11 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     assert_eq!(risk("telemetry_refused"), [(b_id.clone(), 1)]);
     let weeks = licenses["expirations_per_week"].as_array().unwrap();
     assert_eq!(weeks.len(), 12);
-    assert_eq!(weeks[0], json!({ "week_start": "2026-11-23", "licenses": 0 }));
-    assert_eq!(weeks[2], json!({ "week_start": "2026-12-07", "licenses": 1 }));
+    assert_eq!(weeks[0], json!({ "week_start": "2026-11-23", "licenses": 0, "by_tier": {} }));
+    assert_eq!(
+        weeks[2],
+        json!({ "week_start": "2026-12-07", "licenses": 1, "by_tier": { "enterprise": 1 } })
+    );
     assert_eq!(weeks.iter().map(|w| w["licenses"].as_i64().unwrap()).sum::<i64>(), 1);
     let text = csv(&h, "/v1/admin/insights/licenses?days=2&format=csv");
     assert!(

@@ -5,6 +5,8 @@
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
+use crate::protocol::percent_encode as encode;
+
 use super::{AdminArgs, AdminCommand, InsightsView, JobName, JobsCommand, EXIT_NOT_VALID, EXIT_OK};
 
 /// A client of the admin API.
@@ -183,15 +185,4 @@ fn changes(
         body["features"] = json!(f);
     }
     body
-}
-
-/// Percent-encodes a path or query value (instance ids are plain, but the user may mistype).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -186,36 +186,48 @@ pub(super) async fn update_license(
     }
     let license_id = path.into_inner();
     let (store, now) = (state.store.clone(), (state.clock)());
-    let renewed = blocking(move || {
-        let unknown = || ApiError::NotFound(format!("no license {license_id:?} is known to this server"));
-        let row = store.license(&license_id)?.ok_or_else(unknown)?;
-        // The row holds the license's newest key: this server's, or the newest a check-in
-        // presented. A license only revoked by id, never seen, has none to build on.
-        let Some(current_key) = row.license_key.as_deref() else {
-            return Err(ApiError::Conflict {
-                code: "license_not_seen",
-                message: "this server has not seen this license's key yet; it can renew it after its first check-in"
-                    .into(),
-            });
-        };
-        let current = crate::token::decode::<LicensePayload>(current_key)
-            .map_err(|e| ApiError::Internal(format!("the stored key of license {license_id} does not read: {e}")))?
-            .claims;
-        let issued = license::renew(&issuer, &current, changes, now)
-            .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
-        let mut new_row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
-        new_row.id = row.id.clone();
-        if !store.replace_license_key(&new_row, row.issued_at)? {
-            return Err(ApiError::Conflict {
-                code: "license_changed",
-                message: "the license changed while it was being renewed; try again".into(),
-            });
-        }
-        Ok(issued)
-    })
-    .await?;
+    let renewed = blocking(move || renew(&store, &issuer, &license_id, changes, now)).await?;
     tracing::info!(license_id = %renewed.payload.license_id, "license renewed");
     Ok(HttpResponse::Ok().json(json!({ "license_key": renewed.key, "payload": renewed.payload })))
+}
+
+/// Issues the successor of a license's newest key with `changes` and makes it the license's
+/// key (the admin API's `PATCH` and the dashboard's renew form). Blocking.
+pub(crate) fn renew(
+    store: &store::Store,
+    issuer: &crate::keys::Signer,
+    license_id: &str,
+    changes: license::Changes,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<license::Issued, ApiError> {
+    let unknown = || ApiError::NotFound(format!("no license {license_id:?} is known to this server"));
+    let row = store.license(license_id)?.ok_or_else(unknown)?;
+    // The row holds the license's newest key: this server's, or the newest a check-in
+    // presented. A license only revoked by id, never seen, has none to build on.
+    let Some(current_key) = row.license_key.as_deref() else {
+        return Err(ApiError::Conflict {
+            code: "license_not_seen",
+            message:
+                "this server has not seen this license's key yet; it can renew it after its first check-in"
+                    .into(),
+        });
+    };
+    let current = crate::token::decode::<LicensePayload>(current_key)
+        .map_err(|e| {
+            ApiError::Internal(format!("the stored key of license {license_id} does not read: {e}"))
+        })?
+        .claims;
+    let issued = license::renew(issuer, &current, changes, now)
+        .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
+    let mut new_row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
+    new_row.id = row.id.clone();
+    if !store.replace_license_key(&new_row, row.issued_at)? {
+        return Err(ApiError::Conflict {
+            code: "license_changed",
+            message: "the license changed while it was being renewed; try again".into(),
+        });
+    }
+    Ok(issued)
 }
 
 /// The default and the largest page of an admin listing.

@@ -6,8 +6,9 @@
 pub mod auth;
 mod client_address;
 pub mod config;
+pub mod dashboard;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod handlers;
 pub mod insights;
 pub mod jobs;
@@ -58,6 +59,7 @@ pub enum ServeError {
 
 /// All routes, in one place.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    dashboard_routes(cfg);
     cfg.service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)))
         .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
@@ -99,6 +101,48 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(handlers::erase_telemetry)),
                 ),
         );
+}
+
+/// The dashboard's routes, under `/admin` (see [`dashboard`]).
+fn dashboard_routes(cfg: &mut web::ServiceConfig) {
+    use dashboard::handlers as d;
+    cfg.service(
+        web::scope("/admin")
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("content-security-policy", dashboard::CONTENT_SECURITY_POLICY))
+                    .add(("x-content-type-options", "nosniff"))
+                    // Not `no-referrer`: under it a browser sends `Origin: null` with every
+                    // form, which hides the origin the forms are checked against.
+                    .add(("referrer-policy", "same-origin"))
+                    .add(("x-frame-options", "DENY")),
+            )
+            .service(web::resource("").route(web::get().to(d::index)))
+            .service(web::resource("/").route(web::get().to(d::index)))
+            .service(web::resource("/assets/dashboard.css").route(web::get().to(d::stylesheet)))
+            .service(
+                web::resource("/sign-in")
+                    .route(web::get().to(d::sign_in_form))
+                    .route(web::post().to(d::sign_in)),
+            )
+            .service(web::resource("/sign-out").route(web::post().to(d::sign_out)))
+            .service(web::resource("/overview").route(web::get().to(d::overview)))
+            .service(web::resource("/usage").route(web::get().to(d::usage)))
+            .service(web::resource("/performance").route(web::get().to(d::performance)))
+            .service(web::resource("/errors").route(web::get().to(d::errors)))
+            .service(web::resource("/environment").route(web::get().to(d::environment)))
+            .service(web::resource("/licenses").route(web::get().to(d::licenses)))
+            .service(web::resource("/licenses/{license_id}").route(web::get().to(d::license)))
+            .service(web::resource("/licenses/{license_id}/revoke").route(web::post().to(d::revoke)))
+            .service(web::resource("/licenses/{license_id}/reinstate").route(web::post().to(d::reinstate)))
+            .service(web::resource("/licenses/{license_id}/renew").route(web::post().to(d::renew)))
+            .service(
+                web::resource("/licenses/{license_id}/instances/{instance_id}/release")
+                    .route(web::post().to(d::release)),
+            )
+            .service(web::resource("/instances").route(web::get().to(d::instances)))
+            .service(web::resource("/export/{view}.csv").route(web::get().to(d::export))),
+    );
 }
 
 /// A resource whose unsupported methods get the JSON 405 rather than an empty one.
@@ -269,7 +313,7 @@ pub fn run(
 }
 
 /// Runs `f` on the blocking pool: the database and signing work of a request.
-async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
     T: Send + 'static,

@@ -548,6 +548,8 @@ pub struct RiskEntry {
 pub struct WeekExpirations {
     pub week_start: NaiveDate,
     pub licenses: i64,
+    /// The same, per tier (tiers with none are left out).
+    pub by_tier: BTreeMap<String, i64>,
 }
 
 fn ratio(part: i64, whole: i64) -> f64 {
@@ -949,12 +951,15 @@ impl Store {
             .map(|w| {
                 let start = today + Duration::weeks(w);
                 let (a, b) = (midnight(start), midnight(start + Duration::weeks(1)));
-                let n = rows
+                let mut by_tier: BTreeMap<String, i64> = BTreeMap::new();
+                for l in rows
                     .iter()
                     .filter(|l| l.revoked_at.is_none())
                     .filter(|l| l.expires_at.is_some_and(|e| e >= a.max(now_naive) && e < b))
-                    .count();
-                WeekExpirations { week_start: start, licenses: n as i64 }
+                {
+                    *by_tier.entry(l.tier.clone()).or_default() += 1;
+                }
+                WeekExpirations { week_start: start, licenses: by_tier.values().sum(), by_tier }
             })
             .collect();
         let mut licenses: Vec<SeatUse> = rows

@@ -17,6 +17,7 @@ mod insights;
 mod jobs;
 mod licensing;
 mod models;
+mod sessions;
 mod telemetry;
 
 pub use checkin::CheckInWrite;
@@ -26,6 +27,7 @@ pub use insights::*;
 pub use jobs::JobClaim;
 pub use licensing::{Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page};
 pub use models::*;
+pub use sessions::DashboardSession;
 pub use telemetry::{
     ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,
 };

@@ -164,6 +164,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    dashboard_sessions (token_hash) {
+        token_hash -> Text,
+        csrf -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     job_runs (job, run_key) {
         job -> Text,
         run_key -> Text,
@@ -188,5 +197,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     telemetry_aggregates,
     install_days,
     route_days,
+    dashboard_sessions,
     job_runs,
 );

@@ -1,0 +1,51 @@
+//! The dashboard's sessions: created at sign-in, found by the hash of the cookie's token,
+//! ended by sign-out or by time.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+
+use super::schema::dashboard_sessions;
+use super::{naive, Store, StoreError};
+
+/// A dashboard session.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = dashboard_sessions)]
+pub struct DashboardSession {
+    /// SHA-256 (hex) of the cookie's token; the token itself is never stored.
+    pub token_hash: String,
+    /// The form token of this session.
+    pub csrf: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+}
+
+impl Store {
+    /// Records a new session, and forgets those that have expired.
+    pub fn create_session(&self, row: &DashboardSession, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.transaction(|conn| {
+            diesel::delete(dashboard_sessions::table.filter(dashboard_sessions::expires_at.le(naive(now))))
+                .execute(conn)?;
+            diesel::insert_into(dashboard_sessions::table).values(row).execute(conn)?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// The session whose token hashes to `token_hash`, if it exists and has not expired at `now`.
+    pub fn session(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        Ok(dashboard_sessions::table
+            .find(token_hash)
+            .filter(dashboard_sessions::expires_at.gt(naive(now)))
+            .select(DashboardSession::as_select())
+            .first(&mut self.conn()?)
+            .optional()?)
+    }
+
+    /// Ends a session (sign-out); false when there was none.
+    pub fn end_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        Ok(diesel::delete(dashboard_sessions::table.find(token_hash)).execute(&mut self.conn()?)? == 1)
+    }
+}
