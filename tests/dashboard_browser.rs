@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: Debian's Chromium driven through chromedriver (WebDriver,
 //! with fantoccini). Sign in, see the overview's charts, open a license, revoke it (the next
-//! check-in answers `revoked`), sign out; no request may leave the server's origin, a form
+//! check-in answers `revoked`), sign out, read the public insights; no request may leave the
+//! server's origin, a form
 //! posted without its token is refused, and the page reads on a phone's width. Screenshots go
 //! to `target/dashboard-*.png`.
 //!
@@ -90,7 +91,11 @@ async fn wait_for(browser: &fantoccini::Client, path: &str, query: Option<&str>)
 #[test]
 fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
     let Some((_driver, port)) = driver() else { return };
-    let h = Harness::start(Db::Sqlite).unwrap();
+    let h = Harness::start_with(Db::Sqlite, |c| {
+        c.public_insights = true;
+        c.insights_min_installs = 2;
+    })
+    .unwrap();
     // A small fleet over a few days, rolled up, so the charts have something to draw.
     let keys: Vec<String> =
         (0..3).map(|i| h.license_with(Tier::Pro, 3, |r| r.licensee = format!("Customer {i}"))).collect();
@@ -218,6 +223,16 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
         assert_eq!(browser.current_url().await.unwrap().path(), "/admin/sign-in");
         browser.goto(&format!("{origin}/admin/licenses")).await.unwrap();
         assert_eq!(browser.current_url().await.unwrap().path(), "/admin/sign-in");
+
+        // The public page, signed out: charts and tables, nothing from elsewhere.
+        browser.goto(&format!("{origin}/insights")).await.unwrap();
+        wait_for(&browser, "/insights", None).await;
+        assert_eq!(browser.find(Locator::Css("h1")).await.unwrap().text().await.unwrap(), "Usage insights");
+        assert_eq!(browser.find_all(Locator::Css("svg.chart")).await.unwrap().len(), 6);
+        for resource in resources().await {
+            assert!(resource.starts_with(&origin), "/insights loaded {resource}");
+        }
+        std::fs::write(screenshots().join("public-insights.png"), browser.screenshot().await.unwrap()).unwrap();
         browser.close().await.unwrap();
     });
 }

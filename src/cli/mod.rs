@@ -434,6 +434,13 @@ pub struct ServeArgs {
     /// Do not run the scheduled jobs on this replica.
     #[arg(long, env = "LICENSOR_NO_JOBS")]
     pub no_jobs: bool,
+    /// Publish the k-anonymous fleet insights at /insights and /v1/insights, without
+    /// authentication [default: off].
+    #[arg(long, env = "LICENSOR_PUBLIC_INSIGHTS")]
+    pub public_insights: bool,
+    /// The fewest distinct installs behind any public figure (k), at least 2 [default: 10].
+    #[arg(long, env = "LICENSOR_INSIGHTS_MIN_INSTALLS")]
+    pub insights_min_installs: Option<u32>,
 }
 
 #[derive(Debug, Args)]

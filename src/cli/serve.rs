@@ -38,6 +38,8 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         retention_schedule: args.retention_schedule,
         rollup_schedule: args.rollup_schedule,
         rate_limit_per_minute: args.rate_limit_per_minute,
+        public_insights: args.public_insights.then_some(true),
+        insights_min_installs: args.insights_min_installs,
         from_env,
     })?;
     let created = config.created.clone();

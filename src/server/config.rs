@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub retention_schedule: Option<String>,
     pub rollup_schedule: Option<String>,
     pub rate_limit_per_minute: Option<u32>,
+    pub public_insights: Option<bool>,
+    pub insights_min_installs: Option<u32>,
     /// The settings above (by TOML key) whose value came from the environment rather than a
     /// flag, so that an error names what the operator actually set.
     pub from_env: Vec<&'static str>,
@@ -59,6 +61,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("rate_limit_per_minute", "--rate-limit-per-minute", "LICENSOR_RATE_LIMIT_PER_MINUTE"),
     ("rate_limit_per_address", "--rate-limit-per-address", "LICENSOR_RATE_LIMIT_PER_ADDRESS"),
     ("trusted_proxies", "--trusted-proxies", "LICENSOR_TRUSTED_PROXIES"),
+    ("public_insights", "--public-insights", "LICENSOR_PUBLIC_INSIGHTS"),
+    ("insights_min_installs", "--insights-min-installs", "LICENSOR_INSIGHTS_MIN_INSTALLS"),
 ];
 
 /// Where a setting's value came from.
@@ -125,6 +129,8 @@ pub struct FileConfig {
     pub rate_limit_per_minute: Option<u32>,
     pub rate_limit_per_address: Option<u32>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub public_insights: Option<bool>,
+    pub insights_min_installs: Option<u32>,
     pub limits: Option<BatchLimits>,
 }
 
@@ -155,6 +161,10 @@ pub struct ServerConfig {
     /// Reverse proxies whose `X-Forwarded-For` names the client; empty: the peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: BatchLimits,
+    /// Serve the public, k-anonymous insights (`/insights`, `/v1/insights`).
+    pub public_insights: bool,
+    /// The fewest distinct installs behind any public figure (k; at least 2).
+    pub insights_min_installs: u32,
     /// What the development set-up generated on this start, for the warning banner.
     pub development: Vec<String>,
     /// Files and directories the development set-up created on this start, newest last: a
@@ -396,6 +406,17 @@ impl ServerConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let (min_installs, given) =
+            src.pick("insights_min_installs", opts.insights_min_installs, file.insights_min_installs);
+        let insights_min_installs = min_installs.unwrap_or(10);
+        if insights_min_installs < 2 {
+            return Err(src.invalid(
+                "insights_min_installs",
+                given,
+                "must be at least 2: a figure from one install would single it out",
+            ));
+        }
+
         Ok(ServerConfig {
             bind,
             database_url,
@@ -416,6 +437,8 @@ impl ServerConfig {
             rate_limit_per_address,
             trusted_proxies,
             limits: file.limits.unwrap_or_default(),
+            public_insights: opts.public_insights.or(file.public_insights).unwrap_or(false),
+            insights_min_installs,
             development,
             created: Vec::new(),
             key_setting_names,

@@ -12,6 +12,7 @@ pub(crate) mod extract;
 mod handlers;
 pub mod insights;
 pub mod jobs;
+pub mod public;
 
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
@@ -37,6 +38,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The public insights, when the operator publishes them.
+    pub public: Option<public::Public>,
 }
 
 /// Why the server could not start (the client's own start-up failures are
@@ -60,7 +63,9 @@ pub enum ServeError {
 /// All routes, in one place.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     dashboard_routes(cfg);
-    cfg.service(resource("/healthz").route(web::get().to(handlers::healthz)))
+    cfg.service(resource("/insights").route(web::get().to(public::page)))
+        .service(resource("/v1/insights").route(web::get().to(public::json)))
+        .service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)))
         .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
         .service(resource("/v1/deactivations").route(web::post().to(handlers::deactivate)))
@@ -200,6 +205,7 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
         trusted_proxies: config.trusted_proxies.clone(),
+        public: config.public_insights.then(|| public::Public::new(config.insights_min_installs)),
     };
     Ok((web::Data::new(state), store))
 }

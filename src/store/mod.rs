@@ -17,6 +17,7 @@ mod insights;
 mod jobs;
 mod licensing;
 mod models;
+mod public;
 mod sessions;
 mod telemetry;
 
@@ -27,6 +28,7 @@ pub use insights::*;
 pub use jobs::JobClaim;
 pub use licensing::{Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page};
 pub use models::*;
+pub use public::{fold, looks_like_identifier, Entry, PublicFigure, PublicInsights, Rising, OTHER, REFRESH};
 pub use sessions::DashboardSession;
 pub use telemetry::{
     ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,

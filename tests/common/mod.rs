@@ -159,6 +159,8 @@ impl Harness {
             rate_limit_per_address: 1_000_000,
             trusted_proxies: vec![],
             limits: Default::default(),
+            public_insights: false,
+            insights_min_installs: 10,
             development: vec![],
             created: vec![],
             key_setting_names: Default::default(),
