@@ -52,6 +52,7 @@ pub mod lease;
 pub mod license;
 pub mod privacy;
 pub mod protocol;
+pub mod reach;
 pub mod receipt;
 pub mod sketch;
 pub mod time;

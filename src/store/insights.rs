@@ -17,6 +17,7 @@ use super::telemetry::{merge_routes, Percentiles, RouteSummary};
 use super::{naive, on_backend, utc, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use crate::license::Tier;
 use crate::protocol::{CheckInStatus, Environment, RoutePerformance};
+use crate::reach::Reach;
 
 /// An install: (license id, instance id).
 type Install = (String, String);
@@ -191,6 +192,11 @@ pub(super) fn rollup_installs(
 
     let mut figures = Figures::new(day);
     figures.add("active", "all", active.len());
+    let mut reach = crate::reach::Reach::default();
+    for row in &active {
+        reach.add(&row.license_id, &row.instance_id);
+    }
+    figures.rows[0].reach = reach.encode();
     let by = |metric: &'static str, key: &dyn Fn(&InstallDay) -> &str| {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for row in &active {
@@ -242,6 +248,23 @@ pub(super) fn rollup_installs(
     Ok((active.len(), figures.rows))
 }
 
+/// The installs behind `rows` (one figure's days) as one reach; `None` when a day has none
+/// (rolled up before reach was kept).
+pub(super) fn merged_reach<'a>(
+    rows: impl Iterator<Item = &'a AggregateRow>,
+) -> Result<Option<Reach>, StoreError> {
+    let mut merged = Reach::default();
+    for row in rows {
+        if row.reach.is_empty() {
+            return Ok(None);
+        }
+        let reach = Reach::decode(&row.reach)
+            .map_err(|e| StoreError::Corrupt { what: "telemetry_aggregates.reach", source: e.into() })?;
+        merged.merge(&reach);
+    }
+    Ok(Some(merged))
+}
+
 /// The aggregates of one day, as they are built.
 struct Figures {
     day: NaiveDate,
@@ -265,6 +288,7 @@ impl Figures {
             dimension: dimension.to_owned(),
             value,
             instances: installs as i64,
+            reach: String::new(),
         });
     }
 }
@@ -583,6 +607,14 @@ struct LicenseCount {
 }
 
 impl Store {
+    #[cfg(feature = "test-support")]
+    /// Empties every figure's reach, as days rolled up before reach was kept have it (tests).
+    pub fn forget_reach(&self) -> Result<usize, StoreError> {
+        Ok(diesel::update(telemetry_aggregates::table)
+            .set(telemetry_aggregates::reach.eq(""))
+            .execute(&mut self.conn()?)?)
+    }
+
     /// The aggregates of `metrics` on the days of `period`.
     fn aggregates_in(
         conn: &mut DbConnection,
@@ -598,8 +630,13 @@ impl Store {
             .load(conn)?)
     }
 
-    /// Distinct installs active during `period`.
+    /// Distinct installs active during `period`: the days' reach merged, or, where a day was
+    /// rolled up before reach was kept, a distinct count over the period's install-days.
     fn active_installs(conn: &mut DbConnection, period: &Period) -> Result<i64, StoreError> {
+        let rows = Self::aggregates_in(conn, period, &["active"])?;
+        if let Some(reach) = merged_reach(rows.iter())? {
+            return Ok(reach.estimate());
+        }
         let sql = "SELECT COUNT(*) AS n FROM (SELECT DISTINCT license_id, instance_id FROM install_days \
                    WHERE day >= $1 AND day < $2) AS t";
         let row: CountRow = on_backend!(conn, c => {
@@ -655,16 +692,32 @@ impl Store {
         };
         let now = totals(&mut conn, &period)?;
         let before = totals(&mut conn, &period.previous())?;
-        let sql = "SELECT name, COUNT(*) AS installs FROM (SELECT DISTINCT name, license_id, instance_id \
-                   FROM telemetry_features WHERE kind = $1 AND day >= $2 AND day < $3) AS t GROUP BY name";
-        let installs: Vec<NameRow> = on_backend!(&mut *conn, c => {
-            diesel::sql_query(sql)
-                .bind::<diesel::sql_types::Text, _>(kind)
-                .bind::<diesel::sql_types::Date, _>(period.from)
-                .bind::<diesel::sql_types::Date, _>(period.until)
-                .load(c)?
-        });
-        let installs: HashMap<String, i64> = installs.into_iter().map(|r| (r.name, r.installs)).collect();
+        let rows = Self::aggregates_in(&mut conn, &period, &[metric.as_str()])?;
+        let mut by_name: BTreeMap<&str, Vec<&AggregateRow>> = BTreeMap::new();
+        for row in &rows {
+            by_name.entry(row.dimension.as_str()).or_default().push(row);
+        }
+        let mut installs: HashMap<String, i64> = HashMap::new();
+        let mut complete = true;
+        for (name, days) in &by_name {
+            match merged_reach(days.iter().copied())? {
+                Some(reach) => _ = installs.insert((*name).to_owned(), reach.estimate()),
+                None => complete = false,
+            }
+        }
+        if !complete {
+            // Days rolled up before reach was kept: a distinct count over the install-days.
+            let sql = "SELECT name, COUNT(*) AS installs FROM (SELECT DISTINCT name, license_id, instance_id \
+                       FROM telemetry_features WHERE kind = $1 AND day >= $2 AND day < $3) AS t GROUP BY name";
+            let found: Vec<NameRow> = on_backend!(&mut *conn, c => {
+                diesel::sql_query(sql)
+                    .bind::<diesel::sql_types::Text, _>(kind)
+                    .bind::<diesel::sql_types::Date, _>(period.from)
+                    .bind::<diesel::sql_types::Date, _>(period.until)
+                    .load(c)?
+            });
+            installs = found.into_iter().map(|r| (r.name, r.installs)).collect();
+        }
         let active_installs = Self::active_installs(&mut conn, &period)?;
         let mut names: Vec<NameUsage> = now
             .into_iter()

@@ -220,6 +220,9 @@ pub struct AggregateRow {
     pub dimension: String,
     pub value: f64,
     pub instances: i64,
+    /// The installs behind the figure as a `crate::reach` sketch, for figures counted over
+    /// periods (usage per name, active installs); empty otherwise.
+    pub reach: String,
 }
 
 /// A batch ready to store, every string already scrubbed: what one accepted check-in writes.

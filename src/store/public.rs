@@ -154,8 +154,25 @@ fn figures(entries: Vec<Entry>, base: i64, with_count: bool) -> Vec<PublicFigure
 }
 
 impl Store {
-    /// Distinct installs that used any of `names` of `kind` during `period`.
+    /// Distinct installs that used any of `names` of `kind` during `period`: the names' daily
+    /// reach merged, or a distinct scan where a day was rolled up before reach was kept.
     fn installs_using(&self, kind: &str, period: &Period, names: &[&str]) -> Result<i64, StoreError> {
+        let metric = format!("usage.{kind}");
+        let mut rows: Vec<super::AggregateRow> = Vec::new();
+        for chunk in names.chunks(super::ROWS_PER_STATEMENT) {
+            rows.extend(
+                telemetry_aggregates::table
+                    .filter(telemetry_aggregates::metric.eq(&metric))
+                    .filter(telemetry_aggregates::day.ge(period.from))
+                    .filter(telemetry_aggregates::day.lt(period.until))
+                    .filter(telemetry_aggregates::dimension.eq_any(chunk))
+                    .select(super::AggregateRow::as_select())
+                    .load(&mut self.conn()?)?,
+            );
+        }
+        if let Some(reach) = super::insights::merged_reach(rows.iter())? {
+            return Ok(reach.estimate());
+        }
         let mut installs: BTreeSet<(String, String)> = BTreeSet::new();
         for chunk in names.chunks(super::ROWS_PER_STATEMENT) {
             let rows: Vec<(String, String)> = telemetry_features::table

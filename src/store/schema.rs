@@ -125,6 +125,7 @@ diesel::table! {
         dimension -> Text,
         value -> Double,
         instances -> BigInt,
+        reach -> Text,
     }
 }
 

@@ -419,12 +419,19 @@ impl Store {
             }
             let mut aggregates: Vec<AggregateRow> = by_name
                 .into_iter()
-                .map(|((kind, name), (count, installs))| AggregateRow {
-                    day,
-                    metric: format!("usage.{kind}"),
-                    dimension: name,
-                    value: count as f64,
-                    instances: installs.len() as i64,
+                .map(|((kind, name), (count, installs))| {
+                    let mut reach = crate::reach::Reach::default();
+                    for (license_id, instance_id) in &installs {
+                        reach.add(license_id, instance_id);
+                    }
+                    AggregateRow {
+                        day,
+                        metric: format!("usage.{kind}"),
+                        dimension: name,
+                        value: count as f64,
+                        instances: installs.len() as i64,
+                        reach: reach.encode(),
+                    }
                 })
                 .collect();
             let (installs, figures) = super::insights::rollup_installs(conn, day)?;

@@ -1,0 +1,2 @@
+DROP INDEX telemetry_features_license;
+ALTER TABLE telemetry_aggregates DROP COLUMN reach;
