@@ -915,3 +915,44 @@ fn the_load_tool_fires_real_check_ins() {
     let instances = h.store.list_instances(&Default::default(), 1000, None).unwrap().items;
     assert_eq!(instances.len(), 30);
 }
+
+/// The insights benchmark runs end to end on a tiny fleet (its figures are for the README, not
+/// for this test): seeding, the roll-up of a day, every view and page answering 200.
+#[test]
+fn the_insights_benchmark_seeds_rolls_up_and_times_every_view() {
+    let Some(pg) = common::PgSchema::create() else { return };
+    let args = [
+        "bench",
+        "insights",
+        "--database-url",
+        &pg.url,
+        "--installs",
+        "60",
+        "--days",
+        "3",
+        "--requests",
+        "2",
+    ];
+    let (code, out, err) = licensor_cli(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("seeded 60 installs x 3 days"), "{out}");
+    assert!(out.contains("roll-up of "), "{out}");
+    for line in [
+        "install_days                   180 rows",
+        "/v1/admin/insights/usage?kind=feature&days=30",
+        "/admin/licenses/00000000-0000-4000-8000-000000000000",
+        "worst p95:",
+    ] {
+        assert!(out.contains(line), "{line} in {out}");
+    }
+    // A database that holds licenses is not seeded again, unless asked to reuse it.
+    let (code, _, err) = licensor_cli(&args, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already holds licenses"), "{err}");
+    let mut reuse = args.to_vec();
+    reuse.push("--reuse");
+    assert_eq!(licensor_cli(&reuse, &[]).0, 0);
+    let sqlite = licensor_cli(&["bench", "insights", "--database-url", "sqlite://x.db"], &[]);
+    assert_eq!(sqlite.0, 2, "{}", sqlite.2);
+    assert!(sqlite.2.contains("runs on PostgreSQL"), "{}", sqlite.2);
+}

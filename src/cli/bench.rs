@@ -189,3 +189,178 @@ fn request_body(key: &str, instance: &str, template: &str) -> String {
         r#"{{"license_key":"{key}","instance_id":"{instance}","nonce":"{nonce}","software_version":"1.4.2","telemetry":{batch}}}"#
     )
 }
+
+/// `licensor bench insights`: seeds a fleet straight into an empty PostgreSQL database (or reuses
+/// one seeded before), rolls one day up with its raw telemetry, serves the database from an
+/// in-process server, and times every insights view (admin API) and dashboard page.
+pub fn insights(args: super::BenchInsightsArgs) -> Result<u8> {
+    use crate::store::{SeedPlan, Store};
+    if !args.database_url.starts_with("postgres") {
+        bail!("the insights benchmark runs on PostgreSQL: give --database-url postgres://...");
+    }
+    if args.installs == 0 || args.days < 2 || args.requests == 0 {
+        bail!("need installs >= 1, days >= 2 and requests >= 1");
+    }
+    let store = Store::open(&args.database_url, 8)?;
+    let today = Utc::now().date_naive();
+    let plan = SeedPlan {
+        installs: args.installs,
+        days: args.days,
+        installs_per_license: args.installs_per_license.max(1),
+        today,
+        seed: 2026,
+    };
+    let seeded_before = !store.list_licenses(Utc::now(), &Default::default(), 1, None)?.items.is_empty();
+    if seeded_before && !args.reuse {
+        bail!(
+            "{} already holds licenses: give an empty database, or --reuse to time what is there",
+            args.database_url
+        );
+    }
+    let yesterday = today - Duration::days(1);
+    if !args.reuse {
+        let started = Instant::now();
+        let seeded = store.seed_insights(&plan, |step| {
+            eprintln!("  seeded {step} ({:.0} s)", started.elapsed().as_secs_f64())
+        })?;
+        outln!(
+            "seeded {} installs x {} days in {:.0} s: {seeded:?}",
+            args.installs,
+            args.days,
+            started.elapsed().as_secs_f64()
+        )?;
+        let started = Instant::now();
+        let batches = store.seed_raw_day(&plan, yesterday)?;
+        outln!(
+            "seeded the raw telemetry of {yesterday}: {batches} batches in {:.0} s",
+            started.elapsed().as_secs_f64()
+        )?;
+    }
+    let started = Instant::now();
+    let rows = store.rollup_day(yesterday)?;
+    outln!(
+        "roll-up of {yesterday} for {} installs: {:.1} s ({rows} rows written; target <= 60 s)",
+        args.installs,
+        started.elapsed().as_secs_f64()
+    )?;
+
+    let instance_days = (args.installs as f64) * f64::from(args.days);
+    outln!("\nroll-ups kept, per instance-day ({instance_days:.0} instance-days):")?;
+    for (table, rows, bytes) in store.table_sizes(&[
+        "install_days",
+        "telemetry_features",
+        "route_days",
+        "telemetry_aggregates",
+        "telemetry_errors",
+    ])? {
+        outln!(
+            "  {table:<22} {rows:>11} rows {:>9.1} MB  {:>6.2} rows and {:>7.1} bytes per instance-day",
+            bytes as f64 / 1e6,
+            rows as f64 / instance_days,
+            bytes as f64 / instance_days
+        )?;
+    }
+
+    // An in-process server on the seeded database, with throwaway keys and token.
+    let dir = tempfile::TempDir::new()?;
+    let keys = dir.path().join("keys");
+    let lease = crate::keys::Signer::generate("bench-lease", crate::keys::Role::Lease)?;
+    lease.write_pair(&keys)?;
+    // The ring must trust some license key; the seeded licenses carry no key to verify.
+    crate::keys::Signer::generate("bench-vendor", crate::keys::Role::License)?.write_pair(&keys)?;
+    let token = format!("bench-{}", uuid::Uuid::new_v4());
+    let config = crate::server::ServerConfig::resolve(crate::server::ServeOptions {
+        bind: Some("127.0.0.1:0".into()),
+        database_url: Some(args.database_url.clone()),
+        data_dir: Some(dir.path().to_owned()),
+        keys_dir: Some(keys.clone()),
+        signing_key: Some(keys.join("bench-lease.lease.private.pem")),
+        admin_token: Some(token.clone()),
+        jobs: Some(false),
+        ..Default::default()
+    })?;
+    let running = crate::server::start(config, crate::server::system_clock())?;
+    let base = format!("http://{}", running.addr);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let license = format!("00000000-0000-4000-8000-{:012}", 0);
+    let api: Vec<String> = [
+        "/v1/admin/insights/overview?days=30",
+        "/v1/admin/insights/overview?days=90",
+        "/v1/admin/insights/usage?kind=feature&days=30",
+        "/v1/admin/insights/usage?kind=api_call&days=90",
+        "/v1/admin/insights/performance?days=30",
+        "/v1/admin/insights/errors?days=30",
+        "/v1/admin/insights/environment?days=30",
+        "/v1/admin/insights/licenses?days=30",
+        "/v1/admin/insights/overview?days=30&format=csv",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .chain([format!("/v1/admin/licenses/{license}")])
+    .collect();
+    let pages: Vec<String> = [
+        "/admin/overview",
+        "/admin/usage",
+        "/admin/performance",
+        "/admin/errors",
+        "/admin/environment",
+        "/admin/licenses",
+        "/admin/instances",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .chain([format!("/admin/licenses/{license}")])
+    .collect();
+    let requests = args.requests;
+    let worst = runtime.block_on(async move {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+        let signed_in = client
+            .post(format!("{base}/admin/sign-in"))
+            .body(format!("token={token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await?;
+        let cookie = signed_in
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .context("the dashboard gave no session cookie")?
+            .to_owned();
+        outln!(
+            "\n{:<52} {:>9} {:>9} {:>9}   (ms over {requests} requests; target p95 <= 250)",
+            "view or page",
+            "p50",
+            "p95",
+            "max"
+        )?;
+        let mut worst = 0.0f64;
+        for (path, is_page) in api.iter().map(|p| (p, false)).chain(pages.iter().map(|p| (p, true))) {
+            let mut times = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let request = client.get(format!("{base}{path}"));
+                let request =
+                    if is_page { request.header("cookie", &cookie) } else { request.bearer_auth(&token) };
+                let started = Instant::now();
+                let response = request.send().await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+                if !status.is_success() {
+                    bail!(
+                        "{path} answered {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    );
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+            worst = worst.max(at(0.95));
+            outln!("{path:<52} {:>9.1} {:>9.1} {:>9.1}", at(0.5), at(0.95), times[times.len() - 1])?;
+        }
+        Ok::<_, anyhow::Error>(worst)
+    })?;
+    running.stop();
+    outln!("\nworst p95: {worst:.1} ms")?;
+    Ok(EXIT_OK)
+}

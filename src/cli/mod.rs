@@ -131,6 +131,31 @@ pub enum ExportFormat {
 pub enum BenchCommand {
     /// Fire realistic check-ins at a running server and print check-ins/s, p50 and p99.
     CheckIns(BenchCheckInsArgs),
+    /// Seed a fleet into an empty PostgreSQL database, then time the roll-up of a day, every
+    /// insights view and every dashboard page, and print the roll-ups' size per instance-day.
+    Insights(BenchInsightsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchInsightsArgs {
+    /// An empty PostgreSQL database to seed (it is left seeded, for --reuse).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Installs in the fleet.
+    #[arg(long, default_value_t = 100_000)]
+    pub installs: usize,
+    /// Days of history.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// Installs per license.
+    #[arg(long, default_value_t = 50)]
+    pub installs_per_license: usize,
+    /// Requests per view and page.
+    #[arg(long, default_value_t = 20)]
+    pub requests: usize,
+    /// Time what an earlier run seeded instead of seeding.
+    #[arg(long)]
+    pub reuse: bool,
 }
 
 #[derive(Debug, Args)]
@@ -533,6 +558,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Bench(BenchCommand::CheckIns(args)) => bench::check_ins(args),
+        Command::Bench(BenchCommand::Insights(args)) => bench::insights(args),
         Command::Telemetry(command) => telemetry::run(command),
         Command::CheckIn(args) => telemetry::check_in(args),
         Command::Deactivate(args) => telemetry::deactivate(args),

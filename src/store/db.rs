@@ -38,6 +38,9 @@ const MIGRATION_LOCK_ID: i64 = 0x6c69_6365_6e73_6f72; // "licensor"
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The operation runs on PostgreSQL only (the insights benchmark's seeding and sizes).
+    #[error("{0} runs on PostgreSQL only")]
+    PostgresOnly(&'static str),
     /// The database URL names no backend licensor supports.
     #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),

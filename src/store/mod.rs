@@ -9,6 +9,7 @@
 //! Invariants: every unit of work is one transaction; callers hand in times (`now`) rather than
 //! the store reading a clock; no IP address or other caller metadata is ever stored.
 
+mod bench;
 mod checkin;
 mod db;
 pub mod schema;
@@ -21,6 +22,7 @@ mod public;
 mod sessions;
 mod telemetry;
 
+pub use bench::{SeedPlan, Seeded};
 pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;
 pub use db::*;
