@@ -198,7 +198,8 @@ impl Store {
         let period = Period::ending(now, days);
         let min = i64::from(k);
         let mut out = PublicInsights {
-            generated_at: now,
+            // Whole seconds, as every time this server writes.
+            generated_at: chrono::DurationRound::duration_trunc(now, Duration::seconds(1)).unwrap_or(now),
             period,
             min_installs: k,
             active_installs: None,
