@@ -344,6 +344,12 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     assert_eq!(seat(&a_id), (json!(5), json!(2), json!(2)));
     assert_eq!(seat(&b_id), (json!(1), json!(1), json!(1)));
     assert_eq!(seat(&c_id), (json!(3), json!(1), json!(1)));
+    // Peaks come from the daily per-license figures; days rolled up without them count the
+    // install-days instead, to the same figures.
+    assert_eq!(h.store.forget_figures("license.active").unwrap(), 6);
+    assert_eq!(get(&h, "/v1/admin/insights/licenses?days=2"), licenses);
+    rollup(&h, "2026-11-21");
+    rollup(&h, "2026-11-22");
     assert_eq!(licenses["licenses"][0]["license_id"], b_id.as_str(), "the fullest first");
     let risk = |name: &str| -> Vec<(String, i64)> {
         licenses["at_risk"][name]

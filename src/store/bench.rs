@@ -256,6 +256,7 @@ impl Store {
             };
             let mut counted = Vec::new();
             counted.extend(count("active.tier", &|r| r.tier.clone()));
+            counted.extend(count("license.active", &|r| r.license_id.clone()));
             counted.extend(count("active.version", &|r| r.software_version.clone()));
             counted.extend(count("env.user_count_range", &|r| r.user_count_range.clone()));
             counted.extend(count("env.os", &|r| r.os.clone()));

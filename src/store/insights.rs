@@ -206,6 +206,8 @@ pub(super) fn rollup_installs(
     };
     let mut rows_out: Vec<(&'static str, String, usize)> = Vec::new();
     rows_out.extend(by("active.tier", &|r| &r.tier));
+    // Per license, for its peak over a period (the licenses view).
+    rows_out.extend(by("license.active", &|r| &r.license_id));
     rows_out.extend(by("active.version", &|r| &r.software_version));
     let reporting: Vec<&InstallDay> = active.iter().filter(|r| !r.user_count_range.is_empty()).collect();
     let mut count_env = |metric: &'static str, values: &mut dyn Iterator<Item = String>| {
@@ -592,6 +594,23 @@ struct NameRow {
     installs: i64,
 }
 
+/// The most error groups the errors view lists (the most widespread first).
+pub const MAX_ERROR_GROUPS: usize = 500;
+
+#[derive(QueryableByName)]
+struct GroupSums {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    fingerprint: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    installs: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    total: i64,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    first_seen: NaiveDateTime,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    last_seen: NaiveDateTime,
+}
+
 #[derive(QueryableByName)]
 struct CountRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -612,6 +631,13 @@ impl Store {
     pub fn forget_reach(&self) -> Result<usize, StoreError> {
         Ok(diesel::update(telemetry_aggregates::table)
             .set(telemetry_aggregates::reach.eq(""))
+            .execute(&mut self.conn()?)?)
+    }
+
+    #[cfg(feature = "test-support")]
+    /// Deletes one metric's daily figures, as days rolled up before it was kept lack it (tests).
+    pub fn forget_figures(&self, metric: &str) -> Result<usize, StoreError> {
+        Ok(diesel::delete(telemetry_aggregates::table.filter(telemetry_aggregates::metric.eq(metric)))
             .execute(&mut self.conn()?)?)
     }
 
@@ -791,15 +817,24 @@ impl Store {
     /// first seen since that version first ran.
     pub fn insights_errors(&self, period: Period, since_version: Option<&str>) -> Result<Errors, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<(ErrorRow, Option<String>)> = telemetry_errors::table
-            .left_join(
-                instances::table.on(instances::id
-                    .eq(telemetry_errors::instance_id)
-                    .and(instances::license_id.eq(telemetry_errors::license_id))),
-            )
-            .filter(telemetry_errors::last_seen.ge(midnight(period.from)))
-            .select((ErrorRow::as_select(), instances::software_version.nullable()))
-            .load(&mut *conn)?;
+        let from = midnight(period.from);
+        // Per group, summed in the database: the rows are one per install and group, far too
+        // many to carry out at fleet scale. Sums saturate, as stored counts do.
+        let sum = match &*conn {
+            DbConnection::Postgresql(_) => "CAST(LEAST(SUM(count), 9223372036854775807) AS BIGINT)",
+            DbConnection::Sqlite(_) => "CAST(MIN(TOTAL(count), 9223372036854775807.0) AS BIGINT)",
+        };
+        let sql = format!(
+            "SELECT fingerprint, COUNT(*) AS installs, {sum} AS total, MIN(first_seen) AS first_seen, \
+             MAX(last_seen) AS last_seen FROM telemetry_errors WHERE last_seen >= $1 GROUP BY fingerprint"
+        );
+        let mut sums: Vec<GroupSums> = on_backend!(&mut *conn, c => {
+            diesel::sql_query(&sql).bind::<diesel::sql_types::Timestamp, _>(from).load(c)?
+        });
+        sums.sort_by(|a, b| {
+            (b.installs, b.total).cmp(&(a.installs, a.total)).then_with(|| a.fingerprint.cmp(&b.fingerprint))
+        });
+        sums.truncate(MAX_ERROR_GROUPS);
         // When each version first ran anywhere, from the daily figures.
         let firsts: Vec<(String, Option<NaiveDate>)> = telemetry_aggregates::table
             .filter(telemetry_aggregates::metric.eq("active.version"))
@@ -811,48 +846,52 @@ impl Store {
         let appeared = |version: &str| firsts.iter().find(|(_, v)| v == version).map(|(d, _)| *d);
         // A version that never ran has no error groups that appeared since.
         let floor = since_version.map(|v| appeared(v).unwrap_or(NaiveDate::MAX));
-        let mut groups: BTreeMap<String, (ErrorGroupView, BTreeSet<Install>, BTreeSet<String>)> =
-            BTreeMap::new();
-        for (e, version) in rows {
-            let (group, installs, versions) = groups.entry(e.fingerprint.clone()).or_insert_with(|| {
-                let view = ErrorGroupView {
-                    fingerprint: e.fingerprint.clone(),
-                    error_type: e.error_type.clone(),
-                    message: e.message.clone(),
-                    installs: 0,
-                    count: 0,
-                    first_seen: utc(e.first_seen),
-                    last_seen: utc(e.last_seen),
-                    versions: Vec::new(),
-                    first_seen_version: None,
-                };
-                (view, BTreeSet::new(), BTreeSet::new())
-            });
-            if utc(e.last_seen) >= group.last_seen {
-                group.error_type = e.error_type;
-                group.message = e.message;
-                group.last_seen = utc(e.last_seen);
+        let fingerprints: Vec<&str> = sums.iter().map(|g| g.fingerprint.as_str()).collect();
+        let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for chunk in fingerprints.chunks(ROWS_PER_STATEMENT) {
+            let found: Vec<(String, String)> = telemetry_errors::table
+                .inner_join(
+                    instances::table.on(instances::id
+                        .eq(telemetry_errors::instance_id)
+                        .and(instances::license_id.eq(telemetry_errors::license_id))),
+                )
+                .filter(telemetry_errors::last_seen.ge(from))
+                .filter(telemetry_errors::fingerprint.eq_any(chunk))
+                .select((telemetry_errors::fingerprint, instances::software_version))
+                .distinct()
+                .load(&mut *conn)?;
+            for (fingerprint, version) in found {
+                versions.entry(fingerprint).or_default().insert(version);
             }
-            group.first_seen = group.first_seen.min(utc(e.first_seen));
-            group.count = group.count.saturating_add(e.count);
-            installs.insert((e.license_id, e.instance_id));
-            versions.extend(version);
         }
-        let mut out: Vec<ErrorGroupView> = groups
-            .into_values()
-            .map(|(mut group, installs, versions)| {
-                group.installs = installs.len() as i64;
-                group.versions = versions.into_iter().collect();
-                let first_day = group.first_seen.date_naive();
-                group.first_seen_version = firsts
+        let mut out = Vec::with_capacity(sums.len());
+        for g in sums {
+            // The group's text as its latest sighting has it (the key's index finds it).
+            let (error_type, message): (String, String) = telemetry_errors::table
+                .filter(telemetry_errors::fingerprint.eq(&g.fingerprint))
+                .filter(telemetry_errors::last_seen.eq(g.last_seen))
+                .select((telemetry_errors::error_type, telemetry_errors::message))
+                .first(&mut *conn)?;
+            let first_day = g.first_seen.date();
+            if floor.is_some_and(|f| first_day < f) {
+                continue;
+            }
+            out.push(ErrorGroupView {
+                error_type,
+                message,
+                installs: g.installs,
+                count: g.total,
+                first_seen: utc(g.first_seen),
+                last_seen: utc(g.last_seen),
+                versions: versions.remove(&g.fingerprint).unwrap_or_default().into_iter().collect(),
+                first_seen_version: firsts
                     .iter()
                     .filter(|(d, _)| *d <= first_day)
                     .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
-                    .map(|(_, v)| v.clone());
-                group
-            })
-            .filter(|g| floor.is_none_or(|f| g.first_seen.date_naive() >= f))
-            .collect();
+                    .map(|(_, v)| v.clone()),
+                fingerprint: g.fingerprint,
+            });
+        }
         out.sort_by(|a, b| {
             (b.installs, b.count).cmp(&(a.installs, a.count)).then_with(|| a.fingerprint.cmp(&b.fingerprint))
         });
@@ -921,23 +960,48 @@ impl Store {
         let instances: Vec<(String, NaiveDateTime, Option<NaiveDateTime>)> = instances::table
             .select((instances::license_id, instances::last_check_in_at, instances::seat_until))
             .load(&mut *conn)?;
-        let peak_sql = "SELECT license_id, MAX(n) AS n FROM (SELECT license_id, day, COUNT(*) AS n \
-                        FROM install_days WHERE day >= $1 AND day < $2 GROUP BY license_id, day) AS t \
-                        GROUP BY license_id";
         let refused_sql = "SELECT license_id, COUNT(*) AS n FROM check_ins WHERE status = $1 AND at >= $2 \
                            AND license_id IS NOT NULL GROUP BY license_id";
-        let (peaks, refused): (Vec<LicenseCount>, Vec<LicenseCount>) = on_backend!(&mut *conn, c => {
-            (
+        let refused: Vec<LicenseCount> = on_backend!(&mut *conn, c => {
+            diesel::sql_query(refused_sql)
+                .bind::<diesel::sql_types::Text, _>(CheckInStatus::TelemetryRequired.as_str())
+                .bind::<diesel::sql_types::Timestamp, _>(midnight(period.from))
+                .load(c)?
+        });
+        // Peaks from the daily per-license figures; where a day was rolled up before they were
+        // kept, from the period's install-days.
+        let per_license: Vec<(NaiveDate, String, f64)> = telemetry_aggregates::table
+            .filter(telemetry_aggregates::metric.eq("license.active"))
+            .filter(telemetry_aggregates::day.ge(period.from))
+            .filter(telemetry_aggregates::day.lt(period.until))
+            .select((telemetry_aggregates::day, telemetry_aggregates::dimension, telemetry_aggregates::value))
+            .load(&mut *conn)?;
+        let rolled_days: Vec<NaiveDate> = telemetry_aggregates::table
+            .filter(telemetry_aggregates::metric.eq("active"))
+            .filter(telemetry_aggregates::day.ge(period.from))
+            .filter(telemetry_aggregates::day.lt(period.until))
+            .filter(telemetry_aggregates::value.gt(0.0))
+            .select(telemetry_aggregates::day)
+            .load(&mut *conn)?;
+        let days_with_peaks: BTreeSet<NaiveDate> = per_license.iter().map(|(d, _, _)| *d).collect();
+        let peaks: Vec<LicenseCount> = if rolled_days.iter().all(|d| days_with_peaks.contains(d)) {
+            let mut max: HashMap<String, i64> = HashMap::new();
+            for (_, license_id, n) in per_license {
+                let peak = max.entry(license_id).or_default();
+                *peak = (*peak).max(n as i64);
+            }
+            max.into_iter().map(|(license_id, n)| LicenseCount { license_id, n }).collect()
+        } else {
+            let peak_sql = "SELECT license_id, MAX(n) AS n FROM (SELECT license_id, day, COUNT(*) AS n \
+                            FROM install_days WHERE day >= $1 AND day < $2 GROUP BY license_id, day) AS t \
+                            GROUP BY license_id";
+            on_backend!(&mut *conn, c => {
                 diesel::sql_query(peak_sql)
                     .bind::<diesel::sql_types::Date, _>(period.from)
                     .bind::<diesel::sql_types::Date, _>(period.until)
-                    .load(c)?,
-                diesel::sql_query(refused_sql)
-                    .bind::<diesel::sql_types::Text, _>(CheckInStatus::TelemetryRequired.as_str())
-                    .bind::<diesel::sql_types::Timestamp, _>(midnight(period.from))
-                    .load(c)?,
-            )
-        });
+                    .load(c)?
+            })
+        };
         let peaks: HashMap<String, i64> = peaks.into_iter().map(|r| (r.license_id, r.n)).collect();
         let now_naive = naive(now);
         let by_id: HashMap<&str, &LicenseRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
