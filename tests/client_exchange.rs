@@ -98,7 +98,7 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
         t["telemetry"][field] = value;
         assert_eq!(
             verify_answer(&serde_json::to_vec(&t).unwrap(), &retry, &h.ring, "client-1", None),
-            Err(AnswerError::Mismatch("status, time or acknowledgement")),
+            Err(AnswerError::Mismatch("status, time, acknowledgement or license key")),
             "{field}"
         );
     }

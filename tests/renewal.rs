@@ -15,6 +15,7 @@ use licensor::lease;
 use licensor::license::{self, Expiry, LicensePayload, Tier};
 
 on_both_backends!(
+    a_damaged_stored_key_fails_only_its_own_license,
     a_renewal_reaches_every_instance_in_its_next_signed_answer,
     a_renewal_revives_an_expired_license,
     the_older_of_two_keys_in_one_group_never_wins,
@@ -214,4 +215,25 @@ fn changing_a_license_is_refused_with_a_precise_error() {
     assert_eq!(h.check_in(&key, "inst", None)["status"], "valid");
     let (status, answer) = patch(&h, &payload.license_id.to_string(), json!({ "seats": 2 }));
     assert_eq!((status, code(&answer).as_str()), (409, "issuing_disabled"));
+}
+
+/// A license whose stored newest key no longer reads (damage) fails its own check-ins with
+/// 503, never another license's: the writer isolates it like any content the database refuses.
+fn a_damaged_stored_key_fails_only_its_own_license(h: Harness) {
+    let damaged = h.license(Tier::Enterprise, 2);
+    let healthy = h.license(Tier::Enterprise, 2);
+    let id = license::verify(&damaged, &h.ring, h.now()).unwrap().license_id.to_string();
+    assert_eq!(h.check_in(&damaged, "d1", None)["status"], "valid");
+    assert_eq!(patch(&h, &id, json!({ "seats": 3 })).0, 200);
+    h.store.set_license_key(&id, "LIC1.bm90.a2V5").unwrap();
+    std::thread::scope(|s| {
+        let refused = s.spawn(|| {
+            let body = h.check_in_body(&damaged, "d1", &common::nonce(), None);
+            h.post_raw("/v1/check-ins", "application/json", body)
+        });
+        let fine = s.spawn(|| h.check_in(&healthy, "h1", None));
+        let (status, answer) = refused.join().unwrap();
+        assert_eq!((status, answer["error"]["code"].as_str()), (503, Some("unavailable")), "{answer}");
+        assert_eq!(fine.join().unwrap()["status"], "valid");
+    });
 }

@@ -122,9 +122,10 @@ pub fn verify_answer(
         && lease.valid_until == response.valid_until
         && lease.next_check_in_at == response.next_check_in_at
         && lease.server_time == response.server_time
-        && lease.telemetry == response.telemetry;
+        && lease.telemetry == response.telemetry
+        && lease.license_key == response.license_key;
     if !same {
-        return Err(AnswerError::Mismatch("status, time or acknowledgement"));
+        return Err(AnswerError::Mismatch("status, time, acknowledgement or license key"));
     }
     let mut batch_acknowledged = false;
     if let (Some(ack), Some(sent)) = (&lease.telemetry, &request.digest) {

@@ -177,6 +177,9 @@ impl StoreError {
                 !matches!(kind, DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand)
             }
             StoreError::Query(Error::SerializationError(_)) => true,
+            // A stored value that does not read (a license's damaged key, say) belongs to the
+            // rows one check-in touched: writing the group in parts isolates it.
+            StoreError::Corrupt { .. } => true,
             _ => false,
         }
     }

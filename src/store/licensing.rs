@@ -408,6 +408,15 @@ impl Store {
         Ok(Page { items, next })
     }
 
+    #[cfg(feature = "test-support")]
+    /// Overwrites a license's stored key, as damage would (tests).
+    pub fn set_license_key(&self, id: &str, key: &str) -> Result<(), StoreError> {
+        diesel::update(licenses::table.find(id))
+            .set(licenses::license_key.eq(key))
+            .execute(&mut self.conn()?)?;
+        Ok(())
+    }
+
     /// One license's row, if this server knows the license.
     pub fn license(&self, id: &str) -> Result<Option<LicenseRow>, StoreError> {
         Ok(licenses::table.find(id).select(LicenseRow::as_select()).first(&mut self.conn()?).optional()?)
