@@ -841,7 +841,6 @@ impl Store {
         sums.sort_by(|a, b| {
             (b.installs, b.total).cmp(&(a.installs, a.total)).then_with(|| a.fingerprint.cmp(&b.fingerprint))
         });
-        sums.truncate(MAX_ERROR_GROUPS);
         // When each version first ran anywhere, from the daily figures.
         let firsts: Vec<(String, Option<NaiveDate>)> = telemetry_aggregates::table
             .filter(telemetry_aggregates::metric.eq("active.version"))
@@ -853,6 +852,12 @@ impl Store {
         let appeared = |version: &str| firsts.iter().find(|(_, v)| v == version).map(|(d, _)| *d);
         // A version that never ran has no error groups that appeared since.
         let floor = since_version.map(|v| appeared(v).unwrap_or(NaiveDate::MAX));
+        // The filter comes before the cut: the groups new since a version are listed even when
+        // older ones are more widespread.
+        if let Some(floor) = floor {
+            sums.retain(|g| g.first_seen.date() >= floor);
+        }
+        sums.truncate(MAX_ERROR_GROUPS);
         let fingerprints: Vec<&str> = sums.iter().map(|g| g.fingerprint.as_str()).collect();
         let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for chunk in fingerprints.chunks(ROWS_PER_STATEMENT) {
@@ -880,9 +885,6 @@ impl Store {
                 .select((telemetry_errors::error_type, telemetry_errors::message))
                 .first(&mut *conn)?;
             let first_day = g.first_seen.date();
-            if floor.is_some_and(|f| first_day < f) {
-                continue;
-            }
             out.push(ErrorGroupView {
                 error_type,
                 message,
@@ -899,9 +901,7 @@ impl Store {
                 fingerprint: g.fingerprint,
             });
         }
-        out.sort_by(|a, b| {
-            (b.installs, b.count).cmp(&(a.installs, a.count)).then_with(|| a.fingerprint.cmp(&b.fingerprint))
-        });
+        // `sums` was sorted (most installs, then most occurrences), and `out` keeps its order.
         Ok(Errors { period, since_version: since_version.map(str::to_owned), groups: out })
     }
 
