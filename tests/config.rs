@@ -147,3 +147,75 @@ fn an_old_development_directory_gets_the_way_out() {
         config.development
     );
 }
+
+/// Container secrets arrive as files: the admin token and the database URL can be read from
+/// one, never given twice, and a missing or empty file is named in the error.
+#[test]
+fn secrets_can_be_read_from_files() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let token_file = dir.path().join("admin_token");
+    let url_file = dir.path().join("database_url");
+    std::fs::write(&token_file, "token-from-a-file-token-from-a-file\n").unwrap();
+    std::fs::write(&url_file, format!("sqlite://{}\n", dir.path().join("secret.db").display())).unwrap();
+    let base = || ServeOptions { data_dir: Some(dir.path().join("data")), ..Default::default() };
+    let config = ServerConfig::resolve(ServeOptions {
+        admin_token_file: Some(token_file.clone()),
+        database_url_file: Some(url_file.clone()),
+        ..base()
+    })
+    .unwrap();
+    assert_eq!(config.admin_token, "token-from-a-file-token-from-a-file", "the line end is not the token's");
+    assert_eq!(config.database_url, format!("sqlite://{}", dir.path().join("secret.db").display()));
+    assert!(!config.development.iter().any(|d| d.contains("admin token") || d.contains("database")));
+
+    // Both the value and its file: refused, naming both as the operator gave them.
+    let err = ServerConfig::resolve(ServeOptions {
+        admin_token: Some("flag-token-flag-token-flag-token".into()),
+        admin_token_file: Some(token_file.clone()),
+        from_env: vec!["admin_token_file"],
+        ..base()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "LICENSOR_ADMIN_TOKEN_FILE: --admin-token is given as well: give the value or the file that holds it, not both"
+    );
+
+    // A file that is missing, or empty, or holds a token too short.
+    let missing = dir.path().join("nowhere");
+    let err = ServerConfig::resolve(ServeOptions { admin_token_file: Some(missing.clone()), ..base() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with(&format!("--admin-token-file: cannot read {}: ", missing.display())), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let err = ServerConfig::resolve(ServeOptions { database_url_file: Some(empty.clone()), ..base() })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, format!("--database-url-file: {} is empty", empty.display()));
+    let short = dir.path().join("short");
+    std::fs::write(&short, "short").unwrap();
+    let err = ServerConfig::resolve(ServeOptions { admin_token_file: Some(short), ..base() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("--admin-token-file: must be at least 24 characters"), "{err}");
+    let bad_url = dir.path().join("bad_url");
+    std::fs::write(&bad_url, "mysql://nope").unwrap();
+    let err = ServerConfig::resolve(ServeOptions {
+        database_url_file: Some(bad_url),
+        from_env: vec!["database_url_file"],
+        ..base()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("LICENSOR_DATABASE_URL_FILE: "), "{err}");
+
+    // The TOML file's keys, named by key and file.
+    let toml = dir.path().join("licensor.toml");
+    std::fs::write(&toml, format!("admin_token_file = \"{}\"\n", empty.display())).unwrap();
+    let err = ServerConfig::resolve(ServeOptions { config_file: Some(toml.clone()), ..base() })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, format!("admin_token_file in {}: {} is empty", toml.display(), empty.display()));
+}

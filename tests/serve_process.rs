@@ -226,3 +226,134 @@ fn a_failed_start_leaves_nothing_generated_and_never_claims_to_listen() {
         std::fs::read_dir(dir.path().join("data")).map(|d| d.count())
     );
 }
+
+/// `LICENSOR_LOG_FORMAT=json`: every line on stderr is one JSON object; each line a request
+/// causes carries that request's id, which the answer's `X-Request-Id` echoes (a plain id from
+/// the caller is kept, anything else replaced); no license key, token or telemetry text is
+/// ever logged, nor the query string.
+#[cfg(unix)]
+#[test]
+fn json_logs_carry_request_ids_and_no_secrets() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_licensor"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env("LICENSOR_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .env_remove("LICENSOR_ADMIN_TOKEN")
+        .env_remove("LICENSOR_KEYS_DIR")
+        .env_remove("LICENSOR_SIGNING_KEY")
+        .env_remove("LICENSOR_ISSUING_KEY")
+        .env_remove("LICENSOR_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_until_up(&base, &client);
+    let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+
+    let issued = client
+        .post(format!("{base}/v1/admin/licenses?licensee=Query+Secret"))
+        .bearer_auth(&token)
+        .header("x-request-id", "proxy-id-42")
+        .json(&serde_json::json!({ "tier": "community", "licensee": "Json Logs Ltd", "seats": 2, "perpetual": true }))
+        .send()
+        .unwrap();
+    assert_eq!(issued.headers()["x-request-id"], "proxy-id-42", "a plain id from the caller is kept");
+    let issued: serde_json::Value = issued.json().unwrap();
+    let key = issued["license_key"].as_str().unwrap_or_else(|| panic!("{issued}")).to_owned();
+
+    use base64::Engine as _;
+    let now = chrono::Utc::now();
+    let body = serde_json::json!({
+        "license_key": key, "instance_id": "json-logs-1",
+        "nonce": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 16]),
+        "software_version": "2.0.0",
+        "telemetry": {
+            "schema": 1, "batch_id": "7d0c6a5e-5b1e-4f7e-9a59-8d8c2a1f0c11",
+            "period_start": licensor::time::format(&(now - chrono::Duration::hours(24))),
+            "period_end": licensor::time::format(&now),
+            "environment": { "app_version": "2.0.0", "os": "linux", "arch": "x86_64", "user_count_range": "1-10",
+                             "modules_enabled": [], "uptime_hours": 1.0, "last_sync_status": "success", "health": {} },
+            "usage": [], "performance": [],
+            "sessions": { "count": 0, "total_duration_s": 0, "hourly": vec![0; 24] },
+            "dropped": { "sampled": 0, "throttled": 0, "overflow": 0 },
+            "errors": [{ "fingerprint": "00000000000000f0", "type": "database",
+                         "message": "unique-telemetry-text-marker", "stack": ["at db::query"], "count": 1,
+                         "first_seen": licensor::time::format(&now), "last_seen": licensor::time::format(&now) }]
+        }
+    });
+    let checked_in = client
+        .post(format!("{base}/v1/check-ins"))
+        .header("x-request-id", "not a plain id; {injected}")
+        .json(&body)
+        .send()
+        .unwrap();
+    let check_in_id = checked_in.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let check_in_status = checked_in.status();
+    assert_eq!(check_in_status, 200, "{}", checked_in.text().unwrap());
+    assert_ne!(check_in_id, "not a plain id; {injected}");
+    assert_eq!(check_in_id.len(), 32, "a new id: {check_in_id}");
+    let refused = client.get(format!("{base}/v1/admin/licenses")).bearer_auth("wrong-token").send().unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused_id = refused.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let status = server.wait().unwrap();
+    let mut stderr = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"))
+        })
+        .collect();
+    let of_request = |id: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["span"]["request_id"] == id).collect()
+    };
+    let issue_lines = of_request("proxy-id-42");
+    let messages: Vec<&str> = issue_lines.iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(messages, ["license issued", "answered"], "{stderr}");
+    assert_eq!(issue_lines[1]["route"], "/v1/admin/licenses");
+    assert_eq!(
+        (issue_lines[1]["method"].as_str(), issue_lines[1]["status"].as_u64()),
+        (Some("POST"), Some(201))
+    );
+    let check_in = of_request(&check_in_id);
+    assert_eq!(check_in.len(), 1, "{stderr}");
+    assert_eq!(
+        (check_in[0]["route"].as_str(), check_in[0]["status"].as_u64()),
+        (Some("/v1/check-ins"), Some(200))
+    );
+    assert_eq!(of_request(&refused_id).last().unwrap()["status"], 401);
+    // Every line a request causes is inside its span.
+    for line in &lines {
+        if line["target"].as_str().is_some_and(|t| t.starts_with("licensor::server::"))
+            && line["message"] != "licensor server listening"
+            && line["message"] != "licensor server stopped"
+        {
+            assert!(line["span"]["request_id"].is_string(), "a request's line without its id: {line}");
+        }
+    }
+    // The development warning is an event too, and names no secret.
+    assert!(lines
+        .iter()
+        .any(|l| l["level"] == "WARN" && l["message"].as_str().unwrap().contains("DEVELOPMENT SET-UP")));
+    for secret in [
+        token.trim(),
+        key.as_str(),
+        "unique-telemetry-text-marker",
+        "Query+Secret",
+        "Query Secret",
+        "wrong-token",
+    ] {
+        assert!(!stderr.contains(secret), "{secret:?} was logged: {stderr}");
+    }
+    assert!(!stderr.contains('\u{1b}'), "ANSI codes in a JSON log");
+}

@@ -56,7 +56,13 @@ pub enum Command {
     /// Walk through the vendor flow with a throwaway key: keygen, issue per tier, verify.
     Demo(DemoArgs),
     /// Run the license server (zero configuration starts a development set-up in ./data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Ask a server whether it is healthy (a container's health check, where no shell or curl
+    /// exists): exit 0 on a 2xx answer, 1 on any other answer, 2 when none came.
+    Healthcheck(HealthcheckArgs),
+    /// Copy the embedded SQLite database consistently while the server runs (PostgreSQL is
+    /// backed up with pg_dump; see docs/operations.md).
+    Backup(BackupArgs),
     /// Talk to a server's admin API: licenses, instances, telemetry.
     Admin(AdminArgs),
     /// What this deployment's verifier collects and sends: see it, export it, clear it.
@@ -392,6 +398,15 @@ pub enum JobsCommand {
     },
 }
 
+/// How the server writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The jobs that can be run on demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JobName {
@@ -404,12 +419,19 @@ pub struct ServeArgs {
     /// TOML file with further settings (flags and environment take precedence).
     #[arg(long, env = "LICENSOR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How log lines are written to stderr: text (coloured only on a terminal), or json (one
+    /// object per line, each with the request id of the request that caused it).
+    #[arg(long, env = "LICENSOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "LICENSOR_BIND")]
     pub bind: Option<String>,
     /// sqlite://PATH or postgres://... [default: sqlite://DATA_DIR/licensor.db].
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// A file holding the database URL (a container secret), instead of --database-url.
+    #[arg(long, env = "LICENSOR_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Directory for the embedded database and the development set-up [default: data].
     #[arg(long, env = "LICENSOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -425,6 +447,9 @@ pub struct ServeArgs {
     /// Bearer token of the admin API (prefer the environment to the flag).
     #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token (a container secret), instead of --admin-token.
+    #[arg(long, env = "LICENSOR_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "LICENSOR_WORKERS")]
     pub workers: Option<usize>,
@@ -541,6 +566,29 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The database to copy: sqlite://PATH [default: sqlite://DATA_DIR/licensor.db].
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The data directory whose embedded database is copied, when no URL is given.
+    #[arg(long, env = "LICENSOR_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// The file to write (it must not exist; it is created with mode 0600).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to ask: /healthz (the process serves) or /readyz (it can reach its database).
+    #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Directory for the throwaway key pair (default: a new directory under the system's
     /// temporary directory).
@@ -555,7 +603,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Issue(args) => vendor::issue(args),
         Command::Inspect(args) => vendor::inspect(args),
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Healthcheck(args) => serve::healthcheck(args),
+        Command::Backup(args) => serve::backup(args),
         Command::Admin(args) => admin::run(args),
         Command::Bench(BenchCommand::CheckIns(args)) => bench::check_ins(args),
         Command::Bench(BenchCommand::Insights(args)) => bench::insights(args),

@@ -22,6 +22,10 @@ pub struct ServeOptions {
     pub signing_key: Option<PathBuf>,
     pub issuing_key: Option<PathBuf>,
     pub admin_token: Option<String>,
+    /// A file holding the admin token (a container secret), instead of the token itself.
+    pub admin_token_file: Option<PathBuf>,
+    /// A file holding the database URL (whose password is a secret), instead of the URL.
+    pub database_url_file: Option<PathBuf>,
     pub workers: Option<usize>,
     pub retention_days: Option<u32>,
     pub jobs: Option<bool>,
@@ -46,11 +50,13 @@ pub struct ServeOptions {
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("bind", "--bind", "LICENSOR_BIND"),
     ("database_url", "--database-url", "DATABASE_URL"),
+    ("database_url_file", "--database-url-file", "LICENSOR_DATABASE_URL_FILE"),
     ("data_dir", "--data-dir", "LICENSOR_DATA_DIR"),
     ("keys_dir", "--keys-dir", "LICENSOR_KEYS_DIR"),
     ("signing_key", "--signing-key", "LICENSOR_SIGNING_KEY"),
     ("issuing_key", "--issuing-key", "LICENSOR_ISSUING_KEY"),
     ("admin_token", "--admin-token", "LICENSOR_ADMIN_TOKEN"),
+    ("admin_token_file", "--admin-token-file", "LICENSOR_ADMIN_TOKEN_FILE"),
     ("workers", "--workers", "LICENSOR_WORKERS"),
     ("db_pool_size", "--db-pool-size", "LICENSOR_DB_POOL_SIZE"),
     ("max_body_bytes", "--max-body-bytes", "LICENSOR_MAX_BODY_BYTES"),
@@ -102,6 +108,35 @@ impl Sources<'_> {
         }
     }
 
+    /// A secret given either as itself or as a file that holds it (as container secrets are
+    /// mounted), never both. The file's content is the value without its trailing line end.
+    /// The answer says which setting gave the value, and how, for the errors that follow.
+    fn value_or_file(
+        &self,
+        (key, value, given): (&'static str, Option<String>, Given),
+        (file_key, path, file_given): (&'static str, Option<PathBuf>, Given),
+    ) -> Result<(Option<String>, &'static str, Given), ConfigError> {
+        let Some(path) = path else { return Ok((value, key, given)) };
+        if value.is_some() {
+            return Err(self.invalid(
+                file_key,
+                file_given,
+                format!(
+                    "{} is given as well: give the value or the file that holds it, not both",
+                    self.name(key, given)
+                ),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.invalid(file_key, file_given, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.is_empty() {
+            return Err(self.invalid(file_key, file_given, format!("{} is empty", path.display())));
+        }
+        Ok((Some(text.to_owned()), file_key, file_given))
+    }
+
     fn invalid(&self, key: &'static str, given: Given, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { setting: self.name(key, given), message: message.into() }
     }
@@ -118,6 +153,8 @@ pub struct FileConfig {
     pub signing_key: Option<PathBuf>,
     pub issuing_key: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub database_url_file: Option<PathBuf>,
     pub workers: Option<usize>,
     pub db_pool_size: Option<u32>,
     pub max_body_bytes: Option<usize>,
@@ -165,8 +202,11 @@ pub struct ServerConfig {
     pub public_insights: bool,
     /// The fewest distinct installs behind any public figure (k; at least 2).
     pub insights_min_installs: u32,
-    /// What the development set-up generated on this start, for the warning banner.
+    /// What the development set-up generated on this start, for the warning banner. It names
+    /// no secret, so it may be logged.
     pub development: Vec<String>,
+    /// The admin token was generated on this start: the banner on the terminal shows it once.
+    pub admin_token_generated: bool,
     /// Files and directories the development set-up created on this start, newest last: a
     /// start that fails removes them ([`remove_created`]), so it leaves no generated key or
     /// token behind.
@@ -259,6 +299,12 @@ impl ServerConfig {
         })?;
         let data_dir = opts.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data"));
         let (database_url, given) = src.pick("database_url", opts.database_url, file.database_url);
+        let (url_file, url_file_given) =
+            src.pick("database_url_file", opts.database_url_file, file.database_url_file);
+        let (database_url, url_key, given) = src.value_or_file(
+            ("database_url", database_url, given),
+            ("database_url_file", url_file, url_file_given),
+        )?;
         let database_url = match database_url {
             Some(url) => url,
             None => {
@@ -277,8 +323,7 @@ impl ServerConfig {
                 url
             }
         };
-        crate::store::Target::parse(&database_url)
-            .map_err(|e| src.invalid("database_url", given, e.to_string()))?;
+        crate::store::Target::parse(&database_url).map_err(|e| src.invalid(url_key, given, e.to_string()))?;
 
         let (keys_dir, keys_given) = src.pick("keys_dir", opts.keys_dir, file.keys_dir);
         let (signing_key, signing_given) = src.pick("signing_key", opts.signing_key, file.signing_key);
@@ -319,13 +364,19 @@ impl ServerConfig {
             None => None,
         };
         let (admin_token, given) = src.pick("admin_token", opts.admin_token, file.admin_token);
-        let admin_token = match admin_token {
-            Some(token) => token,
+        let (token_file, token_file_given) =
+            src.pick("admin_token_file", opts.admin_token_file, file.admin_token_file);
+        let (admin_token, token_key, given) = src.value_or_file(
+            ("admin_token", admin_token, given),
+            ("admin_token_file", token_file, token_file_given),
+        )?;
+        let (admin_token, admin_token_generated) = match admin_token {
+            Some(token) => (token, false),
             None => development_admin_token(&data_dir, &mut development, created)?,
         };
         if admin_token.len() < MIN_ADMIN_TOKEN_LEN || admin_token.chars().any(char::is_whitespace) {
             return Err(src.invalid(
-                "admin_token",
+                token_key,
                 given,
                 format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without white space"),
             ));
@@ -440,6 +491,7 @@ impl ServerConfig {
             public_insights: opts.public_insights.or(file.public_insights).unwrap_or(false),
             insights_min_installs,
             development,
+            admin_token_generated,
             created: Vec::new(),
             key_setting_names,
         })
@@ -557,12 +609,12 @@ fn development_key(
 }
 
 /// The development admin token in `data_dir/admin-token` (0600), generated on first start
-/// and printed once.
+/// (then the answer says so, and the banner prints it once).
 fn development_admin_token(
     data_dir: &Path,
     development: &mut Vec<String>,
     created: &mut Vec<PathBuf>,
-) -> Result<String, ConfigError> {
+) -> Result<(String, bool), ConfigError> {
     use base64::Engine as _;
     use rand::RngCore as _;
     use std::io::Write as _;
@@ -570,7 +622,7 @@ fn development_admin_token(
     let setup = |source| ConfigError::Setup { path: path.clone(), source };
     if let Ok(token) = std::fs::read_to_string(&path) {
         development.push(format!("admin token read from {}", path.display()));
-        return Ok(token.trim().to_owned());
+        return Ok((token.trim().to_owned(), false));
     }
     ensure_data_dir(data_dir, created).map_err(setup)?;
     let mut bytes = [0u8; 32];
@@ -588,9 +640,10 @@ fn development_admin_token(
     let mut file = options.open(&path).map_err(setup)?;
     created.push(path.clone());
     file.write_all(token.as_bytes()).map_err(setup)?;
-    // Printed this once so the developer can use it; it is never logged afterwards.
-    development.push(format!("generated admin token (stored in {}, mode 0600): {token}", path.display()));
-    Ok(token)
+    // The text banner prints it this once so the developer can use it (see
+    // `ServerConfig::admin_token_generated`); it is never logged.
+    development.push(format!("generated admin token (stored in {}, mode 0600)", path.display()));
+    Ok((token, true))
 }
 
 /// Removes files and then directories created by a start (`ServerConfig::created`), newest

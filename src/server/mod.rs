@@ -13,6 +13,7 @@ mod handlers;
 pub mod insights;
 pub mod jobs;
 pub mod public;
+mod request_log;
 
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
@@ -221,7 +222,7 @@ fn http_server(
             .app_data(web::QueryConfig::default().error_handler(extract::query_error))
             .configure(routes)
             .default_service(web::to(handlers::not_found))
-            .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthz").exclude("/readyz"))
+            .wrap(actix_web::middleware::from_fn(request_log::middleware))
     })
     .workers(workers)
     .shutdown_timeout(30)
@@ -324,5 +325,7 @@ where
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
     T: Send + 'static,
 {
-    web::block(f).await?
+    // The work logs under the request's span, so its lines carry the request id too.
+    let span = tracing::Span::current();
+    web::block(move || span.in_scope(f)).await?
 }

@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The operation runs on PostgreSQL only (the insights benchmark's seeding and sizes).
     #[error("{0} runs on PostgreSQL only")]
     PostgresOnly(&'static str),
+    /// The operation runs on SQLite only (the built-in backup).
+    #[error("{0} runs on SQLite only")]
+    SqliteOnly(&'static str),
     /// The database URL names no backend licensor supports.
     #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
@@ -339,4 +342,46 @@ fn migrate(conn: &mut DbConnection) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Writes a consistent copy of the SQLite database at `url` to `to` (`VACUUM INTO`), while a
+/// server may be using it: the copy is one transaction's snapshot, compacted, and a database
+/// of its own (no `-wal` file goes with it). `to` must not exist; it is created 0600 before a
+/// byte is written, as the database holds licenses and telemetry. The database is neither
+/// migrated nor changed. PostgreSQL is backed up with its own tools (`pg_dump`).
+pub fn backup_sqlite(url: &str, to: &std::path::Path) -> Result<(), StoreError> {
+    let Target::Sqlite(path) = Target::parse(url)? else {
+        return Err(StoreError::SqliteOnly("the built-in backup (use pg_dump for PostgreSQL)"));
+    };
+    if !path.is_file() {
+        return Err(StoreError::File {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database file here"),
+        });
+    }
+    let file = |source| StoreError::File { path: to.to_owned(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    drop(options.open(to).map_err(file)?);
+    let copied = (|| {
+        let mut c = SqliteConnection::establish(&path.to_string_lossy())
+            .map_err(|e| StoreError::Connect(Box::new(e)))?;
+        c.batch_execute("PRAGMA busy_timeout = 15000;")?;
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("VACUUM INTO ?")
+                .bind::<diesel::sql_types::Text, _>(to.to_string_lossy().into_owned()),
+            &mut c,
+        )?;
+        Ok(())
+    })();
+    if copied.is_err() {
+        // No half-written copy stays behind to be mistaken for a backup.
+        let _ = std::fs::remove_file(to);
+    }
+    copied
 }

@@ -162,6 +162,7 @@ impl Harness {
             public_insights: false,
             insights_min_installs: 10,
             development: vec![],
+            admin_token_generated: false,
             created: vec![],
             key_setting_names: Default::default(),
         };
