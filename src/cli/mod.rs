@@ -491,6 +491,13 @@ pub struct ServeArgs {
     /// The fewest distinct installs behind any public figure (k), at least 2 [default: 10].
     #[arg(long, env = "LICENSOR_INSIGHTS_MIN_INSTALLS")]
     pub insights_min_installs: Option<u32>,
+    /// A PEM certificate chain: with --tls-key the server speaks HTTPS itself, and reads both
+    /// files again on SIGHUP [default: plain HTTP, for a TLS-terminating proxy in front].
+    #[arg(long, env = "LICENSOR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "LICENSOR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

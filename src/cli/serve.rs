@@ -42,6 +42,8 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         rate_limit_per_minute: args.rate_limit_per_minute,
         public_insights: args.public_insights.then_some(true),
         insights_min_installs: args.insights_min_installs,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         from_env,
     })?;
     let created = config.created.clone();
@@ -85,7 +87,8 @@ fn development_banner(config: &ServerConfig, addr: std::net::SocketAddr) -> Stri
         // Shown this once on the terminal so that the developer can use it; never logged.
         banner.push_str(&format!("  - the admin token: {}\n", config.admin_token));
     }
-    banner.push_str(&format!("  - listening on http://{addr}\n"));
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    banner.push_str(&format!("  - listening on {scheme}://{addr}\n"));
     banner.push_str("************************************************************************\n");
     banner
 }

@@ -41,6 +41,9 @@ pub struct Config {
     pub allow_insecure_http: bool,
     /// `LICENSOR_KEYS_DIR`, or keys built into the application.
     pub keys: Option<KeySource>,
+    /// `LICENSOR_CA_CERT`: a PEM file of root certificates trusted beside the system's, for a
+    /// license server whose certificate a private authority signed.
+    pub ca_certificate: Option<PathBuf>,
     /// `LICENSOR_DATA_DIR`: where the local store lives.
     pub data_dir: PathBuf,
     /// `LICENSOR_INSTANCE_URL`: the deployment's public URL.
@@ -112,6 +115,7 @@ impl Config {
             server_url: None,
             allow_insecure_http: false,
             keys: None,
+            ca_certificate: None,
             data_dir: default_data_dir(|k| std::env::var(k).ok()),
             instance_url: None,
             switches: Switches::default(),
@@ -159,6 +163,7 @@ impl Config {
             server_url,
             allow_insecure_http,
             keys: text("LICENSOR_KEYS_DIR").map(|d| KeySource::Dir(d.into())),
+            ca_certificate: text("LICENSOR_CA_CERT").map(PathBuf::from),
             data_dir: default_data_dir(&var),
             instance_url: text("LICENSOR_INSTANCE_URL"),
             switches: Switches {

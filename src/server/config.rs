@@ -40,6 +40,10 @@ pub struct ServeOptions {
     pub rate_limit_per_minute: Option<u32>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
+    /// A PEM certificate chain: with `tls_key`, the server speaks HTTPS itself.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    pub tls_key: Option<PathBuf>,
     /// The settings above (by TOML key) whose value came from the environment rather than a
     /// flag, so that an error names what the operator actually set.
     pub from_env: Vec<&'static str>,
@@ -69,6 +73,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("trusted_proxies", "--trusted-proxies", "LICENSOR_TRUSTED_PROXIES"),
     ("public_insights", "--public-insights", "LICENSOR_PUBLIC_INSIGHTS"),
     ("insights_min_installs", "--insights-min-installs", "LICENSOR_INSIGHTS_MIN_INSTALLS"),
+    ("tls_cert", "--tls-cert", "LICENSOR_TLS_CERT"),
+    ("tls_key", "--tls-key", "LICENSOR_TLS_KEY"),
 ];
 
 /// Where a setting's value came from.
@@ -168,6 +174,8 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub limits: Option<BatchLimits>,
 }
 
@@ -202,6 +210,9 @@ pub struct ServerConfig {
     pub public_insights: bool,
     /// The fewest distinct installs behind any public figure (k; at least 2).
     pub insights_min_installs: u32,
+    /// The certificate chain and key the server terminates TLS with (reloaded on SIGHUP);
+    /// `None`: plain HTTP, for a reverse proxy in front to terminate TLS.
+    pub tls: Option<TlsFiles>,
     /// What the development set-up generated on this start, for the warning banner. It names
     /// no secret, so it may be logged.
     pub development: Vec<String>,
@@ -213,6 +224,16 @@ pub struct ServerConfig {
     pub created: Vec<PathBuf>,
     /// How the key settings were given, for `load_keys`' errors.
     pub key_setting_names: KeySettingNames,
+}
+
+/// The PEM files of the server's certificate, and the settings that named them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `tls_cert` and `tls_key` as they were given, for errors.
+    pub cert_setting: String,
+    pub key_setting: String,
 }
 
 /// The key settings named as they were given (flag, variable or file key).
@@ -468,6 +489,28 @@ impl ServerConfig {
             ));
         }
 
+        let (tls_cert, cert_given) = src.pick("tls_cert", opts.tls_cert, file.tls_cert);
+        let (tls_key, key_given) = src.pick("tls_key", opts.tls_key, file.tls_key);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                cert_setting: src.name("tls_cert", cert_given),
+                key_setting: src.name("tls_key", key_given),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(src.invalid(
+                    "tls_cert",
+                    cert_given,
+                    "needs the certificate's key as well (tls_key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(src.invalid("tls_key", key_given, "needs the certificate as well (tls_cert)"))
+            }
+        };
+
         Ok(ServerConfig {
             bind,
             database_url,
@@ -490,6 +533,7 @@ impl ServerConfig {
             limits: file.limits.unwrap_or_default(),
             public_insights: opts.public_insights.or(file.public_insights).unwrap_or(false),
             insights_min_installs,
+            tls,
             development,
             admin_token_generated,
             created: Vec::new(),

@@ -14,6 +14,7 @@ pub mod insights;
 pub mod jobs;
 pub mod public;
 mod request_log;
+pub mod tls;
 
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
@@ -22,7 +23,9 @@ use std::sync::Arc;
 use crate::checkin::CheckInService;
 use crate::keys::Signer;
 use crate::store::Store;
-pub use config::{remove_created, ConfigError, KeySettingNames, ServeOptions, ServerConfig, SETTINGS};
+pub use config::{
+    remove_created, ConfigError, KeySettingNames, ServeOptions, ServerConfig, TlsFiles, SETTINGS,
+};
 use error::ApiError;
 
 pub use crate::time::{system_clock, Clock};
@@ -59,6 +62,9 @@ pub enum ServeError {
     /// The job scheduler could not start.
     #[error(transparent)]
     Jobs(#[from] jobs::ScheduleError),
+    /// The TLS certificate or key could not be used; `setting` names the one at fault.
+    #[error("{setting}: {source}")]
+    Tls { setting: String, source: tls::TlsError },
 }
 
 /// All routes, in one place.
@@ -211,12 +217,30 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
     Ok((web::Data::new(state), store))
 }
 
+/// The server's certificate, when it terminates TLS itself; the error names the setting at
+/// fault.
+fn load_tls(config: &ServerConfig) -> Result<Option<Arc<tls::CertificateStore>>, ServeError> {
+    let Some(files) = &config.tls else { return Ok(None) };
+    tls::CertificateStore::load(&files.cert, &files.key).map(Some).map_err(|source| {
+        let setting = match source {
+            tls::TlsError::Certificate { .. } => files.cert_setting.clone(),
+            _ => files.key_setting.clone(),
+        };
+        ServeError::Tls { setting, source }
+    })
+}
+
 fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
     workers: usize,
-) -> std::io::Result<actix_web::dev::Server> {
-    Ok(HttpServer::new(move || {
+    tls: Option<&Arc<tls::CertificateStore>>,
+) -> Result<actix_web::dev::Server, ServeError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
+    let bind = |source| ServeError::Bind { addr, source };
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(extract::query_error))
@@ -225,9 +249,38 @@ fn http_server(
             .wrap(actix_web::middleware::from_fn(request_log::middleware))
     })
     .workers(workers)
-    .shutdown_timeout(30)
-    .listen(listener)?
-    .run())
+    .shutdown_timeout(30);
+    let server = match tls {
+        Some(store) => {
+            let config = store
+                .server_config()
+                .map_err(|source| ServeError::Tls { setting: "LICENSOR_TLS_CERT".into(), source })?;
+            server.listen_rustls_0_23(listener, config).map_err(bind)?
+        }
+        None => server.listen(listener).map_err(bind)?,
+    };
+    Ok(server.run())
+}
+
+/// Reads the certificate again on every SIGHUP, for as long as the server runs; a reload that
+/// fails keeps the certificate in use and logs why.
+fn reload_on_sighup(
+    store: Arc<tls::CertificateStore>,
+) -> std::io::Result<actix_web::rt::task::JoinHandle<()>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(actix_web::rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let store = store.clone();
+            let reloaded = actix_web::rt::task::spawn_blocking(move || store.reload()).await;
+            match reloaded {
+                Ok(Ok(())) => tracing::info!("TLS certificate reloaded (SIGHUP)"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                }
+                Err(e) => tracing::error!(error = %e, "TLS certificate reload stopped"),
+            }
+        }
+    }))
 }
 
 /// Serves until the server is stopped (by its handle, or by SIGTERM or SIGINT), running the
@@ -238,12 +291,17 @@ async fn serve(
     state: web::Data<AppState>,
     store: Store,
     listener: TcpListener,
+    tls: Option<Arc<tls::CertificateStore>>,
     clock: Clock,
     ready: impl FnOnce(actix_web::dev::ServerHandle),
 ) -> Result<(), ServeError> {
     let bind = |source| ServeError::Bind { addr: config.bind, source };
     let state_service = state.service.clone();
-    let server = http_server(state, listener, config.workers).map_err(bind)?;
+    let server = http_server(state, listener, config.workers, tls.as_ref())?;
+    let reloading = match tls {
+        Some(store) => Some(reload_on_sighup(store).map_err(bind)?),
+        None => None,
+    };
     let mut scheduler = if config.jobs {
         Some(jobs::schedule(&config, store, clock).await.map_err(ServeError::Jobs)?)
     } else {
@@ -263,6 +321,9 @@ async fn serve(
     ready(server.handle());
     let result = server.await;
     forgetting.abort();
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
     if let Some(scheduler) = scheduler.as_mut() {
         let _ = scheduler.shutdown().await;
     }
@@ -273,14 +334,23 @@ async fn serve(
 /// listens. For tests and for applications that embed the server.
 pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, ServeError> {
     let (state, store) = prepare(&config, clock.clone())?;
+    let tls = load_tls(&config)?;
     let listener =
         TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, move |handle| {
-            let _ = tx.send(handle);
-        }))
+        actix_web::rt::System::new().block_on(serve(
+            config,
+            state,
+            store,
+            listener,
+            tls,
+            clock,
+            move |handle| {
+                let _ = tx.send(handle);
+            },
+        ))
     });
     match rx.recv() {
         Ok(handle) => Ok(Running { addr, handle, thread: Some(thread) }),
@@ -305,16 +375,19 @@ pub fn run(
 ) -> Result<(), ServeError> {
     let clock = system_clock();
     let (state, store) = prepare(&config, clock.clone())?;
+    let tls = load_tls(&config)?;
     let listener =
         TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
     let (backend, issuing, banner_config) = (store.backend(), state.issuer.is_some(), config.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Called once the jobs are scheduled and the server is about to accept connections.
     let ready = move |_| {
         listening(&banner_config, addr);
-        tracing::info!(addr = %addr, backend = ?backend, issuing, "licensor server listening");
+        tracing::info!(addr = %addr, scheme, backend = ?backend, issuing, "licensor server listening");
     };
-    let result = actix_web::rt::System::new().block_on(serve(config, state, store, listener, clock, ready));
+    let result =
+        actix_web::rt::System::new().block_on(serve(config, state, store, listener, tls, clock, ready));
     tracing::info!("licensor server stopped");
     result
 }

@@ -161,6 +161,7 @@ impl Harness {
             limits: Default::default(),
             public_insights: false,
             insights_min_installs: 10,
+            tls: None,
             development: vec![],
             admin_token_generated: false,
             created: vec![],

@@ -62,6 +62,10 @@ pub enum StartError {
     /// The HTTP client could not be set up (no TLS roots, a bad TLS library state).
     #[error("cannot set up the HTTP client")]
     HttpClient(#[source] reqwest::Error),
+    /// The extra root certificate (`LICENSOR_CA_CERT`) cannot be read or holds no PEM
+    /// certificate.
+    #[error("LICENSOR_CA_CERT {path}: {message}")]
+    RootCertificate { path: std::path::PathBuf, message: String },
 }
 
 /// The license as the application sees it.

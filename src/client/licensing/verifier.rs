@@ -180,17 +180,17 @@ impl Verifier {
         // No HTTP client at all unless this instance checks in: air-gapped means no
         // connection, and a client that does not exist cannot make one.
         let http = if telemetry_on {
-            Some(
-                reqwest::Client::builder()
-                    // A redirect would re-send the license key and the telemetry wherever it
-                    // points: none is followed, and a 3xx counts as no answer.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-                    .timeout(config.request_timeout)
-                    .user_agent(concat!("licensor-client/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(StartError::HttpClient)?,
-            )
+            let mut builder = reqwest::Client::builder()
+                // A redirect would re-send the license key and the telemetry wherever it
+                // points: none is followed, and a 3xx counts as no answer.
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+                .timeout(config.request_timeout)
+                .user_agent(concat!("licensor-client/", env!("CARGO_PKG_VERSION")));
+            if let Some(path) = &config.ca_certificate {
+                builder = builder.tls_certs_merge(root_certificates(path)?);
+            }
+            Some(builder.build().map_err(StartError::HttpClient)?)
         } else {
             None
         };
@@ -524,4 +524,15 @@ fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<crate::protocol::ErrorBody>(body)
         .map(|b| format!("{} ({})", b.error.message, b.error.code))
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}
+
+/// The root certificates of `LICENSOR_CA_CERT`: at least one, in PEM.
+fn root_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, StartError> {
+    let error = |message: String| StartError::RootCertificate { path: path.to_owned(), message };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(error("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into()));
+    }
+    Ok(certs)
 }
