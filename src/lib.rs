@@ -61,6 +61,8 @@ pub mod token;
 #[cfg(feature = "server")]
 pub mod checkin;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;

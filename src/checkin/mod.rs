@@ -72,6 +72,8 @@ pub struct CheckInService {
     /// The rate limits: per address (the server calls it before reading a body), per license
     /// and per instance (here, once the license verified).
     pub limiter: Limiter,
+    /// The server's metrics, which the check-in path records into.
+    pub metrics: Arc<crate::metrics::Metrics>,
     writer: writer::Writer,
 }
 
@@ -130,6 +132,13 @@ pub struct Decision {
     pub renewal: Option<String>,
 }
 
+impl Prepared {
+    /// The telemetry text this check-in writes when its batch is accepted, if it carries one.
+    pub fn stored_bytes(&self) -> Option<usize> {
+        self.telemetry.as_ref()?.stored.as_ref().map(store::StoredBatch::text_bytes)
+    }
+}
+
 impl CheckInService {
     /// A service whose writer thread records check-ins in `store`.
     pub fn new(
@@ -138,13 +147,14 @@ impl CheckInService {
         signer: Arc<Signer>,
         limits: BatchLimits,
         rates: Rates,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let writers = match store.backend() {
             store::Backend::Sqlite => 1,
             store::Backend::Postgres => WRITERS_ON_POSTGRES,
         };
-        let writer = writer::Writer::start(store, writers);
-        CheckInService { ring, signer, limits, limiter: Limiter::new(rates), writer }
+        let writer = writer::Writer::start(store, writers, metrics.clone());
+        CheckInService { ring, signer, limits, limiter: Limiter::new(rates), metrics, writer }
     }
 
     /// Reads and checks a check-in body at `now`: everything but the database.
@@ -249,9 +259,14 @@ impl CheckInService {
     /// instance's rate limits. Only a license's holder can present it, so these limits cannot
     /// be spent by anyone else: nobody can lock a victim's instance out by naming its id.
     fn admit(&self, license: &LicensePayload, instance_id: &str) -> Result<(), CheckInError> {
-        let too_many = |RetryAfter(retry_after)| CheckInError::TooMany { retry_after };
-        self.limiter.admit_license(license.license_id, license.seats).map_err(too_many)?;
-        self.limiter.admit_instance(license.license_id, instance_id).map_err(too_many)
+        let too_many = |scope| {
+            move |RetryAfter(retry_after)| {
+                self.metrics.refused(scope);
+                CheckInError::TooMany { retry_after }
+            }
+        };
+        self.limiter.admit_license(license.license_id, license.seats).map_err(too_many("license"))?;
+        self.limiter.admit_instance(license.license_id, instance_id).map_err(too_many("instance"))
     }
 
     /// The signed receipt of a deactivation.
@@ -314,6 +329,7 @@ impl CheckInService {
     }
 
     fn read_batch(&self, raw: &str) -> Result<(TelemetryBatch, String), BadRequest> {
+        self.metrics.telemetry_received_bytes.inc_by(raw.len() as u64);
         let digest = protocol::digest(raw.as_bytes());
         let batch = protocol::parse_batch(raw).map_err(|e| match e {
             BatchError::UnsupportedSchema { .. } => bad("unsupported_schema", e.to_string()),

@@ -37,18 +37,20 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
+type Metrics = std::sync::Arc<crate::metrics::Metrics>;
+
 impl Writer {
     /// Starts `threads` writer threads sharing one queue; they end when the last handle is
     /// dropped. Several writers keep PostgreSQL busy while one of them waits on a commit;
     /// SQLite has a single write lock, so one writer is all it can use.
-    pub fn start(store: Store, threads: usize) -> Writer {
+    pub fn start(store: Store, threads: usize, metrics: Metrics) -> Writer {
         let (tx, rx) = mpsc::channel::<Job>(MAX_QUEUE);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for n in 0..threads.max(1) {
-            let (store, rx) = (store.clone(), rx.clone());
+            let (store, rx, metrics) = (store.clone(), rx.clone(), metrics.clone());
             std::thread::Builder::new()
                 .name(format!("licensor-writer-{n}"))
-                .spawn(move || writer_loop(&store, &rx))
+                .spawn(move || writer_loop(&store, &rx, &metrics))
                 .expect("a writer thread starts");
         }
         Writer { tx }
@@ -66,7 +68,7 @@ impl Writer {
 
 /// Takes whatever is queued (one group), records it, answers, and again, until the queue
 /// closes. The queue's lock is held only while taking a group, never while writing one.
-fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
+fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>, metrics: &Metrics) {
     loop {
         let jobs = {
             let mut rx = rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -78,8 +80,10 @@ fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
                     Err(_) => break,
                 }
             }
+            metrics.queue_depth.set(rx.len() as i64);
             jobs
         };
+        metrics.group_size.observe(jobs.len() as f64);
         let (prepared, replies): (Vec<Prepared>, Vec<_>) =
             jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
         let outcomes = write_isolating(store, &prepared);

@@ -491,6 +491,10 @@ pub struct ServeArgs {
     /// The fewest distinct installs behind any public figure (k), at least 2 [default: 10].
     #[arg(long, env = "LICENSOR_INSIGHTS_MIN_INSTALLS")]
     pub insights_min_installs: Option<u32>,
+    /// A second address serving only /metrics, without a token, for a private network
+    /// [default: none; /metrics on the main address takes the admin token].
+    #[arg(long, env = "LICENSOR_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
     /// A PEM certificate chain: with --tls-key the server speaks HTTPS itself, and reads both
     /// files again on SIGHUP [default: plain HTTP, for a TLS-terminating proxy in front].
     #[arg(long, env = "LICENSOR_TLS_CERT")]

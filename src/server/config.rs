@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub rate_limit_per_minute: Option<u32>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
+    /// A second address that serves `/metrics` without a token (for a private network).
+    pub metrics_bind: Option<String>,
     /// A PEM certificate chain: with `tls_key`, the server speaks HTTPS itself.
     pub tls_cert: Option<PathBuf>,
     /// The certificate's PEM private key.
@@ -73,6 +75,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("trusted_proxies", "--trusted-proxies", "LICENSOR_TRUSTED_PROXIES"),
     ("public_insights", "--public-insights", "LICENSOR_PUBLIC_INSIGHTS"),
     ("insights_min_installs", "--insights-min-installs", "LICENSOR_INSIGHTS_MIN_INSTALLS"),
+    ("metrics_bind", "--metrics-bind", "LICENSOR_METRICS_BIND"),
     ("tls_cert", "--tls-cert", "LICENSOR_TLS_CERT"),
     ("tls_key", "--tls-key", "LICENSOR_TLS_KEY"),
 ];
@@ -174,6 +177,7 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
+    pub metrics_bind: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub limits: Option<BatchLimits>,
@@ -213,6 +217,8 @@ pub struct ServerConfig {
     /// The certificate chain and key the server terminates TLS with (reloaded on SIGHUP);
     /// `None`: plain HTTP, for a reverse proxy in front to terminate TLS.
     pub tls: Option<TlsFiles>,
+    /// Where `/metrics` is served without a token, besides the main address (with one).
+    pub metrics_bind: Option<SocketAddr>,
     /// What the development set-up generated on this start, for the warning banner. It names
     /// no secret, so it may be logged.
     pub development: Vec<String>,
@@ -489,6 +495,27 @@ impl ServerConfig {
             ));
         }
 
+        let (metrics_text, given) = src.pick("metrics_bind", opts.metrics_bind, file.metrics_bind);
+        let metrics_bind = match metrics_text {
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    src.invalid(
+                        "metrics_bind",
+                        given,
+                        format!("{text:?} is not an address like 127.0.0.1:9090"),
+                    )
+                })?;
+                if addr == bind && addr.port() != 0 {
+                    return Err(src.invalid(
+                        "metrics_bind",
+                        given,
+                        "must differ from the main address (bind)",
+                    ));
+                }
+                Some(addr)
+            }
+            None => None,
+        };
         let (tls_cert, cert_given) = src.pick("tls_cert", opts.tls_cert, file.tls_cert);
         let (tls_key, key_given) = src.pick("tls_key", opts.tls_key, file.tls_key);
         let tls = match (tls_cert, tls_key) {
@@ -534,6 +561,7 @@ impl ServerConfig {
             public_insights: opts.public_insights.or(file.public_insights).unwrap_or(false),
             insights_min_installs,
             tls,
+            metrics_bind,
             development,
             admin_token_generated,
             created: Vec::new(),

@@ -26,13 +26,15 @@ impl FromRequest for AddressAdmitted {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return std::future::ready(Err(ApiError::Internal("application state missing".into())));
         };
-        let admitted =
-            match super::client_address::client_address(req, &state.trusted_proxies) {
-                Some(address) => state.service.limiter.admit_address(address).map_err(
-                    |crate::checkin::RetryAfter(retry_after)| ApiError::TooManyRequests { retry_after },
-                ),
-                None => Ok(()),
-            };
+        let admitted = match super::client_address::client_address(req, &state.trusted_proxies) {
+            Some(address) => state.service.limiter.admit_address(address).map_err(
+                |crate::checkin::RetryAfter(retry_after)| {
+                    state.service.metrics.refused("address");
+                    ApiError::TooManyRequests { retry_after }
+                },
+            ),
+            None => Ok(()),
+        };
         std::future::ready(admitted.map(|()| AddressAdmitted))
     }
 }

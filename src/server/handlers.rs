@@ -24,6 +24,21 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 
+/// `GET /metrics` on the main address: the server's metrics, for an admin token.
+pub(super) async fn metrics(_admin: Admin, state: web::Data<AppState>) -> HttpResponse {
+    metrics_text(&state)
+}
+
+/// `GET /metrics` on the metrics address (`LICENSOR_METRICS_BIND`), which only a private
+/// network should reach: no token.
+pub(super) async fn metrics_open(state: web::Data<AppState>) -> HttpResponse {
+    metrics_text(&state)
+}
+
+fn metrics_text(state: &AppState) -> HttpResponse {
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(state.service.metrics.render())
+}
+
 pub(super) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
 }
@@ -39,9 +54,19 @@ pub(super) async fn check_in(
 ) -> Result<HttpResponse, ApiError> {
     // Parsing, checking, verifying and scrubbing take a few hundred microseconds of CPU and no
     // I/O: done here, on the worker. The writer thread does the database work.
+    let started = std::time::Instant::now();
     let prepared = state.service.prepare(&body, (state.clock)())?;
     let (prepared, decision) = state.service.record(prepared).await?;
-    Ok(HttpResponse::Ok().json(state.service.respond(&prepared, &decision)))
+    let answer = state.service.respond(&prepared, &decision);
+    let metrics = &state.service.metrics;
+    metrics.check_ins.get_or_create(&[("status", decision.status.as_str())]).inc();
+    if let (Some(ack), Some(bytes)) = (&answer.telemetry, prepared.stored_bytes()) {
+        if ack.accepted && !ack.duplicate {
+            metrics.telemetry_stored_bytes.inc_by(bytes as u64);
+        }
+    }
+    metrics.check_in_seconds.observe(started.elapsed().as_secs_f64());
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// An instance releases its own seat (a deployment being decommissioned), proven by its

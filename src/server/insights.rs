@@ -444,8 +444,14 @@ pub(super) async fn run_rollup(
         return Err(ApiError::bad_request("invalid_request", format!("day: {day} is in the future")));
     }
     let started = std::time::Instant::now();
-    let outcome = blocking(move || Ok(super::jobs::run_rollup_of(&store, day, now)?)).await?;
-    match outcome {
+    let result = blocking(move || Ok(super::jobs::run_rollup_of(&store, day, now)?)).await;
+    let label = match &result {
+        Ok(super::jobs::RunOutcome::Ran(_)) => "ran",
+        Ok(super::jobs::RunOutcome::Skipped) => "claimed_elsewhere",
+        Err(_) => "failed",
+    };
+    state.service.metrics.job_ran(super::jobs::ROLLUP, label, started.elapsed().as_secs_f64());
+    match result? {
         super::jobs::RunOutcome::Ran(outcome) => {
             tracing::info!(job = super::jobs::ROLLUP, %day, "job run on request: {outcome}");
             Ok(HttpResponse::Ok().json(json!({

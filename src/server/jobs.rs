@@ -107,6 +107,7 @@ pub async fn schedule(
     config: &ServerConfig,
     store: Store,
     clock: Clock,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<JobScheduler, ScheduleError> {
     let failed = |what: String| move |source| ScheduleError { what, source };
     let scheduler = JobScheduler::new().await.map_err(failed("the scheduler".into()))?;
@@ -114,10 +115,11 @@ pub async fn schedule(
     let jobs: [(&str, &str); 2] =
         [(RETENTION, &config.retention_schedule), (ROLLUP, &config.rollup_schedule)];
     for (name, schedule) in jobs {
-        let (store, clock) = (store.clone(), clock.clone());
+        let (store, clock, metrics) = (store.clone(), clock.clone(), metrics.clone());
         let job = Job::new_async(schedule, move |_, _| {
-            let (store, clock) = (store.clone(), clock.clone());
+            let (store, clock, metrics) = (store.clone(), clock.clone(), metrics.clone());
             Box::pin(async move {
+                let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || {
                     let now = clock();
                     match name {
@@ -126,6 +128,12 @@ pub async fn schedule(
                     }
                 })
                 .await;
+                let outcome = match &result {
+                    Ok(Ok(RunOutcome::Ran(_))) => "ran",
+                    Ok(Ok(RunOutcome::Skipped)) => "claimed_elsewhere",
+                    Ok(Err(_)) | Err(_) => "failed",
+                };
+                metrics.job_ran(name, outcome, started.elapsed().as_secs_f64());
                 match result {
                     Ok(Ok(RunOutcome::Ran(what))) => tracing::info!(job = name, "{what}"),
                     Ok(Ok(RunOutcome::Skipped)) => {

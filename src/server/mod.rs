@@ -74,6 +74,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/insights").route(web::get().to(public::json)))
         .service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)))
+        .service(resource("/metrics").route(web::get().to(handlers::metrics)))
         .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
         .service(resource("/v1/deactivations").route(web::post().to(handlers::deactivate)))
         .service(
@@ -166,6 +167,8 @@ fn resource(path: &str) -> actix_web::Resource {
 pub struct Running {
     /// The address it listens on (useful when asked for port 0).
     pub addr: SocketAddr,
+    /// The metrics address, when one was configured (useful when asked for port 0).
+    pub metrics_addr: Option<SocketAddr>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
@@ -196,13 +199,21 @@ impl Drop for Running {
 /// Opens the store, loads the keys and prepares the shared state.
 fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, Store), ServeError> {
     let (ring, signer, issuer) = config.load_keys()?;
-    let store = Store::open(&config.database_url, config.db_pool_size)?;
+    let metrics = crate::metrics::Metrics::new();
+    let mut store = Store::open(&config.database_url, config.db_pool_size)?;
+    store.record_pool_wait(metrics.pool_wait_seconds.clone());
     let rates = crate::checkin::Rates {
         per_address_per_minute: config.rate_limit_per_address,
         per_instance_per_minute: config.rate_limit_per_minute,
     };
-    let service =
-        CheckInService::new(store.clone(), Arc::new(ring), Arc::new(signer), config.limits.clone(), rates);
+    let service = CheckInService::new(
+        store.clone(),
+        Arc::new(ring),
+        Arc::new(signer),
+        config.limits.clone(),
+        rates,
+        metrics,
+    );
     let state = AppState {
         service: Arc::new(service),
         store: store.clone(),
@@ -215,6 +226,29 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
         public: config.public_insights.then(|| public::Public::new(config.insights_min_installs)),
     };
     Ok((web::Data::new(state), store))
+}
+
+/// What a server serves on, bound before it starts so that a taken port or an unusable
+/// certificate fails the start.
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+    tls: Option<Arc<tls::CertificateStore>>,
+}
+
+fn bind(config: &ServerConfig) -> Result<Bound, ServeError> {
+    let tls = load_tls(config)?;
+    let failed = |addr| move |source| ServeError::Bind { addr, source };
+    let listener = TcpListener::bind(config.bind).map_err(failed(config.bind))?;
+    let addr = listener.local_addr().map_err(failed(config.bind))?;
+    let metrics_listener = match config.metrics_bind {
+        Some(at) => Some(TcpListener::bind(at).map_err(failed(at))?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    Ok(Bound { listener, addr, metrics_listener, metrics_addr, tls })
 }
 
 /// The server's certificate, when it terminates TLS itself; the error names the setting at
@@ -262,6 +296,23 @@ fn http_server(
     Ok(server.run())
 }
 
+/// The metrics address's server: `/metrics` without a token, nothing else.
+fn metrics_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .service(resource("/metrics").route(web::get().to(handlers::metrics_open)))
+            .default_service(web::to(handlers::not_found))
+    })
+    .workers(1)
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run())
+}
+
 /// Reads the certificate again on every SIGHUP, for as long as the server runs; a reload that
 /// fails keeps the certificate in use and logs why.
 fn reload_on_sighup(
@@ -290,20 +341,36 @@ async fn serve(
     config: ServerConfig,
     state: web::Data<AppState>,
     store: Store,
-    listener: TcpListener,
-    tls: Option<Arc<tls::CertificateStore>>,
+    bound: Bound,
     clock: Clock,
     ready: impl FnOnce(actix_web::dev::ServerHandle),
 ) -> Result<(), ServeError> {
+    let Bound { listener, metrics_listener, tls, .. } = bound;
     let bind = |source| ServeError::Bind { addr: config.bind, source };
     let state_service = state.service.clone();
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(bind)?;
+            Some(
+                metrics_server(state.clone(), listener)
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
+    let metrics_handle = metrics.as_ref().map(|m| m.handle());
+    let metrics_task = metrics.map(actix_web::rt::spawn);
     let server = http_server(state, listener, config.workers, tls.as_ref())?;
     let reloading = match tls {
         Some(store) => Some(reload_on_sighup(store).map_err(bind)?),
         None => None,
     };
     let mut scheduler = if config.jobs {
-        Some(jobs::schedule(&config, store, clock).await.map_err(ServeError::Jobs)?)
+        Some(
+            jobs::schedule(&config, store, clock, state_service.metrics.clone())
+                .await
+                .map_err(ServeError::Jobs)?,
+        )
     } else {
         None
     };
@@ -320,6 +387,12 @@ async fn serve(
     });
     ready(server.handle());
     let result = server.await;
+    if let Some(handle) = metrics_handle {
+        handle.stop(true).await;
+    }
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     forgetting.abort();
     if let Some(reloading) = reloading {
         reloading.abort();
@@ -334,26 +407,16 @@ async fn serve(
 /// listens. For tests and for applications that embed the server.
 pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, ServeError> {
     let (state, store) = prepare(&config, clock.clone())?;
-    let tls = load_tls(&config)?;
-    let listener =
-        TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let bound = bind(&config)?;
+    let (addr, metrics_addr) = (bound.addr, bound.metrics_addr);
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(serve(
-            config,
-            state,
-            store,
-            listener,
-            tls,
-            clock,
-            move |handle| {
-                let _ = tx.send(handle);
-            },
-        ))
+        actix_web::rt::System::new().block_on(serve(config, state, store, bound, clock, move |handle| {
+            let _ = tx.send(handle);
+        }))
     });
     match rx.recv() {
-        Ok(handle) => Ok(Running { addr, handle, thread: Some(thread) }),
+        Ok(handle) => Ok(Running { addr, metrics_addr, handle, thread: Some(thread) }),
         // The thread ended before it was ready: its result says why.
         Err(_) => Err(match thread.join() {
             Ok(Err(e)) => e,
@@ -375,19 +438,16 @@ pub fn run(
 ) -> Result<(), ServeError> {
     let clock = system_clock();
     let (state, store) = prepare(&config, clock.clone())?;
-    let tls = load_tls(&config)?;
-    let listener =
-        TcpListener::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    let bound = bind(&config)?;
+    let addr = bound.addr;
     let (backend, issuing, banner_config) = (store.backend(), state.issuer.is_some(), config.clone());
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if bound.tls.is_some() { "https" } else { "http" };
     // Called once the jobs are scheduled and the server is about to accept connections.
     let ready = move |_| {
         listening(&banner_config, addr);
         tracing::info!(addr = %addr, scheme, backend = ?backend, issuing, "licensor server listening");
     };
-    let result =
-        actix_web::rt::System::new().block_on(serve(config, state, store, listener, tls, clock, ready));
+    let result = actix_web::rt::System::new().block_on(serve(config, state, store, bound, clock, ready));
     tracing::info!("licensor server stopped");
     result
 }

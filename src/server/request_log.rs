@@ -36,6 +36,7 @@ pub async fn middleware(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = request_id(&req);
+    let metrics = req.app_data::<actix_web::web::Data<super::AppState>>().map(|s| s.service.metrics.clone());
     let span = tracing::info_span!("request", request_id = %id);
     let method = req.method().clone();
     let quiet = matches!(req.path(), "/healthz" | "/readyz");
@@ -45,6 +46,9 @@ pub async fn middleware(
         let mut res = next.call(req).await?;
         if let Ok(value) = HeaderValue::from_str(&id) {
             res.headers_mut().insert(REQUEST_ID, value);
+        }
+        if let Some(metrics) = metrics {
+            metrics.answered(method.as_str(), &route, res.status().as_u16());
         }
         if !quiet {
             tracing::info!(

@@ -161,6 +161,8 @@ pub type PooledConnection = r2d2::PooledConnection<Manager>;
 pub struct Store {
     pool: r2d2::Pool<Manager>,
     backend: Backend,
+    /// Where the time spent waiting for a pooled connection is recorded, when anywhere.
+    pool_wait: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl std::fmt::Debug for Store {
@@ -253,7 +255,7 @@ impl Store {
             .connection_timeout(POOL_WAIT)
             .build(manager)
             .map_err(|e| StoreError::Connect(e.into()))?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, pool_wait: None })
     }
 
     /// The backend this store runs on.
@@ -263,7 +265,17 @@ impl Store {
 
     /// A connection from the pool (blocking: call from a blocking context).
     pub fn conn(&self) -> Result<PooledConnection, StoreError> {
-        Ok(self.pool.get()?)
+        let Some(wait) = &self.pool_wait else { return Ok(self.pool.get()?) };
+        let started = std::time::Instant::now();
+        let conn = self.pool.get();
+        wait.observe(started.elapsed().as_secs_f64());
+        Ok(conn?)
+    }
+
+    /// Records, from now on, how long each connection took to come from the pool (the
+    /// store's clones made afterwards record too).
+    pub fn record_pool_wait(&mut self, histogram: prometheus_client::metrics::histogram::Histogram) {
+        self.pool_wait = Some(histogram);
     }
 
     /// Whether the database answers a trivial query.

@@ -234,3 +234,17 @@ pub struct StoredBatch {
     pub errors: Vec<ErrorRow>,
     pub sessions: SessionRow,
 }
+
+impl StoredBatch {
+    /// The telemetry text this batch writes (environment, usage, routes, error groups, session
+    /// hours): what the stored-bytes metric counts, without keys and fixed-size columns.
+    pub fn text_bytes(&self) -> usize {
+        let b = &self.batch;
+        b.environment.len()
+            + b.dropped.len()
+            + self.events.usage.len()
+            + self.performance.routes.len()
+            + self.sessions.hourly.len()
+            + self.errors.iter().map(|e| e.error_type.len() + e.message.len() + e.stack.len()).sum::<usize>()
+    }
+}

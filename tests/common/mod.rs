@@ -162,6 +162,7 @@ impl Harness {
             public_insights: false,
             insights_min_installs: 10,
             tls: None,
+            metrics_bind: None,
             development: vec![],
             admin_token_generated: false,
             created: vec![],
