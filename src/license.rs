@@ -30,6 +30,7 @@ pub const MIN_CHECK_IN_INTERVAL_S: u64 = 60 * 60;
 pub const MAX_CHECK_IN_INTERVAL_S: u64 = 365 * 24 * 60 * 60;
 
 /// A license tier. Each fixes a check-in schedule, a grace period and the telemetry rule.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
@@ -99,6 +100,7 @@ impl FromStr for Tier {
 
 /// What a license key says. Field names are the wire format (see `docs/license-format.md`);
 /// changing one breaks every key already issued.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicensePayload {
     /// Payload format version, [`PAYLOAD_VERSION`].

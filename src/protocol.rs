@@ -30,6 +30,7 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
 /// The outcome of a check-in, as the server decides it.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckInStatus {
@@ -87,6 +88,7 @@ impl fmt::Display for CheckInStatus {
 
 /// `POST /v1/check-ins`, as the server reads it. The telemetry value is kept as the raw
 /// bytes received, because the acknowledgement carries their digest.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Deserialize)]
 pub struct CheckInRequest<'a> {
     pub license_key: String,
@@ -94,6 +96,7 @@ pub struct CheckInRequest<'a> {
     pub nonce: String,
     pub software_version: String,
     #[serde(default, borrow)]
+    #[cfg_attr(feature = "server", schema(value_type = Option<TelemetryBatch>))]
     pub telemetry: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     pub telemetry_disabled: bool,
@@ -115,6 +118,7 @@ pub struct OutgoingCheckIn<'a> {
 
 /// `POST /v1/deactivations`: an instance releases its seat, proven by its license key and the
 /// last lease the server signed for it.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeactivationRequest {
     pub license_key: String,
@@ -125,6 +129,7 @@ pub struct DeactivationRequest {
 }
 
 /// The answer to a deactivation.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeactivationResponse {
     /// `RECEIPT1.`, signed: the client believes nothing else of this answer.
@@ -135,6 +140,7 @@ pub struct DeactivationResponse {
 }
 
 /// The answer to every well-formed check-in.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckInResponse {
     pub status: CheckInStatus,
@@ -158,6 +164,7 @@ pub struct CheckInResponse {
 }
 
 /// The server's acknowledgement of a batch.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TelemetryAck {
     pub batch_id: Uuid,
@@ -170,11 +177,13 @@ pub struct TelemetryAck {
 }
 
 /// The error body every non-200 answer carries.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
@@ -217,6 +226,7 @@ pub fn valid_nonce(nonce: &str) -> bool {
 }
 
 /// A telemetry batch, schema 1.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryBatch {
     pub schema: u32,
@@ -242,6 +252,7 @@ pub struct TelemetryBatch {
     pub redactions: BTreeMap<String, u64>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     pub app_version: String,
@@ -257,6 +268,7 @@ pub struct Environment {
 }
 
 /// How many users an install has, as a range so no exact figure leaves it.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum UserCountRange {
     #[serde(rename = "1-10")]
@@ -304,6 +316,7 @@ impl UserCountRange {
     }
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncStatus {
@@ -322,6 +335,7 @@ impl SyncStatus {
     }
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
@@ -344,6 +358,7 @@ impl Health {
     }
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageKind {
@@ -371,6 +386,7 @@ impl UsageKind {
     }
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageCount {
     pub kind: UsageKind,
@@ -378,6 +394,7 @@ pub struct UsageCount {
     pub count: u64,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutePerformance {
     pub method: String,
@@ -393,6 +410,7 @@ pub struct RoutePerformance {
     pub sketch: String,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorGroup {
     pub fingerprint: String,
@@ -408,6 +426,7 @@ pub struct ErrorGroup {
     pub last_seen: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Sessions {
     pub count: u64,
@@ -415,6 +434,7 @@ pub struct Sessions {
     pub hourly: [u64; 24],
 }
 
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Dropped {
     #[serde(default)]

@@ -3,8 +3,8 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Duration;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::auth::Admin;
 use super::error::ApiError;
@@ -13,18 +13,37 @@ use super::{blocking, AppState};
 use crate::license::{self, Expiry, LicensePayload, LicenseRequest, Tier};
 use crate::store;
 
-pub(super) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+/// The answer of the health probes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Probe {
+    /// `ok` (the process serves) or `ready` (a check-in could be recorded now).
+    status: &'static str,
 }
 
+/// Whether the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Probe)))]
+pub(super) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Probe { status: "ok" })
+}
+
+/// Whether a check-in could be recorded now: the database answers, its schema is there, and a
+/// rolled-back write goes through.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, body = Probe),
+    (status = 503, description = "The database cannot record a check-in now", body = crate::protocol::ErrorBody),
+))]
 pub(super) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     // Ready means a check-in could be recorded now, not merely that a connection opens.
     blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+    Ok(HttpResponse::Ok().json(Probe { status: "ready" }))
 }
 
 /// `GET /metrics` on the main address: the server's metrics, for an admin token.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("admin_token" = [])), responses(
+    (status = 200, description = "The server's metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+    (status = 401, description = "No valid admin token", body = crate::protocol::ErrorBody),
+))]
 pub(super) async fn metrics(_admin: Admin, state: web::Data<AppState>) -> HttpResponse {
     metrics_text(&state)
 }
@@ -47,6 +66,19 @@ pub(super) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
+/// A deployment checks in: its license is judged, its telemetry batch recorded once, and the
+/// answer carries a lease signed by the server and bound to the request's nonce.
+#[utoipa::path(post, path = "/v1/check-ins", tag = "check-ins",
+    request_body(content = crate::protocol::CheckInRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Judged and recorded; `status` says how", body = crate::protocol::CheckInResponse),
+        (status = 400, description = "The request or its batch is not valid", body = crate::protocol::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = crate::protocol::ErrorBody),
+        (status = 413, description = "The body is too large", body = crate::protocol::ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = crate::protocol::ErrorBody),
+        (status = 429, description = "Over a rate limit; see Retry-After", body = crate::protocol::ErrorBody),
+        (status = 503, description = "The check-in could not be recorded now; retry", body = crate::protocol::ErrorBody),
+    ))]
 pub(super) async fn check_in(
     _admitted: AddressAdmitted,
     state: web::Data<AppState>,
@@ -71,6 +103,17 @@ pub(super) async fn check_in(
 
 /// An instance releases its own seat (a deployment being decommissioned), proven by its
 /// license key and the last lease the server signed for it; answered with a signed receipt.
+#[utoipa::path(post, path = "/v1/deactivations", tag = "check-ins",
+    request_body(content = crate::protocol::DeactivationRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A receipt signed by the server", body = crate::protocol::DeactivationResponse),
+        (status = 400, description = "The request, key or lease is not valid", body = crate::protocol::ErrorBody),
+        (status = 408, body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        (status = 429, body = crate::protocol::ErrorBody),
+        (status = 503, body = crate::protocol::ErrorBody),
+    ))]
 pub(super) async fn deactivate(
     _admitted: AddressAdmitted,
     state: web::Data<AppState>,
@@ -91,7 +134,7 @@ pub(super) async fn deactivate(
 }
 
 /// The body of an admin `POST /v1/admin/licenses`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IssueBody {
     tier: Tier,
@@ -104,6 +147,7 @@ pub(super) struct IssueBody {
     #[serde(default)]
     not_before: Option<String>,
     #[serde(default = "one")]
+    #[schema(default = 1)]
     seats: u32,
     #[serde(default)]
     features: Vec<String>,
@@ -129,6 +173,39 @@ fn issuer(state: &AppState, what: &str) -> Result<std::sync::Arc<crate::keys::Si
     })
 }
 
+/// A license key and what it says.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct IssuedLicense {
+    /// The `LIC1` key to hand to the customer.
+    license_key: String,
+    payload: LicensePayload,
+}
+
+/// The answers every admin route may give besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub(super) enum AdminErrors {
+    /// The request is not valid.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] crate::protocol::ErrorBody),
+    /// No valid admin token.
+    #[response(status = 401)]
+    Unauthorized(crate::protocol::ErrorBody),
+    /// The database is out of reach; retry.
+    #[response(status = 503)]
+    Unavailable(crate::protocol::ErrorBody),
+}
+
+/// Issues a license with the server's issuing key.
+#[utoipa::path(post, path = "/v1/admin/licenses", tag = "licenses", security(("admin_token" = [])),
+    request_body(content = IssueBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued", body = IssuedLicense),
+        (status = 409, description = "The server holds no issuing key", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        AdminErrors,
+    ))]
 pub(super) async fn issue_license(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -162,11 +239,11 @@ pub(super) async fn issue_license(
     row.issued_here = true;
     blocking(move || store.insert_issued_license(&row).map_err(ApiError::from)).await?;
     tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
-    Ok(HttpResponse::Created().json(json!({ "license_key": issued.key, "payload": issued.payload })))
+    Ok(HttpResponse::Created().json(IssuedLicense { license_key: issued.key, payload: issued.payload }))
 }
 
 /// What `PATCH /v1/admin/licenses/{license_id}` changes; at least one field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateBody {
     /// RFC 3339: the new expiry.
@@ -184,6 +261,17 @@ pub(super) struct UpdateBody {
 
 /// Renews or changes a license: a new key for the same license id, signed with the issuing
 /// key, which the next check-in of each of its instances delivers (see `checkin`).
+#[utoipa::path(patch, path = "/v1/admin/licenses/{license_id}", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path, description = "The license's id (a UUID)")),
+    request_body(content = UpdateBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The successor key, delivered by the next check-ins", body = IssuedLicense),
+        (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
+        (status = 409, description = "No issuing key, the license not seen yet, or changed meanwhile", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        AdminErrors,
+    ))]
 pub(super) async fn update_license(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -213,7 +301,7 @@ pub(super) async fn update_license(
     let (store, now) = (state.store.clone(), (state.clock)());
     let renewed = blocking(move || renew(&store, &issuer, &license_id, changes, now)).await?;
     tracing::info!(license_id = %renewed.payload.license_id, "license renewed");
-    Ok(HttpResponse::Ok().json(json!({ "license_key": renewed.key, "payload": renewed.payload })))
+    Ok(HttpResponse::Ok().json(IssuedLicense { license_key: renewed.key, payload: renewed.payload }))
 }
 
 /// Issues the successor of a license's newest key with `changes` and makes it the license's
@@ -259,8 +347,9 @@ pub(crate) fn renew(
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LicenseListQuery {
     #[serde(default)]
     limit: Option<usize>,
@@ -275,8 +364,9 @@ pub(super) struct LicenseListQuery {
     search: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct InstanceListQuery {
     #[serde(default)]
     limit: Option<usize>,
@@ -304,6 +394,18 @@ fn page(limit: Option<usize>, cursor: Option<&str>) -> Result<(usize, Option<sto
     Ok((limit, cursor))
 }
 
+/// A page of licenses.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LicensePage {
+    licenses: Vec<store::LicenseRecord>,
+    /// Where the next page starts (`cursor=`); absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The licenses this server knows, newest first.
+#[utoipa::path(get, path = "/v1/admin/licenses", tag = "licenses", security(("admin_token" = [])),
+    params(LicenseListQuery),
+    responses((status = 200, body = LicensePage), AdminErrors))]
 pub(super) async fn list_licenses(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -321,16 +423,33 @@ pub(super) async fn list_licenses(
         blocking(move || store.list_licenses(now, &filter, limit, cursor.as_ref()).map_err(ApiError::from))
             .await?;
     let next_cursor = page.next.as_ref().map(store::Cursor::encode);
-    Ok(HttpResponse::Ok().json(json!({ "licenses": page.items, "next_cursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(LicensePage { licenses: page.items, next_cursor }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RevokeBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// A license's revocation as it now stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Revocation {
+    license_id: String,
+    revoked: bool,
+}
+
+/// Revokes a license (one not seen yet too): its instances' next check-ins answer `revoked`.
+#[utoipa::path(post, path = "/v1/admin/licenses/{license_id}/revoke", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path, description = "The license's id (a UUID)")),
+    request_body(content = Option<RevokeBody>, content_type = "application/json", description = "Optional: the reason"),
+    responses(
+        (status = 200, body = Revocation),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        AdminErrors,
+    ))]
 pub(super) async fn revoke_license(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -348,6 +467,14 @@ pub(super) async fn revoke_license(
     set_revocation(state, license_id, Some(reason)).await
 }
 
+/// Lifts a license's revocation.
+#[utoipa::path(post, path = "/v1/admin/licenses/{license_id}/reinstate", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path, description = "The license's id")),
+    responses(
+        (status = 200, body = Revocation),
+        (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
+        AdminErrors,
+    ))]
 pub(super) async fn reinstate_license(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -385,9 +512,21 @@ async fn set_revocation(
         return Err(ApiError::NotFound(format!("no license {license_id:?} is known to this server")));
     }
     tracing::info!(license_id = %license_id, revoked, "license revocation changed");
-    Ok(HttpResponse::Ok().json(json!({ "license_id": license_id, "revoked": revoked })))
+    Ok(HttpResponse::Ok().json(Revocation { license_id, revoked }))
 }
 
+/// A page of instances.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct InstancePage {
+    instances: Vec<store::InstanceRecord>,
+    /// Where the next page starts (`cursor=`); absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The instances that checked in, most recent first.
+#[utoipa::path(get, path = "/v1/admin/instances", tag = "instances", security(("admin_token" = [])),
+    params(InstanceListQuery),
+    responses((status = 200, body = InstancePage), AdminErrors))]
 pub(super) async fn list_instances(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -403,17 +542,20 @@ pub(super) async fn list_instances(
         blocking(move || store.list_instances(&filter, limit, cursor.as_ref()).map_err(ApiError::from))
             .await?;
     let next_cursor = page.next.as_ref().map(store::Cursor::encode);
-    Ok(HttpResponse::Ok().json(json!({ "instances": page.items, "next_cursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(InstancePage { instances: page.items, next_cursor }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SummaryQuery {
     instance_id: String,
     /// Needed only when instances of this id exist under several licenses.
     #[serde(default)]
     license_id: Option<String>,
+    /// The window, in hours up to now (1 to 2160).
     #[serde(default = "day")]
+    #[param(default = 24)]
     hours: u32,
 }
 
@@ -424,6 +566,16 @@ fn day() -> u32 {
 /// The longest window of an instance's telemetry summary: the raw tables' default retention.
 const MAX_INSTANCE_SUMMARY_HOURS: u32 = 90 * 24;
 
+/// One instance's telemetry over the last hours: usage, routes with merged percentiles,
+/// error groups, sessions.
+#[utoipa::path(get, path = "/v1/admin/telemetry/summary", tag = "instances", security(("admin_token" = [])),
+    params(SummaryQuery),
+    responses(
+        (status = 200, body = store::TelemetrySummary),
+        (status = 404, description = "No such instance", body = crate::protocol::ErrorBody),
+        (status = 409, description = "Several licenses have an instance of that id", body = crate::protocol::ErrorBody),
+        AdminErrors,
+    ))]
 pub(super) async fn telemetry_summary(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -469,14 +621,27 @@ fn one_license_of(store: &store::Store, instance_id: &str, named: Option<&str>) 
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EraseQuery {
     /// Only that license's instance of this id; by default, every license's.
     #[serde(default)]
     license_id: Option<String>,
 }
 
+/// What an erasure removed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Erased {
+    instance_id: String,
+    /// Rows removed, by table.
+    removed: BTreeMap<&'static str, usize>,
+}
+
+/// Erases an instance's telemetry (a data subject's request, a customer leaving).
+#[utoipa::path(delete, path = "/v1/admin/instances/{instance_id}/telemetry", tag = "instances", security(("admin_token" = [])),
+    params(("instance_id" = String, Path), EraseQuery),
+    responses((status = 200, body = Erased), AdminErrors))]
 pub(super) async fn erase_telemetry(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -489,11 +654,29 @@ pub(super) async fn erase_telemetry(
     let removed =
         blocking(move || store.erase_telemetry(&id, license.as_deref()).map_err(ApiError::from)).await?;
     tracing::info!(instance_id = %instance_id, "instance telemetry erased");
-    Ok(HttpResponse::Ok().json(json!({ "instance_id": instance_id, "removed": removed })))
+    Ok(HttpResponse::Ok().json(Erased { instance_id, removed }))
+}
+
+/// A released instance.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Released {
+    license_id: String,
+    instance_id: String,
+    released: bool,
+    /// Whether it held a seat until now.
+    held_seat: bool,
 }
 
 /// Frees an instance's seat at once: its row goes, so its next check-in is answered as a new
 /// instance's. Its telemetry and check-in history stay.
+#[utoipa::path(delete, path = "/v1/admin/licenses/{license_id}/instances/{instance_id}", tag = "instances",
+    security(("admin_token" = [])),
+    params(("license_id" = String, Path), ("instance_id" = String, Path)),
+    responses(
+        (status = 200, body = Released),
+        (status = 404, description = "The license has no such instance", body = crate::protocol::ErrorBody),
+        AdminErrors,
+    ))]
 pub(super) async fn release_instance(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -508,7 +691,5 @@ pub(super) async fn release_instance(
         return Err(ApiError::NotFound(format!("license {license_id:?} has no instance {instance_id:?}")));
     };
     tracing::info!(license_id = %license_id, instance_id = %instance_id, "instance released");
-    Ok(HttpResponse::Ok().json(json!({
-        "license_id": license_id, "instance_id": instance_id, "released": true, "held_seat": held_seat
-    })))
+    Ok(HttpResponse::Ok().json(Released { license_id, instance_id, released: true, held_seat }))
 }

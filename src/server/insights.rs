@@ -5,8 +5,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::NaiveDate;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
 use super::error::ApiError;
@@ -19,7 +18,7 @@ pub const MAX_DAYS: u32 = 365;
 pub const DEFAULT_DAYS: u32 = 30;
 
 /// How a view answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -28,50 +27,64 @@ pub enum Format {
 }
 
 /// The query every view takes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ViewQuery {
     #[serde(default)]
     days: Option<u32>,
+    /// json (the default) or csv.
     #[serde(default)]
+    #[param(inline)]
     format: Format,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UsageQuery {
     #[serde(default)]
     days: Option<u32>,
+    /// json (the default) or csv.
     #[serde(default)]
+    #[param(inline)]
     format: Format,
+    /// feature, api_call (or api), command or ui_action.
     kind: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ErrorsQuery {
     #[serde(default)]
     days: Option<u32>,
+    /// json (the default) or csv.
     #[serde(default)]
+    #[param(inline)]
     format: Format,
     /// Only the groups first seen since this version first ran.
     #[serde(default)]
     since_version: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LicensesQuery {
     #[serde(default)]
     days: Option<u32>,
+    /// json (the default) or csv.
     #[serde(default)]
+    #[param(inline)]
     format: Format,
     #[serde(default)]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DetailQuery {
     #[serde(default)]
     days: Option<u32>,
@@ -347,6 +360,16 @@ async fn view<V: serde::Serialize + Send + 'static>(
     answer(name, &period, format, &view, table)
 }
 
+/// Active instances per day, by tier and version; new and lapsed instances; check-in outcomes.
+#[utoipa::path(get, path = "/v1/admin/insights/overview", tag = "insights", security(("admin_token" = [])),
+    params(ViewQuery),
+    responses(
+        (status = 200, description = "The view as JSON, or with format=csv its table as CSV", content(
+            (store::Overview = "application/json"),
+            (String = "text/csv; charset=utf-8"),
+        )),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn overview(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -355,6 +378,16 @@ pub(super) async fn overview(
     view(&state, q.days, q.format, "overview", |s, p| s.insights_overview(p), tables::overview).await
 }
 
+/// Usage of one kind per name: counts, installs, share of active installs, change, and what rises.
+#[utoipa::path(get, path = "/v1/admin/insights/usage", tag = "insights", security(("admin_token" = [])),
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The view as JSON, or with format=csv its table as CSV", content(
+            (store::Usage = "application/json"),
+            (String = "text/csv; charset=utf-8"),
+        )),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn usage(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -365,6 +398,16 @@ pub(super) async fn usage(
     view(&state, q.days, q.format, &name, move |s, p| s.insights_usage(p, kind), tables::usage).await
 }
 
+/// Per route: requests, error rate and merged percentiles, overall and by version.
+#[utoipa::path(get, path = "/v1/admin/insights/performance", tag = "insights", security(("admin_token" = [])),
+    params(ViewQuery),
+    responses(
+        (status = 200, description = "The view as JSON, or with format=csv its table as CSV", content(
+            (store::Performance = "application/json"),
+            (String = "text/csv; charset=utf-8"),
+        )),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn performance(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -373,6 +416,16 @@ pub(super) async fn performance(
     view(&state, q.days, q.format, "performance", |s, p| s.insights_performance(p), tables::performance).await
 }
 
+/// Error groups across installs, and which are new since a version.
+#[utoipa::path(get, path = "/v1/admin/insights/errors", tag = "insights", security(("admin_token" = [])),
+    params(ErrorsQuery),
+    responses(
+        (status = 200, description = "The view as JSON, or with format=csv its table as CSV", content(
+            (store::Errors = "application/json"),
+            (String = "text/csv; charset=utf-8"),
+        )),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn errors(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -383,6 +436,16 @@ pub(super) async fn errors(
     view(&state, q.days, q.format, "errors", read, tables::errors).await
 }
 
+/// Organisation sizes, modules, OS and architecture, health and uptime.
+#[utoipa::path(get, path = "/v1/admin/insights/environment", tag = "insights", security(("admin_token" = [])),
+    params(ViewQuery),
+    responses(
+        (status = 200, description = "The view as JSON, or with format=csv its table as CSV", content(
+            (store::EnvironmentView = "application/json"),
+            (String = "text/csv; charset=utf-8"),
+        )),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn environment(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -391,6 +454,16 @@ pub(super) async fn environment(
     view(&state, q.days, q.format, "environment", |s, p| s.insights_environment(p), tables::environment).await
 }
 
+/// Seat use per license, licenses at risk, expirations per week ahead.
+#[utoipa::path(get, path = "/v1/admin/insights/licenses", tag = "insights", security(("admin_token" = [])),
+    params(LicensesQuery),
+    responses(
+        (status = 200, description = "The view as JSON, or with format=csv its table as CSV", content(
+            (store::LicensesView = "application/json"),
+            (String = "text/csv; charset=utf-8"),
+        )),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn licenses(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -406,6 +479,13 @@ pub(super) async fn licenses(
 }
 
 /// `GET /v1/admin/licenses/{license_id}`: one license, its instances, history and telemetry.
+#[utoipa::path(get, path = "/v1/admin/licenses/{license_id}", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path), DetailQuery),
+    responses(
+        (status = 200, body = store::LicenseDetail),
+        (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn license_detail(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -423,14 +503,34 @@ pub(super) async fn license_detail(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RunBody {
     /// The day to roll up, `YYYY-MM-DD` (UTC); not after today.
     day: String,
 }
 
+/// A job run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct JobRun {
+    job: &'static str,
+    /// What the run was claimed under (the day, for the roll-up).
+    run_key: String,
+    /// What it did.
+    outcome: String,
+    duration_ms: u64,
+}
+
 /// `POST /v1/admin/jobs/rollup/runs`: rolls up a day now, claimed like the nightly run.
+#[utoipa::path(post, path = "/v1/admin/jobs/rollup/runs", tag = "jobs", security(("admin_token" = [])),
+    request_body(content = RunBody, content_type = "application/json"),
+    responses(
+        (status = 200, body = JobRun),
+        (status = 409, description = "A run of that day is under way", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        super::handlers::AdminErrors,
+    ))]
 pub(super) async fn run_rollup(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -454,12 +554,12 @@ pub(super) async fn run_rollup(
     match result? {
         super::jobs::RunOutcome::Ran(outcome) => {
             tracing::info!(job = super::jobs::ROLLUP, %day, "job run on request: {outcome}");
-            Ok(HttpResponse::Ok().json(json!({
-                "job": super::jobs::ROLLUP,
-                "run_key": day.to_string(),
-                "outcome": outcome,
-                "duration_ms": started.elapsed().as_millis() as u64,
-            })))
+            Ok(HttpResponse::Ok().json(JobRun {
+                job: super::jobs::ROLLUP,
+                run_key: day.to_string(),
+                outcome,
+                duration_ms: started.elapsed().as_millis() as u64,
+            }))
         }
         super::jobs::RunOutcome::Skipped => Err(ApiError::Conflict {
             code: "job_running",

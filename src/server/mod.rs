@@ -12,6 +12,7 @@ pub(crate) mod extract;
 mod handlers;
 pub mod insights;
 pub mod jobs;
+pub mod openapi;
 pub mod public;
 mod request_log;
 pub mod tls;
@@ -75,6 +76,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)))
         .service(resource("/metrics").route(web::get().to(handlers::metrics)))
+        .service(resource("/openapi.json").route(web::get().to(openapi::openapi_json)))
         .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
         .service(resource("/v1/deactivations").route(web::post().to(handlers::deactivate)))
         .service(
@@ -121,6 +123,15 @@ fn dashboard_routes(cfg: &mut web::ServiceConfig) {
     use dashboard::handlers as d;
     cfg.service(
         web::scope("/admin")
+            // A query or form that does not read gets the dashboard's own error page, not the
+            // API's JSON.
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                dashboard::DashboardError::BadRequest(format!("the address's query does not read: {e}"))
+                    .into()
+            }))
+            .app_data(web::FormConfig::default().error_handler(|e, _| {
+                dashboard::DashboardError::BadRequest(format!("the form does not read: {e}")).into()
+            }))
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()
                     .add(("content-security-policy", dashboard::CONTENT_SECURITY_POLICY))

@@ -108,6 +108,12 @@ async fn current(state: &AppState) -> Result<Arc<Rendered>, ApiError> {
     Ok(rendered)
 }
 
+/// The public, k-anonymous fleet figures (only when the operator publishes them).
+#[utoipa::path(get, path = "/v1/insights", tag = "public", responses(
+    (status = 200, body = crate::store::PublicInsights),
+    (status = 404, description = "The operator does not publish insights", body = crate::protocol::ErrorBody),
+    (status = 503, body = crate::protocol::ErrorBody),
+))]
 pub async fn json(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let r = current(&state).await?;
     Ok(HttpResponse::Ok()
@@ -116,6 +122,12 @@ pub async fn json(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         .body(r.json.clone()))
 }
 
+/// The public insights as a page.
+#[utoipa::path(get, path = "/insights", tag = "public", responses(
+    (status = 200, description = "The page", content_type = "text/html; charset=utf-8", body = String),
+    (status = 404, description = "The operator does not publish insights", body = crate::protocol::ErrorBody),
+    (status = 503, body = crate::protocol::ErrorBody),
+))]
 pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let r = current(&state).await?;
     Ok(HttpResponse::Ok()

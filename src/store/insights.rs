@@ -358,7 +358,7 @@ pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<u
 
 /// The days a view covers: the `days` whole UTC days before `today` (the roll-ups hold whole
 /// days, rolled up after they end).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Period {
     /// The first day (inclusive).
     pub from: NaiveDate,
@@ -382,13 +382,13 @@ impl Period {
 
 /// The overview: installs active per day, by tier and version, new and lapsed, and check-in
 /// outcomes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub period: Period,
     pub days: Vec<OverviewDay>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
 pub struct OverviewDay {
     pub day: NaiveDate,
     pub active: i64,
@@ -403,7 +403,7 @@ pub struct OverviewDay {
 }
 
 /// Usage of one kind (features, API calls, commands or UI actions) across installs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub period: Period,
     pub kind: String,
@@ -414,7 +414,7 @@ pub struct Usage {
     pub rising: Vec<NameUsage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NameUsage {
     pub name: String,
     pub count: i64,
@@ -429,20 +429,20 @@ pub struct NameUsage {
 }
 
 /// Request performance per route, overall and by version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Performance {
     pub period: Period,
     pub routes: Vec<RoutePerformanceView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RoutePerformanceView {
     #[serde(flatten)]
     pub overall: RouteFigures,
     pub by_version: BTreeMap<String, RouteFigures>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RouteFigures {
     pub method: String,
     pub route: String,
@@ -474,7 +474,7 @@ impl From<RouteSummary> for RouteFigures {
 }
 
 /// Error groups across installs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Errors {
     pub period: Period,
     /// When given: only the groups first seen since this version first ran anywhere.
@@ -482,7 +482,7 @@ pub struct Errors {
     pub groups: Vec<ErrorGroupView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorGroupView {
     pub fingerprint: String,
     #[serde(rename = "type")]
@@ -500,7 +500,7 @@ pub struct ErrorGroupView {
 }
 
 /// The fleet's environment on the period's last rolled-up day.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EnvironmentView {
     pub period: Period,
     /// The day the figures are of (`null` when nothing was rolled up in the period).
@@ -516,7 +516,7 @@ pub struct EnvironmentView {
     pub uptime_hours_mean: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Share {
     pub name: String,
     pub installs: i64,
@@ -524,7 +524,7 @@ pub struct Share {
 }
 
 /// Seat use per license and the licenses that need attention.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LicensesView {
     pub period: Period,
     pub licenses: Vec<SeatUse>,
@@ -533,7 +533,7 @@ pub struct LicensesView {
     pub expirations_per_week: Vec<WeekExpirations>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SeatUse {
     pub license_id: String,
     pub licensee: String,
@@ -546,7 +546,7 @@ pub struct SeatUse {
     pub peak: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
 pub struct AtRisk {
     /// Licenses with instances past their check-in time.
     pub overdue: Vec<RiskEntry>,
@@ -560,7 +560,7 @@ pub struct AtRisk {
     pub telemetry_refused: Vec<RiskEntry>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RiskEntry {
     pub license_id: String,
     pub licensee: String,
@@ -570,7 +570,7 @@ pub struct RiskEntry {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WeekExpirations {
     pub week_start: NaiveDate,
     pub licenses: i64,
@@ -1122,7 +1122,7 @@ impl Store {
 }
 
 /// One license as the vendor's console shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LicenseDetail {
     pub license: super::LicenseRecord,
     /// The payload of the license's newest key, when this server holds one.
@@ -1137,7 +1137,7 @@ pub struct LicenseDetail {
     pub telemetry: LicenseTelemetry,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     pub instance_id: String,
@@ -1146,7 +1146,7 @@ pub struct HistoryEntry {
 }
 
 /// A license's telemetry over a period, from the roll-ups.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LicenseTelemetry {
     pub period: Period,
     /// Usage per kind and name across the license's installs, the most used first (at most 100).

@@ -10,7 +10,7 @@ use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
 
 /// A license as the admin API lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LicenseRecord {
     pub license_id: String,
     pub kid: String,
@@ -71,7 +71,7 @@ impl LicenseRecord {
 }
 
 /// An instance as the admin API lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InstanceRecord {
     pub instance_id: String,
     pub license_id: String,

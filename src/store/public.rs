@@ -21,7 +21,7 @@ use super::{Store, StoreError};
 pub const OTHER: &str = "other";
 
 /// What the public page shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PublicInsights {
     pub generated_at: DateTime<Utc>,
     pub period: Period,
@@ -49,7 +49,7 @@ pub struct PublicInsights {
 
 /// One published figure: a name (or [`OTHER`]) with its distinct installs, their share, and
 /// for usage a count.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PublicFigure {
     pub name: String,
     pub installs: i64,
@@ -59,7 +59,7 @@ pub struct PublicFigure {
     pub count: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rising {
     pub kind: String,
     pub name: String,

@@ -133,7 +133,7 @@ fn merge_fingerprints(rows: &[ErrorRow]) -> Vec<ErrorRow> {
 }
 
 /// One instance's telemetry over a window, as the admin API answers it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TelemetrySummary {
     pub instance_id: String,
     pub since: DateTime<Utc>,
@@ -145,14 +145,14 @@ pub struct TelemetrySummary {
     pub sessions: SessionSummary,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FeatureSummary {
     pub kind: String,
     pub name: String,
     pub count: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RouteSummary {
     pub method: String,
     pub route: String,
@@ -168,7 +168,7 @@ pub struct RouteSummary {
 }
 
 /// How a summary's percentiles were found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Percentiles {
     /// From the batches' sketches merged: within the sketch's 1% relative error.
@@ -178,7 +178,7 @@ pub enum Percentiles {
     WeightedAverage,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ErrorSummary {
     pub fingerprint: String,
     #[serde(rename = "type")]
@@ -190,7 +190,7 @@ pub struct ErrorSummary {
     pub last_seen: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 pub struct SessionSummary {
     pub count: i64,
     pub total_duration_s: i64,

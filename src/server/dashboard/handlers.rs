@@ -88,6 +88,52 @@ pub struct ErrorPage {
     pub message: String,
 }
 
+/// What a dashboard page answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub enum PageResponses {
+    /// The page.
+    #[response(status = 200, content_type = "text/html; charset=utf-8")]
+    Page(String),
+    /// No session: to `/admin/sign-in`.
+    #[response(status = 303)]
+    SignIn,
+    /// The query is not valid (a page saying why).
+    #[response(status = 400, content_type = "text/html; charset=utf-8")]
+    BadRequest(String),
+    /// Nothing of that name (a page saying so).
+    #[response(status = 404, content_type = "text/html; charset=utf-8")]
+    NotFound(String),
+    /// The database is out of reach (a page saying so).
+    #[response(status = 503, content_type = "text/html; charset=utf-8")]
+    Unavailable(String),
+}
+
+/// What a dashboard form answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub enum FormResponses {
+    /// Done: to the page it changed; or no session: to `/admin/sign-in`.
+    #[response(status = 303)]
+    Done,
+    /// The form is not valid (a page saying why).
+    #[response(status = 400, content_type = "text/html; charset=utf-8")]
+    BadRequest(String),
+    /// The form's token (`csrf`) is missing or stale, or it came from another site.
+    #[response(status = 403, content_type = "text/html; charset=utf-8")]
+    Forbidden(String),
+    /// Nothing of that name.
+    #[response(status = 404, content_type = "text/html; charset=utf-8")]
+    NotFound(String),
+    /// The database is out of reach.
+    #[response(status = 503, content_type = "text/html; charset=utf-8")]
+    Unavailable(String),
+}
+
+/// The dashboard's stylesheet (the only asset; no other origin is ever asked for anything).
+#[utoipa::path(get, path = "/admin/assets/dashboard.css", tag = "dashboard", responses(
+    (status = 200, content_type = "text/css; charset=utf-8", body = String),
+))]
 pub async fn stylesheet() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
@@ -95,6 +141,10 @@ pub async fn stylesheet() -> HttpResponse {
         .body(super::STYLESHEET)
 }
 
+/// The dashboard: to the overview (or, without a session, to sign in).
+#[utoipa::path(get, path = "/admin/", tag = "dashboard", security(("dashboard_session" = [])), responses(
+    (status = 303, description = "To /admin/overview, or without a session to /admin/sign-in"),
+))]
 pub async fn index(_session: Session) -> HttpResponse {
     see_other("/admin/overview")
 }
@@ -105,11 +155,15 @@ pub struct SignInPage {
     pub error: Option<String>,
 }
 
+/// The sign-in page.
+#[utoipa::path(get, path = "/admin/sign-in", tag = "dashboard", responses(
+    (status = 200, content_type = "text/html; charset=utf-8", body = String),
+))]
 pub async fn sign_in_form() -> Page {
     html(&SignInPage { error: None })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SignInBody {
     token: String,
 }
@@ -117,6 +171,16 @@ pub struct SignInBody {
 /// Signs in with the admin token: a new session, its cookie, and the overview. Counted against
 /// the client address's rate limit first, like a check-in, so the token cannot be guessed at
 /// speed.
+/// Signs in with the admin token: a session cookie, then the overview.
+#[utoipa::path(post, path = "/admin/sign-in", tag = "dashboard",
+    request_body(content = SignInBody, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: a session cookie, and to the overview"),
+        (status = 400, description = "The form does not read", content_type = "text/html; charset=utf-8", body = String),
+        (status = 401, description = "Not the admin token: the sign-in page again", content_type = "text/html; charset=utf-8", body = String),
+        (status = 429, description = "Over the address's rate limit", body = crate::protocol::ErrorBody),
+        (status = 503, content_type = "text/html; charset=utf-8", body = String),
+    ))]
 pub async fn sign_in(
     _admitted: AddressAdmitted,
     req: HttpRequest,
@@ -148,6 +212,10 @@ pub async fn sign_in(
     Ok(response)
 }
 
+/// Ends the session.
+#[utoipa::path(post, path = "/admin/sign-out", tag = "dashboard", security(("dashboard_session" = [])),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "The form token: `csrf`"),
+    responses(FormResponses))]
 pub async fn sign_out(req: HttpRequest, state: web::Data<AppState>, form: Form<session::Token>) -> Page {
     let store = state.store.clone();
     let hash = form.session.token_hash.clone();
@@ -157,7 +225,8 @@ pub async fn sign_out(req: HttpRequest, state: web::Data<AppState>, form: Form<s
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DaysQuery {
     #[serde(default)]
@@ -176,6 +245,9 @@ pub struct OverviewPage {
     pub statuses: Vec<String>,
 }
 
+/// Active instances, adoption and outcomes, as charts and tables.
+#[utoipa::path(get, path = "/admin/overview", tag = "dashboard", security(("dashboard_session" = [])),
+    params(DaysQuery), responses(PageResponses))]
 pub async fn overview(session: Session, state: web::Data<AppState>, q: web::Query<DaysQuery>) -> Page {
     let period = period(&state, q.days)?;
     let store = state.store.clone();
@@ -215,7 +287,8 @@ pub async fn overview(session: Session, state: web::Data<AppState>, q: web::Quer
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     #[serde(default)]
@@ -235,6 +308,9 @@ pub struct UsagePage {
     pub view: store::Usage,
 }
 
+/// Usage per name of one kind.
+#[utoipa::path(get, path = "/admin/usage", tag = "dashboard", security(("dashboard_session" = [])),
+    params(UsageQuery), responses(PageResponses))]
 pub async fn usage(session: Session, state: web::Data<AppState>, q: web::Query<UsageQuery>) -> Page {
     let period = period(&state, q.days)?;
     let kind = usage_kind(q.kind.as_deref().unwrap_or("feature"))?;
@@ -266,6 +342,9 @@ pub struct PerformancePage {
     pub view: store::Performance,
 }
 
+/// Routes: requests, errors, percentiles.
+#[utoipa::path(get, path = "/admin/performance", tag = "dashboard", security(("dashboard_session" = [])),
+    params(DaysQuery), responses(PageResponses))]
 pub async fn performance(session: Session, state: web::Data<AppState>, q: web::Query<DaysQuery>) -> Page {
     let period = period(&state, q.days)?;
     let store = state.store.clone();
@@ -285,7 +364,8 @@ pub async fn performance(session: Session, state: web::Data<AppState>, q: web::Q
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsQuery {
     #[serde(default)]
@@ -303,6 +383,9 @@ pub struct ErrorsPage {
     pub view: store::Errors,
 }
 
+/// Error groups across installs.
+#[utoipa::path(get, path = "/admin/errors", tag = "dashboard", security(("dashboard_session" = [])),
+    params(ErrorsQuery), responses(PageResponses))]
 pub async fn errors(session: Session, state: web::Data<AppState>, q: web::Query<ErrorsQuery>) -> Page {
     let period = period(&state, q.days)?;
     let since = q.since_version.clone().filter(|v| !v.trim().is_empty());
@@ -327,6 +410,9 @@ pub struct EnvironmentPage {
     pub view: store::EnvironmentView,
 }
 
+/// Organisation sizes, modules, platforms, health.
+#[utoipa::path(get, path = "/admin/environment", tag = "dashboard", security(("dashboard_session" = [])),
+    params(DaysQuery), responses(PageResponses))]
 pub async fn environment(session: Session, state: web::Data<AppState>, q: web::Query<DaysQuery>) -> Page {
     let period = period(&state, q.days)?;
     let store = state.store.clone();
@@ -350,7 +436,8 @@ pub async fn environment(session: Session, state: web::Data<AppState>, q: web::Q
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LicensesQuery {
     #[serde(default)]
@@ -377,6 +464,9 @@ pub struct LicensesPage {
     pub heat_map: String,
 }
 
+/// Licenses: search, filters, pages, and at-risk lists.
+#[utoipa::path(get, path = "/admin/licenses", tag = "dashboard", security(("dashboard_session" = [])),
+    params(LicensesQuery), responses(PageResponses))]
 pub async fn licenses(session: Session, state: web::Data<AppState>, q: web::Query<LicensesQuery>) -> Page {
     let q = q.into_inner();
     let tier = q.tier.filter(|t| !t.is_empty());
@@ -436,7 +526,8 @@ pub async fn licenses(session: Session, state: web::Data<AppState>, q: web::Quer
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LicenseQuery {
     #[serde(default)]
@@ -454,6 +545,9 @@ pub struct LicensePage {
     pub can_renew: bool,
 }
 
+/// One license: instances, history, telemetry, and its actions.
+#[utoipa::path(get, path = "/admin/licenses/{license_id}", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("license_id" = String, Path), LicenseQuery), responses(PageResponses))]
 pub async fn license(
     session: Session,
     state: web::Data<AppState>,
@@ -479,7 +573,7 @@ pub async fn license(
     html(&LicensePage { layout, can_renew: state.issuer.is_some(), detail })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RevokeForm {
     #[serde(default)]
     reason: String,
@@ -489,6 +583,11 @@ fn license_path(id: &str, done: &str) -> String {
     format!("/admin/licenses/{}?done={done}", encode(id))
 }
 
+/// Revokes the license.
+#[utoipa::path(post, path = "/admin/licenses/{license_id}/revoke", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("license_id" = String, Path)),
+    request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
+    responses(FormResponses))]
 pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: Form<RevokeForm>) -> Page {
     let id = path.into_inner();
     let uuid = uuid::Uuid::parse_str(&id)
@@ -502,6 +601,11 @@ pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: F
     Ok(see_other(&license_path(&id, "revoked")))
 }
 
+/// Lifts the license's revocation.
+#[utoipa::path(post, path = "/admin/licenses/{license_id}/reinstate", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("license_id" = String, Path)),
+    request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
+    responses(FormResponses))]
 pub async fn reinstate(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -520,7 +624,7 @@ pub async fn reinstate(
     Ok(see_other(&license_path(&id, "reinstated")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RenewForm {
     /// `YYYY-MM-DD` (00:00 UTC), or empty to keep the expiry.
     #[serde(default)]
@@ -537,6 +641,11 @@ pub struct RenewForm {
     clear_features: Option<String>,
 }
 
+/// Renews or changes the license (a new key the next check-ins deliver).
+#[utoipa::path(post, path = "/admin/licenses/{license_id}/renew", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("license_id" = String, Path)),
+    request_body(content = RenewForm, content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
+    responses(FormResponses))]
 pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Form<RenewForm>) -> Page {
     let id = path.into_inner();
     let issuer = state.issuer.clone().ok_or_else(|| {
@@ -584,6 +693,11 @@ pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Fo
     Ok(see_other(&license_path(&id, "renewed")))
 }
 
+/// Frees the instance's seat.
+#[utoipa::path(post, path = "/admin/licenses/{license_id}/instances/{instance_id}/release", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("license_id" = String, Path), ("instance_id" = String, Path)),
+    request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
+    responses(FormResponses))]
 pub async fn release(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -603,7 +717,8 @@ pub async fn release(
     Ok(see_other(&license_path(&id, "released")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesQuery {
     #[serde(default)]
@@ -625,6 +740,9 @@ pub struct InstancesPage {
     pub next: Option<String>,
 }
 
+/// Instances: filters and pages.
+#[utoipa::path(get, path = "/admin/instances", tag = "dashboard", security(("dashboard_session" = [])),
+    params(InstancesQuery), responses(PageResponses))]
 pub async fn instances(session: Session, state: web::Data<AppState>, q: web::Query<InstancesQuery>) -> Page {
     let q = q.into_inner();
     let status = q.status.filter(|s| !s.is_empty());
@@ -653,7 +771,8 @@ pub async fn instances(session: Session, state: web::Data<AppState>, q: web::Que
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     #[serde(default)]
@@ -666,6 +785,15 @@ pub struct ExportQuery {
 
 /// `/admin/export/{view}.csv`: a view's table as CSV, for the dashboard's links (the session
 /// stands in for the admin API's bearer token).
+#[utoipa::path(get, path = "/admin/export/{view}.csv", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("view" = String, Path, description = "overview, usage, performance, errors, environment or licenses"), ExportQuery),
+    responses(
+        (status = 200, content_type = "text/csv; charset=utf-8", body = String),
+        (status = 303, description = "No session: to /admin/sign-in"),
+        (status = 400, content_type = "text/html; charset=utf-8", body = String),
+        (status = 404, description = "No such view", content_type = "text/html; charset=utf-8", body = String),
+        (status = 503, content_type = "text/html; charset=utf-8", body = String),
+    ))]
 pub async fn export(
     _session: Session,
     state: web::Data<AppState>,
