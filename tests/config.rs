@@ -219,3 +219,68 @@ fn secrets_can_be_read_from_files() {
         .to_string();
     assert_eq!(err, format!("admin_token_file in {}: {} is empty", toml.display(), empty.display()));
 }
+
+/// Further admin tokens come from the TOML file, each named and scoped, the token given inline
+/// or (better) in a file; names and tokens must be unique, and mistakes are named.
+#[test]
+fn named_admin_tokens_are_read_and_checked() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let secret = dir.path().join("viewer_token");
+    std::fs::write(&secret, "viewer-token-from-a-file-0123456\n").unwrap();
+    let toml = dir.path().join("licensor.toml");
+    let resolve = |text: String| {
+        std::fs::write(&toml, text).unwrap();
+        ServerConfig::resolve(ServeOptions {
+            config_file: Some(toml.clone()),
+            data_dir: Some(dir.path().join("data")),
+            admin_token: Some("main-admin-token-0123456789abc".into()),
+            ..Default::default()
+        })
+    };
+    let config = resolve(format!(
+        "[[admin_tokens]]\nname = \"viewer\"\nscope = \"read\"\ntoken_file = \"{}\"\n\n\
+         [[admin_tokens]]\nname = \"ci-bot\"\nscope = \"full\"\ntoken = \"ci-bot-token-0123456789abcdef\"\n",
+        secret.display()
+    ))
+    .unwrap();
+    let tokens: Vec<(&str, licensor::server::auth::Scope, &str)> =
+        config.admin_tokens.iter().map(|t| (t.name.as_str(), t.scope, t.token.as_str())).collect();
+    use licensor::server::auth::Scope;
+    assert_eq!(
+        tokens,
+        [
+            ("viewer", Scope::Read, "viewer-token-from-a-file-0123456"),
+            ("ci-bot", Scope::Full, "ci-bot-token-0123456789abcdef")
+        ]
+    );
+    // The Debug form never shows a token.
+    assert!(!format!("{:?}", config.admin_tokens).contains("ci-bot-token"));
+
+    let place = format!("admin_tokens in {}", toml.display());
+    for (text, message) in [
+        (
+            "name = \"Viewer!\"\nscope = \"read\"\ntoken = \"x-token-0123456789abcdefghij\"",
+            "\"Viewer!\" is not a token name",
+        ),
+        (
+            "name = \"admin\"\nscope = \"read\"\ntoken = \"x-token-0123456789abcdefghij\"",
+            "the name \"admin\" is taken",
+        ),
+        ("name = \"v\"\nscope = \"read\"\ntoken = \"short\"", "v: the token must be at least 24 characters"),
+        (
+            "name = \"v\"\nscope = \"read\"\ntoken = \"main-admin-token-0123456789abc\"",
+            "v: the token is another name's too",
+        ),
+        ("name = \"v\"\nscope = \"read\"", "v: give token or token_file, one of them"),
+    ] {
+        let err = resolve(format!("[[admin_tokens]]\n{text}\n")).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{place}: {message}")), "{err}");
+    }
+    let err = resolve(
+        "[[admin_tokens]]\nname = \"v\"\nscope = \"write\"\ntoken = \"x-token-0123456789abcdefghij\"\n"
+            .into(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("write") && err.contains("read") && err.contains("full"), "{err}");
+}

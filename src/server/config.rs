@@ -181,6 +181,40 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub limits: Option<BatchLimits>,
+    /// Further admin tokens, each named and scoped (a table list: TOML only).
+    pub admin_tokens: Option<Vec<TokenEntry>>,
+}
+
+/// One further admin token in the TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// How the audit log names it: 1 to 64 of a-z, 0-9, `-` and `_`.
+    pub name: String,
+    /// `read` or `full`.
+    pub scope: crate::server::auth::Scope,
+    /// The token itself, or `token_file` (better: a secret file).
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// An admin token with its name and scope.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    pub name: String,
+    pub scope: crate::server::auth::Scope,
+    pub token: String,
+}
+
+impl std::fmt::Debug for NamedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedToken")
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The validated configuration a server runs with.
@@ -219,6 +253,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Where `/metrics` is served without a token, besides the main address (with one).
     pub metrics_bind: Option<SocketAddr>,
+    /// Admin tokens besides `admin_token` (which is named `admin`, of full scope).
+    pub admin_tokens: Vec<NamedToken>,
     /// What the development set-up generated on this start, for the warning banner. It names
     /// no secret, so it may be logged.
     pub development: Vec<String>,
@@ -516,6 +552,44 @@ impl ServerConfig {
             }
             None => None,
         };
+        let mut admin_tokens: Vec<NamedToken> = Vec::new();
+        for entry in file.admin_tokens.unwrap_or_default() {
+            let setting = format!(
+                "admin_tokens in {}",
+                opts.config_file
+                    .as_deref()
+                    .map_or_else(|| "the config file".into(), |p| p.display().to_string())
+            );
+            let bad = |message: String| ConfigError::Invalid { setting: setting.clone(), message };
+            let name = entry.name.clone();
+            if !(1..=64).contains(&name.len())
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                return Err(bad(format!("{name:?} is not a token name (1 to 64 of a-z, 0-9, - and _)")));
+            }
+            if name == "admin" || admin_tokens.iter().any(|t| t.name == name) {
+                return Err(bad(format!("the name {name:?} is taken (\"admin\" is admin_token's)")));
+            }
+            let token = match (entry.token, entry.token_file) {
+                (Some(token), None) => token,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| bad(format!("{name}: cannot read {}: {e}", path.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+                _ => return Err(bad(format!("{name}: give token or token_file, one of them"))),
+            };
+            if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                return Err(bad(format!(
+                    "{name}: the token must be at least {MIN_ADMIN_TOKEN_LEN} characters without white space"
+                )));
+            }
+            if token == admin_token || admin_tokens.iter().any(|t| t.token == token) {
+                return Err(bad(format!("{name}: the token is another name's too; each needs its own")));
+            }
+            admin_tokens.push(NamedToken { name, scope: entry.scope, token });
+        }
         let (tls_cert, cert_given) = src.pick("tls_cert", opts.tls_cert, file.tls_cert);
         let (tls_key, key_given) = src.pick("tls_key", opts.tls_key, file.tls_key);
         let tls = match (tls_cert, tls_key) {
@@ -562,6 +636,7 @@ impl ServerConfig {
             insights_min_installs,
             tls,
             metrics_bind,
+            admin_tokens,
             development,
             admin_token_generated,
             created: Vec::new(),

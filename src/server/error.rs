@@ -16,6 +16,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     /// 401: no or wrong admin token.
     Unauthorized,
+    /// 403: the admin token is valid but its scope does not allow this.
+    Forbidden(String),
     /// 404: no such route or resource.
     NotFound(String),
     /// 405: the route exists, the method does not.
@@ -45,6 +47,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooLarge { .. } => "body_too_large",
@@ -60,7 +63,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { message, .. } | ApiError::Conflict { message, .. } => message.clone(),
             ApiError::Unauthorized => "a valid admin token is required: Authorization: Bearer <token>".into(),
-            ApiError::NotFound(what) => what.clone(),
+            ApiError::NotFound(what) | ApiError::Forbidden(what) => what.clone(),
             ApiError::MethodNotAllowed => "this method is not allowed on this route".into(),
             ApiError::TooLarge { limit } => format!("the request body is larger than {limit} bytes"),
             ApiError::UnsupportedMediaType => {
@@ -87,6 +90,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,

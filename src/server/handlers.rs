@@ -6,7 +6,7 @@ use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::auth::Admin;
+use super::auth::{Admin, FullAdmin};
 use super::error::ApiError;
 use super::extract::{self, AddressAdmitted, Json, JsonBytes, OptionalJsonBytes};
 use super::{blocking, AppState};
@@ -181,6 +181,24 @@ pub(super) struct IssuedLicense {
     payload: LicensePayload,
 }
 
+/// The answers every admin route that changes something may give besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub(super) enum WriteErrors {
+    /// The request is not valid.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] crate::protocol::ErrorBody),
+    /// No valid admin token.
+    #[response(status = 401)]
+    Unauthorized(crate::protocol::ErrorBody),
+    /// The admin token is read-only.
+    #[response(status = 403)]
+    Forbidden(crate::protocol::ErrorBody),
+    /// The database is out of reach; retry.
+    #[response(status = 503)]
+    Unavailable(crate::protocol::ErrorBody),
+}
+
 /// The answers every admin route may give besides its own.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // A description for the API document, never built.
@@ -204,10 +222,10 @@ pub(super) enum AdminErrors {
         (status = 409, description = "The server holds no issuing key", body = crate::protocol::ErrorBody),
         (status = 413, body = crate::protocol::ErrorBody),
         (status = 415, body = crate::protocol::ErrorBody),
-        AdminErrors,
+        WriteErrors,
     ))]
 pub(super) async fn issue_license(
-    _admin: Admin,
+    _admin: FullAdmin,
     state: web::Data<AppState>,
     Json(body): Json<IssueBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -270,10 +288,10 @@ pub(super) struct UpdateBody {
         (status = 409, description = "No issuing key, the license not seen yet, or changed meanwhile", body = crate::protocol::ErrorBody),
         (status = 413, body = crate::protocol::ErrorBody),
         (status = 415, body = crate::protocol::ErrorBody),
-        AdminErrors,
+        WriteErrors,
     ))]
 pub(super) async fn update_license(
-    _admin: Admin,
+    _admin: FullAdmin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     Json(body): Json<UpdateBody>,
@@ -448,10 +466,10 @@ pub(super) struct Revocation {
         (status = 200, body = Revocation),
         (status = 413, body = crate::protocol::ErrorBody),
         (status = 415, body = crate::protocol::ErrorBody),
-        AdminErrors,
+        WriteErrors,
     ))]
 pub(super) async fn revoke_license(
-    _admin: Admin,
+    _admin: FullAdmin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     OptionalJsonBytes(body): OptionalJsonBytes,
@@ -473,10 +491,10 @@ pub(super) async fn revoke_license(
     responses(
         (status = 200, body = Revocation),
         (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
-        AdminErrors,
+        WriteErrors,
     ))]
 pub(super) async fn reinstate_license(
-    _admin: Admin,
+    _admin: FullAdmin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -641,9 +659,9 @@ pub(super) struct Erased {
 /// Erases an instance's telemetry (a data subject's request, a customer leaving).
 #[utoipa::path(delete, path = "/v1/admin/instances/{instance_id}/telemetry", tag = "instances", security(("admin_token" = [])),
     params(("instance_id" = String, Path), EraseQuery),
-    responses((status = 200, body = Erased), AdminErrors))]
+    responses((status = 200, body = Erased), WriteErrors))]
 pub(super) async fn erase_telemetry(
-    _admin: Admin,
+    _admin: FullAdmin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     web::Query(query): web::Query<EraseQuery>,
@@ -675,10 +693,10 @@ pub(super) struct Released {
     responses(
         (status = 200, body = Released),
         (status = 404, description = "The license has no such instance", body = crate::protocol::ErrorBody),
-        AdminErrors,
+        WriteErrors,
     ))]
 pub(super) async fn release_instance(
-    _admin: Admin,
+    _admin: FullAdmin,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {

@@ -529,10 +529,10 @@ pub(super) struct JobRun {
         (status = 409, description = "A run of that day is under way", body = crate::protocol::ErrorBody),
         (status = 413, body = crate::protocol::ErrorBody),
         (status = 415, body = crate::protocol::ErrorBody),
-        super::handlers::AdminErrors,
+        super::handlers::WriteErrors,
     ))]
 pub(super) async fn run_rollup(
-    _admin: Admin,
+    _admin: super::auth::FullAdmin,
     state: web::Data<AppState>,
     super::extract::Json(body): super::extract::Json<RunBody>,
 ) -> Result<HttpResponse, ApiError> {

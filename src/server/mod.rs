@@ -3,6 +3,7 @@
 //! authentication as an extractor ([`auth::Admin`]). Database work runs on the blocking pool,
 //! never on the async executor.
 
+pub mod audit;
 pub mod auth;
 mod client_address;
 pub mod config;
@@ -35,7 +36,8 @@ pub use crate::time::{system_clock, Clock};
 pub struct AppState {
     pub service: Arc<CheckInService>,
     pub store: Store,
-    pub admin_token: auth::AdminToken,
+    /// The admin tokens: `admin_token` (named `admin`, full scope) and the named ones.
+    pub admin_tokens: auth::AdminTokens,
     pub issuer: Option<Arc<Signer>>,
     pub clock: Clock,
     pub max_body_bytes: usize,
@@ -81,6 +83,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/deactivations").route(web::post().to(handlers::deactivate)))
         .service(
             web::scope("/v1/admin")
+                .wrap(actix_web::middleware::from_fn(audit::middleware))
+                .service(resource("/audit").route(web::get().to(audit::list)))
                 .service(
                     resource("/licenses")
                         .route(web::post().to(handlers::issue_license))
@@ -132,6 +136,7 @@ fn dashboard_routes(cfg: &mut web::ServiceConfig) {
             .app_data(web::FormConfig::default().error_handler(|e, _| {
                 dashboard::DashboardError::BadRequest(format!("the form does not read: {e}")).into()
             }))
+            .wrap(actix_web::middleware::from_fn(audit::middleware))
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()
                     .add(("content-security-policy", dashboard::CONTENT_SECURITY_POLICY))
@@ -228,7 +233,10 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
     let state = AppState {
         service: Arc::new(service),
         store: store.clone(),
-        admin_token: auth::AdminToken::new(&config.admin_token),
+        admin_tokens: auth::AdminTokens::new(
+            std::iter::once(("admin", auth::Scope::Full, config.admin_token.as_str()))
+                .chain(config.admin_tokens.iter().map(|t| (t.name.as_str(), t.scope, t.token.as_str()))),
+        ),
         issuer: issuer.map(Arc::new),
         clock,
         max_body_bytes: config.max_body_bytes,

@@ -64,6 +64,7 @@ use super::{dashboard, handlers, insights, public};
         dashboard::handlers::instances,
         dashboard::handlers::export,
         openapi_json,
+        super::audit::list,
     ),
     modifiers(&Security),
     tags(
@@ -72,6 +73,7 @@ use super::{dashboard, handlers, insights, public};
         (name = "instances", description = "The deployments that checked in (admin token)"),
         (name = "insights", description = "Fleet insights from the daily roll-ups (admin token)"),
         (name = "jobs", description = "Scheduled jobs run on request (admin token)"),
+        (name = "audit", description = "The log of admin actions (admin token)"),
         (name = "public", description = "The k-anonymous public insights, when published"),
         (name = "dashboard", description = "The vendor's web dashboard (session cookie)"),
         (name = "health", description = "Probes, metrics and this document"),

@@ -11,7 +11,12 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::HttpMessage as _;
 use tracing::Instrument as _;
+
+/// A request's id, in its extensions (for the audit log).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// The header that carries a request's id, both ways.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -36,6 +41,7 @@ pub async fn middleware(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = request_id(&req);
+    req.extensions_mut().insert(RequestId(id.clone()));
     let metrics = req.app_data::<actix_web::web::Data<super::AppState>>().map(|s| s.service.metrics.clone());
     let span = tracing::info_span!("request", request_id = %id);
     let method = req.method().clone();

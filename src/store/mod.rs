@@ -9,6 +9,7 @@
 //! Invariants: every unit of work is one transaction; callers hand in times (`now`) rather than
 //! the store reading a clock; no IP address or other caller metadata is ever stored.
 
+mod audit;
 mod bench;
 mod checkin;
 mod db;
@@ -22,6 +23,7 @@ mod public;
 mod sessions;
 mod telemetry;
 
+pub use audit::{audit_time, AuditEntry, NewAuditEntry};
 pub use bench::{SeedPlan, Seeded};
 pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;

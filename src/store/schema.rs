@@ -170,6 +170,20 @@ diesel::table! {
         csrf -> Text,
         created_at -> Timestamp,
         expires_at -> Timestamp,
+        token_name -> Text,
+        scope -> Text,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        at -> Timestamp,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        status -> Integer,
+        request_id -> Text,
     }
 }
 
@@ -199,5 +213,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     install_days,
     route_days,
     dashboard_sessions,
+    audit_log,
     job_runs,
 );

@@ -17,6 +17,10 @@ pub struct DashboardSession {
     pub csrf: String,
     pub created_at: NaiveDateTime,
     pub expires_at: NaiveDateTime,
+    /// The name of the admin token that signed in.
+    pub token_name: String,
+    /// That token's scope (`read` or `full`).
+    pub scope: String,
 }
 
 impl Store {

@@ -163,6 +163,7 @@ impl Harness {
             insights_min_installs: 10,
             tls: None,
             metrics_bind: None,
+            admin_tokens: vec![],
             development: vec![],
             admin_token_generated: false,
             created: vec![],

@@ -1,7 +1,7 @@
 //! The dashboard's pages and actions, one handler per function, each with its template.
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -187,13 +187,14 @@ pub async fn sign_in(
     state: web::Data<AppState>,
     body: web::Form<SignInBody>,
 ) -> Page {
-    if !state.admin_token.matches(body.token.trim()) {
+    let Some(identity) = state.admin_tokens.identify(body.token.trim()) else {
         tracing::warn!("dashboard sign-in with a wrong token");
         let page = SignInPage { error: Some("That is not the admin token.".into()) };
         return Ok(HttpResponse::Unauthorized()
             .content_type("text/html; charset=utf-8")
             .body(page.render()?));
-    }
+    };
+    req.extensions_mut().insert(identity.clone());
     let token = session::random_token();
     let now = (state.clock)();
     let row = store::DashboardSession {
@@ -201,10 +202,12 @@ pub async fn sign_in(
         csrf: session::random_token(),
         created_at: store::naive(now),
         expires_at: store::naive(now + session::LIFETIME),
+        token_name: identity.name.to_string(),
+        scope: identity.scope.as_str().to_owned(),
     };
     let store = state.store.clone();
     blocking(move || Ok(store.create_session(&row, now)?)).await?;
-    tracing::info!("dashboard sign-in");
+    tracing::info!(token = %identity.name, "dashboard sign-in");
     let mut response = see_other("/admin/overview");
     response
         .add_cookie(&session::cookie(&req, token))
@@ -589,6 +592,7 @@ fn license_path(id: &str, done: &str) -> String {
     request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
 pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: Form<RevokeForm>) -> Page {
+    form.session.may_change()?;
     let id = path.into_inner();
     let uuid = uuid::Uuid::parse_str(&id)
         .map_err(|_| DashboardError::BadRequest(format!("{id:?} is not a license id")))?;
@@ -609,8 +613,9 @@ pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: F
 pub async fn reinstate(
     state: web::Data<AppState>,
     path: web::Path<String>,
-    _form: Form<session::Token>,
+    form: Form<session::Token>,
 ) -> Page {
+    form.session.may_change()?;
     let id = path.into_inner();
     let store = state.store.clone();
     let lookup = id.clone();
@@ -647,6 +652,7 @@ pub struct RenewForm {
     request_body(content = RenewForm, content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
 pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Form<RenewForm>) -> Page {
+    form.session.may_change()?;
     let id = path.into_inner();
     let issuer = state.issuer.clone().ok_or_else(|| {
         DashboardError::BadRequest(
@@ -701,8 +707,9 @@ pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Fo
 pub async fn release(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    _form: Form<session::Token>,
+    form: Form<session::Token>,
 ) -> Page {
+    form.session.may_change()?;
     let (id, instance) = path.into_inner();
     let (store, now) = (state.store.clone(), (state.clock)());
     let (l, i) = (id.clone(), instance.clone());

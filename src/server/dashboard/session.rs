@@ -5,13 +5,14 @@
 //! request's origin before a state-changing form is believed.
 
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage as _, HttpRequest};
 use base64::Engine as _;
 use futures_util::future::LocalBoxFuture;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::DashboardError;
+use crate::server::auth::{Identity, Scope};
 use crate::server::AppState;
 
 /// The session cookie's name.
@@ -24,6 +25,21 @@ pub const LIFETIME: chrono::Duration = chrono::Duration::hours(8);
 pub struct Session {
     pub(super) token_hash: String,
     pub csrf: String,
+    /// The admin token that signed in: its name (for the audit log) and scope.
+    pub identity: Identity,
+}
+
+impl Session {
+    /// The session's token may change things (full scope), else the 403 that says it may not.
+    pub fn may_change(&self) -> Result<(), DashboardError> {
+        match self.identity.scope {
+            Scope::Full => Ok(()),
+            Scope::Read => Err(DashboardError::Forbidden(format!(
+                "you signed in with the read-only token {:?}; sign in with a token of full scope to change anything",
+                &*self.identity.name
+            ))),
+        }
+    }
 }
 
 /// A fresh random token: 32 bytes, base64url.
@@ -65,6 +81,7 @@ impl FromRequest for Session {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = req.cookie(COOKIE).map(|c| c.value().to_owned());
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| DashboardError::Internal("application state missing".into()))?;
             let token = token.filter(|t| !t.is_empty()).ok_or(DashboardError::SignIn)?;
@@ -75,7 +92,13 @@ impl FromRequest for Session {
                 .await
                 .map_err(|e| DashboardError::Internal(e.to_string()))??;
             let row = found.ok_or(DashboardError::SignIn)?;
-            Ok(Session { token_hash, csrf: row.csrf })
+            let identity = Identity {
+                name: std::sync::Arc::from(row.token_name.as_str()),
+                // A scope this build does not know grants nothing beyond reading.
+                scope: Scope::parse(&row.scope).unwrap_or(Scope::Read),
+            };
+            req.extensions_mut().insert(identity.clone());
+            Ok(Session { token_hash, csrf: row.csrf, identity })
         })
     }
 }
