@@ -189,6 +189,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let mut batches = Vec::new();
         let mut batch_ids_seen = BTreeSet::new();
         let mut touched = BTreeSet::new();
+        let mut events = Vec::new();
         for (i, p) in group.iter().enumerate() {
             // Keys that cannot be read or trusted never reach the writer (see `record`).
             let Subject::Licensed(license) = &p.subject else {
@@ -220,6 +221,29 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
             match (held.is_some(), seat_until.is_some_and(|until| until > now)) {
                 (false, true) => *in_use.entry(license_id.clone()).or_default() += 1,
                 (true, false) => *in_use.entry(license_id.clone()).or_default() -= 1,
+                _ => {}
+            }
+            match status {
+                // An instance that gains a seat (new, or back after its lease lapsed).
+                CheckInStatus::Valid if held.is_none() => events.push(store::NewEvent::new(
+                    "instance.activated",
+                    serde_json::json!({
+                        "license_id": license_id, "instance_id": p.instance_id,
+                        "software_version": p.software_version, "first": previous.is_none(),
+                    }),
+                    p.now,
+                    None,
+                )),
+                // Once per license and day however many instances are refused: the event's id
+                // says which day, and an event is enqueued once.
+                CheckInStatus::SeatLimitExceeded => events.push(store::NewEvent::new(
+                    "seat_limit.reached",
+                    serde_json::json!({
+                        "license_id": license_id, "seats": row.seats, "refused_instance_id": p.instance_id,
+                    }),
+                    p.now,
+                    Some(format!("evt_seats_{}_{}", license_id, p.now.format("%Y%m%d"))),
+                )),
                 _ => {}
             }
             let first_seen_at = previous.map_or(now, |inst| inst.first_seen_at);
@@ -268,6 +292,9 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let instance_rows: Vec<InstanceRow> = touched.iter().map(|id| instances[id].clone()).collect();
         tx.upsert_instances(&instance_rows)?;
         tx.insert_check_ins(&check_ins)?;
+        if !events.is_empty() {
+            tx.enqueue_events(&events)?;
+        }
         let stored: Vec<&store::StoredBatch> = batches.iter().map(|(_, b)| *b).collect();
         let inserted = tx.insert_batches(&stored)?;
         for (i, b) in &batches {

@@ -123,9 +123,11 @@ pub(super) async fn deactivate(
     let store = state.store.clone();
     let (license, instance, now) =
         (deactivation.license_id.to_string(), deactivation.instance_id.clone(), deactivation.now);
-    let released = blocking(move || store.release_instance(&license, &instance, now).map_err(ApiError::from))
-        .await?
-        .is_some();
+    let event = super::webhooks::instance_released(&license, &instance, "self", now);
+    let released =
+        blocking(move || store.release_instance(&license, &instance, now, &[event]).map_err(ApiError::from))
+            .await?
+            .is_some();
     tracing::info!(license_id = %deactivation.license_id, instance_id = %deactivation.instance_id, "instance deactivated itself");
     Ok(HttpResponse::Ok().json(crate::protocol::DeactivationResponse {
         receipt: state.service.receipt(&deactivation),
@@ -255,7 +257,8 @@ pub(super) async fn issue_license(
     let store = state.store.clone();
     let mut row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
     row.issued_here = true;
-    blocking(move || store.insert_issued_license(&row).map_err(ApiError::from)).await?;
+    let event = super::webhooks::license_keyed("license.issued", &issued.payload, now);
+    blocking(move || store.insert_issued_license(&row, &[event]).map_err(ApiError::from)).await?;
     tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
     Ok(HttpResponse::Created().json(IssuedLicense { license_key: issued.key, payload: issued.payload }))
 }
@@ -352,7 +355,8 @@ pub(crate) fn renew(
         .map_err(|e| ApiError::bad_request("invalid_license", e.to_string()))?;
     let mut new_row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
     new_row.id = row.id.clone();
-    if !store.replace_license_key(&new_row, row.issued_at)? {
+    let event = super::webhooks::license_keyed("license.renewed", &issued.payload, now);
+    if !store.replace_license_key(&new_row, row.issued_at, &[event])? {
         return Err(ApiError::Conflict {
             code: "license_changed",
             message: "the license changed while it was being renewed; try again".into(),
@@ -519,10 +523,14 @@ async fn set_revocation(
                         format!("{id:?} is not a license id (a UUID)"),
                     )
                 })?;
-                store.revoke_by_id(uuid, reason, now)?;
+                let event = super::webhooks::license_revocation(&id, Some(reason.as_deref()), now);
+                store.revoke_by_id(uuid, reason, now, &[event])?;
                 Ok(true)
             }
-            None => Ok(store.set_revocation(&id, None)?),
+            None => {
+                let event = super::webhooks::license_revocation(&id, None, now);
+                Ok(store.set_revocation(&id, None, &[event])?)
+            }
         }
     })
     .await?;
@@ -703,8 +711,10 @@ pub(super) async fn release_instance(
     let (license_id, instance_id) = path.into_inner();
     let (store, now) = (state.store.clone(), (state.clock)());
     let (license, id) = (license_id.clone(), instance_id.clone());
+    let event = super::webhooks::instance_released(&license, &id, "admin", now);
     let released =
-        blocking(move || store.release_instance(&license, &id, now).map_err(ApiError::from)).await?;
+        blocking(move || store.release_instance(&license, &id, now, &[event]).map_err(ApiError::from))
+            .await?;
     let Some(held_seat) = released else {
         return Err(ApiError::NotFound(format!("license {license_id:?} has no instance {instance_id:?}")));
     };

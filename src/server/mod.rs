@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod public;
 mod request_log;
 pub mod tls;
+pub mod webhooks;
 
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
@@ -85,6 +86,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1/admin")
                 .wrap(actix_web::middleware::from_fn(audit::middleware))
                 .service(resource("/audit").route(web::get().to(audit::list)))
+                .service(
+                    resource("/webhooks")
+                        .route(web::post().to(webhooks::create))
+                        .route(web::get().to(webhooks::list)),
+                )
+                .service(resource("/webhooks/{endpoint_id}").route(web::delete().to(webhooks::delete)))
+                .service(
+                    resource("/webhooks/{endpoint_id}/deliveries").route(web::get().to(webhooks::deliveries)),
+                )
+                .service(
+                    resource("/webhooks/{endpoint_id}/deliveries/{event_id}/redeliver")
+                        .route(web::post().to(webhooks::redeliver)),
+                )
                 .service(
                     resource("/licenses")
                         .route(web::post().to(handlers::issue_license))
@@ -384,6 +398,7 @@ async fn serve(
         Some(store) => Some(reload_on_sighup(store).map_err(bind)?),
         None => None,
     };
+    let (store_for_webhooks, clock_for_webhooks) = (store.clone(), clock.clone());
     let mut scheduler = if config.jobs {
         Some(
             jobs::schedule(&config, store, clock, state_service.metrics.clone())
@@ -404,8 +419,11 @@ async fn serve(
             let _ = actix_web::rt::task::spawn_blocking(move || service.limiter.forget_idle()).await;
         }
     });
+    let delivering =
+        webhooks::start_worker(store_for_webhooks, clock_for_webhooks, state_service.metrics.clone());
     ready(server.handle());
     let result = server.await;
+    delivering.abort();
     if let Some(handle) = metrics_handle {
         handle.stop(true).await;
     }

@@ -44,6 +44,12 @@ impl CheckInWrite<'_> {
         licensing::insert_check_ins(self.conn, rows)
     }
 
+    /// Enqueues webhook events caused by this group (instances activated, seat limits
+    /// reached), in its transaction.
+    pub fn enqueue_events(&mut self, events: &[super::NewEvent]) -> Result<usize, StoreError> {
+        super::webhooks::enqueue(self.conn, events)
+    }
+
     /// Stores the batches not stored before; returns the ids stored now.
     pub fn insert_batches(&mut self, batches: &[&StoredBatch]) -> Result<BTreeSet<String>, StoreError> {
         telemetry::insert_batches(self.conn, batches)

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::models::*;
 use super::schema::{check_ins, instances, licenses};
+use super::webhooks::{self, NewEvent};
 use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
 
@@ -324,10 +325,14 @@ impl Store {
         DbConnection::transaction(&mut conn, f)
     }
 
-    /// Records a license issued by this server, with its key.
-    pub fn insert_issued_license(&self, row: &LicenseRow) -> Result<(), StoreError> {
-        diesel::insert_into(licenses::table).values(row).execute(&mut self.conn()?)?;
-        Ok(())
+    /// Records a license issued by this server, with its key, and `events` (webhooks) in the
+    /// same transaction.
+    pub fn insert_issued_license(&self, row: &LicenseRow, events: &[NewEvent]) -> Result<(), StoreError> {
+        self.transaction(|conn| {
+            diesel::insert_into(licenses::table).values(row).execute(conn)?;
+            webhooks::enqueue(conn, events)?;
+            Ok(())
+        })
     }
 
     /// A page of licenses, newest first, with their instance counts: at most `limit` after
@@ -427,21 +432,32 @@ impl Store {
     /// build on the same key, and a newer key a check-in presented meanwhile is never
     /// overwritten by an older one). The revocation and the history stay. False when the
     /// row changed meanwhile.
-    pub fn replace_license_key(&self, row: &LicenseRow, replaces: NaiveDateTime) -> Result<bool, StoreError> {
-        let changed = diesel::update(
-            licenses::table.filter(licenses::id.eq(&row.id)).filter(licenses::issued_at.eq(replaces)),
-        )
-        .set((
-            licenses::kid.eq(&row.kid),
-            licenses::seats.eq(row.seats),
-            licenses::features.eq(&row.features),
-            licenses::issued_at.eq(row.issued_at),
-            licenses::expires_at.eq(row.expires_at),
-            licenses::license_key.eq(&row.license_key),
-            licenses::issued_here.eq(true),
-        ))
-        .execute(&mut self.conn()?)?;
-        Ok(changed == 1)
+    /// `events` are enqueued in the same transaction when the key was replaced.
+    pub fn replace_license_key(
+        &self,
+        row: &LicenseRow,
+        replaces: NaiveDateTime,
+        events: &[NewEvent],
+    ) -> Result<bool, StoreError> {
+        self.transaction(|conn| {
+            let changed = diesel::update(
+                licenses::table.filter(licenses::id.eq(&row.id)).filter(licenses::issued_at.eq(replaces)),
+            )
+            .set((
+                licenses::kid.eq(&row.kid),
+                licenses::seats.eq(row.seats),
+                licenses::features.eq(&row.features),
+                licenses::issued_at.eq(row.issued_at),
+                licenses::expires_at.eq(row.expires_at),
+                licenses::license_key.eq(&row.license_key),
+                licenses::issued_here.eq(true),
+            ))
+            .execute(conn)?;
+            if changed == 1 {
+                webhooks::enqueue(conn, events)?;
+            }
+            Ok(changed == 1)
+        })
     }
 
     /// Revokes a license this server may never have seen, by its id: the first check-in of
@@ -452,6 +468,7 @@ impl Store {
         id: uuid::Uuid,
         reason: Option<String>,
         now: DateTime<Utc>,
+        events: &[NewEvent],
     ) -> Result<(), StoreError> {
         self.transaction(|conn| {
             let changed = diesel::update(licenses::table.find(id.to_string()))
@@ -462,24 +479,32 @@ impl Store {
                     .values(LicenseRow::revoked_unseen(id, reason.clone(), now))
                     .execute(conn)?;
             }
+            webhooks::enqueue(conn, events)?;
             Ok::<_, StoreError>(())
         })
     }
 
     /// Revokes (`Some`) or reinstates (`None`) a license; false when no such license is known.
+    /// `events` are enqueued in the same transaction when the license exists.
     pub fn set_revocation(
         &self,
         id: &str,
         revocation: Option<(DateTime<Utc>, Option<String>)>,
+        events: &[NewEvent],
     ) -> Result<bool, StoreError> {
         let (at, reason) = match revocation {
             Some((at, reason)) => (Some(naive(at)), reason),
             None => (None, None),
         };
-        let changed = diesel::update(licenses::table.find(id))
-            .set((licenses::revoked_at.eq(at), licenses::revoked_reason.eq(reason)))
-            .execute(&mut self.conn()?)?;
-        Ok(changed == 1)
+        self.transaction(|conn| {
+            let changed = diesel::update(licenses::table.find(id))
+                .set((licenses::revoked_at.eq(at), licenses::revoked_reason.eq(reason)))
+                .execute(conn)?;
+            if changed == 1 {
+                webhooks::enqueue(conn, events)?;
+            }
+            Ok(changed == 1)
+        })
     }
 
     /// A page of instances with their license, most recently seen first: at most `limit`
@@ -542,11 +567,13 @@ impl Store {
 
     /// Deletes a license's instance, freeing its seat at once: `None` when there is no such
     /// instance, else whether it held a seat at `now`.
+    /// `events` are enqueued in the same transaction when the instance existed.
     pub fn release_instance(
         &self,
         license_id: &str,
         instance_id: &str,
         now: DateTime<Utc>,
+        events: &[NewEvent],
     ) -> Result<Option<bool>, StoreError> {
         self.transaction(|conn| {
             let row: Option<InstanceRow> = instances::table
@@ -562,6 +589,7 @@ impl Store {
                     .filter(instances::id.eq(instance_id)),
             )
             .execute(conn)?;
+            webhooks::enqueue(conn, events)?;
             Ok::<_, StoreError>(Some(row.seat_until.is_some_and(|until| until > naive(now))))
         })
     }

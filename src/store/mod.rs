@@ -22,6 +22,7 @@ mod models;
 mod public;
 mod sessions;
 mod telemetry;
+mod webhooks;
 
 pub use audit::{audit_time, AuditEntry, NewAuditEntry};
 pub use bench::{SeedPlan, Seeded};
@@ -37,3 +38,4 @@ pub use sessions::DashboardSession;
 pub use telemetry::{
     ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,
 };
+pub use webhooks::{backoff, Claimed, Delivery, Endpoint, EndpointRow, NewEvent, EVENT_TYPES, MAX_ATTEMPTS};

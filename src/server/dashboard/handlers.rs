@@ -600,7 +600,8 @@ pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: F
         .filter(|r| !r.is_empty())
         .map(|r| crate::privacy::scrub(&r).0);
     let (store, now) = (state.store.clone(), (state.clock)());
-    blocking(move || Ok(store.revoke_by_id(uuid, reason, now)?)).await?;
+    let event = crate::server::webhooks::license_revocation(&id, Some(reason.as_deref()), now);
+    blocking(move || Ok(store.revoke_by_id(uuid, reason, now, &[event])?)).await?;
     tracing::info!(license_id = %id, "license revoked from the dashboard");
     Ok(see_other(&license_path(&id, "revoked")))
 }
@@ -617,9 +618,10 @@ pub async fn reinstate(
 ) -> Page {
     form.session.may_change()?;
     let id = path.into_inner();
-    let store = state.store.clone();
+    let (store, now) = (state.store.clone(), (state.clock)());
     let lookup = id.clone();
-    if !blocking(move || Ok(store.set_revocation(&lookup, None)?)).await? {
+    let event = crate::server::webhooks::license_revocation(&id, None, now);
+    if !blocking(move || Ok(store.set_revocation(&lookup, None, &[event])?)).await? {
         return Err(crate::server::error::ApiError::NotFound(format!(
             "no license {id:?} is known to this server"
         ))
@@ -713,7 +715,8 @@ pub async fn release(
     let (id, instance) = path.into_inner();
     let (store, now) = (state.store.clone(), (state.clock)());
     let (l, i) = (id.clone(), instance.clone());
-    let released = blocking(move || Ok(store.release_instance(&l, &i, now)?)).await?;
+    let event = crate::server::webhooks::instance_released(&l, &i, "admin", now);
+    let released = blocking(move || Ok(store.release_instance(&l, &i, now, &[event])?)).await?;
     if released.is_none() {
         return Err(crate::server::error::ApiError::NotFound(format!(
             "no instance {instance:?} of license {id:?}"
