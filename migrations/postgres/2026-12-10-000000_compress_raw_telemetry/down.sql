@@ -1,0 +1,3 @@
+ALTER TABLE telemetry_events ALTER COLUMN usage SET STORAGE EXTERNAL;
+ALTER TABLE telemetry_performance ALTER COLUMN routes SET STORAGE EXTERNAL;
+ALTER TABLE telemetry_batches ALTER COLUMN environment SET STORAGE EXTERNAL;
