@@ -371,3 +371,25 @@ fn the_example_configuration_names_every_setting_and_parses() {
     assert_eq!(parsed.retention_days, Some(90));
     assert_eq!(parsed.trusted_proxies.map(|p| p.len()), Some(2));
 }
+
+/// The image's build stage gets everything cargo reads to build the binary: the manifest and
+/// lock file, the build script, the sources, the embedded migrations and the targets the
+/// manifest names; the ignore file lets each of them through.
+#[test]
+fn the_image_build_copies_what_cargo_needs() {
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(deploy("Dockerfile.dockerignore")).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for needed in ["Cargo.toml", "Cargo.lock", "build.rs", "src", "migrations", "benches", "tests"] {
+        assert!(root.join(needed).exists(), "{needed} is not in the repository");
+        assert!(
+            dockerfile
+                .lines()
+                .any(|l| l.starts_with("COPY ")
+                    && l.split_whitespace().any(|w| w.trim_end_matches('/') == needed)),
+            "the Dockerfile does not copy {needed}"
+        );
+        let allowed = if root.join(needed).is_dir() { format!("!{needed}/") } else { format!("!{needed}") };
+        assert!(ignore.lines().any(|l| l.trim() == allowed), "Dockerfile.dockerignore keeps out {needed}");
+    }
+}

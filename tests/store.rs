@@ -132,3 +132,34 @@ fn retention_removes_raw_rows_and_keeps_aggregates(h: Harness) {
     assert_eq!(h.store.check_ins_of("old").unwrap().len(), 0);
     assert_eq!(h.store.check_ins_of("recent").unwrap().len(), 1);
 }
+
+/// On PostgreSQL the raw telemetry JSON is stored compressed with lz4 (the migration's point:
+/// a batch's usage and routes take a fraction of their text).
+#[test]
+fn raw_telemetry_is_stored_compressed_on_postgres() {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    #[derive(diesel::QueryableByName, Debug)]
+    struct Sizes {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        method: Option<String>,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        raw: i32,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        stored: i32,
+    }
+    let Some(h) = Harness::start(common::Db::Postgres) else { return };
+    let key = h.license(Tier::Pro, 5);
+    let body = batch(uuid::Uuid::new_v4(), 50, 20, 0).to_string();
+    assert_eq!(h.check_in(&key, "compressed-1", Some(&body))["status"], "valid");
+    let mut conn = diesel::PgConnection::establish(&h.database_url).unwrap();
+    for (table, column) in [("telemetry_events", "usage"), ("telemetry_performance", "routes")] {
+        let sizes: Sizes = diesel::sql_query(format!(
+            "SELECT pg_column_compression({column}) AS method, octet_length({column}) AS raw, \
+             pg_column_size({column}) AS stored FROM {table}"
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+        assert_eq!(sizes.method.as_deref(), Some("lz4"), "{table}.{column}: {sizes:?}");
+        assert!(sizes.stored * 2 < sizes.raw, "{table}.{column}: {sizes:?}");
+    }
+}
