@@ -111,15 +111,34 @@ fn jobs_run_once_across_replicas_and_roll_up_exactly(h: Harness) {
 
 fn retention_removes_raw_rows_and_keeps_aggregates(h: Harness) {
     let key = h.license(Tier::Pro, 5);
-    h.check_in(&key, "old", Some(&batch(uuid::Uuid::new_v4(), 3, 2, 1).to_string()));
+    let (old_batch, recent_batch) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    h.check_in(&key, "old", Some(&batch(old_batch, 3, 2, 1).to_string()));
     h.store.rollup_day(h.now().date_naive()).unwrap();
     h.advance(Duration::days(89));
-    h.check_in(&key, "recent", Some(&batch(uuid::Uuid::new_v4(), 3, 2, 1).to_string()));
+    h.check_in(&key, "recent", Some(&batch(recent_batch, 3, 2, 1).to_string()));
+    if h.db == common::Db::Postgres {
+        // A day with a partition (made at start for the server's day and the week after) gets
+        // its rows there; a day without one, the default partition.
+        for table in ["telemetry_events", "telemetry_performance", "telemetry_sessions"] {
+            let day = common::t0().format("%Y%m%d");
+            assert_eq!(
+                h.store.partition_of(table, &old_batch.to_string()).unwrap(),
+                Some(format!("{table}_p{day}"))
+            );
+            assert_eq!(
+                h.store.partition_of(table, &recent_batch.to_string()).unwrap(),
+                Some(format!("{table}_default"))
+            );
+        }
+    }
 
     // 90 days after the first batch, only it is old enough to go.
     let outcome =
         run_retention(&h.store, common::t0() + Duration::days(90) + Duration::seconds(1), 90).unwrap();
-    assert!(matches!(&outcome, RunOutcome::Ran(what) if what.starts_with("removed 5 rows")), "{outcome:?}");
+    // The cutoff falls inside the old batch's day: its rows are deleted, its day's partitions
+    // (PostgreSQL) stay until the whole day is past the cutoff.
+    let expected = "dropped 0 daily partitions and removed 5 rows";
+    assert!(matches!(&outcome, RunOutcome::Ran(what) if what.starts_with(expected)), "{outcome:?}");
     let old = h.store.telemetry_counts("old").unwrap();
     assert_eq!(old["telemetry_batches"], 0);
     assert_eq!(old["telemetry_events"], 0);
@@ -129,6 +148,23 @@ fn retention_removes_raw_rows_and_keeps_aggregates(h: Harness) {
     assert_eq!(old["telemetry_features"], 3, "rolled-up features are kept");
     let recent = h.store.telemetry_counts("recent").unwrap();
     assert_eq!((recent["telemetry_batches"], recent["telemetry_events"]), (1, 1));
+    // A day later the whole day is past: on PostgreSQL its partitions (one per payload table)
+    // are dropped; the rows were gone already.
+    let outcome =
+        run_retention(&h.store, common::t0() + Duration::days(91) + Duration::seconds(1), 90).unwrap();
+    let expected = match h.db {
+        common::Db::Postgres => "dropped 3 daily partitions and removed 0 rows",
+        common::Db::Sqlite => "dropped 0 daily partitions and removed 0 rows",
+    };
+    assert!(matches!(&outcome, RunOutcome::Ran(what) if what.starts_with(expected)), "{outcome:?}");
+    assert_eq!(h.store.telemetry_counts("recent").unwrap()["telemetry_events"], 1);
+    if h.db == common::Db::Postgres {
+        // The start made the partitions of the server's day and the seven after it.
+        let later = h.store.drop_partitions_before((common::t0() + Duration::days(8)).date_naive()).unwrap();
+        assert_eq!(later.len(), 3 * 7, "the seven later days' partitions of three tables: {later:?}");
+        assert!(later
+            .contains(&format!("telemetry_events_p{}", (common::t0() + Duration::days(7)).format("%Y%m%d"))));
+    }
     assert_eq!(h.store.check_ins_of("old").unwrap().len(), 0);
     assert_eq!(h.store.check_ins_of("recent").unwrap().len(), 1);
 }

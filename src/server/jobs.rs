@@ -34,10 +34,23 @@ pub fn run_retention(
         return Ok(RunOutcome::Skipped);
     };
     let cutoff = now - Duration::days(i64::from(retention_days));
-    let outcome = match store.purge_before(cutoff) {
-        Ok(removed) => {
+    // The coming week's partitions exist before their data arrives (PostgreSQL).
+    if let Err(e) = store.ensure_partitions(now.date_naive(), PARTITIONS_AHEAD) {
+        tracing::warn!(error = %e, "creating the coming days' partitions failed");
+    }
+    // On PostgreSQL whole days of raw payload go first, a partition at a time (each drop is
+    // O(1)); the deletes then touch only the default partition and the cutoff's own day.
+    let purged = store
+        .drop_partitions_before(cutoff.date_naive())
+        .and_then(|dropped| store.purge_before(cutoff).map(|removed| (dropped, removed)));
+    let outcome = match purged {
+        Ok((dropped, removed)) => {
             let total: usize = removed.values().sum();
-            format!("removed {total} rows received before {}", crate::time::format(&cutoff))
+            format!(
+                "dropped {} daily partitions and removed {total} rows received before {}",
+                dropped.len(),
+                crate::time::format(&cutoff)
+            )
         }
         Err(e) => {
             store.finish_job(&claim, now, &format!("failed: {e}"))?;
@@ -47,6 +60,9 @@ pub fn run_retention(
     store.finish_job(&claim, now, &outcome)?;
     Ok(RunOutcome::Ran(outcome))
 }
+
+/// How many days of partitions (today and after) the retention job and a start keep ready.
+pub const PARTITIONS_AHEAD: u32 = 8;
 
 /// Rolls up the previous UTC day (see `Store::rollup_day`), once.
 pub fn run_rollup(store: &Store, now: DateTime<Utc>) -> Result<RunOutcome, StoreError> {

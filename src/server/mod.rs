@@ -399,6 +399,18 @@ async fn serve(
         None => None,
     };
     let (store_for_webhooks, clock_for_webhooks) = (store.clone(), clock.clone());
+    // The coming days' partitions (PostgreSQL), before the first check-in needs them; the
+    // nightly retention run keeps them ahead.
+    let (partitions, today) = (store.clone(), clock().date_naive());
+    match actix_web::rt::task::spawn_blocking(move || {
+        partitions.ensure_partitions(today, jobs::PARTITIONS_AHEAD)
+    })
+    .await
+    {
+        Ok(Err(e)) => tracing::warn!(error = %e, "creating the coming days' partitions failed"),
+        Err(e) => tracing::warn!(error = %e, "creating the coming days' partitions stopped"),
+        Ok(Ok(_)) => {}
+    }
     let mut scheduler = if config.jobs {
         Some(
             jobs::schedule(&config, store, clock, state_service.metrics.clone())

@@ -305,6 +305,9 @@ pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<u
         )
         .filter(telemetry_batches::received_at.ge(from))
         .filter(telemetry_batches::received_at.lt(to))
+        // The same range on the payload's own column: one daily partition is read.
+        .filter(telemetry_performance::received_at.ge(from))
+        .filter(telemetry_performance::received_at.lt(to))
         .select((
             telemetry_batches::license_id,
             telemetry_batches::instance_id,

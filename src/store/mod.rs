@@ -19,6 +19,7 @@ mod insights;
 mod jobs;
 mod licensing;
 mod models;
+mod partitions;
 mod public;
 mod sessions;
 mod telemetry;

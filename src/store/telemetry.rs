@@ -224,7 +224,10 @@ impl Store {
             .count()
             .get_result(conn)?;
 
+        // Each payload table is also filtered by its own received_at, so that on PostgreSQL only
+        // the window's daily partitions are read.
         let usage_json: Vec<String> = telemetry_events::table
+            .filter(telemetry_events::received_at.between(from, to))
             .filter(telemetry_events::batch_id.eq_any(in_window))
             .select(telemetry_events::usage)
             .load(conn)?;
@@ -244,6 +247,7 @@ impl Store {
         usage.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
 
         let routes_json: Vec<String> = telemetry_performance::table
+            .filter(telemetry_performance::received_at.between(from, to))
             .filter(telemetry_performance::batch_id.eq_any(in_window))
             .select(telemetry_performance::routes)
             .load(conn)?;
@@ -276,6 +280,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
 
         let session_rows: Vec<SessionRow> = telemetry_sessions::table
+            .filter(telemetry_sessions::received_at.between(from, to))
             .filter(telemetry_sessions::batch_id.eq_any(in_window))
             .select(SessionRow::as_select())
             .load(conn)?;
@@ -374,6 +379,9 @@ impl Store {
                 )
                 .filter(telemetry_batches::received_at.ge(from))
                 .filter(telemetry_batches::received_at.lt(to))
+                // The same range on the payload's own column: one daily partition is read.
+                .filter(telemetry_events::received_at.ge(from))
+                .filter(telemetry_events::received_at.lt(to))
                 .select((
                     telemetry_batches::license_id,
                     telemetry_events::instance_id,
