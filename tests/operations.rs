@@ -8,7 +8,7 @@ use diesel::connection::SimpleConnection as _;
 use diesel::Connection as _;
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "operations-test-token-0123456789";
@@ -17,19 +17,12 @@ const TOKEN: &str = "operations-test-token-0123456789";
 /// the first start, reused after), once it is ready.
 fn serve(data_dir: &Path, database_url: &str) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_licensor"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+    let child = common::serve_process(port)
         .arg("--data-dir")
         .arg(data_dir)
         .env("DATABASE_URL", database_url)
         .env("LICENSOR_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
-        .env_remove("LICENSOR_KEYS_DIR")
-        .env_remove("LICENSOR_SIGNING_KEY")
-        .env_remove("LICENSOR_ISSUING_KEY")
-        .env_remove("LICENSOR_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");

@@ -1,6 +1,8 @@
 //! `licensor serve` as an operator runs it: the real binary in an empty directory, with no
 //! configuration, stopped with SIGTERM while requests are in flight.
 
+mod common;
+
 use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -237,19 +239,10 @@ fn json_logs_carry_request_ids_and_no_secrets() {
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_licensor"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+    let mut server = common::serve_process(port)
         .current_dir(dir.path())
         .env("LICENSOR_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
-        .env_remove("DATABASE_URL")
-        .env_remove("LICENSOR_ADMIN_TOKEN")
-        .env_remove("LICENSOR_KEYS_DIR")
-        .env_remove("LICENSOR_SIGNING_KEY")
-        .env_remove("LICENSOR_ISSUING_KEY")
-        .env_remove("LICENSOR_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();

@@ -3,10 +3,12 @@
 //! replaced on SIGHUP without a restart (and kept when the new files do not load), and clear
 //! errors for a certificate and key that do not fit.
 
+mod common;
+
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -82,20 +84,11 @@ fn https_check_in_end_to_end_and_the_certificate_reloads_on_sighup() {
 
     let port = free_port();
     let base = format!("https://localhost:{port}");
-    let server = Command::new(env!("CARGO_BIN_EXE_licensor"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+    let server = common::serve_process(port)
         .current_dir(dir.path())
         .env("LICENSOR_TLS_CERT", &cert_file)
         .env("LICENSOR_TLS_KEY", &key_file)
         .env("LICENSOR_LOG_FORMAT", "json")
-        .env_remove("DATABASE_URL")
-        .env_remove("LICENSOR_ADMIN_TOKEN")
-        .env_remove("LICENSOR_KEYS_DIR")
-        .env_remove("LICENSOR_SIGNING_KEY")
-        .env_remove("LICENSOR_ISSUING_KEY")
-        .env_remove("LICENSOR_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let first = trusting(&first_ca);

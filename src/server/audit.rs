@@ -100,10 +100,7 @@ pub(super) async fn list(
     state: web::Data<AppState>,
     web::Query(query): web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be from 1 to 1000"));
-    }
+    let limit = super::handlers::page_size(query.limit)?;
     let store = state.store.clone();
     let entries = blocking(move || {
         // One more than asked, to know whether a next page exists.

@@ -400,12 +400,18 @@ pub(super) struct InstanceListQuery {
     status: Option<crate::protocol::CheckInStatus>,
 }
 
-/// Checks a page size and a cursor.
-fn page(limit: Option<usize>, cursor: Option<&str>) -> Result<(usize, Option<store::Cursor>), ApiError> {
+/// A listing's page size: the one asked for (1 to 1,000), else 100.
+pub(super) fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
     }
+    Ok(limit)
+}
+
+/// Checks a page size and a cursor.
+fn page(limit: Option<usize>, cursor: Option<&str>) -> Result<(usize, Option<store::Cursor>), ApiError> {
+    let limit = page_size(limit)?;
     let cursor = cursor
         .map(|c| {
             store::Cursor::decode(c).ok_or_else(|| {

@@ -469,10 +469,7 @@ pub(super) async fn licenses(
     state: web::Data<AppState>,
     web::Query(q): web::Query<LicensesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be from 1 to 1000"));
-    }
+    let limit = super::handlers::page_size(q.limit)?;
     let now = (state.clock)();
     let read = move |s: &store::Store, p| s.insights_licenses(p, now, limit);
     view(&state, q.days, q.format, "licenses", read, tables::licenses).await

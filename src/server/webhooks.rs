@@ -323,10 +323,7 @@ pub(super) async fn deliveries(
     path: web::Path<String>,
     web::Query(query): web::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be from 1 to 1000"));
-    }
+    let limit = super::handlers::page_size(query.limit)?;
     let (store, id) = (state.store.clone(), path.into_inner());
     let deliveries = blocking(move || Ok(store.deliveries(&id, limit)?)).await?;
     Ok(HttpResponse::Ok().json(DeliveryList { deliveries }))

@@ -315,3 +315,25 @@ pub fn batch(batch_id: uuid::Uuid, usage: usize, routes: usize, errors: usize) -
         "redactions": { "email": 3 }
     })
 }
+
+/// `licensor serve --bind 127.0.0.1:PORT` as a process, with none of the settings this
+/// machine's environment may hold (each test sets what it configures), its output to stderr.
+pub fn serve_process(port: u16) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_licensor"));
+    command.args(["serve", "--bind", &format!("127.0.0.1:{port}")]);
+    for setting in [
+        "DATABASE_URL",
+        "LICENSOR_ADMIN_TOKEN",
+        "LICENSOR_KEYS_DIR",
+        "LICENSOR_SIGNING_KEY",
+        "LICENSOR_ISSUING_KEY",
+        "LICENSOR_CONFIG",
+        "LICENSOR_TLS_CERT",
+        "LICENSOR_TLS_KEY",
+        "LICENSOR_LOG_FORMAT",
+    ] {
+        command.env_remove(setting);
+    }
+    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    command
+}
