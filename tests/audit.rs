@@ -128,13 +128,13 @@ fn read_only_tokens_read_and_every_change_is_audited(h: Harness) {
             s("viewer", "POST /v1/admin/licenses/{license_id}/revoke", &target, 403),
             s("admin", "POST /v1/admin/licenses", "", 201),
             s("viewer", "POST /v1/admin/licenses", "", 403),
-            s("", "POST /v1/admin/licenses", "", 401),
         ]
     );
     assert_eq!(entries[0]["request_id"], revoked_id.as_str());
     assert_eq!(entries[7]["request_id"], issued_id.as_str());
     assert_eq!(entries[8]["request_id"], viewer_id.as_str());
-    assert_eq!(entries[9]["request_id"], anonymous_id.as_str());
+    // The request without a token is not in the log (anyone could fill it so).
+    assert!(entries.iter().all(|e| e["request_id"] != anonymous_id.as_str()));
     assert_eq!(entries[0]["at"], "2026-11-21T10:00:00Z", "the server's clock");
     assert!(page["next_cursor"].is_null());
 

@@ -282,6 +282,22 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
         assert_eq!(before - ids.len(), 2, "only the retried and the redelivered event came twice");
     }
 
+    // Retention removes the deliveries that are done, with the raw telemetry.
+    let done_before = h.store.purge_before(h.now() + Duration::days(1)).unwrap();
+    // Ten events so far (the retried and redelivered one is one delivery), and twenty more on PostgreSQL.
+    let expected = if h.db == common::Db::Postgres { 30 } else { 10 };
+    assert_eq!(done_before["webhook_deliveries"], expected, "{done_before:?}");
+    let (_, deliveries) =
+        h.admin(reqwest::Method::GET, &format!("/v1/admin/webhooks/{endpoint_id}/deliveries"), None);
+    assert!(
+        deliveries["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["delivered_at"].is_null() && d["gave_up_at"].is_null()),
+        "only pending deliveries stay: {deliveries}"
+    );
+
     // Removing the endpoint stops it all.
     assert_eq!(status_of(&h, reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{endpoint_id}")), 204);
     assert_eq!(status_of(&h, reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{endpoint_id}")), 404);

@@ -1,7 +1,9 @@
 //! The audit log's recorder and reader: every admin request that may change something (any
-//! method but GET, HEAD and OPTIONS, under `/v1/admin` and the dashboard's `/admin`) is
-//! recorded once answered: whose token, what, on what, and how it ended. Refusals are recorded
-//! too, so failed attempts show.
+//! method but GET, HEAD and OPTIONS, under `/v1/admin` and the dashboard's `/admin`) made with
+//! a valid admin token (or a dashboard session) is recorded once answered: whose token, what, on
+//! what, and how it ended, refusals included (a read-only token's 403). Requests without a valid
+//! token are not recorded: anyone can send them, and the log is kept forever, so recording them
+//! would let anyone fill it; the request log has them.
 //!
 //! Invariant: nothing a request carries is recorded but its route's parameters (capped in
 //! length): never a token, a body, a query string or a client address.
@@ -27,15 +29,16 @@ pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let recorded = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let res = next.call(req).await?;
-    if recorded {
+    let identity = res.request().extensions().get::<Identity>().cloned();
+    if let (true, Some(identity)) = (changes, identity) {
         let request = res.request();
         let entry = store::NewAuditEntry {
             at: store::audit_time(
                 request.app_data::<web::Data<AppState>>().map_or_else(chrono::Utc::now, |s| (s.clock)()),
             ),
-            actor: request.extensions().get::<Identity>().map(|i| i.name.to_string()).unwrap_or_default(),
+            actor: identity.name.to_string(),
             action: format!(
                 "{} {}",
                 request.method(),
@@ -78,7 +81,7 @@ pub(super) struct AuditQuery {
     /// The `next_cursor` of the page before.
     #[serde(default)]
     cursor: Option<i64>,
-    /// Only this token's actions ("" for requests without a valid token).
+    /// Only this token's actions.
     #[serde(default)]
     actor: Option<String>,
 }

@@ -14,7 +14,7 @@ use super::{naive, utc, Store, StoreError};
 #[diesel(table_name = audit_log)]
 pub struct NewAuditEntry {
     pub at: NaiveDateTime,
-    /// The admin token's name, or "" when the request bore no valid one.
+    /// The admin token's name.
     pub actor: String,
     /// `METHOD /route/{pattern}`.
     pub action: String,
@@ -43,7 +43,7 @@ pub struct AuditEntry {
     /// Increasing with time; the listing's cursor.
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// The admin token's name, or "" when the request bore no valid token.
+    /// The admin token's name.
     pub actor: String,
     /// `METHOD /route/{pattern}`.
     pub action: String,

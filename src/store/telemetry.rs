@@ -358,6 +358,19 @@ impl Store {
                 "check_ins",
                 diesel::delete(check_ins::table.filter(check_ins::at.lt(cutoff))).execute(conn)?,
             );
+            // Webhook deliveries that are done (delivered or given up) go with the raw
+            // telemetry; pending ones stay, however old.
+            removed.insert(
+                "webhook_deliveries",
+                diesel::delete(
+                    webhook_deliveries::table.filter(webhook_deliveries::created_at.lt(cutoff)).filter(
+                        webhook_deliveries::delivered_at
+                            .is_not_null()
+                            .or(webhook_deliveries::gave_up_at.is_not_null()),
+                    ),
+                )
+                .execute(conn)?,
+            );
             Ok::<_, StoreError>(removed)
         })
     }

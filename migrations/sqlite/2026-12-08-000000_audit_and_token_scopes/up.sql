@@ -1,5 +1,5 @@
 -- What every admin action did, kept past the telemetry retention (no job deletes it): who (the
--- admin token's name, or "" when the request bore none), what (method and route pattern), on
+-- admin token's name), what (method and route pattern), on
 -- what (the route's parameters), and how it ended (the answer's status). Never a token, a body or
 -- a client address.
 CREATE TABLE audit_log (
