@@ -916,6 +916,37 @@ fn the_load_tool_fires_real_check_ins() {
     assert_eq!(instances.len(), 30);
 }
 
+/// On PostgreSQL the load tool also says what the run stored per check-in (a figure the README
+/// quotes): a positive number, from the growth of the tables a check-in writes.
+#[test]
+fn the_load_tool_measures_storage_on_postgres() {
+    let Some(h) = Harness::start(common::Db::Postgres) else { return };
+    let env = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN)];
+    let args = [
+        "bench",
+        "check-ins",
+        "--url",
+        &h.base,
+        "--licenses",
+        "2",
+        "--instances",
+        "20",
+        "--requests",
+        "40",
+        "--concurrency",
+        "4",
+        "--database-url",
+        &h.database_url,
+    ];
+    let (code, out, err) = licensor_cli(&args, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out.lines().find(|l| l.starts_with("stored:")).unwrap_or_else(|| panic!("{out}"));
+    let per_check_in: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Every check-in of the run is a new instance with five error groups: well over 2 KB each
+    // (a figure that left out the tables a check-in writes most would be far under).
+    assert!(per_check_in > 2_000.0, "{line}");
+}
+
 /// The insights benchmark runs end to end on a tiny fleet (its figures are for the README, not
 /// for this test): seeding, the roll-up of a day, every view and page answering 200.
 #[test]

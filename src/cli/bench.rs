@@ -19,6 +19,18 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
         bail!("need licenses >= 1, instances >= licenses, concurrency >= 1 and requests >= 1");
     }
     let base = args.url.trim_end_matches('/').to_owned();
+    // What a check-in writes: the licensing rows, the raw telemetry and the outbox.
+    let stored = |store: &crate::store::Store| -> Result<i64> {
+        Ok(store.table_sizes(STORED_BY_CHECK_INS)?.iter().map(|(_, _, bytes)| bytes).sum())
+    };
+    let storage = match &args.database_url {
+        Some(url) => {
+            let store = crate::store::Store::open(url, 2)?;
+            let before = stored(&store)?;
+            Some((store, before))
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -138,8 +150,32 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
             outln!("  {outcome}: {n}")?;
         }
         Ok(EXIT_OK)
-    })
+    })?;
+    if let Some((store, before)) = storage {
+        let after = stored(&store)?;
+        outln!(
+            "stored:      {:.0} bytes per check-in ({:.1} MB for {} check-ins; tables with their indexes, \
+             before any vacuum)",
+            (after - before) as f64 / args.requests as f64,
+            (after - before) as f64 / 1e6,
+            args.requests
+        )?;
+    }
+    Ok(EXIT_OK)
 }
+
+/// The tables a check-in writes to, whose growth the check-in bench reports.
+const STORED_BY_CHECK_INS: &[&str] = &[
+    "licenses",
+    "instances",
+    "check_ins",
+    "telemetry_batches",
+    "telemetry_events",
+    "telemetry_performance",
+    "telemetry_sessions",
+    "telemetry_errors",
+    "webhook_deliveries",
+];
 
 /// A realistic batch, serialised once with a placeholder batch id.
 fn batch_template() -> String {

@@ -187,6 +187,9 @@ pub struct BenchCheckInsArgs {
     /// Threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// The server's PostgreSQL database: also print the bytes the run stored per check-in.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

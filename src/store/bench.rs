@@ -475,9 +475,13 @@ impl Store {
         };
         let mut out = Vec::new();
         for table in tables {
-            // The names are this crate's own table names, never outside input.
+            // The names are this crate's own table names, never outside input. A partitioned
+            // table's size is its partitions' (the parent itself holds nothing); for a plain
+            // table `pg_partition_tree` lists nothing, and its own size counts.
             let sql = format!(
-                "SELECT (SELECT COUNT(*) FROM {table}) AS rows, pg_total_relation_size('{table}') AS bytes"
+                "SELECT (SELECT COUNT(*) FROM {table}) AS rows, COALESCE( \
+                 (SELECT SUM(pg_total_relation_size(relid))::BIGINT FROM pg_partition_tree('{table}')), \
+                 pg_total_relation_size('{table}')) AS bytes"
             );
             let size: Size = diesel::sql_query(sql).get_result(c)?;
             out.push(((*table).to_owned(), size.rows, size.bytes));
