@@ -889,6 +889,64 @@ fn admin_cli_talks_to_the_server() {
     assert!(err.contains("no answer from http://127.0.0.1:9"), "{err}");
 }
 
+/// `licensor admin webhooks ...` and `licensor admin audit` against a real server.
+#[test]
+fn admin_cli_manages_webhooks_and_reads_the_audit_log() {
+    let h = Harness::start(common::Db::Sqlite).unwrap();
+    let env = [("LICENSOR_ADMIN_TOKEN", common::ADMIN_TOKEN), ("LICENSOR_SERVER_URL", h.base.as_str())];
+    let (code, out, err) = licensor_cli(
+        &[
+            "admin",
+            "webhooks",
+            "add",
+            "--url",
+            "https://hooks.example.com/licensor",
+            "--event",
+            "license.revoked",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (code, out, _) = licensor_cli(&["admin", "webhooks", "list"], &env);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["endpoints"][0]["events"], serde_json::json!(["license.revoked"]));
+    let (code, out, _) = licensor_cli(&["admin", "webhooks", "deliveries", &id], &env);
+    assert_eq!(
+        (code, serde_json::from_str::<Value>(&out).unwrap()),
+        (0, serde_json::json!({ "deliveries": [] }))
+    );
+    let (code, _, err) = licensor_cli(&["admin", "webhooks", "redeliver", &id, "evt_none"], &env);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = licensor_cli(&["admin", "webhooks", "remove", &id], &env);
+    assert_eq!((code, out.trim()), (0, "204"));
+    let (code, _, _) =
+        licensor_cli(&["admin", "webhooks", "add", "--url", "ftp://x", "--event", "license.revoked"], &env);
+    assert_eq!(code, 1);
+
+    let (code, out, _) = licensor_cli(&["admin", "audit", "--actor", "admin", "--limit", "10"], &env);
+    assert_eq!(code, 0, "{out}");
+    let audit: Value = serde_json::from_str(&out).unwrap();
+    let actions: Vec<(&str, i64)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["status"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("POST /v1/admin/webhooks", 400),
+            ("DELETE /v1/admin/webhooks/{endpoint_id}", 204),
+            ("POST /v1/admin/webhooks/{endpoint_id}/deliveries/{event_id}/redeliver", 404),
+            ("POST /v1/admin/webhooks", 201),
+        ]
+    );
+}
+
 /// The load tool runs end to end (its figures are for `licensor bench`, not for this test).
 #[test]
 fn the_load_tool_fires_real_check_ins() {

@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 
 use crate::protocol::percent_encode as encode;
 
-use super::{AdminArgs, AdminCommand, InsightsView, JobName, JobsCommand, EXIT_NOT_VALID, EXIT_OK};
+use super::{
+    AdminArgs, AdminCommand, InsightsView, JobName, JobsCommand, WebhooksCommand, EXIT_NOT_VALID, EXIT_OK,
+};
 
 /// A client of the admin API.
 pub struct Api {
@@ -81,6 +83,35 @@ pub fn run(args: AdminArgs) -> Result<u8> {
             let body = json!({ "day": day.to_string() });
             api.send(Method::POST, "/v1/admin/jobs/rollup/runs", Some(&body))?
         }
+        AdminCommand::Audit { limit, cursor, actor } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(cursor.map(|c| format!("cursor={c}")));
+            query.extend(actor.map(|a| format!("actor={}", encode(&a))));
+            api.send(Method::GET, &format!("/v1/admin/audit?{}", query.join("&")), None)?
+        }
+        AdminCommand::Webhooks { command } => match command {
+            WebhooksCommand::List => api.send(Method::GET, "/v1/admin/webhooks", None)?,
+            WebhooksCommand::Add { url, events } => {
+                api.send(Method::POST, "/v1/admin/webhooks", Some(&json!({ "url": url, "events": events })))?
+            }
+            WebhooksCommand::Remove { endpoint_id } => {
+                api.send(Method::DELETE, &format!("/v1/admin/webhooks/{}", encode(&endpoint_id)), None)?
+            }
+            WebhooksCommand::Deliveries { endpoint_id, limit } => api.send(
+                Method::GET,
+                &format!("/v1/admin/webhooks/{}/deliveries?limit={limit}", encode(&endpoint_id)),
+                None,
+            )?,
+            WebhooksCommand::Redeliver { endpoint_id, event_id } => api.send(
+                Method::POST,
+                &format!(
+                    "/v1/admin/webhooks/{}/deliveries/{}/redeliver",
+                    encode(&endpoint_id),
+                    encode(&event_id)
+                ),
+                None,
+            )?,
+        },
         AdminCommand::Issue {
             tier,
             licensee,
@@ -152,6 +183,8 @@ pub fn run(args: AdminArgs) -> Result<u8> {
         }
     };
     match &answer {
+        // An answer without a body (204, 202) says its status instead.
+        Value::String(text) if text.is_empty() => outln!("{status}")?,
         // A CSV answer is printed as it came.
         Value::String(text) => outln!("{}", text.trim_end())?,
         json => outln!("{}", serde_json::to_string_pretty(json)?)?,

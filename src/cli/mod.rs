@@ -256,6 +256,23 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// The audit log of admin actions, newest first.
+    Audit {
+        /// Entries per page, 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where the page starts: the previous page's next_cursor.
+        #[arg(long)]
+        cursor: Option<i64>,
+        /// Only this token's actions.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Webhook endpoints and their deliveries.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Issue a license (the server must hold an issuing key).
     Issue {
         /// community, pro or enterprise.
@@ -398,6 +415,43 @@ pub enum JobsCommand {
         /// The day to roll up (UTC), not after today.
         #[arg(long)]
         day: NaiveDate,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// The registered endpoints (without their secrets).
+    List,
+    /// Register an endpoint; the answer carries its signing secret, shown this once.
+    Add {
+        /// Where the events are POSTed: https://... (or http://).
+        #[arg(long)]
+        url: String,
+        /// An event type to send (repeat): license.issued, license.renewed, license.revoked,
+        /// license.reinstated, instance.activated, instance.released, seat_limit.reached,
+        /// checkin.overdue.
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+    },
+    /// Remove an endpoint and its pending deliveries.
+    Remove {
+        /// The endpoint's id (we_...).
+        endpoint_id: String,
+    },
+    /// An endpoint's deliveries, newest first.
+    Deliveries {
+        /// The endpoint's id (we_...).
+        endpoint_id: String,
+        /// At most this many, 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a delivery again now (same event id).
+    Redeliver {
+        /// The endpoint's id (we_...).
+        endpoint_id: String,
+        /// The event's id (evt_...), as its deliveries list it.
+        event_id: String,
     },
 }
 
