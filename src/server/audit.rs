@@ -35,7 +35,7 @@ pub async fn middleware(
     if let (true, Some(identity)) = (changes, identity) {
         let request = res.request();
         let entry = store::NewAuditEntry {
-            at: store::audit_time(
+            at: store::naive(
                 request.app_data::<web::Data<AppState>>().map_or_else(chrono::Utc::now, |s| (s.clock)()),
             ),
             actor: identity.name.to_string(),

@@ -297,15 +297,14 @@ fn load_tls(config: &ServerConfig) -> Result<Option<Arc<tls::CertificateStore>>,
     })
 }
 
+/// `addr` is the listener's own address, for errors.
 fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
+    addr: SocketAddr,
     workers: usize,
     tls: Option<&Arc<tls::CertificateStore>>,
 ) -> Result<actix_web::dev::Server, ServeError> {
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
     let bind = |source| ServeError::Bind { addr, source };
     let server = HttpServer::new(move || {
         App::new()
@@ -378,22 +377,18 @@ async fn serve(
     clock: Clock,
     ready: impl FnOnce(actix_web::dev::ServerHandle),
 ) -> Result<(), ServeError> {
-    let Bound { listener, metrics_listener, tls, .. } = bound;
+    let Bound { listener, addr, metrics_listener, metrics_addr, tls } = bound;
     let bind = |source| ServeError::Bind { addr: config.bind, source };
     let state_service = state.service.clone();
-    let metrics = match metrics_listener {
-        Some(listener) => {
-            let addr = listener.local_addr().map_err(bind)?;
-            Some(
-                metrics_server(state.clone(), listener)
-                    .map_err(|source| ServeError::Bind { addr, source })?,
-            )
-        }
-        None => None,
+    let metrics = match (metrics_listener, metrics_addr) {
+        (Some(listener), Some(addr)) => Some(
+            metrics_server(state.clone(), listener).map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        _ => None,
     };
     let metrics_handle = metrics.as_ref().map(|m| m.handle());
     let metrics_task = metrics.map(actix_web::rt::spawn);
-    let server = http_server(state, listener, config.workers, tls.as_ref())?;
+    let server = http_server(state, listener, addr, config.workers, tls.as_ref())?;
     let reloading = match tls {
         Some(store) => Some(reload_on_sighup(store).map_err(bind)?),
         None => None,

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::audit_log;
-use super::{naive, utc, Store, StoreError};
+use super::{utc, Store, StoreError};
 
 /// An action to record.
 #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
@@ -95,9 +95,4 @@ impl Store {
             })
             .collect())
     }
-}
-
-/// An audit time from `now`.
-pub fn audit_time(now: DateTime<Utc>) -> NaiveDateTime {
-    naive(now)
 }

@@ -25,7 +25,7 @@ mod sessions;
 mod telemetry;
 mod webhooks;
 
-pub use audit::{audit_time, AuditEntry, NewAuditEntry};
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use bench::{SeedPlan, Seeded};
 pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;

@@ -259,27 +259,38 @@ impl Store {
                 )
                 .order(webhook_deliveries::next_attempt_at)
                 .limit(limit as i64)
-                .select((webhook_deliveries::event_id, webhook_deliveries::endpoint_id));
+                .select((
+                    webhook_deliveries::event_id,
+                    webhook_deliveries::endpoint_id,
+                    webhook_deliveries::payload,
+                    webhook_deliveries::attempts,
+                ));
             // Where the SQL differs: PostgreSQL locks the rows it claims and skips those another
             // replica holds; SQLite has one writer, so its transaction alone excludes the rest.
-            let keys: Vec<(String, String)> = match conn {
+            let due: Vec<(String, String, String, i32)> = match conn {
                 DbConnection::Postgresql(c) => due.for_update().skip_locked().load(c)?,
                 DbConnection::Sqlite(c) => due.load(c)?,
             };
-            let mut claimed = Vec::with_capacity(keys.len());
-            for (event_id, endpoint_id) in keys {
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<&str> = due.iter().map(|(_, endpoint, _, _)| endpoint.as_str()).collect();
+            let endpoints: std::collections::HashMap<String, (String, String)> = webhook_endpoints::table
+                .filter(webhook_endpoints::id.eq_any(&ids))
+                .select((webhook_endpoints::id, webhook_endpoints::url, webhook_endpoints::secret))
+                .load::<(String, String, String)>(conn)?
+                .into_iter()
+                .map(|(id, url, secret)| (id, (url, secret)))
+                .collect();
+            let mut claimed = Vec::with_capacity(due.len());
+            for (event_id, endpoint_id, payload, attempts) in due {
                 diesel::update(webhook_deliveries::table.find((&event_id, &endpoint_id)))
                     .set(webhook_deliveries::claimed_until.eq(Some(now + CLAIM)))
                     .execute(conn)?;
-                let (payload, attempts): (String, i32) = webhook_deliveries::table
-                    .find((&event_id, &endpoint_id))
-                    .select((webhook_deliveries::payload, webhook_deliveries::attempts))
-                    .first(conn)?;
-                let (url, secret): (String, String) = webhook_endpoints::table
-                    .find(&endpoint_id)
-                    .select((webhook_endpoints::url, webhook_endpoints::secret))
-                    .first(conn)?;
-                claimed.push(Claimed { event_id, endpoint_id, url, secret, payload, attempts });
+                // An endpoint removed meanwhile takes its deliveries with it (same transaction).
+                if let Some((url, secret)) = endpoints.get(&endpoint_id).cloned() {
+                    claimed.push(Claimed { event_id, endpoint_id, url, secret, payload, attempts });
+                }
             }
             Ok::<_, StoreError>(claimed)
         })
