@@ -141,13 +141,11 @@ fn a_valid_check_in_answers_a_lease_bound_to_the_nonce(h: Harness) {
     let again = h.check_in(&key, "inst-1", Some(&batch(uuid::Uuid::new_v4(), 1, 0, 0).to_string()));
     assert_ne!(again["lease"], r["lease"]);
 
-    // One raw row per batch in each raw table; the errors deduplicated by fingerprint.
+    // One raw payload row per batch; the errors deduplicated by fingerprint.
     let counts = h.store.telemetry_counts("inst-1").unwrap();
     assert_eq!(counts["telemetry_batches"], 2);
-    assert_eq!(counts["telemetry_events"], 2);
-    assert_eq!(counts["telemetry_performance"], 2);
+    assert_eq!(counts["telemetry_payloads"], 2);
     assert_eq!(counts["telemetry_errors"], 5);
-    assert_eq!(counts["telemetry_sessions"], 2);
     let s = summary(&h, "inst-1", 24);
     assert_eq!(s["usage"].as_array().unwrap().len(), 50);
     let feature_0 = s["usage"].as_array().unwrap().iter().find(|u| u["name"] == "feature_0").unwrap();
@@ -370,9 +368,7 @@ fn the_same_batch_sent_twice_is_stored_once(h: Harness) {
     assert_eq!(second["telemetry"]["digest"], first["telemetry"]["digest"]);
     let counts = h.store.telemetry_counts("retrier").unwrap();
     assert_eq!(counts["telemetry_batches"], 1);
-    assert_eq!(counts["telemetry_events"], 1);
-    assert_eq!(counts["telemetry_performance"], 1);
-    assert_eq!(counts["telemetry_sessions"], 1);
+    assert_eq!(counts["telemetry_payloads"], 1);
     let summary = summary(&h, "retrier", 24);
     assert_eq!(summary["errors"][0]["count"], 2, "error counts are not added twice: {summary}");
     assert_eq!(summary["usage"][0]["count"], 19);
@@ -394,7 +390,7 @@ fn the_same_batch_sent_concurrently_is_stored_once(h: Harness) {
     assert_eq!(duplicates.iter().filter(|d| !**d).count(), 1, "{duplicates:?}");
     let counts = h.store.telemetry_counts("racer").unwrap();
     assert_eq!(counts["telemetry_batches"], 1);
-    assert_eq!(counts["telemetry_events"], 1);
+    assert_eq!(counts["telemetry_payloads"], 1);
     assert_eq!(counts["telemetry_errors"], 3);
     assert_eq!(summary(&h, "racer", 24)["usage"][0]["count"], 29, "counted once");
     assert_eq!(summary(&h, "racer", 24)["errors"][0]["count"], 2);
@@ -614,7 +610,7 @@ fn admin_issue_list_summary_and_erase(h: Harness) {
 
     let (code, erased) = h.admin(Method::DELETE, "/v1/admin/instances/summarised/telemetry", None);
     assert_eq!(code, 200, "{erased}");
-    assert_eq!(erased["removed"]["telemetry_events"], 1);
+    assert_eq!(erased["removed"]["telemetry_payloads"], 1);
     assert_eq!(erased["removed"]["telemetry_batches"], 1);
     assert_eq!(erased["removed"]["telemetry_errors"], 1);
     assert!(h.store.telemetry_counts("summarised").unwrap().values().all(|n| *n == 0));

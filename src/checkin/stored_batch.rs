@@ -41,18 +41,6 @@ pub(super) fn scrubbed_batch(
             ..p.clone()
         })
         .collect();
-    let events = store::EventRow {
-        batch_id: batch_id.clone(),
-        instance_id: instance_id.to_owned(),
-        received_at,
-        usage: serde_json::to_string(&usage).expect("usage serialises"),
-    };
-    let performance = store::PerformanceRow {
-        batch_id: batch_id.clone(),
-        instance_id: instance_id.to_owned(),
-        received_at,
-        routes: serde_json::to_string(&routes).expect("routes serialise"),
-    };
     let errors = b
         .errors
         .iter()
@@ -71,13 +59,18 @@ pub(super) fn scrubbed_batch(
         .collect();
     let redactions: std::collections::BTreeMap<String, u64> =
         b.redactions.iter().map(|(k, v)| (s(k), *v)).collect();
-    let sessions = store::SessionRow {
+    let payload = store::PayloadRow {
         batch_id: batch_id.clone(),
-        instance_id: instance_id.to_owned(),
         received_at,
-        count: b.sessions.count as i64,
-        total_duration_s: b.sessions.total_duration_s as i64,
-        hourly: serde_json::to_string(&b.sessions.hourly).expect("integers serialise"),
+        body: store::payload::encode(&store::Payload {
+            usage,
+            performance: routes,
+            sessions: store::PayloadSessions {
+                count: b.sessions.count,
+                total_duration_s: b.sessions.total_duration_s,
+                hourly: b.sessions.hourly.to_vec(),
+            },
+        }),
     };
     if counts.total() > 0 {
         tracing::warn!(
@@ -101,9 +94,7 @@ pub(super) fn scrubbed_batch(
             dropped: serde_json::to_string(&b.dropped).expect("counts serialise"),
             redactions: serde_json::to_string(&redactions).expect("counts serialise"),
         },
-        events,
-        performance,
+        payload,
         errors,
-        sessions,
     }
 }

@@ -20,8 +20,8 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
     }
     let base = args.url.trim_end_matches('/').to_owned();
     // What a check-in writes: the licensing rows, the raw telemetry and the outbox.
-    let stored = |store: &crate::store::Store| -> Result<i64> {
-        Ok(store.table_sizes(STORED_BY_CHECK_INS)?.iter().map(|(_, _, bytes)| bytes).sum())
+    let stored = |store: &crate::store::Store| -> Result<Vec<(String, i64, i64)>> {
+        Ok(store.table_sizes(STORED_BY_CHECK_INS)?)
     };
     let storage = match &args.database_url {
         Some(url) => {
@@ -153,12 +153,44 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
     })?;
     if let Some((store, before)) = storage {
         let after = stored(&store)?;
+        let grew = |table: &str| {
+            after
+                .iter()
+                .zip(&before)
+                .find(|(a, _)| a.0 == table)
+                .map_or((0, 0), |(a, b)| (a.1 - b.1, a.2 - b.2))
+        };
+        // Per check-in the server stored: a refused check-in (429, say) stores nothing, and
+        // counting it would flatter the figure.
+        let stored_check_ins = grew("check_ins").0;
+        if stored_check_ins <= 0 {
+            bail!("the run stored no check-in: is --database-url the server's database?");
+        }
+        let total: i64 = after.iter().zip(&before).map(|(a, b)| a.2 - b.2).sum();
+        let per = |bytes: i64| bytes as f64 / stored_check_ins as f64;
         outln!(
-            "stored:      {:.0} bytes per check-in ({:.1} MB for {} check-ins; tables with their indexes, \
-             before any vacuum)",
-            (after - before) as f64 / args.requests as f64,
-            (after - before) as f64 / 1e6,
-            args.requests
+            "stored:      {:.0} bytes per stored check-in ({:.1} MB for {stored_check_ins} check-ins; tables with \
+             their indexes, before any vacuum)",
+            per(total),
+            total as f64 / 1e6,
+        )?;
+        for (table, _, _) in &after {
+            let (rows, bytes) = grew(table);
+            outln!("  {table:<22} {:>7.0} bytes per check-in ({rows} rows more)", per(bytes))?;
+        }
+        // What retention bounds (a check-in's own rows, kept for the retention period) apart from
+        // what an install keeps while it exists (written at its first check-in, updated after):
+        // the first is what a fleet's storage grows by per check-in.
+        let sum = |tables: &[&str]| -> i64 { tables.iter().map(|t| grew(t).1).sum() };
+        outln!(
+            "  per check-in, kept for the retention period (check_ins, telemetry_batches, \
+             telemetry_payloads): {:.0} bytes",
+            per(sum(PER_CHECK_IN))
+        )?;
+        outln!(
+            "  per install, kept while it exists (licenses, instances, telemetry_errors, webhook_deliveries): \
+             {:.0} bytes per check-in of this run",
+            per(total - sum(PER_CHECK_IN))
         )?;
     }
     Ok(EXIT_OK)
@@ -170,12 +202,14 @@ const STORED_BY_CHECK_INS: &[&str] = &[
     "instances",
     "check_ins",
     "telemetry_batches",
-    "telemetry_events",
-    "telemetry_performance",
-    "telemetry_sessions",
+    "telemetry_payloads",
     "telemetry_errors",
     "webhook_deliveries",
 ];
+
+/// The tables of [`STORED_BY_CHECK_INS`] that grow by a row per check-in and that retention
+/// empties; the others hold an install's (or a license's) rows.
+const PER_CHECK_IN: &[&str] = &["check_ins", "telemetry_batches", "telemetry_payloads"];
 
 /// A realistic batch, serialised once with a placeholder batch id.
 fn batch_template() -> String {

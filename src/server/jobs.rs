@@ -46,8 +46,9 @@ pub fn run_retention(
     let outcome = match purged {
         Ok((dropped, removed)) => {
             let total: usize = removed.values().sum();
+            let partitions = if dropped.len() == 1 { "partition" } else { "partitions" };
             format!(
-                "dropped {} daily partitions and removed {total} rows received before {}",
+                "dropped {} daily {partitions} and removed {total} rows received before {}",
                 dropped.len(),
                 crate::time::format(&cutoff)
             )

@@ -416,25 +416,14 @@ impl Store {
                     dropped: "{}".into(),
                     redactions: "{}".into(),
                 },
-                events: EventRow {
-                    batch_id: batch_id.clone(),
-                    instance_id: instance_id.clone(),
-                    received_at: at,
-                    usage: serde_json::to_string(&usage).expect("serialises"),
-                },
-                performance: PerformanceRow {
-                    batch_id: batch_id.clone(),
-                    instance_id: instance_id.clone(),
-                    received_at: at,
-                    routes: serde_json::to_string(&routes).expect("serialises"),
-                },
-                sessions: SessionRow {
+                payload: PayloadRow {
                     batch_id,
-                    instance_id,
                     received_at: at,
-                    count: 3,
-                    total_duration_s: 600,
-                    hourly: serde_json::to_string(&[0u64; 24]).expect("serialises"),
+                    body: super::payload::encode(&Payload {
+                        usage,
+                        performance: routes,
+                        sessions: PayloadSessions { count: 3, total_duration_s: 600, hourly: vec![0; 24] },
+                    }),
                 },
                 errors: Vec::new(),
             });

@@ -299,27 +299,23 @@ impl Figures {
 /// batches' sketches merged. Returns the rows written.
 pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<usize, StoreError> {
     let (from, to) = (midnight(day), midnight(day) + Duration::days(1));
-    let batches: Vec<(String, String, String, String)> = telemetry_performance::table
-        .inner_join(
-            telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_performance::batch_id)),
-        )
+    let batches: Vec<(String, String, String, Vec<u8>)> = telemetry_payloads::table
+        .inner_join(telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)))
         .filter(telemetry_batches::received_at.ge(from))
         .filter(telemetry_batches::received_at.lt(to))
         // The same range on the payload's own column: one daily partition is read.
-        .filter(telemetry_performance::received_at.ge(from))
-        .filter(telemetry_performance::received_at.lt(to))
+        .filter(telemetry_payloads::received_at.ge(from))
+        .filter(telemetry_payloads::received_at.lt(to))
         .select((
             telemetry_batches::license_id,
             telemetry_batches::instance_id,
             telemetry_batches::app_version,
-            telemetry_performance::routes,
+            telemetry_payloads::body,
         ))
         .load(conn)?;
     let mut by_version: BTreeMap<String, (Vec<RoutePerformance>, RouteInstalls)> = BTreeMap::new();
-    for (license_id, instance_id, version, routes) in batches {
-        let routes: Vec<RoutePerformance> = serde_json::from_str(&routes).map_err(|source| {
-            StoreError::Corrupt { what: "telemetry_performance.routes", source: source.into() }
-        })?;
+    for (license_id, instance_id, version, body) in batches {
+        let routes = super::payload::decode::<super::telemetry::RoutesOnly>(&body)?.performance;
         let entry = by_version.entry(version).or_default();
         for r in &routes {
             entry

@@ -20,6 +20,7 @@ mod jobs;
 mod licensing;
 mod models;
 mod partitions;
+pub mod payload;
 mod public;
 mod sessions;
 mod telemetry;

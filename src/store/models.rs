@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::schema::*;
 
@@ -153,37 +154,31 @@ pub struct BatchRow {
     pub redactions: String,
 }
 
-/// A batch's usage counts, raw.
+/// A batch's raw payload: its usage, request performance and sessions in one JSON text.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = telemetry_events)]
-pub struct EventRow {
+#[diesel(table_name = telemetry_payloads)]
+pub struct PayloadRow {
     pub batch_id: String,
-    pub instance_id: String,
     pub received_at: NaiveDateTime,
-    /// JSON array of `protocol::UsageCount`.
-    pub usage: String,
+    /// A `Payload` in its stored form (see `store::payload`).
+    pub body: Vec<u8>,
 }
 
-/// A batch's request performance, raw.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = telemetry_performance)]
-pub struct PerformanceRow {
-    pub batch_id: String,
-    pub instance_id: String,
-    pub received_at: NaiveDateTime,
-    /// JSON array of `protocol::RoutePerformance`.
-    pub routes: String,
+/// What `telemetry_payloads.body` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub usage: Vec<crate::protocol::UsageCount>,
+    pub performance: Vec<crate::protocol::RoutePerformance>,
+    pub sessions: PayloadSessions,
 }
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = telemetry_sessions)]
-pub struct SessionRow {
-    pub batch_id: String,
-    pub instance_id: String,
-    pub received_at: NaiveDateTime,
-    pub count: i64,
-    pub total_duration_s: i64,
-    pub hourly: String,
+/// A batch's sessions as the payload holds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayloadSessions {
+    pub count: u64,
+    pub total_duration_s: u64,
+    /// Sessions started in each hour of the day (UTC), 24 of them.
+    pub hourly: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -229,22 +224,18 @@ pub struct AggregateRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredBatch {
     pub batch: BatchRow,
-    pub events: EventRow,
-    pub performance: PerformanceRow,
+    pub payload: PayloadRow,
     pub errors: Vec<ErrorRow>,
-    pub sessions: SessionRow,
 }
 
 impl StoredBatch {
-    /// The telemetry text this batch writes (environment, usage, routes, error groups, session
-    /// hours): what the stored-bytes metric counts, without keys and fixed-size columns.
+    /// The telemetry text this batch writes (environment, payload, error groups): what the
+    /// stored-bytes metric counts, without keys and fixed-size columns.
     pub fn text_bytes(&self) -> usize {
         let b = &self.batch;
         b.environment.len()
             + b.dropped.len()
-            + self.events.usage.len()
-            + self.performance.routes.len()
-            + self.sessions.hourly.len()
+            + self.payload.body.len()
             + self.errors.iter().map(|e| e.error_type.len() + e.message.len() + e.stack.len()).sum::<usize>()
     }
 }

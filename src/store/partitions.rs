@@ -1,5 +1,6 @@
-//! The daily partitions of the raw payload tables on PostgreSQL (see the migration
-//! `partition_raw_telemetry`): created ahead by the jobs, dropped whole by retention.
+//! The daily partitions of the raw payload table on PostgreSQL (see the migrations
+//! `partition_raw_telemetry` and `one_payload_row_per_batch`): created ahead by the jobs,
+//! dropped whole by retention.
 //!
 //! Invariants: a day's partition is never created when the default partition already holds rows
 //! of that day (PostgreSQL would refuse, and those rows would be stranded); a partition is
@@ -13,7 +14,7 @@ use diesel::prelude::*;
 use super::{DbConnection, Store, StoreError};
 
 /// The partitioned tables.
-pub const PARTITIONED: [&str; 3] = ["telemetry_events", "telemetry_performance", "telemetry_sessions"];
+pub const PARTITIONED: [&str; 1] = ["telemetry_payloads"];
 
 #[derive(QueryableByName)]
 struct Name {

@@ -65,11 +65,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry_events (batch_id) {
+    telemetry_payloads (batch_id) {
         batch_id -> Text,
-        instance_id -> Text,
         received_at -> Timestamp,
-        usage -> Text,
+        body -> Binary,
     }
 }
 
@@ -95,26 +94,6 @@ diesel::table! {
         count -> BigInt,
         first_seen -> Timestamp,
         last_seen -> Timestamp,
-    }
-}
-
-diesel::table! {
-    telemetry_performance (batch_id) {
-        batch_id -> Text,
-        instance_id -> Text,
-        received_at -> Timestamp,
-        routes -> Text,
-    }
-}
-
-diesel::table! {
-    telemetry_sessions (batch_id) {
-        batch_id -> Text,
-        instance_id -> Text,
-        received_at -> Timestamp,
-        count -> BigInt,
-        total_duration_s -> BigInt,
-        hourly -> Text,
     }
 }
 
@@ -231,11 +210,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     instances,
     check_ins,
     telemetry_batches,
-    telemetry_events,
+    telemetry_payloads,
     telemetry_features,
     telemetry_errors,
-    telemetry_performance,
-    telemetry_sessions,
     telemetry_aggregates,
     install_days,
     route_days,

@@ -55,12 +55,8 @@ pub(super) fn insert_batches(
         batches.iter().copied().filter(|b| inserted.contains(&b.batch.batch_id)).collect();
     on_backend!(conn, c => {
         for chunk in stored.chunks(ROWS_PER_STATEMENT) {
-            let events: Vec<&EventRow> = chunk.iter().map(|b| &b.events).collect();
-            diesel::insert_into(telemetry_events::table).values(events).execute(c)?;
-            let performance: Vec<&PerformanceRow> = chunk.iter().map(|b| &b.performance).collect();
-            diesel::insert_into(telemetry_performance::table).values(performance).execute(c)?;
-            let sessions: Vec<&SessionRow> = chunk.iter().map(|b| &b.sessions).collect();
-            diesel::insert_into(telemetry_sessions::table).values(sessions).execute(c)?;
+            let payloads: Vec<&PayloadRow> = chunk.iter().map(|b| &b.payload).collect();
+            diesel::insert_into(telemetry_payloads::table).values(payloads).execute(c)?;
         }
     });
     let errors: Vec<ErrorRow> = stored.iter().flat_map(|b| b.errors.iter().cloned()).collect();
@@ -224,38 +220,26 @@ impl Store {
             .count()
             .get_result(conn)?;
 
-        // Each payload table is also filtered by its own received_at, so that on PostgreSQL only
+        // The payloads are also filtered by their own received_at, so that on PostgreSQL only
         // the window's daily partitions are read.
-        let usage_json: Vec<String> = telemetry_events::table
-            .filter(telemetry_events::received_at.between(from, to))
-            .filter(telemetry_events::batch_id.eq_any(in_window))
-            .select(telemetry_events::usage)
+        let bodies: Vec<Vec<u8>> = telemetry_payloads::table
+            .filter(telemetry_payloads::received_at.between(from, to))
+            .filter(telemetry_payloads::batch_id.eq_any(in_window))
+            .select(telemetry_payloads::body)
             .load(conn)?;
-        let mut usage: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for entry in usage_json
+        let payloads = bodies
             .iter()
-            .map(|j| parse_list::<UsageCount>(j, "telemetry_events.usage"))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-        {
-            let sum = usage.entry((entry.kind.as_str().to_owned(), entry.name)).or_default();
+            .map(|body| super::payload::decode::<Payload>(body))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut usage: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for entry in payloads.iter().flat_map(|p| &p.usage) {
+            let sum = usage.entry((entry.kind.as_str().to_owned(), entry.name.clone())).or_default();
             *sum = sum.saturating_add(count(entry.count));
         }
         let mut usage: Vec<FeatureSummary> =
             usage.into_iter().map(|((kind, name), count)| FeatureSummary { kind, name, count }).collect();
         usage.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
-
-        let routes_json: Vec<String> = telemetry_performance::table
-            .filter(telemetry_performance::received_at.between(from, to))
-            .filter(telemetry_performance::batch_id.eq_any(in_window))
-            .select(telemetry_performance::routes)
-            .load(conn)?;
-        let routes = routes_json
-            .iter()
-            .map(|j| parse_list::<RoutePerformance>(j, "telemetry_performance.routes"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let performance = merge_route_sketches(routes.into_iter().flatten());
+        let performance = merge_route_sketches(payloads.iter().flat_map(|p| p.performance.iter().cloned()));
 
         let errors: Vec<ErrorRow> = telemetry_errors::table
             .filter(telemetry_errors::license_id.eq(license_id))
@@ -279,18 +263,13 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let session_rows: Vec<SessionRow> = telemetry_sessions::table
-            .filter(telemetry_sessions::received_at.between(from, to))
-            .filter(telemetry_sessions::batch_id.eq_any(in_window))
-            .select(SessionRow::as_select())
-            .load(conn)?;
         let mut sessions = SessionSummary { hourly: vec![0; 24], ..Default::default() };
-        for row in session_rows {
-            sessions.count = sessions.count.saturating_add(row.count);
-            sessions.total_duration_s = sessions.total_duration_s.saturating_add(row.total_duration_s);
-            let hourly: Vec<u64> = parse_list(&row.hourly, "telemetry_sessions.hourly")?;
-            for (slot, n) in sessions.hourly.iter_mut().zip(hourly) {
-                *slot = slot.saturating_add(count(n));
+        for p in &payloads {
+            sessions.count = sessions.count.saturating_add(count(p.sessions.count));
+            sessions.total_duration_s =
+                sessions.total_duration_s.saturating_add(count(p.sessions.total_duration_s));
+            for (slot, n) in sessions.hourly.iter_mut().zip(&p.sessions.hourly) {
+                *slot = slot.saturating_add(count(*n));
             }
         }
         Ok(TelemetrySummary {
@@ -386,25 +365,25 @@ impl Store {
         self.transaction(|conn| {
             // An install is a license's instance: the same instance id under two licenses is
             // two installs.
-            let events: Vec<(String, String, String)> = telemetry_events::table
+            let events: Vec<(String, String, Vec<u8>)> = telemetry_payloads::table
                 .inner_join(
-                    telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_events::batch_id)),
+                    telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)),
                 )
                 .filter(telemetry_batches::received_at.ge(from))
                 .filter(telemetry_batches::received_at.lt(to))
                 // The same range on the payload's own column: one daily partition is read.
-                .filter(telemetry_events::received_at.ge(from))
-                .filter(telemetry_events::received_at.lt(to))
+                .filter(telemetry_payloads::received_at.ge(from))
+                .filter(telemetry_payloads::received_at.lt(to))
                 .select((
                     telemetry_batches::license_id,
-                    telemetry_events::instance_id,
-                    telemetry_events::usage,
+                    telemetry_batches::instance_id,
+                    telemetry_payloads::body,
                 ))
                 .load(conn)?;
             type Install = (String, String);
             let mut per_instance: BTreeMap<(Install, String, String), i64> = BTreeMap::new();
-            for (license_id, instance_id, usage) in &events {
-                for entry in parse_list::<UsageCount>(usage, "telemetry_events.usage")? {
+            for (license_id, instance_id, body) in &events {
+                for entry in super::payload::decode::<UsageOnly>(body)?.usage {
                     let install = (license_id.clone(), instance_id.clone());
                     let sum = per_instance
                         .entry((install, entry.kind.as_str().to_owned(), entry.name))
@@ -489,9 +468,10 @@ impl Store {
         for b in batches {
             out.extend([b.app_version, b.user_count_range, b.environment, b.dropped, b.redactions]);
         }
-        out.extend(telemetry_events::table.select(telemetry_events::usage).load::<String>(conn)?);
-        out.extend(telemetry_performance::table.select(telemetry_performance::routes).load::<String>(conn)?);
-        out.extend(telemetry_sessions::table.select(telemetry_sessions::hourly).load::<String>(conn)?);
+        for body in telemetry_payloads::table.select(telemetry_payloads::body).load::<Vec<u8>>(conn)? {
+            let payload: Payload = super::payload::decode(&body)?;
+            out.push(serde_json::to_string(&payload).expect("a payload serialises"));
+        }
         let errors: Vec<ErrorRow> = telemetry_errors::table.select(ErrorRow::as_select()).load(conn)?;
         out.extend(errors.into_iter().flat_map(|e| [e.fingerprint, e.error_type, e.message, e.stack]));
         let features: Vec<FeatureRow> =
@@ -517,23 +497,12 @@ impl Store {
                 .get_result(conn)?,
         );
         out.insert(
-            "telemetry_events",
-            telemetry_events::table
-                .filter(telemetry_events::instance_id.eq(instance_id))
-                .count()
-                .get_result(conn)?,
-        );
-        out.insert(
-            "telemetry_performance",
-            telemetry_performance::table
-                .filter(telemetry_performance::instance_id.eq(instance_id))
-                .count()
-                .get_result(conn)?,
-        );
-        out.insert(
-            "telemetry_sessions",
-            telemetry_sessions::table
-                .filter(telemetry_sessions::instance_id.eq(instance_id))
+            "telemetry_payloads",
+            telemetry_payloads::table
+                .inner_join(
+                    telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)),
+                )
+                .filter(telemetry_batches::instance_id.eq(instance_id))
                 .count()
                 .get_result(conn)?,
         );
@@ -565,12 +534,13 @@ enum Batches<'a> {
     },
 }
 
-/// Deletes the raw rows (events, performance, sessions) of some batches, before the batch rows
-/// themselves go. The same SQL on both backends (`$n` placeholders work on both).
+/// Deletes the raw payloads of some batches, before the batch rows themselves go. The same SQL
+/// on both backends (`$n` placeholders work on both).
 fn delete_batch_children(conn: &mut DbConnection, which: Batches<'_>) -> Result<Removed, StoreError> {
     use diesel::sql_types::{Text, Timestamp};
     let mut removed = Removed::new();
-    for table in ["telemetry_events", "telemetry_performance", "telemetry_sessions"] {
+    {
+        let table = "telemetry_payloads";
         let condition = match which {
             Batches::ReceivedBefore(_) => "received_at < $1",
             Batches::OfInstance { license_id: None, .. } => "instance_id = $1",
@@ -602,6 +572,18 @@ fn count(n: u64) -> i64 {
 /// Reads a JSON list stored by this module. Stored JSON is written only from validated
 /// batches, so one that does not read back is damage or a bug: the read fails with
 /// [`StoreError::Corrupt`] naming the column, rather than a plausible empty value standing in.
+/// The usage of a stored payload, for the roll-up that reads nothing else.
+#[derive(serde::Deserialize)]
+pub(super) struct UsageOnly {
+    pub usage: Vec<UsageCount>,
+}
+
+/// The request performance of a stored payload.
+#[derive(serde::Deserialize)]
+pub(super) struct RoutesOnly {
+    pub performance: Vec<RoutePerformance>,
+}
+
 fn parse_list<T: serde::de::DeserializeOwned>(json: &str, what: &'static str) -> Result<Vec<T>, StoreError> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt { what, source: source.into() })
 }
