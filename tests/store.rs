@@ -135,6 +135,37 @@ fn the_payload_migration_moves_stored_batches_both_ways(h: Harness) {
     assert_eq!(read(), before);
 }
 
+/// On SQLite the roll-up (a transaction that reads, then writes) runs beside the check-in
+/// writer without failing: a deferred transaction could not wait for the write lock once a
+/// check-in had committed after its first read, and failed with "database is locked".
+#[test]
+fn a_roll_up_beside_check_ins_waits_for_the_lock_on_sqlite() {
+    let Some(h) = Harness::start(common::Db::Sqlite) else { return };
+    let key = h.license(Tier::Pro, 50);
+    for i in 0..5 {
+        h.check_in(&key, &format!("seed-{i}"), Some(&batch(uuid::Uuid::new_v4(), 20, 5, 2).to_string()));
+    }
+    let day = h.now().date_naive();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                h.check_in(
+                    &key,
+                    &format!("busy-{}", i % 40),
+                    Some(&batch(uuid::Uuid::new_v4(), 20, 5, 2).to_string()),
+                );
+                i += 1;
+            }
+        });
+        for _ in 0..30 {
+            h.store.rollup_day(day).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
 fn jobs_run_once_across_replicas_and_roll_up_exactly(h: Harness) {
     let key = h.license(Tier::Pro, 5);
     for instance in ["r1", "r2"] {

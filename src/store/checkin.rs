@@ -2,7 +2,6 @@
 //! handful of statements a group needs, so that `checkin` decides without knowing diesel.
 
 use chrono::NaiveDateTime;
-use diesel::Connection as _;
 use std::collections::BTreeSet;
 
 use super::models::{InstanceRow, LicenseRow, NewCheckIn, StoredBatch};
@@ -77,7 +76,7 @@ impl Store {
         E: From<StoreError>,
     {
         let mut conn = self.conn()?;
-        DbConnection::transaction::<T, Ended<E>, _>(&mut conn, |c| {
+        super::db::write_transaction::<T, Ended<E>>(&mut conn, |c| {
             f(&mut CheckInWrite { conn: c }).map_err(Ended::Caller)
         })
         .map_err(|ended| match ended {

@@ -28,6 +28,37 @@ macro_rules! on_backend {
 }
 pub(crate) use on_backend;
 
+/// Runs `f` in one transaction that may write. On SQLite it begins `IMMEDIATE`, taking the write
+/// lock at once: a deferred transaction that reads and then writes cannot wait for the lock when
+/// another connection committed in between (SQLite answers "database is locked" at once, busy
+/// timeout or not), which is how a roll-up beside the check-in writer failed. On PostgreSQL it
+/// is a plain transaction.
+pub(super) fn write_transaction<T, E>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager as _};
+    let DbConnection::Sqlite(c) = conn else { return diesel::Connection::transaction(conn, f) };
+    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+    let outcome = f(conn);
+    let DbConnection::Sqlite(c) = conn else { unreachable!("the connection's backend does not change") };
+    match outcome {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(c)?;
+            Ok(value)
+        }
+        Err(e) => {
+            // The caller's error is the one to report; a failed rollback leaves the connection
+            // marked broken, and the pool discards it.
+            let _ = AnsiTransactionManager::rollback_transaction(c);
+            Err(e)
+        }
+    }
+}
+
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 

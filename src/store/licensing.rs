@@ -322,7 +322,7 @@ impl Store {
         E: From<StoreError> + From<diesel::result::Error>,
     {
         let mut conn = self.conn()?;
-        DbConnection::transaction(&mut conn, f)
+        super::db::write_transaction(&mut conn, f)
     }
 
     /// Records a license issued by this server, with its key, and `events` (webhooks) in the
