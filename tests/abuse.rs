@@ -432,6 +432,79 @@ fn a_database_outage_is_answered_503_within_seconds_and_recovers() {
     assert_eq!(h.http.get(h.url("/readyz")).send().unwrap().status().as_u16(), 200);
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn post_encoded(h: &Harness, encoding: &str, body: Vec<u8>) -> (u16, Option<String>, Value) {
+    let response = h
+        .http
+        .post(h.url("/v1/check-ins"))
+        .header("content-type", "application/json")
+        .header("content-encoding", encoding)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let accept = response.headers().get("accept-encoding").map(|v| v.to_str().unwrap().to_owned());
+    (status, accept, response.json().unwrap())
+}
+
+/// A gzipped check-in is taken, and its digest is over the telemetry as sent before
+/// compression. Bombs are refused with 413 once inflating passes the body limit or 100 times
+/// the compressed size (the server stops there, and stores nothing); another encoding is 415
+/// naming gzip; a damaged stream is 400.
+#[test]
+fn gzipped_bodies_are_inflated_within_bounds() {
+    use sha2::Digest as _;
+    let Some(h) = Harness::start_with(Db::Sqlite, |c| c.max_body_bytes = 256 * 1024) else { return };
+    let key = h.license(Tier::Pro, 2);
+    let telemetry = batch(uuid::Uuid::new_v4(), 50, 20, 5).to_string();
+    let plain = h.check_in_body(&key, "zipped", &nonce(), Some(&telemetry));
+    let (status, _, answer) = post_encoded(&h, "gzip", gzip(&plain));
+    assert_eq!((status, answer["status"].as_str()), (200, Some("valid")), "{answer}");
+    assert_eq!(answer["telemetry"]["digest"], hex::encode(sha2::Sha256::digest(telemetry.as_bytes())));
+    assert_eq!(answer["telemetry"]["accepted"], true);
+
+    // 20 MB of zeros in a JSON string is about 20 KB gzipped, well under the limit as sent; the
+    // server stops inflating it at the limit (256 KiB).
+    let mut bomb = br#"{"license_key":""#.to_vec();
+    bomb.extend(std::iter::repeat_n(b'0', 20 * 1024 * 1024));
+    bomb.extend_from_slice(br#""}"#);
+    let (status, _, answer) = post_encoded(&h, "gzip", gzip(&bomb));
+    assert_eq!((status, answer["error"]["code"].as_str()), (413, Some("body_too_large")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("262144 bytes"), "{answer}");
+    // Under the limit, but 200 times its compressed size: refused at 100 times.
+    let mut dense = br#"{"license_key":""#.to_vec();
+    dense.extend(std::iter::repeat_n(b'0', 200 * 1024));
+    dense.extend_from_slice(br#""}"#);
+    let dense = gzip(&dense);
+    let (status, _, answer) = post_encoded(&h, "gzip", dense.clone());
+    assert_eq!((status, answer["error"]["code"].as_str()), (413, Some("body_too_large")), "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains(&format!("{} bytes", dense.len() * 100)),
+        "{answer}"
+    );
+
+    for encoding in ["br", "zstd", "deflate", "gzip, gzip"] {
+        let (status, accept, answer) = post_encoded(&h, encoding, gzip(&plain));
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (415, Some("unsupported_encoding")),
+            "{answer}"
+        );
+        assert_eq!(accept.as_deref(), Some("gzip"));
+    }
+    let mut damaged = gzip(&plain);
+    damaged.truncate(damaged.len() / 2);
+    let (status, _, answer) = post_encoded(&h, "gzip", damaged);
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_body")), "{answer}");
+    // Only the first check-in left anything behind.
+    assert_eq!(count_rows(&h, "check_ins"), 1);
+}
+
 #[test]
 fn a_trickling_body_is_cut_off() {
     let h = Harness::start_with(Db::Sqlite, |c| c.body_timeout = Duration::from_secs(1)).unwrap();

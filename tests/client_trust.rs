@@ -34,9 +34,11 @@ fn config(h: &Harness, key: &str, server: &str, data: &std::path::Path) -> Confi
     c
 }
 
-/// One HTTP request as the fake server read it.
+/// One HTTP request as the fake server read it: the body inflated when it came gzipped.
 struct Seen {
     body: Vec<u8>,
+    /// The `Content-Encoding` it came with.
+    encoding: Option<String>,
 }
 
 fn read_request(stream: &mut TcpStream) -> Option<Seen> {
@@ -65,7 +67,15 @@ fn read_request(stream: &mut TcpStream) -> Option<Seen> {
         }
         data.extend_from_slice(&buf[..n]);
     }
-    Some(Seen { body: data[head_end..head_end + length].to_vec() })
+    let encoding =
+        head.lines().find_map(|l| l.strip_prefix("content-encoding:")).map(|v| v.trim().to_owned());
+    let mut body = data[head_end..head_end + length].to_vec();
+    if encoding.as_deref() == Some("gzip") {
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut inflated).unwrap();
+        body = inflated;
+    }
+    Some(Seen { body, encoding })
 }
 
 /// A server that answers every request with what `answer` writes, and counts requests.
@@ -193,6 +203,52 @@ fn an_error_status_keeps_the_batch_and_retries_soon() {
     let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();
     assert_eq!(ledger[0].batch_id, first);
     assert!(ledger[0].payload.contains("\"export\""));
+}
+
+/// A check-in with telemetry travels gzipped; a server from before compression refuses the
+/// encoding (415 `unsupported_encoding`) and gets the same bytes again as is, at once.
+#[test]
+fn telemetry_travels_gzipped_and_an_older_server_gets_it_plain() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let data = h.dir.path().join("client");
+    let key = h.license(Tier::Pro, 1);
+    // Each request's encoding and (inflated) body.
+    type Log = Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>;
+    let seen: Log = Arc::default();
+    let log = seen.clone();
+    let (url, requests) = fake_server(move |request, stream| {
+        log.lock().unwrap().push((request.encoding.clone(), request.body.clone()));
+        if request.encoding.is_some() {
+            let body = br#"{"error":{"code":"unsupported_encoding","message":"not here"}}"#;
+            respond(
+                stream,
+                "415 Unsupported Media Type",
+                &[("content-type", "application/json".into())],
+                body,
+            );
+        } else {
+            respond(stream, "503 Service Unavailable", &[], b"");
+        }
+    });
+    let l = Licensing::start(config(&h, &key, &url, &data)).unwrap();
+    for i in 0..40 {
+        l.track_feature(&format!("feature_{i}"));
+    }
+    assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::NoAnswer { .. }));
+    l.shutdown();
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].0.as_deref(), Some("gzip"));
+    assert_eq!(seen[1].0, None);
+    assert_eq!(seen[0].1, seen[1].1, "the same bytes, compressed and not");
+    let sent: serde_json::Value = serde_json::from_slice(&seen[1].1).unwrap();
+    assert_eq!(sent["telemetry"]["usage"].as_array().unwrap().len(), 40);
+
+    // The real server takes it gzipped, and acknowledges the digest of the bytes before
+    // compression.
+    let l = Licensing::start(config(&h, &key, &h.base, &data)).unwrap();
+    assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::Answered { batch_acknowledged: true, .. }));
+    l.shutdown();
 }
 
 #[test]

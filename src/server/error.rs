@@ -28,6 +28,11 @@ pub enum ApiError {
     TooLarge { limit: usize },
     /// 415: the body is not JSON.
     UnsupportedMediaType,
+    /// 415: the body's `Content-Encoding` is neither gzip nor none.
+    UnsupportedEncoding,
+    /// 413: a compressed body expands beyond `cap` bytes (the body limit, and a multiple of its
+    /// compressed size).
+    ExpandsTooFar { cap: usize },
     /// 408: the body did not arrive in time.
     RequestTimeout,
     /// 429: too many requests; retry after this many seconds.
@@ -52,6 +57,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooLarge { .. } => "body_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedEncoding => "unsupported_encoding",
+            ApiError::ExpandsTooFar { .. } => "body_too_large",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
@@ -69,6 +76,13 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 "the request body must be JSON (Content-Type: application/json)".into()
             }
+            ApiError::UnsupportedEncoding => {
+                "the request body must be sent as is or gzipped (Content-Encoding: gzip)".into()
+            }
+            ApiError::ExpandsTooFar { cap } => format!(
+                "the request body expands beyond {cap} bytes (the body limit, and {} times its compressed size)",
+                super::extract::MAX_EXPANSION
+            ),
             ApiError::RequestTimeout => "the request body did not arrive in time".into(),
             ApiError::TooManyRequests { retry_after } => {
                 format!("too many requests; retry after {retry_after} s")
@@ -95,7 +109,10 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::ExpandsTooFar { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -120,6 +137,10 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // What the server does take (RFC 7694), so a client can send it that way instead.
+            ApiError::UnsupportedEncoding => {
+                response.insert_header((header::ACCEPT_ENCODING, "gzip"));
             }
             _ => {}
         }

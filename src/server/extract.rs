@@ -41,8 +41,9 @@ impl FromRequest for AddressAdmitted {
 
 /// A body declared as JSON (`application/json` or `application/*+json`, else 415), at most
 /// `max_body_bytes` (else 413, without reading the rest) and arriving within `body_timeout`
-/// (else 408: a client that trickles a body would hold a connection and a worker's attention).
-/// The bytes themselves: a check-in's digest is over its telemetry exactly as sent.
+/// (else 408: a client that trickles a body would hold a connection and a worker's attention),
+/// sent as is or gzipped (see [`MAX_EXPANSION`]). The bytes themselves, inflated: a check-in's
+/// digest is over its telemetry exactly as sent, before compression.
 pub struct JsonBytes(pub web::Bytes);
 
 /// [`JsonBytes`] where the body may also be empty (no content type needed then): a bare POST.
@@ -114,7 +115,45 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a body of at most `max_body_bytes` within `body_timeout`.
+/// How many times its compressed size a gzipped body may expand to (and never beyond
+/// `max_body_bytes`): telemetry JSON compresses 4 to 10 times, so a body that expands further is
+/// a bomb, and the server stops inflating it there. Inflating therefore costs at most what
+/// reading an uncompressed body of the limit's size does.
+pub const MAX_EXPANSION: usize = 100;
+
+/// Undoes the body's `Content-Encoding`: none (or `identity`) or `gzip`; anything else is 415
+/// with `Accept-Encoding: gzip`. A gzipped body that is damaged is 400 `invalid_body`; one that
+/// expands beyond its bounds is 413.
+fn decode_body(req: &HttpRequest, body: web::Bytes, limit: usize) -> Result<web::Bytes, ApiError> {
+    use std::io::Read as _;
+    let mut encodings = req.headers().get_all(header::CONTENT_ENCODING);
+    let encoding = match (encodings.next(), encodings.next()) {
+        (None, _) => return Ok(body),
+        (Some(one), None) => one.to_str().unwrap_or("").trim().to_ascii_lowercase(),
+        (Some(_), Some(_)) => return Err(ApiError::UnsupportedEncoding),
+    };
+    match encoding.as_str() {
+        "" | "identity" => Ok(body),
+        "gzip" | "x-gzip" => {
+            let cap = limit.min(body.len().saturating_mul(MAX_EXPANSION));
+            let mut inflated = Vec::with_capacity(cap.min(body.len().saturating_mul(8)));
+            flate2::read::MultiGzDecoder::new(&body[..])
+                .take(cap as u64 + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| {
+                    ApiError::bad_request("invalid_body", format!("the gzipped body does not inflate: {e}"))
+                })?;
+            if inflated.len() > cap {
+                return Err(ApiError::ExpandsTooFar { cap });
+            }
+            Ok(inflated.into())
+        }
+        _ => Err(ApiError::UnsupportedEncoding),
+    }
+}
+
+/// Reads a body of at most `max_body_bytes` within `body_timeout`, and undoes its
+/// `Content-Encoding`.
 async fn read_body(req: &HttpRequest, mut payload: Payload) -> Result<web::Bytes, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -139,5 +178,6 @@ async fn read_body(req: &HttpRequest, mut payload: Payload) -> Result<web::Bytes
         }
         Ok(body.freeze())
     };
-    actix_web::rt::time::timeout(timeout, read).await.map_err(|_| ApiError::RequestTimeout)?
+    let body = actix_web::rt::time::timeout(timeout, read).await.map_err(|_| ApiError::RequestTimeout)??;
+    decode_body(req, body, limit)
 }
