@@ -524,3 +524,89 @@ fn the_pii_corpus_never_reaches_the_local_tables_the_payload_or_the_server() {
     assert!(batch["redactions"]["email"].as_u64().unwrap() > 0, "{}", batch["redactions"]);
     assert!(batch["errors"].as_array().unwrap().len() > secrets.len() / 2);
 }
+
+/// `licensor telemetry disable|enable`, as a user of each tier meets them: refused on Community
+/// (exit 1, nothing saved; and `check-in` says why `TELEMETRY_DISABLED=true` is not honoured),
+/// honoured on Enterprise by the library and every command alike: disabled means air-gapped
+/// with no connection at all, basic means check-ins carry the environment and no usage.
+#[test]
+fn telemetry_enable_and_disable_are_saved_and_honoured_like_the_environment() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), free_port());
+
+    // Community: refused, nothing saved, and the environment's opt-out is explained.
+    let data = dir.path().join("community");
+    let env = deployment_env(&server.base(), &server.issue("community"), &server.keys(), &data);
+    for args in [&["telemetry", "disable"][..], &["telemetry", "enable", "--level", "basic"]] {
+        let out = cli(&env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("refused: telemetry cannot be") && text(&out).contains("community tier"));
+    }
+    assert!(!data.join("telemetry.json").exists());
+    let mut opted_out = env.clone();
+    opted_out.push(("TELEMETRY_DISABLED", "true".into()));
+    let out = cli(&opted_out, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("note: TELEMETRY_DISABLED=true is not honoured on the community tier"), "{said}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("answered: valid; telemetry acknowledged"));
+
+    // Enterprise, pointed at a listener that counts connections: disabled makes none.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let counting = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let key = server.issue("enterprise");
+    let data = dir.path().join("enterprise");
+    let env = deployment_env(&counting, &key, &server.keys(), &data);
+    let out = cli(&env, &["telemetry", "disable"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("telemetry: disabled: air-gapped mode"), "{}", text(&out));
+    let saved: Value = serde_json::from_slice(&std::fs::read(data.join("telemetry.json")).unwrap()).unwrap();
+    assert_eq!(saved["telemetry"], "disabled");
+    let status = text(&cli(&env, &["telemetry", "status"]));
+    assert!(status.contains("telemetry: off (air-gapped"), "{status}");
+    assert!(
+        status.contains("`licensor telemetry disable` (saved in the data directory): air-gapped mode"),
+        "{status}"
+    );
+    let app = library(&env);
+    assert_eq!(app.mode(), &licensor::client::Mode::AirGapped);
+    app.track_feature("export");
+    assert!(matches!(
+        tokio::runtime::Runtime::new().unwrap().block_on(app.check_in_now()),
+        licensor::client::CheckInOutcome::NotApplicable(_)
+    ));
+    app.shutdown();
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("no check-in: air-gapped"), "{}", text(&out));
+    assert!(listener.accept().is_err(), "an air-gapped deployment connected to the server");
+
+    // Basic health: the real server receives the environment and no usage; what was collected
+    // before the switch is not sent.
+    let env = deployment_env(&server.base(), &key, &server.keys(), &data);
+    assert_eq!(cli(&env, &["telemetry", "enable"]).status.code(), Some(0));
+    let app = library(&env);
+    assert_eq!(app.mode(), &licensor::client::Mode::FULL);
+    app.track_feature("collected_before");
+    app.shutdown();
+    let out = cli(&env, &["telemetry", "enable", "--level", "basic"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let app = library(&env);
+    assert_eq!(
+        app.mode(),
+        &licensor::client::Mode::Telemetry { debug: false, level: licensor::client::Level::Basic }
+    );
+    app.track_feature("collected_after");
+    app.shutdown();
+    let out = cli(&env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("basic health only"), "{}", text(&out));
+    let sent: Value = serde_json::from_slice(&cli(&env, &["telemetry", "sent", "--full"]).stdout).unwrap();
+    let batch = &sent[0]["batch"];
+    assert_eq!(batch["usage"], json!([]));
+    assert_eq!((batch["performance"].clone(), batch["errors"].clone()), (json!([]), json!([])));
+    assert_eq!(batch["environment"]["app_version"], "5.0.1");
+    let instance = LocalStore::open(&data).unwrap().state().unwrap().unwrap().instance_id;
+    assert_eq!(server.summary(&instance)["usage"], json!([]));
+}

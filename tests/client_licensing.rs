@@ -73,7 +73,7 @@ fn telemetry_sent_once_and_acknowledged(h: Harness) {
     let data = h.dir.path().join("client");
     let key = h.license(Tier::Community, 5);
     let l = Licensing::start(config(&h, &key, &data)).unwrap();
-    assert_eq!(l.mode(), &Mode::Telemetry { debug: false });
+    assert_eq!(l.mode(), &Mode::FULL);
     assert!(matches!(l.status(), Status::Grace { .. }), "before the first check-in: {:?}", l.status());
     for _ in 0..3 {
         l.track_feature("export");
@@ -163,7 +163,7 @@ fn community_with_telemetry_disabled_still_sends(h: Harness) {
     c.clock = base.clock.clone();
     c.first_check_in_after = base.first_check_in_after;
     let l = Licensing::start(c).unwrap();
-    assert_eq!(l.mode(), &Mode::Telemetry { debug: false });
+    assert_eq!(l.mode(), &Mode::FULL);
     assert!(
         l.notices().iter().any(|n| n.contains("is not honoured on the community tier")),
         "{:?}",
@@ -330,7 +330,7 @@ fn debug_mode_prints_instead_of_sending() {
     c.server_url = Some(silent.url.clone());
     c.switches.debug = true;
     let l = Licensing::start(c).unwrap();
-    assert_eq!(l.mode(), &Mode::Telemetry { debug: true });
+    assert_eq!(l.mode(), &Mode::Telemetry { debug: true, level: licensor::client::Level::Full });
     l.track_feature("export");
     assert_eq!(block_on(l.check_in_now()), CheckInOutcome::Printed);
     std::thread::sleep(Duration::from_millis(200));
@@ -496,7 +496,7 @@ fn an_expired_deployment_receives_its_renewal() {
     let old = h.license_with(Tier::Community, 1, |r| r.expiry = Expiry::At(t0 + Days::days(1)));
     h.advance(Days::days(2));
     let l = Licensing::start(config(&h, &old, &h.dir.path().join("client"))).unwrap();
-    assert_eq!(l.mode(), &Mode::Telemetry { debug: false });
+    assert_eq!(l.mode(), &Mode::FULL);
     assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::License(Verdict::Expired) });
     assert!(matches!(
         block_on(l.check_in_now()),

@@ -62,7 +62,7 @@ fn community_and_pro_cannot_opt_out_and_are_told_why() {
             Switches { do_not_track: true, ..Default::default() },
         ] {
             let d = decide(tier, url, &switches);
-            assert_eq!(d.mode, Mode::Telemetry { debug: false }, "{tier}");
+            assert_eq!(d.mode, Mode::FULL, "{tier}");
             assert_eq!(d.notices.len(), 1);
             assert!(
                 d.notices[0].contains("not honoured") && d.notices[0].contains("telemetry_required"),
@@ -82,7 +82,7 @@ fn enterprise_may_run_air_gapped() {
         decide(Tier::Enterprise, url, &Switches { do_not_track: true, ..Default::default() }).mode,
         Mode::AirGapped
     );
-    assert_eq!(decide(Tier::Enterprise, url, &Switches::default()).mode, Mode::Telemetry { debug: false });
+    assert_eq!(decide(Tier::Enterprise, url, &Switches::default()).mode, Mode::FULL);
     // Development wins over everything: a local Enterprise instance is development, not air-gapped.
     let local = decide(
         Tier::Enterprise,
@@ -99,7 +99,7 @@ fn debug_prints_instead_of_sending() {
         Some("https://erp.example.com"),
         &Switches { debug: true, ..Default::default() },
     );
-    assert_eq!(d.mode, Mode::Telemetry { debug: true });
+    assert_eq!(d.mode, Mode::Telemetry { debug: true, level: licensor::client::Level::Full });
     assert!(d.notices.iter().any(|n| n.contains("stderr")));
 }
 

@@ -46,7 +46,7 @@ fn lease(status: CheckInStatus, server_time: DateTime<Utc>, next: Duration, vali
     }
 }
 
-const TELEMETRY: Mode = Mode::Telemetry { debug: false };
+const TELEMETRY: Mode = Mode::FULL;
 
 fn status(
     license: &LicensePayload,

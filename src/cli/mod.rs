@@ -125,6 +125,26 @@ pub enum TelemetryCommand {
         #[arg(long)]
         ledger: bool,
     },
+    /// Keep telemetry on, saved in the data directory (telemetry.json) and applied at the
+    /// application's next start: the full level, or on Enterprise basic health only.
+    Enable {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// full: usage, request performance, errors, sessions and health; basic (Enterprise
+        /// only): the environment and its health, no usage details.
+        #[arg(long, value_enum, default_value_t = LevelArg::Full)]
+        level: LevelArg,
+    },
+    /// Turn telemetry off, saved in the data directory: on Enterprise, air-gapped mode (no
+    /// connection at all); refused on Community and Pro, whose licenses require it (exit 1).
+    Disable(ClientArgs),
+}
+
+/// `licensor telemetry enable --level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LevelArg {
+    Full,
+    Basic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,11 +5,13 @@
 use anyhow::{Context as _, Result};
 use std::io::Write as _;
 
-use super::{ClientArgs, ExportFormat, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
+use super::{ClientArgs, ExportFormat, LevelArg, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
+use crate::client::choice::{self, Choice};
 use crate::client::licensing::offline::Opened;
 use crate::client::licensing::CheckInOutcome;
 use crate::client::store::{self, LocalStore};
-use crate::client::{Config, Mode, Status};
+use crate::client::{Config, Level, Mode, Status};
+use crate::license::Tier;
 use crate::protocol::CheckInStatus;
 
 fn open(args: &ClientArgs) -> Result<Opened> {
@@ -21,6 +23,14 @@ fn open(args: &ClientArgs) -> Result<Opened> {
 pub fn run(command: TelemetryCommand) -> Result<u8> {
     match command {
         TelemetryCommand::Status(args) => status(&open(&args)?),
+        TelemetryCommand::Enable { client, level } => choose(
+            &client,
+            match level {
+                LevelArg::Full => Choice::Full,
+                LevelArg::Basic => Choice::Basic,
+            },
+        ),
+        TelemetryCommand::Disable(client) => choose(&client, Choice::Disabled),
         TelemetryCommand::Preview { client, pretty } => {
             let opened = open(&client)?;
             let Some(payload) = opened.preview()? else {
@@ -99,6 +109,57 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
     }
 }
 
+/// `licensor telemetry enable|disable`: saves `choice` where the deployment reads it, once the
+/// license allows it; a choice the tier does not allow is refused with the reason (exit 1) and
+/// saved nowhere.
+fn choose(args: &ClientArgs, choice: Choice) -> Result<u8> {
+    let mut config = Config::from_env(args.software_version.clone())?;
+    let data_dir = config.data_dir.clone();
+    let environment_off = config.switches.telemetry_disabled || config.switches.do_not_track;
+    // Opened as the application will open after the change (whatever the file held before,
+    // even a damaged one, which this command replaces).
+    config.switches.choice = Some(choice);
+    let opened = Opened::open(config)?;
+    let license = opened.license().context("the license key is refused, so its tier is unknown")?;
+    if choice != Choice::Full && license.tier != Tier::Enterprise {
+        let what = match choice {
+            Choice::Disabled => "disabled",
+            _ => "reduced to basic health",
+        };
+        eprintln!(
+            "refused: telemetry cannot be {what} on the {} tier; its license requires usage telemetry (only \
+             Enterprise licenses may turn it off or down). What is sent is aggregated and scrubbed of personal \
+             data: `licensor telemetry preview` shows every byte. Nothing was saved.",
+            license.tier
+        );
+        return Ok(EXIT_NOT_VALID);
+    }
+    let path = choice::write(&data_dir, choice, chrono::Utc::now())?;
+    let effect = match choice {
+        Choice::Full => {
+            "on: usage, request performance, errors, sessions and health are sent at each check-in"
+        }
+        Choice::Basic => {
+            "basic health only: check-ins carry the environment and its health, no usage details"
+        }
+        Choice::Disabled => {
+            "disabled: air-gapped mode, no connection is made and the license's expiry is enforced offline"
+        }
+    };
+    outln!("telemetry: {effect}")?;
+    outln!("saved in {}; the application applies it at its next start", path.display())?;
+    if environment_off && choice != Choice::Disabled {
+        let note = if license.tier == Tier::Enterprise {
+            "TELEMETRY_DISABLED or DO_NOT_TRACK is set in this environment, and keeps this deployment air-gapped \
+             while it is"
+        } else {
+            "TELEMETRY_DISABLED or DO_NOT_TRACK is set in this environment, and is not honoured on this tier"
+        };
+        outln!("note: {note}")?;
+    }
+    Ok(EXIT_OK)
+}
+
 fn disabled_reason(mode: &Mode) -> String {
     format!("telemetry: off ({}); nothing is stored", mode.off_reason().unwrap_or_default())
 }
@@ -106,13 +167,14 @@ fn disabled_reason(mode: &Mode) -> String {
 fn status(opened: &Opened) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     match opened.mode() {
-        Mode::Telemetry { debug } => {
+        Mode::Telemetry { debug, level } => {
             let tier = opened.license().map(|l| l.tier.as_str()).unwrap_or("?");
             writeln!(
                 out,
-                "telemetry: on ({tier} tier{}){}",
+                "telemetry: on{} ({tier} tier{}){}",
+                if *level == Level::Basic { ", basic health only" } else { "" },
                 if tier == "enterprise" {
-                    "; TELEMETRY_DISABLED=true would make it air-gapped"
+                    "; `licensor telemetry disable` (or TELEMETRY_DISABLED=true) would make it air-gapped"
                 } else {
                     ": required by the license"
                 },
@@ -297,6 +359,10 @@ pub fn deactivate(args: ClientArgs) -> Result<u8> {
 /// `licensor check-in`.
 pub fn check_in(args: ClientArgs) -> Result<u8> {
     let opened = open(&args)?;
+    // Why telemetry is on, off or not what was asked for: said before anything is sent.
+    for notice in opened.notices() {
+        eprintln!("note: {notice}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = runtime.block_on(opened.check_in());
     Ok(match outcome {

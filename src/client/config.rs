@@ -170,6 +170,8 @@ impl Config {
                 telemetry_disabled: switch("TELEMETRY_DISABLED")?,
                 do_not_track: switch("DO_NOT_TRACK")?,
                 debug: switch("LICENSOR_TELEMETRY_DEBUG")?,
+                // Read from the data directory when the verifier opens.
+                choice: None,
             },
             software_version: software_version.into(),
             ..Config::defaults()

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "actix")]
 pub mod actix;
+pub mod choice;
 pub mod config;
 pub mod counters;
 pub mod exchange;
@@ -15,9 +16,10 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 
+pub use choice::Choice;
 pub use config::{Clock, Config, ConfigError, KeySource, LicenseSource};
 pub use licensing::{CheckInOutcome, DeactivateError, Deactivated, LicenseInfo, Licensing, StartError};
-pub use policy::Mode;
+pub use policy::{Level, Mode};
 pub use status::{InvalidReason, Status};
 pub use telemetry::{Sampling, Session};
 

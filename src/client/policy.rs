@@ -1,12 +1,14 @@
-//! What a deployment may collect and send, decided once at start from its tier, its public URL
-//! and the environment: development instances collect and send nothing; Community and Pro must
-//! send telemetry (opting out is not honoured, and start-up says why); Enterprise may run
-//! air-gapped. No I/O: the environment comes in as values.
+//! What a deployment may collect and send, decided once at start from its tier, its public URL,
+//! the environment and the operator's saved choice (`licensor telemetry enable|disable`):
+//! development instances collect and send nothing; Community and Pro must send telemetry
+//! (opting out is not honoured, and start-up says why); Enterprise may send basic health only,
+//! or run air-gapped. No I/O: the environment and the choice come in as values.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
+use super::choice::Choice;
 use crate::license::Tier;
 
 /// How the verifier runs.
@@ -18,8 +20,24 @@ pub enum Mode {
     /// expiry enforced locally.
     AirGapped,
     /// Telemetry is collected and sent at each check-in (or, with `debug`, printed to stderr
-    /// instead of sent).
-    Telemetry { debug: bool },
+    /// instead of sent), at `level`.
+    Telemetry { debug: bool, level: Level },
+}
+
+/// How much a check-in carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Usage, request performance, errors and sessions, with the environment and its health.
+    Full,
+    /// The environment and its health only (Enterprise): nothing is collected, and each batch
+    /// carries empty usage, performance, errors and sessions.
+    Basic,
+}
+
+impl Mode {
+    /// Telemetry at the full level, without debug printing: what a licensed public instance
+    /// runs by default.
+    pub const FULL: Mode = Mode::Telemetry { debug: false, level: Level::Full };
 }
 
 impl Mode {
@@ -42,6 +60,8 @@ pub struct Switches {
     pub do_not_track: bool,
     /// `LICENSOR_TELEMETRY_DEBUG=1`.
     pub debug: bool,
+    /// What `licensor telemetry enable|disable` saved in the data directory.
+    pub choice: Option<Choice>,
 }
 
 /// The mode, and what start-up must tell the operator about how it was reached.
@@ -59,37 +79,53 @@ pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> De
         notices.push(format!("development instance ({reason}): nothing is collected or sent"));
         return Decision { mode: Mode::Development { reason }, notices };
     }
-    let opted_out = switches.telemetry_disabled || switches.do_not_track;
+    let saved_off = switches.choice == Some(Choice::Disabled);
+    let opted_out = switches.telemetry_disabled || switches.do_not_track || saved_off;
+    // What asked for it, as the operator would recognise it.
+    let switch = if switches.telemetry_disabled {
+        "TELEMETRY_DISABLED=true"
+    } else if switches.do_not_track {
+        "DO_NOT_TRACK=1"
+    } else {
+        "`licensor telemetry disable` (saved in the data directory)"
+    };
     if opted_out && tier == Tier::Enterprise {
-        if switches.do_not_track && !switches.telemetry_disabled {
-            notices.push(
-                "DO_NOT_TRACK=1: air-gapped mode (as TELEMETRY_DISABLED=true); no connection is made and the \
-                 license's expiry is enforced offline"
-                    .into(),
-            );
-        } else {
-            notices.push(
-                "TELEMETRY_DISABLED=true: air-gapped mode; no connection is made and the license's expiry is \
-                 enforced offline"
-                    .into(),
-            );
-        }
+        notices.push(format!(
+            "{switch}: air-gapped mode; no connection is made and the license's expiry is enforced offline"
+        ));
         return Decision { mode: Mode::AirGapped, notices };
     }
     if opted_out {
-        let switch = if switches.telemetry_disabled { "TELEMETRY_DISABLED=true" } else { "DO_NOT_TRACK=1" };
         notices.push(format!(
             "{switch} is not honoured on the {tier} tier: its license requires usage telemetry (only Enterprise \
              licenses may disable it), and the license server would answer telemetry_required. What is sent is \
              aggregated and scrubbed of personal data; `licensor telemetry preview` shows every byte."
         ));
     }
+    let level = match (switches.choice, tier) {
+        (Some(Choice::Basic), Tier::Enterprise) => {
+            notices.push(
+                "`licensor telemetry enable --level basic`: check-ins carry basic health only (version, platform, \
+                 uptime, last sync, health); no usage details are collected or sent"
+                    .into(),
+            );
+            Level::Basic
+        }
+        (Some(Choice::Basic), _) => {
+            notices.push(format!(
+                "`licensor telemetry enable --level basic` is not honoured on the {tier} tier: its license requires \
+                 usage telemetry (only Enterprise licenses may send basic health only)"
+            ));
+            Level::Full
+        }
+        _ => Level::Full,
+    };
     if switches.debug {
         notices.push(
             "LICENSOR_TELEMETRY_DEBUG=1: each payload is printed to stderr instead of being sent".into(),
         );
     }
-    Decision { mode: Mode::Telemetry { debug: switches.debug }, notices }
+    Decision { mode: Mode::Telemetry { debug: switches.debug, level }, notices }
 }
 
 static PRIVATE_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| {

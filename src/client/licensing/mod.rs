@@ -62,6 +62,10 @@ pub enum StartError {
     /// The HTTP client could not be set up (no TLS roots, a bad TLS library state).
     #[error("cannot set up the HTTP client")]
     HttpClient(#[source] reqwest::Error),
+    /// The operator's saved telemetry choice (`telemetry.json` in the data directory) cannot
+    /// be read.
+    #[error(transparent)]
+    Choice(#[from] crate::client::choice::ChoiceError),
     /// The extra root certificate (`LICENSOR_CA_CERT`) cannot be read or holds no PEM
     /// certificate.
     #[error("LICENSOR_CA_CERT {path}: {message}")]

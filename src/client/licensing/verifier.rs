@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::{CheckInOutcome, DeactivateError, Deactivated, StartError};
 use crate::client::config::{check_server_url, Config, KeySource, LicenseSource};
 use crate::client::exchange;
-use crate::client::policy::{self, Mode};
+use crate::client::policy::{self, Level, Mode};
 use crate::client::status::{self, Facts, Status};
 use crate::client::store::{self, CheckInRecord, LocalError, LocalStore};
 use crate::client::telemetry::Telemetry;
@@ -108,7 +108,12 @@ impl Verifier {
         let license = current.payload.clone();
         let (mode, mut notices) = match &license {
             Ok(payload) => {
-                let decision = policy::decide(payload.tier, config.instance_url.as_deref(), &config.switches);
+                // The operator's saved choice, unless the embedding code set one.
+                let mut switches = config.switches.clone();
+                if switches.choice.is_none() {
+                    switches.choice = crate::client::choice::read(&config.data_dir)?;
+                }
+                let decision = policy::decide(payload.tier, config.instance_url.as_deref(), &switches);
                 (decision.mode, decision.notices)
             }
             Err(e) => (
@@ -136,6 +141,15 @@ impl Verifier {
                 None => LocalStore::open(&config.data_dir)?,
             };
             let state = store.state_or_init(now)?;
+            // Basic health only: details collected before the switch are not sent either.
+            if matches!(mode, Mode::Telemetry { level: Level::Basic, .. }) {
+                let discarded = store.clear_details()?;
+                if discarded > 0 {
+                    notices.push(format!(
+                        "discarded {discarded} rows of usage details collected before the switch to basic health"
+                    ));
+                }
+            }
             let license_id = license.as_ref().ok().map(|p| p.license_id);
             // The cached lease counts only if it verifies and names this instance and license.
             let lease = state.lease.as_deref().and_then(|text| match lease::verify_signature(text, &ring) {
@@ -172,7 +186,9 @@ impl Verifier {
             };
             (None, instance)
         };
-        let telemetry = if telemetry_on {
+        // At the basic level nothing is collected: batches carry the environment alone.
+        let collecting = telemetry_on && matches!(mode, Mode::Telemetry { level: Level::Full, .. });
+        let telemetry = if collecting {
             Telemetry::with_sampling(&config.limits, config.sampling)
         } else {
             Telemetry::disabled()
@@ -349,7 +365,7 @@ impl Verifier {
         // A refused license key starts in development mode (see `open`), so telemetry mode
         // always has a store and a license here.
         let current = self.current();
-        let (Some(store), Ok(payload), Mode::Telemetry { debug }) =
+        let (Some(store), Ok(payload), Mode::Telemetry { debug, .. }) =
             (&self.store, &current.payload, &self.mode)
         else {
             return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());

@@ -104,6 +104,23 @@ impl LocalStore {
         })
     }
 
+    /// Deletes the usage details collected and not yet sent (usage, request figures, errors,
+    /// sessions) and the waiting batch, keeping health checks and the ledger: what switching
+    /// to the basic level discards. Returns the rows deleted.
+    pub fn clear_details(&self) -> Result<usize, LocalError> {
+        let mut conn = self.conn();
+        conn.immediate_transaction(|c| {
+            let mut n = diesel::delete(usage_counts::table).execute(c)?;
+            n += diesel::delete(route_latencies::table).execute(c)?;
+            n += diesel::delete(error_groups::table).execute(c)?;
+            n += diesel::delete(session_counts::table).execute(c)?;
+            n += diesel::delete(pending_tallies::table).execute(c)?;
+            n += diesel::delete(seen_users::table).execute(c)?;
+            n += diesel::delete(outbox::table).execute(c)?;
+            Ok(n)
+        })
+    }
+
     /// The figures of the last `hours` (by hour bucket, so up to an hour more), sent or not.
     pub fn summary(&self, hours: u32, now: DateTime<Utc>) -> Result<LocalSummary, LocalError> {
         let since = now - chrono::Duration::hours(i64::from(hours));
