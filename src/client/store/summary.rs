@@ -87,27 +87,17 @@ impl LocalStore {
     /// Deletes every telemetry figure held (and the outbox), and with `ledger` the ledger too.
     /// The verifier's state (instance id, lease) stays. Returns the rows deleted.
     pub fn clear(&self, ledger: bool) -> Result<usize, LocalError> {
-        let mut conn = self.conn();
-        conn.immediate_transaction(|c| {
-            let mut n = diesel::delete(usage_counts::table).execute(c)?;
-            n += diesel::delete(route_latencies::table).execute(c)?;
-            n += diesel::delete(error_groups::table).execute(c)?;
-            n += diesel::delete(session_counts::table).execute(c)?;
-            n += diesel::delete(pending_tallies::table).execute(c)?;
-            n += diesel::delete(seen_users::table).execute(c)?;
-            n += diesel::delete(health_checks::table).execute(c)?;
-            n += diesel::delete(outbox::table).execute(c)?;
-            if ledger {
-                n += diesel::delete(ledger::table).execute(c)?;
-            }
-            Ok(n)
-        })
+        self.delete_unsent(true, ledger)
     }
 
     /// Deletes the usage details collected and not yet sent (usage, request figures, errors,
     /// sessions) and the waiting batch, keeping health checks and the ledger: what switching
     /// to the basic level discards. Returns the rows deleted.
     pub fn clear_details(&self) -> Result<usize, LocalError> {
+        self.delete_unsent(false, false)
+    }
+
+    fn delete_unsent(&self, health: bool, ledger: bool) -> Result<usize, LocalError> {
         let mut conn = self.conn();
         conn.immediate_transaction(|c| {
             let mut n = diesel::delete(usage_counts::table).execute(c)?;
@@ -117,6 +107,12 @@ impl LocalStore {
             n += diesel::delete(pending_tallies::table).execute(c)?;
             n += diesel::delete(seen_users::table).execute(c)?;
             n += diesel::delete(outbox::table).execute(c)?;
+            if health {
+                n += diesel::delete(health_checks::table).execute(c)?;
+            }
+            if ledger {
+                n += diesel::delete(ledger::table).execute(c)?;
+            }
             Ok(n)
         })
     }
