@@ -610,3 +610,122 @@ fn telemetry_enable_and_disable_are_saved_and_honoured_like_the_environment() {
     let instance = LocalStore::open(&data).unwrap().state().unwrap().unwrap().instance_id;
     assert_eq!(server.summary(&instance)["usage"], json!([]));
 }
+
+/// `licensor telemetry preview` shows exactly what the next check-in sends: the application's
+/// version (not the command's), a batch id fixed once shown, and later figures waiting for the
+/// batch after; `sent --raw` prints the bytes the server digested.
+#[test]
+fn the_preview_is_exactly_what_the_next_check_in_sends() {
+    use sha2::Digest as _;
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), free_port());
+    let data = dir.path().join("deployment");
+    let env = deployment_env(&server.base(), &server.issue("pro"), &server.keys(), &data);
+    // The commands run without the application's version: they must not report their own.
+    let command_env: Vec<_> =
+        env.iter().filter(|(k, _)| *k != "LICENSOR_SOFTWARE_VERSION").cloned().collect();
+
+    let app = library(&env);
+    app.track_feature("shown");
+    app.shutdown();
+    let first = cli(&command_env, &["telemetry", "preview"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let shown = String::from_utf8(first.stdout.clone()).unwrap().trim_end_matches('\n').to_owned();
+    let batch: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(batch["environment"]["app_version"], "5.0.1");
+    assert_eq!(batch["usage"], json!([{"kind": "feature", "name": "shown", "count": 1}]));
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        said.contains(&format!(
+            "batch {}: the next check-in sends exactly these bytes",
+            batch["batch_id"].as_str().unwrap()
+        )),
+        "{said}"
+    );
+    assert!(said.contains("the application last flushed its figures at"), "{said}");
+
+    // Figures recorded after the preview wait for the next batch; the preview stays the same.
+    let app = library(&env);
+    app.track_feature("later");
+    app.shutdown();
+    let second = cli(&command_env, &["telemetry", "preview"]);
+    assert_eq!(String::from_utf8(second.stdout).unwrap().trim_end_matches('\n'), shown);
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("1 rows recorded since wait for the batch after it")
+    );
+
+    let out = cli(&command_env, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let raw = cli(&command_env, &["telemetry", "sent", "--raw"]);
+    assert_eq!(raw.status.code(), Some(0));
+    assert_eq!(raw.stdout, shown.as_bytes(), "sent --raw is the previewed bytes, nothing added");
+    let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();
+    assert_eq!(ledger[0].digest, hex::encode(sha2::Sha256::digest(&raw.stdout)));
+    let instance = LocalStore::open(&data).unwrap().state().unwrap().unwrap().instance_id;
+    let summary = server.summary(&instance);
+    assert_eq!(summary["usage"], json!([{"kind": "feature", "name": "shown", "count": 1}]), "{summary}");
+    let instances: Value = http()
+        .get(format!("{}/v1/admin/instances", server.base()))
+        .bearer_auth(server.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(instances["instances"][0]["software_version"], "5.0.1", "{instances}");
+    let missing = cli(&command_env, &["telemetry", "sent", "--raw", "--batch", "no-such-batch"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing).contains("batch no-such-batch is not in the ledger"));
+}
+
+/// The next check-in that `licensor telemetry status` shows is the one the application keeps:
+/// from its start (its first check-in), and after a command checked in beside it, whose answer
+/// (here: none, so a retry in 15 to 30 s) the application then follows instead of its own
+/// first check-in an hour away.
+#[test]
+fn the_application_keeps_the_check_in_time_that_status_shows() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut server = Server::start(dir.path(), free_port());
+    let data = dir.path().join("deployment");
+    let env = deployment_env(&server.base(), &server.issue("pro"), &server.keys(), &data);
+    let app = library(&env);
+    let next = |env: &[(&'static str, String)]| -> chrono::DateTime<chrono::Utc> {
+        let status = text(&cli(env, &["telemetry", "status"]));
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("next check-in: "))
+            .unwrap_or_else(|| panic!("{status}"));
+        line.split_whitespace().next().unwrap().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let now = chrono::Utc::now();
+    let first = next(&env);
+    assert!(
+        first > now + chrono::Duration::minutes(59) && first < now + chrono::Duration::minutes(121),
+        "{first}"
+    );
+
+    server.kill();
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(2));
+    let retry = next(&env);
+    assert!(retry < chrono::Utc::now() + chrono::Duration::seconds(31), "{retry}");
+    server.restart();
+    let started = Instant::now();
+    loop {
+        let instances: Value = http()
+            .get(format!("{}/v1/admin/instances", server.base()))
+            .bearer_auth(server.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if !instances["instances"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the application kept its own time: {instances}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    app.shutdown();
+    assert!(next(&env) > chrono::Utc::now() + chrono::Duration::days(6), "the answer's time, a week away");
+}

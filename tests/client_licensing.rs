@@ -512,3 +512,39 @@ fn an_expired_deployment_receives_its_renewal() {
     assert_eq!(l.license().unwrap().expires_at, None);
     l.shutdown();
 }
+
+/// Start-up's notices reach stderr once each without any tracing subscriber, unless the host
+/// turns that off (it has them on the handle either way). The test runs itself again as a
+/// child process, whose stderr it reads.
+#[test]
+fn start_up_notices_are_printed_once_unless_the_host_says_otherwise() {
+    const NAME: &str = "start_up_notices_are_printed_once_unless_the_host_says_otherwise";
+    if let Ok(print) = std::env::var("LICENSOR_TEST_NOTICE_CHILD") {
+        let h = Harness::start(Db::Sqlite).unwrap();
+        let key = h.license(Tier::Community, 1);
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut c = config(&h, &key, dir.path());
+        c.switches.telemetry_disabled = true;
+        c.print_notices = print == "1";
+        let l = Licensing::start(c).unwrap();
+        assert!(
+            l.notices().iter().any(|n| n.contains("TELEMETRY_DISABLED=true is not honoured")),
+            "{:?}",
+            l.notices()
+        );
+        l.shutdown();
+        return;
+    }
+    for (print, expected) in [("1", 1), ("0", 0)] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("LICENSOR_TEST_NOTICE_CHILD", print)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the child ran the test");
+        let said = "licensor: TELEMETRY_DISABLED=true is not honoured on the community tier";
+        assert_eq!(stderr.matches(said).count(), expected, "print_notices = {print}: {stderr}");
+    }
+}

@@ -223,23 +223,38 @@ fn a_failed_check_in_keeps_the_lease_and_the_outbox() {
     assert_eq!(store.outbox().unwrap().unwrap().batch_id, out.batch_id);
 }
 
+/// A pinned batch (what a preview shows) is the one the next check-in sends, same id and bytes,
+/// and counts no attempt; figures recorded after it wait for the batch after.
 #[test]
-fn preview_changes_nothing_and_shows_the_outbox_once_there_is_one() {
+fn a_pinned_batch_is_the_one_sent_next_and_later_figures_wait() {
     let (_dir, store) = open();
     let limits = BatchLimits::default();
-    store
-        .record(
-            &Figures { usage: vec![usage(UsageKind::Feature, "sso", 1)], ..Default::default() },
-            t0(),
-            &limits,
-        )
-        .unwrap();
-    let preview = parse(&store.preview(environment(), t0(), &limits).unwrap());
-    assert_eq!(preview.usage, vec![usage(UsageKind::Feature, "sso", 1)]);
-    assert_eq!(store.outbox().unwrap(), None);
-    let out = store.next_batch(environment(), t0(), &limits).unwrap();
-    assert_eq!(parse(&out.payload).usage, preview.usage);
-    assert_eq!(store.preview(environment(), t0(), &limits).unwrap(), out.payload);
+    let record = |name: &str| {
+        store
+            .record(
+                &Figures { usage: vec![usage(UsageKind::Feature, name, 1)], ..Default::default() },
+                t0(),
+                &limits,
+            )
+            .unwrap()
+    };
+    record("sso");
+    let pinned = store.pin_batch(environment(), t0(), &limits).unwrap();
+    assert_eq!(parse(&pinned.payload).usage, vec![usage(UsageKind::Feature, "sso", 1)]);
+    assert_eq!(pinned.attempts, 0);
+    assert_eq!(store.unbatched_rows().unwrap(), 0);
+    record("later");
+    assert_eq!(store.unbatched_rows().unwrap(), 1);
+    assert_eq!(
+        store.pin_batch(environment(), t0(), &limits).unwrap(),
+        pinned,
+        "pinning again changes nothing"
+    );
+    let sent = store.next_batch(environment(), t0(), &limits).unwrap();
+    assert_eq!(
+        (sent.batch_id.as_str(), sent.payload.as_str(), sent.attempts),
+        (pinned.batch_id.as_str(), pinned.payload.as_str(), 1)
+    );
 }
 
 #[test]

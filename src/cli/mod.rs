@@ -104,9 +104,17 @@ pub enum TelemetryCommand {
     Sent {
         #[command(flatten)]
         client: ClientArgs,
-        /// Print the batches themselves, as a JSON array, byte for byte.
-        #[arg(long)]
+        /// Print the batches themselves, in a pretty JSON array (re-indented: --raw gives the
+        /// exact bytes).
+        #[arg(long, conflicts_with = "raw")]
         full: bool,
+        /// Print one sent batch's bytes exactly as they were sent and kept, with nothing added:
+        /// their SHA-256 is the digest the server acknowledged.
+        #[arg(long)]
+        raw: bool,
+        /// With --raw: the batch to print (default: the newest).
+        #[arg(long, requires = "raw")]
+        batch: Option<String>,
     },
     /// Everything stored locally about telemetry.
     Export {

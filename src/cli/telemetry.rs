@@ -33,10 +33,29 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
         TelemetryCommand::Disable(client) => choose(&client, Choice::Disabled),
         TelemetryCommand::Preview { client, pretty } => {
             let opened = open(&client)?;
-            let Some(payload) = opened.preview()? else {
+            let Some(preview) = opened.preview()? else {
                 outln!("{}", disabled_reason(opened.mode()))?;
                 return Ok(EXIT_OK);
             };
+            // What the bytes are, on stderr, so that stdout is the batch alone.
+            eprintln!(
+                "batch {}: the next check-in sends exactly these bytes (it waits in the outbox now){}",
+                preview.batch_id,
+                if pretty { "; --pretty re-indents them" } else { "" }
+            );
+            if preview.queued_behind > 0 {
+                eprintln!("{} rows recorded since wait for the batch after it", preview.queued_behind);
+            }
+            match preview.application_flushed_at {
+                Some(at) => eprintln!(
+                    "the application last flushed its figures at {} ({} s ago); what it tracked since is in its memory \
+                     until the next flush (every 5 minutes) and goes into a later batch",
+                    crate::time::format(&at),
+                    (opened.clock())().signed_duration_since(at).num_seconds().max(0)
+                ),
+                None => eprintln!("no application has flushed figures into this data directory yet"),
+            }
+            let payload = preview.payload;
             if pretty {
                 let value: serde_json::Value = serde_json::from_str(&payload)?;
                 outln!("{}", serde_json::to_string_pretty(&value)?)?;
@@ -45,13 +64,32 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        TelemetryCommand::Sent { client, full } => {
+        TelemetryCommand::Sent { client, full, raw, batch } => {
             let opened = open(&client)?;
             let Some(store) = opened.store() else {
                 outln!("{}", disabled_reason(opened.mode()))?;
                 return Ok(EXIT_OK);
             };
             let ledger = store.ledger()?;
+            if raw {
+                let entry = match &batch {
+                    Some(id) => ledger.iter().find(|e| &e.batch_id == id),
+                    None => ledger.first(),
+                };
+                let Some(entry) = entry else {
+                    eprintln!(
+                        "{}",
+                        batch.map_or("no batch has been sent yet".into(), |id| format!(
+                            "batch {id} is not in the ledger"
+                        ))
+                    );
+                    return Ok(EXIT_ERROR);
+                };
+                let mut out = std::io::stdout().lock();
+                out.write_all(entry.payload.as_bytes())?;
+                out.flush()?;
+                return Ok(EXIT_OK);
+            }
             if full {
                 let entries: Vec<serde_json::Value> = ledger
                     .iter()

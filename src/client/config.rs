@@ -66,6 +66,10 @@ pub struct Config {
     pub first_check_in_after: Duration,
     /// The longest one check-in request may take.
     pub request_timeout: Duration,
+    /// Print start-up's notices (why telemetry is on, off, or not what was asked for) once to
+    /// stderr, whether or not the host has a `tracing` subscriber. Default on; a host that
+    /// shows them itself ([`crate::client::Licensing::notices`]) turns it off.
+    pub print_notices: bool,
     pub clock: Clock,
 }
 
@@ -127,6 +131,7 @@ impl Config {
             health_every: Duration::from_secs(60),
             first_check_in_after: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            print_notices: true,
             clock: Arc::new(Utc::now),
         }
     }

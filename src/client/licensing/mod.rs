@@ -150,9 +150,16 @@ impl Licensing {
     /// lease restored from the store. Where telemetry is on, a background thread then checks
     /// in shortly (see [`Config::first_check_in_after`]).
     pub fn start(config: Config) -> Result<Licensing, StartError> {
+        let print_notices = config.print_notices;
         let verifier = Arc::new(Verifier::open(config)?);
+        verifier.become_application()?;
         for notice in &verifier.notices {
             tracing::warn!(target: "licensor", "{notice}");
+            // Said even where the host has no tracing subscriber: an operator who set
+            // TELEMETRY_DISABLED on a Community license must learn why it is not honoured.
+            if print_notices {
+                eprintln!("licensor: {notice}");
+            }
         }
         let worker = match verifier.mode {
             Mode::Telemetry { .. } if verifier.payload().is_ok() => Some(worker::spawn(verifier.clone())?),
@@ -198,6 +205,8 @@ impl Licensing {
         &self.verifier.mode
     }
 
+    /// What start-up said about the mode (also logged, and printed to stderr unless
+    /// [`Config::print_notices`] is off), for a host that shows them itself.
     pub fn notices(&self) -> &[String] {
         &self.verifier.notices
     }

@@ -13,6 +13,19 @@ use crate::protocol::BatchLimits;
 use crate::time::Clock;
 use crate::token::TokenError;
 
+/// What `licensor telemetry preview` shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub batch_id: String,
+    /// The batch's bytes, exactly as the next check-in sends them.
+    pub payload: String,
+    /// Figures recorded after the batch was taken, waiting for the batch after it.
+    pub queued_behind: i64,
+    /// When the running application last flushed its figures (and recorded its environment):
+    /// what it tracked since is still in its memory. `None` when no application has.
+    pub application_flushed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A verifier opened for one command: no background thread.
 pub struct Opened {
     pub(crate) verifier: Verifier,
@@ -45,11 +58,18 @@ impl Opened {
         self.verifier.store.as_ref()
     }
 
-    /// The batch the next check-in would send.
-    pub fn preview(&self) -> Result<Option<String>, LocalError> {
+    /// The batch the next check-in will send, taken into the outbox now if none waits there,
+    /// so that it is exactly what is sent (see [`LocalStore::pin_batch`]).
+    pub fn preview(&self) -> Result<Option<Preview>, LocalError> {
         let Some(store) = &self.verifier.store else { return Ok(None) };
         let now = self.verifier.now();
-        store.preview(self.verifier.environment(now), now, &BatchLimits::default()).map(Some)
+        let batch = store.pin_batch(self.verifier.environment(now), now, &BatchLimits::default())?;
+        Ok(Some(Preview {
+            batch_id: batch.batch_id,
+            payload: batch.payload,
+            queued_behind: store.unbatched_rows()?,
+            application_flushed_at: self.verifier.recorded_environment().map(|(_, at)| at),
+        }))
     }
 
     /// One check-in now.

@@ -70,6 +70,10 @@ pub(crate) struct Verifier {
     /// One check-in at a time, whoever asks.
     pub(super) checking_in: tokio::sync::Mutex<()>,
     pub(super) failures: AtomicU32,
+    /// Set for the application (`Licensing::start`): it records its environment in the store
+    /// for the commands run beside it. A command's verifier reads that record instead, so it
+    /// never sends or shows its own version as the application's.
+    pub(super) is_application: std::sync::atomic::AtomicBool,
 }
 
 impl Verifier {
@@ -227,6 +231,7 @@ impl Verifier {
             http,
             checking_in: tokio::sync::Mutex::new(()),
             failures: AtomicU32::new(0),
+            is_application: std::sync::atomic::AtomicBool::new(false),
             config,
         })
     }
@@ -281,10 +286,67 @@ impl Verifier {
         let Some(store) = &self.store else { return Ok(()) };
         let mut flush = self.telemetry.drain();
         flush.health = self.health.lock().map(|h| h.clone()).unwrap_or_default();
-        store.record(&flush, self.now(), &BatchLimits::default())
+        let now = self.now();
+        store.record(&flush, now, &BatchLimits::default())?;
+        if self.is_application.load(Ordering::Relaxed) {
+            store.record_app_environment(&self.own_environment(now), now)?;
+        }
+        Ok(())
     }
 
+    /// Marks this verifier as the application's and records its environment at once, so a
+    /// command run beside it sees the application's version before its first flush.
+    pub(super) fn become_application(&self) -> Result<(), LocalError> {
+        self.is_application.store(true, Ordering::Relaxed);
+        let Some(store) = &self.store else { return Ok(()) };
+        let now = self.now();
+        store.record_app_environment(&self.own_environment(now), now)
+    }
+
+    /// The environment a batch carries: the application's own; for a command run beside it,
+    /// the one the application last recorded (its version, modules and uptime then), with the
+    /// last sync as the store has it now.
     pub(super) fn environment(&self, now: DateTime<Utc>) -> Environment {
+        match self.recorded_environment() {
+            Some((mut recorded, _)) => {
+                recorded.last_sync_status = self.own_environment(now).last_sync_status;
+                recorded
+            }
+            None => self.own_environment(now),
+        }
+    }
+
+    /// The application's recorded environment and when it was recorded, for a command's
+    /// verifier; `None` for the application itself, or before any application recorded one.
+    pub(super) fn recorded_environment(&self) -> Option<(Environment, DateTime<Utc>)> {
+        if self.is_application.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.store.as_ref()?.app_environment().ok().flatten()
+    }
+
+    /// When the store says the next check-in is due (written by the last check-in of the
+    /// application or of a command run beside it).
+    pub(super) fn stored_next_check_in(&self) -> Option<DateTime<Utc>> {
+        let state = self.store.as_ref()?.state().ok()??;
+        state.next_check_in_at.map(crate::client::store::utc)
+    }
+
+    /// Writes the time the application will check in next, for `status` to show.
+    pub(super) fn announce_next_check_in(&self, at: DateTime<Utc>) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.set_next_check_in(at) {
+                tracing::warn!(target: "licensor", "recording the next check-in time failed: {e}");
+            }
+        }
+    }
+
+    /// The software version a check-in reports: the application's.
+    pub(super) fn reported_version(&self) -> String {
+        self.recorded_environment().map_or_else(|| self.software_version.clone(), |(e, _)| e.app_version)
+    }
+
+    fn own_environment(&self, now: DateTime<Utc>) -> Environment {
         Environment {
             app_version: self.software_version.chars().take(crate::protocol::MAX_VERSION_LEN).collect(),
             os: std::env::consts::OS.into(),
@@ -397,7 +459,7 @@ impl Verifier {
         let request = exchange::build_request(
             &current.key,
             &instance_id,
-            &self.software_version,
+            &self.reported_version(),
             Some((&outgoing.payload, batch_id)),
         );
         let (http_status, retry_after, body) = match exchange::send(http, server, &request).await {

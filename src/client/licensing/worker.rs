@@ -131,13 +131,31 @@ fn roll_up(verifier: &Verifier) {
 }
 
 /// Checks in after the first delay (with a random spread, so a fleet started together does not
-/// check in together), then whenever the last outcome says.
+/// check in together), then whenever the last outcome says. The store holds that time, and
+/// `licensor telemetry status` shows it: when a command run beside the application checked in
+/// meanwhile (`licensor check-in`), the store holds the time its answer named, and the
+/// application keeps to that instead of its own.
 async fn check_ins(verifier: Arc<Verifier>) {
     let first = verifier.config.first_check_in_after;
-    let mut delay = first + first.mul_f64(rand::random::<f64>());
+    let first = first + first.mul_f64(rand::random::<f64>());
+    let mut due = tokio::time::Instant::now() + first;
+    verifier.announce_next_check_in(verifier.now() + chrono::Duration::from_std(first).unwrap_or_default());
+    // The time this loop last saw in the store: a different one was written by someone else.
+    let mut seen = verifier.stored_next_check_in();
     loop {
-        tokio::time::sleep(delay).await;
+        let now = tokio::time::Instant::now();
+        if now < due {
+            tokio::time::sleep((due - now).min(WATCH_EVERY)).await;
+            let stored = verifier.stored_next_check_in();
+            if let Some(at) = stored.filter(|_| stored != seen) {
+                let wait = (at - verifier.now()).to_std().unwrap_or(Duration::ZERO);
+                due = tokio::time::Instant::now() + wait;
+                seen = stored;
+            }
+            continue;
+        }
         let outcome = verifier.check_in().await;
-        delay = verifier.delay_after(&outcome);
+        due = tokio::time::Instant::now() + verifier.delay_after(&outcome);
+        seen = verifier.stored_next_check_in();
     }
 }

@@ -54,13 +54,60 @@ impl LocalStore {
         now: DateTime<Utc>,
         limits: &BatchLimits,
     ) -> Result<Outgoing, LocalError> {
+        self.take_batch(environment, now, limits, true)
+    }
+
+    /// The batch the next check-in will send, taken into the outbox now if none waits there:
+    /// what `licensor telemetry preview` shows is then exactly what is sent, batch id and
+    /// bytes, and figures recorded after it wait for the batch after. Counts no attempt.
+    pub fn pin_batch(
+        &self,
+        environment: Environment,
+        now: DateTime<Utc>,
+        limits: &BatchLimits,
+    ) -> Result<Outgoing, LocalError> {
+        self.take_batch(environment, now, limits, false)
+    }
+
+    /// How many figures (usage, route, error and session rows) were recorded and wait for a
+    /// batch after the one in the outbox.
+    pub fn unbatched_rows(&self) -> Result<i64, LocalError> {
+        let mut conn = self.conn();
+        let mut n = usage_counts::table
+            .filter(usage_counts::batch_id.eq(""))
+            .count()
+            .get_result::<i64>(&mut *conn)?;
+        n += route_latencies::table
+            .filter(route_latencies::batch_id.eq(""))
+            .count()
+            .get_result::<i64>(&mut *conn)?;
+        n += error_groups::table
+            .filter(error_groups::batch_id.eq(""))
+            .count()
+            .get_result::<i64>(&mut *conn)?;
+        n += session_counts::table
+            .filter(session_counts::batch_id.eq(""))
+            .count()
+            .get_result::<i64>(&mut *conn)?;
+        Ok(n)
+    }
+
+    fn take_batch(
+        &self,
+        environment: Environment,
+        now: DateTime<Utc>,
+        limits: &BatchLimits,
+        attempt: bool,
+    ) -> Result<Outgoing, LocalError> {
         let mut conn = self.conn();
         conn.immediate_transaction(|c| {
             if let Some(mut out) = outbox::table.select(Outgoing::as_select()).first(c).optional()? {
-                diesel::update(outbox::table.find(&out.batch_id))
-                    .set(outbox::attempts.eq(outbox::attempts + 1))
-                    .execute(c)?;
-                out.attempts += 1;
+                if attempt {
+                    diesel::update(outbox::table.find(&out.batch_id))
+                        .set(outbox::attempts.eq(outbox::attempts + 1))
+                        .execute(c)?;
+                    out.attempts += 1;
+                }
                 return Ok(out);
             }
             let batch_id = uuid::Uuid::new_v4();
@@ -81,7 +128,7 @@ impl LocalStore {
                 created_at: naive(now),
                 digest: protocol::digest(payload.as_bytes()),
                 payload,
-                attempts: 1,
+                attempts: i32::from(attempt),
             };
             diesel::insert_into(outbox::table)
                 .values((
@@ -94,23 +141,6 @@ impl LocalStore {
                 .execute(c)?;
             Ok(out)
         })
-    }
-
-    /// What `next_batch` would send now, without changing anything: the outbox row, or a
-    /// batch assembled in a transaction that is rolled back (its id and `period_end` are the
-    /// only parts that will differ when it is really assembled).
-    pub fn preview(
-        &self,
-        environment: Environment,
-        now: DateTime<Utc>,
-        limits: &BatchLimits,
-    ) -> Result<String, LocalError> {
-        let mut conn = self.conn();
-        if let Some(out) = outbox::table.select(Outgoing::as_select()).first(&mut *conn).optional()? {
-            return Ok(out.payload);
-        }
-        let batch = assemble(&mut conn, uuid::Uuid::new_v4(), environment, now, limits)?;
-        serde_json::to_string(&batch).map_err(|e| super::corrupt("batch", e))
     }
 
     /// The outbox row, if a batch is waiting to be acknowledged.

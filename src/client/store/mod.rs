@@ -97,6 +97,11 @@ pub struct VerifierState {
     /// The newest license key a verified check-in answer delivered (a renewal), if any; the
     /// verifier prefers it to the configured key when it is newer and verifies.
     pub license_key: Option<String>,
+    /// JSON of the `Environment` the application itself last recorded (see
+    /// [`LocalStore::record_app_environment`]).
+    pub app_environment: Option<String>,
+    /// When the application last recorded it, which is when it last flushed its figures.
+    pub app_recorded_at: Option<NaiveDateTime>,
 }
 
 impl VerifierState {
@@ -219,10 +224,45 @@ impl LocalStore {
                 last_result: None,
                 next_check_in_at: None,
                 license_key: None,
+                app_environment: None,
+                app_recorded_at: None,
             };
             diesel::insert_into(verifier_state::table).values(&state).execute(c)?;
             Ok(state)
         })
+    }
+
+    /// Sets when the next check-in is due, as the application schedules it (its first check-in
+    /// after a start), so that `status` says the time the application will keep.
+    pub fn set_next_check_in(&self, at: DateTime<Utc>) -> Result<(), LocalError> {
+        diesel::update(verifier_state::table)
+            .set(verifier_state::next_check_in_at.eq(naive(at)))
+            .execute(&mut *self.conn())?;
+        Ok(())
+    }
+
+    /// Records the environment the application runs in, at start and with each flush of its
+    /// figures, so that the commands run beside it send and show the application's own.
+    pub fn record_app_environment(
+        &self,
+        environment: &crate::protocol::Environment,
+        now: DateTime<Utc>,
+    ) -> Result<(), LocalError> {
+        let json = serde_json::to_string(environment).expect("an environment serialises");
+        diesel::update(verifier_state::table)
+            .set((verifier_state::app_environment.eq(json), verifier_state::app_recorded_at.eq(naive(now))))
+            .execute(&mut *self.conn())?;
+        Ok(())
+    }
+
+    /// The environment the application last recorded, and when.
+    pub fn app_environment(
+        &self,
+    ) -> Result<Option<(crate::protocol::Environment, DateTime<Utc>)>, LocalError> {
+        let Some(state) = self.state()? else { return Ok(None) };
+        let (Some(json), Some(at)) = (state.app_environment, state.app_recorded_at) else { return Ok(None) };
+        let environment = serde_json::from_str(&json).map_err(|e| corrupt("application environment", e))?;
+        Ok(Some((environment, utc(at))))
     }
 
     /// The verifier's state, if it was ever created (the CLI reads without creating).

@@ -14,6 +14,8 @@ diesel::table! {
         last_result -> Nullable<Text>,
         next_check_in_at -> Nullable<Timestamp>,
         license_key -> Nullable<Text>,
+        app_environment -> Nullable<Text>,
+        app_recorded_at -> Nullable<Timestamp>,
     }
 }
 diesel::table! {
