@@ -47,6 +47,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod html;
 pub mod keys;
 pub mod lease;
 pub mod license;

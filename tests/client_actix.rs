@@ -19,6 +19,15 @@ fn licensing_with(
     instance_url: Option<&str>,
     tweak: impl FnOnce(&mut Config),
 ) -> Licensing {
+    licensing_of(Tier::Pro, dir, instance_url, tweak)
+}
+
+fn licensing_of(
+    tier: Tier,
+    dir: &std::path::Path,
+    instance_url: Option<&str>,
+    tweak: impl FnOnce(&mut Config),
+) -> Licensing {
     let signer = Signer::generate("vendor", Role::License).unwrap();
     let mut ring = KeyRing::new();
     ring.insert_pem("vendor", Role::License, &signer.public_pem()).unwrap();
@@ -26,8 +35,8 @@ fn licensing_with(
     let key = license::issue(
         &signer,
         LicenseRequest {
-            licensee: "Acme".into(),
-            tier: Tier::Pro,
+            licensee: "Acme <R&D>".into(),
+            tier,
             expiry: Expiry::At(now + Duration::days(30)),
             not_before: None,
             seats: 3,
@@ -248,5 +257,120 @@ async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
     assert!(slow >= 20.0 * 0.99, "the waiting handler's 20 ms are in its time: {slow}");
     let slowest = routes[0].sketch.quantile(1.0).unwrap();
     assert!(slowest >= 5.0 * 0.99, "the directly tracked 5 ms is among GET's: {slowest}");
+    l.shutdown();
+}
+
+/// The privacy page says what is and is not collected, asks nothing of another origin, and
+/// offers the controls the tier allows: none on Pro (a post is refused), all three on
+/// Enterprise, saved for the next start; a post from another site is refused.
+#[actix_web::test]
+async fn the_privacy_page_explains_and_offers_the_controls_the_tier_allows() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let pro = licensing(dir.path(), Some("https://app.example.com"));
+    let app = app!(pro);
+    let page =
+        test::call_service(&app, test::TestRequest::get().uri("/telemetry/privacy").to_request()).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers().get("content-type").unwrap(), "text/html; charset=utf-8");
+    assert!(page
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
+    let html = String::from_utf8(test::read_body(page).await.to_vec()).unwrap();
+    for expected in [
+        "Telemetry is on",
+        "License: Acme &lt;R&amp;D&gt; (pro tier)",
+        "What is never sent",
+        "IP addresses",
+        "The pro tier's license requires usage telemetry",
+        "<a href=\"summary\">",
+    ] {
+        assert!(html.contains(expected), "{expected}: {html}");
+    }
+    for absent in ["<script", "<link", "src=", "url(", "<form", "public insights"] {
+        assert!(!html.contains(absent), "{absent}: {html}");
+    }
+    let post = |choice: &str, origin: &str| {
+        test::TestRequest::post()
+            .uri("/telemetry/choice")
+            .insert_header(("host", "app.example.com"))
+            .insert_header(("origin", origin.to_owned()))
+            .set_form([("choice", choice)])
+            .to_request()
+    };
+    let refused = test::call_service(&app, post("disabled", "https://app.example.com")).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let text = String::from_utf8(test::read_body(refused).await.to_vec()).unwrap();
+    assert!(text.contains("Refused: telemetry cannot be disabled on the pro tier"), "{text}");
+    assert_eq!(pro.saved_choice().unwrap(), None);
+    pro.shutdown();
+
+    let data = tempfile::TempDir::new().unwrap();
+    let enterprise = licensing_of(Tier::Enterprise, data.path(), Some("https://app.example.com"), |c| {
+        c.public_insights_url = Some("https://vendor.example.com/insights".into());
+    });
+    let app = app!(enterprise);
+    let html = String::from_utf8(
+        test::call_and_read_body(&app, test::TestRequest::get().uri("/telemetry/privacy").to_request())
+            .await
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(html.matches("<form method=\"post\" action=\"choice\">").count(), 3, "{html}");
+    assert!(html.contains("href=\"https://vendor.example.com/insights\""), "{html}");
+    assert!(html.contains("value=\"full\"><button type=\"submit\" aria-pressed=\"true\">"), "{html}");
+
+    let elsewhere = test::call_service(&app, post("disabled", "https://evil.example")).await;
+    assert_eq!(elsewhere.status(), StatusCode::FORBIDDEN);
+    assert_eq!(enterprise.saved_choice().unwrap(), None);
+    let unknown = test::call_service(&app, post("off", "https://app.example.com")).await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+
+    let saved = test::call_service(&app, post("basic", "https://app.example.com")).await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    assert_eq!(saved.headers().get("location").unwrap(), "privacy?saved=basic");
+    assert_eq!(enterprise.saved_choice().unwrap(), Some(licensor::client::Choice::Basic));
+    let html = String::from_utf8(
+        test::call_and_read_body(
+            &app,
+            test::TestRequest::get().uri("/telemetry/privacy?saved=basic").to_request(),
+        )
+        .await
+        .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains("Saved: telemetry <strong>basic</strong>"), "{html}");
+    assert!(html.contains("value=\"basic\"><button type=\"submit\" aria-pressed=\"true\">"), "{html}");
+    enterprise.shutdown();
+}
+
+/// The application's own preview flushes its memory first: a feature tracked a moment ago is
+/// in the batch, and the batch is fixed (the same bytes again, and what the check-in sends).
+#[actix_web::test]
+async fn the_applications_preview_includes_its_memory_and_is_fixed() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing(dir.path(), Some("https://app.example.com"));
+    let app = app!(l);
+    l.track_feature("just_now");
+    let preview = || test::TestRequest::post().uri("/telemetry/preview").to_request();
+    let first = test::call_service(&app, preview()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let batch_id = first.headers().get("licensor-batch-id").unwrap().to_str().unwrap().to_owned();
+    let bytes = test::read_body(first).await;
+    let batch: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(batch["batch_id"], batch_id.as_str());
+    assert_eq!(batch["usage"], json!([{"kind": "feature", "name": "just_now", "count": 1}]));
+    l.track_feature("after");
+    assert_eq!(test::call_and_read_body(&app, preview()).await, bytes, "fixed once shown");
+    let outbox =
+        licensor::client::store::LocalStore::open(&dir.path().join("client")).unwrap().outbox().unwrap();
+    assert_eq!(outbox.unwrap().payload.as_bytes(), &bytes[..]);
+    // Waiting behind it: the feature tracked after, and the preview requests themselves (one
+    // route row: the middleware tracks them as it tracks any request).
+    let p = l.preview().unwrap().unwrap();
+    assert_eq!((p.unflushed, p.queued_behind), (licensor::client::licensing::Unflushed::Nothing, 2));
     l.shutdown();
 }

@@ -105,6 +105,17 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET /v1/admin/instances`.
+    fn instances(&self) -> Value {
+        http()
+            .get(format!("{}/v1/admin/instances", self.base()))
+            .bearer_auth(self.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
     /// The server's own database, read directly (the process may be running: SQLite in WAL).
     fn store(&self) -> Store {
         Store::open(&format!("sqlite://{}", self.dir.join("data/licensor.db").display()), 1).unwrap()
@@ -664,13 +675,7 @@ fn the_preview_is_exactly_what_the_next_check_in_sends() {
     let instance = LocalStore::open(&data).unwrap().state().unwrap().unwrap().instance_id;
     let summary = server.summary(&instance);
     assert_eq!(summary["usage"], json!([{"kind": "feature", "name": "shown", "count": 1}]), "{summary}");
-    let instances: Value = http()
-        .get(format!("{}/v1/admin/instances", server.base()))
-        .bearer_auth(server.token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let instances = server.instances();
     assert_eq!(instances["instances"][0]["software_version"], "5.0.1", "{instances}");
     let missing = cli(&command_env, &["telemetry", "sent", "--raw", "--batch", "no-such-batch"]);
     assert_eq!(missing.status.code(), Some(2));
@@ -710,13 +715,7 @@ fn the_application_keeps_the_check_in_time_that_status_shows() {
     server.restart();
     let started = Instant::now();
     loop {
-        let instances: Value = http()
-            .get(format!("{}/v1/admin/instances", server.base()))
-            .bearer_auth(server.token())
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let instances = server.instances();
         if !instances["instances"].as_array().unwrap().is_empty() {
             break;
         }

@@ -359,6 +359,12 @@ fn start_up_errors_are_specific() {
     let e =
         Config::from_vars(|k| (k == "LICENSOR_SERVER_URL").then(|| "ftp://x".to_string()), "1").unwrap_err();
     assert!(e.to_string().contains("must be an http:// or https:// URL"), "{e}");
+    let e = Config::from_vars(
+        |k| (k == "LICENSOR_PUBLIC_INSIGHTS_URL").then(|| "vendor.example".to_string()),
+        "1",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("LICENSOR_PUBLIC_INSIGHTS_URL=\"vendor.example\" must be an http"), "{e}");
 
     // A forged key is not a start-up error: the application starts and is told.
     let forged = format!("{}x", &key[..key.len() - 1]);

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use super::{ClientArgs, ExportFormat, LevelArg, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
 use crate::client::choice::{self, Choice};
 use crate::client::licensing::offline::Opened;
-use crate::client::licensing::CheckInOutcome;
+use crate::client::licensing::{CheckInOutcome, Unflushed};
 use crate::client::store::{self, LocalStore};
 use crate::client::{Config, Level, Mode, Status};
 use crate::license::Tier;
@@ -46,14 +46,16 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
             if preview.queued_behind > 0 {
                 eprintln!("{} rows recorded since wait for the batch after it", preview.queued_behind);
             }
-            match preview.application_flushed_at {
-                Some(at) => eprintln!(
+            match preview.unflushed {
+                Unflushed::Since(at) => eprintln!(
                     "the application last flushed its figures at {} ({} s ago); what it tracked since is in its memory \
-                     until the next flush (every 5 minutes) and goes into a later batch",
+                     until the next flush (every 5 minutes) and goes into a later batch (the application's own \
+                     POST /telemetry/preview flushes it first)",
                     crate::time::format(&at),
                     (opened.clock())().signed_duration_since(at).num_seconds().max(0)
                 ),
-                None => eprintln!("no application has flushed figures into this data directory yet"),
+                Unflushed::NoApplication => eprintln!("no application has flushed figures into this data directory yet"),
+                Unflushed::Nothing => {}
             }
             let payload = preview.payload;
             if pretty {
@@ -159,17 +161,8 @@ fn choose(args: &ClientArgs, choice: Choice) -> Result<u8> {
     config.switches.choice = Some(choice);
     let opened = Opened::open(config)?;
     let license = opened.license().context("the license key is refused, so its tier is unknown")?;
-    if choice != Choice::Full && license.tier != Tier::Enterprise {
-        let what = match choice {
-            Choice::Disabled => "disabled",
-            _ => "reduced to basic health",
-        };
-        eprintln!(
-            "refused: telemetry cannot be {what} on the {} tier; its license requires usage telemetry (only \
-             Enterprise licenses may turn it off or down). What is sent is aggregated and scrubbed of personal \
-             data: `licensor telemetry preview` shows every byte. Nothing was saved.",
-            license.tier
-        );
+    if let Err(why) = choice::allowed(license.tier, choice) {
+        eprintln!("refused: {why} Nothing was saved.");
         return Ok(EXIT_NOT_VALID);
     }
     let path = choice::write(&data_dir, choice, chrono::Utc::now())?;

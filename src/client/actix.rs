@@ -1,7 +1,8 @@
 //! actix-web integration (feature `actix`) for applications that serve HTTP with actix-web:
 //! [`Track`], a middleware that tracks every request by its matched route pattern (never the
 //! raw path), status and duration, with 5xx answers counted as errors; and [`scope`], the
-//! telemetry routes an application mounts behind its own authentication.
+//! telemetry routes an application mounts behind its own authentication, with its privacy page
+//! (what is and is not collected, and the controls the tier allows).
 //!
 //! Requests whose `Host` is local (localhost, loopback or private addresses, `*.local`) are not
 //! tracked: they are the developers' own.
@@ -289,16 +290,22 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// The telemetry routes, to mount behind the application's own authentication:
-/// `GET /telemetry/summary?hours=24`, `POST /telemetry/flush` and `POST /telemetry/ui-actions`
-/// (a browser front end reports UI actions through its back end).
+/// `GET /telemetry/summary?hours=24`, `POST /telemetry/flush`, `POST /telemetry/preview` (the
+/// next batch exactly, memory included), `POST /telemetry/ui-actions`
+/// (a browser front end reports UI actions through its back end), and the privacy page,
+/// `GET /telemetry/privacy`, whose forms post to `POST /telemetry/choice`.
 pub fn scope(licensing: Licensing) -> actix_web::Scope {
     web::scope("/telemetry")
         .app_data(web::Data::new(licensing))
         .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|err, _| malformed(err)))
         .app_data(web::QueryConfig::default().error_handler(|err, _| malformed(err)))
+        .app_data(web::FormConfig::default().limit(1024).error_handler(|err, _| malformed(err)))
         .route("/summary", web::get().to(summary))
         .route("/flush", web::post().to(flush))
+        .route("/preview", web::post().to(preview))
         .route("/ui-actions", web::post().to(ui_actions))
+        .route("/privacy", web::get().to(privacy::page))
+        .route("/choice", web::post().to(privacy::choose))
 }
 
 /// The longest window a summary covers: the local store keeps hourly rows for two days and
@@ -364,6 +371,25 @@ async fn flush(licensing: web::Data<Licensing>) -> HttpResponse {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "flushed": true })),
         Ok(Err(e)) => {
             tracing::error!(target: "licensor", "telemetry flush failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
+    }
+}
+
+/// The next batch, exactly as the next check-in will send it, with the application's memory
+/// flushed into it first; it is taken into the outbox, so a second call answers the same bytes.
+/// A POST, since it changes what the outbox holds. The batch id travels in `Licensor-Batch-Id`.
+async fn preview(licensing: web::Data<Licensing>) -> HttpResponse {
+    let l = licensing.get_ref().clone();
+    match web::block(move || l.preview()).await {
+        Ok(Ok(Some(preview))) => HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header(("Licensor-Batch-Id", preview.batch_id))
+            .body(preview.payload),
+        Ok(Ok(None)) => disabled(&licensing),
+        Ok(Err(e)) => {
+            tracing::error!(target: "licensor", "telemetry preview failed: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
@@ -436,5 +462,232 @@ mod tests {
         assert_eq!(strip_port("[fe80::1]"), "[fe80::1]");
         assert_eq!(strip_port("10.0.0.1:80"), "10.0.0.1");
         assert_eq!(strip_port("::1"), "::1");
+    }
+}
+
+/// The privacy page: server-rendered HTML that works without JavaScript and asks nothing of any
+/// other origin (its style is inline, it has no script, font or image).
+mod privacy {
+    use actix_web::http::{header, StatusCode};
+    use actix_web::{web, HttpRequest, HttpResponse};
+    use serde::Deserialize;
+
+    use crate::client::choice::Choice;
+    use crate::client::policy::{Level, Mode};
+    use crate::client::{Licensing, SaveChoiceError};
+    use crate::license::Tier;
+
+    const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}\
+        main{max-width:46rem;margin:0 auto;padding:1.5rem}section{background:#fff;border:1px solid #dde1e7;\
+        border-radius:6px;padding:0.5rem 1.25rem;margin:1rem 0}h1{font-size:1.6rem}h2{font-size:1.15rem}\
+        .saved{background:#e8f5e9;border-color:#a5d6a7}.refused{background:#fdecea;border-color:#f5a3a3}\
+        form{display:inline-block;margin:0 0.5rem 0.5rem 0}button{font:inherit;padding:0.35rem 0.8rem}\
+        button[aria-pressed=true]{font-weight:bold}code{background:#eef0f3;padding:0 0.25rem}";
+
+    use crate::html::escape as esc;
+
+    fn html(status: StatusCode, body: String) -> HttpResponse {
+        HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            // The page is the operator's own: nothing of it is cached or framed elsewhere.
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            ))
+            .body(format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+                 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+                 <title>Telemetry and privacy</title><style>{STYLE}</style></head><body><main>\
+                 <h1>Telemetry and privacy</h1>{body}</main></body></html>"
+            ))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct PageQuery {
+        saved: Option<String>,
+    }
+
+    const FULL: &[&str] = &[
+        "how often features, API calls, commands and UI actions were used (counts per name)",
+        "request counts, errors and latency percentiles per route pattern (never a path with ids, never a query string)",
+        "errors, grouped: type, message and at most 5 stack lines, scrubbed of personal data",
+        "how many sessions there were, how long, and in which hours of the day",
+        "the environment: application version, operating system, architecture, a user-count range \
+         (such as 11-50), enabled modules, uptime, last sync result and health checks",
+    ];
+    const BASIC: &[&str] =
+        &["the environment only: application version, operating system, architecture, a user-count range, \
+         enabled modules, uptime, last sync result and health checks"];
+    const NEVER: &[&str] = &[
+        "names, e-mail addresses, phone numbers, card or account numbers, access keys: every text is \
+         scrubbed before it is stored here, and again by the license server",
+        "IP addresses: neither this deployment nor the license server stores one",
+        "user ids: distinct users are counted here with a secret per-install salt, and only a range leaves",
+        "request or response bodies, paths with ids, query strings, headers",
+    ];
+
+    fn list(items: &[&str]) -> String {
+        let items: String = items.iter().map(|i| format!("<li>{}</li>", esc(i))).collect();
+        format!("<ul>{items}</ul>")
+    }
+
+    pub(super) async fn page(licensing: web::Data<Licensing>, query: web::Query<PageQuery>) -> HttpResponse {
+        let license = licensing.license();
+        let tier = license.as_ref().map(|l| l.tier);
+        let mut body = String::new();
+        if let Some(saved) = query.saved.as_deref() {
+            body.push_str(&format!(
+                "<section class=\"saved\" role=\"status\"><p>Saved: telemetry <strong>{}</strong>. The \
+                 application applies it at its next start.</p></section>",
+                esc(saved)
+            ));
+        }
+        let now = match licensing.mode() {
+            Mode::Development { reason } => {
+                format!("Nothing is collected or sent: this is a development instance ({reason}).")
+            }
+            Mode::AirGapped => {
+                "Telemetry is off: this deployment is air-gapped and makes no connection at all.".into()
+            }
+            Mode::Telemetry { level: Level::Basic, .. } => {
+                "Basic health only: each check-in carries the environment and its health, no usage details."
+                    .into()
+            }
+            Mode::Telemetry { .. } => "Telemetry is on: aggregated usage is sent with each check-in.".into(),
+        };
+        body.push_str(&format!("<section><h2>Now</h2><p>{}</p>", esc(&now)));
+        if let Some(l) = &license {
+            body.push_str(&format!("<p>License: {} ({} tier).</p>", esc(&l.licensee), l.tier));
+        }
+        for notice in licensing.notices() {
+            body.push_str(&format!("<p>Note: {}</p>", esc(notice)));
+        }
+        body.push_str("</section>");
+        body.push_str(&format!(
+            "<section><h2>What is sent</h2><p>At the full level:</p>{}<p>At the basic level (Enterprise):</p>{}\
+             <p>Everything is aggregated on this machine first: counts and percentiles, never single events.</p></section>",
+            list(FULL),
+            list(BASIC)
+        ));
+        body.push_str(&format!("<section><h2>What is never sent</h2>{}</section>", list(NEVER)));
+        body.push_str(
+            "<section><h2>See every byte</h2><p>The figures kept here: <a href=\"summary\">the last 24 hours</a> \
+             (JSON). On the server running this application, <code>licensor telemetry preview</code> prints the \
+             next batch exactly as it will be sent, and <code>licensor telemetry sent --raw</code> a sent one \
+             exactly as it was sent.</p>",
+        );
+        if let Some(url) = &licensing.public_insights_url() {
+            body.push_str(&format!(
+                "<p>What the vendor publishes from all installs together (never one install alone): \
+                 <a href=\"{}\" rel=\"noreferrer\">public insights</a>.</p>",
+                esc(url)
+            ));
+        }
+        body.push_str("</section>");
+        body.push_str(&controls(&licensing, tier));
+        html(StatusCode::OK, body)
+    }
+
+    /// The controls the tier allows: all three on Enterprise; on Community and Pro, why none.
+    fn controls(licensing: &Licensing, tier: Option<Tier>) -> String {
+        let mut out = String::from("<section><h2>Your choice</h2>");
+        match tier {
+            Some(Tier::Enterprise) => {
+                let saved = licensing.saved_choice().ok().flatten().unwrap_or(Choice::Full);
+                out.push_str("<p>Saved in this deployment's data directory and applied at its next start:</p>");
+                for (choice, label) in [
+                    (Choice::Full, "Send usage and health"),
+                    (Choice::Basic, "Basic health only"),
+                    (Choice::Disabled, "Disable: air-gapped"),
+                ] {
+                    out.push_str(&format!(
+                        "<form method=\"post\" action=\"choice\"><input type=\"hidden\" name=\"choice\" \
+                         value=\"{}\"><button type=\"submit\" aria-pressed=\"{}\">{label}</button></form>",
+                        choice.as_str(),
+                        choice == saved
+                    ));
+                }
+            }
+            Some(tier) => out.push_str(&format!(
+                "<p>The {tier} tier's license requires usage telemetry: it cannot be turned off or down here \
+                 (Enterprise licenses can). What is sent is listed above, and every byte can be seen before it \
+                 leaves.</p>"
+            )),
+            None => out.push_str("<p>The license key is refused: nothing is collected or sent.</p>"),
+        }
+        out.push_str("</section>");
+        out
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct ChoiceForm {
+        choice: String,
+    }
+
+    /// Saves a choice from the page's forms. A post from another origin is refused (the page is
+    /// behind the host's authentication, so another site must not make a signed-in browser post
+    /// here); so is a choice the tier does not allow.
+    pub(super) async fn choose(
+        request: HttpRequest,
+        licensing: web::Data<Licensing>,
+        form: web::Form<ChoiceForm>,
+    ) -> HttpResponse {
+        if !same_origin(&request) {
+            return html(
+                StatusCode::FORBIDDEN,
+                "<section class=\"refused\"><p>Refused: this form was posted from another site.</p></section>".into(),
+            );
+        }
+        let choice = match form.choice.as_str() {
+            "full" => Choice::Full,
+            "basic" => Choice::Basic,
+            "disabled" => Choice::Disabled,
+            other => {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    format!("<section class=\"refused\"><p>Unknown choice {}.</p></section>", esc(other)),
+                )
+            }
+        };
+        let l = licensing.get_ref().clone();
+        match web::block(move || l.save_choice(choice)).await {
+            Ok(Ok(_)) => HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, format!("privacy?saved={}", choice.as_str())))
+                .finish(),
+            Ok(Err(SaveChoiceError::Refused(why))) => html(
+                StatusCode::FORBIDDEN,
+                format!("<section class=\"refused\"><p>Refused: {}</p><p><a href=\"privacy\">Back</a></p></section>", esc(&why)),
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(target: "licensor", "saving the telemetry choice failed: {e}");
+                html(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "<section class=\"refused\"><p>The choice could not be saved.</p></section>".into(),
+                )
+            }
+            Err(_) => html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<section class=\"refused\"><p>The choice could not be saved.</p></section>".into(),
+            ),
+        }
+    }
+
+    /// Whether a post comes from this origin: its `Origin` (or, without one, its `Referer`)
+    /// names the host the request was made to. Browsers send `Origin` with every form post; a
+    /// post with neither header is not from a browser on another site.
+    fn same_origin(request: &HttpRequest) -> bool {
+        let host = request.connection_info().host().to_ascii_lowercase();
+        let named = request
+            .headers()
+            .get(header::ORIGIN)
+            .or_else(|| request.headers().get(header::REFERER))
+            .and_then(|v| v.to_str().ok());
+        let Some(named) = named else { return true };
+        let Some(rest) = named.split_once("://").map(|(_, rest)| rest) else { return false };
+        let authority = rest.split('/').next().unwrap_or("").to_ascii_lowercase();
+        authority == host
     }
 }

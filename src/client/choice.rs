@@ -68,6 +68,23 @@ pub enum ChoiceError {
     },
 }
 
+/// Whether a license of `tier` may make `choice`; the refusal says why, in words for the
+/// operator.
+pub fn allowed(tier: crate::license::Tier, choice: Choice) -> Result<(), String> {
+    if choice == Choice::Full || tier == crate::license::Tier::Enterprise {
+        return Ok(());
+    }
+    let what = match choice {
+        Choice::Disabled => "disabled",
+        _ => "reduced to basic health",
+    };
+    Err(format!(
+        "telemetry cannot be {what} on the {tier} tier; its license requires usage telemetry (only Enterprise \
+         licenses may turn it off or down). What is sent is aggregated and scrubbed of personal data: \
+         `licensor telemetry preview` shows every byte."
+    ))
+}
+
 /// Where the choice is kept for a data directory.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)

@@ -66,6 +66,9 @@ pub struct Config {
     pub first_check_in_after: Duration,
     /// The longest one check-in request may take.
     pub request_timeout: Duration,
+    /// `LICENSOR_PUBLIC_INSIGHTS_URL`: the vendor's public insights page (aggregated figures
+    /// across installs), which the privacy page links when set.
+    pub public_insights_url: Option<String>,
     /// Print start-up's notices (why telemetry is on, off, or not what was asked for) once to
     /// stderr, whether or not the host has a `tracing` subscriber. Default on; a host that
     /// shows them itself ([`crate::client::Licensing::notices`]) turns it off.
@@ -131,6 +134,7 @@ impl Config {
             health_every: Duration::from_secs(60),
             first_check_in_after: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            public_insights_url: None,
             print_notices: true,
             clock: Arc::new(Utc::now),
         }
@@ -169,6 +173,15 @@ impl Config {
             allow_insecure_http,
             keys: text("LICENSOR_KEYS_DIR").map(|d| KeySource::Dir(d.into())),
             ca_certificate: text("LICENSOR_CA_CERT").map(PathBuf::from),
+            public_insights_url: match text("LICENSOR_PUBLIC_INSIGHTS_URL") {
+                Some(url) if url.starts_with("https://") || url.starts_with("http://") => Some(url),
+                Some(url) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "LICENSOR_PUBLIC_INSIGHTS_URL={url:?} must be an http:// or https:// URL"
+                    )))
+                }
+                None => None,
+            },
             data_dir: default_data_dir(&var),
             instance_url: text("LICENSOR_INSTANCE_URL"),
             switches: Switches {

@@ -18,7 +18,9 @@ pub mod telemetry;
 
 pub use choice::Choice;
 pub use config::{Clock, Config, ConfigError, KeySource, LicenseSource};
-pub use licensing::{CheckInOutcome, DeactivateError, Deactivated, LicenseInfo, Licensing, StartError};
+pub use licensing::{
+    CheckInOutcome, DeactivateError, Deactivated, LicenseInfo, Licensing, SaveChoiceError, StartError,
+};
 pub use policy::{Level, Mode};
 pub use status::{InvalidReason, Status};
 pub use telemetry::{Sampling, Session};

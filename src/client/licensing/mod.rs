@@ -72,6 +72,42 @@ pub enum StartError {
     RootCertificate { path: std::path::PathBuf, message: String },
 }
 
+/// The batch the next check-in will send, as a preview shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub batch_id: String,
+    /// The batch's bytes, exactly as the next check-in sends them.
+    pub payload: String,
+    /// Figures recorded after the batch was taken, waiting for the batch after it.
+    pub queued_behind: i64,
+    /// What of the running application's memory the batch leaves out.
+    pub unflushed: Unflushed,
+}
+
+/// What a preview leaves out of the figures a running application holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unflushed {
+    /// Nothing: the application flushed its memory before the batch was taken (its own
+    /// preview, [`Licensing::preview`]).
+    Nothing,
+    /// A command's preview: what the application tracked since its last flush, at this time,
+    /// is still in its memory and goes into a later batch.
+    Since(chrono::DateTime<chrono::Utc>),
+    /// No application has flushed figures into this data directory yet.
+    NoApplication,
+}
+
+/// Why [`Licensing::save_choice`] saved nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveChoiceError {
+    /// The license's tier does not allow the choice (or the license is refused); the reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The file could not be written.
+    #[error(transparent)]
+    Write(#[from] crate::client::choice::ChoiceError),
+}
+
 /// The license as the application sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseInfo {
@@ -205,6 +241,29 @@ impl Licensing {
         &self.verifier.mode
     }
 
+    /// Saves the operator's telemetry choice in the data directory (as `licensor telemetry
+    /// enable|disable` do), applied at the next start; a choice the license's tier does not
+    /// allow is refused with the reason and saved nowhere.
+    pub fn save_choice(&self, choice: crate::client::Choice) -> Result<std::path::PathBuf, SaveChoiceError> {
+        let tier = self
+            .verifier
+            .payload()
+            .map_err(|e| SaveChoiceError::Refused(format!("the license key is refused ({e})")))?
+            .tier;
+        crate::client::choice::allowed(tier, choice).map_err(SaveChoiceError::Refused)?;
+        Ok(crate::client::choice::write(&self.verifier.config.data_dir, choice, self.verifier.now())?)
+    }
+
+    /// The vendor's public insights page, when configured (`LICENSOR_PUBLIC_INSIGHTS_URL`).
+    pub fn public_insights_url(&self) -> Option<String> {
+        self.verifier.config.public_insights_url.clone()
+    }
+
+    /// The choice saved in the data directory, if any (what the next start applies).
+    pub fn saved_choice(&self) -> Result<Option<crate::client::Choice>, crate::client::choice::ChoiceError> {
+        crate::client::choice::read(&self.verifier.config.data_dir)
+    }
+
     /// What start-up said about the mode (also logged, and printed to stderr unless
     /// [`Config::print_notices`] is off), for a host that shows them itself.
     pub fn notices(&self) -> &[String] {
@@ -288,6 +347,13 @@ impl Licensing {
         let Some(store) = &self.verifier.store else { return Ok(None) };
         self.verifier.flush()?;
         store.summary(hours, self.verifier.now()).map(Some)
+    }
+
+    /// The batch the next check-in will send, with what this application holds in memory
+    /// flushed into it first, taken into the outbox so that it is exactly what is sent (`None`
+    /// where nothing is collected). The telemetry scope serves it as `POST /telemetry/preview`.
+    pub fn preview(&self) -> Result<Option<Preview>, LocalError> {
+        self.verifier.preview()
     }
 
     /// Checks in now, outside the schedule, and waits for the outcome.

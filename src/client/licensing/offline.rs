@@ -3,28 +3,14 @@
 //! the library runs, reading the same environment.
 
 use super::verifier::Verifier;
-use super::{CheckInOutcome, DeactivateError, Deactivated, StartError};
+use super::{CheckInOutcome, DeactivateError, Deactivated, Preview, StartError};
 use crate::client::config::Config;
 use crate::client::policy::Mode;
 use crate::client::status::Status;
 use crate::client::store::{LocalError, LocalStore};
 use crate::license::LicensePayload;
-use crate::protocol::BatchLimits;
 use crate::time::Clock;
 use crate::token::TokenError;
-
-/// What `licensor telemetry preview` shows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Preview {
-    pub batch_id: String,
-    /// The batch's bytes, exactly as the next check-in sends them.
-    pub payload: String,
-    /// Figures recorded after the batch was taken, waiting for the batch after it.
-    pub queued_behind: i64,
-    /// When the running application last flushed its figures (and recorded its environment):
-    /// what it tracked since is still in its memory. `None` when no application has.
-    pub application_flushed_at: Option<chrono::DateTime<chrono::Utc>>,
-}
 
 /// A verifier opened for one command: no background thread.
 pub struct Opened {
@@ -61,15 +47,7 @@ impl Opened {
     /// The batch the next check-in will send, taken into the outbox now if none waits there,
     /// so that it is exactly what is sent (see [`LocalStore::pin_batch`]).
     pub fn preview(&self) -> Result<Option<Preview>, LocalError> {
-        let Some(store) = &self.verifier.store else { return Ok(None) };
-        let now = self.verifier.now();
-        let batch = store.pin_batch(self.verifier.environment(now), now, &BatchLimits::default())?;
-        Ok(Some(Preview {
-            batch_id: batch.batch_id,
-            payload: batch.payload,
-            queued_behind: store.unbatched_rows()?,
-            application_flushed_at: self.verifier.recorded_environment().map(|(_, at)| at),
-        }))
+        self.verifier.preview()
     }
 
     /// One check-in now.

@@ -325,6 +325,29 @@ impl Verifier {
         self.store.as_ref()?.app_environment().ok().flatten()
     }
 
+    /// Flushes, then takes the next batch into the outbox (if none waits there) and returns it
+    /// with what it leaves out.
+    pub(super) fn preview(&self) -> Result<Option<super::Preview>, LocalError> {
+        let Some(store) = &self.store else { return Ok(None) };
+        self.flush()?;
+        let now = self.now();
+        let batch = store.pin_batch(self.environment(now), now, &BatchLimits::default())?;
+        let unflushed = if self.is_application.load(Ordering::Relaxed) {
+            super::Unflushed::Nothing
+        } else {
+            match self.recorded_environment() {
+                Some((_, at)) => super::Unflushed::Since(at),
+                None => super::Unflushed::NoApplication,
+            }
+        };
+        Ok(Some(super::Preview {
+            batch_id: batch.batch_id,
+            payload: batch.payload,
+            queued_behind: store.unbatched_rows()?,
+            unflushed,
+        }))
+    }
+
     /// When the store says the next check-in is due (written by the last check-in of the
     /// application or of a command run beside it).
     pub(super) fn stored_next_check_in(&self) -> Option<DateTime<Utc>> {
