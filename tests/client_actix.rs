@@ -260,6 +260,21 @@ async fn methods_stay_apart_direct_tracking_merges_and_the_route_bound_holds() {
     l.shutdown();
 }
 
+/// A page of the deployment's own, checked for what every one must be: 200, HTML, and a policy
+/// that lets it load nothing from anywhere.
+async fn own_page<S, R, B>(app: &S, request: R) -> String
+where
+    S: actix_web::dev::Service<R, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
+    B: actix_web::body::MessageBody,
+{
+    let page = test::call_service(app, request).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers().get("content-type").unwrap(), "text/html; charset=utf-8");
+    let policy = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_owned();
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    String::from_utf8(test::read_body(page).await.to_vec()).unwrap()
+}
+
 /// The privacy page says what is and is not collected, asks nothing of another origin, and
 /// offers the controls the tier allows: none on Pro (a post is refused), all three on
 /// Enterprise, saved for the next start; a post from another site is refused.
@@ -268,18 +283,7 @@ async fn the_privacy_page_explains_and_offers_the_controls_the_tier_allows() {
     let dir = tempfile::TempDir::new().unwrap();
     let pro = licensing(dir.path(), Some("https://app.example.com"));
     let app = app!(pro);
-    let page =
-        test::call_service(&app, test::TestRequest::get().uri("/telemetry/privacy").to_request()).await;
-    assert_eq!(page.status(), StatusCode::OK);
-    assert_eq!(page.headers().get("content-type").unwrap(), "text/html; charset=utf-8");
-    assert!(page
-        .headers()
-        .get("content-security-policy")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("default-src 'none'"));
-    let html = String::from_utf8(test::read_body(page).await.to_vec()).unwrap();
+    let html = own_page(&app, test::TestRequest::get().uri("/telemetry/privacy").to_request()).await;
     for expected in [
         "Telemetry is on",
         "License: Acme &lt;R&amp;D&gt; (pro tier)",
@@ -372,5 +376,41 @@ async fn the_applications_preview_includes_its_memory_and_is_fixed() {
     // route row: the middleware tracks them as it tracks any request).
     let p = l.preview().unwrap().unwrap();
     assert_eq!((p.unflushed, p.queued_behind), (licensor::client::licensing::Unflushed::Nothing, 2));
+    l.shutdown();
+}
+
+/// The local dashboard, served by the telemetry scope: status, license, charts with their
+/// figures, the next batch byte for byte once one waits, and no script.
+#[actix_web::test]
+async fn the_local_dashboard_shows_the_figures_and_the_next_batch() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing(dir.path(), Some("https://app.example.com"));
+    let app = app!(l);
+    l.track_feature("export <csv>");
+    l.track_request("GET", "/items/{id}", 200, std::time::Duration::from_millis(12));
+    l.track_request("GET", "/items/{id}", 503, std::time::Duration::from_millis(40));
+    let get = || test::TestRequest::get().uri("/telemetry/dashboard").to_request();
+    let html = own_page(&app, get()).await;
+    for expected in [
+        "<h1>Telemetry on this deployment</h1>",
+        "Telemetry is on",
+        "License status: <strong>grace until",
+        "Acme &lt;R&amp;D&gt;: pro tier, 3 seats",
+        "<td>feature</td><td>export &lt;csv&gt;</td><td>1</td>",
+        "<td>GET /items/{id}</td><td>2</td><td>1</td>",
+        "No batch waits: the next check-in assembles one from the",
+        "No batch has been sent yet.",
+    ] {
+        assert!(html.contains(expected), "{expected}: {html}");
+    }
+    assert_eq!(html.matches("<svg").count(), 3, "usage, requests and errors, latency");
+    assert!(!html.contains("<script"));
+
+    let pinned =
+        test::call_and_read_body(&app, test::TestRequest::post().uri("/telemetry/preview").to_request())
+            .await;
+    let html = String::from_utf8(test::call_and_read_body(&app, get()).await.to_vec()).unwrap();
+    let pinned = String::from_utf8(pinned.to_vec()).unwrap();
+    assert!(html.contains(&format!("<pre>{}</pre>", licensor::html::escape(&pinned))), "{html}");
     l.shutdown();
 }

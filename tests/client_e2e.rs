@@ -677,6 +677,10 @@ fn the_preview_is_exactly_what_the_next_check_in_sends() {
     assert_eq!(summary["usage"], json!([{"kind": "feature", "name": "shown", "count": 1}]), "{summary}");
     let instances = server.instances();
     assert_eq!(instances["instances"][0]["software_version"], "5.0.1", "{instances}");
+    // The local dashboard has no sign-in: it listens on this machine only.
+    let exposed = cli(&command_env, &["telemetry", "dashboard", "--bind", "0.0.0.0:8089"]);
+    assert_eq!(exposed.status.code(), Some(2), "{}", text(&exposed));
+    assert!(text(&exposed).contains("listens on this machine only"), "{}", text(&exposed));
     let missing = cli(&command_env, &["telemetry", "sent", "--raw", "--batch", "no-such-batch"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing).contains("batch no-such-batch is not in the ledger"));

@@ -71,6 +71,36 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// A headless Chromium session through the chromedriver on `port`.
+async fn session(port: u16) -> fantoccini::Client {
+    let capabilities: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+        }
+    }))
+    .unwrap();
+    ClientBuilder::rustls()
+        .expect("a TLS configuration")
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("chromedriver opens a session")
+}
+
+/// Every resource the page loaded (itself included), as the browser saw it.
+async fn loaded(browser: &fantoccini::Client) -> Vec<String> {
+    let names = browser
+        .execute(
+            "return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource')).map(e => e.name);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    names.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
 /// Waits until the browser shows `path` (and `query`): an element of the page being left may
 /// still be found until the next one arrives.
 async fn wait_for(browser: &fantoccini::Client, path: &str, query: Option<&str>) {
@@ -117,29 +147,9 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
     // Multi-threaded, so the test's own blocking HTTP calls can run in place (`block_in_place`).
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let capabilities: serde_json::Map<String, Value> = serde_json::from_value(json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
-            }
-        }))
-        .unwrap();
-        let browser = ClientBuilder::rustls()
-            .expect("a TLS configuration")
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("chromedriver opens a session");
+        let browser = session(port).await;
         let origin = h.base.clone();
-        // Every resource the page loaded, as the browser saw it.
-        let resources = || async {
-            let names = browser
-                .execute("return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource')).map(e => e.name);", vec![])
-                .await
-                .unwrap();
-            names.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect::<Vec<_>>()
-        };
+        let resources = || loaded(&browser);
 
         // Signing in.
         browser.goto(&format!("{origin}/admin/overview")).await.unwrap();
@@ -152,12 +162,13 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
         assert_eq!(charts.len(), 3, "active, versions, outcomes");
         let polylines = browser.find_all(Locator::Css("svg.chart polyline")).await.unwrap();
         assert!(!polylines.is_empty(), "the line chart draws lines");
-        let loaded = resources().await;
-        assert!(loaded.iter().any(|r| r.ends_with("/admin/assets/dashboard.css")), "{loaded:?}");
+        let on_overview = resources().await;
+        assert!(on_overview.iter().any(|r| r.ends_with("/admin/assets/dashboard.css")), "{on_overview:?}");
         let png = browser.screenshot().await.unwrap();
         std::fs::write(screenshots().join("dashboard-overview.png"), &png).unwrap();
         if std::env::var("LICENSOR_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
-            std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png"), &png).unwrap();
+            std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png"), &png)
+                .unwrap();
         }
 
         // Keyboard: the first Tab reaches the skip link.
@@ -184,10 +195,13 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
         assert_eq!(status.text().await.unwrap(), "revoked (browser test)");
         let answer = tokio::task::block_in_place(|| h.check_in(&keys[0], "inst-0-0", None));
         assert_eq!(answer["status"], "revoked", "{answer}");
-        std::fs::write(screenshots().join("dashboard-license.png"), browser.screenshot().await.unwrap()).unwrap();
+        std::fs::write(screenshots().join("dashboard-license.png"), browser.screenshot().await.unwrap())
+            .unwrap();
 
         // Nothing left the origin on any page.
-        for page in ["/admin/usage", "/admin/performance", "/admin/errors", "/admin/environment", "/admin/instances"] {
+        for page in
+            ["/admin/usage", "/admin/performance", "/admin/errors", "/admin/environment", "/admin/instances"]
+        {
             browser.goto(&format!("{origin}{page}")).await.unwrap();
             browser.wait().for_element(Locator::Css("main h1")).await.unwrap();
             for resource in resources().await {
@@ -202,7 +216,13 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
         let code = tokio::task::block_in_place(|| {
             let refused = reqwest::blocking::Client::new();
             refused
-                .post(url).header("cookie", cookie_header).form(&[("x", "1")]).send().unwrap().status().as_u16()
+                .post(url)
+                .header("cookie", cookie_header)
+                .form(&[("x", "1")])
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
         });
         assert_eq!(code, 403);
 
@@ -215,7 +235,8 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
             .await
             .unwrap();
         assert_eq!(fits, true, "the overview overflows a phone's width");
-        std::fs::write(screenshots().join("dashboard-phone.png"), browser.screenshot().await.unwrap()).unwrap();
+        std::fs::write(screenshots().join("dashboard-phone.png"), browser.screenshot().await.unwrap())
+            .unwrap();
 
         // Signing out.
         browser.find(Locator::Css("form.sign-out button")).await.unwrap().click().await.unwrap();
@@ -232,7 +253,93 @@ fn a_vendor_signs_in_revokes_a_license_and_signs_out_in_a_real_browser() {
         for resource in resources().await {
             assert!(resource.starts_with(&origin), "/insights loaded {resource}");
         }
-        std::fs::write(screenshots().join("public-insights.png"), browser.screenshot().await.unwrap()).unwrap();
+        std::fs::write(screenshots().join("public-insights.png"), browser.screenshot().await.unwrap())
+            .unwrap();
         browser.close().await.unwrap();
     });
+}
+
+/// A deployment's local dashboard (`licensor telemetry dashboard`, the same page as the
+/// application's `/telemetry/dashboard`) in a real browser: its charts, the batch waiting to be
+/// sent exactly as it will be sent, the sent batch's digest, and nothing from another origin.
+#[test]
+fn a_deployments_local_dashboard_in_a_real_browser() {
+    use licensor::client::{store::LocalStore, Config, Licensing};
+    let Some((_driver, port)) = driver() else { return };
+    let h = Harness::start(Db::Sqlite).unwrap();
+    // The dashboard command runs on the real clock: so do the server and the application here.
+    *h.clock.lock().unwrap() = chrono::Utc::now();
+    let key = h.license(Tier::Pro, 3);
+    let data = h.dir.path().join("deployment");
+    let mut config = Config::new(key.clone(), h.ring.clone(), "4.2.0");
+    config.server_url = Some(h.base.clone());
+    config.instance_url = Some("https://erp.example.org".into());
+    config.data_dir = data.clone();
+    config.first_check_in_after = std::time::Duration::from_secs(3600);
+    let clock = h.clock.clone();
+    config.clock = std::sync::Arc::new(move || *clock.lock().unwrap());
+    let app = Licensing::start(config).unwrap();
+    for i in 0..5 {
+        app.track_feature("report.export");
+        app.track_request(
+            "GET",
+            "/orders/{id}",
+            if i == 4 { 500 } else { 200 },
+            std::time::Duration::from_millis(10 + i),
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let sent = runtime.block_on(app.check_in_now());
+    assert!(
+        matches!(sent, licensor::client::CheckInOutcome::Answered { batch_acknowledged: true, .. }),
+        "{sent:?}"
+    );
+    app.track_feature("after the check-in");
+    let pending = app.preview().unwrap().unwrap();
+    app.shutdown();
+    let digest = LocalStore::open(&data).unwrap().ledger().unwrap()[0].digest.clone();
+
+    let web = free_port();
+    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_licensor"))
+        .args(["telemetry", "dashboard", "--bind", &format!("127.0.0.1:{web}")])
+        .env("LICENSOR_LICENSE_KEY", &key)
+        .env("LICENSOR_KEYS_DIR", h.dir.path().join("keys"))
+        .env("LICENSOR_DATA_DIR", &data)
+        .env("LICENSOR_SERVER_URL", &h.base)
+        .env("LICENSOR_INSTANCE_URL", "https://erp.example.org")
+        .env_remove("TELEMETRY_DISABLED")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let origin = format!("http://127.0.0.1:{web}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", web)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the dashboard did not listen within 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let html = reqwest::blocking::get(format!("{origin}/")).unwrap().text().unwrap();
+    assert!(!html.contains("<script"), "the page works without JavaScript: it has none");
+
+    runtime.block_on(async {
+        let browser = session(port).await;
+        browser.goto(&format!("{origin}/")).await.unwrap();
+        let title = browser.wait().for_element(Locator::Css("main h1")).await.unwrap();
+        assert_eq!(title.text().await.unwrap(), "Telemetry on this deployment");
+        assert_eq!(browser.find_all(Locator::Css("svg.chart")).await.unwrap().len(), 3);
+        assert!(!browser.find_all(Locator::Css("svg.chart polyline")).await.unwrap().is_empty());
+        let shown = browser.find(Locator::Css("#pending ~ pre")).await.unwrap().text().await.unwrap();
+        assert_eq!(shown, pending.payload, "the next batch, exactly as it will be sent");
+        let text = browser.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+        assert!(text.contains(&digest), "the sent batch's digest: {text}");
+        assert!(text.contains("report.export"), "{text}");
+        for resource in loaded(&browser).await {
+            assert!(resource.starts_with(&origin), "loaded {resource}");
+        }
+        std::fs::write(screenshots().join("local-dashboard.png"), browser.screenshot().await.unwrap())
+            .unwrap();
+        browser.close().await.unwrap();
+    });
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
 }

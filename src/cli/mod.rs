@@ -143,6 +143,17 @@ pub enum TelemetryCommand {
         #[arg(long, value_enum, default_value_t = LevelArg::Full)]
         level: LevelArg,
     },
+    /// Serve the local dashboard from this data directory (status, license, check-ins, charts
+    /// of local usage, requests, errors and latency, the next batch byte for byte, the sent
+    /// batches), on this machine only, until stopped.
+    Dashboard {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where to listen: a loopback address (the page has no sign-in; reach it from elsewhere
+        /// through an SSH tunnel).
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        bind: String,
+    },
     /// Turn telemetry off, saved in the data directory: on Enterprise, air-gapped mode (no
     /// connection at all); refused on Community and Pro, whose licenses require it (exit 1).
     Disable(ClientArgs),

@@ -31,6 +31,7 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
             },
         ),
         TelemetryCommand::Disable(client) => choose(&client, Choice::Disabled),
+        TelemetryCommand::Dashboard { client, bind } => dashboard(&client, &bind),
         TelemetryCommand::Preview { client, pretty } => {
             let opened = open(&client)?;
             let Some(preview) = opened.preview()? else {
@@ -191,6 +192,56 @@ fn choose(args: &ClientArgs, choice: Choice) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// `licensor telemetry dashboard`: the page the application's telemetry scope serves, from the
+/// data directory, on a loopback address (it has no sign-in of its own).
+fn dashboard(args: &ClientArgs, bind: &str) -> Result<u8> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let addr: std::net::SocketAddr = bind
+        .parse()
+        .with_context(|| format!("--bind {bind:?} is not an address and port (such as 127.0.0.1:8089)"))?;
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--bind {bind}: the dashboard has no sign-in, so it listens on this machine only (127.0.0.1 or [::1]); \
+             reach it from elsewhere through an SSH tunnel"
+        );
+    }
+    let opened = web::Data::new(open(args)?);
+    async fn page(opened: web::Data<Opened>) -> HttpResponse {
+        let o = opened.clone();
+        match web::block(move || o.dashboard()).await {
+            Ok(Ok(d)) => crate::client::actix::html_page(
+                actix_web::http::StatusCode::OK,
+                "Telemetry on this deployment",
+                &crate::client::dashboard::render(&d),
+            ),
+            _ => crate::client::actix::html_page(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Telemetry on this deployment",
+                "<p>The local telemetry store could not be read.</p>",
+            ),
+        }
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let server =
+            HttpServer::new(move || App::new().app_data(opened.clone()).route("/", web::get().to(page)))
+                .workers(1)
+                .disable_signals()
+                .bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        for bound in server.addrs() {
+            outln!("the local dashboard: http://{bound}/ (Ctrl-C stops it)")?;
+        }
+        let running = server.run();
+        let handle = running.handle();
+        tokio::select! {
+            result = running => result.context("the dashboard server failed")?,
+            _ = tokio::signal::ctrl_c() => handle.stop(true).await,
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(EXIT_OK)
+}
+
 fn disabled_reason(mode: &Mode) -> String {
     format!("telemetry: off ({}); nothing is stored", mode.off_reason().unwrap_or_default())
 }
@@ -230,16 +281,7 @@ fn status(opened: &Opened) -> Result<u8> {
         Err(e) => writeln!(out, "license: refused: {e}")?,
     }
     let status = opened.status();
-    writeln!(
-        out,
-        "status: {}",
-        match &status {
-            Status::Valid => "valid".to_string(),
-            Status::Grace { until } => format!("grace until {}", crate::time::format(until)),
-            Status::Invalid { reason } => format!("invalid: {reason}"),
-            Status::Development => "development".to_string(),
-        }
-    )?;
+    writeln!(out, "status: {status}")?;
     if let Some(store) = opened.store() {
         if let Some(state) = store.state()? {
             writeln!(out, "instance: {}", state.instance_id)?;

@@ -292,8 +292,9 @@ fn strip_port(host: &str) -> &str {
 /// The telemetry routes, to mount behind the application's own authentication:
 /// `GET /telemetry/summary?hours=24`, `POST /telemetry/flush`, `POST /telemetry/preview` (the
 /// next batch exactly, memory included), `POST /telemetry/ui-actions`
-/// (a browser front end reports UI actions through its back end), and the privacy page,
-/// `GET /telemetry/privacy`, whose forms post to `POST /telemetry/choice`.
+/// (a browser front end reports UI actions through its back end), the local dashboard,
+/// `GET /telemetry/dashboard`, and the privacy page, `GET /telemetry/privacy`, whose forms post
+/// to `POST /telemetry/choice`.
 pub fn scope(licensing: Licensing) -> actix_web::Scope {
     web::scope("/telemetry")
         .app_data(web::Data::new(licensing))
@@ -305,7 +306,31 @@ pub fn scope(licensing: Licensing) -> actix_web::Scope {
         .route("/preview", web::post().to(preview))
         .route("/ui-actions", web::post().to(ui_actions))
         .route("/privacy", web::get().to(privacy::page))
+        .route("/dashboard", web::get().to(dashboard))
         .route("/choice", web::post().to(privacy::choose))
+}
+
+/// A page of the deployment's own, with the headers that keep it to its origin: never cached,
+/// never framed, no script, nothing fetched from elsewhere.
+pub fn html_page(status: StatusCode, title: &str, body: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Content-Security-Policy", super::dashboard::CSP))
+        .body(super::dashboard::page(title, body))
+}
+
+/// The local dashboard (see [`crate::client::dashboard`]).
+async fn dashboard(licensing: web::Data<Licensing>) -> HttpResponse {
+    let l = licensing.get_ref().clone();
+    match web::block(move || l.dashboard()).await {
+        Ok(Ok(d)) => html_page(StatusCode::OK, "Telemetry on this deployment", &super::dashboard::render(&d)),
+        Ok(Err(e)) => {
+            tracing::error!(target: "licensor", "the local dashboard failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
+    }
 }
 
 /// The longest window a summary covers: the local store keeps hourly rows for two days and
@@ -473,34 +498,13 @@ mod privacy {
     use serde::Deserialize;
 
     use crate::client::choice::Choice;
-    use crate::client::policy::{Level, Mode};
     use crate::client::{Licensing, SaveChoiceError};
     use crate::license::Tier;
-
-    const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}\
-        main{max-width:46rem;margin:0 auto;padding:1.5rem}section{background:#fff;border:1px solid #dde1e7;\
-        border-radius:6px;padding:0.5rem 1.25rem;margin:1rem 0}h1{font-size:1.6rem}h2{font-size:1.15rem}\
-        .saved{background:#e8f5e9;border-color:#a5d6a7}.refused{background:#fdecea;border-color:#f5a3a3}\
-        form{display:inline-block;margin:0 0.5rem 0.5rem 0}button{font:inherit;padding:0.35rem 0.8rem}\
-        button[aria-pressed=true]{font-weight:bold}code{background:#eef0f3;padding:0 0.25rem}";
 
     use crate::html::escape as esc;
 
     fn html(status: StatusCode, body: String) -> HttpResponse {
-        HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
-            // The page is the operator's own: nothing of it is cached or framed elsewhere.
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((
-                "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-            ))
-            .body(format!(
-                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-                 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-                 <title>Telemetry and privacy</title><style>{STYLE}</style></head><body><main>\
-                 <h1>Telemetry and privacy</h1>{body}</main></body></html>"
-            ))
+        super::html_page(status, "Telemetry and privacy", &body)
     }
 
     #[derive(Deserialize)]
@@ -544,20 +548,7 @@ mod privacy {
                 esc(saved)
             ));
         }
-        let now = match licensing.mode() {
-            Mode::Development { reason } => {
-                format!("Nothing is collected or sent: this is a development instance ({reason}).")
-            }
-            Mode::AirGapped => {
-                "Telemetry is off: this deployment is air-gapped and makes no connection at all.".into()
-            }
-            Mode::Telemetry { level: Level::Basic, .. } => {
-                "Basic health only: each check-in carries the environment and its health, no usage details."
-                    .into()
-            }
-            Mode::Telemetry { .. } => "Telemetry is on: aggregated usage is sent with each check-in.".into(),
-        };
-        body.push_str(&format!("<section><h2>Now</h2><p>{}</p>", esc(&now)));
+        body.push_str(&format!("<section><h2>Now</h2><p>{}</p>", esc(&licensing.mode().describe())));
         if let Some(l) = &license {
             body.push_str(&format!("<p>License: {} ({} tier).</p>", esc(&l.licensee), l.tier));
         }

@@ -8,6 +8,7 @@ pub mod actix;
 pub mod choice;
 pub mod config;
 pub mod counters;
+pub mod dashboard;
 pub mod exchange;
 pub mod licensing;
 pub mod policy;

@@ -41,6 +41,23 @@ impl Mode {
 }
 
 impl Mode {
+    /// What the deployment does in this mode, in a sentence for its operator.
+    pub fn describe(&self) -> String {
+        match self {
+            Mode::Development { reason } => {
+                format!("Nothing is collected or sent: this is a development instance ({reason}).")
+            }
+            Mode::AirGapped => {
+                "Telemetry is off: this deployment is air-gapped and makes no connection at all.".into()
+            }
+            Mode::Telemetry { level: Level::Basic, .. } => {
+                "Basic health only: each check-in carries the environment and its health, no usage details."
+                    .into()
+            }
+            Mode::Telemetry { .. } => "Telemetry is on: aggregated usage is sent with each check-in.".into(),
+        }
+    }
+
     /// Why nothing is collected or sent in this mode, or `None` where telemetry is on.
     pub fn off_reason(&self) -> Option<String> {
         match self {

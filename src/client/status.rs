@@ -29,6 +29,17 @@ pub enum Status {
     Development,
 }
 
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Valid => f.write_str("valid"),
+            Status::Grace { until } => write!(f, "grace until {}", crate::time::format(until)),
+            Status::Invalid { reason } => write!(f, "invalid: {reason}"),
+            Status::Development => f.write_str("development"),
+        }
+    }
+}
+
 /// Why a deployment is not licensed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidReason {

@@ -356,6 +356,12 @@ impl Licensing {
         self.verifier.preview()
     }
 
+    /// What the local dashboard shows (`GET /telemetry/dashboard`), this application's memory
+    /// flushed first.
+    pub fn dashboard(&self) -> Result<crate::client::dashboard::Dashboard, LocalError> {
+        self.verifier.dashboard()
+    }
+
     /// Checks in now, outside the schedule, and waits for the outcome.
     pub async fn check_in_now(&self) -> CheckInOutcome {
         self.verifier.check_in().await

@@ -50,6 +50,11 @@ impl Opened {
         self.verifier.preview()
     }
 
+    /// What the local dashboard shows (`licensor telemetry dashboard`).
+    pub fn dashboard(&self) -> Result<crate::client::dashboard::Dashboard, LocalError> {
+        self.verifier.dashboard()
+    }
+
     /// One check-in now.
     pub async fn check_in(&self) -> CheckInOutcome {
         self.verifier.check_in().await

@@ -348,6 +348,35 @@ impl Verifier {
         }))
     }
 
+    /// What the local dashboard shows, the application's memory flushed first.
+    pub(super) fn dashboard(&self) -> Result<crate::client::dashboard::Dashboard, LocalError> {
+        use crate::client::dashboard::{Dashboard, HOURS};
+        let now = self.now();
+        let mut d = Dashboard {
+            now,
+            mode: self.mode.clone(),
+            notices: self.notices.clone(),
+            status: self.status(),
+            license: self.payload().map_err(|e| e.to_string()),
+            state: None,
+            series: Default::default(),
+            summary: None,
+            pending: None,
+            unbatched: 0,
+            ledger: Vec::new(),
+        };
+        if let Some(store) = &self.store {
+            self.flush()?;
+            d.state = store.state()?;
+            d.series = store.series(HOURS, now)?;
+            d.summary = Some(store.summary(HOURS, now)?);
+            d.pending = store.outbox()?;
+            d.unbatched = store.unbatched_rows()?;
+            d.ledger = store.ledger()?;
+        }
+        Ok(d)
+    }
+
     /// When the store says the next check-in is due (written by the last check-in of the
     /// application or of a command run beside it).
     pub(super) fn stored_next_check_in(&self) -> Option<DateTime<Utc>> {

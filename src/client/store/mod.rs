@@ -35,7 +35,7 @@ pub mod summary;
 pub use batches::{LedgerEntry, Outgoing};
 pub use rollup::RollUp;
 pub use rows::{ErrorGroupRow, RouteRow, SessionsRow, UsageRow};
-pub use summary::{Export, LocalSummary, RouteLatency};
+pub use summary::{Export, LocalSeries, LocalSummary, RouteLatency};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/local");
 

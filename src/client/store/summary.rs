@@ -37,6 +37,20 @@ pub struct RouteLatency {
     pub max_ms: f64,
 }
 
+/// The local figures over time, for the dashboard's charts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LocalSeries {
+    /// Each point's period start, oldest first.
+    pub periods: Vec<DateTime<Utc>>,
+    /// Usage counts (features, API calls, commands, UI actions) in the period.
+    pub usage: Vec<u64>,
+    /// Requests tracked in the period, and how many of them failed.
+    pub requests: Vec<u64>,
+    pub errors: Vec<u64>,
+    /// The 95th percentile of request latency across routes, from the merged sketches.
+    pub p95_ms: Vec<Option<f64>>,
+}
+
 /// What the store holds for the last hours, for the host application's summary route.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LocalSummary {
@@ -115,6 +129,54 @@ impl LocalStore {
             }
             Ok(n)
         })
+    }
+
+    /// The figures of the last `hours` over time, one point per stored period (an hour, or a
+    /// day for rows rolled up), sent or not: what the local dashboard draws.
+    pub fn series(&self, hours: u32, now: DateTime<Utc>) -> Result<LocalSeries, LocalError> {
+        let from = hour_of(now - chrono::Duration::hours(i64::from(hours)));
+        let mut conn = self.conn();
+        let (usage, routes) = conn.transaction(|c| {
+            let usage: Vec<(chrono::NaiveDateTime, i64)> = usage_counts::table
+                .filter(usage_counts::period_start.ge(from))
+                .select((usage_counts::period_start, usage_counts::count))
+                .load(c)?;
+            let routes: Vec<RouteRow> = route_latencies::table
+                .filter(route_latencies::period_start.ge(from))
+                .select(RouteRow::as_select())
+                .load(c)?;
+            Ok::<_, LocalError>((usage, routes))
+        })?;
+        #[derive(Default)]
+        struct Point {
+            usage: u64,
+            requests: u64,
+            errors: u64,
+            sketch: Option<crate::sketch::Sketch>,
+        }
+        let mut points: BTreeMap<chrono::NaiveDateTime, Point> = BTreeMap::new();
+        for (at, count) in usage {
+            points.entry(at).or_default().usage += count.max(0) as u64;
+        }
+        for r in &routes {
+            let point = points.entry(r.period_start).or_default();
+            point.requests += r.count.max(0) as u64;
+            point.errors += r.errors.max(0) as u64;
+            let sketch = super::decode_sketch(&r.sketch)?;
+            match &mut point.sketch {
+                Some(s) => s.merge(&sketch).map_err(|e| super::corrupt("sketch", e))?,
+                None => point.sketch = Some(sketch),
+            }
+        }
+        let mut series = LocalSeries::default();
+        for (at, p) in points {
+            series.periods.push(super::utc(at));
+            series.usage.push(p.usage);
+            series.requests.push(p.requests);
+            series.errors.push(p.errors);
+            series.p95_ms.push(p.sketch.and_then(|s| s.quantile(0.95)));
+        }
+        Ok(series)
     }
 
     /// The figures of the last `hours` (by hour bucket, so up to an hour more), sent or not.

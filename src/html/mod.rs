@@ -1,5 +1,7 @@
-//! Escaping text for HTML and SVG (XML) content and attributes, shared by the vendor's dashboard
-//! and a deployment's privacy page. No I/O.
+//! What the vendor's dashboard and a deployment's own pages (privacy, local dashboard) share:
+//! escaping text for HTML and SVG, and the SVG charts. No I/O.
+
+pub mod charts;
 
 /// `text` with `&`, `<`, `>`, `"` and `'` escaped: safe in element content and in quoted
 /// attribute values.
