@@ -397,7 +397,8 @@ fn user_controls_show_what_is_sent_and_a_restart_runs_offline() {
     let previewed: Value = serde_json::from_slice(&preview.stdout).unwrap();
     assert_eq!(previewed["usage"], json!([{"kind": "command", "name": "report.export", "count": 1}]));
 
-    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(0));
+    let checked_in = cli(&env, &["check-in"]);
+    assert_eq!(checked_in.status.code(), Some(0), "{}", text(&checked_in));
     let sent = cli(&env, &["telemetry", "sent", "--full"]);
     let sent: Value = serde_json::from_slice(&sent.stdout).unwrap();
     assert_eq!(sent[0]["batch"]["usage"], previewed["usage"]);

@@ -8,9 +8,9 @@ use actix_web::{web, HttpResponse};
 use askama::Template;
 use std::sync::{Arc, RwLock};
 
-use super::dashboard::charts;
 use super::error::ApiError;
 use super::{blocking, AppState};
+use crate::html::charts;
 use crate::store::{self, PublicInsights};
 
 /// The period the public figures cover, in days.

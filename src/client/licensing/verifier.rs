@@ -309,7 +309,7 @@ impl Verifier {
     pub(super) fn environment(&self, now: DateTime<Utc>) -> Environment {
         match self.recorded_environment() {
             Some((mut recorded, _)) => {
-                recorded.last_sync_status = self.own_environment(now).last_sync_status;
+                recorded.last_sync_status = self.last_sync();
                 recorded
             }
             None => self.own_environment(now),
@@ -398,6 +398,11 @@ impl Verifier {
         self.recorded_environment().map_or_else(|| self.software_version.clone(), |(e, _)| e.app_version)
     }
 
+    /// The last check-in's outcome as a batch reports it.
+    fn last_sync(&self) -> SyncStatus {
+        self.instance.read().map(|k| k.last_sync).unwrap_or(SyncStatus::None)
+    }
+
     fn own_environment(&self, now: DateTime<Utc>) -> Environment {
         Environment {
             app_version: self.software_version.chars().take(crate::protocol::MAX_VERSION_LEN).collect(),
@@ -407,7 +412,7 @@ impl Verifier {
             user_count_range: UserCountRange::UpTo10,
             modules_enabled: self.modules_enabled.clone(),
             uptime_hours: ((now - self.started).num_seconds().max(0) as f64 / 36.0).round() / 100.0,
-            last_sync_status: self.instance.read().map(|k| k.last_sync).unwrap_or(SyncStatus::None),
+            last_sync_status: self.last_sync(),
             health: BTreeMap::new(),
         }
     }

@@ -6,9 +6,9 @@ use askama::Template;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use super::charts;
 use super::session::{self, Form, Session};
 use super::DashboardError;
+use crate::html::charts;
 use crate::server::extract::AddressAdmitted;
 use crate::server::insights::{tables, usage_kind, Table, DEFAULT_DAYS, MAX_DAYS};
 use crate::server::{blocking, AppState};

@@ -8,7 +8,6 @@
 //! views as the admin API, and every chart has its table and a CSV link; nothing here
 //! decides what the API would not.
 
-pub mod charts;
 pub mod handlers;
 pub mod session;
 
