@@ -58,6 +58,7 @@ pub mod receipt;
 pub mod sketch;
 pub mod time;
 pub mod token;
+pub mod usage_report;
 
 #[cfg(feature = "server")]
 pub mod checkin;

@@ -24,6 +24,10 @@ pub enum Action {
     /// The instance released its seat: the server forgot it, and its next check-in, if any,
     /// is a new instance's.
     Deactivated,
+    /// An air-gapped install's usage report was imported (or had been: a second import of the
+    /// same report is acknowledged again, not counted twice). The receipt names the report's
+    /// digest and sequence; the lease beside it says whether its batch was accepted.
+    UsageImported,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +42,12 @@ pub struct ReceiptPayload {
     pub nonce: String,
     #[serde(with = "crate::time::rfc3339")]
     pub server_time: DateTime<Utc>,
+    /// For `usage_imported`: the SHA-256 of the report's signed bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_digest: Option<String>,
+    /// For `usage_imported`: the report's place in its install's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_sequence: Option<u64>,
 }
 
 impl Claims for ReceiptPayload {
@@ -62,7 +72,19 @@ impl Claims for ReceiptPayload {
 
     fn check_fields(&self) -> Result<(), String> {
         protocol::check_signed_answer(&self.kid, &self.instance_id, &self.nonce)?;
-        Ok(())
+        match (self.action, &self.report_digest, self.report_sequence) {
+            (Action::Deactivated, None, None) => Ok(()),
+            (Action::UsageImported, Some(d), Some(n))
+                if n >= 1 && d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(())
+            }
+            (Action::Deactivated, ..) => Err("a deactivation receipt names no report".into()),
+            (Action::UsageImported, ..) => {
+                Err("report_digest and report_sequence: a usage receipt names the report it acknowledges"
+                    .into())
+            }
+        }
     }
 }
 

@@ -276,7 +276,7 @@ where
 }
 
 /// The privacy page says what is and is not collected, asks nothing of another origin, and
-/// offers the controls the tier allows: none on Pro (a post is refused), all three on
+/// offers the controls the tier allows: none on Pro (a post is refused), all four on
 /// Enterprise, saved for the next start; a post from another site is refused.
 #[actix_web::test]
 async fn the_privacy_page_explains_and_offers_the_controls_the_tier_allows() {
@@ -323,7 +323,8 @@ async fn the_privacy_page_explains_and_offers_the_controls_the_tier_allows() {
             .to_vec(),
     )
     .unwrap();
-    assert_eq!(html.matches("<form method=\"post\" action=\"choice\">").count(), 3, "{html}");
+    assert_eq!(html.matches("<form method=\"post\" action=\"choice\">").count(), 4, "{html}");
+    assert!(html.contains("licensor telemetry export --signed"), "{html}");
     assert!(html.contains("href=\"https://vendor.example.com/insights\""), "{html}");
     assert!(html.contains("value=\"full\"><button type=\"submit\" aria-pressed=\"true\">"), "{html}");
 
@@ -348,6 +349,9 @@ async fn the_privacy_page_explains_and_offers_the_controls_the_tier_allows() {
     .unwrap();
     assert!(html.contains("Saved: telemetry <strong>basic</strong>"), "{html}");
     assert!(html.contains("value=\"basic\"><button type=\"submit\" aria-pressed=\"true\">"), "{html}");
+    let saved = test::call_service(&app, post("disabled_basic", "https://app.example.com")).await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    assert_eq!(enterprise.saved_choice().unwrap(), Some(licensor::client::Choice::DisabledBasic));
     enterprise.shutdown();
 }
 

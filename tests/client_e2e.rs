@@ -582,7 +582,7 @@ fn telemetry_enable_and_disable_are_saved_and_honoured_like_the_environment() {
         "{status}"
     );
     let app = library(&env);
-    assert_eq!(app.mode(), &licensor::client::Mode::AirGapped);
+    assert_eq!(app.mode(), &licensor::client::Mode::AirGapped { level: licensor::client::Level::Full });
     app.track_feature("export");
     assert!(matches!(
         tokio::runtime::Runtime::new().unwrap().block_on(app.check_in_now()),
@@ -732,4 +732,222 @@ fn the_application_keeps_the_check_in_time_that_status_shows() {
     }
     app.shutdown();
     assert!(next(&env) > chrono::Utc::now() + chrono::Duration::days(6), "the answer's time, a week away");
+}
+
+/// The air-gapped round trip, as the people involved run it: an Enterprise deployment disabled
+/// with `licensor telemetry disable` (pointed at a listener that counts connections: none is
+/// ever made) collects in the application; `telemetry export --signed` writes a readable report
+/// (again byte for byte until its receipt comes back); the vendor's `licensor admin
+/// import-usage` against the real server stores it once however often it is imported and
+/// writes a receipt carrying the renewed license; `telemetry import-receipt` applies it, and
+/// the deployment runs on the renewed key. Tampered, stale and foreign receipts and replayed
+/// reports are refused and change nothing.
+#[test]
+fn an_air_gapped_deployment_reports_usage_by_signed_file_and_is_renewed_without_connecting() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), free_port());
+    let base = server.base();
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin", "--url", base.as_str()];
+        all.extend_from_slice(args);
+        let token = server.token();
+        cli(&[("LICENSOR_ADMIN_TOKEN", token)], &all)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let counting = format!("http://{}", listener.local_addr().unwrap());
+    let key = server.issue("enterprise");
+    let license_id = licensor::token::decode::<licensor::LicensePayload>(&key).unwrap().claims.license_id;
+    let data = dir.path().join("air");
+    let env = deployment_env(&counting, &key, &server.keys(), &data);
+    assert_eq!(cli(&env, &["telemetry", "disable"]).status.code(), Some(0));
+
+    let app = library(&env);
+    assert_eq!(app.mode(), &licensor::client::Mode::AirGapped { level: licensor::client::Level::Full });
+    for _ in 0..3 {
+        app.track_feature("export");
+    }
+    app.shutdown();
+    // A check-in is refused without connecting.
+    assert_eq!(cli(&env, &["check-in"]).status.code(), Some(2));
+
+    // The report: readable, signed, its batch exactly the outbox's bytes.
+    let report1 = dir.path().join("usage-1.json");
+    let out = cli(&env, &["telemetry", "export", "--signed", "--out", report1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("report 1 written"), "{}", text(&out));
+    let status = text(&cli(&env, &["telemetry", "status"]));
+    assert!(
+        status.contains("usage reports: 0 acknowledged; report 1 exported and waiting for its receipt"),
+        "{status}"
+    );
+    let text1 = std::fs::read_to_string(&report1).unwrap();
+    let signed1 = licensor::usage_report::read_report(&text1).unwrap();
+    assert_eq!((signed1.body.sequence, signed1.body.previous_digest.as_deref()), (1, None));
+    let outbox = LocalStore::open(&data).unwrap().outbox().unwrap().unwrap();
+    assert_eq!(signed1.body.telemetry.get(), outbox.payload);
+    let batch: Value = serde_json::from_str(&outbox.payload).unwrap();
+    assert_eq!(batch["usage"], json!([{ "kind": "feature", "name": "export", "count": 3 }]));
+    assert_eq!(batch["environment"]["app_version"], "5.0.1");
+    assert!(text(&out).contains(&signed1.digest));
+    // Until its receipt comes back, the same report again; an existing file is not overwritten.
+    let again = dir.path().join("usage-1-again.json");
+    let out = cli(&env, &["telemetry", "export", "--signed", "--out", again.to_str().unwrap()]);
+    assert!(text(&out).contains("still waiting for its receipt"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), text1);
+    let out = cli(&env, &["telemetry", "export", "--signed", "--out", report1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("exists already"), "{}", text(&out));
+
+    // The vendor renews the license, then imports the report (twice: counted once).
+    let (status, _) = {
+        let r = http()
+            .patch(format!("{}/v1/admin/licenses/{license_id}", server.base()))
+            .bearer_auth(server.token())
+            .json(&json!({ "expires_at": "2031-01-01T00:00:00Z" }))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 200);
+    let receipt1 = dir.path().join("receipt-1.json");
+    let out = admin(&["import-usage", report1.to_str().unwrap(), "--out", receipt1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("imported report 1") && text(&out).contains("valid; batch stored"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("carries a renewed license key"), "{}", text(&out));
+    let instance = LocalStore::open(&data).unwrap().state().unwrap().unwrap().instance_id;
+    let count = |s: Value| {
+        s["usage"].as_array().unwrap().iter().find(|u| u["name"] == "export").unwrap()["count"].clone()
+    };
+    assert_eq!(count(server.summary(&instance)), 3);
+    let receipt1b = dir.path().join("receipt-1b.json");
+    let out = admin(&["import-usage", again.to_str().unwrap(), "--out", receipt1b.to_str().unwrap()]);
+    assert!(text(&out).contains("acknowledged again"), "{}", text(&out));
+    assert_eq!(count(server.summary(&instance)), 3, "imported twice, counted once");
+
+    // Receipts that must change nothing: tampered, and another install's.
+    let genuine = std::fs::read_to_string(&receipt1).unwrap();
+    let file: Value = serde_json::from_str(&genuine).unwrap();
+    let mut tampered = file.clone();
+    let lease = file["lease"].as_str().unwrap();
+    let mut forged = lease.to_owned();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    tampered["lease"] = json!(forged);
+    let bad = dir.path().join("tampered.json");
+    std::fs::write(&bad, tampered.to_string()).unwrap();
+    let out = cli(&env, &["telemetry", "import-receipt", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("the receipt's lease does not verify"), "{}", text(&out));
+    let other = dir.path().join("other");
+    let other_env = deployment_env(&counting, &key, &server.keys(), &other);
+    assert_eq!(cli(&other_env, &["telemetry", "disable"]).status.code(), Some(0));
+    let other_report = dir.path().join("other-1.json");
+    assert_eq!(
+        cli(&other_env, &["telemetry", "export", "--signed", "--out", other_report.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let other_receipt = dir.path().join("other-receipt.json");
+    assert_eq!(
+        admin(&["import-usage", other_report.to_str().unwrap(), "--out", other_receipt.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = cli(&env, &["telemetry", "import-receipt", other_receipt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not this one"), "{}", text(&out));
+    let store = LocalStore::open(&data).unwrap();
+    assert!(store.ledger().unwrap().is_empty() && store.outbox().unwrap().is_some(), "nothing changed");
+    assert_eq!(store.report_chain().unwrap().sequence, 0);
+
+    // The genuine receipt: the batch moves to the ledger and the renewed key is in force.
+    let out = cli(&env, &["telemetry", "import-receipt", receipt1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("report 1 was imported, and its batch moved to the ledger"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("renewed license key in force")
+            && text(&out).contains("expires 2031-01-01T00:00:00Z")
+    );
+    let ledger = store.ledger().unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].payload, outbox.payload);
+    assert_eq!(store.outbox().unwrap(), None);
+    let status = text(&cli(&env, &["telemetry", "status"]));
+    assert!(status.contains("expires 2031-01-01T00:00:00Z") && status.contains("status: valid"), "{status}");
+    assert!(
+        status.contains("telemetry: off (air-gapped: no connection is made); usage figures are kept here"),
+        "{status}"
+    );
+    assert!(status.contains("usage reports: 1 acknowledged\n"), "{status}");
+    let out = cli(&env, &["telemetry", "import-receipt", receipt1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out).contains("applied before: nothing changed"), "{}", text(&out));
+
+    // The next report chains to the first; an old report or receipt is refused.
+    let app = library(&env);
+    assert_eq!(
+        app.license().unwrap().expires_at.map(|t| licensor::time::format(&t)).as_deref(),
+        Some("2031-01-01T00:00:00Z")
+    );
+    app.track_feature("export");
+    let exported = app.export_usage_report().unwrap();
+    app.shutdown();
+    let signed2 = licensor::usage_report::read_report(&exported.text).unwrap();
+    assert_eq!(
+        (signed2.body.sequence, signed2.body.previous_digest.as_deref()),
+        (2, Some(signed1.digest.as_str()))
+    );
+    assert_ne!(signed2.body.license_key, key, "the report carries the renewed key");
+    let report2 = dir.path().join("usage-2.json");
+    std::fs::write(&report2, &exported.text).unwrap();
+    let out = admin(&[
+        "import-usage",
+        report1.to_str().unwrap(),
+        "--out",
+        dir.path().join("r.json").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "report 1 again is still a duplicate, not a replay: {}",
+        text(&out)
+    );
+    let receipt2 = dir.path().join("receipt-2.json");
+    assert_eq!(
+        admin(&["import-usage", report2.to_str().unwrap(), "--out", receipt2.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = admin(&[
+        "import-usage",
+        report1.to_str().unwrap(),
+        "--out",
+        dir.path().join("r2.json").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("report_replayed"), "{}", text(&out));
+    assert!(!dir.path().join("r2.json").exists());
+    assert_eq!(count(server.summary(&instance)), 4);
+    let out = cli(&env, &["telemetry", "import-receipt", receipt1b.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("acknowledges report 1"), "{}", text(&out));
+    let out = cli(&env, &["telemetry", "import-receipt", receipt2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(store.report_chain().unwrap().sequence, 2);
+    assert_eq!(store.ledger().unwrap().len(), 2);
+
+    // Not one connection to the configured server in all of this.
+    assert!(listener.accept().is_err(), "an air-gapped deployment connected");
 }

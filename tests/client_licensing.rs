@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Db, Harness};
 use licensor::client::licensing::CheckInOutcome;
 use licensor::client::store::LocalStore;
-use licensor::client::{Config, InvalidReason, Licensing, Mode, Status};
+use licensor::client::{Config, InvalidReason, Level, Licensing, Mode, Status};
 use licensor::license::{Expiry, Tier};
 use licensor::protocol::CheckInStatus;
 use licensor::Verdict;
@@ -275,7 +275,7 @@ fn enterprise_air_gap_makes_no_connection_and_enforces_expiry_offline() {
     c.switches.telemetry_disabled = true;
     c.first_check_in_after = Duration::from_millis(1);
     let l = Licensing::start(c).unwrap();
-    assert_eq!(l.mode(), &Mode::AirGapped);
+    assert_eq!(l.mode(), &Mode::AirGapped { level: Level::Full });
     assert_eq!(l.status(), Status::Valid);
     l.track_feature("export");
     l.track_request("GET", "/", 200, Duration::from_millis(1));
@@ -285,7 +285,77 @@ fn enterprise_air_gap_makes_no_connection_and_enforces_expiry_offline() {
     h.advance(Days::days(31));
     assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::License(Verdict::Expired) });
     l.shutdown();
-    assert!(!h.dir.path().join("client").exists());
+    // The figures stay on this machine, for a signed usage report carried by hand.
+    let store = LocalStore::open(&h.dir.path().join("client")).unwrap();
+    let export = store.export().unwrap();
+    assert_eq!(
+        export.events.iter().map(|e| (e.name.as_str(), e.count, e.batch_id.as_str())).collect::<Vec<_>>(),
+        [("export", 1, "")]
+    );
+    assert_eq!(store.outbox().unwrap(), None);
+}
+
+/// Air-gapped at the basic level (`disable --level basic`): nothing is collected, the signed
+/// report carries the environment alone, and the server imports it; a receipt goes only to the
+/// report it answers, and a deployment that checks in has no signed reports at all.
+#[test]
+fn an_air_gapped_basic_report_carries_health_only_and_its_receipt_applies_once() {
+    let h = Harness::start(Db::Sqlite).unwrap();
+    let key = h.license(Tier::Enterprise, 5);
+    let data = h.dir.path().join("client");
+    let mut c = config(&h, &key, &data);
+    c.switches.choice = Some(licensor::client::Choice::DisabledBasic);
+    let l = Licensing::start(c).unwrap();
+    assert_eq!(l.mode(), &Mode::AirGapped { level: Level::Basic });
+    l.track_feature("export");
+    let report = l.export_usage_report().unwrap();
+    let signed = licensor::usage_report::read_report(&report.text).unwrap();
+    assert_eq!(signed.body.level, licensor::usage_report::ReportLevel::Basic);
+    let batch: serde_json::Value = serde_json::from_str(signed.body.telemetry.get()).unwrap();
+    assert_eq!(batch["usage"], serde_json::json!([]), "nothing is collected at the basic level");
+    assert_eq!(batch["environment"]["os"], std::env::consts::OS);
+    // The install key is the one made at the first start: the same in the next report.
+    assert_eq!(signed.body.install_key, {
+        let key = LocalStore::open(&data).unwrap().install_key().unwrap();
+        licensor::usage_report::encode_install_key(&key.verifying_key())
+    });
+    let response = h
+        .http
+        .post(h.url("/v1/admin/usage-imports"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(report.text.clone())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let receipt = response.text().unwrap();
+    match l.import_usage_receipt(&receipt).unwrap() {
+        licensor::client::ReceiptOutcome::Applied {
+            sequence: 1,
+            status: CheckInStatus::Valid,
+            accepted: true,
+            duplicate: false,
+            renewed: None,
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        l.import_usage_receipt(&receipt).unwrap(),
+        licensor::client::ReceiptOutcome::AlreadyApplied { sequence: 1 }
+    );
+    let next = l.export_usage_report().unwrap();
+    assert_eq!((next.sequence, next.again), (2, false));
+    // The receipt of report 1 is no receipt for report 2.
+    let err = l.import_usage_receipt(&receipt).unwrap_err().to_string();
+    assert!(err.contains("acknowledges report 1") && err.contains("not report 2"), "{err}");
+    l.shutdown();
+
+    // A deployment that checks in has no signed reports.
+    let connected =
+        Licensing::start(config(&h, &h.license(Tier::Enterprise, 5), &h.dir.path().join("online"))).unwrap();
+    let err = connected.export_usage_report().unwrap_err().to_string();
+    assert!(err.contains("for air-gapped Enterprise deployments"), "{err}");
+    connected.shutdown();
 }
 
 #[test]

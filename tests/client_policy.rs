@@ -1,7 +1,7 @@
 //! The client's policy: which instances are development instances, and what each tier may opt
 //! out of.
 
-use licensor::client::policy::{decide, development_reason, parse_switch, Mode, Switches};
+use licensor::client::policy::{decide, development_reason, parse_switch, Level, Mode, Switches};
 use licensor::license::Tier;
 
 #[test]
@@ -76,13 +76,31 @@ fn community_and_pro_cannot_opt_out_and_are_told_why() {
 fn enterprise_may_run_air_gapped() {
     let url = Some("https://erp.example.com");
     let d = decide(Tier::Enterprise, url, &Switches { telemetry_disabled: true, ..Default::default() });
-    assert_eq!(d.mode, Mode::AirGapped);
+    assert_eq!(d.mode, Mode::AirGapped { level: Level::Full });
     assert!(d.notices[0].contains("air-gapped"));
     assert_eq!(
         decide(Tier::Enterprise, url, &Switches { do_not_track: true, ..Default::default() }).mode,
-        Mode::AirGapped
+        Mode::AirGapped { level: Level::Full }
     );
     assert_eq!(decide(Tier::Enterprise, url, &Switches::default()).mode, Mode::FULL);
+    // What the signed usage reports carry: basic health when the operator asked for it, saved
+    // with the opt-out (`disable --level basic`) or beside an opt-out in the environment.
+    use licensor::client::Choice;
+    let basic = decide(
+        Tier::Enterprise,
+        url,
+        &Switches { choice: Some(Choice::DisabledBasic), ..Default::default() },
+    );
+    assert_eq!(basic.mode, Mode::AirGapped { level: Level::Basic });
+    assert!(basic.notices[0].contains("basic health only is kept locally"), "{:?}", basic.notices);
+    let env_and_basic =
+        Switches { telemetry_disabled: true, choice: Some(Choice::Basic), ..Default::default() };
+    assert_eq!(decide(Tier::Enterprise, url, &env_and_basic).mode, Mode::AirGapped { level: Level::Basic });
+    // Neither is honoured on Pro.
+    assert_eq!(
+        decide(Tier::Pro, url, &Switches { choice: Some(Choice::DisabledBasic), ..Default::default() }).mode,
+        Mode::FULL
+    );
     // Development wins over everything: a local Enterprise instance is development, not air-gapped.
     let local = decide(
         Tier::Enterprise,

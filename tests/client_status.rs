@@ -1,7 +1,7 @@
 //! The status a deployment reports, at the exact boundaries of every rule.
 
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
-use licensor::client::policy::Mode;
+use licensor::client::policy::{Level, Mode};
 use licensor::client::status::{evaluate, Facts, InvalidReason, Status, CLOCK_TOLERANCE_S};
 use licensor::keys::{KeyRing, Role, Signer};
 use licensor::lease::LeasePayload;
@@ -154,12 +154,24 @@ fn modes_and_offline_refusals() {
     }
     assert_eq!(evaluate(&facts(&dev, Ok(&pro))), Status::Development);
     assert_eq!(
-        evaluate(&facts(&Mode::AirGapped, Ok(&pro))),
+        evaluate(&facts(&Mode::AirGapped { level: Level::Full }, Ok(&pro))),
         Status::Valid,
         "no lease needed when air-gapped"
     );
+    // A lease carried in with a usage receipt: its times do not apply to an install that never
+    // checks in (one long lapsed is still valid), but a revocation does.
+    let air = Mode::AirGapped { level: Level::Full };
+    let lapsed =
+        lease(CheckInStatus::Valid, t0() - Duration::days(300), Duration::days(30), Duration::days(37));
+    let revoked =
+        lease(CheckInStatus::Revoked, t0() - Duration::days(1), Duration::days(30), Duration::zero());
+    assert_eq!(evaluate(&Facts { lease: Some(&lapsed), ..facts(&air, Ok(&pro)) }), Status::Valid);
+    assert_eq!(
+        evaluate(&Facts { lease: Some(&revoked), ..facts(&air, Ok(&pro)) }),
+        Status::Invalid { reason: InvalidReason::Refused(CheckInStatus::Revoked) }
+    );
     let expired = TokenError::Expired { expires_at: t0() };
-    for mode in [&dev, &Mode::AirGapped, &TELEMETRY] {
+    for mode in [&dev, &Mode::AirGapped { level: Level::Full }, &TELEMETRY] {
         assert_eq!(
             evaluate(&facts(mode, Err(&expired))),
             Status::Invalid { reason: InvalidReason::License(Verdict::Expired) }

@@ -170,6 +170,7 @@ fn flushes_add_up_and_a_batch_takes_everything_unsent_exactly_once() {
                 next_check_in_at: Some(now + Duration::hours(24)),
                 acknowledged: Some(out.batch_id.clone()),
                 renewed_key: None,
+                report_acknowledged: None,
             },
             now,
         )

@@ -98,6 +98,12 @@ fn the_payload_migration_moves_stored_batches_both_ways(h: Harness) {
     macro_rules! round_trip {
         ($conn:expr, $bytes:literal) => {{
             let conn = &mut $conn;
+            // The migrations after this one are reverted first, and applied again at the end.
+            let mut later = 0;
+            while conn.applied_migrations().unwrap().iter().map(|v| v.to_string()).max().unwrap() != "20261212000000" {
+                conn.revert_last_migration(migrations.clone()).unwrap();
+                later += 1;
+            }
             let refused = conn.revert_last_migration(migrations.clone()).unwrap_err();
             assert!(refused.to_string().contains("deflated payloads"), "{refused}");
             // The bodies as the migration copies them from the old tables: plain JSON.
@@ -120,7 +126,7 @@ fn the_payload_migration_moves_stored_batches_both_ways(h: Harness) {
                 diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {t}")).get_result::<Count>(conn).unwrap().n
             });
             assert_eq!(counts, [2, 2, 2]);
-            assert_eq!(conn.run_pending_migrations(migrations.clone()).unwrap().len(), 1);
+            assert_eq!(conn.run_pending_migrations(migrations.clone()).unwrap().len(), 1 + later);
         }};
     }
     match h.db {

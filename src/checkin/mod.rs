@@ -107,6 +107,20 @@ pub struct Prepared {
     pub now: DateTime<Utc>,
     pub subject: Subject,
     pub telemetry: Option<Telemetry>,
+    /// Set when this check-in is an air-gapped install's usage report, imported by hand: the
+    /// writer checks and moves its chain in the same transaction.
+    pub import: Option<ImportLink>,
+}
+
+/// Where an imported usage report stands in its install's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportLink {
+    /// The install key that signed it (unpadded base64url), pinned at the first import.
+    pub public_key: String,
+    pub sequence: u64,
+    pub previous_digest: Option<String>,
+    /// The digest of the report's signed bytes.
+    pub digest: String,
 }
 
 /// A deactivation whose license and lease verified.
@@ -130,6 +144,9 @@ pub struct Decision {
     /// The license's newest key, when the check-in presented an older one: the answer
     /// delivers it, and the decision was made under it.
     pub renewal: Option<String>,
+    /// An imported report the chain refuses (replayed, out of order, another key): nothing of
+    /// it was recorded, and the import is answered with this error (409).
+    pub refused: Option<BadRequest>,
 }
 
 impl Prepared {
@@ -211,7 +228,86 @@ impl CheckInService {
             now,
             subject,
             telemetry,
+            import: None,
         })
+    }
+
+    /// Reads and checks an air-gapped install's usage report (the file `licensor telemetry
+    /// export --signed` writes) at `now`: its signature under the install key it carries, its
+    /// fields, its license (trusted, Enterprise: the only tier that may run air-gapped) and its
+    /// batch, exactly as a check-in's. Whether the key is the install's pinned one and the
+    /// report the next of its chain is the writer's to decide, in the transaction that records
+    /// it.
+    pub fn prepare_import(&self, body: &[u8], now: DateTime<Utc>) -> Result<Prepared, CheckInError> {
+        use crate::usage_report::{self, FileError};
+        let now = now.duration_trunc(Duration::seconds(1)).unwrap_or(now);
+        let text =
+            std::str::from_utf8(body).map_err(|_| bad("invalid_report", "the report is not UTF-8 text"))?;
+        let report = usage_report::read_report(text).map_err(|e| match e {
+            FileError::UnsupportedVersion(_) => bad("unsupported_report_version", e.to_string()),
+            FileError::BadSignature => bad("bad_report_signature", e.to_string()),
+            _ => bad("invalid_report", e.to_string()),
+        })?;
+        let body = report.body;
+        check_instance_and_nonce(&body.instance_id, &body.nonce)?;
+        check_version(&body.software_version)?;
+        let license = token::decode::<LicensePayload>(&body.license_key)
+            .and_then(|d| d.verify_signature(&self.ring).map(|()| d.claims))
+            .map_err(|e| {
+                bad("invalid_license", format!("the report's license key is not one this server trusts: {e}"))
+            })?;
+        if license.tier != crate::license::Tier::Enterprise {
+            return Err(bad(
+                "air_gap_not_allowed",
+                format!(
+                    "license {} is {}: only Enterprise licenses may run air-gapped and report usage by file;                      its deployments check in",
+                    license.license_id, license.tier
+                ),
+            )
+            .into());
+        }
+        let (batch, digest) = self.read_batch(body.telemetry.get())?;
+        let stored = stored_batch::scrubbed_batch(
+            &batch,
+            &digest,
+            &body.instance_id,
+            &license.license_id.to_string(),
+            now,
+        );
+        Ok(Prepared {
+            license_key: body.license_key,
+            instance_id: body.instance_id,
+            nonce: body.nonce,
+            software_version: privacy::scrub(&body.software_version).0,
+            now,
+            subject: Subject::Licensed(license),
+            telemetry: Some(Telemetry { batch_id: batch.batch_id, digest, stored: Some(stored) }),
+            import: Some(ImportLink {
+                public_key: body.install_key,
+                sequence: body.sequence,
+                previous_digest: body.previous_digest,
+                digest: report.digest,
+            }),
+        })
+    }
+
+    /// The signed receipt of an imported report.
+    pub fn import_receipt(&self, p: &Prepared) -> Option<String> {
+        let (Subject::Licensed(license), Some(link)) = (&p.subject, &p.import) else { return None };
+        Some(crate::receipt::sign(
+            &self.signer,
+            crate::receipt::ReceiptPayload {
+                v: crate::receipt::RECEIPT_VERSION,
+                kid: self.signer.kid().to_owned(),
+                action: crate::receipt::Action::UsageImported,
+                license_id: license.license_id,
+                instance_id: p.instance_id.clone(),
+                nonce: p.nonce.clone(),
+                server_time: p.now,
+                report_digest: Some(link.digest.clone()),
+                report_sequence: Some(link.sequence),
+            },
+        ))
     }
 
     /// Has the writer decide and record a prepared check-in, together with whatever else is
@@ -281,6 +377,8 @@ impl CheckInService {
                 instance_id: d.instance_id.clone(),
                 nonce: d.nonce.clone(),
                 server_time: d.now,
+                report_digest: None,
+                report_sequence: None,
             },
         )
     }
@@ -368,7 +466,10 @@ fn check_instance_and_nonce(instance_id: &str, nonce: &str) -> Result<(), BadReq
 
 fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
     check_instance_and_nonce(&request.instance_id, &request.nonce)?;
-    let version = &request.software_version;
+    check_version(&request.software_version)
+}
+
+fn check_version(version: &str) -> Result<(), BadRequest> {
     if version.is_empty()
         || version.len() > protocol::MAX_VERSION_LEN
         || version.chars().any(char::is_control)

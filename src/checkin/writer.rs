@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{decide, times_for, CheckInError, Decision, Prepared, Subject};
+use super::{bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Prepared, Subject};
 use crate::license::LicensePayload;
 use crate::protocol::CheckInStatus;
-use crate::store::{self, InstanceRow, NewCheckIn, Store};
+use crate::store::{self, InstallKeyRow, InstanceRow, NewCheckIn, Store};
 
 /// The most check-ins one transaction records.
 const MAX_GROUP: usize = 256;
@@ -141,13 +141,17 @@ fn caused_by_content(e: &CheckInError) -> bool {
 /// Decides and records a group of check-ins in one transaction.
 fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
     store.write_check_ins(|tx| {
+        // Imported reports whose chain refuses them are set aside before anything is written,
+        // so that nothing of them is: not even their license's last check-in time.
+        let mut chains = ImportChains::read(tx, group)?;
+        let refused: Vec<Option<BadRequest>> = group.iter().map(|p| chains.refusal(p)).collect();
         // Licenses first: the upsert takes their locks, in id order (a BTreeMap's order).
         let mut license_rows: BTreeMap<String, store::LicenseRow> = BTreeMap::new();
         // Instances are keyed by license and id: the same id under another license is another
         // instance, which this check-in cannot touch.
         let mut instance_keys: BTreeSet<(String, &str)> = BTreeSet::new();
         let mut earliest: Option<DateTime<Utc>> = None;
-        for p in group {
+        for (p, _) in group.iter().zip(&refused).filter(|(_, r)| r.is_none()) {
             if let Subject::Licensed(license) = &p.subject {
                 let mut row = store::LicenseRow::new(license, Some(&p.license_key), p.now);
                 row.last_check_in_at = Some(store::naive(p.now));
@@ -190,7 +194,20 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let mut batch_ids_seen = BTreeSet::new();
         let mut touched = BTreeSet::new();
         let mut events = Vec::new();
+        let mut pins = Vec::new();
         for (i, p) in group.iter().enumerate() {
+            if let Some(refusal) = &refused[i] {
+                decisions.push(Decision {
+                    status: CheckInStatus::Valid,
+                    message: String::new(),
+                    next_check_in_at: p.now,
+                    valid_until: p.now,
+                    duplicate: false,
+                    renewal: None,
+                    refused: Some(refusal.clone()),
+                });
+                continue;
+            }
             // Keys that cannot be read or trusted never reach the writer (see `record`).
             let Subject::Licensed(license) = &p.subject else {
                 return Err(CheckInError::Unrecorded("an unlicensed check-in reached the writer".into()));
@@ -274,7 +291,13 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                 duplicate: false,
                 // A revoked license gets no key: revocation wins over any key.
                 renewal: newest.filter(|_| status != CheckInStatus::Revoked).map(|(_, key)| key),
+                refused: None,
             };
+            // An imported report moves its install's chain on only when its batch is accepted;
+            // otherwise it stays the next report due, to be imported again.
+            if let (CheckInStatus::Valid, Some(link)) = (status, &p.import) {
+                pins.push(chains.moved_on(license_id, &p.instance_id, link, now));
+            }
             let mut batch_id = None;
             if let (CheckInStatus::Valid, Some(t)) = (status, &p.telemetry) {
                 batch_id = Some(t.batch_id.to_string());
@@ -292,6 +315,9 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         let instance_rows: Vec<InstanceRow> = touched.iter().map(|id| instances[id].clone()).collect();
         tx.upsert_instances(&instance_rows)?;
         tx.insert_check_ins(&check_ins)?;
+        if !pins.is_empty() {
+            tx.upsert_install_keys(&pins)?;
+        }
         if !events.is_empty() {
             tx.enqueue_events(&events)?;
         }
@@ -304,6 +330,130 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         }
         Ok(decisions)
     })
+}
+
+/// The chains of the installs whose usage reports a group imports, as the database holds them
+/// at the group's start plus what the group's earlier reports did.
+struct ImportChains {
+    rows: HashMap<(String, String), InstallKeyRow>,
+}
+
+impl ImportChains {
+    fn read(tx: &mut store::CheckInWrite<'_>, group: &[Prepared]) -> Result<ImportChains, CheckInError> {
+        let keys: Vec<(String, &str)> = group
+            .iter()
+            .filter_map(|p| match (&p.subject, &p.import) {
+                (Subject::Licensed(l), Some(_)) => Some((l.license_id.to_string(), p.instance_id.as_str())),
+                _ => None,
+            })
+            .collect();
+        let mut rows = HashMap::new();
+        if !keys.is_empty() {
+            let keys: Vec<(&str, &str)> = keys.iter().map(|(l, i)| (l.as_str(), *i)).collect();
+            for row in tx.install_keys_by_key(&keys)? {
+                rows.insert((row.license_id.clone(), row.instance_id.clone()), row);
+            }
+        }
+        Ok(ImportChains { rows })
+    }
+
+    /// Why `p`'s report may not be imported now, if it is one and may not.
+    fn refusal(&mut self, p: &Prepared) -> Option<BadRequest> {
+        let (Subject::Licensed(license), Some(link)) = (&p.subject, &p.import) else { return None };
+        let key = (license.license_id.to_string(), p.instance_id.clone());
+        let refusal = chain_refusal(self.rows.get(&key), link);
+        if refusal.is_none() {
+            // The group's later reports of this install follow this one, whose batch the
+            // decision will almost always accept.
+            self.moved_on(&key.0, &key.1, link, store::naive(p.now));
+        }
+        refusal
+    }
+
+    /// The install's row once `link` is imported: pinned now, or moved on.
+    fn moved_on(
+        &mut self,
+        license_id: &str,
+        instance_id: &str,
+        link: &ImportLink,
+        now: chrono::NaiveDateTime,
+    ) -> InstallKeyRow {
+        let key = (license_id.to_owned(), instance_id.to_owned());
+        let pinned_at = self.rows.get(&key).map_or(now, |r| r.pinned_at);
+        let row = InstallKeyRow {
+            license_id: key.0.clone(),
+            instance_id: key.1.clone(),
+            public_key: link.public_key.clone(),
+            report_sequence: link.sequence as i64,
+            report_digest: link.digest.clone(),
+            pinned_at,
+            imported_at: now,
+        };
+        self.rows.insert(key, row.clone());
+        row
+    }
+}
+
+/// Why a report may not follow `pinned` (the install's key and last report imported), if it
+/// may not. The same report again is no refusal: it is acknowledged as a duplicate.
+fn chain_refusal(pinned: Option<&InstallKeyRow>, link: &ImportLink) -> Option<BadRequest> {
+    let n = link.sequence;
+    let Some(row) = pinned else {
+        return (n != 1).then(|| {
+            bad(
+                "report_out_of_order",
+                format!(
+                    "no report of this install was imported yet, so its report 1 comes first; this is report {n} \
+                     (import the reports before it, in order)"
+                ),
+            )
+        });
+    };
+    if row.public_key != link.public_key {
+        return Some(bad(
+            "foreign_install_key",
+            format!(
+                "the report is signed by another key than the one this install's first report pinned on {}: it \
+                 does not come from this install",
+                crate::time::format(&store::utc(row.pinned_at))
+            ),
+        ));
+    }
+    let last = u64::try_from(row.report_sequence).unwrap_or(0);
+    if n == last {
+        return (link.digest != row.report_digest).then(|| {
+            bad(
+                "report_conflict",
+                format!(
+                    "report {n} of this install was imported before, with other content; nothing was changed"
+                ),
+            )
+        });
+    }
+    if n < last {
+        return Some(bad(
+            "report_replayed",
+            format!("report {n} is older than report {last}, the last imported: it was replayed; nothing was changed"),
+        ));
+    }
+    if n > last + 1 {
+        return Some(bad(
+            "report_out_of_order",
+            format!(
+                "report {} of this install is missing: the last imported is report {last}, and this is report {n}",
+                last + 1
+            ),
+        ));
+    }
+    if link.previous_digest.as_deref() != Some(row.report_digest.as_str()) {
+        return Some(bad(
+            "report_out_of_order",
+            format!(
+                "report {n} does not follow report {last} as it was imported (its previous_digest differs)"
+            ),
+        ));
+    }
+    None
 }
 
 /// The license's newest key and its payload, when the row holds a key newer than the one the
@@ -344,6 +494,7 @@ fn check_in_row(
         software_version: &p.software_version,
         telemetry_batch_id: batch_id,
         valid_until: None,
+        imported_report: p.import.as_ref().map(|link| link.sequence as i64),
     }
 }
 
@@ -371,5 +522,6 @@ pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
         valid_until: p.now,
         duplicate: false,
         renewal: None,
+        refused: None,
     })
 }

@@ -45,12 +45,83 @@ impl Api {
             Ok((status, value))
         })
     }
+
+    /// POSTs `body` as it is (JSON text whose bytes matter: a signature covers them); returns
+    /// the status and the answer's text.
+    pub fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        self.runtime.block_on(async {
+            let response = self
+                .client
+                .post(&url)
+                .bearer_auth(&self.token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("no answer from {url}"))?;
+            let status = response.status().as_u16();
+            let text = response.text().await.with_context(|| format!("reading the answer from {url}"))?;
+            Ok((status, text))
+        })
+    }
+}
+
+/// `licensor admin import-usage`: the report goes to the server byte for byte; a receipt comes
+/// back and is written whole to `out`, with what it says printed.
+fn import_usage(api: &Api, report: &std::path::Path, out: &std::path::Path) -> Result<u8> {
+    let body =
+        std::fs::read(report).with_context(|| format!("cannot read the report {}", report.display()))?;
+    if out.exists() {
+        anyhow::bail!("{} exists already: refusing to overwrite it", out.display());
+    }
+    let (status, text) = api.post_raw("/v1/admin/usage-imports", body)?;
+    if !(200..300).contains(&status) {
+        let shown = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(text);
+        outln!("{shown}")?;
+        eprintln!("the server answered {status}: nothing was imported and no receipt was written");
+        return Ok(EXIT_NOT_VALID);
+    }
+    let file =
+        crate::usage_report::read_receipt(&text).context("the server's answer is not a usage receipt")?;
+    super::write_new_file(out, &text)?;
+    // What the receipt says, read without verifying (the deployment verifies it against its
+    // trusted keys when it imports it).
+    let receipt = crate::token::decode::<crate::receipt::ReceiptPayload>(&file.receipt)
+        .context("the receipt token does not read")?
+        .claims;
+    let lease = crate::token::decode::<crate::lease::LeasePayload>(&file.lease)
+        .context("the lease token does not read")?
+        .claims;
+    let ack = lease.telemetry.as_ref();
+    outln!(
+        "imported report {} of instance {} (license {}): {}; batch {}{}",
+        receipt.report_sequence.unwrap_or(0),
+        receipt.instance_id,
+        receipt.license_id,
+        lease.status,
+        match ack {
+            Some(a) if a.accepted && a.duplicate => "acknowledged again (imported before; counted once)",
+            Some(a) if a.accepted => "stored",
+            _ => "not accepted (the report stays due; import it again once the license allows it)",
+        },
+        if lease.license_key.is_some() { "; carries a renewed license key" } else { "" }
+    )?;
+    outln!(
+        "receipt written to {}: carry it to the deployment (`licensor telemetry import-receipt`)",
+        out.display()
+    )?;
+    Ok(if lease.status == crate::protocol::CheckInStatus::Valid { EXIT_OK } else { EXIT_NOT_VALID })
 }
 
 pub fn run(args: AdminArgs) -> Result<u8> {
     let api = Api::new(&args.url, &args.token)?;
     use reqwest::Method;
     let (status, answer) = match args.command {
+        AdminCommand::ImportUsage { report, out } => return import_usage(&api, &report, &out),
         AdminCommand::Licenses { limit, cursor, tier, revoked, search } => {
             let mut query = vec![format!("limit={limit}")];
             query.extend(cursor.map(|c| format!("cursor={}", encode(&c))));

@@ -116,14 +116,33 @@ pub enum TelemetryCommand {
         #[arg(long, requires = "raw")]
         batch: Option<String>,
     },
-    /// Everything stored locally about telemetry.
+    /// Everything stored locally about telemetry; or, with --signed on an air-gapped
+    /// Enterprise deployment, the signed usage report to carry to the vendor by hand.
     Export {
         #[command(flatten)]
         client: ClientArgs,
         /// json: every table as one document; csv: one row per stored row, the table in the
         /// first column.
-        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json, conflicts_with = "signed")]
         format: ExportFormat,
+        /// Write the usage report for the vendor (air-gapped Enterprise only): everything
+        /// collected since the last report, signed by this install's key and chained to the
+        /// report before. Readable JSON: read it before handing it over. Until its receipt is
+        /// imported, the same report is written again.
+        #[arg(long, requires = "out")]
+        signed: bool,
+        /// With --signed: the file to write (it must not exist yet).
+        #[arg(long, requires = "signed")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Apply the vendor's usage receipt (air-gapped Enterprise): verified against the trusted
+    /// keys and bound to the report this install exported, it moves the reported figures to
+    /// the ledger and applies the lease and any renewed license key it carries.
+    ImportReceipt {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The receipt file `licensor admin import-usage` wrote.
+        file: std::path::PathBuf,
     },
     /// Delete the telemetry stored locally and not yet sent (and the waiting batch).
     Clear {
@@ -155,8 +174,16 @@ pub enum TelemetryCommand {
         bind: String,
     },
     /// Turn telemetry off, saved in the data directory: on Enterprise, air-gapped mode (no
-    /// connection at all); refused on Community and Pro, whose licenses require it (exit 1).
-    Disable(ClientArgs),
+    /// connection at all; usage is reported by signed file, `export --signed`); refused on
+    /// Community and Pro, whose licenses require it (exit 1).
+    Disable {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What the signed usage reports carry: full (the usage figures) or basic (the
+        /// environment and its health; nothing else is collected).
+        #[arg(long, value_enum, default_value_t = LevelArg::Full)]
+        level: LevelArg,
+    },
 }
 
 /// `licensor telemetry enable --level`.
@@ -289,6 +316,17 @@ pub enum AdminCommand {
         /// Print the view's table as CSV instead of JSON.
         #[arg(long)]
         csv: bool,
+    },
+    /// Import an air-gapped Enterprise install's signed usage report (`licensor telemetry
+    /// export --signed`) and write the receipt to carry back (`licensor telemetry
+    /// import-receipt`): it carries a renewed lease and any renewed license key. The same
+    /// report imported again is acknowledged again and counted once.
+    ImportUsage {
+        /// The usage report file, exactly as the deployment wrote it.
+        report: std::path::PathBuf,
+        /// Where to write the receipt (it must not exist yet).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Scheduled jobs, on demand.
     Jobs {
@@ -704,6 +742,30 @@ pub struct DemoArgs {
 }
 
 /// Runs a parsed command line and returns the process exit code.
+/// Writes `text` to `path`, which must not exist: through a temporary file beside it, linked
+/// into place only if `path` is still absent, so the file is whole or absent and never another
+/// file overwritten.
+pub(crate) fn write_new_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!("{} exists already: refusing to overwrite it", path.display())
+        } else {
+            anyhow::Error::from(e.error).context(format!("cannot write {}", path.display()))
+        }
+    })?;
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Keygen(args) => vendor::keygen(args),

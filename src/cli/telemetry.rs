@@ -8,7 +8,7 @@ use std::io::Write as _;
 use super::{ClientArgs, ExportFormat, LevelArg, TelemetryCommand, EXIT_ERROR, EXIT_NOT_VALID, EXIT_OK};
 use crate::client::choice::{self, Choice};
 use crate::client::licensing::offline::Opened;
-use crate::client::licensing::{CheckInOutcome, Unflushed};
+use crate::client::licensing::{AirGapError, CheckInOutcome, ReceiptOutcome, Unflushed};
 use crate::client::store::{self, LocalStore};
 use crate::client::{Config, Level, Mode, Status};
 use crate::license::Tier;
@@ -30,7 +30,14 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
                 LevelArg::Basic => Choice::Basic,
             },
         ),
-        TelemetryCommand::Disable(client) => choose(&client, Choice::Disabled),
+        TelemetryCommand::Disable { client, level } => choose(
+            &client,
+            match level {
+                LevelArg::Full => Choice::Disabled,
+                LevelArg::Basic => Choice::DisabledBasic,
+            },
+        ),
+        TelemetryCommand::ImportReceipt { client, file } => import_receipt(&open(&client)?, &file),
         TelemetryCommand::Dashboard { client, bind } => dashboard(&client, &bind),
         TelemetryCommand::Preview { client, pretty } => {
             let opened = open(&client)?;
@@ -125,7 +132,11 @@ pub fn run(command: TelemetryCommand) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        TelemetryCommand::Export { client, format } => {
+        TelemetryCommand::Export { client, signed: true, out, .. } => {
+            let out = out.context("--signed needs --out FILE")?;
+            export_signed(&open(&client)?, &out)
+        }
+        TelemetryCommand::Export { client, format, .. } => {
             let opened = open(&client)?;
             let Some(store) = opened.store() else {
                 outln!("{}", disabled_reason(opened.mode()))?;
@@ -175,12 +186,17 @@ fn choose(args: &ClientArgs, choice: Choice) -> Result<u8> {
             "basic health only: check-ins carry the environment and its health, no usage details"
         }
         Choice::Disabled => {
-            "disabled: air-gapped mode, no connection is made and the license's expiry is enforced offline"
+            "disabled: air-gapped mode, no connection is made and the license's expiry is enforced offline; usage \
+             figures are kept here for a signed report you carry to the vendor (`licensor telemetry export --signed`)"
+        }
+        Choice::DisabledBasic => {
+            "disabled: air-gapped mode, no connection is made and the license's expiry is enforced offline; signed \
+             reports (`licensor telemetry export --signed`) carry basic health only, and no usage is collected"
         }
     };
     outln!("telemetry: {effect}")?;
     outln!("saved in {}; the application applies it at its next start", path.display())?;
-    if environment_off && choice != Choice::Disabled {
+    if environment_off && !matches!(choice, Choice::Disabled | Choice::DisabledBasic) {
         let note = if license.tier == Tier::Enterprise {
             "TELEMETRY_DISABLED or DO_NOT_TRACK is set in this environment, and keeps this deployment air-gapped \
              while it is"
@@ -263,6 +279,12 @@ fn status(opened: &Opened) -> Result<u8> {
                 if *debug { "; LICENSOR_TELEMETRY_DEBUG=1: batches are printed, not sent" } else { "" }
             )?;
         }
+        Mode::AirGapped { level } => writeln!(
+            out,
+            "telemetry: off (air-gapped: no connection is made); {} kept here for signed usage reports carried by \
+             hand (`licensor telemetry export --signed`)",
+            if *level == Level::Basic { "basic health only is" } else { "usage figures are" }
+        )?,
         other => writeln!(out, "{}", disabled_reason(other))?,
     }
     for notice in opened.notices() {
@@ -307,6 +329,19 @@ fn status(opened: &Opened) -> Result<u8> {
             None => writeln!(out, "outbox: empty")?,
         }
         writeln!(out, "sent: {} batches in the ledger (`licensor telemetry sent`)", store.ledger()?.len())?;
+        if matches!(opened.mode(), Mode::AirGapped { .. }) {
+            let chain = store.report_chain()?;
+            writeln!(
+                out,
+                "usage reports: {} acknowledged{}",
+                chain.sequence,
+                if chain.pending.is_some() {
+                    format!("; report {} exported and waiting for its receipt", chain.sequence + 1)
+                } else {
+                    String::new()
+                }
+            )?;
+        }
         writeln!(out, "store: {}", store.path().display())?;
     }
     Ok(if matches!(status, Status::Invalid { .. }) { EXIT_NOT_VALID } else { EXIT_OK })
@@ -405,6 +440,82 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `licensor telemetry export --signed --out FILE`: the usage report to carry to the vendor.
+fn export_signed(opened: &Opened, out: &std::path::Path) -> Result<u8> {
+    if out.exists() {
+        anyhow::bail!("{} exists already: refusing to overwrite it", out.display());
+    }
+    let report = match opened.export_report() {
+        Ok(report) => report,
+        Err(AirGapError::NotAirGapped(why)) => {
+            eprintln!("no signed report: {why}");
+            return Ok(EXIT_ERROR);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    super::write_new_file(out, &report.text)?;
+    if report.again {
+        outln!(
+            "report {} is still waiting for its receipt: written again unchanged (the same digest), so the vendor \
+             counts it once however often it is imported; what was recorded since goes into report {}",
+            report.sequence,
+            report.sequence + 1
+        )?;
+    } else {
+        outln!(
+            "report {} written: batch {} with everything recorded since the last report",
+            report.sequence,
+            report.batch_id
+        )?;
+    }
+    outln!("file: {} (readable JSON: read it before handing it over)", out.display())?;
+    outln!("digest: {} (the receipt names it)", report.digest)?;
+    outln!("the vendor imports it with `licensor admin import-usage`; bring back the receipt for `licensor telemetry import-receipt`")?;
+    Ok(EXIT_OK)
+}
+
+/// `licensor telemetry import-receipt FILE`.
+fn import_receipt(opened: &Opened, file: &std::path::Path) -> Result<u8> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the receipt {}", file.display()))?;
+    match opened.import_receipt(&text) {
+        Ok(ReceiptOutcome::Applied { sequence, status, accepted, duplicate, renewed }) => {
+            outln!(
+                "receipt applied: report {sequence} {}; the license server says {status}",
+                match (accepted, duplicate) {
+                    (true, false) => "was imported, and its batch moved to the ledger",
+                    (true, true) =>
+                        "had been imported before (counted once), and its batch moved to the ledger",
+                    _ => "was not accepted: it stays waiting, to be carried again",
+                }
+            )?;
+            if let Some(l) = renewed {
+                outln!(
+                    "renewed license key in force: issued {}, {}",
+                    crate::time::format(&l.issued_at),
+                    l.expires_at
+                        .map_or("perpetual".to_string(), |t| format!("expires {}", crate::time::format(&t)))
+                )?;
+            }
+            Ok(if status == CheckInStatus::Valid && accepted { EXIT_OK } else { EXIT_NOT_VALID })
+        }
+        Ok(ReceiptOutcome::AlreadyApplied { sequence }) => {
+            outln!("this receipt (report {sequence}) was applied before: nothing changed")?;
+            Ok(EXIT_OK)
+        }
+        Err(AirGapError::NotAirGapped(why)) => {
+            eprintln!("no receipt to apply: {why}");
+            Ok(EXIT_ERROR)
+        }
+        Err(e @ (AirGapError::Store(_) | AirGapError::NothingPending)) => Err(e.into()),
+        Err(e) => {
+            eprintln!("refused: {e}");
+            eprintln!("(nothing changed)");
+            Ok(EXIT_NOT_VALID)
+        }
+    }
 }
 
 /// `licensor deactivate`.

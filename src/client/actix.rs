@@ -558,7 +558,11 @@ mod privacy {
         body.push_str("</section>");
         body.push_str(&format!(
             "<section><h2>What is sent</h2><p>At the full level:</p>{}<p>At the basic level (Enterprise):</p>{}\
-             <p>Everything is aggregated on this machine first: counts and percentiles, never single events.</p></section>",
+             <p>Everything is aggregated on this machine first: counts and percentiles, never single events.</p>\
+             <p>Air-gapped (Enterprise, telemetry disabled): nothing is sent, and no connection is made. The same \
+             figures (or basic health only) are kept here until an operator exports a signed usage report \
+             (<code>licensor telemetry export --signed</code>): a readable file that leaves only when a person \
+             carries it to the vendor.</p></section>",
             list(FULL),
             list(BASIC)
         ));
@@ -591,7 +595,8 @@ mod privacy {
                 for (choice, label) in [
                     (Choice::Full, "Send usage and health"),
                     (Choice::Basic, "Basic health only"),
-                    (Choice::Disabled, "Disable: air-gapped"),
+                    (Choice::Disabled, "Disable: air-gapped, usage reported by signed file"),
+                    (Choice::DisabledBasic, "Disable: air-gapped, basic health reported by signed file"),
                 ] {
                     out.push_str(&format!(
                         "<form method=\"post\" action=\"choice\"><input type=\"hidden\" name=\"choice\" \
@@ -636,6 +641,7 @@ mod privacy {
             "full" => Choice::Full,
             "basic" => Choice::Basic,
             "disabled" => Choice::Disabled,
+            "disabled_basic" => Choice::DisabledBasic,
             other => {
                 return html(
                     StatusCode::BAD_REQUEST,

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "telemetry.json";
 
-/// What the operator chose. Community and Pro licenses require `Full`; the other two are
-/// honoured on Enterprise only.
+/// What the operator chose. Community and Pro licenses require `Full`; the others are honoured
+/// on Enterprise only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Choice {
@@ -22,8 +22,11 @@ pub enum Choice {
     /// Basic health only: each check-in carries the environment (version, platform, user-count
     /// range, modules, uptime, last sync, health) and no usage details.
     Basic,
-    /// Air-gapped: nothing is collected and no connection is made.
+    /// Air-gapped: no connection is made. Figures are kept in the local store for a signed
+    /// usage report that the operator carries by hand (`licensor telemetry export --signed`).
     Disabled,
+    /// Air-gapped, and the signed usage reports carry basic health only: nothing is collected.
+    DisabledBasic,
 }
 
 impl Choice {
@@ -32,6 +35,7 @@ impl Choice {
             Choice::Full => "full",
             Choice::Basic => "basic",
             Choice::Disabled => "disabled",
+            Choice::DisabledBasic => "disabled_basic",
         }
     }
 }
@@ -75,7 +79,7 @@ pub fn allowed(tier: crate::license::Tier, choice: Choice) -> Result<(), String>
         return Ok(());
     }
     let what = match choice {
-        Choice::Disabled => "disabled",
+        Choice::Disabled | Choice::DisabledBasic => "disabled",
         _ => "reduced to basic health",
     };
     Err(format!(
@@ -129,7 +133,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let data = dir.path().join("data");
         assert_eq!(read(&data).unwrap(), None);
-        for choice in [Choice::Disabled, Choice::Basic, Choice::Full] {
+        for choice in [Choice::Disabled, Choice::DisabledBasic, Choice::Basic, Choice::Full] {
             write(&data, choice, Utc::now()).unwrap();
             assert_eq!(read(&data).unwrap(), Some(choice));
         }

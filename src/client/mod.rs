@@ -20,7 +20,8 @@ pub mod telemetry;
 pub use choice::Choice;
 pub use config::{Clock, Config, ConfigError, KeySource, LicenseSource};
 pub use licensing::{
-    CheckInOutcome, DeactivateError, Deactivated, LicenseInfo, Licensing, SaveChoiceError, StartError,
+    AirGapError, CheckInOutcome, DeactivateError, Deactivated, ExportedReport, LicenseInfo, Licensing,
+    ReceiptOutcome, SaveChoiceError, StartError,
 };
 pub use policy::{Level, Mode};
 pub use status::{InvalidReason, Status};

@@ -16,9 +16,10 @@ use crate::license::Tier;
 pub enum Mode {
     /// A development instance: the license is verified offline, nothing is collected or sent.
     Development { reason: String },
-    /// Enterprise with telemetry disabled: no network connection at all, a no-op collector,
-    /// expiry enforced locally.
-    AirGapped,
+    /// Enterprise with telemetry disabled: no network connection at all, expiry enforced
+    /// locally. Figures are collected at `level` into the local store, where they stay until
+    /// the operator carries a signed usage report to the vendor by hand.
+    AirGapped { level: Level },
     /// Telemetry is collected and sent at each check-in (or, with `debug`, printed to stderr
     /// instead of sent), at `level`.
     Telemetry { debug: bool, level: Level },
@@ -41,15 +42,28 @@ impl Mode {
 }
 
 impl Mode {
+    /// The level figures are kept at, where any are (telemetry and air-gapped).
+    pub fn level(&self) -> Option<Level> {
+        match self {
+            Mode::Development { .. } => None,
+            Mode::AirGapped { level } | Mode::Telemetry { level, .. } => Some(*level),
+        }
+    }
+
     /// What the deployment does in this mode, in a sentence for its operator.
     pub fn describe(&self) -> String {
         match self {
             Mode::Development { reason } => {
                 format!("Nothing is collected or sent: this is a development instance ({reason}).")
             }
-            Mode::AirGapped => {
-                "Telemetry is off: this deployment is air-gapped and makes no connection at all.".into()
-            }
+            Mode::AirGapped { level } => format!(
+                "Telemetry is off: this deployment is air-gapped and makes no connection at all. {} kept here \
+                 until you carry a signed usage report to the vendor (`licensor telemetry export --signed`).",
+                match level {
+                    Level::Full => "Usage figures are",
+                    Level::Basic => "Only basic health (no usage details) is",
+                }
+            ),
             Mode::Telemetry { level: Level::Basic, .. } => {
                 "Basic health only: each check-in carries the environment and its health, no usage details."
                     .into()
@@ -62,7 +76,7 @@ impl Mode {
     pub fn off_reason(&self) -> Option<String> {
         match self {
             Mode::Development { reason } => Some(format!("development instance: {reason}")),
-            Mode::AirGapped => Some("air-gapped: no connection is made".into()),
+            Mode::AirGapped { .. } => Some("air-gapped: no connection is made".into()),
             Mode::Telemetry { .. } => None,
         }
     }
@@ -96,7 +110,7 @@ pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> De
         notices.push(format!("development instance ({reason}): nothing is collected or sent"));
         return Decision { mode: Mode::Development { reason }, notices };
     }
-    let saved_off = switches.choice == Some(Choice::Disabled);
+    let saved_off = matches!(switches.choice, Some(Choice::Disabled | Choice::DisabledBasic));
     let opted_out = switches.telemetry_disabled || switches.do_not_track || saved_off;
     // What asked for it, as the operator would recognise it.
     let switch = if switches.telemetry_disabled {
@@ -107,10 +121,22 @@ pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> De
         "`licensor telemetry disable` (saved in the data directory)"
     };
     if opted_out && tier == Tier::Enterprise {
+        // What a signed usage report carries: basic health when the operator asked for it
+        // (with `disable --level basic`, or `enable --level basic` beside an opt-out in the
+        // environment), the full figures otherwise.
+        let level = match switches.choice {
+            Some(Choice::Basic | Choice::DisabledBasic) => Level::Basic,
+            _ => Level::Full,
+        };
         notices.push(format!(
-            "{switch}: air-gapped mode; no connection is made and the license's expiry is enforced offline"
+            "{switch}: air-gapped mode; no connection is made and the license's expiry is enforced offline; {} \
+             kept locally for a signed usage report carried by hand (`licensor telemetry export --signed`)",
+            match level {
+                Level::Full => "usage figures are",
+                Level::Basic => "basic health only is",
+            }
         ));
-        return Decision { mode: Mode::AirGapped, notices };
+        return Decision { mode: Mode::AirGapped { level }, notices };
     }
     if opted_out {
         notices.push(format!(

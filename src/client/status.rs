@@ -97,8 +97,17 @@ pub fn evaluate(facts: &Facts<'_>) -> Status {
     };
     match facts.mode {
         Mode::Development { .. } => return Status::Development,
-        // Air-gapped: the offline verification (expiry included) is the whole judgement.
-        Mode::AirGapped => return Status::Valid,
+        // Air-gapped: the offline verification (expiry included) is the judgement, and a lease
+        // carried in by hand with a usage receipt can only add a revocation: its times assume
+        // check-ins this deployment never makes.
+        Mode::AirGapped { .. } => {
+            return match facts.lease.map(|l| l.status) {
+                Some(CheckInStatus::Revoked) => {
+                    Status::Invalid { reason: InvalidReason::Refused(CheckInStatus::Revoked) }
+                }
+                _ => Status::Valid,
+            }
+        }
         Mode::Telemetry { .. } => {}
     }
     if let Some(server) = facts.last_server_time {

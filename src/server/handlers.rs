@@ -135,6 +135,43 @@ pub(super) async fn deactivate(
     }))
 }
 
+/// An air-gapped Enterprise install's usage report, carried by hand (`licensor admin
+/// import-usage`): verified under the install's pinned key and its chain, recorded like a
+/// check-in's batch (marked imported; the same report twice counts once), and answered with
+/// the usage receipt file the deployment imports, which carries a renewed lease and any renewed
+/// license key.
+#[utoipa::path(post, path = "/v1/admin/usage-imports", tag = "check-ins", security(("admin_token" = [])),
+    request_body(content = Object, content_type = "application/json",
+        description = "The usage report file exactly as `licensor telemetry export --signed` wrote it (its signature covers the report's bytes)"),
+    responses(
+        (status = 200, description = "The usage receipt file: a receipt bound to the report's digest and a lease bound to its nonce", content_type = "application/json", body = Object),
+        (status = 400, description = "Not a report, a bad signature, an untrusted license or one that may not run air-gapped, an invalid batch", body = crate::protocol::ErrorBody),
+        (status = 409, description = "Signed by another key than the install's, replayed, out of order, or another report of the same number", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        WriteErrors,
+    ))]
+pub(super) async fn import_usage(
+    _admin: FullAdmin,
+    state: web::Data<AppState>,
+    JsonBytes(body): JsonBytes,
+) -> Result<HttpResponse, ApiError> {
+    let prepared = state.service.prepare_import(&body, (state.clock)())?;
+    let (prepared, decision) = state.service.record(prepared).await?;
+    if let Some(refusal) = decision.refused {
+        return Err(ApiError::Conflict { code: refusal.code, message: refusal.message });
+    }
+    let answer = state.service.respond(&prepared, &decision);
+    state.service.metrics.check_ins.get_or_create(&[("status", decision.status.as_str())]).inc();
+    let (Some(receipt), Some(lease)) = (state.service.import_receipt(&prepared), answer.lease) else {
+        return Err(ApiError::Internal("an imported report of a trusted license got no lease".into()));
+    };
+    tracing::info!(instance_id = %prepared.instance_id, status = %decision.status, duplicate = decision.duplicate, "usage report imported");
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::usage_report::write_receipt(receipt, lease)))
+}
+
 /// The body of an admin `POST /v1/admin/licenses`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

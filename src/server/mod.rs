@@ -86,6 +86,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1/admin")
                 .wrap(actix_web::middleware::from_fn(audit::middleware))
                 .service(resource("/audit").route(web::get().to(audit::list)))
+                .service(resource("/usage-imports").route(web::post().to(handlers::import_usage)))
                 .service(
                     resource("/webhooks")
                         .route(web::post().to(webhooks::create))

@@ -26,6 +26,7 @@ use super::{dashboard, handlers, insights, public};
         handlers::metrics,
         handlers::check_in,
         handlers::deactivate,
+        handlers::import_usage,
         handlers::issue_license,
         handlers::list_licenses,
         handlers::update_license,

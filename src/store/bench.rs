@@ -438,6 +438,7 @@ impl Store {
                 software_version: version,
                 telemetry_batch_id: Some(batch_id.clone()),
                 valid_until: Some(at + Duration::days(8)),
+                imported_report: None,
             })
             .collect();
         insert(&mut conn, &rows, |c, rows| diesel::insert_into(check_ins::table).values(rows).execute(c))?;

@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use std::collections::BTreeSet;
 
-use super::models::{InstanceRow, LicenseRow, NewCheckIn, StoredBatch};
+use super::models::{InstallKeyRow, InstanceRow, LicenseRow, NewCheckIn, StoredBatch};
 use super::{licensing, telemetry, DbConnection, Store, StoreError};
 
 /// A group's transaction, open: every statement of it commits or none does.
@@ -36,6 +36,16 @@ impl CheckInWrite<'_> {
     /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.
     pub fn upsert_instances(&mut self, rows: &[InstanceRow]) -> Result<(), StoreError> {
         licensing::upsert_instances(self.conn, rows)
+    }
+
+    /// The pinned install keys (and report chains) of those of `keys` that have one.
+    pub fn install_keys_by_key(&mut self, keys: &[(&str, &str)]) -> Result<Vec<InstallKeyRow>, StoreError> {
+        licensing::install_keys_by_key(self.conn, keys)
+    }
+
+    /// Pins install keys, or moves their chains on (see [`licensing::upsert_install_keys`]).
+    pub fn upsert_install_keys(&mut self, rows: &[InstallKeyRow]) -> Result<(), StoreError> {
+        licensing::upsert_install_keys(self.conn, rows)
     }
 
     /// Appends check-ins to the history.

@@ -1142,6 +1142,9 @@ pub struct HistoryEntry {
     pub instance_id: String,
     pub status: String,
     pub software_version: String,
+    /// For an air-gapped install: the sequence of the usage report carried by hand that this
+    /// entry imported (`null` for a check-in over the network).
+    pub imported_report: Option<i64>,
 }
 
 /// A license's telemetry over a period, from the roll-ups.
@@ -1191,14 +1194,21 @@ impl Store {
             .filter(check_ins::license_id.eq(id))
             .order((check_ins::at.desc(), check_ins::id.desc()))
             .limit(100)
-            .select((check_ins::at, check_ins::instance_id, check_ins::status, check_ins::software_version))
-            .load::<(NaiveDateTime, String, String, String)>(&mut *conn)?
+            .select((
+                check_ins::at,
+                check_ins::instance_id,
+                check_ins::status,
+                check_ins::software_version,
+                check_ins::imported_report,
+            ))
+            .load::<(NaiveDateTime, String, String, String, Option<i64>)>(&mut *conn)?
             .into_iter()
-            .map(|(at, instance_id, status, software_version)| HistoryEntry {
+            .map(|(at, instance_id, status, software_version, imported_report)| HistoryEntry {
                 at: utc(at),
                 instance_id,
                 status,
                 software_version,
+                imported_report,
             })
             .collect();
         // One license's rows (its installs x days x names) are few: summed here, which also

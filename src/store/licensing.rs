@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::models::*;
-use super::schema::{check_ins, instances, licenses};
+use super::schema::{check_ins, install_keys, instances, licenses};
 use super::webhooks::{self, NewEvent};
 use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
@@ -300,6 +300,47 @@ pub(super) fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) ->
     on_backend!(conn, c => {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             upsert!(chunk).execute(c)?;
+        }
+    });
+    Ok(())
+}
+
+/// The pinned keys of those of `keys` (license id, instance id) that have one. Imports are
+/// few (a person carries each file), so a primary-key probe per key is all they need.
+pub(super) fn install_keys_by_key(
+    conn: &mut DbConnection,
+    keys: &[(&str, &str)],
+) -> Result<Vec<InstallKeyRow>, StoreError> {
+    let mut out = Vec::new();
+    on_backend!(conn, c => {
+        for (license_id, instance_id) in keys {
+            out.extend(
+                install_keys::table
+                    .find((*license_id, *instance_id))
+                    .select(InstallKeyRow::as_select())
+                    .first(c)
+                    .optional()?,
+            );
+        }
+    });
+    Ok(out)
+}
+
+/// Pins new install keys and moves known installs' chains on to the report just imported (the
+/// key, once pinned, is never replaced).
+pub(super) fn upsert_install_keys(conn: &mut DbConnection, rows: &[InstallKeyRow]) -> Result<(), StoreError> {
+    on_backend!(conn, c => {
+        for row in rows {
+            diesel::insert_into(install_keys::table)
+                .values(row)
+                .on_conflict((install_keys::license_id, install_keys::instance_id))
+                .do_update()
+                .set((
+                    install_keys::report_sequence.eq(excluded(install_keys::report_sequence)),
+                    install_keys::report_digest.eq(excluded(install_keys::report_digest)),
+                    install_keys::imported_at.eq(excluded(install_keys::imported_at)),
+                ))
+                .execute(c)?;
         }
     });
     Ok(())

@@ -108,6 +108,22 @@ pub struct InstanceRow {
     pub seat_until: Option<NaiveDateTime>,
 }
 
+/// An air-gapped install's pinned key and where its chain of usage reports stands.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = install_keys)]
+pub struct InstallKeyRow {
+    pub license_id: String,
+    pub instance_id: String,
+    /// Unpadded base64url of the install's Ed25519 public key, as its first report carried it.
+    pub public_key: String,
+    /// The sequence of the last report imported.
+    pub report_sequence: i64,
+    /// The digest of the last report imported.
+    pub report_digest: String,
+    pub pinned_at: NaiveDateTime,
+    pub imported_at: NaiveDateTime,
+}
+
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = check_ins)]
 pub struct NewCheckIn<'a> {
@@ -119,6 +135,8 @@ pub struct NewCheckIn<'a> {
     pub telemetry_batch_id: Option<String>,
     /// The end of the lease a `valid` check-in granted (the days it covers, for the roll-up).
     pub valid_until: Option<NaiveDateTime>,
+    /// The sequence of the usage report this check-in stands for, when it was imported by hand.
+    pub imported_report: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
@@ -132,6 +150,8 @@ pub struct CheckInRow {
     pub software_version: String,
     pub telemetry_batch_id: Option<String>,
     pub valid_until: Option<NaiveDateTime>,
+    /// The sequence of the usage report this check-in imported (an air-gapped install's file).
+    pub imported_report: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]

@@ -44,6 +44,7 @@ diesel::table! {
         software_version -> Text,
         telemetry_batch_id -> Nullable<Text>,
         valid_until -> Nullable<Timestamp>,
+        imported_report -> Nullable<BigInt>,
     }
 }
 
@@ -203,6 +204,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    install_keys (license_id, instance_id) {
+        license_id -> Text,
+        instance_id -> Text,
+        public_key -> Text,
+        report_sequence -> BigInt,
+        report_digest -> Text,
+        pinned_at -> Timestamp,
+        imported_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(instances -> licenses (license_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -221,4 +234,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_endpoints,
     webhook_deliveries,
     job_runs,
+    install_keys,
 );

@@ -27,8 +27,10 @@ use crate::protocol::{CheckInStatus, Health};
 use verifier::Verifier;
 use worker::Worker;
 
+mod air_gap;
 pub mod offline;
 mod verifier;
+pub use air_gap::{AirGapError, ExportedReport, ReceiptOutcome};
 mod worker;
 
 /// Why the verifier could not start. An invalid license is not one of these: the verifier
@@ -197,8 +199,11 @@ impl Licensing {
                 eprintln!("licensor: {notice}");
             }
         }
+        // Air-gapped runs the worker too (flushes, roll-ups, health), without its check-ins.
         let worker = match verifier.mode {
-            Mode::Telemetry { .. } if verifier.payload().is_ok() => Some(worker::spawn(verifier.clone())?),
+            Mode::Telemetry { .. } | Mode::AirGapped { .. } if verifier.store.is_some() => {
+                Some(worker::spawn(verifier.clone())?)
+            }
             _ => None,
         };
         Ok(Licensing { verifier, worker: Arc::new(Mutex::new(worker)) })
@@ -252,6 +257,20 @@ impl Licensing {
             .tier;
         crate::client::choice::allowed(tier, choice).map_err(SaveChoiceError::Refused)?;
         Ok(crate::client::choice::write(&self.verifier.config.data_dir, choice, self.verifier.now())?)
+    }
+
+    /// The signed usage report of an air-gapped deployment, to carry to the vendor by hand
+    /// (what `licensor telemetry export --signed` writes): the one waiting for its receipt,
+    /// written again as it was, or a new one with everything recorded since the last.
+    pub fn export_usage_report(&self) -> Result<ExportedReport, AirGapError> {
+        self.verifier.export_report()
+    }
+
+    /// Applies the vendor's usage receipt (what `licensor telemetry import-receipt` does):
+    /// verified and bound to the waiting report, it moves its figures to the ledger and
+    /// applies the lease and any renewed license key.
+    pub fn import_usage_receipt(&self, text: &str) -> Result<ReceiptOutcome, AirGapError> {
+        self.verifier.import_receipt(text)
     }
 
     /// The vendor's public insights page, when configured (`LICENSOR_PUBLIC_INSIGHTS_URL`).

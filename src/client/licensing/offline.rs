@@ -55,6 +55,16 @@ impl Opened {
         self.verifier.dashboard()
     }
 
+    /// The signed usage report to carry (see [`super::Licensing::export_usage_report`]).
+    pub fn export_report(&self) -> Result<super::ExportedReport, super::AirGapError> {
+        self.verifier.export_report()
+    }
+
+    /// Applies a usage receipt (see [`super::Licensing::import_usage_receipt`]).
+    pub fn import_receipt(&self, text: &str) -> Result<super::ReceiptOutcome, super::AirGapError> {
+        self.verifier.import_receipt(text)
+    }
+
     /// One check-in now.
     pub async fn check_in(&self) -> CheckInOutcome {
         self.verifier.check_in().await

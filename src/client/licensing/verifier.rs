@@ -125,7 +125,10 @@ impl Verifier {
                 vec![format!("the license key is refused ({e}): nothing is collected or sent")],
             ),
         };
+        // Telemetry mode checks in; air-gapped keeps its figures (and its own key) for the signed
+        // usage reports carried by hand, and never connects.
         let telemetry_on = matches!(mode, Mode::Telemetry { .. }) && license.is_ok();
+        let keeps_store = (telemetry_on || matches!(mode, Mode::AirGapped { .. })) && license.is_ok();
         if telemetry_on {
             match &config.server_url {
                 None if !config.switches.debug => {
@@ -139,14 +142,19 @@ impl Verifier {
                 None => {}
             }
         }
-        let (store, instance) = if telemetry_on {
+        let (store, instance) = if keeps_store {
             let store = match early_store {
                 Some(store) => store,
                 None => LocalStore::open(&config.data_dir)?,
             };
             let state = store.state_or_init(now)?;
+            if matches!(mode, Mode::AirGapped { .. }) {
+                // Created at the first air-gapped start, so its public half is the same in
+                // every report the install will ever sign.
+                store.install_key()?;
+            }
             // Basic health only: details collected before the switch are not sent either.
-            if matches!(mode, Mode::Telemetry { level: Level::Basic, .. }) {
+            if mode.level() == Some(Level::Basic) {
                 let discarded = store.clear_details()?;
                 if discarded > 0 {
                     notices.push(format!(
@@ -191,7 +199,7 @@ impl Verifier {
             (None, instance)
         };
         // At the basic level nothing is collected: batches carry the environment alone.
-        let collecting = telemetry_on && matches!(mode, Mode::Telemetry { level: Level::Full, .. });
+        let collecting = keeps_store && mode.level() == Some(Level::Full);
         let telemetry = if collecting {
             Telemetry::with_sampling(&config.limits, config.sampling)
         } else {
@@ -561,6 +569,7 @@ impl Verifier {
             next_check_in_at: Some(next),
             acknowledged: verified.batch_acknowledged.then(|| outgoing.batch_id.clone()),
             renewed_key: renewed.as_ref().map(|(key, _)| key.clone()),
+            report_acknowledged: None,
         };
         if let Err(e) = store.record_check_in(&record, now) {
             tracing::warn!(target: "licensor", "recording the check-in failed: {e}");
@@ -636,7 +645,7 @@ fn verify_signature(key: &str, ring: &KeyRing) -> Result<LicensePayload, TokenEr
 
 /// The payload of `candidate` when it is a key of the same license as `current`, issued later,
 /// whose signature verifies under `ring`: a renewal this deployment may use.
-fn newer_key(current: &LicensePayload, candidate: &str, ring: &KeyRing) -> Option<LicensePayload> {
+pub(super) fn newer_key(current: &LicensePayload, candidate: &str, ring: &KeyRing) -> Option<LicensePayload> {
     verify_signature(candidate, ring)
         .ok()
         .filter(|p| p.license_id == current.license_id && p.issued_at > current.issued_at)

@@ -8,7 +8,7 @@
 //!   more often than hourly still keeps its tables bounded);
 //! - run the health checks every `health_every`, on a blocking thread;
 //! - check in after the first delay (with spread), then when the lease says, or after the
-//!   retry policy's backoff.
+//!   retry policy's backoff (not when air-gapped, which never connects).
 //!
 //! Fixed intervals and one-shots are all the client needs; cron expressions belong to the
 //! server's jobs.
@@ -58,8 +58,9 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
         .spawn(move || {
             runtime.block_on(async move {
                 let (flush_every, health_every) = (verifier.config.flush_every, verifier.config.health_every);
-                let tasks =
-                    [
+                let checks_in = matches!(verifier.mode, crate::client::policy::Mode::Telemetry { .. });
+                let mut tasks =
+                    vec![
                         tokio::spawn(every(flush_every, flush_every, verifier.clone(), |v| async move {
                             flush(&v)
                         })),
@@ -73,8 +74,11 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
                         tokio::spawn(every(health_every, health_every, verifier.clone(), |v| async move {
                             let _ = tokio::task::spawn_blocking(move || v.run_health_checks()).await;
                         })),
-                        tokio::spawn(check_ins(verifier)),
                     ];
+                // An air-gapped deployment never connects: its figures leave by signed file.
+                if checks_in {
+                    tasks.push(tokio::spawn(check_ins(verifier)));
+                }
                 let _ = stopped.await;
                 for task in &tasks {
                     task.abort();

@@ -27,12 +27,14 @@ use schema::verifier_state;
 
 pub mod batches;
 pub mod record;
+pub mod reports;
 pub mod rollup;
 mod rows;
 pub mod schema;
 pub mod summary;
 
 pub use batches::{LedgerEntry, Outgoing};
+pub use reports::ReportChain;
 pub use rollup::RollUp;
 pub use rows::{ErrorGroupRow, RouteRow, SessionsRow, UsageRow};
 pub use summary::{Export, LocalSeries, LocalSummary, RouteLatency};
@@ -309,6 +311,16 @@ impl LocalStore {
             if let Some(batch_id) = &outcome.acknowledged {
                 acknowledge(c, batch_id, now)?;
             }
+            if let Some((sequence, digest)) = &outcome.report_acknowledged {
+                use schema::report_state;
+                diesel::update(report_state::table)
+                    .set((
+                        report_state::report_sequence.eq(i64::try_from(*sequence).unwrap_or(i64::MAX)),
+                        report_state::report_digest.eq(digest),
+                        report_state::pending_report.eq(None::<String>),
+                    ))
+                    .execute(c)?;
+            }
             Ok(())
         })
     }
@@ -326,6 +338,9 @@ pub struct CheckInRecord {
     pub acknowledged: Option<String>,
     /// A newer license key the answer delivered and the verifier accepted.
     pub renewed_key: Option<String>,
+    /// A usage receipt acknowledged the waiting report (its sequence and digest): the chain
+    /// moves on to it and nothing waits any more.
+    pub report_acknowledged: Option<(u64, String)>,
 }
 
 fn clamp(n: u64) -> i64 {

@@ -19,6 +19,15 @@ diesel::table! {
     }
 }
 diesel::table! {
+    report_state (id) {
+        id -> Integer,
+        install_key -> Text,
+        report_sequence -> BigInt,
+        report_digest -> Nullable<Text>,
+        pending_report -> Nullable<Text>,
+    }
+}
+diesel::table! {
     usage_counts (period_start, kind, name, batch_id) {
         period_start -> Timestamp,
         kind -> Text,
