@@ -948,6 +948,24 @@ fn an_air_gapped_deployment_reports_usage_by_signed_file_and_is_renewed_without_
     assert_eq!(store.report_chain().unwrap().sequence, 2);
     assert_eq!(store.ledger().unwrap().len(), 2);
 
+    // With a report directory, `licensor check-in` writes the next report there (the
+    // application's worker does the same on the license's schedule).
+    let outgoing = dir.path().join("outgoing");
+    let mut with_dir = env.clone();
+    with_dir.push(("LICENSOR_REPORT_DIR", outgoing.display().to_string()));
+    let out = cli(&with_dir, &["check-in"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("air-gapped: no connection made; the batch went to signed usage report files"),
+        "{}",
+        text(&out)
+    );
+    let third = licensor::usage_report::read_report(
+        &std::fs::read_to_string(outgoing.join("usage-report-000003.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(third.body.previous_digest, store.report_chain().unwrap().digest);
+
     // Not one connection to the configured server in all of this.
     assert!(listener.accept().is_err(), "an air-gapped deployment connected");
 }

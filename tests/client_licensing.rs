@@ -19,21 +19,7 @@ use licensor::license::{Expiry, Tier};
 use licensor::protocol::CheckInStatus;
 use licensor::Verdict;
 
-fn config(h: &Harness, key: &str, data: &std::path::Path) -> Config {
-    let mut c = Config::new(key, h.ring.clone(), "3.1.0");
-    c.server_url = Some(h.base.clone());
-    c.instance_url = Some("https://app.example.com".into());
-    c.data_dir = data.into();
-    // Tests check in when they choose, unless they say otherwise.
-    c.first_check_in_after = Duration::from_secs(3600);
-    let clock = h.clock.clone();
-    c.clock = Arc::new(move || *clock.lock().unwrap());
-    c
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
-}
+use common::{block_on, client_config as config};
 
 /// A listener that counts the connections made to it and never answers any.
 struct Silent {

@@ -9,6 +9,7 @@ use super::{ClientArgs, ExportFormat, LevelArg, TelemetryCommand, EXIT_ERROR, EX
 use crate::client::choice::{self, Choice};
 use crate::client::licensing::offline::Opened;
 use crate::client::licensing::{AirGapError, CheckInOutcome, ReceiptOutcome, Unflushed};
+use crate::client::sender::Delivered;
 use crate::client::store::{self, LocalStore};
 use crate::client::{Config, Level, Mode, Status};
 use crate::license::Tier;
@@ -577,5 +578,23 @@ pub fn check_in(args: ClientArgs) -> Result<u8> {
             eprintln!("no check-in: {why}");
             EXIT_ERROR
         }
+        CheckInOutcome::Delivered { to, delivered } => match delivered {
+            Delivered::Failed { error, .. } => {
+                eprintln!("not delivered to {to}: {error}");
+                eprintln!("(nothing changed: the batch stays queued)");
+                EXIT_ERROR
+            }
+            other => {
+                outln!(
+                    "air-gapped: no connection made; the batch went to {to}: {}",
+                    match other {
+                        Delivered::Acknowledged => "acknowledged",
+                        Delivered::Shown => "shown",
+                        _ => "handed over; the vendor's receipt acknowledges it (`licensor telemetry import-receipt`)",
+                    }
+                )?;
+                EXIT_OK
+            }
+        },
     })
 }

@@ -69,6 +69,13 @@ pub struct Config {
     /// `LICENSOR_PUBLIC_INSIGHTS_URL`: the vendor's public insights page (aggregated figures
     /// across installs), which the privacy page links when set.
     pub public_insights_url: Option<String>,
+    /// `LICENSOR_REPORT_DIR`: an air-gapped Enterprise deployment writes its signed usage
+    /// reports here on the tier's schedule ([`crate::client::sender::ReportFiles`]), for an
+    /// operator to carry to the vendor. Unused in other modes (start-up says so).
+    pub report_dir: Option<PathBuf>,
+    /// Where telemetry batches go instead of the license server (Enterprise only; see
+    /// [`crate::client::sender`]). Set in code; `None` keeps the default.
+    pub sender: Option<Arc<dyn crate::client::sender::Sender>>,
     /// Print start-up's notices (why telemetry is on, off, or not what was asked for) once to
     /// stderr, whether or not the host has a `tracing` subscriber. Default on; a host that
     /// shows them itself ([`crate::client::Licensing::notices`]) turns it off.
@@ -92,6 +99,8 @@ impl std::fmt::Debug for Config {
             .field("instance_url", &self.instance_url)
             .field("switches", &self.switches)
             .field("software_version", &self.software_version)
+            .field("report_dir", &self.report_dir)
+            .field("sender", &self.sender.as_ref().map(|s| s.describe()))
             .finish_non_exhaustive()
     }
 }
@@ -135,6 +144,8 @@ impl Config {
             first_check_in_after: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             public_insights_url: None,
+            report_dir: None,
+            sender: None,
             print_notices: true,
             clock: Arc::new(Utc::now),
         }
@@ -184,6 +195,7 @@ impl Config {
             },
             data_dir: default_data_dir(&var),
             instance_url: text("LICENSOR_INSTANCE_URL"),
+            report_dir: text("LICENSOR_REPORT_DIR").map(PathBuf::from),
             switches: Switches {
                 telemetry_disabled: switch("TELEMETRY_DISABLED")?,
                 do_not_track: switch("DO_NOT_TRACK")?,

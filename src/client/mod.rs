@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod licensing;
 pub mod policy;
 pub mod requests;
+pub mod sender;
 pub mod status;
 pub mod store;
 pub mod telemetry;

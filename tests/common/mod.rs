@@ -337,3 +337,21 @@ pub fn serve_process(port: u16) -> std::process::Command {
     command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     command
 }
+
+/// A deployment's configuration against this harness's server, on its clock: a public instance
+/// that checks in when the test chooses (the first check-in is an hour away).
+pub fn client_config(h: &Harness, key: &str, data: &std::path::Path) -> licensor::client::Config {
+    let mut c = licensor::client::Config::new(key, h.ring.clone(), "3.1.0");
+    c.server_url = Some(h.base.clone());
+    c.instance_url = Some("https://app.example.com".into());
+    c.data_dir = data.into();
+    c.first_check_in_after = std::time::Duration::from_secs(3600);
+    let clock = h.clock.clone();
+    c.clock = Arc::new(move || *clock.lock().unwrap());
+    c
+}
+
+/// Runs a future to completion on a runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}

@@ -25,8 +25,9 @@ pub struct ExportedReport {
     pub sequence: u64,
     /// The SHA-256 of the report's signed bytes, which its receipt will name.
     pub digest: String,
-    /// The batch it carries.
+    /// The batch it carries, and its bytes.
     pub batch_id: String,
+    pub payload: String,
     /// This report was exported before and waits for its receipt: it is written again as it
     /// was, and the figures recorded since wait for the next report.
     pub again: bool,
@@ -112,6 +113,7 @@ impl Verifier {
                 sequence: report.body.sequence,
                 digest: report.digest,
                 batch_id: batch_id_of(&report.body)?,
+                payload: report.body.telemetry.get().to_owned(),
                 text,
                 again: true,
             });
@@ -144,7 +146,14 @@ impl Verifier {
             // Another process exported at the same moment: its report is the one waiting.
             return self.export_report();
         }
-        Ok(ExportedReport { text, sequence: body.sequence, digest, batch_id: batch.batch_id, again: false })
+        Ok(ExportedReport {
+            text,
+            sequence: body.sequence,
+            digest,
+            batch_id: batch.batch_id,
+            payload: batch.payload,
+            again: false,
+        })
     }
 
     /// Applies a usage receipt: both tokens must verify under the ring and bind the report

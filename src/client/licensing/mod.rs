@@ -130,6 +130,9 @@ pub enum CheckInOutcome {
     Answered { status: CheckInStatus, next_check_in_at: DateTime<Utc>, batch_acknowledged: bool },
     /// `LICENSOR_TELEMETRY_DEBUG`: the batch was printed to stderr, nothing was sent.
     Printed,
+    /// An air-gapped deployment offered its batch to its sender (`to`), without connecting
+    /// anywhere itself (see [`crate::client::sender`]).
+    Delivered { to: String, delivered: crate::client::sender::Delivered },
     /// No believable answer: the request failed, the answer did not verify, or it carried no
     /// signed lease (a 4xx included). Nothing changed; the next attempt is after `retry`.
     NoAnswer { error: String, retry: Duration },

@@ -16,6 +16,7 @@ use super::{CheckInOutcome, DeactivateError, Deactivated, StartError};
 use crate::client::config::{check_server_url, Config, KeySource, LicenseSource};
 use crate::client::exchange;
 use crate::client::policy::{self, Level, Mode};
+use crate::client::sender::{self, Delivered, Sender};
 use crate::client::status::{self, Facts, Status};
 use crate::client::store::{self, CheckInRecord, LocalError, LocalStore};
 use crate::client::telemetry::Telemetry;
@@ -74,6 +75,9 @@ pub(crate) struct Verifier {
     /// for the commands run beside it. A command's verifier reads that record instead, so it
     /// never sends or shows its own version as the application's.
     pub(super) is_application: std::sync::atomic::AtomicBool,
+    /// Where batches go when not inside the check-in (see [`crate::client::sender`]): the
+    /// debug printer, an air-gapped deployment's report files, or the host's own sender.
+    pub(super) sender: Option<Arc<dyn Sender>>,
 }
 
 impl Verifier {
@@ -125,6 +129,7 @@ impl Verifier {
                 vec![format!("the license key is refused ({e}): nothing is collected or sent")],
             ),
         };
+        let sender = choose_sender(&config, &mode, license.as_ref().ok().map(|p| p.tier), &mut notices);
         // Telemetry mode checks in; air-gapped keeps its figures (and its own key) for the signed
         // usage reports carried by hand, and never connects.
         let telemetry_on = matches!(mode, Mode::Telemetry { .. }) && license.is_ok();
@@ -240,6 +245,7 @@ impl Verifier {
             checking_in: tokio::sync::Mutex::new(()),
             failures: AtomicU32::new(0),
             is_application: std::sync::atomic::AtomicBool::new(false),
+            sender,
             config,
         })
     }
@@ -492,11 +498,18 @@ impl Verifier {
         // A refused license key starts in development mode (see `open`), so telemetry mode
         // always has a store and a license here.
         let current = self.current();
-        let (Some(store), Ok(payload), Mode::Telemetry { debug, .. }) =
-            (&self.store, &current.payload, &self.mode)
-        else {
+        let (Some(store), Ok(payload)) = (&self.store, &current.payload) else {
             return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());
         };
+        match (&self.mode, &self.sender) {
+            (Mode::Telemetry { .. }, _) => {}
+            // Air-gapped with somewhere to deliver: the batch goes there, and nothing connects.
+            (Mode::AirGapped { .. }, Some(sender)) => {
+                let _one = self.checking_in.lock().await;
+                return self.deliver_alone(store, sender, payload.license_id).await;
+            }
+            _ => return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default()),
+        }
         let _one = self.checking_in.lock().await;
         if self.instance.read().is_ok_and(|k| k.deactivated) {
             return CheckInOutcome::NotApplicable("this instance released its seat (deactivated)".into());
@@ -509,24 +522,23 @@ impl Verifier {
             Ok(o) => o,
             Err(e) => return self.failed(store, format!("the local store failed: {e}"), None),
         };
-        if *debug {
-            eprintln!("licensor telemetry (LICENSOR_TELEMETRY_DEBUG=1, not sent): {}", outgoing.payload);
-            if let Err(e) = store.release_outbox(&outgoing.batch_id) {
-                tracing::warn!(target: "licensor", "releasing the printed batch failed: {e}");
+        // A sender of the host's (or the debug printer) takes the batch instead: the check-in,
+        // if any, then carries none.
+        let mut delivered = None;
+        if let Some(sender) = &self.sender {
+            let outcome = self.deliver(store, sender, &outgoing, payload.license_id, None).await;
+            if matches!(self.mode, Mode::Telemetry { debug: true, .. }) {
+                return CheckInOutcome::Printed;
             }
-            return CheckInOutcome::Printed;
+            delivered = Some(outcome);
         }
         let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
             return CheckInOutcome::NotApplicable("no license server is configured".into());
         };
         let batch_id = uuid::Uuid::parse_str(&outgoing.batch_id).unwrap_or_else(|_| uuid::Uuid::nil());
         let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
-        let request = exchange::build_request(
-            &current.key,
-            &instance_id,
-            &self.reported_version(),
-            Some((&outgoing.payload, batch_id)),
-        );
+        let carried = delivered.is_none().then_some((outgoing.payload.as_str(), batch_id));
+        let request = exchange::build_request(&current.key, &instance_id, &self.reported_version(), carried);
         let (http_status, retry_after, body) = match exchange::send(http, server, &request).await {
             Ok(answer) => answer,
             Err(e) => return self.failed(store, format!("no answer: {}", error_chain(&e)), None),
@@ -561,13 +573,20 @@ impl Verifier {
                 None
             }
         });
-        let next = exchange::next_check_in(lease.next_check_in_at, now);
+        let mut next = exchange::next_check_in(lease.next_check_in_at, now);
+        // A batch the host's sender did not take is offered again after a failure's backoff,
+        // not a whole check-in interval later (the check-in then comes early too; harmless).
+        if let Some(Delivered::Failed { retry_after, .. }) = &delivered {
+            let backoff = exchange::retry_policy(1, retry_after.map(|d| d.as_secs()));
+            next = next.min(now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::hours(1)));
+        }
         let record = CheckInRecord {
             lease: verified.response.lease.clone(),
             server_time: Some(lease.server_time),
             result: status.as_str().into(),
             next_check_in_at: Some(next),
-            acknowledged: verified.batch_acknowledged.then(|| outgoing.batch_id.clone()),
+            acknowledged: (verified.batch_acknowledged && carried.is_some())
+                .then(|| outgoing.batch_id.clone()),
             renewed_key: renewed.as_ref().map(|(key, _)| key.clone()),
             report_acknowledged: None,
         };
@@ -596,8 +615,98 @@ impl Verifier {
         CheckInOutcome::Answered {
             status,
             next_check_in_at: next,
-            batch_acknowledged: verified.batch_acknowledged,
+            batch_acknowledged: match &delivered {
+                Some(d) => *d == Delivered::Acknowledged,
+                None => verified.batch_acknowledged,
+            },
         }
+    }
+
+    /// Offers the outbox batch to `sender` and records what became of it: acknowledged, it
+    /// moves to the ledger; shown, it is let go; handed over or failed, it stays for the next
+    /// offer, byte for byte. A sender that panics has failed.
+    async fn deliver(
+        &self,
+        store: &LocalStore,
+        sender: &Arc<dyn Sender>,
+        outgoing: &store::Outgoing,
+        license_id: uuid::Uuid,
+        signed_report: Option<(u64, String)>,
+    ) -> Delivered {
+        let batch = sender::Batch {
+            batch_id: outgoing.batch_id.clone(),
+            payload: outgoing.payload.clone(),
+            digest: outgoing.digest.clone(),
+            license_id,
+            instance_id: self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default(),
+            signed_report,
+        };
+        let task = {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.deliver(&batch).await })
+        };
+        let delivered = task.await.unwrap_or_else(|e| Delivered::Failed {
+            error: format!("the sender failed: {e}"),
+            retry_after: None,
+        });
+        let recorded = match &delivered {
+            Delivered::Acknowledged => store.acknowledge(&outgoing.batch_id, self.now()),
+            Delivered::Shown => store.release_outbox(&outgoing.batch_id).map(|_| ()),
+            Delivered::Handed => Ok(()),
+            Delivered::Failed { error, .. } => {
+                tracing::warn!(target: "licensor", "{} did not take batch {}: {error}", sender.describe(), outgoing.batch_id);
+                Ok(())
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(target: "licensor", "recording the delivery of batch {} failed: {e}", outgoing.batch_id);
+        }
+        delivered
+    }
+
+    /// An air-gapped deployment's delivery: the batch (in its signed report, for a sender that
+    /// wants one) goes to the sender; no connection is made.
+    async fn deliver_alone(
+        &self,
+        store: &LocalStore,
+        sender: &Arc<dyn Sender>,
+        license_id: uuid::Uuid,
+    ) -> CheckInOutcome {
+        let failed = |error: String| CheckInOutcome::Delivered {
+            to: sender.describe(),
+            delivered: Delivered::Failed { error, retry_after: None },
+        };
+        let now = self.now();
+        let (outgoing, signed_report) = if sender.wants_signed_report() {
+            // The report waiting for its receipt, or a new one; its batch is the outbox's.
+            let report = match self.export_report() {
+                Ok(r) => r,
+                Err(e) => return failed(e.to_string()),
+            };
+            let outgoing = match store.outbox() {
+                Ok(Some(o)) if o.batch_id == report.batch_id => o,
+                // The report's batch left the outbox (cleared): the report carries it whole.
+                Ok(_) => store::Outgoing {
+                    batch_id: report.batch_id.clone(),
+                    created_at: now.naive_utc(),
+                    payload: report.payload.clone(),
+                    digest: crate::protocol::digest(report.payload.as_bytes()),
+                    attempts: 0,
+                },
+                Err(e) => return failed(e.to_string()),
+            };
+            (outgoing, Some((report.sequence, report.text)))
+        } else {
+            if let Err(e) = self.flush() {
+                tracing::warn!(target: "licensor", "flushing telemetry before the delivery failed: {e}");
+            }
+            match store.next_batch(self.environment(now), now, &BatchLimits::default()) {
+                Ok(o) => (o, None),
+                Err(e) => return failed(e.to_string()),
+            }
+        };
+        let delivered = self.deliver(store, sender, &outgoing, license_id, signed_report).await;
+        CheckInOutcome::Delivered { to: sender.describe(), delivered }
     }
 
     pub(super) fn failed(
@@ -630,8 +739,71 @@ impl Verifier {
             CheckInOutcome::Answered { next_check_in_at, .. } => until(*next_check_in_at),
             CheckInOutcome::NoAnswer { retry, .. } => *retry,
             CheckInOutcome::Printed => self.config.flush_every.max(Duration::from_secs(60)),
+            CheckInOutcome::Delivered { delivered: Delivered::Failed { retry_after, .. }, .. } => {
+                let attempt = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                exchange::retry_policy(attempt, retry_after.map(|d| d.as_secs()))
+            }
+            // Delivered without a lease (air-gapped): again after the license's interval.
+            CheckInOutcome::Delivered { .. } => {
+                self.failures.store(0, Ordering::Relaxed);
+                self.payload().map_or(Duration::from_secs(24 * 60 * 60), |p| {
+                    p.check_in_interval().to_std().unwrap_or(Duration::from_secs(24 * 60 * 60))
+                })
+            }
             CheckInOutcome::NotApplicable(_) => Duration::from_secs(24 * 60 * 60),
         }
+    }
+}
+
+/// Where batches go besides the check-in, and what start-up says about it: the debug printer
+/// wherever debug is on; on Enterprise, the host's sender, or (air-gapped) report files; on
+/// Community and Pro nothing else, since the license server must receive their usage.
+fn choose_sender(
+    config: &Config,
+    mode: &Mode,
+    tier: Option<license::Tier>,
+    notices: &mut Vec<String>,
+) -> Option<Arc<dyn Sender>> {
+    let configured = config.sender.clone().or_else(|| {
+        let dir = config.report_dir.as_ref()?;
+        Some(Arc::new(sender::ReportFiles::new(dir.clone())) as Arc<dyn Sender>)
+    });
+    match (mode, tier) {
+        (Mode::Telemetry { debug: true, .. }, _) => Some(Arc::new(sender::Stderr)),
+        (Mode::Telemetry { .. }, Some(license::Tier::Enterprise)) => {
+            let sender = configured?;
+            if sender.wants_signed_report() {
+                notices.push(format!(
+                    "{} is for air-gapped deployments only: this one checks in, and its usage goes with its check-ins",
+                    sender.describe()
+                ));
+                return None;
+            }
+            notices.push(format!(
+                "telemetry batches go to {}; check-ins carry no telemetry (Enterprise)",
+                sender.describe()
+            ));
+            Some(sender)
+        }
+        (Mode::Telemetry { .. }, Some(tier)) => {
+            if let Some(sender) = configured {
+                notices.push(format!(
+                    "{} is not used on the {tier} tier: its license requires the license server to receive the usage \
+                     (only Enterprise licenses may send it elsewhere)",
+                    sender.describe()
+                ));
+            }
+            None
+        }
+        (Mode::AirGapped { .. }, _) => {
+            let sender = configured?;
+            notices.push(format!(
+                "air-gapped: telemetry batches go to {} on the license's schedule; no connection is made",
+                sender.describe()
+            ));
+            Some(sender)
+        }
+        _ => None,
     }
 }
 

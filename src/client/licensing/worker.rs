@@ -58,7 +58,12 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
         .spawn(move || {
             runtime.block_on(async move {
                 let (flush_every, health_every) = (verifier.config.flush_every, verifier.config.health_every);
-                let checks_in = matches!(verifier.mode, crate::client::policy::Mode::Telemetry { .. });
+                // Air-gapped with a sender delivers on the same schedule, without connecting.
+                let checks_in = match verifier.mode {
+                    crate::client::policy::Mode::Telemetry { .. } => true,
+                    crate::client::policy::Mode::AirGapped { .. } => verifier.sender.is_some(),
+                    _ => false,
+                };
                 let mut tasks =
                     vec![
                         tokio::spawn(every(flush_every, flush_every, verifier.clone(), |v| async move {
@@ -75,7 +80,8 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
                             let _ = tokio::task::spawn_blocking(move || v.run_health_checks()).await;
                         })),
                     ];
-                // An air-gapped deployment never connects: its figures leave by signed file.
+                // An air-gapped deployment never connects: its figures leave by signed file, or
+                // through the host's sender.
                 if checks_in {
                     tasks.push(tokio::spawn(check_ins(verifier)));
                 }

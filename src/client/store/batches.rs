@@ -154,6 +154,12 @@ impl LocalStore {
         Ok(diesel::delete(outbox::table.find(batch_id)).execute(&mut *self.conn())? > 0)
     }
 
+    /// Moves an acknowledged batch from the outbox to the ledger, in one transaction; a batch
+    /// no longer in the outbox (moved before) is left as it is.
+    pub fn acknowledge(&self, batch_id: &str, now: DateTime<Utc>) -> Result<(), LocalError> {
+        self.conn().immediate_transaction(|c| acknowledge(c, batch_id, now))
+    }
+
     /// The ledger, newest first.
     pub fn ledger(&self) -> Result<Vec<LedgerEntry>, LocalError> {
         Ok(ledger::table
