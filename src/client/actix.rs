@@ -59,7 +59,7 @@ where
 /// The middleware's service; see [`Track`].
 pub struct TrackService<S> {
     service: S,
-    /// `None` where telemetry is off (development, air-gapped): requests pass untouched.
+    /// `None` where nothing is collected (development, the basic level): requests pass untouched.
     worker: Option<Rc<WorkerState>>,
 }
 

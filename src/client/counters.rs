@@ -36,7 +36,7 @@ pub struct Counters {
 struct Inner {
     /// Each thread's cache of its counters.
     local: ThreadLocal<RefCell<Local>>,
-    /// A disabled collector (development, air-gapped) does nothing at all.
+    /// A disabled collector (development, the basic level) does nothing at all.
     enabled: bool,
     max_keys: usize,
     registry: Mutex<Registry>,
@@ -108,7 +108,7 @@ impl Counters {
         Counters::build(true, max_keys)
     }
 
-    /// A collector that ignores everything (development instances, air-gapped mode).
+    /// A collector that ignores everything (development instances, the basic level).
     pub fn disabled() -> Counters {
         Counters::build(false, 0)
     }

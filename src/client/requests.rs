@@ -121,7 +121,7 @@ impl Requests {
         Requests::build(true, max_routes)
     }
 
-    /// A tracker that ignores everything (development instances, air-gapped mode).
+    /// A tracker that ignores everything (development instances, the basic level).
     pub fn disabled() -> Requests {
         Requests::build(false, 0)
     }

@@ -126,7 +126,7 @@ impl Telemetry {
         telemetry
     }
 
-    /// A collector that records nothing (development instances, air-gapped mode).
+    /// A collector that records nothing (development instances, the basic level).
     pub fn disabled() -> Telemetry {
         Telemetry {
             counters: Counters::disabled(),

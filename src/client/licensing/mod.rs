@@ -292,7 +292,7 @@ impl Licensing {
         &self.verifier.notices
     }
 
-    /// This install's instance id (`None` where nothing is stored: development, air-gapped).
+    /// This install's instance id (`None` where nothing is stored: development, a refused key).
     pub fn instance_id(&self) -> Option<String> {
         self.verifier
             .store
