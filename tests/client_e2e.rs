@@ -842,7 +842,7 @@ fn an_air_gapped_deployment_reports_usage_by_signed_file_and_is_renewed_without_
     std::fs::write(&bad, tampered.to_string()).unwrap();
     let out = cli(&env, &["telemetry", "import-receipt", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("the receipt's lease does not verify"), "{}", text(&out));
+    assert!(text(&out).contains("the LEASE1. token in the receipt file does not verify"), "{}", text(&out));
     let other = dir.path().join("other");
     let other_env = deployment_env(&counting, &key, &server.keys(), &other);
     assert_eq!(cli(&other_env, &["telemetry", "disable"]).status.code(), Some(0));

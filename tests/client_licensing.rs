@@ -315,6 +315,23 @@ fn an_air_gapped_basic_report_carries_health_only_and_its_receipt_applies_once()
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let receipt = response.text().unwrap();
+    // Truncated, and signed by a server this deployment does not trust: refused, nothing changes.
+    let err = l.import_usage_receipt(&receipt[..receipt.len() - 20]).unwrap_err().to_string();
+    assert!(err.contains("is not complete JSON"), "{err}");
+    let stranger = licensor::Signer::generate("lease-stranger", licensor::keys::Role::Lease).unwrap();
+    let file = licensor::usage_report::read_receipt(&receipt).unwrap();
+    let mut forged = licensor::receipt::verify(&file.receipt, &h.ring).unwrap();
+    forged.kid = "lease-stranger".into();
+    let forged =
+        licensor::usage_report::write_receipt(licensor::receipt::sign(&stranger, forged), file.lease.clone());
+    let err = l.import_usage_receipt(&forged).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "the RECEIPT1. token in the receipt file does not verify against this deployment's trusted keys"
+        ),
+        "{err}"
+    );
+    assert_eq!(LocalStore::open(&data).unwrap().report_chain().unwrap().sequence, 0);
     match l.import_usage_receipt(&receipt).unwrap() {
         licensor::client::ReceiptOutcome::Applied {
             sequence: 1,

@@ -176,6 +176,19 @@ fn a_report_chain_is_imported_once_each_and_every_break_in_it_is_refused(h: Harn
     let (_, detail) = h.admin(Method::GET, &format!("/v1/admin/licenses/{}", license_id_of(&key)), None);
     assert_eq!(detail["history"][0]["imported_report"], 1, "{detail}");
     assert_eq!(detail["history"][0]["status"], "valid");
+    // And on the dashboard's license page.
+    let browser =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in = browser.post(h.url("/admin/sign-in")).form(&[("token", ADMIN_TOKEN)]).send().unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = browser
+        .get(h.url(&format!("/admin/licenses/{}", license_id_of(&key))))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("<td>valid (usage report 1, imported by file)</td>"), "{page}");
     // The instance holds a seat, as after a check-in.
     let (_, instances) = h.admin(Method::GET, "/v1/admin/instances", None);
     assert_eq!(instances["instances"][0]["instance_id"], "air-1", "{instances}");

@@ -72,7 +72,7 @@ pub enum AirGapError {
     NothingPending,
     /// A token of the receipt is not signed by a key this deployment trusts for the server's
     /// answers, or does not read.
-    #[error("the receipt's {which} does not verify against this deployment's trusted keys: {source}")]
+    #[error("the {which} token in the receipt file does not verify against this deployment's trusted keys: {source}")]
     Untrusted {
         which: &'static str,
         #[source]
@@ -164,9 +164,9 @@ impl Verifier {
         let store = self.store.as_ref().expect("checked by air_gapped");
         let file = usage_report::read_receipt(text)?;
         let receipt = crate::receipt::verify(&file.receipt, &self.ring)
-            .map_err(|source| AirGapError::Untrusted { which: "receipt", source })?;
+            .map_err(|source| AirGapError::Untrusted { which: "RECEIPT1.", source })?;
         let lease = crate::lease::verify_signature(&file.lease, &self.ring)
-            .map_err(|source| AirGapError::Untrusted { which: "lease", source })?;
+            .map_err(|source| AirGapError::Untrusted { which: "LEASE1.", source })?;
         let chain = store.report_chain()?;
         let Some(pending) = chain.pending else {
             if receipt.report_digest.is_some() && receipt.report_digest == chain.digest {
