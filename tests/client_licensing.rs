@@ -332,6 +332,8 @@ fn an_air_gapped_basic_report_carries_health_only_and_its_receipt_applies_once()
         "{err}"
     );
     assert_eq!(LocalStore::open(&data).unwrap().report_chain().unwrap().sequence, 0);
+    // The outbox cleared while the report was out: the ledger keeps the bytes the report carried.
+    LocalStore::open(&data).unwrap().clear(false).unwrap();
     match l.import_usage_receipt(&receipt).unwrap() {
         licensor::client::ReceiptOutcome::Applied {
             sequence: 1,
@@ -342,12 +344,21 @@ fn an_air_gapped_basic_report_carries_health_only_and_its_receipt_applies_once()
         } => {}
         other => panic!("{other:?}"),
     }
+    let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].payload, signed.body.telemetry.get());
     assert_eq!(
         l.import_usage_receipt(&receipt).unwrap(),
         licensor::client::ReceiptOutcome::AlreadyApplied { sequence: 1 }
     );
     let next = l.export_usage_report().unwrap();
     assert_eq!((next.sequence, next.again), (2, false));
+    // The local dashboard says where the chain stands.
+    let page = licensor::client::dashboard::render(&l.dashboard().unwrap());
+    assert!(
+        page.contains("Signed usage reports: 1 acknowledged by the vendor; report 2 exported and waiting for its receipt."),
+        "{page}"
+    );
     // The receipt of report 1 is no receipt for report 2.
     let err = l.import_usage_receipt(&receipt).unwrap_err().to_string();
     assert!(err.contains("acknowledges report 1") && err.contains("not report 2"), "{err}");

@@ -60,6 +60,8 @@ pub struct Dashboard {
     /// Figures recorded and not yet in a batch.
     pub unbatched: i64,
     pub ledger: Vec<LedgerEntry>,
+    /// Air-gapped: where the chain of signed usage reports stands.
+    pub reports: Option<super::store::ReportChain>,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -125,6 +127,19 @@ pub fn render(d: &Dashboard) -> String {
             naive(s.last_check_in_at),
             s.last_result.as_deref().map(|r| format!(" ({})", esc(r))).unwrap_or_default(),
             s.next_check_in_at.map_or("shortly after the application starts".into(), |t| time(t.and_utc()))
+        );
+    }
+    if let Some(chain) = &d.reports {
+        let _ = write!(
+            out,
+            "<p>Signed usage reports: {} acknowledged by the vendor{}. <code>licensor telemetry export --signed</code> \
+             writes the next; <code>licensor telemetry import-receipt</code> applies the vendor's receipt.</p>",
+            chain.sequence,
+            if chain.pending.is_some() {
+                format!("; report {} exported and waiting for its receipt", chain.sequence + 1)
+            } else {
+                String::new()
+            }
         );
     }
     out.push_str("</section>");

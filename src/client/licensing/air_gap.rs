@@ -11,7 +11,7 @@
 
 use super::verifier::{CurrentLicense, Verifier};
 use crate::client::policy::{Level, Mode};
-use crate::client::store::{CheckInRecord, LocalError};
+use crate::client::store::{CheckInRecord, LocalError, ReportAcknowledged};
 use crate::license::LicensePayload;
 use crate::protocol::{BatchLimits, CheckInStatus};
 use crate::token::TokenError;
@@ -228,7 +228,11 @@ impl Verifier {
             next_check_in_at: None,
             acknowledged: accepted.then(|| batch_id.clone()),
             renewed_key: renewed.as_ref().map(|(key, _)| key.clone()),
-            report_acknowledged: accepted.then(|| (report.body.sequence, report.digest.clone())),
+            report_acknowledged: accepted.then(|| ReportAcknowledged {
+                sequence: report.body.sequence,
+                digest: report.digest.clone(),
+                payload: report.body.telemetry.get().to_owned(),
+            }),
         };
         store.record_check_in(&record, self.now())?;
         if let Some((key, payload)) = &renewed {

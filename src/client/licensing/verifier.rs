@@ -378,6 +378,7 @@ impl Verifier {
             pending: None,
             unbatched: 0,
             ledger: Vec::new(),
+            reports: None,
         };
         if let Some(store) = &self.store {
             self.flush()?;
@@ -387,6 +388,9 @@ impl Verifier {
             d.pending = store.outbox()?;
             d.unbatched = store.unbatched_rows()?;
             d.ledger = store.ledger()?;
+            if matches!(self.mode, Mode::AirGapped { .. }) {
+                d.reports = Some(store.report_chain()?);
+            }
         }
         Ok(d)
     }

@@ -265,8 +265,30 @@ pub(super) fn acknowledge(
     batch_id: &str,
     now: DateTime<Utc>,
 ) -> Result<(), LocalError> {
-    let Some(out) = outbox::table.find(batch_id).select(Outgoing::as_select()).first(c).optional()? else {
-        return Ok(());
+    acknowledge_carried(c, batch_id, None, now)
+}
+
+/// As [`acknowledge`]; when the batch is no longer in the outbox (it was cleared after a signed
+/// report carried it off), `carried` (the bytes the report carried) go to the ledger instead,
+/// unless the ledger has them already.
+pub(super) fn acknowledge_carried(
+    c: &mut SqliteConnection,
+    batch_id: &str,
+    carried: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), LocalError> {
+    let out = match outbox::table.find(batch_id).select(Outgoing::as_select()).first(c).optional()? {
+        Some(out) => out,
+        None => match carried {
+            Some(payload) => Outgoing {
+                batch_id: batch_id.to_owned(),
+                created_at: naive(now),
+                payload: payload.to_owned(),
+                digest: protocol::digest(payload.as_bytes()),
+                attempts: 0,
+            },
+            None => return Ok(()),
+        },
     };
     diesel::insert_into(ledger::table)
         .values((

@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::sketch::Sketch;
-use batches::acknowledge;
 use schema::verifier_state;
 
 pub mod batches;
@@ -309,9 +308,10 @@ impl LocalStore {
                 ))
                 .execute(c)?;
             if let Some(batch_id) = &outcome.acknowledged {
-                acknowledge(c, batch_id, now)?;
+                let carried = outcome.report_acknowledged.as_ref().map(|r| r.payload.as_str());
+                batches::acknowledge_carried(c, batch_id, carried, now)?;
             }
-            if let Some((sequence, digest)) = &outcome.report_acknowledged {
+            if let Some(ReportAcknowledged { sequence, digest, .. }) = &outcome.report_acknowledged {
                 use schema::report_state;
                 diesel::update(report_state::table)
                     .set((
@@ -338,9 +338,20 @@ pub struct CheckInRecord {
     pub acknowledged: Option<String>,
     /// A newer license key the answer delivered and the verifier accepted.
     pub renewed_key: Option<String>,
-    /// A usage receipt acknowledged the waiting report (its sequence and digest): the chain
-    /// moves on to it and nothing waits any more.
-    pub report_acknowledged: Option<(u64, String)>,
+    /// A usage receipt acknowledged the waiting report: the chain moves on to it and nothing
+    /// waits any more.
+    pub report_acknowledged: Option<ReportAcknowledged>,
+}
+
+/// The report a usage receipt acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportAcknowledged {
+    pub sequence: u64,
+    /// The digest of the report's signed bytes, which the next report chains to.
+    pub digest: String,
+    /// The batch's bytes as the report carried them: what the ledger keeps should the batch
+    /// have left the outbox meanwhile (`licensor telemetry clear`).
+    pub payload: String,
 }
 
 fn clamp(n: u64) -> i64 {
