@@ -1,6 +1,6 @@
 //! Property-based tests of every parser that reads outside input: the token envelope (license
-//! keys, leases, receipts), the telemetry batch, the latency sketch's wire form, and the PII
-//! scrubber. On any input: no panic, and a typed answer.
+//! keys, leases, receipts), the telemetry batch, the usage report and receipt files, the latency
+//! sketch's wire form, and the PII scrubber. On any input: no panic, and a typed answer.
 //!
 //! `cargo test` runs each property on 256 cases (proptest's default). Release checks run more:
 //! `PROPTEST_CASES=20000 cargo test --release --test fuzz`, documented in the README. The
@@ -80,6 +80,40 @@ proptest! {
         chars[i] = replacement;
         let altered: String = chars.into_iter().collect();
         prop_assert!(license::verify(&altered, &ring, chrono::Utc::now()).is_err(), "{altered}");
+    }
+
+    #[test]
+    fn usage_files_of_any_json_get_a_verdict(value in json_value(), text in any::<String>()) {
+        for input in [value.to_string(), text] {
+            let _ = licensor::usage_report::read_report(&input);
+            let _ = licensor::usage_report::read_receipt(&input);
+        }
+    }
+
+    #[test]
+    fn no_change_to_a_signed_report_verifies(position in any::<prop::sample::Index>(), replacement in any::<char>()) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let text = licensor::usage_report::write_report(&licensor::usage_report::ReportBody {
+            license_key: "LIC1.a.b".into(),
+            instance_id: "install-1".into(),
+            software_version: "1.0".into(),
+            sequence: 1,
+            previous_digest: None,
+            nonce: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            created_at: chrono::Utc::now(),
+            install_key: licensor::usage_report::encode_install_key(&key.verifying_key()),
+            level: licensor::usage_report::ReportLevel::Full,
+            telemetry: serde_json::value::RawValue::from_string("{\"schema\":1,\"usage\":[7]}".into()).unwrap(),
+        }, &key);
+        // Any character of the signed bytes: the `report` value, from its brace to its brace.
+        let start = text.find("\"report\": ").unwrap() + "\"report\": ".len();
+        let end = text.find(",\n  \"signature\"").unwrap();
+        let mut chars: Vec<char> = text.chars().collect();
+        let i = start + position.index(end - start);
+        prop_assume!(chars[i] != replacement);
+        chars[i] = replacement;
+        let altered: String = chars.into_iter().collect();
+        prop_assert!(licensor::usage_report::read_report(&altered).is_err(), "{altered}");
     }
 
     #[test]
