@@ -193,6 +193,7 @@ fn main() {
         software_version: "1.4.2",
         telemetry: Some(&raw),
         telemetry_disabled: false,
+        telemetry_exempt: None,
     };
     let body = serde_json::to_vec(&request).expect("a request serialises");
     let (wire, encoding) = licensor::client::exchange::wire_body(&body);

@@ -41,6 +41,10 @@ pub struct LeasePayload {
     /// verify under the client's license keys besides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license_key: Option<String>,
+    /// Something the deployment's operator should know although the status is `valid` (the
+    /// license is over its seats in a soft-overage period): signed, so shown as the vendor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 impl Claims for LeasePayload {

@@ -86,6 +86,64 @@ impl fmt::Display for CheckInStatus {
     }
 }
 
+/// Why a deployment checks in for its license without telemetry: its instance URL names a host
+/// the product exempts from telemetry (never from the license). Declared by the client, which
+/// alone can see its URL; the server accepts it from Community and Pro only within this set,
+/// and the vendor may refuse the private-network kinds per license.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TelemetryExemption {
+    /// A loopback address, `localhost` or `*.localhost`: a developer's own machine. It holds
+    /// no seat; such instances are counted apart, a few per license, on short leases.
+    #[serde(rename = "loopback")]
+    Loopback,
+    /// A private or shared address (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    #[serde(rename = "private address")]
+    PrivateAddress,
+    /// A link-local address (169.254/16, fe80::/10).
+    #[serde(rename = "link-local address")]
+    LinkLocal,
+    /// A `*.local` (multicast DNS) name.
+    #[serde(rename = "local name")]
+    LocalName,
+}
+
+impl TelemetryExemption {
+    pub const ALL: [TelemetryExemption; 4] = [
+        TelemetryExemption::Loopback,
+        TelemetryExemption::PrivateAddress,
+        TelemetryExemption::LinkLocal,
+        TelemetryExemption::LocalName,
+    ];
+
+    /// The protocol's name of the exemption.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TelemetryExemption::Loopback => "loopback",
+            TelemetryExemption::PrivateAddress => "private address",
+            TelemetryExemption::LinkLocal => "link-local address",
+            TelemetryExemption::LocalName => "local name",
+        }
+    }
+
+    /// Reads an exemption from its protocol name.
+    pub fn parse(s: &str) -> Option<TelemetryExemption> {
+        TelemetryExemption::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    /// Whether an instance of this kind holds one of its license's seats: all do but a
+    /// developer's own machine.
+    pub fn holds_seat(self) -> bool {
+        self != TelemetryExemption::Loopback
+    }
+}
+
+impl fmt::Display for TelemetryExemption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `POST /v1/check-ins`, as the server reads it. The telemetry value is kept as the raw
 /// bytes received, because the acknowledgement carries their digest.
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -100,6 +158,10 @@ pub struct CheckInRequest<'a> {
     pub telemetry: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     pub telemetry_disabled: bool,
+    /// Why this check-in carries no telemetry, for a deployment on an exempt host (with
+    /// `telemetry_disabled: true`).
+    #[serde(default)]
+    pub telemetry_exempt: Option<TelemetryExemption>,
 }
 
 /// `POST /v1/check-ins`, as the client writes it: the batch is serialised once, digested, and
@@ -114,6 +176,8 @@ pub struct OutgoingCheckIn<'a> {
     pub telemetry: Option<&'a serde_json::value::RawValue>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub telemetry_disabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry_exempt: Option<TelemetryExemption>,
 }
 
 /// `POST /v1/deactivations`: an instance releases its seat, proven by its license key and the

@@ -6,9 +6,10 @@ use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
 use licensor::client::actix::{scope, Track};
-use licensor::client::{Config, Licensing};
+use licensor::client::{Config, Licensing, Mode};
 use licensor::keys::{KeyRing, Role, Signer};
 use licensor::license::{self, Expiry, LicenseRequest, Tier};
+use licensor::protocol::TelemetryExemption;
 
 fn licensing(dir: &std::path::Path, instance_url: Option<&str>) -> Licensing {
     licensing_with(dir, instance_url, |_| {})
@@ -172,16 +173,60 @@ async fn ui_actions_are_counted_scrubbed_and_checked() {
 }
 
 #[actix_web::test]
-async fn a_development_instance_tracks_nothing_and_says_why() {
+async fn a_developers_machine_tracks_nothing_and_says_why() {
     let dir = tempfile::TempDir::new().unwrap();
     let l = licensing(dir.path(), Some("http://localhost:8080"));
     let app = app!(l);
-    assert_eq!(get!(&app, "/items/1", "app.example.com").0, StatusCode::OK);
-    let (status, body) = get!(&app, "/telemetry/summary", "app.example.com");
+    // Requests for local hosts: nothing is collected, and the instance stays a developer's.
+    for host in ["localhost:8080", "127.0.0.1", "[::1]:8080", "10.0.0.7", "nas.local"] {
+        assert_eq!(get!(&app, "/items/1", host).0, StatusCode::OK);
+    }
+    l.track_feature("export");
+    let (status, body) = get!(&app, "/telemetry/summary", "localhost:8080");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["enabled"], false);
-    assert!(body["reason"].as_str().unwrap().starts_with("development instance"), "{body}");
-    assert!(!dir.path().join("client").exists());
+    assert_eq!(body["reason"], "exempt from telemetry: localhost is this machine (loopback)", "{body}");
+    assert!(matches!(l.mode(), Mode::Exempt { exemption: TelemetryExemption::Loopback, .. }));
+    assert!(!l.telemetry().enabled());
+    l.shutdown();
+}
+
+#[actix_web::test]
+async fn a_loopback_instance_serving_a_public_host_reclassifies_itself() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let l = licensing(dir.path(), Some("http://127.0.0.1:8080"));
+    let app = app!(l);
+    assert_eq!(get!(&app, "/items/1", "127.0.0.1:8080").0, StatusCode::OK);
+    assert!(!l.telemetry().enabled());
+    // The first request for a public host: a real deployment, tracked from this request on.
+    assert_eq!(get!(&app, "/items/2", "erp.example.com:443").0, StatusCode::OK);
+    assert_eq!(get!(&app, "/items/3", "erp.example.com").0, StatusCode::OK);
+    assert_eq!(*l.mode(), Mode::FULL);
+    assert!(l.telemetry().enabled());
+    let notice = l.notices().into_iter().find(|n| n.contains("\"erp.example.com\"")).expect("said so");
+    assert!(
+        notice.contains("now runs as a licensed deployment, holds a seat and sends telemetry"),
+        "{notice}"
+    );
+    // It checks in at once to take its seat (an hour before its first check-in was due; this
+    // server address answers nothing, so the attempt is recorded as no answer).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let attempted = loop {
+        let state = l.dashboard().unwrap().state.unwrap();
+        if let Some(result) = state.last_result {
+            break result;
+        }
+        assert!(std::time::Instant::now() < deadline, "no check-in was attempted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(attempted.starts_with("no answer"), "{attempted}");
+    l.flush().unwrap();
+    let (_, body) = get!(&app, "/telemetry/summary", "erp.example.com");
+    assert_eq!(body["enabled"], true, "{body}");
+    let routes = body["summary"]["performance"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{body}");
+    assert_eq!(routes[0]["route"], "/items/{id}");
+    assert_eq!(routes[0]["count"], 2, "the request that woke it and the one after");
     l.shutdown();
 }
 

@@ -48,6 +48,7 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
         "client-1",
         "2.0.1",
         Some((&serde_json::to_string(&batch).unwrap(), batch.batch_id)),
+        None,
     );
 
     let (status, body) = send(&h, &request);
@@ -65,6 +66,7 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
         "client-1",
         "2.0.1",
         Some((&serde_json::to_string(&batch).unwrap(), batch.batch_id)),
+        None,
     );
     let (_, body) = send(&h, &retry);
     let verified = verify_answer(&body, &retry, &h.ring, "client-1", Some(lease.license_id)).unwrap();

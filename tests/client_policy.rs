@@ -1,44 +1,44 @@
 //! The client's policy: which instances are development instances, and what each tier may opt
 //! out of.
 
-use licensor::client::policy::{decide, development_reason, parse_switch, Level, Mode, Switches};
+use licensor::client::policy::{decide, exemption, parse_switch, Level, Mode, Switches};
 use licensor::license::Tier;
+use licensor::protocol::TelemetryExemption;
 
 #[test]
-fn local_and_private_instance_urls_are_development() {
-    for url in [
-        None,
-        Some(""),
-        Some("   "),
-        Some("not a url"),
-        Some("http://localhost:8080"),
-        Some("https://LOCALHOST/"),
-        Some("http://app.localhost"),
-        Some("http://printer.local/"),
-        Some("http://127.0.0.1"),
-        Some("http://127.8.9.10:3000"),
-        Some("http://10.1.2.3"),
-        Some("http://172.16.0.1"),
-        Some("http://172.31.255.254"),
-        Some("http://192.168.1.20"),
-        Some("http://169.254.10.10"),
-        Some("http://100.64.0.1"),
-        Some("http://0.0.0.0:8080"),
-        Some("http://[::1]:8080"),
-        Some("http://[fd12:3456:789a::1]"),
-        Some("http://[fe80::1]"),
-        Some("http://[::ffff:192.168.1.1]"),
+fn exempt_hosts_are_classified_by_kind() {
+    use TelemetryExemption::*;
+    for (url, kind) in [
+        ("http://localhost:8080", Loopback),
+        ("https://LOCALHOST/", Loopback),
+        ("http://app.localhost", Loopback),
+        ("http://127.0.0.1", Loopback),
+        ("http://127.8.9.10:3000", Loopback),
+        ("http://0.0.0.0:8080", Loopback),
+        ("http://[::1]:8080", Loopback),
+        ("http://printer.local/", LocalName),
+        ("http://10.1.2.3", PrivateAddress),
+        ("http://172.16.0.1", PrivateAddress),
+        ("http://172.31.255.254", PrivateAddress),
+        ("http://192.168.1.20", PrivateAddress),
+        ("http://100.64.0.1", PrivateAddress),
+        ("http://[fd12:3456:789a::1]", PrivateAddress),
+        ("http://[::ffff:192.168.1.1]", PrivateAddress),
+        ("http://169.254.10.10", LinkLocal),
+        ("http://[fe80::1]", LinkLocal),
     ] {
-        assert!(development_reason(url).is_some(), "{url:?} should be development");
-        assert!(
-            matches!(decide(Tier::Pro, url, &Switches::default()).mode, Mode::Development { .. }),
-            "{url:?}"
-        );
+        let (exemption, reason) = exemption(Some(url)).unwrap().unwrap_or_else(|| panic!("{url} is exempt"));
+        assert_eq!(exemption, kind, "{url}");
+        assert!(!reason.is_empty());
+        // Exempt from telemetry, never from the license: the mode checks in.
+        let mode = decide(Tier::Pro, Some(url), &Switches::default()).unwrap().mode;
+        assert!(matches!(mode, Mode::Exempt { exemption, .. } if exemption == kind), "{url}");
+        assert!(mode.checks_in());
     }
 }
 
 #[test]
-fn public_instance_urls_are_not_development() {
+fn public_or_unset_instance_urls_are_not_exempt_and_unreadable_ones_are_errors() {
     for url in [
         "https://erp.example.com",
         "http://203.0.113.10",
@@ -49,7 +49,16 @@ fn public_instance_urls_are_not_development() {
         "https://localhost.example.com",
         "https://local.example.com",
     ] {
-        assert_eq!(development_reason(Some(url)), None, "{url}");
+        assert_eq!(exemption(Some(url)), Ok(None), "{url}");
+    }
+    // Unset is no exemption: such a deployment sends telemetry as its tier requires.
+    for unset in [None, Some(""), Some("   ")] {
+        assert_eq!(exemption(unset), Ok(None));
+        assert_eq!(decide(Tier::Community, unset, &Switches::default()).unwrap().mode, Mode::FULL);
+    }
+    for bad in ["not a url", "https://", "mailto:ops@example.com"] {
+        let error = decide(Tier::Pro, Some(bad), &Switches::default()).unwrap_err();
+        assert!(error.starts_with(&format!("LICENSOR_INSTANCE_URL={bad:?}")), "{error}");
     }
 }
 
@@ -61,7 +70,7 @@ fn community_and_pro_cannot_opt_out_and_are_told_why() {
             Switches { telemetry_disabled: true, ..Default::default() },
             Switches { do_not_track: true, ..Default::default() },
         ] {
-            let d = decide(tier, url, &switches);
+            let d = decide(tier, url, &switches).unwrap();
             assert_eq!(d.mode, Mode::FULL, "{tier}");
             assert_eq!(d.notices.len(), 1);
             assert!(
@@ -75,14 +84,15 @@ fn community_and_pro_cannot_opt_out_and_are_told_why() {
 #[test]
 fn enterprise_may_run_air_gapped() {
     let url = Some("https://erp.example.com");
-    let d = decide(Tier::Enterprise, url, &Switches { telemetry_disabled: true, ..Default::default() });
+    let d =
+        decide(Tier::Enterprise, url, &Switches { telemetry_disabled: true, ..Default::default() }).unwrap();
     assert_eq!(d.mode, Mode::AirGapped { level: Level::Full });
     assert!(d.notices[0].contains("air-gapped"));
     assert_eq!(
-        decide(Tier::Enterprise, url, &Switches { do_not_track: true, ..Default::default() }).mode,
+        decide(Tier::Enterprise, url, &Switches { do_not_track: true, ..Default::default() }).unwrap().mode,
         Mode::AirGapped { level: Level::Full }
     );
-    assert_eq!(decide(Tier::Enterprise, url, &Switches::default()).mode, Mode::FULL);
+    assert_eq!(decide(Tier::Enterprise, url, &Switches::default()).unwrap().mode, Mode::FULL);
     // What the signed usage reports carry: basic health when the operator asked for it, saved
     // with the opt-out (`disable --level basic`) or beside an opt-out in the environment.
     use licensor::client::Choice;
@@ -90,24 +100,31 @@ fn enterprise_may_run_air_gapped() {
         Tier::Enterprise,
         url,
         &Switches { choice: Some(Choice::DisabledBasic), ..Default::default() },
-    );
+    )
+    .unwrap();
     assert_eq!(basic.mode, Mode::AirGapped { level: Level::Basic });
     assert!(basic.notices[0].contains("basic health only is kept locally"), "{:?}", basic.notices);
     let env_and_basic =
         Switches { telemetry_disabled: true, choice: Some(Choice::Basic), ..Default::default() };
-    assert_eq!(decide(Tier::Enterprise, url, &env_and_basic).mode, Mode::AirGapped { level: Level::Basic });
+    assert_eq!(
+        decide(Tier::Enterprise, url, &env_and_basic).unwrap().mode,
+        Mode::AirGapped { level: Level::Basic }
+    );
     // Neither is honoured on Pro.
     assert_eq!(
-        decide(Tier::Pro, url, &Switches { choice: Some(Choice::DisabledBasic), ..Default::default() }).mode,
+        decide(Tier::Pro, url, &Switches { choice: Some(Choice::DisabledBasic), ..Default::default() })
+            .unwrap()
+            .mode,
         Mode::FULL
     );
-    // Development wins over everything: a local Enterprise instance is development, not air-gapped.
+    // Air-gapped is the Enterprise right whatever the address: no connection at all.
     let local = decide(
         Tier::Enterprise,
         Some("http://localhost"),
         &Switches { telemetry_disabled: true, ..Default::default() },
-    );
-    assert!(matches!(local.mode, Mode::Development { .. }));
+    )
+    .unwrap();
+    assert_eq!(local.mode, Mode::AirGapped { level: Level::Full });
 }
 
 #[test]
@@ -116,7 +133,8 @@ fn debug_prints_instead_of_sending() {
         Tier::Community,
         Some("https://erp.example.com"),
         &Switches { debug: true, ..Default::default() },
-    );
+    )
+    .unwrap();
     assert_eq!(d.mode, Mode::Telemetry { debug: true, level: licensor::client::Level::Full });
     assert!(d.notices.iter().any(|n| n.contains("stderr")));
 }

@@ -6,7 +6,7 @@ use licensor::client::status::{evaluate, Facts, InvalidReason, Status, CLOCK_TOL
 use licensor::keys::{KeyRing, Role, Signer};
 use licensor::lease::LeasePayload;
 use licensor::license::{self, Expiry, LicensePayload, LicenseRequest, Tier};
-use licensor::protocol::CheckInStatus;
+use licensor::protocol::{CheckInStatus, TelemetryExemption};
 use licensor::token::{TokenError, Verdict};
 
 fn t0() -> DateTime<Utc> {
@@ -43,6 +43,7 @@ fn lease(status: CheckInStatus, server_time: DateTime<Utc>, next: Duration, vali
         valid_until: server_time + valid,
         telemetry: None,
         license_key: None,
+        notice: None,
     }
 }
 
@@ -86,10 +87,13 @@ fn valid_then_grace_then_invalid_as_time_passes() {
 }
 
 #[test]
-fn a_fresh_install_is_in_its_first_grace_period() {
-    for (tier, grace) in [(Tier::Community, 7), (Tier::Pro, 14), (Tier::Enterprise, 30)] {
+fn a_fresh_install_is_in_its_first_grace_period_of_at_most_one_interval() {
+    // The grace before a first check-in is the tier's grace, but never longer than one check-in
+    // interval: a deployment cannot run for a week without ever calling the server.
+    for (tier, days) in [(Tier::Community, 1), (Tier::Pro, 7), (Tier::Enterprise, 30)] {
         let l = license(tier);
-        let until = t0() + Duration::days(grace);
+        let until = t0() + Duration::days(days);
+        assert_eq!(status(&l, None, None, until - Duration::seconds(1)), Status::Grace { until }, "{tier}");
         assert_eq!(status(&l, None, None, t0()), Status::Grace { until }, "{tier}");
         assert_eq!(
             status(&l, None, None, until),
@@ -141,7 +145,7 @@ fn refusals_from_the_server() {
 #[test]
 fn modes_and_offline_refusals() {
     let pro = license(Tier::Enterprise);
-    let dev = Mode::Development { reason: "localhost".into() };
+    let exempt = Mode::Exempt { exemption: TelemetryExemption::PrivateAddress, reason: "10.0.0.1".into() };
     fn facts<'a>(mode: &'a Mode, license: Result<&'a LicensePayload, &'a TokenError>) -> Facts<'a> {
         Facts {
             license,
@@ -152,7 +156,12 @@ fn modes_and_offline_refusals() {
             now: t0(),
         }
     }
-    assert_eq!(evaluate(&facts(&dev, Ok(&pro))), Status::Development);
+    // An exempt deployment is judged by its leases like any other: long past its first grace,
+    // with no lease, it is not licensed.
+    assert_eq!(
+        evaluate(&facts(&exempt, Ok(&pro))),
+        Status::Invalid { reason: InvalidReason::LeaseExpired { at: t0() - Duration::days(370) } }
+    );
     assert_eq!(
         evaluate(&facts(&Mode::AirGapped { level: Level::Full }, Ok(&pro))),
         Status::Valid,
@@ -171,7 +180,7 @@ fn modes_and_offline_refusals() {
         Status::Invalid { reason: InvalidReason::Refused(CheckInStatus::Revoked) }
     );
     let expired = TokenError::Expired { expires_at: t0() };
-    for mode in [&dev, &Mode::AirGapped { level: Level::Full }, &TELEMETRY] {
+    for mode in [&exempt, &Mode::AirGapped { level: Level::Full }, &TELEMETRY] {
         assert_eq!(
             evaluate(&facts(mode, Err(&expired))),
             Status::Invalid { reason: InvalidReason::License(Verdict::Expired) }

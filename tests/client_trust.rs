@@ -536,6 +536,7 @@ fn a_delivered_key_counts_only_when_it_is_a_newer_key_of_the_same_license() {
                 valid_until: t0 + Days::days(8),
                 telemetry: Some(ack.clone()),
                 license_key: Some(delivered.clone()),
+                notice: None,
             };
             let t = |d| licensor::time::format(&d);
             let body = json!({

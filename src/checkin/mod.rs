@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::keys::{KeyRing, Signer};
 use crate::lease::{self, LeasePayload};
-use crate::license::LicensePayload;
+use crate::license::{LicensePayload, Tier};
 use crate::privacy;
 use crate::protocol::{
     self, BatchError, BatchLimits, CheckInRequest, CheckInResponse, CheckInStatus, TelemetryAck,
@@ -64,6 +64,38 @@ fn bad(code: &'static str, message: impl Into<String>) -> BadRequest {
     BadRequest { code, message: message.into() }
 }
 
+/// The server's rules for exempt deployments and seats (settings), which a license's own terms
+/// (`license_terms`, set by the vendor per license) override.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeatRules {
+    /// How long a license may stay over its seats, once, before newcomers are refused: the
+    /// soft overage that keeps deployments running when an upgrade makes silent ones count.
+    pub overage_days: u32,
+    /// How many loopback instances (developers' machines, which hold no seat) a license may
+    /// have at once, by default.
+    pub max_loopback: u32,
+    /// The tiers whose deployments on private networks may check in without telemetry, by
+    /// default (Enterprise never needs telemetry, so its entry only matters for the record).
+    pub private_exemption: Vec<Tier>,
+}
+
+impl Default for SeatRules {
+    fn default() -> Self {
+        SeatRules {
+            overage_days: 14,
+            max_loopback: 3,
+            private_exemption: vec![Tier::Community, Tier::Pro, Tier::Enterprise],
+        }
+    }
+}
+
+/// How long a loopback instance's lease runs: short, so that a developer's machine that went
+/// away frees its place within a day.
+const LOOPBACK_LEASE: i64 = 24 * 60 * 60;
+/// How soon a loopback instance checks in again, at most.
+const LOOPBACK_CHECK_IN: i64 = 12 * 60 * 60;
+
 /// Everything a check-in needs besides the request.
 pub struct CheckInService {
     pub ring: Arc<KeyRing>,
@@ -74,6 +106,8 @@ pub struct CheckInService {
     pub limiter: Limiter,
     /// The server's metrics, which the check-in path records into.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The server's rules for seats and exempt deployments (a license's terms override them).
+    pub rules: Arc<SeatRules>,
     writer: writer::Writer,
 }
 
@@ -107,6 +141,9 @@ pub struct Prepared {
     pub now: DateTime<Utc>,
     pub subject: Subject,
     pub telemetry: Option<Telemetry>,
+    /// The telemetry exemption the deployment declared (a license-only check-in from an exempt
+    /// host).
+    pub exemption: Option<protocol::TelemetryExemption>,
     /// Set when this check-in is an air-gapped install's usage report, imported by hand: the
     /// writer checks and moves its chain in the same transaction.
     pub import: Option<ImportLink>,
@@ -147,6 +184,9 @@ pub struct Decision {
     /// An imported report the chain refuses (replayed, out of order, another key): nothing of
     /// it was recorded, and the import is answered with this error (409).
     pub refused: Option<BadRequest>,
+    /// What the deployment's operator should know although the status is `valid` (a soft
+    /// seat overage): carried in the signed lease.
+    pub notice: Option<String>,
 }
 
 impl Prepared {
@@ -165,13 +205,15 @@ impl CheckInService {
         limits: BatchLimits,
         rates: Rates,
         metrics: Arc<crate::metrics::Metrics>,
+        rules: SeatRules,
     ) -> Self {
         let writers = match store.backend() {
             store::Backend::Sqlite => 1,
             store::Backend::Postgres => WRITERS_ON_POSTGRES,
         };
-        let writer = writer::Writer::start(store, writers, metrics.clone());
-        CheckInService { ring, signer, limits, limiter: Limiter::new(rates), metrics, writer }
+        let rules = Arc::new(rules);
+        let writer = writer::Writer::start(store, writers, metrics.clone(), rules.clone());
+        CheckInService { ring, signer, limits, limiter: Limiter::new(rates), metrics, rules, writer }
     }
 
     /// Reads and checks a check-in body at `now`: everything but the database.
@@ -204,6 +246,13 @@ impl CheckInService {
                 )
             }
             (None, true) => None,
+            (Some(_), false) if request.telemetry_exempt.is_some() => {
+                return Err(bad(
+                    "conflicting_telemetry",
+                    "telemetry_exempt goes with telemetry_disabled: true (an exempt deployment sends no telemetry)",
+                )
+                .into())
+            }
             (Some(raw), false) => Some(self.read_batch(raw.get())?),
         };
         let telemetry = batch.map(|(batch, digest)| {
@@ -228,6 +277,7 @@ impl CheckInService {
             now,
             subject,
             telemetry,
+            exemption: request.telemetry_exempt,
             import: None,
         })
     }
@@ -282,6 +332,7 @@ impl CheckInService {
             now,
             subject: Subject::Licensed(license),
             telemetry: Some(Telemetry { batch_id: batch.batch_id, digest, stored: Some(stored) }),
+            exemption: None,
             import: Some(ImportLink {
                 public_key: body.install_key,
                 sequence: body.sequence,
@@ -410,6 +461,7 @@ impl CheckInService {
                     valid_until: d.valid_until,
                     telemetry: telemetry.clone(),
                     license_key: d.renewal.clone(),
+                    notice: d.notice.clone(),
                 },
             )
         });
@@ -479,49 +531,150 @@ fn check_version(version: &str) -> Result<(), BadRequest> {
     Ok(())
 }
 
+/// Where a check-in stands among its license's places when it is decided.
+pub(crate) struct Place {
+    /// The exemption it declared, if any.
+    pub exemption: Option<protocol::TelemetryExemption>,
+    /// It already holds a place of its kind (a seat, or a loopback place).
+    pub holds: bool,
+    /// Places of its kind held by the license's other instances.
+    pub held_by_others: i64,
+}
+
+/// A license's terms in force: its own, else the server's rules.
+pub struct Terms {
+    pub private_exemption: bool,
+    pub max_loopback: i64,
+    /// The end of the license's soft overage: `None` before it went over its seats.
+    pub overage_until: Option<DateTime<Utc>>,
+    pub overage_days: u32,
+}
+
+impl Terms {
+    pub fn of(rules: &SeatRules, tier: Tier, own: Option<&store::LicenseTerms>) -> Terms {
+        let days = Duration::days(i64::from(rules.overage_days));
+        Terms {
+            private_exemption: own
+                .and_then(|t| t.private_exemption)
+                .unwrap_or_else(|| rules.private_exemption.contains(&tier)),
+            max_loopback: own.and_then(|t| t.max_loopback).map_or(i64::from(rules.max_loopback), i64::from),
+            overage_until: own.and_then(|t| t.overage_started_at).map(|at| store::utc(at) + days),
+            overage_days: rules.overage_days,
+        }
+    }
+}
+
+/// What the writer decided for a trusted license's check-in.
+pub(crate) struct Ruling {
+    pub status: CheckInStatus,
+    pub message: String,
+    /// Said to the deployment in the signed lease although the status is `valid`.
+    pub notice: Option<String>,
+    /// This check-in starts the license's soft overage.
+    pub starts_overage: bool,
+}
+
 /// The status of a trusted license's check-in, and the sentence that explains it.
-fn decide(
+pub(crate) fn decide(
     license: &LicensePayload,
     row: &store::LicenseRow,
-    holds_seat: bool,
-    held_by_others: i64,
+    terms: &Terms,
+    place: &Place,
     has_telemetry: bool,
     now: DateTime<Utc>,
-) -> (CheckInStatus, String) {
+) -> Ruling {
+    let verdict = |status, message: String| Ruling { status, message, notice: None, starts_overage: false };
     if row.revoked_at.is_some() {
         let reason = row.revoked_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        return (CheckInStatus::Revoked, format!("This license has been revoked by its vendor{reason}."));
+        return verdict(
+            CheckInStatus::Revoked,
+            format!("This license has been revoked by its vendor{reason}."),
+        );
     }
     match token::check_window(license, now) {
         Err(TokenError::NotYetValid { not_before }) => {
             let at = crate::time::format(&not_before);
-            return (CheckInStatus::NotYetValid, format!("This license is not valid before {at}."));
+            return verdict(CheckInStatus::NotYetValid, format!("This license is not valid before {at}."));
         }
         Err(TokenError::Expired { expires_at }) => {
             let at = crate::time::format(&expires_at);
-            return (CheckInStatus::Expired, format!("This license expired at {at}."));
+            return verdict(CheckInStatus::Expired, format!("This license expired at {at}."));
         }
         _ => {}
     }
+    use protocol::TelemetryExemption as Exempt;
     if license.tier.telemetry_required() && !has_telemetry {
-        return (
-            CheckInStatus::TelemetryRequired,
-            format!(
-                "Telemetry is required on the {} tier; only Enterprise licenses may disable it.",
-                license.tier
-            ),
+        match place.exemption {
+            None => {
+                return verdict(
+                    CheckInStatus::TelemetryRequired,
+                    format!(
+                        "Telemetry is required on the {} tier; only Enterprise licenses may disable it.",
+                        license.tier
+                    ),
+                )
+            }
+            // A developer's machine is always exempt: it holds no seat and is bounded apart.
+            Some(Exempt::Loopback) => {}
+            Some(exemption) if !terms.private_exemption => {
+                return verdict(
+                    CheckInStatus::TelemetryRequired,
+                    format!(
+                        "This license requires telemetry from deployments on private networks too (declared: \
+                         {exemption}); set LICENSOR_INSTANCE_URL to the deployment's public URL, or ask the vendor."
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    if place.exemption == Some(Exempt::Loopback) {
+        if !place.holds && place.held_by_others >= terms.max_loopback {
+            return verdict(
+                CheckInStatus::SeatLimitExceeded,
+                format!(
+                    "All {} places for developers' machines (loopback instances, which hold no seat) of this license \
+                     are in use; one frees itself a day after its machine stops checking in.",
+                    terms.max_loopback
+                ),
+            );
+        }
+        return verdict(
+            CheckInStatus::Valid,
+            format!("The {} license is valid on this developer's machine (no seat held).", license.tier),
         );
     }
-    if !holds_seat && held_by_others >= i64::from(license.seats) {
-        return (
-            CheckInStatus::SeatLimitExceeded,
-            format!(
-                "All {} seat(s) of this license are in use; a seat frees itself when an instance stops checking in.",
-                license.seats
-            ),
+    if !place.holds && place.held_by_others >= i64::from(license.seats) {
+        let in_overage = match terms.overage_until {
+            Some(until) => now < until,
+            None => terms.overage_days > 0,
+        };
+        if !in_overage {
+            return verdict(
+                CheckInStatus::SeatLimitExceeded,
+                format!(
+                    "All {} seat(s) of this license are in use; a seat frees itself when an instance stops checking in.",
+                    license.seats
+                ),
+            );
+        }
+        let until = terms.overage_until.unwrap_or(now + Duration::days(i64::from(terms.overage_days)));
+        let notice = format!(
+            "This license is over its seats ({} in use, {} licensed): a soft-overage period lets every deployment run \
+             until {}; then new deployments beyond the seats are refused. Release unused installs or ask the vendor \
+             for more seats.",
+            place.held_by_others + 1,
+            license.seats,
+            crate::time::format(&until)
         );
+        return Ruling {
+            status: CheckInStatus::Valid,
+            message: format!("The {} license is valid. {notice}", license.tier),
+            notice: Some(notice),
+            starts_overage: terms.overage_until.is_none(),
+        };
     }
-    (CheckInStatus::Valid, format!("The {} license is valid.", license.tier))
+    verdict(CheckInStatus::Valid, format!("The {} license is valid.", license.tier))
 }
 
 struct Times {
@@ -536,11 +689,19 @@ fn times_for(
     license: &LicensePayload,
     status: CheckInStatus,
     held: Option<DateTime<Utc>>,
+    loopback: bool,
     now: DateTime<Utc>,
 ) -> Times {
     let interval = license.check_in_interval();
     let soon = interval.min(Duration::seconds(RETRY_SOON));
     match status {
+        CheckInStatus::Valid if loopback => {
+            let mut valid_until = now + Duration::seconds(LOOPBACK_LEASE);
+            if let Some(expires_at) = license.expires_at {
+                valid_until = valid_until.min(expires_at);
+            }
+            Times { next_check_in_at: now + interval.min(Duration::seconds(LOOPBACK_CHECK_IN)), valid_until }
+        }
         CheckInStatus::Valid => {
             let mut valid_until = now + interval + license.tier.grace();
             if let Some(expires_at) = license.expires_at {

@@ -17,9 +17,13 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Prepared, Subject};
+use super::{
+    bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Place, Prepared, SeatRules,
+    Subject, Terms,
+};
 use crate::license::LicensePayload;
 use crate::protocol::CheckInStatus;
+use crate::protocol::TelemetryExemption;
 use crate::store::{self, InstallKeyRow, InstanceRow, NewCheckIn, Store};
 
 /// The most check-ins one transaction records.
@@ -38,19 +42,20 @@ pub struct Writer {
 }
 
 type Metrics = std::sync::Arc<crate::metrics::Metrics>;
+type Rules = std::sync::Arc<SeatRules>;
 
 impl Writer {
     /// Starts `threads` writer threads sharing one queue; they end when the last handle is
     /// dropped. Several writers keep PostgreSQL busy while one of them waits on a commit;
     /// SQLite has a single write lock, so one writer is all it can use.
-    pub fn start(store: Store, threads: usize, metrics: Metrics) -> Writer {
+    pub fn start(store: Store, threads: usize, metrics: Metrics, rules: Rules) -> Writer {
         let (tx, rx) = mpsc::channel::<Job>(MAX_QUEUE);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for n in 0..threads.max(1) {
-            let (store, rx, metrics) = (store.clone(), rx.clone(), metrics.clone());
+            let (store, rx, metrics, rules) = (store.clone(), rx.clone(), metrics.clone(), rules.clone());
             std::thread::Builder::new()
                 .name(format!("licensor-writer-{n}"))
-                .spawn(move || writer_loop(&store, &rx, &metrics))
+                .spawn(move || writer_loop(&store, &rx, &metrics, &rules))
                 .expect("a writer thread starts");
         }
         Writer { tx }
@@ -68,7 +73,12 @@ impl Writer {
 
 /// Takes whatever is queued (one group), records it, answers, and again, until the queue
 /// closes. The queue's lock is held only while taking a group, never while writing one.
-fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>, metrics: &Metrics) {
+fn writer_loop(
+    store: &Store,
+    rx: &std::sync::Mutex<mpsc::Receiver<Job>>,
+    metrics: &Metrics,
+    rules: &SeatRules,
+) {
     loop {
         let jobs = {
             let mut rx = rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -86,7 +96,7 @@ fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>, metric
         metrics.group_size.observe(jobs.len() as f64);
         let (prepared, replies): (Vec<Prepared>, Vec<_>) =
             jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
-        let outcomes = write_isolating(store, &prepared);
+        let outcomes = write_isolating(store, rules, &prepared);
         for ((p, reply), outcome) in prepared.into_iter().zip(replies).zip(outcomes) {
             let _ = reply.send((p, outcome));
         }
@@ -100,13 +110,17 @@ fn writer_loop(store: &Store, rx: &std::sync::Mutex<mpsc::Receiver<Job>>, metric
 /// decisions are still those of arrival order. One bad tenant costs about 2·log2(group)
 /// transactions, never the group's success. A database that cannot be reached fails the group
 /// at once: splitting would only multiply the failures.
-fn write_isolating(store: &Store, group: &[Prepared]) -> Vec<Result<Decision, CheckInError>> {
-    match write_guarded(store, group) {
+fn write_isolating(
+    store: &Store,
+    rules: &SeatRules,
+    group: &[Prepared],
+) -> Vec<Result<Decision, CheckInError>> {
+    match write_guarded(store, rules, group) {
         Ok(decisions) => decisions.into_iter().map(Ok).collect(),
         Err(e) if group.len() > 1 && caused_by_content(&e) => {
             let (first, second) = group.split_at(group.len() / 2);
-            let mut outcomes = write_isolating(store, first);
-            outcomes.extend(write_isolating(store, second));
+            let mut outcomes = write_isolating(store, rules, first);
+            outcomes.extend(write_isolating(store, rules, second));
             outcomes
         }
         Err(e) => {
@@ -123,8 +137,12 @@ fn write_isolating(store: &Store, group: &[Prepared]) -> Vec<Result<Decision, Ch
 
 /// [`write_group`], with a panic turned into an error: a bug that one check-in triggers must
 /// not stop the writer for every later one.
-fn write_guarded(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_group(store, group)))
+fn write_guarded(
+    store: &Store,
+    rules: &SeatRules,
+    group: &[Prepared],
+) -> Result<Vec<Decision>, CheckInError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_group(store, rules, group)))
         .unwrap_or_else(|_| Err(CheckInError::Panicked))
 }
 
@@ -139,7 +157,7 @@ fn caused_by_content(e: &CheckInError) -> bool {
 }
 
 /// Decides and records a group of check-ins in one transaction.
-fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
+fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
     store.write_check_ins(|tx| {
         // Imported reports whose chain refuses them are set aside before anything is written,
         // so that nothing of them is: not even their license's last check-in time.
@@ -183,9 +201,14 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
         // Seats held at the group's earliest instant: a seat that ends within the few
         // milliseconds a group spans still counts, which errs on the side of the limit.
         let license_ids: Vec<&str> = licenses.keys().map(String::as_str).collect();
-        let mut in_use: HashMap<String, i64> = match earliest {
+        let mut in_use: HashMap<String, store::SeatsInUse> = match earliest {
             Some(t) => tx.seats_in_use(&license_ids, store::naive(t))?.into_iter().collect(),
             None => HashMap::new(),
+        };
+        let mut terms: HashMap<String, store::LicenseTerms> = if license_ids.is_empty() {
+            HashMap::new()
+        } else {
+            tx.license_terms(&license_ids)?.into_iter().map(|t| (t.license_id.clone(), t)).collect()
         };
 
         let mut decisions = Vec::with_capacity(group.len());
@@ -205,6 +228,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                     duplicate: false,
                     renewal: None,
                     refused: Some(refusal.clone()),
+                    notice: None,
                 });
                 continue;
             }
@@ -222,27 +246,64 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
             let key = (license_id.clone(), p.instance_id.clone());
             let previous = instances.get(&key);
             let held = previous.and_then(|inst| inst.seat_until).filter(|until| *until > now);
-            let used = in_use.get(license_id).copied().unwrap_or(0);
-            let held_by_others = used - i64::from(held.is_some());
-            let (status, message) =
-                decide(license, row, held.is_some(), held_by_others, p.telemetry.is_some(), p.now);
-            let times = times_for(license, status, held.map(store::utc), p.now);
+            // A loopback instance (a developer's machine) holds a place of its own kind, never a
+            // seat; one that stops declaring it (it serves public hosts) needs a seat.
+            let was_loopback = previous.is_some_and(|inst| inst.exemption.as_deref() == Some(LOOPBACK));
+            let loopback = p.exemption == Some(TelemetryExemption::Loopback);
+            let used = in_use.get(license_id).copied().unwrap_or_default();
+            let holds = held.is_some() && was_loopback == loopback;
+            let pool = if loopback { used.loopback } else { used.seats };
+            let place = Place { exemption: p.exemption, holds, held_by_others: pool - i64::from(holds) };
+            let license_terms = Terms::of(rules, license.tier, terms.get(license_id));
+            let ruling = decide(license, row, &license_terms, &place, p.telemetry.is_some(), p.now);
+            let status = ruling.status;
+            let message = ruling.message;
+            let times =
+                times_for(license, status, holds.then(|| held.map(store::utc)).flatten(), loopback, p.now);
             let seat_until = match status {
                 CheckInStatus::Valid => Some(store::naive(times.valid_until)),
-                // The lease is not extended, but a seat already held stays held.
+                // The lease is not extended, but a place already held stays held.
                 CheckInStatus::TelemetryRequired | CheckInStatus::SeatLimitExceeded => held,
                 _ => None,
             };
+            // The row keeps its kind while it keeps a place it already held and was refused.
+            let stored_loopback =
+                if seat_until.is_some() && seat_until == held && status != CheckInStatus::Valid {
+                    was_loopback
+                } else {
+                    loopback
+                };
 
-            // Keep the group's view of seats in use right for the check-ins after this one.
-            match (held.is_some(), seat_until.is_some_and(|until| until > now)) {
-                (false, true) => *in_use.entry(license_id.clone()).or_default() += 1,
-                (true, false) => *in_use.entry(license_id.clone()).or_default() -= 1,
-                _ => {}
+            // Keep the group's view of places in use right for the check-ins after this one.
+            let counts = in_use.entry(license_id.clone()).or_default();
+            if held.is_some() {
+                *(if was_loopback { &mut counts.loopback } else { &mut counts.seats }) -= 1;
+            }
+            if seat_until.is_some_and(|until| until > now) {
+                *(if stored_loopback { &mut counts.loopback } else { &mut counts.seats }) += 1;
+            }
+            if ruling.starts_overage {
+                tx.start_overage(license_id, now)?;
+                terms.entry(license_id.clone()).or_insert_with(|| store::LicenseTerms {
+                    license_id: license_id.clone(),
+                    ..Default::default()
+                });
+                if let Some(t) = terms.get_mut(license_id) {
+                    t.overage_started_at.get_or_insert(now);
+                }
+                events.push(store::NewEvent::new(
+                    "seat_overage.started",
+                    serde_json::json!({
+                        "license_id": license_id, "seats": row.seats, "in_use": place.held_by_others + 1,
+                        "overage_days": rules.overage_days, "instance_id": p.instance_id,
+                    }),
+                    p.now,
+                    Some(format!("evt_overage_{}_{}", license_id, p.now.format("%Y%m%d"))),
+                ));
             }
             match status {
                 // An instance that gains a seat (new, or back after its lease lapsed).
-                CheckInStatus::Valid if held.is_none() => events.push(store::NewEvent::new(
+                CheckInStatus::Valid if !holds && !loopback => events.push(store::NewEvent::new(
                     "instance.activated",
                     serde_json::json!({
                         "license_id": license_id, "instance_id": p.instance_id,
@@ -253,7 +314,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                 )),
                 // Once per license and day however many instances are refused: the event's id
                 // says which day, and an event is enqueued once.
-                CheckInStatus::SeatLimitExceeded => events.push(store::NewEvent::new(
+                CheckInStatus::SeatLimitExceeded if !loopback => events.push(store::NewEvent::new(
                     "seat_limit.reached",
                     serde_json::json!({
                         "license_id": license_id, "seats": row.seats, "refused_instance_id": p.instance_id,
@@ -278,6 +339,11 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                         last_check_in_at: now,
                         last_status: status.as_str().to_owned(),
                         seat_until,
+                        exemption: if stored_loopback {
+                            Some(LOOPBACK.to_owned())
+                        } else {
+                            p.exemption.filter(|e| e.holds_seat()).map(|e| e.as_str().to_owned())
+                        },
                     },
                 );
                 touched.insert(key);
@@ -292,6 +358,7 @@ fn write_group(store: &Store, group: &[Prepared]) -> Result<Vec<Decision>, Check
                 // A revoked license gets no key: revocation wins over any key.
                 renewal: newest.filter(|_| status != CheckInStatus::Revoked).map(|(_, key)| key),
                 refused: None,
+                notice: ruling.notice,
             };
             // An imported report moves its install's chain on only when its batch is accepted;
             // otherwise it stays the next report due, to be imported again.
@@ -523,5 +590,9 @@ pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
         duplicate: false,
         renewal: None,
         refused: None,
+        notice: None,
     })
 }
+
+/// The stored name of the exemption whose instances hold no seat.
+const LOOPBACK: &str = "loopback";

@@ -506,7 +506,7 @@ pub enum WebhooksCommand {
         url: String,
         /// An event type to send (repeat): license.issued, license.renewed, license.revoked,
         /// license.reinstated, instance.activated, instance.released, seat_limit.reached,
-        /// checkin.overdue.
+        /// seat_overage.started, checkin.overdue, license.never_checked_in.
         #[arg(long = "event", required = true)]
         events: Vec<String>,
     },

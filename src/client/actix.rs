@@ -4,8 +4,9 @@
 //! telemetry routes an application mounts behind its own authentication, with its privacy page
 //! (what is and is not collected, and the controls the tier allows).
 //!
-//! Requests whose `Host` is local (localhost, loopback or private addresses, `*.local`) are not
-//! tracked: they are the developers' own.
+//! Requests whose `Host` is exempt (localhost, loopback, private or link-local addresses,
+//! `*.local`) are not tracked. An instance classed as a developer's machine (loopback) that
+//! serves any other host reclassifies itself as a deployment ([`Licensing::served_host`]).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
@@ -51,7 +52,11 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         let telemetry = self.licensing.telemetry();
-        let worker = telemetry.enabled().then(|| Rc::new(WorkerState::new(telemetry.clone())));
+        // A developer's machine (loopback) collects nothing, but watches the hosts it serves:
+        // one that is not local makes it a real deployment (see `Licensing::served_host`).
+        let watch = self.licensing.watches_hosts().then(|| self.licensing.clone());
+        let worker = (telemetry.enabled() || watch.is_some())
+            .then(|| Rc::new(WorkerState::new(telemetry.clone(), watch)));
         ready(Ok(TrackService { service, worker }))
     }
 }
@@ -59,7 +64,8 @@ where
 /// The middleware's service; see [`Track`].
 pub struct TrackService<S> {
     service: S,
-    /// `None` where nothing is collected (development, the basic level): requests pass untouched.
+    /// `None` where nothing is collected and no host is watched (exempt hosts, the basic
+    /// level): requests pass untouched.
     worker: Option<Rc<WorkerState>>,
 }
 
@@ -68,6 +74,9 @@ pub struct TrackService<S> {
 /// touches only a few cache lines of its own.
 struct WorkerState {
     telemetry: Telemetry,
+    /// The handle to tell of a host that is not local, while the instance is classed as a
+    /// developer's machine and its collector is dormant.
+    watch: Option<super::Licensing>,
     /// Reads the CPU's time-stamp counter where it is invariant (about half the cost of
     /// `Instant::now` on these machines), else the system's monotonic clock.
     clock: quanta::Clock,
@@ -127,7 +136,7 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let tracked = match &self.worker {
-            Some(worker) if !worker.local_host(&req) => Some(Tracked {
+            Some(worker) if !worker.local_host(&req) && worker.collecting(&req) => Some(Tracked {
                 started: worker.clock.raw(),
                 method: match METHODS.iter().position(|m| m == req.method()) {
                     Some(index) => MethodKey::Listed(index),
@@ -213,9 +222,10 @@ impl Tracked {
 }
 
 impl WorkerState {
-    fn new(telemetry: Telemetry) -> WorkerState {
+    fn new(telemetry: Telemetry, watch: Option<super::Licensing>) -> WorkerState {
         WorkerState {
             telemetry,
+            watch,
             // The first clock of a process calibrates the counter (under a millisecond here);
             // the rest reuse that calibration.
             clock: quanta::Clock::new(),
@@ -247,6 +257,25 @@ impl WorkerState {
         last.local
     }
 
+    /// Whether the collector records this request (whose host is not local). A dormant one
+    /// records nothing, unless this request wakes it: the first host that is not local makes a
+    /// developer's machine a deployment.
+    #[inline]
+    fn collecting(&self, req: &ServiceRequest) -> bool {
+        if self.telemetry.enabled() {
+            return true;
+        }
+        let Some(licensing) = &self.watch else { return false };
+        let host = match req.headers().get(actix_web::http::header::HOST) {
+            Some(value) => value.to_str().ok(),
+            None => req.uri().authority().map(|a| a.as_str()),
+        };
+        if let Some(host) = host {
+            licensing.served_host(strip_port(host));
+        }
+        self.telemetry.enabled()
+    }
+
     /// Records one request in this worker's cells for its route and method, found with one
     /// hash of the pattern; the collector is asked for them the first time only.
     #[inline]
@@ -272,10 +301,11 @@ impl WorkerState {
     }
 }
 
-/// Whether a host (as sent, perhaps with a port) is a development host. A host that is not
-/// text is not one: such a request is tracked like any other.
+/// Whether a host (as sent, perhaps with a port) is exempt from telemetry (loopback, private,
+/// link-local, `*.local`). A host that is not text is not: such a request is tracked like any
+/// other.
 fn host_is_local(host: &[u8]) -> bool {
-    std::str::from_utf8(host).is_ok_and(|host| policy::development_host(strip_port(host)).is_some())
+    std::str::from_utf8(host).is_ok_and(|host| policy::host_exemption(strip_port(host)).is_some())
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`; a bare IPv6 address stays.
@@ -553,7 +583,7 @@ mod privacy {
             body.push_str(&format!("<p>License: {} ({} tier).</p>", esc(&l.licensee), l.tier));
         }
         for notice in licensing.notices() {
-            body.push_str(&format!("<p>Note: {}</p>", esc(notice)));
+            body.push_str(&format!("<p>Note: {}</p>", esc(&notice)));
         }
         body.push_str("</section>");
         body.push_str(&format!(

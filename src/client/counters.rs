@@ -16,7 +16,7 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thread_local::ThreadLocal;
 
@@ -37,7 +37,8 @@ struct Inner {
     /// Each thread's cache of its counters.
     local: ThreadLocal<RefCell<Local>>,
     /// A disabled collector (development, the basic level) does nothing at all.
-    enabled: bool,
+    /// Off for a disabled collector; a dormant one (built with its bounds) may be woken.
+    enabled: AtomicBool,
     max_keys: usize,
     registry: Mutex<Registry>,
     overflow: AtomicU64,
@@ -113,11 +114,21 @@ impl Counters {
         Counters::build(false, 0)
     }
 
+    /// A collector that records nothing until [`wake`](Self::wake) is called.
+    pub fn dormant(max_keys: usize) -> Counters {
+        Counters::build(false, max_keys)
+    }
+
+    /// Starts recording (a dormant collector's instance turned out to be a real deployment).
+    pub fn wake(&self) {
+        self.inner.enabled.store(true, Ordering::Relaxed);
+    }
+
     fn build(enabled: bool, max_keys: usize) -> Counters {
         Counters {
             inner: Arc::new(Inner {
                 local: ThreadLocal::new(),
-                enabled,
+                enabled: AtomicBool::new(enabled),
                 max_keys,
                 registry: Mutex::new(Registry::default()),
                 overflow: AtomicU64::new(0),
@@ -127,7 +138,7 @@ impl Counters {
 
     /// Whether tracking records anything.
     pub fn enabled(&self) -> bool {
-        self.inner.enabled
+        self.inner.enabled.load(Ordering::Relaxed)
     }
 
     pub fn track_feature(&self, name: &str) {
@@ -149,7 +160,7 @@ impl Counters {
     /// Adds `n` to the counter of (`kind`, `name`).
     #[inline]
     pub fn add(&self, kind: UsageKind, name: &str, n: u64) {
-        if !self.inner.enabled {
+        if !self.inner.enabled.load(Ordering::Relaxed) {
             return;
         }
         let counted = (|| {

@@ -25,12 +25,14 @@ pub struct Request {
 }
 
 /// Builds a check-in request around telemetry already serialised (the outbox's exact bytes)
-/// and its batch id, with a fresh nonce.
+/// and its batch id, with a fresh nonce. Without telemetry the request says
+/// `telemetry_disabled`, and `exempt` names why when the deployment's host is exempt.
 pub fn build_request(
     license_key: &str,
     instance_id: &str,
     software_version: &str,
     telemetry: Option<(&str, uuid::Uuid)>,
+    exempt: Option<protocol::TelemetryExemption>,
 ) -> Request {
     let nonce = fresh_nonce();
     // The outbox holds JSON this crate wrote; should it not be JSON (a damaged file), it is
@@ -46,6 +48,7 @@ pub fn build_request(
         software_version,
         telemetry: raw_value.as_deref(),
         telemetry_disabled: telemetry.is_none(),
+        telemetry_exempt: exempt.filter(|_| telemetry.is_none()),
     })
     .expect("a check-in serialises");
     Request {

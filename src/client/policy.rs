@@ -1,6 +1,7 @@
 //! What a deployment may collect and send, decided once at start from its tier, its public URL,
 //! the environment and the operator's saved choice (`licensor telemetry enable|disable`):
-//! development instances collect and send nothing; Community and Pro must send telemetry
+//! instances on exempt hosts (loopback, private, link-local, `*.local`) collect and send
+//! nothing but still check in for their license; Community and Pro must send telemetry
 //! (opting out is not honoured, and start-up says why); Enterprise may send basic health only,
 //! or run air-gapped. No I/O: the environment and the choice come in as values.
 
@@ -10,12 +11,18 @@ use std::sync::LazyLock;
 
 use super::choice::Choice;
 use crate::license::Tier;
+use crate::protocol::TelemetryExemption;
 
 /// How the verifier runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// A development instance: the license is verified offline, nothing is collected or sent.
-    Development { reason: String },
+    /// The instance URL names a host exempt from telemetry (a loopback, private or link-local
+    /// address, a `*.local` or `*.localhost` name): nothing is collected or sent, but the
+    /// deployment checks in for its license like any other, naming its exemption.
+    Exempt { exemption: TelemetryExemption, reason: String },
+    /// The license key was refused offline: nothing is collected, sent or checked in, and the
+    /// status says why the deployment is not licensed.
+    Unlicensed { reason: String },
     /// Enterprise with telemetry disabled: no network connection at all, expiry enforced
     /// locally. Figures are collected at `level` into the local store, where they stay until
     /// the operator carries a signed usage report to the vendor by hand.
@@ -45,17 +52,28 @@ impl Mode {
     /// The level figures are kept at, where any are (telemetry and air-gapped).
     pub fn level(&self) -> Option<Level> {
         match self {
-            Mode::Development { .. } => None,
+            Mode::Exempt { .. } | Mode::Unlicensed { .. } => None,
             Mode::AirGapped { level } | Mode::Telemetry { level, .. } => Some(*level),
         }
+    }
+
+    /// Whether the deployment checks in with the license server in this mode.
+    pub fn checks_in(&self) -> bool {
+        matches!(self, Mode::Exempt { .. } | Mode::Telemetry { .. })
     }
 
     /// What the deployment does in this mode, in a sentence for its operator.
     pub fn describe(&self) -> String {
         match self {
-            Mode::Development { reason } => {
-                format!("Nothing is collected or sent: this is a development instance ({reason}).")
-            }
+            Mode::Exempt { exemption, reason } => format!(
+                "Nothing is collected or sent: {reason}. The deployment still checks in for its license ({}).",
+                if exemption.holds_seat() {
+                    "it holds a seat like any other"
+                } else {
+                    "a developer's machine holds no seat"
+                }
+            ),
+            Mode::Unlicensed { reason } => format!("Nothing is collected or sent: {reason}."),
             Mode::AirGapped { level } => format!(
                 "Telemetry is off: this deployment is air-gapped and makes no connection at all. {} kept here \
                  until you carry a signed usage report to the vendor (`licensor telemetry export --signed`).",
@@ -75,7 +93,8 @@ impl Mode {
     /// Why nothing is collected or sent in this mode, or `None` where telemetry is on.
     pub fn off_reason(&self) -> Option<String> {
         match self {
-            Mode::Development { reason } => Some(format!("development instance: {reason}")),
+            Mode::Exempt { reason, .. } => Some(format!("exempt from telemetry: {reason}")),
+            Mode::Unlicensed { reason } => Some(reason.clone()),
             Mode::AirGapped { .. } => Some("air-gapped: no connection is made".into()),
             Mode::Telemetry { .. } => None,
         }
@@ -103,13 +122,11 @@ pub struct Decision {
 }
 
 /// Decides the mode for a license `tier`, the deployment's public URL (`None` when not
-/// configured) and the switches.
-pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> Decision {
+/// configured) and the switches. An instance URL that cannot be read is an error (the text
+/// names it), never an exemption; an unset one is no exemption either.
+pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> Result<Decision, String> {
     let mut notices = Vec::new();
-    if let Some(reason) = development_reason(instance_url) {
-        notices.push(format!("development instance ({reason}): nothing is collected or sent"));
-        return Decision { mode: Mode::Development { reason }, notices };
-    }
+    let exempt = exemption(instance_url)?;
     let saved_off = matches!(switches.choice, Some(Choice::Disabled | Choice::DisabledBasic));
     let opted_out = switches.telemetry_disabled || switches.do_not_track || saved_off;
     // What asked for it, as the operator would recognise it.
@@ -136,7 +153,16 @@ pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> De
                 Level::Basic => "basic health only is",
             }
         ));
-        return Decision { mode: Mode::AirGapped { level }, notices };
+        return Ok(Decision { mode: Mode::AirGapped { level }, notices });
+    }
+    // Exempt hosts send nothing, whatever was asked for; their license is checked like any other.
+    if let Some((exemption, reason)) = exempt {
+        notices.push(format!(
+            "telemetry exempt ({reason}): nothing is collected or sent; the deployment checks in for its license \
+             on the {tier} schedule{}",
+            if exemption.holds_seat() { " and holds a seat" } else { ", holding no seat (a developer's machine)" }
+        ));
+        return Ok(Decision { mode: Mode::Exempt { exemption, reason }, notices });
     }
     if opted_out {
         notices.push(format!(
@@ -168,68 +194,80 @@ pub fn decide(tier: Tier, instance_url: Option<&str>, switches: &Switches) -> De
             "LICENSOR_TELEMETRY_DEBUG=1: each payload is printed to stderr instead of being sent".into(),
         );
     }
-    Decision { mode: Mode::Telemetry { debug: switches.debug, level }, notices }
+    Ok(Decision { mode: Mode::Telemetry { debug: switches.debug, level }, notices })
 }
 
-static PRIVATE_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| {
-    [
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "100.64.0.0/10",
-        "0.0.0.0/8",
-    ]
-    .iter()
-    .map(|n| n.parse().expect("valid network"))
-    .collect()
-});
-static PRIVATE_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| {
-    ["::1/128", "::/128", "fc00::/7", "fe80::/10"].iter().map(|n| n.parse().expect("valid network")).collect()
-});
+static LOOPBACK_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| nets(&["127.0.0.0/8", "0.0.0.0/8"]));
+static PRIVATE_V4: LazyLock<Vec<Ipv4Net>> =
+    LazyLock::new(|| nets(&["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]));
+static LINK_LOCAL_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| nets(&["169.254.0.0/16"]));
+static LOOPBACK_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| nets(&["::1/128", "::/128"]));
+static PRIVATE_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| nets(&["fc00::/7"]));
+static LINK_LOCAL_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| nets(&["fe80::/10"]));
 
-/// Why an instance URL makes this a development instance, or `None` for a public one: no URL,
-/// a URL that cannot be read, `localhost`, `*.localhost`, `*.local`, or a loopback, private,
-/// link-local or shared address (IPv4 and IPv6, IPv4-mapped IPv6 included).
-pub fn development_reason(instance_url: Option<&str>) -> Option<String> {
+fn nets<N: std::str::FromStr>(list: &[&str]) -> Vec<N>
+where
+    N::Err: std::fmt::Debug,
+{
+    list.iter().map(|n| n.parse().expect("valid network")).collect()
+}
+
+/// The telemetry exemption an instance URL claims, with a sentence naming its host; `None` for
+/// an unset URL or a public host, an error for a URL that cannot be read or has no host.
+pub fn exemption(instance_url: Option<&str>) -> Result<Option<(TelemetryExemption, String)>, String> {
     let Some(raw) = instance_url.map(str::trim).filter(|u| !u.is_empty()) else {
-        return Some("no instance URL is configured (LICENSOR_INSTANCE_URL)".into());
+        return Ok(None);
     };
-    let Ok(url) = reqwest::Url::parse(raw) else {
-        return Some(format!("the instance URL {raw:?} cannot be read"));
-    };
+    let url = reqwest::Url::parse(raw)
+        .map_err(|e| format!("LICENSOR_INSTANCE_URL={raw:?} cannot be read as a URL: {e}"))?;
     match url.host_str() {
-        None | Some("") => Some(format!("the instance URL {raw:?} has no host")),
-        // IPv6 hosts come bracketed; `development_host` reads either form.
-        Some(host) => development_host(host),
+        None | Some("") => Err(format!("LICENSOR_INSTANCE_URL={raw:?} has no host")),
+        // IPv6 hosts come bracketed; `host_exemption` reads either form.
+        Some(host) => Ok(host_exemption(host).map(|e| (e, describe_host(host, e)))),
     }
 }
 
-/// Why a `Host` header's host is local, for the middleware's per-request check.
-pub fn development_host(host: &str) -> Option<String> {
+/// The exemption a host (an instance URL's, or a request's `Host` without its port) falls
+/// under, if any.
+pub fn host_exemption(host: &str) -> Option<TelemetryExemption> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return development_ip(ip);
+        return ip_exemption(ip);
     }
     if host == "localhost" || host.ends_with(".localhost") {
-        return Some(format!("{host} is a localhost name"));
+        return Some(TelemetryExemption::Loopback);
     }
-    if host.ends_with(".local") {
-        return Some(format!("{host} is a .local name"));
-    }
-    None
+    host.ends_with(".local").then_some(TelemetryExemption::LocalName)
 }
 
-fn development_ip(ip: IpAddr) -> Option<String> {
-    let private = match ip {
-        IpAddr::V4(v4) => PRIVATE_V4.iter().any(|n| n.contains(&v4)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => PRIVATE_V4.iter().any(|n| n.contains(&v4)),
-            None => PRIVATE_V6.iter().any(|n| n.contains(&v6)),
-        },
+fn describe_host(host: &str, exemption: TelemetryExemption) -> String {
+    match exemption {
+        TelemetryExemption::Loopback => format!("{host} is this machine (loopback)"),
+        TelemetryExemption::PrivateAddress => format!("{host} is a private address"),
+        TelemetryExemption::LinkLocal => format!("{host} is a link-local address"),
+        TelemetryExemption::LocalName => format!("{host} is a .local name"),
+    }
+}
+
+fn ip_exemption(ip: IpAddr) -> Option<TelemetryExemption> {
+    let v4 = match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     };
-    private.then(|| format!("{ip} is a loopback or private address"))
+    let within = |v4s: &[Ipv4Net], v6s: &[Ipv6Net]| match (v4, ip) {
+        (Some(v4), _) => v4s.iter().any(|n| n.contains(&v4)),
+        (None, IpAddr::V6(v6)) => v6s.iter().any(|n| n.contains(&v6)),
+        (None, IpAddr::V4(_)) => false,
+    };
+    if within(&LOOPBACK_V4, &LOOPBACK_V6) {
+        Some(TelemetryExemption::Loopback)
+    } else if within(&PRIVATE_V4, &PRIVATE_V6) {
+        Some(TelemetryExemption::PrivateAddress)
+    } else if within(&LINK_LOCAL_V4, &LINK_LOCAL_V6) {
+        Some(TelemetryExemption::LinkLocal)
+    } else {
+        None
+    }
 }
 
 /// Reads a boolean switch from the environment's text: `1`, `true`, `yes`, `on` and `0`,

@@ -9,7 +9,7 @@
 
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thread_local::ThreadLocal;
@@ -102,7 +102,8 @@ struct Inner {
     /// Each thread's map to its cells; a thread that has exited hands its map (and so its
     /// cells) to the next new thread, so cells are bounded by the threads alive at once.
     local: ThreadLocal<RefCell<Local>>,
-    enabled: bool,
+    /// Off for a disabled collector; a dormant one (built with its bounds) may be woken.
+    enabled: AtomicBool,
     max_routes: usize,
     registry: Mutex<Registry>,
     overflow: AtomicU64,
@@ -126,11 +127,21 @@ impl Requests {
         Requests::build(false, 0)
     }
 
+    /// A collector that records nothing until [`wake`](Self::wake) is called.
+    pub fn dormant(max_routes: usize) -> Requests {
+        Requests::build(false, max_routes)
+    }
+
+    /// Starts recording (a dormant collector's instance turned out to be a real deployment).
+    pub fn wake(&self) {
+        self.inner.enabled.store(true, Ordering::Relaxed);
+    }
+
     fn build(enabled: bool, max_routes: usize) -> Requests {
         Requests {
             inner: Arc::new(Inner {
                 local: ThreadLocal::new(),
-                enabled,
+                enabled: AtomicBool::new(enabled),
                 max_routes,
                 registry: Mutex::new(Registry::default()),
                 overflow: AtomicU64::new(0),
@@ -142,7 +153,7 @@ impl Requests {
     /// a status of 500 or more counts as an error.
     #[inline]
     pub fn track_request(&self, method: &str, route: &str, status: u16, duration: Duration) {
-        if !self.inner.enabled {
+        if !self.inner.enabled.load(Ordering::Relaxed) {
             return;
         }
         let ms = duration.as_secs_f64() * 1000.0;
@@ -156,7 +167,7 @@ impl Requests {
     /// `None` when the tracker is disabled or the route bound is reached (the bound never frees
     /// a place); each such request is then counted with [`Requests::overflowed`].
     pub fn route(&self, method: &str, route: &str) -> Option<RouteCells> {
-        if !self.inner.enabled {
+        if !self.inner.enabled.load(Ordering::Relaxed) {
             return None;
         }
         self.with_cells(method, route, |cells| RouteCells(cells.clone()))
@@ -177,7 +188,7 @@ impl Requests {
 
     /// Counts one request dropped by the route bound.
     pub fn overflowed(&self) {
-        if self.inner.enabled {
+        if self.inner.enabled.load(Ordering::Relaxed) {
             self.inner.overflow.fetch_add(1, Ordering::Relaxed);
         }
     }

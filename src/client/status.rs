@@ -25,8 +25,6 @@ pub enum Status {
     Grace { until: DateTime<Utc> },
     /// Not licensed now; the reason says why.
     Invalid { reason: InvalidReason },
-    /// A development instance: the license verified offline; nothing is collected or sent.
-    Development,
 }
 
 impl std::fmt::Display for Status {
@@ -35,7 +33,6 @@ impl std::fmt::Display for Status {
             Status::Valid => f.write_str("valid"),
             Status::Grace { until } => write!(f, "grace until {}", crate::time::format(until)),
             Status::Invalid { reason } => write!(f, "invalid: {reason}"),
-            Status::Development => f.write_str("development"),
         }
     }
 }
@@ -96,7 +93,6 @@ pub fn evaluate(facts: &Facts<'_>) -> Status {
         Err(e) => return Status::Invalid { reason: InvalidReason::License(e.verdict()) },
     };
     match facts.mode {
-        Mode::Development { .. } => return Status::Development,
         // Air-gapped: the offline verification (expiry included) is the judgement, and a lease
         // carried in by hand with a usage receipt can only add a revocation: its times assume
         // check-ins this deployment never makes.
@@ -108,7 +104,9 @@ pub fn evaluate(facts: &Facts<'_>) -> Status {
                 _ => Status::Valid,
             }
         }
-        Mode::Telemetry { .. } => {}
+        // An exempt deployment checks in for its license like any other: it is judged by its
+        // leases. (An unlicensed one never gets here: its key was refused above.)
+        Mode::Telemetry { .. } | Mode::Exempt { .. } | Mode::Unlicensed { .. } => {}
     }
     if let Some(server) = facts.last_server_time {
         if facts.now + Duration::seconds(CLOCK_TOLERANCE_S) < server {
@@ -116,7 +114,9 @@ pub fn evaluate(facts: &Facts<'_>) -> Status {
         }
     }
     let Some(lease) = facts.lease else {
-        let until = facts.first_started + license.tier.grace();
+        // Before the first check-in, at most one check-in interval: long enough for any
+        // outage a deployment can start in, too short to run unlicensed by never calling.
+        let until = facts.first_started + license.tier.grace().min(license.check_in_interval());
         return if facts.now < until {
             Status::Grace { until }
         } else {

@@ -7,6 +7,7 @@
 use chrono::{DateTime, Timelike as _, Utc};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ pub struct Telemetry {
     errors: Arc<Mutex<Errors>>,
     sessions: Arc<Mutex<Sessions>>,
     users: Arc<Mutex<FxHashSet<String>>>,
-    enabled: bool,
+    enabled: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -113,7 +114,7 @@ impl Telemetry {
             errors: Arc::new(Mutex::new(Errors { max: limits.max_errors, ..Default::default() })),
             sessions: Arc::new(Mutex::new(Sessions::default())),
             users: Arc::default(),
-            enabled: true,
+            enabled: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -134,12 +135,30 @@ impl Telemetry {
             errors: Arc::new(Mutex::new(Errors::default())),
             sessions: Arc::new(Mutex::new(Sessions::default())),
             users: Arc::default(),
-            enabled: false,
+            enabled: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// A collector with its bounds that records nothing until [`wake`](Self::wake) is called: a
+    /// developer's machine, which may turn out to be a real deployment.
+    pub fn dormant(limits: &Limits, sampling: Sampling) -> Telemetry {
+        Telemetry {
+            counters: Counters::dormant(limits.max_keys),
+            requests: Requests::dormant(limits.max_routes),
+            enabled: Arc::new(AtomicBool::new(false)),
+            ..Telemetry::with_sampling(limits, sampling)
+        }
+    }
+
+    /// Starts recording, for a dormant collector.
+    pub fn wake(&self) {
+        self.counters.wake();
+        self.requests.wake();
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// Records an error under a category (`database`, `mail`...) at `now`. Errors with the
@@ -164,7 +183,7 @@ impl Telemetry {
         stack: &[S],
         now: DateTime<Utc>,
     ) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         let Ok(mut errors) = self.errors.lock() else { return };
@@ -219,12 +238,12 @@ impl Telemetry {
 
     /// Starts a user session; it counts when the returned handle is ended or dropped.
     pub fn start_session(&self, now: DateTime<Utc>) -> Session {
-        Session { sessions: self.enabled.then(|| self.sessions.clone()), started: now, ended: false }
+        Session { sessions: self.enabled().then(|| self.sessions.clone()), started: now, ended: false }
     }
 
     /// Notes a user as seen, by the salted hash of their id (never the id itself).
     pub fn note_user(&self, user_hash: String) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         if let Ok(mut users) = self.users.lock() {

@@ -52,7 +52,7 @@ pub struct ServeOptions {
 }
 
 /// Every setting that has a flag and an environment variable: its TOML key, flag and variable.
-/// (The batch `limits` are a TOML table only: a structure, not one value.)
+/// (The batch `limits` and the `seats` rules are TOML tables only: structures, not one value.)
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("bind", "--bind", "LICENSOR_BIND"),
     ("database_url", "--database-url", "DATABASE_URL"),
@@ -181,6 +181,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub limits: Option<BatchLimits>,
+    /// Seats and exempt deployments (a table: TOML only).
+    pub seats: Option<crate::checkin::SeatRules>,
     /// Further admin tokens, each named and scoped (a table list: TOML only).
     pub admin_tokens: Option<Vec<TokenEntry>>,
 }
@@ -244,6 +246,8 @@ pub struct ServerConfig {
     /// Reverse proxies whose `X-Forwarded-For` names the client; empty: the peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: BatchLimits,
+    /// The soft seat overage, loopback places and private-network exemption by default.
+    pub seats: crate::checkin::SeatRules,
     /// Serve the public, k-anonymous insights (`/insights`, `/v1/insights`).
     pub public_insights: bool,
     /// The fewest distinct installs behind any public figure (k; at least 2).
@@ -632,6 +636,7 @@ impl ServerConfig {
             rate_limit_per_address,
             trusted_proxies,
             limits: file.limits.unwrap_or_default(),
+            seats: file.seats.unwrap_or_default(),
             public_insights: opts.public_insights.or(file.public_insights).unwrap_or(false),
             insights_min_installs,
             tls,

@@ -362,6 +362,98 @@ pub(super) async fn update_license(
     Ok(HttpResponse::Ok().json(IssuedLicense { license_key: renewed.key, payload: renewed.payload }))
 }
 
+/// What `PATCH /v1/admin/licenses/{license_id}/terms` sets; at least one field. A term given
+/// as `null` returns to the server's default.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TermsBody {
+    /// Whether this license's deployments on private networks (private and link-local
+    /// addresses, `*.local` names) may check in without telemetry.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    private_exemption: Option<Option<bool>>,
+    /// How many loopback instances (developers' machines, holding no seat) may hold a place at
+    /// once: 0 to 1,000.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    max_loopback: Option<Option<u32>>,
+}
+
+/// A field that is present (its value, `null` included) as `Some`, so that an absent term is
+/// left alone and a `null` one reset; serde has no such mode built in.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A license's terms: as set (`null`: the server's default) and in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LicenseTermsView {
+    license_id: String,
+    private_exemption: Option<bool>,
+    max_loopback: Option<i32>,
+    /// What applies now, defaults included.
+    effective_private_exemption: bool,
+    effective_max_loopback: i64,
+    /// When the license first went over its seats (its soft overage's start), if it did.
+    #[schema(value_type = Option<String>)]
+    overage_started_at: Option<String>,
+}
+
+/// Sets what the vendor decides for one license beside its signed key: whether its
+/// private-network deployments may leave telemetry out, and how many developers' machines it
+/// may run at once. Takes effect at each instance's next check-in.
+#[utoipa::path(patch, path = "/v1/admin/licenses/{license_id}/terms", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path, description = "The license's id (a UUID)")),
+    request_body(content = TermsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The terms as set and in force", body = LicenseTermsView),
+        (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        WriteErrors,
+    ))]
+pub(super) async fn set_license_terms(
+    _admin: FullAdmin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    Json(body): Json<TermsBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.private_exemption.is_none() && body.max_loopback.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give what to set: private_exemption, max_loopback",
+        ));
+    }
+    if let Some(Some(n)) = body.max_loopback {
+        if n > 1_000 {
+            return Err(ApiError::bad_request("invalid_request", "max_loopback must be from 0 to 1000"));
+        }
+    }
+    let license_id = path.into_inner();
+    let (store, rules) = (state.store.clone(), state.service.rules.clone());
+    let id = license_id.clone();
+    let max_loopback = body.max_loopback.map(|n| n.map(|n| n as i32));
+    let (row, terms) =
+        blocking(move || Ok(store.set_license_terms(&id, body.private_exemption, max_loopback)?))
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("no license {license_id:?} is known to this server"))
+            })?;
+    // A license only revoked by id has no tier yet: the Community default stands until it is seen.
+    let tier = row.tier.parse::<Tier>().unwrap_or(Tier::Community);
+    let effective = crate::checkin::Terms::of(&rules, tier, Some(&terms));
+    Ok(HttpResponse::Ok().json(LicenseTermsView {
+        license_id: row.id,
+        private_exemption: terms.private_exemption,
+        max_loopback: terms.max_loopback,
+        effective_private_exemption: effective.private_exemption,
+        effective_max_loopback: effective.max_loopback,
+        overage_started_at: terms.overage_started_at.map(|t| crate::time::format(&store::utc(t))),
+    }))
+}
+
 /// Issues the successor of a license's newest key with `changes` and makes it the license's
 /// key (the admin API's `PATCH` and the dashboard's renew form). Blocking.
 pub(crate) fn renew(
@@ -421,6 +513,9 @@ pub(super) struct LicenseListQuery {
     /// Text in the licensee's name, or the start of the license id.
     #[serde(default)]
     search: Option<String>,
+    /// `false`: licenses no deployment ever checked in for (issued or registered, then silent).
+    #[serde(default)]
+    checked_in: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -482,6 +577,7 @@ pub(super) async fn list_licenses(
         revoked: query.revoked,
         id: None,
         search: query.search,
+        checked_in: query.checked_in,
     };
     let (store, now) = (state.store.clone(), (state.clock)());
     let page =

@@ -118,6 +118,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/insights/licenses").route(web::get().to(insights::licenses)))
                 .service(resource("/jobs/rollup/runs").route(web::post().to(insights::run_rollup)))
                 .service(
+                    resource("/licenses/{license_id}/terms")
+                        .route(web::patch().to(handlers::set_license_terms)),
+                )
+                .service(
                     resource("/licenses/{license_id}/revoke").route(web::post().to(handlers::revoke_license)),
                 )
                 .service(
@@ -244,6 +248,7 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
         config.limits.clone(),
         rates,
         metrics,
+        config.seats.clone(),
     );
     let state = AppState {
         service: Arc::new(service),

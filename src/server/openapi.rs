@@ -30,6 +30,7 @@ use super::{dashboard, handlers, insights, public};
         handlers::issue_license,
         handlers::list_licenses,
         handlers::update_license,
+        handlers::set_license_terms,
         handlers::revoke_license,
         handlers::reinstate_license,
         handlers::list_instances,

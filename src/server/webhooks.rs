@@ -158,11 +158,35 @@ async fn send(
     }
 }
 
-/// Enqueues `checkin.overdue` for each instance whose lease lapsed within the last day, once per
-/// lapse (the event id is derived from the instance and the lease's end).
+/// Enqueues what the clock alone reveals: `checkin.overdue` for each instance whose lease
+/// lapsed within the last day, once per lapse, and `license.never_checked_in` for each license
+/// issued or registered here that no deployment checked in for within one check-in interval,
+/// once per license (the event ids are derived from what they report).
 fn scan_overdue(store: &Store, now: DateTime<Utc>) -> Result<usize, store::StoreError> {
+    let mut enqueued = 0;
+    if store.anyone_subscribes("license.never_checked_in")? {
+        let events: Vec<NewEvent> = store
+            .silent_licenses(now)?
+            .into_iter()
+            .map(|l| {
+                NewEvent::new(
+                    "license.never_checked_in",
+                    json!({
+                        "license_id": l.license_id,
+                        "licensee": l.licensee,
+                        "tier": l.tier,
+                        "known_since": crate::time::format(&l.known_since),
+                        "first_check_in_due_at": crate::time::format(&l.due_at),
+                    }),
+                    now,
+                    Some(format!("evt_silent_{}", l.license_id)),
+                )
+            })
+            .collect();
+        enqueued += store.enqueue_events(&events)?;
+    }
     if !store.anyone_subscribes("checkin.overdue")? {
-        return Ok(0);
+        return Ok(enqueued);
     }
     let events: Vec<NewEvent> = store
         .lapsed_instances(now)?
@@ -186,7 +210,7 @@ fn scan_overdue(store: &Store, now: DateTime<Utc>) -> Result<usize, store::Store
             )
         })
         .collect();
-    store.enqueue_events(&events)
+    Ok(enqueued + store.enqueue_events(&events)?)
 }
 
 /// The body of `POST /v1/admin/webhooks`.
@@ -197,7 +221,7 @@ pub(super) struct NewEndpoint {
     url: String,
     /// The event types to receive: license.issued, license.renewed, license.revoked,
     /// license.reinstated, instance.activated, instance.released, seat_limit.reached,
-    /// checkin.overdue.
+    /// seat_overage.started, checkin.overdue, license.never_checked_in.
     events: Vec<String>,
 }
 

@@ -147,6 +147,7 @@ impl Store {
                         last + crate::license::Tier::Community.grace()
                             + Duration::days(if tier == "community" { 1 } else { 7 }),
                     ),
+                    exemption: None,
                 }
             })
             .collect();

@@ -29,8 +29,19 @@ impl CheckInWrite<'_> {
         &mut self,
         license_ids: &[&str],
         now: NaiveDateTime,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
+    ) -> Result<Vec<(String, licensing::SeatsInUse)>, StoreError> {
         licensing::seats_in_use(self.conn, license_ids, now)
+    }
+
+    /// The vendor's terms (exemptions allowed, loopback bound, overage) of those of
+    /// `license_ids` that have any.
+    pub fn license_terms(&mut self, license_ids: &[&str]) -> Result<Vec<super::LicenseTerms>, StoreError> {
+        licensing::license_terms(self.conn, license_ids)
+    }
+
+    /// Starts a license's soft seat overage at `at`, unless one started before.
+    pub fn start_overage(&mut self, license_id: &str, at: NaiveDateTime) -> Result<(), StoreError> {
+        licensing::start_overage(self.conn, license_id, at)
     }
 
     /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.

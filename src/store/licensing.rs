@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::models::*;
-use super::schema::{check_ins, install_keys, instances, licenses};
+use super::schema::{check_ins, install_keys, instances, license_terms, licenses};
 use super::webhooks::{self, NewEvent};
 use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
@@ -82,7 +82,12 @@ pub struct InstanceRecord {
     pub first_seen_at: DateTime<Utc>,
     pub last_check_in_at: DateTime<Utc>,
     pub last_status: String,
+    /// Until when it holds its place: a seat, or for a `loopback` instance a developer's
+    /// place, which is no seat.
     pub seat_until: Option<DateTime<Utc>>,
+    /// The telemetry exemption it declared at its last check-in (`loopback`, `private
+    /// address`, `link-local address`, `local name`); `null` when it sends telemetry.
+    pub exemption: Option<String>,
 }
 
 /// Which licenses a listing shows.
@@ -95,6 +100,9 @@ pub struct LicenseFilter {
     /// Licenses whose licensee contains this text (case-insensitive on ASCII), or whose id
     /// starts with it.
     pub search: Option<String>,
+    /// `false`: licenses known here (issued, registered or revoked by id) that no deployment
+    /// ever checked in for; `true`: those that one did.
+    pub checked_in: Option<bool>,
 }
 
 /// Which instances a listing shows.
@@ -240,45 +248,121 @@ pub(super) fn seats_in_use(
     conn: &mut DbConnection,
     license_ids: &[&str],
     now: NaiveDateTime,
-) -> Result<Vec<(String, i64)>, StoreError> {
+) -> Result<Vec<(String, SeatsInUse)>, StoreError> {
     #[derive(QueryableByName)]
     struct InUse {
         #[diesel(sql_type = diesel::sql_types::Text)]
         license_id: String,
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         seats: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        loopback: i64,
     }
     let mut out = Vec::new();
     match conn {
         // One index range scan per license: `license_id = ANY($1)` had PostgreSQL re-check the
         // whole array against every seat holder it fetched, and a join with the unnested array
-        // was planned as a hash join over the whole table (both showed up under load).
+        // was planned as a hash join over the whole table (both showed up under load). Loopback
+        // instances (developers' machines) hold no seat and are counted apart.
         DbConnection::Postgresql(c) => {
             for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
                 let rows: Vec<InUse> = diesel::sql_query(
-                    "SELECT l.id AS license_id, (SELECT COUNT(*) FROM instances i \
-                     WHERE i.license_id = l.id AND i.seat_until > $2) AS seats FROM unnest($1::text[]) AS l(id)",
+                    "SELECT l.id AS license_id, \
+                     (SELECT COUNT(*) FROM instances i WHERE i.license_id = l.id AND i.seat_until > $2 \
+                      AND i.exemption IS DISTINCT FROM 'loopback') AS seats, \
+                     (SELECT COUNT(*) FROM instances i WHERE i.license_id = l.id AND i.seat_until > $2 \
+                      AND i.exemption = 'loopback') AS loopback \
+                     FROM unnest($1::text[]) AS l(id)",
                 )
                 .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
                 .bind::<diesel::sql_types::Timestamp, _>(now)
                 .load(c)?;
-                out.extend(rows.into_iter().map(|r| (r.license_id, r.seats)));
+                out.extend(
+                    rows.into_iter()
+                        .map(|r| (r.license_id, SeatsInUse { seats: r.seats, loopback: r.loopback })),
+                );
             }
         }
         DbConnection::Sqlite(c) => {
             for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
-                out.extend(
-                    instances::table
-                        .filter(instances::license_id.eq_any(chunk))
-                        .filter(instances::seat_until.gt(now))
-                        .group_by(instances::license_id)
-                        .select((instances::license_id, diesel::dsl::count_star()))
-                        .load::<(String, i64)>(c)?,
-                );
+                let rows: Vec<(String, Option<String>)> = instances::table
+                    .filter(instances::license_id.eq_any(chunk))
+                    .filter(instances::seat_until.gt(now))
+                    .select((instances::license_id, instances::exemption))
+                    .load(c)?;
+                let mut counts: std::collections::BTreeMap<String, SeatsInUse> = Default::default();
+                for (license_id, exemption) in rows {
+                    let count = counts.entry(license_id).or_default();
+                    match exemption.as_deref() {
+                        Some(LOOPBACK) => count.loopback += 1,
+                        _ => count.seats += 1,
+                    }
+                }
+                out.extend(counts);
             }
         }
     }
     Ok(out)
+}
+
+/// The exemption whose instances hold no seat, as stored.
+const LOOPBACK: &str = "loopback";
+
+/// A license no deployment has checked in for (see [`Store::silent_licenses`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilentLicense {
+    pub license_id: String,
+    pub licensee: String,
+    pub tier: crate::license::Tier,
+    /// When the server learnt of it.
+    pub known_since: DateTime<Utc>,
+    /// When its first check-in was due, at the latest.
+    pub due_at: DateTime<Utc>,
+}
+
+/// What holds a place of a license at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeatsInUse {
+    /// Instances holding one of its seats.
+    pub seats: i64,
+    /// Loopback instances (developers' machines), which hold no seat and are bounded apart.
+    pub loopback: i64,
+}
+
+/// The vendor's terms of those of `license_ids` that have any.
+pub(super) fn license_terms(
+    conn: &mut DbConnection,
+    license_ids: &[&str],
+) -> Result<Vec<LicenseTerms>, StoreError> {
+    let mut out = Vec::new();
+    on_backend!(conn, c => {
+        for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
+            out.extend(
+                license_terms::table
+                    .filter(license_terms::license_id.eq_any(chunk))
+                    .select(LicenseTerms::as_select())
+                    .load(c)?,
+            );
+        }
+    });
+    Ok(out)
+}
+
+/// Marks the start of a license's soft seat overage at `at`, unless one started before.
+pub(super) fn start_overage(
+    conn: &mut DbConnection,
+    license_id: &str,
+    at: NaiveDateTime,
+) -> Result<(), StoreError> {
+    diesel::sql_query(
+        "INSERT INTO license_terms (license_id, overage_started_at) VALUES ($1, $2) \
+         ON CONFLICT (license_id) DO UPDATE \
+         SET overage_started_at = COALESCE(license_terms.overage_started_at, excluded.overage_started_at)",
+    )
+    .bind::<diesel::sql_types::Text, _>(license_id)
+    .bind::<diesel::sql_types::Timestamp, _>(at)
+    .execute(conn)?;
+    Ok(())
 }
 
 /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.
@@ -294,6 +378,7 @@ pub(super) fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) ->
                     instances::last_check_in_at.eq(excluded(instances::last_check_in_at)),
                     instances::last_status.eq(excluded(instances::last_status)),
                     instances::seat_until.eq(excluded(instances::seat_until)),
+                    instances::exemption.eq(excluded(instances::exemption)),
                 ))
         };
     }
@@ -357,6 +442,82 @@ pub(super) fn insert_check_ins(conn: &mut DbConnection, rows: &[NewCheckIn<'_>])
 }
 
 impl Store {
+    /// Licenses that no deployment ever checked in for although one check-in interval has
+    /// passed since the server learnt of them (issued here, or registered): not revoked, with a
+    /// key. Air-gapped Enterprise licenses are among them by nature (they report by file).
+    pub fn silent_licenses(&self, now: DateTime<Utc>) -> Result<Vec<SilentLicense>, StoreError> {
+        let rows: Vec<(String, String, String, Option<i64>, NaiveDateTime)> = licenses::table
+            .filter(licenses::last_check_in_at.is_null())
+            .filter(licenses::revoked_at.is_null())
+            .filter(licenses::kid.ne(""))
+            .select((
+                licenses::id,
+                licenses::licensee,
+                licenses::tier,
+                licenses::check_in_interval_s,
+                licenses::first_seen_at,
+            ))
+            .load(&mut self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(license_id, licensee, tier, interval_s, known_since)| {
+                let tier: crate::license::Tier = tier.parse().ok()?;
+                let interval = interval_s.map_or_else(|| tier.check_in_interval(), chrono::Duration::seconds);
+                let due_at = utc(known_since) + interval;
+                (due_at <= now).then(|| SilentLicense {
+                    license_id,
+                    licensee,
+                    tier,
+                    known_since: utc(known_since),
+                    due_at,
+                })
+            })
+            .collect())
+    }
+
+    /// Sets what the vendor decides for one license beside its key (`None` leaves a term as it
+    /// is; `Some(None)` returns it to the server's default), in one transaction; `None` when
+    /// no license of that id is known.
+    pub fn set_license_terms(
+        &self,
+        license_id: &str,
+        private_exemption: Option<Option<bool>>,
+        max_loopback: Option<Option<i32>>,
+    ) -> Result<Option<(LicenseRow, LicenseTerms)>, StoreError> {
+        let mut conn = self.conn()?;
+        super::db::write_transaction(&mut conn, |c| {
+            let Some(row) =
+                licenses::table.find(license_id).select(LicenseRow::as_select()).first(c).optional()?
+            else {
+                return Ok(None);
+            };
+            let mut terms = license_terms::table
+                .find(license_id)
+                .select(LicenseTerms::as_select())
+                .first(c)
+                .optional()?
+                .unwrap_or_else(|| LicenseTerms { license_id: license_id.to_owned(), ..Default::default() });
+            if let Some(value) = private_exemption {
+                terms.private_exemption = value;
+            }
+            if let Some(value) = max_loopback {
+                terms.max_loopback = value;
+            }
+            on_backend!(c, inner => {
+                diesel::insert_into(license_terms::table)
+                    .values(&terms)
+                    .on_conflict(license_terms::license_id)
+                    .do_update()
+                    .set((
+                        license_terms::private_exemption.eq(excluded(license_terms::private_exemption)),
+                        license_terms::max_loopback.eq(excluded(license_terms::max_loopback)),
+                    ))
+                    .execute(inner)?;
+            });
+            Ok(Some((row, terms)))
+        })
+    }
+
     /// Runs `f` in one transaction: the unit of work of a check-in or an admin change.
     pub fn transaction<T, E>(&self, f: impl FnOnce(&mut DbConnection) -> Result<T, E>) -> Result<T, E>
     where
@@ -415,6 +576,11 @@ impl Store {
             Some(false) => query = query.filter(licenses::revoked_at.is_null()),
             None => {}
         }
+        match filter.checked_in {
+            Some(true) => query = query.filter(licenses::last_check_in_at.is_not_null()),
+            Some(false) => query = query.filter(licenses::last_check_in_at.is_null()),
+            None => {}
+        }
         if let Some(cursor) = after {
             let (t, id) = (cursor.at, cursor.keys.first().cloned().unwrap_or_default());
             query = query.filter(
@@ -436,9 +602,11 @@ impl Store {
             .group_by(instances::license_id)
             .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
+        // Loopback instances (developers' machines) hold no seat.
         let in_use: Vec<(String, i64)> = instances::table
             .filter(instances::license_id.eq_any(&ids))
             .filter(instances::seat_until.gt(naive(now)))
+            .filter(instances::exemption.is_null().or(instances::exemption.ne(LOOPBACK)))
             .group_by(instances::license_id)
             .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
@@ -601,6 +769,7 @@ impl Store {
                 last_check_in_at: utc(i.last_check_in_at),
                 last_status: i.last_status,
                 seat_until: i.seat_until.map(utc),
+                exemption: i.exemption,
             })
             .collect();
         Ok(Page { items, next })

@@ -33,7 +33,9 @@ pub(crate) use db::on_backend;
 pub use db::*;
 pub use insights::*;
 pub use jobs::JobClaim;
-pub use licensing::{Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page};
+pub use licensing::{
+    Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page, SeatsInUse, SilentLicense,
+};
 pub use models::*;
 pub use public::{fold, looks_like_identifier, Entry, PublicFigure, PublicInsights, Rising, OTHER, REFRESH};
 pub use sessions::DashboardSession;

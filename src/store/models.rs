@@ -106,6 +106,23 @@ pub struct InstanceRow {
     pub last_check_in_at: NaiveDateTime,
     pub last_status: String,
     pub seat_until: Option<NaiveDateTime>,
+    /// The telemetry exemption declared at the last check-in (its protocol name), if any: a
+    /// `loopback` instance holds no seat.
+    pub exemption: Option<String>,
+}
+
+/// What the vendor set for one license beside its key, and its soft seat overage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = license_terms, treat_none_as_default_value = false)]
+pub struct LicenseTerms {
+    pub license_id: String,
+    /// Whether private-network deployments may check in without telemetry; `None` takes the
+    /// server's default for the tier.
+    pub private_exemption: Option<bool>,
+    /// How many loopback instances may hold a place at once; `None` takes the server's default.
+    pub max_loopback: Option<i32>,
+    /// When the license first went over its seats (its soft-overage period's start).
+    pub overage_started_at: Option<NaiveDateTime>,
 }
 
 /// An air-gapped install's pinned key and where its chain of usage reports stands.

@@ -31,6 +31,16 @@ diesel::table! {
         last_check_in_at -> Timestamp,
         last_status -> Text,
         seat_until -> Nullable<Timestamp>,
+        exemption -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    license_terms (license_id) {
+        license_id -> Text,
+        private_exemption -> Nullable<Bool>,
+        max_loopback -> Nullable<Integer>,
+        overage_started_at -> Nullable<Timestamp>,
     }
 }
 
@@ -221,6 +231,7 @@ diesel::joinable!(instances -> licenses (license_id));
 diesel::allow_tables_to_appear_in_same_query!(
     licenses,
     instances,
+    license_terms,
     check_ins,
     telemetry_batches,
     telemetry_payloads,

@@ -15,7 +15,7 @@ use super::schema::{instances, webhook_deliveries, webhook_endpoints};
 use super::{naive, on_backend, utc, DbConnection, Store, StoreError};
 
 /// Every event type, as endpoints subscribe to them.
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "license.issued",
     "license.renewed",
     "license.revoked",
@@ -23,7 +23,9 @@ pub const EVENT_TYPES: [&str; 8] = [
     "instance.activated",
     "instance.released",
     "seat_limit.reached",
+    "seat_overage.started",
     "checkin.overdue",
+    "license.never_checked_in",
 ];
 
 /// Deliveries are attempted at most this many times.

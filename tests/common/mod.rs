@@ -159,6 +159,8 @@ impl Harness {
             rate_limit_per_address: 1_000_000,
             trusted_proxies: vec![],
             limits: Default::default(),
+            // Strict seats, as most tests assert them; the soft overage has tests of its own.
+            seats: licensor::checkin::SeatRules { overage_days: 0, ..Default::default() },
             public_insights: false,
             insights_min_installs: 10,
             tls: None,

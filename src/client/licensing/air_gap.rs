@@ -86,7 +86,7 @@ pub enum AirGapError {
 
 impl Verifier {
     fn air_gapped(&self) -> Result<(), AirGapError> {
-        match &self.mode {
+        match self.mode() {
             Mode::AirGapped { .. } if self.store.is_some() => Ok(()),
             Mode::AirGapped { .. } => Err(AirGapError::NotAirGapped("the license key is refused".into())),
             Mode::Telemetry { .. } => Err(AirGapError::NotAirGapped(
@@ -94,9 +94,11 @@ impl Verifier {
                  license server, which receives its usage there"
                     .into(),
             )),
-            Mode::Development { reason } => Err(AirGapError::NotAirGapped(format!(
-                "this is a development instance ({reason}): nothing is collected, so there is nothing to report"
+            Mode::Exempt { reason, .. } => Err(AirGapError::NotAirGapped(format!(
+                "this deployment is exempt from telemetry ({reason}): nothing is collected, so there is nothing to \
+                 report"
             ))),
+            Mode::Unlicensed { reason } => Err(AirGapError::NotAirGapped(reason.clone())),
         }
     }
 
@@ -133,7 +135,7 @@ impl Verifier {
             nonce: crate::client::exchange::fresh_nonce(),
             created_at: now,
             install_key: usage_report::encode_install_key(&key.verifying_key()),
-            level: match self.mode.level() {
+            level: match self.mode().level() {
                 Some(Level::Basic) => ReportLevel::Basic,
                 _ => ReportLevel::Full,
             },

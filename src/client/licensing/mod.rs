@@ -55,6 +55,10 @@ pub enum StartError {
     /// The server URL is not usable.
     #[error("{0}")]
     BadServerUrl(String),
+    /// The instance URL (`LICENSOR_INSTANCE_URL`) cannot be read: a deployment whose address
+    /// cannot be judged is not exempt from anything, so it does not start.
+    #[error("{0}")]
+    BadInstanceUrl(String),
     /// The local store could not be opened.
     #[error(transparent)]
     Store(#[from] LocalError),
@@ -182,7 +186,7 @@ pub struct Licensing {
 
 impl std::fmt::Debug for Licensing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Licensing").field("mode", &self.verifier.mode).finish_non_exhaustive()
+        f.debug_struct("Licensing").field("mode", self.verifier.mode()).finish_non_exhaustive()
     }
 }
 
@@ -203,8 +207,10 @@ impl Licensing {
             }
         }
         // Air-gapped runs the worker too (flushes, roll-ups, health), without its check-ins.
-        let worker = match verifier.mode {
-            Mode::Telemetry { .. } | Mode::AirGapped { .. } if verifier.store.is_some() => {
+        let worker = match verifier.mode() {
+            Mode::Telemetry { .. } | Mode::Exempt { .. } | Mode::AirGapped { .. }
+                if verifier.store.is_some() =>
+            {
                 Some(worker::spawn(verifier.clone())?)
             }
             _ => None,
@@ -246,7 +252,7 @@ impl Licensing {
 
     /// How the verifier runs, and what start-up said about it.
     pub fn mode(&self) -> &Mode {
-        &self.verifier.mode
+        self.verifier.mode()
     }
 
     /// Saves the operator's telemetry choice in the data directory (as `licensor telemetry
@@ -288,8 +294,27 @@ impl Licensing {
 
     /// What start-up said about the mode (also logged, and printed to stderr unless
     /// [`Config::print_notices`] is off), for a host that shows them itself.
-    pub fn notices(&self) -> &[String] {
-        &self.verifier.notices
+    pub fn notices(&self) -> Vec<String> {
+        self.verifier.notices()
+    }
+
+    /// Whether this instance is classed as a developer's machine (loopback) and so reclassifies
+    /// itself when it serves a request for a host that is not local.
+    pub fn watches_hosts(&self) -> bool {
+        matches!(
+            self.verifier.mode(),
+            Mode::Exempt { exemption: crate::protocol::TelemetryExemption::Loopback, .. }
+        )
+    }
+
+    /// Tells the verifier that the application served a request for `host` (as the request
+    /// named it, port included or not). A loopback instance that serves a host that is not
+    /// local is a real deployment: it reclassifies itself (see [`Mode`]), says so, and checks
+    /// in at once to take its seat. Integrations call it; it costs nothing otherwise.
+    pub fn served_host(&self, host: &str) {
+        if self.watches_hosts() && crate::client::policy::host_exemption(host).is_none() {
+            self.verifier.reclassify(host);
+        }
     }
 
     /// This install's instance id (`None` where nothing is stored: development, a refused key).
@@ -366,7 +391,9 @@ impl Licensing {
 
     /// The local store's summary of the last `hours` (after a flush).
     pub fn summary(&self, hours: u32) -> Result<Option<LocalSummary>, LocalError> {
-        let Some(store) = &self.verifier.store else { return Ok(None) };
+        let Some(store) = self.verifier.store.as_ref().filter(|_| self.verifier.collects()) else {
+            return Ok(None);
+        };
         self.verifier.flush()?;
         store.summary(hours, self.verifier.now()).map(Some)
     }

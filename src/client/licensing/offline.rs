@@ -27,11 +27,11 @@ impl Opened {
     }
 
     pub fn mode(&self) -> &Mode {
-        &self.verifier.mode
+        self.verifier.mode()
     }
 
-    pub fn notices(&self) -> &[String] {
-        &self.verifier.notices
+    pub fn notices(&self) -> Vec<String> {
+        self.verifier.notices()
     }
 
     /// The license in force (a renewal the server delivered, when newer than the configured

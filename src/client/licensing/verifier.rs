@@ -23,7 +23,9 @@ use crate::client::telemetry::Telemetry;
 use crate::keys::KeyRing;
 use crate::lease::{self, LeasePayload};
 use crate::license::{self, LicensePayload};
-use crate::protocol::{BatchLimits, CheckInStatus, Environment, Health, SyncStatus, UserCountRange};
+use crate::protocol::{
+    BatchLimits, CheckInStatus, Environment, Health, SyncStatus, TelemetryExemption, UserCountRange,
+};
 use crate::time::Clock;
 use crate::token::{self, TokenError};
 
@@ -55,8 +57,13 @@ pub(crate) struct CurrentLicense {
 pub(crate) struct Verifier {
     pub(super) license: RwLock<CurrentLicense>,
     pub(super) ring: KeyRing,
-    pub(super) mode: Mode,
+    /// The mode decided at start; see [`Verifier::mode`].
+    start_mode: Mode,
+    /// Set once, when an instance classed as loopback is seen serving another host: it is a
+    /// real deployment, and runs as one from then on.
+    reclassified: std::sync::OnceLock<Mode>,
     pub(super) notices: Vec<String>,
+    late_notices: Mutex<Vec<String>>,
     pub(super) server_url: Option<String>,
     pub(super) software_version: String,
     pub(super) modules_enabled: Vec<String>,
@@ -70,6 +77,8 @@ pub(crate) struct Verifier {
     pub(super) http: Option<reqwest::Client>,
     /// One check-in at a time, whoever asks.
     pub(super) checking_in: tokio::sync::Mutex<()>,
+    /// Tells the worker to check in now rather than when due (a permit is kept when it is busy).
+    pub(super) check_in_soon: tokio::sync::Notify,
     pub(super) failures: AtomicU32,
     /// Set for the application (`Licensing::start`): it records its environment in the store
     /// for the commands run beside it. A command's verifier reads that record instead, so it
@@ -121,22 +130,25 @@ impl Verifier {
                 if switches.choice.is_none() {
                     switches.choice = crate::client::choice::read(&config.data_dir)?;
                 }
-                let decision = policy::decide(payload.tier, config.instance_url.as_deref(), &switches);
+                let decision = policy::decide(payload.tier, config.instance_url.as_deref(), &switches)
+                    .map_err(StartError::BadInstanceUrl)?;
                 (decision.mode, decision.notices)
             }
             Err(e) => (
-                Mode::Development { reason: format!("the license key is {}", e.verdict()) },
-                vec![format!("the license key is refused ({e}): nothing is collected or sent")],
+                Mode::Unlicensed { reason: format!("the license key is {}", e.verdict()) },
+                vec![format!("the license key is refused ({e}): nothing is collected, sent or checked in")],
             ),
         };
         let sender = choose_sender(&config, &mode, license.as_ref().ok().map(|p| p.tier), &mut notices);
-        // Telemetry mode checks in; air-gapped keeps its figures (and its own key) for the signed
-        // usage reports carried by hand, and never connects.
-        let telemetry_on = matches!(mode, Mode::Telemetry { .. }) && license.is_ok();
-        let keeps_store = (telemetry_on || matches!(mode, Mode::AirGapped { .. })) && license.is_ok();
-        if telemetry_on {
+        // Telemetry and exempt deployments check in; air-gapped keeps its figures (and its own
+        // key) for the signed usage reports carried by hand, and never connects.
+        let checks_in = mode.checks_in() && license.is_ok();
+        let keeps_store = (checks_in || matches!(mode, Mode::AirGapped { .. })) && license.is_ok();
+        if checks_in {
             match &config.server_url {
-                None if !config.switches.debug => {
+                // Only the debug printer may run without a server: its first grace, one check-in
+                // interval, is all it gets.
+                None if !matches!(mode, Mode::Telemetry { debug: true, .. }) => {
                     return Err(StartError::NoServer {
                         tier: license.as_ref().map(|p| p.tier).unwrap_or(license::Tier::Community),
                     })
@@ -203,16 +215,21 @@ impl Verifier {
             };
             (None, instance)
         };
-        // At the basic level nothing is collected: batches carry the environment alone.
+        // At the basic level nothing is collected: batches carry the environment alone. A
+        // developer's machine (loopback) gets a collector that stays off unless the instance
+        // turns out to serve other hosts (see `reclassify`).
         let collecting = keeps_store && mode.level() == Some(Level::Full);
         let telemetry = if collecting {
             Telemetry::with_sampling(&config.limits, config.sampling)
+        } else if keeps_store && matches!(mode, Mode::Exempt { exemption: TelemetryExemption::Loopback, .. })
+        {
+            Telemetry::dormant(&config.limits, config.sampling)
         } else {
             Telemetry::disabled()
         };
         // No HTTP client at all unless this instance checks in: air-gapped means no
         // connection, and a client that does not exist cannot make one.
-        let http = if telemetry_on {
+        let http = if checks_in {
             let mut builder = reqwest::Client::builder()
                 // A redirect would re-send the license key and the telemetry wherever it
                 // points: none is followed, and a 3xx counts as no answer.
@@ -230,8 +247,10 @@ impl Verifier {
         Ok(Verifier {
             license: RwLock::new(current),
             ring,
-            mode,
+            start_mode: mode,
+            reclassified: std::sync::OnceLock::new(),
             notices,
+            late_notices: Mutex::new(Vec::new()),
             server_url: config.server_url.clone(),
             software_version: config.software_version.clone(),
             modules_enabled: config.modules_enabled.clone(),
@@ -243,11 +262,51 @@ impl Verifier {
             started: now,
             http,
             checking_in: tokio::sync::Mutex::new(()),
+            check_in_soon: tokio::sync::Notify::new(),
             failures: AtomicU32::new(0),
             is_application: std::sync::atomic::AtomicBool::new(false),
             sender,
             config,
         })
+    }
+
+    /// How the verifier runs now: as decided at start, or as reclassified since.
+    pub(super) fn mode(&self) -> &Mode {
+        self.reclassified.get().unwrap_or(&self.start_mode)
+    }
+
+    /// Called by the middleware when an instance classed as loopback (a developer's machine,
+    /// holding no seat) serves a request for `host`, which is not local: it is a deployment
+    /// like any other. From now on it runs in telemetry mode at the full level (its collector
+    /// wakes, its check-ins carry telemetry and take a seat), it says so, and it checks in at
+    /// once so that the server counts it. Only the first call does anything.
+    pub(super) fn reclassify(&self, host: &str) {
+        if !matches!(self.start_mode, Mode::Exempt { exemption: TelemetryExemption::Loopback, .. })
+            || self.store.is_none()
+            || self.reclassified.set(Mode::FULL).is_err()
+        {
+            return;
+        }
+        self.telemetry.wake();
+        let notice = format!(
+            "this instance was classed as a developer's machine (loopback) but serves {host:?}: it now runs as a \
+             licensed deployment, holds a seat and sends telemetry; set LICENSOR_INSTANCE_URL to its public URL"
+        );
+        tracing::warn!(target: "licensor", "{notice}");
+        if self.config.print_notices {
+            eprintln!("licensor: {notice}");
+        }
+        if let Ok(mut notices) = self.late_notices.lock() {
+            notices.push(notice);
+        }
+        self.check_in_soon.notify_one();
+    }
+
+    /// Start-up's notices and any said since (a reclassification).
+    pub(super) fn notices(&self) -> Vec<String> {
+        let mut all = self.notices.clone();
+        all.extend(self.late_notices.lock().map(|n| n.clone()).unwrap_or_default());
+        all
     }
 
     /// The license in force now.
@@ -288,7 +347,7 @@ impl Verifier {
         };
         status::evaluate(&Facts {
             license,
-            mode: &self.mode,
+            mode: self.mode(),
             lease: instance.lease.as_ref(),
             last_server_time: instance.last_server_time,
             first_started: instance.first_started,
@@ -296,8 +355,14 @@ impl Verifier {
         })
     }
 
+    /// Whether this deployment keeps figures (telemetry and air-gapped; not an exempt one,
+    /// whose store holds only its license state).
+    pub(super) fn collects(&self) -> bool {
+        self.store.is_some() && self.mode().level().is_some()
+    }
+
     pub(super) fn flush(&self) -> Result<(), LocalError> {
-        let Some(store) = &self.store else { return Ok(()) };
+        let Some(store) = self.store.as_ref().filter(|_| self.collects()) else { return Ok(()) };
         let mut flush = self.telemetry.drain();
         flush.health = self.health.lock().map(|h| h.clone()).unwrap_or_default();
         let now = self.now();
@@ -342,7 +407,7 @@ impl Verifier {
     /// Flushes, then takes the next batch into the outbox (if none waits there) and returns it
     /// with what it leaves out.
     pub(super) fn preview(&self) -> Result<Option<super::Preview>, LocalError> {
-        let Some(store) = &self.store else { return Ok(None) };
+        let Some(store) = self.store.as_ref().filter(|_| self.collects()) else { return Ok(None) };
         self.flush()?;
         let now = self.now();
         let batch = store.pin_batch(self.environment(now), now, &BatchLimits::default())?;
@@ -368,8 +433,8 @@ impl Verifier {
         let now = self.now();
         let mut d = Dashboard {
             now,
-            mode: self.mode.clone(),
-            notices: self.notices.clone(),
+            mode: self.mode().clone(),
+            notices: self.notices(),
             status: self.status(),
             license: self.payload().map_err(|e| e.to_string()),
             state: None,
@@ -388,7 +453,7 @@ impl Verifier {
             d.pending = store.outbox()?;
             d.unbatched = store.unbatched_rows()?;
             d.ledger = store.ledger()?;
-            if matches!(self.mode, Mode::AirGapped { .. }) {
+            if matches!(self.mode(), Mode::AirGapped { .. }) {
                 d.reports = Some(store.report_chain()?);
             }
         }
@@ -449,9 +514,9 @@ impl Verifier {
     /// Releases this instance's seat (see [`Licensing::deactivate`]).
     pub(super) async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
         let current = self.current();
-        let (Some(store), Ok(payload), Mode::Telemetry { .. }) = (&self.store, &current.payload, &self.mode)
+        let (Some(store), Ok(payload), true) = (&self.store, &current.payload, self.mode().checks_in())
         else {
-            return Err(DeactivateError::NotApplicable(self.mode.off_reason().unwrap_or_default()));
+            return Err(DeactivateError::NotApplicable(self.mode().off_reason().unwrap_or_default()));
         };
         let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
             return Err(DeactivateError::NotApplicable("no license server is configured".into()));
@@ -499,20 +564,25 @@ impl Verifier {
 
     /// One check-in: flush, take the outbox batch (or assemble one), send, verify, record.
     pub(super) async fn check_in(&self) -> CheckInOutcome {
-        // A refused license key starts in development mode (see `open`), so telemetry mode
-        // always has a store and a license here.
+        // A refused license key starts unlicensed (see `open`), so a mode that checks in always
+        // has a store and a license here.
         let current = self.current();
+        let mode = self.mode();
         let (Some(store), Ok(payload)) = (&self.store, &current.payload) else {
-            return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default());
+            return CheckInOutcome::NotApplicable(mode.off_reason().unwrap_or_default());
         };
-        match (&self.mode, &self.sender) {
-            (Mode::Telemetry { .. }, _) => {}
+        let exempt = match mode {
+            Mode::Exempt { exemption, .. } => Some(*exemption),
+            _ => None,
+        };
+        match (mode, &self.sender) {
+            (Mode::Telemetry { .. } | Mode::Exempt { .. }, _) => {}
             // Air-gapped with somewhere to deliver: the batch goes there, and nothing connects.
             (Mode::AirGapped { .. }, Some(sender)) => {
                 let _one = self.checking_in.lock().await;
                 return self.deliver_alone(store, sender, payload.license_id).await;
             }
-            _ => return CheckInOutcome::NotApplicable(self.mode.off_reason().unwrap_or_default()),
+            _ => return CheckInOutcome::NotApplicable(mode.off_reason().unwrap_or_default()),
         }
         let _one = self.checking_in.lock().await;
         if self.instance.read().is_ok_and(|k| k.deactivated) {
@@ -522,16 +592,20 @@ impl Verifier {
         if let Err(e) = self.flush() {
             tracing::warn!(target: "licensor", "flushing telemetry before the check-in failed: {e}");
         }
-        let outgoing = match store.next_batch(self.environment(now), now, &BatchLimits::default()) {
-            Ok(o) => o,
-            Err(e) => return self.failed(store, format!("the local store failed: {e}"), None),
+        // An exempt deployment sends no telemetry at all: not even the environment.
+        let outgoing = match exempt {
+            Some(_) => None,
+            None => match store.next_batch(self.environment(now), now, &BatchLimits::default()) {
+                Ok(o) => Some(o),
+                Err(e) => return self.failed(store, format!("the local store failed: {e}"), None),
+            },
         };
         // A sender of the host's (or the debug printer) takes the batch instead: the check-in,
         // if any, then carries none.
         let mut delivered = None;
-        if let Some(sender) = &self.sender {
-            let outcome = self.deliver(store, sender, &outgoing, payload.license_id, None).await;
-            if matches!(self.mode, Mode::Telemetry { debug: true, .. }) {
+        if let (Some(sender), Some(outgoing)) = (&self.sender, &outgoing) {
+            let outcome = self.deliver(store, sender, outgoing, payload.license_id, None).await;
+            if matches!(mode, Mode::Telemetry { debug: true, .. }) {
                 return CheckInOutcome::Printed;
             }
             delivered = Some(outcome);
@@ -539,10 +613,12 @@ impl Verifier {
         let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
             return CheckInOutcome::NotApplicable("no license server is configured".into());
         };
-        let batch_id = uuid::Uuid::parse_str(&outgoing.batch_id).unwrap_or_else(|_| uuid::Uuid::nil());
         let instance_id = self.instance.read().map(|k| k.instance_id.clone()).unwrap_or_default();
-        let carried = delivered.is_none().then_some((outgoing.payload.as_str(), batch_id));
-        let request = exchange::build_request(&current.key, &instance_id, &self.reported_version(), carried);
+        let carried = outgoing.as_ref().filter(|_| delivered.is_none()).map(|o| {
+            (o.payload.as_str(), uuid::Uuid::parse_str(&o.batch_id).unwrap_or_else(|_| uuid::Uuid::nil()))
+        });
+        let request =
+            exchange::build_request(&current.key, &instance_id, &self.reported_version(), carried, exempt);
         let (http_status, retry_after, body) = match exchange::send(http, server, &request).await {
             Ok(answer) => answer,
             Err(e) => return self.failed(store, format!("no answer: {}", error_chain(&e)), None),
@@ -589,8 +665,10 @@ impl Verifier {
             server_time: Some(lease.server_time),
             result: status.as_str().into(),
             next_check_in_at: Some(next),
-            acknowledged: (verified.batch_acknowledged && carried.is_some())
-                .then(|| outgoing.batch_id.clone()),
+            acknowledged: outgoing
+                .as_ref()
+                .filter(|_| verified.batch_acknowledged && carried.is_some())
+                .map(|o| o.batch_id.clone()),
             renewed_key: renewed.as_ref().map(|(key, _)| key.clone()),
             report_acknowledged: None,
         };

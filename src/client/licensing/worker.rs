@@ -59,8 +59,9 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
             runtime.block_on(async move {
                 let (flush_every, health_every) = (verifier.config.flush_every, verifier.config.health_every);
                 // Air-gapped with a sender delivers on the same schedule, without connecting.
-                let checks_in = match verifier.mode {
-                    crate::client::policy::Mode::Telemetry { .. } => true,
+                let checks_in = match verifier.mode() {
+                    crate::client::policy::Mode::Telemetry { .. }
+                    | crate::client::policy::Mode::Exempt { .. } => true,
                     crate::client::policy::Mode::AirGapped { .. } => verifier.sender.is_some(),
                     _ => false,
                 };
@@ -155,7 +156,14 @@ async fn check_ins(verifier: Arc<Verifier>) {
     loop {
         let now = tokio::time::Instant::now();
         if now < due {
-            tokio::time::sleep((due - now).min(WATCH_EVERY)).await;
+            // Woken early when the instance must check in at once (it was reclassified).
+            if tokio::time::timeout((due - now).min(WATCH_EVERY), verifier.check_in_soon.notified())
+                .await
+                .is_ok()
+            {
+                due = tokio::time::Instant::now();
+                continue;
+            }
             let stored = verifier.stored_next_check_in();
             if let Some(at) = stored.filter(|_| stored != seen) {
                 let wait = (at - verifier.now()).to_std().unwrap_or(Duration::ZERO);

@@ -487,7 +487,13 @@ pub async fn licenses(session: Session, state: web::Data<AppState>, q: web::Quer
         }
     };
     let cursor = cursor(q.cursor.as_deref())?;
-    let filter = store::LicenseFilter { tier: tier.clone(), revoked, id: None, search: q.search.clone() };
+    let filter = store::LicenseFilter {
+        tier: tier.clone(),
+        revoked,
+        id: None,
+        search: q.search.clone(),
+        checked_in: None,
+    };
     let (store, now) = (state.store.clone(), (state.clock)());
     let period = Period::ending(now, DEFAULT_DAYS);
     let (page, risks) = blocking(move || {

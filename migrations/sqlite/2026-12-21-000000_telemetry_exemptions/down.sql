@@ -1,0 +1,2 @@
+DROP TABLE license_terms;
+ALTER TABLE instances DROP COLUMN exemption;
