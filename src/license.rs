@@ -333,17 +333,20 @@ pub struct Changes {
     pub seats: Option<u32>,
     /// The whole new list of entitlements, in any order, duplicates allowed.
     pub features: Option<Vec<String>>,
+    /// A new tier (an upgrade or a downgrade): its schedule, grace and telemetry rule apply from
+    /// the key's delivery on.
+    pub tier: Option<Tier>,
 }
 
 impl Changes {
     /// Whether the renewal would change nothing the vendor asked about.
     pub fn is_empty(&self) -> bool {
-        self.expiry.is_none() && self.seats.is_none() && self.features.is_none()
+        self.expiry.is_none() && self.seats.is_none() && self.features.is_none() && self.tier.is_none()
     }
 }
 
 /// Issues the successor of `current` under `signer` at `now`: the same license id, licensee,
-/// tier, start and interval, with `changes` applied, signed by `signer` (which may be another
+/// start and interval (and tier, unless it changes), with `changes` applied, signed by `signer` (which may be another
 /// license key than the one that signed `current`, after a rotation).
 ///
 /// Its `issued_at` is later than `current`'s, even when both fall in the same second: the
@@ -376,6 +379,9 @@ pub fn renew(
     }
     if let Some(seats) = changes.seats {
         payload.seats = seats;
+    }
+    if let Some(tier) = changes.tier {
+        payload.tier = tier;
     }
     if let Some(mut features) = changes.features {
         features.sort();

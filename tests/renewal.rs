@@ -193,7 +193,7 @@ fn changing_a_license_is_refused_with_a_precise_error() {
         (json!({ "expires_at": licensor::time::format(&(t0 - Duration::days(1))) }), 400, "invalid_license"),
         (json!({ "seats": 0 }), 400, "invalid_license"),
         (json!({ "features": ["no spaces"] }), 400, "invalid_license"),
-        (json!({ "tier": "enterprise" }), 400, "invalid_request"),
+        (json!({ "tier": "platinum" }), 400, "invalid_request"),
         (json!({ "seats": "two" }), 400, "invalid_request"),
     ];
     for (body, want_status, want_code) in cases {

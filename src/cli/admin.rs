@@ -183,6 +183,12 @@ pub fn run(args: AdminArgs) -> Result<u8> {
                 None,
             )?,
         },
+        AdminCommand::Register { mut keys, from } => {
+            if let Some(path) = from {
+                keys.extend(keys_from_csv(&path)?);
+            }
+            api.send(Method::POST, "/v1/admin/licenses/register", Some(&json!({ "license_keys": keys })))?
+        }
         AdminCommand::Issue {
             tier,
             licensee,
@@ -213,9 +219,12 @@ pub fn run(args: AdminArgs) -> Result<u8> {
             let body = changes(expires, perpetual, None, None);
             api.send(Method::PATCH, &format!("/v1/admin/licenses/{}", encode(&license_id)), Some(&body))?
         }
-        AdminCommand::Update { license_id, seats, features, clear_features, expires, perpetual } => {
+        AdminCommand::Update { license_id, seats, features, clear_features, expires, perpetual, tier } => {
             let features = (clear_features || !features.is_empty()).then_some(features);
-            let body = changes(expires, perpetual, seats, features);
+            let mut body = changes(expires, perpetual, seats, features);
+            if let Some(tier) = tier {
+                body["tier"] = json!(tier);
+            }
             api.send(Method::PATCH, &format!("/v1/admin/licenses/{}", encode(&license_id)), Some(&body))?
         }
         AdminCommand::Revoke { license_id, reason } => {
@@ -269,6 +278,27 @@ pub fn run(args: AdminArgs) -> Result<u8> {
 }
 
 /// The body of a license change (`PATCH /v1/admin/licenses/{id}`): only what was given.
+/// The `license_key` column of a CSV file with a header row (what bulk issuing writes).
+fn keys_from_csv(path: &std::path::Path) -> Result<Vec<String>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers = reader.headers().with_context(|| format!("reading {}", path.display()))?.clone();
+    let column = headers
+        .iter()
+        .position(|h| h.trim() == "license_key")
+        .with_context(|| format!("{} has no license_key column", path.display()))?;
+    let mut keys = Vec::new();
+    for (n, record) in reader.records().enumerate() {
+        // The header is line 1.
+        let record = record.with_context(|| format!("{}: line {}", path.display(), n + 2))?;
+        let key = record.get(column).map(str::trim).unwrap_or_default();
+        if key.is_empty() {
+            anyhow::bail!("{}: line {} has no license_key", path.display(), n + 2);
+        }
+        keys.push(key.to_owned());
+    }
+    Ok(keys)
+}
+
 fn changes(
     expires: Option<chrono::DateTime<chrono::Utc>>,
     perpetual: bool,

@@ -377,6 +377,18 @@ pub enum AdminCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         check_in_interval: Option<std::time::Duration>,
     },
+    /// Make license keys issued offline (`licensor issue`) known to the server before their
+    /// first check-in, so they can be listed, revoked and renewed at once. Every key must
+    /// verify, or none is registered.
+    #[command(group = clap::ArgGroup::new("source").required(true).multiple(true))]
+    Register {
+        /// License keys (`LIC1....`).
+        #[arg(group = "source")]
+        keys: Vec<String>,
+        /// A CSV file with a `license_key` column, as `licensor issue --from ... --out` writes it.
+        #[arg(long, group = "source", value_name = "FILE")]
+        from: Option<std::path::PathBuf>,
+    },
     /// Renew a license: a new key for the same license with a later expiry, which each of
     /// its instances receives in its next check-in (nobody pastes a new key).
     Renew {
@@ -389,8 +401,8 @@ pub enum AdminCommand {
         #[arg(long)]
         perpetual: bool,
     },
-    /// Change a license's seats, features or expiry: a new key for the same license, which
-    /// each of its instances receives in its next check-in.
+    /// Change a license's seats, features, expiry or tier: a new key for the same license,
+    /// which each of its instances receives in its next check-in.
     #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
     Update {
         /// The license's id (a UUID).
@@ -410,6 +422,9 @@ pub enum AdminCommand {
         /// Make the license perpetual.
         #[arg(long, group = "change")]
         perpetual: bool,
+        /// The new tier: community, pro or enterprise.
+        #[arg(long, group = "change")]
+        tier: Option<Tier>,
     },
     /// Revoke a license, even one the server has not seen yet: every instance's next
     /// check-in answers `revoked`.

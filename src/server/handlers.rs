@@ -315,6 +315,9 @@ pub(super) struct UpdateBody {
     /// The whole new list of entitlements.
     #[serde(default)]
     features: Option<Vec<String>>,
+    /// A new tier: its schedule, grace and telemetry rule apply once the key is delivered.
+    #[serde(default)]
+    tier: Option<Tier>,
 }
 
 /// Renews or changes a license: a new key for the same license id, signed with the issuing
@@ -348,11 +351,11 @@ pub(super) async fn update_license(
         (None, true) => Some(Expiry::Perpetual),
         (None, false) => None,
     };
-    let changes = license::Changes { expiry, seats: body.seats, features: body.features };
+    let changes = license::Changes { expiry, seats: body.seats, features: body.features, tier: body.tier };
     if changes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "give what to change: expires_at or perpetual, seats, features",
+            "give what to change: expires_at or perpetual, seats, features, tier",
         ));
     }
     let license_id = path.into_inner();
@@ -360,6 +363,86 @@ pub(super) async fn update_license(
     let renewed = blocking(move || renew(&store, &issuer, &license_id, changes, now)).await?;
     tracing::info!(license_id = %renewed.payload.license_id, "license renewed");
     Ok(HttpResponse::Ok().json(IssuedLicense { license_key: renewed.key, payload: renewed.payload }))
+}
+
+/// `POST /v1/admin/licenses/register`: keys issued offline (`licensor issue`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegisterBody {
+    /// 1 to 1,000 `LIC1.` keys.
+    license_keys: Vec<String>,
+}
+
+/// What registering one key did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RegisteredLicense {
+    license_id: uuid::Uuid,
+    licensee: String,
+    tier: Tier,
+    outcome: store::Registration,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RegisteredLicenses {
+    /// In the order of the keys given.
+    licenses: Vec<RegisteredLicense>,
+}
+
+/// The most keys one registration takes.
+const MAX_REGISTER: usize = 1_000;
+
+/// Makes license keys issued offline known before any deployment checks in with them, so that
+/// they can be listed, revoked, renewed and watched (`license.never_checked_in`) from the
+/// start. Every key must verify under the server's ring; if one does not, none is registered.
+#[utoipa::path(post, path = "/v1/admin/licenses/register", tag = "licenses", security(("admin_token" = [])),
+    request_body(content = RegisterBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Each key's outcome, in order", body = RegisteredLicenses),
+        (status = 400, description = "A key that does not read or verify (named by its place), or no keys, or too many", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        WriteErrors,
+    ))]
+pub(super) async fn register_licenses(
+    _admin: FullAdmin,
+    state: web::Data<AppState>,
+    Json(body): Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.license_keys.is_empty() || body.license_keys.len() > MAX_REGISTER {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("license_keys must hold 1 to {MAX_REGISTER} keys"),
+        ));
+    }
+    let now = (state.clock)();
+    let mut rows = Vec::with_capacity(body.license_keys.len());
+    let mut payloads = Vec::with_capacity(body.license_keys.len());
+    for (i, key) in body.license_keys.iter().enumerate() {
+        let key = key.trim();
+        let payload = crate::token::decode::<LicensePayload>(key)
+            .and_then(|d| d.verify_signature(&state.service.ring).map(|()| d.claims))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_license",
+                    format!("license_keys[{i}] is not a license key this server trusts: {e}; nothing was registered"),
+                )
+            })?;
+        rows.push(store::LicenseRow::new(&payload, Some(key), now));
+        payloads.push(payload);
+    }
+    let store = state.store.clone();
+    let outcomes = blocking(move || Ok(store.register_licenses(&rows)?)).await?;
+    let licenses = payloads
+        .into_iter()
+        .zip(outcomes)
+        .map(|(p, outcome)| RegisteredLicense {
+            license_id: p.license_id,
+            licensee: p.licensee,
+            tier: p.tier,
+            outcome,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(RegisteredLicenses { licenses }))
 }
 
 /// What `PATCH /v1/admin/licenses/{license_id}/terms` sets; at least one field. A term given

@@ -105,6 +105,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(handlers::issue_license))
                         .route(web::get().to(handlers::list_licenses)),
                 )
+                // Before `/licenses/{license_id}`, which would otherwise take the path.
+                .service(resource("/licenses/register").route(web::post().to(handlers::register_licenses)))
                 .service(
                     resource("/licenses/{license_id}")
                         .route(web::get().to(insights::license_detail))

@@ -31,6 +31,7 @@ use super::{dashboard, handlers, insights, public};
         handlers::list_licenses,
         handlers::update_license,
         handlers::set_license_terms,
+        handlers::register_licenses,
         handlers::revoke_license,
         handlers::reinstate_license,
         handlers::list_instances,

@@ -308,6 +308,18 @@ pub(super) fn seats_in_use(
 /// The exemption whose instances hold no seat, as stored.
 const LOOPBACK: &str = "loopback";
 
+/// What registering a license key did (see [`Store::register_licenses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// The license is known from now on (or, revoked by id before, now has its fields).
+    Registered,
+    /// The license was known with an older key, which this one replaces.
+    Updated,
+    /// The license was known with this key or a newer one: nothing changed.
+    Known,
+}
+
 /// A license no deployment has checked in for (see [`Store::silent_licenses`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SilentLicense {
@@ -473,6 +485,52 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// Makes licenses issued offline known before their first check-in, in one transaction:
+    /// each row is inserted (`Registered`), or fills a license only revoked by id so far
+    /// (`Registered`, the revocation kept), or replaces a known license's older key
+    /// (`Updated`, as a check-in presenting it would), or changes nothing (`Known`). The row's
+    /// `last_check_in_at` stays as it was: registering is not a check-in.
+    pub fn register_licenses(&self, rows: &[LicenseRow]) -> Result<Vec<Registration>, StoreError> {
+        let mut conn = self.conn()?;
+        super::db::write_transaction(&mut conn, |c| {
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let existing: Option<LicenseRow> =
+                    licenses::table.find(&row.id).select(LicenseRow::as_select()).first(c).optional()?;
+                let outcome = match existing {
+                    None => {
+                        diesel::insert_into(licenses::table).values(row).execute(c)?;
+                        Registration::Registered
+                    }
+                    Some(known) if known.kid.is_empty() || known.issued_at < row.issued_at => {
+                        diesel::update(licenses::table.find(&row.id))
+                            .set((
+                                licenses::kid.eq(&row.kid),
+                                licenses::licensee.eq(&row.licensee),
+                                licenses::tier.eq(&row.tier),
+                                licenses::seats.eq(row.seats),
+                                licenses::features.eq(&row.features),
+                                licenses::issued_at.eq(row.issued_at),
+                                licenses::not_before.eq(row.not_before),
+                                licenses::expires_at.eq(row.expires_at),
+                                licenses::check_in_interval_s.eq(row.check_in_interval_s),
+                                licenses::license_key.eq(&row.license_key),
+                            ))
+                            .execute(c)?;
+                        if known.kid.is_empty() {
+                            Registration::Registered
+                        } else {
+                            Registration::Updated
+                        }
+                    }
+                    Some(_) => Registration::Known,
+                };
+                out.push(outcome);
+            }
+            Ok(out)
+        })
     }
 
     /// Sets what the vendor decides for one license beside its key (`None` leaves a term as it

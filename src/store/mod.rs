@@ -34,7 +34,8 @@ pub use db::*;
 pub use insights::*;
 pub use jobs::JobClaim;
 pub use licensing::{
-    Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page, SeatsInUse, SilentLicense,
+    Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page, Registration, SeatsInUse,
+    SilentLicense,
 };
 pub use models::*;
 pub use public::{fold, looks_like_identifier, Entry, PublicFigure, PublicInsights, Rising, OTHER, REFRESH};

@@ -696,7 +696,7 @@ pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Fo
             .collect();
         (!list.is_empty()).then_some(list)
     };
-    let changes = crate::license::Changes { expiry, seats, features };
+    let changes = crate::license::Changes { expiry, seats, features, tier: None };
     if changes.is_empty() {
         return Err(DashboardError::BadRequest("give a new expiry, seats or features".into()));
     }
