@@ -200,6 +200,21 @@ impl KeyRing {
         self.keys.keys().map(String::as_str)
     }
 
+    /// Every key with its id and role, the key as SPKI PEM text, in id order: what a ring
+    /// built into an application looks like written down (a deployment records the ring it
+    /// trusted, for its operator's commands to show).
+    pub fn to_pem(&self) -> Vec<(String, Role, String)> {
+        self.keys
+            .iter()
+            .map(|(kid, (key, role))| {
+                let pem = key
+                    .to_public_key_pem(LineEnding::LF)
+                    .expect("encoding an Ed25519 public key cannot fail");
+                (kid.clone(), *role, pem)
+            })
+            .collect()
+    }
+
     /// How many keys the ring holds.
     pub fn len(&self) -> usize {
         self.keys.len()

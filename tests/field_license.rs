@@ -398,3 +398,70 @@ fn an_instance_url_that_cannot_be_read_is_a_start_error() {
     c.server_url = None;
     assert!(matches!(Licensing::start(c), Err(StartError::NoServer { tier: Tier::Pro })));
 }
+
+/// The operator's commands work from what the deployment already has: the application records
+/// its license key (in its 0600 store), server and instance URLs and key ring, so `licensor
+/// telemetry status` needs only the data directory, even for an application whose keys are
+/// built in. The recorded ring shows; it never decides what the deployment believes.
+#[test]
+fn status_works_from_the_data_directory_alone() {
+    let Some(h) = Harness::start(Db::Sqlite) else { return };
+    let key = h.license(Tier::Pro, 2);
+    let data = h.dir.path().join("built-in-keys");
+    let mut c = client_config(&h, &key, &data);
+    c.instance_url = Some("https://192.168.10.4:8443".into());
+    let l = Licensing::start(c).unwrap();
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    l.shutdown();
+
+    let run = |args: &[&str], extra: &[(&str, String)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_licensor"));
+        command.args(args).env_clear().env("LICENSOR_DATA_DIR", &data);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap(), text)
+    };
+    let (code, status) = run(&["telemetry", "status"], &[]);
+    assert_eq!(code, 0, "{status}");
+    let license_id = l.license().unwrap().license_id;
+    // The command judges by the machine's clock, the lease by the test's: Pro checks in weekly
+    // with 14 days of grace.
+    let (next, until) = (common::t0() + Duration::days(7), common::t0() + Duration::days(21));
+    let now = chrono::Utc::now();
+    let expected = if now < next {
+        "status: valid".to_owned()
+    } else if now < until {
+        format!("status: grace until {}", licensor::time::format(&until))
+    } else {
+        format!("status: invalid: no successful check-in before {}", licensor::time::format(&until))
+    };
+    for line in [
+        "telemetry: off (exempt: 192.168.10.4 is a private address); the deployment checks in for its license".to_owned(),
+        "keys: the ring the application recorded in the data directory (for showing only".to_owned(),
+        format!("license: {license_id} (Acme Test Corp), tier pro, 2 seats"),
+        expected,
+        "last check-in: 2026-11-21T10:00:00Z (valid)".to_owned(),
+    ] {
+        assert!(status.contains(&line), "{line}\n---\n{status}");
+    }
+    // Nothing that changes the deployment's state is believed on the recorded ring.
+    let (code, out) = run(&["check-in"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no check-in: the key ring recorded in the data directory is for showing"), "{out}");
+    // With the keys the application trusts (here written out as a ring directory), it may.
+    let keys = h.dir.path().join("deployment-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for (kid, role, pem) in h.ring.to_pem() {
+        std::fs::write(keys.join(format!("{kid}.{}.public.pem", role.as_str())), pem).unwrap();
+    }
+    let (code, out) = run(&["check-in"], &[("LICENSOR_KEYS_DIR", keys.display().to_string())]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("answered: valid"), "{out}");
+}

@@ -286,10 +286,21 @@ fn status(opened: &Opened) -> Result<u8> {
              hand (`licensor telemetry export --signed`)",
             if *level == Level::Basic { "basic health only is" } else { "usage figures are" }
         )?,
+        Mode::Exempt { reason, .. } => writeln!(
+            out,
+            "telemetry: off (exempt: {reason}); the deployment checks in for its license without telemetry"
+        )?,
         other => writeln!(out, "{}", disabled_reason(other))?,
     }
     for notice in opened.notices() {
         writeln!(out, "note: {notice}")?;
+    }
+    if opened.ring_for_inspection() {
+        writeln!(
+            out,
+            "keys: the ring the application recorded in the data directory (for showing only; set \
+             LICENSOR_KEYS_DIR to check in or import a receipt from here)"
+        )?;
     }
     match opened.license() {
         Ok(l) => writeln!(

@@ -82,6 +82,10 @@ pub enum AirGapError {
     /// or another deployment's).
     #[error("{0}")]
     Mismatch(String),
+    /// The command runs on the key ring recorded in the data directory, which may show but
+    /// never decide what the deployment believes.
+    #[error("{0}")]
+    InspectionOnly(String),
 }
 
 impl Verifier {
@@ -163,6 +167,9 @@ impl Verifier {
     /// accepted it), the chain moves on, and the lease and any renewed key are kept.
     pub(crate) fn import_receipt(&self, text: &str) -> Result<ReceiptOutcome, AirGapError> {
         self.air_gapped()?;
+        if let Some(why) = self.untrusted_ring() {
+            return Err(AirGapError::InspectionOnly(why));
+        }
         let store = self.store.as_ref().expect("checked by air_gapped");
         let file = usage_report::read_receipt(text)?;
         let receipt = crate::receipt::verify(&file.receipt, &self.ring)

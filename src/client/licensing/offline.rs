@@ -4,10 +4,11 @@
 
 use super::verifier::Verifier;
 use super::{CheckInOutcome, DeactivateError, Deactivated, Preview, StartError};
-use crate::client::config::Config;
+use crate::client::config::{Config, KeySource, LicenseSource};
 use crate::client::policy::Mode;
 use crate::client::status::Status;
 use crate::client::store::{LocalError, LocalStore};
+use crate::keys::{KeyRing, Role};
 use crate::license::LicensePayload;
 use crate::time::Clock;
 use crate::token::TokenError;
@@ -18,8 +19,44 @@ pub struct Opened {
 }
 
 impl Opened {
-    pub fn open(config: Config) -> Result<Opened, StartError> {
-        Ok(Opened { verifier: Verifier::open(config)? })
+    /// Opens the data directory with `config` (the environment), taking what it does not say
+    /// from what the application recorded there: its license key, server and instance URLs,
+    /// and its key ring, which then serves for showing only (see [`Verifier::untrusted_ring`]).
+    pub fn open(mut config: Config) -> Result<Opened, StartError> {
+        let mut ring_for_inspection = false;
+        if LocalStore::exists(&config.data_dir) {
+            let store = LocalStore::open(&config.data_dir)?;
+            if config.license.is_none() {
+                if let Some(key) = store.state()?.and_then(|s| s.license_key) {
+                    config.license = Some(LicenseSource::Key(key));
+                }
+            }
+            if let Some(recorded) = store.app_settings()? {
+                if config.keys.is_none() {
+                    let mut ring = KeyRing::new();
+                    for key in &recorded.keys {
+                        let role = Role::parse(&key.role).ok_or_else(|| LocalError::Corrupt {
+                            what: "application settings",
+                            source: format!("a key of role {:?}", key.role).into(),
+                        })?;
+                        ring.insert_pem(&key.kid, role, &key.pem)?;
+                    }
+                    config.keys = Some(KeySource::Ring(ring));
+                    ring_for_inspection = true;
+                }
+                config.server_url = config.server_url.or(recorded.server_url);
+                config.instance_url = config.instance_url.or(recorded.instance_url);
+            }
+        }
+        let mut verifier = Verifier::open(config)?;
+        verifier.ring_for_inspection = ring_for_inspection;
+        Ok(Opened { verifier })
+    }
+
+    /// Whether the key ring came from the data directory (no `LICENSOR_KEYS_DIR`): the command
+    /// can show and inspect, but not check in, deactivate or import a receipt.
+    pub fn ring_for_inspection(&self) -> bool {
+        self.verifier.ring_for_inspection
     }
 
     pub fn status(&self) -> Status {

@@ -87,6 +87,9 @@ pub(crate) struct Verifier {
     /// Where batches go when not inside the check-in (see [`crate::client::sender`]): the
     /// debug printer, an air-gapped deployment's report files, or the host's own sender.
     pub(super) sender: Option<Arc<dyn Sender>>,
+    /// The ring came from the data directory (a command run without the application's keys):
+    /// good for showing, never for believing an answer that changes the deployment's state.
+    pub(super) ring_for_inspection: bool,
 }
 
 impl Verifier {
@@ -266,7 +269,17 @@ impl Verifier {
             failures: AtomicU32::new(0),
             is_application: std::sync::atomic::AtomicBool::new(false),
             sender,
+            ring_for_inspection: false,
             config,
+        })
+    }
+
+    /// Why no answer may be believed now, if none may: the ring was read from the data directory.
+    pub(super) fn untrusted_ring(&self) -> Option<String> {
+        self.ring_for_inspection.then(|| {
+            "the key ring recorded in the data directory is for showing and inspecting only: run this with the \
+             application's keys (LICENSOR_KEYS_DIR) to accept the license server's answers"
+                .to_owned()
         })
     }
 
@@ -379,6 +392,18 @@ impl Verifier {
         self.is_application.store(true, Ordering::Relaxed);
         let Some(store) = &self.store else { return Ok(()) };
         let now = self.now();
+        // What the operator's commands need and may not have in their environment.
+        let settings = store::AppSettings {
+            server_url: self.server_url.clone(),
+            instance_url: self.config.instance_url.clone(),
+            keys: self
+                .ring
+                .to_pem()
+                .into_iter()
+                .map(|(kid, role, pem)| store::RecordedKey { kid, role: role.as_str().to_owned(), pem })
+                .collect(),
+        };
+        store.record_app_settings(&settings, &self.current().key)?;
         store.record_app_environment(&self.own_environment(now), now)
     }
 
@@ -518,6 +543,9 @@ impl Verifier {
         else {
             return Err(DeactivateError::NotApplicable(self.mode().off_reason().unwrap_or_default()));
         };
+        if let Some(why) = self.untrusted_ring() {
+            return Err(DeactivateError::NotApplicable(why));
+        }
         let (Some(http), Some(server)) = (&self.http, &self.server_url) else {
             return Err(DeactivateError::NotApplicable("no license server is configured".into()));
         };
@@ -571,6 +599,9 @@ impl Verifier {
         let (Some(store), Ok(payload)) = (&self.store, &current.payload) else {
             return CheckInOutcome::NotApplicable(mode.off_reason().unwrap_or_default());
         };
+        if let Some(why) = self.untrusted_ring() {
+            return CheckInOutcome::NotApplicable(why);
+        }
         let exempt = match mode {
             Mode::Exempt { exemption, .. } => Some(*exemption),
             _ => None,

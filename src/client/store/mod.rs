@@ -95,14 +95,36 @@ pub struct VerifierState {
     /// The last check-in's outcome, in words (`valid`, `seat_limit_exceeded`, `no answer: ...`).
     pub last_result: Option<String>,
     pub next_check_in_at: Option<NaiveDateTime>,
-    /// The newest license key a verified check-in answer delivered (a renewal), if any; the
-    /// verifier prefers it to the configured key when it is newer and verifies.
+    /// The newest license key known: the one the application started with, or a renewal a
+    /// verified answer delivered since; the verifier prefers it to the configured key when it
+    /// is newer and verifies, and the commands use it when no key is configured.
     pub license_key: Option<String>,
     /// JSON of the `Environment` the application itself last recorded (see
     /// [`LocalStore::record_app_environment`]).
     pub app_environment: Option<String>,
     /// When the application last recorded it, which is when it last flushed its figures.
     pub app_recorded_at: Option<NaiveDateTime>,
+    /// JSON of the [`AppSettings`] the application last started with.
+    pub app_settings: Option<String>,
+}
+
+/// What the application started with that its operator's commands need: recorded so that
+/// `licensor telemetry status` and the like work from the data directory alone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppSettings {
+    pub server_url: Option<String>,
+    pub instance_url: Option<String>,
+    /// The ring the application trusted: public keys only, for showing and inspecting.
+    pub keys: Vec<RecordedKey>,
+}
+
+/// One key of a recorded ring.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedKey {
+    pub kid: String,
+    pub role: String,
+    /// SPKI PEM text.
+    pub pem: String,
 }
 
 impl VerifierState {
@@ -227,6 +249,7 @@ impl LocalStore {
                 license_key: None,
                 app_environment: None,
                 app_recorded_at: None,
+                app_settings: None,
             };
             diesel::insert_into(verifier_state::table).values(&state).execute(c)?;
             Ok(state)
@@ -254,6 +277,22 @@ impl LocalStore {
             .set((verifier_state::app_environment.eq(json), verifier_state::app_recorded_at.eq(naive(now))))
             .execute(&mut *self.conn())?;
         Ok(())
+    }
+
+    /// Records what the application started with, and the license key in force (the newest
+    /// it knows, in this 0600 file already), for the commands run beside it.
+    pub fn record_app_settings(&self, settings: &AppSettings, license_key: &str) -> Result<(), LocalError> {
+        let json = serde_json::to_string(settings).expect("settings serialise");
+        diesel::update(verifier_state::table)
+            .set((verifier_state::app_settings.eq(json), verifier_state::license_key.eq(license_key)))
+            .execute(&mut *self.conn())?;
+        Ok(())
+    }
+
+    /// What the application last started with, if one ever did.
+    pub fn app_settings(&self) -> Result<Option<AppSettings>, LocalError> {
+        let Some(json) = self.state()?.and_then(|s| s.app_settings) else { return Ok(None) };
+        serde_json::from_str(&json).map(Some).map_err(|e| corrupt("application settings", e))
     }
 
     /// The environment the application last recorded, and when.

@@ -16,6 +16,7 @@ diesel::table! {
         license_key -> Nullable<Text>,
         app_environment -> Nullable<Text>,
         app_recorded_at -> Nullable<Timestamp>,
+        app_settings -> Nullable<Text>,
     }
 }
 diesel::table! {

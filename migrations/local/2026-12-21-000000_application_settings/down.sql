@@ -1,0 +1,1 @@
+ALTER TABLE verifier_state DROP COLUMN app_settings;
