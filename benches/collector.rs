@@ -194,6 +194,7 @@ fn main() {
         telemetry: Some(&raw),
         telemetry_disabled: false,
         telemetry_exempt: None,
+        install: None,
     };
     let body = serde_json::to_vec(&request).expect("a request serialises");
     let (wire, encoding) = licensor::client::exchange::wire_body(&body);

@@ -43,11 +43,14 @@ pub enum CheckInStatus {
     Malformed,
     SeatLimitExceeded,
     TelemetryRequired,
+    /// This process was released in favour of a newer process of its install (over the
+    /// license's `max_processes`): it holds no place now; restarted, it comes back as new.
+    Replaced,
 }
 
 impl CheckInStatus {
     /// Every status, for listings and tests.
-    pub const ALL: [CheckInStatus; 9] = [
+    pub const ALL: [CheckInStatus; 10] = [
         CheckInStatus::Valid,
         CheckInStatus::Expired,
         CheckInStatus::NotYetValid,
@@ -57,6 +60,7 @@ impl CheckInStatus {
         CheckInStatus::Malformed,
         CheckInStatus::SeatLimitExceeded,
         CheckInStatus::TelemetryRequired,
+        CheckInStatus::Replaced,
     ];
 
     /// The protocol's name of the status.
@@ -71,6 +75,7 @@ impl CheckInStatus {
             CheckInStatus::Malformed => "malformed",
             CheckInStatus::SeatLimitExceeded => "seat_limit_exceeded",
             CheckInStatus::TelemetryRequired => "telemetry_required",
+            CheckInStatus::Replaced => "replaced",
         }
     }
 
@@ -144,6 +149,52 @@ impl fmt::Display for TelemetryExemption {
     }
 }
 
+/// Which install a process belongs to: seats count installs, and every process (replica,
+/// restart, redeploy with a fresh data directory) of one install shares its seat. The ids are
+/// SHA-256 hex of the source's value hashed with the license id, so no host name or machine id
+/// leaves the deployment, and none links one vendor's installs to another's.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRef {
+    pub id: String,
+    pub source: InstallSource,
+    /// The machine's identity, hashed the same way, where the process has one: the server
+    /// counts distinct machines per install, so one install id shared by a fleet shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// Where an install's identity came from, in the order the client tries them.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallSource {
+    /// `LICENSOR_INSTALL_ID`, set by the operator.
+    Configured,
+    /// The instance URL's origin.
+    InstanceUrl,
+    /// The machine's stable identity (`/etc/machine-id`).
+    Machine,
+    /// The data directory's instance id: the process is its own install.
+    DataDirectory,
+}
+
+impl InstallSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallSource::Configured => "configured",
+            InstallSource::InstanceUrl => "instance_url",
+            InstallSource::Machine => "machine",
+            InstallSource::DataDirectory => "data_directory",
+        }
+    }
+}
+
+/// Whether an install or machine id is of the form clients send: 64 lowercase hex digits.
+pub fn valid_install_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// `POST /v1/check-ins`, as the server reads it. The telemetry value is kept as the raw
 /// bytes received, because the acknowledgement carries their digest.
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -162,6 +213,9 @@ pub struct CheckInRequest<'a> {
     /// `telemetry_disabled: true`).
     #[serde(default)]
     pub telemetry_exempt: Option<TelemetryExemption>,
+    /// The install this process belongs to; without it, the process is its own install.
+    #[serde(default)]
+    pub install: Option<InstallRef>,
 }
 
 /// `POST /v1/check-ins`, as the client writes it: the batch is serialised once, digested, and
@@ -178,6 +232,8 @@ pub struct OutgoingCheckIn<'a> {
     pub telemetry_disabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry_exempt: Option<TelemetryExemption>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub install: Option<&'a InstallRef>,
 }
 
 /// `POST /v1/deactivations`: an instance releases its seat, proven by its license key and the

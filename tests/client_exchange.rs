@@ -49,6 +49,7 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
         "2.0.1",
         Some((&serde_json::to_string(&batch).unwrap(), batch.batch_id)),
         None,
+        None,
     );
 
     let (status, body) = send(&h, &request);
@@ -66,6 +67,7 @@ fn a_client_check_in_stores_its_batch_once_and_checks_the_answer(h: Harness) {
         "client-1",
         "2.0.1",
         Some((&serde_json::to_string(&batch).unwrap(), batch.batch_id)),
+        None,
         None,
     );
     let (_, body) = send(&h, &retry);

@@ -378,7 +378,10 @@ fn a_deployment_releases_its_own_seat_with_a_signed_receipt() {
     let key = h.license(Tier::Pro, 1);
     let (a_data, b_data) = (h.dir.path().join("a"), h.dir.path().join("b"));
     let a = Licensing::start(config(&h, &key, &h.base, &a_data)).unwrap();
-    let b = Licensing::start(config(&h, &key, &h.base, &b_data)).unwrap();
+    // Another install (another URL): a second process of the same one would share its seat.
+    let mut b_config = config(&h, &key, &h.base, &b_data);
+    b_config.instance_url = Some("https://other.example.com".into());
+    let b = Licensing::start(b_config).unwrap();
     // Nothing to release before the first check-in.
     assert!(matches!(block_on(a.deactivate()), Err(DeactivateError::NeverCheckedIn)));
     assert!(matches!(

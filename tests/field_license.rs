@@ -448,6 +448,8 @@ fn status_works_from_the_data_directory_alone() {
         format!("license: {license_id} (Acme Test Corp), tier pro, 2 seats"),
         expected,
         "last check-in: 2026-11-21T10:00:00Z (valid)".to_owned(),
+        // The same install as the application's: a check-in from here shares its seat.
+        "(identified by instance url)".to_owned(),
     ] {
         assert!(status.contains(&line), "{line}\n---\n{status}");
     }

@@ -78,6 +78,9 @@ pub struct SeatRules {
     /// The tiers whose deployments on private networks may check in without telemetry, by
     /// default (Enterprise never needs telemetry, so its entry only matters for the record).
     pub private_exemption: Vec<Tier>,
+    /// How many processes of one install may share its seat at once, by default; past it, the
+    /// newest wins and the least recently seen is released (`replaced`).
+    pub max_processes: u32,
 }
 
 impl Default for SeatRules {
@@ -86,6 +89,7 @@ impl Default for SeatRules {
             overage_days: 14,
             max_loopback: 3,
             private_exemption: vec![Tier::Community, Tier::Pro, Tier::Enterprise],
+            max_processes: 16,
         }
     }
 }
@@ -144,6 +148,9 @@ pub struct Prepared {
     /// The telemetry exemption the deployment declared (a license-only check-in from an exempt
     /// host).
     pub exemption: Option<protocol::TelemetryExemption>,
+    /// The install this process belongs to, as its client named it (checked); `None`: the
+    /// process is its own install.
+    pub install: Option<protocol::InstallRef>,
     /// Set when this check-in is an air-gapped install's usage report, imported by hand: the
     /// writer checks and moves its chain in the same transaction.
     pub import: Option<ImportLink>,
@@ -278,6 +285,7 @@ impl CheckInService {
             subject,
             telemetry,
             exemption: request.telemetry_exempt,
+            install: request.install,
             import: None,
         })
     }
@@ -333,6 +341,7 @@ impl CheckInService {
             subject: Subject::Licensed(license),
             telemetry: Some(Telemetry { batch_id: batch.batch_id, digest, stored: Some(stored) }),
             exemption: None,
+            install: None,
             import: Some(ImportLink {
                 public_key: body.install_key,
                 sequence: body.sequence,
@@ -518,6 +527,16 @@ fn check_instance_and_nonce(instance_id: &str, nonce: &str) -> Result<(), BadReq
 
 fn check_request(request: &CheckInRequest<'_>) -> Result<(), BadRequest> {
     check_instance_and_nonce(&request.instance_id, &request.nonce)?;
+    if let Some(install) = &request.install {
+        if !protocol::valid_install_id(&install.id)
+            || install.machine.as_deref().is_some_and(|m| !protocol::valid_install_id(m))
+        {
+            return Err(bad(
+                "invalid_install",
+                "install.id and install.machine must be 64 lowercase hex digits (SHA-256, as the client library sends)",
+            ));
+        }
+    }
     check_version(&request.software_version)
 }
 
@@ -545,6 +564,7 @@ pub(crate) struct Place {
 pub struct Terms {
     pub private_exemption: bool,
     pub max_loopback: i64,
+    pub max_processes: usize,
     /// The end of the license's soft overage: `None` before it went over its seats.
     pub overage_until: Option<DateTime<Utc>>,
     pub overage_days: u32,
@@ -558,6 +578,10 @@ impl Terms {
                 .and_then(|t| t.private_exemption)
                 .unwrap_or_else(|| rules.private_exemption.contains(&tier)),
             max_loopback: own.and_then(|t| t.max_loopback).map_or(i64::from(rules.max_loopback), i64::from),
+            max_processes: own
+                .and_then(|t| t.max_processes)
+                .map_or(rules.max_processes as usize, |n| usize::try_from(n).unwrap_or(1))
+                .max(1),
             overage_until: own.and_then(|t| t.overage_started_at).map(|at| store::utc(at) + days),
             overage_days: rules.overage_days,
         }

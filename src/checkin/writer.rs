@@ -205,6 +205,29 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             Some(t) => tx.seats_in_use(&license_ids, store::naive(t))?.into_iter().collect(),
             None => HashMap::new(),
         };
+        // The processes holding a place for each install the group names, merged into the
+        // view of instances: seats count installs, and a newcomer may replace one of them.
+        let mut installs: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        if let Some(t) = earliest {
+            let install_keys: BTreeSet<(String, String)> = group
+                .iter()
+                .filter_map(|p| match &p.subject {
+                    Subject::Licensed(l) => Some((
+                        l.license_id.to_string(),
+                        p.install.as_ref().map_or_else(|| p.instance_id.clone(), |i| i.id.clone()),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let keys: Vec<(&str, &str)> = install_keys.iter().map(|(l, i)| (l.as_str(), i.as_str())).collect();
+            for process in tx.install_processes(&keys, store::naive(t))? {
+                installs
+                    .entry((process.license_id.clone(), process.install().to_owned()))
+                    .or_default()
+                    .insert(process.id.clone());
+                instances.entry((process.license_id.clone(), process.id.clone())).or_insert(process);
+            }
+        }
         let mut terms: HashMap<String, store::LicenseTerms> = if license_ids.is_empty() {
             HashMap::new()
         } else {
@@ -216,6 +239,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
         let mut batches = Vec::new();
         let mut batch_ids_seen = BTreeSet::new();
         let mut touched = BTreeSet::new();
+        let mut deleted: Vec<(String, String)> = Vec::new();
         let mut events = Vec::new();
         let mut pins = Vec::new();
         for (i, p) in group.iter().enumerate() {
@@ -244,22 +268,48 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             let license = newest.as_ref().map_or(license, |(payload, _)| payload);
             let now = store::naive(p.now);
             let key = (license_id.clone(), p.instance_id.clone());
+            let install_id = p.install.as_ref().map_or_else(|| p.instance_id.clone(), |i| i.id.clone());
+            let ikey = (license_id.clone(), install_id.clone());
             let previous = instances.get(&key);
+            // A process released in favour of a newer one of its install is told so once; its row
+            // goes, so that, restarted, it comes back as a new process.
+            if previous.is_some_and(|inst| inst.last_status == REPLACED) {
+                instances.remove(&key);
+                touched.remove(&key);
+                deleted.push(key.clone());
+                let times = times_for(license, CheckInStatus::Replaced, None, false, p.now);
+                check_ins.push(check_in_row(p, Some(license_id.clone()), CheckInStatus::Replaced, None));
+                decisions.push(Decision {
+                    status: CheckInStatus::Replaced,
+                    message: "This process was released in favour of a newer process of its install (more ran at once \
+                              than the license allows); restart it to run again."
+                        .into(),
+                    next_check_in_at: times.next_check_in_at,
+                    valid_until: times.valid_until,
+                    duplicate: false,
+                    renewal: None,
+                    refused: None,
+                    notice: None,
+                });
+                continue;
+            }
             let held = previous.and_then(|inst| inst.seat_until).filter(|until| *until > now);
-            // A loopback instance (a developer's machine) holds a place of its own kind, never a
-            // seat; one that stops declaring it (it serves public hosts) needs a seat.
             let was_loopback = previous.is_some_and(|inst| inst.exemption.as_deref() == Some(LOOPBACK));
+            // A loopback install (a developer's machine) holds a place of its own kind, never a
+            // seat; one that stops declaring it (it serves public hosts) needs a seat. Seats
+            // count installs: a process whose install holds a seat shares it.
             let loopback = p.exemption == Some(TelemetryExemption::Loopback);
+            let before = holding(&installs, &instances, &ikey, now);
+            let holds = if loopback { before.1 } else { before.0 };
             let used = in_use.get(license_id).copied().unwrap_or_default();
-            let holds = held.is_some() && was_loopback == loopback;
             let pool = if loopback { used.loopback } else { used.seats };
             let place = Place { exemption: p.exemption, holds, held_by_others: pool - i64::from(holds) };
             let license_terms = Terms::of(rules, license.tier, terms.get(license_id));
             let ruling = decide(license, row, &license_terms, &place, p.telemetry.is_some(), p.now);
             let status = ruling.status;
             let message = ruling.message;
-            let times =
-                times_for(license, status, holds.then(|| held.map(store::utc)).flatten(), loopback, p.now);
+            let own_held = held.filter(|_| was_loopback == loopback);
+            let times = times_for(license, status, own_held.map(store::utc), loopback, p.now);
             let seat_until = match status {
                 CheckInStatus::Valid => Some(store::naive(times.valid_until)),
                 // The lease is not extended, but a place already held stays held.
@@ -273,15 +323,6 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 } else {
                     loopback
                 };
-
-            // Keep the group's view of places in use right for the check-ins after this one.
-            let counts = in_use.entry(license_id.clone()).or_default();
-            if held.is_some() {
-                *(if was_loopback { &mut counts.loopback } else { &mut counts.seats }) -= 1;
-            }
-            if seat_until.is_some_and(|until| until > now) {
-                *(if stored_loopback { &mut counts.loopback } else { &mut counts.seats }) += 1;
-            }
             if ruling.starts_overage {
                 tx.start_overage(license_id, now)?;
                 terms.entry(license_id.clone()).or_insert_with(|| store::LicenseTerms {
@@ -302,11 +343,11 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 ));
             }
             match status {
-                // An instance that gains a seat (new, or back after its lease lapsed).
+                // An install that gains a seat (new, or back after its lease lapsed).
                 CheckInStatus::Valid if !holds && !loopback => events.push(store::NewEvent::new(
                     "instance.activated",
                     serde_json::json!({
-                        "license_id": license_id, "instance_id": p.instance_id,
+                        "license_id": license_id, "instance_id": p.instance_id, "install_id": install_id,
                         "software_version": p.software_version, "first": previous.is_none(),
                     }),
                     p.now,
@@ -329,6 +370,31 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             // (no seat, no telemetry, revoked...) leaves its check-in in the history, which
             // the per-license rate limit bounds and retention ages out, and nothing else.
             if previous.is_some() || status == CheckInStatus::Valid {
+                // Over the install's process limit, the newest wins: the process of the same
+                // kind seen least recently is released, and told so at its next check-in.
+                if status == CheckInStatus::Valid && held.is_none() {
+                    let mut others: Vec<&InstanceRow> = live(&installs, &instances, &ikey, now)
+                        .filter(|r| r.id != p.instance_id && (r.exemption.as_deref() == Some(LOOPBACK)) == loopback)
+                        .collect();
+                    if others.len() >= license_terms.max_processes {
+                        others.sort_by(|a, b| (a.last_check_in_at, &a.id).cmp(&(b.last_check_in_at, &b.id)));
+                        let mut oldest = others[0].clone();
+                        oldest.seat_until = None;
+                        oldest.last_status = REPLACED.to_owned();
+                        events.push(store::NewEvent::new(
+                            "instance.released",
+                            serde_json::json!({
+                                "license_id": license_id, "instance_id": oldest.id, "install_id": install_id,
+                                "by": "replaced",
+                            }),
+                            p.now,
+                            None,
+                        ));
+                        let oldest_key = (license_id.clone(), oldest.id.clone());
+                        instances.insert(oldest_key.clone(), oldest);
+                        touched.insert(oldest_key);
+                    }
+                }
                 instances.insert(
                     key.clone(),
                     InstanceRow {
@@ -344,10 +410,20 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                         } else {
                             p.exemption.filter(|e| e.holds_seat()).map(|e| e.as_str().to_owned())
                         },
+                        install_id: Some(install_id.clone()),
+                        install_source: p.install.as_ref().map(|i| i.source.as_str().to_owned()),
+                        machine: p.install.as_ref().and_then(|i| i.machine.clone()),
                     },
                 );
+                installs.entry(ikey.clone()).or_default().insert(p.instance_id.clone());
                 touched.insert(key);
             }
+            // Keep the group's view of places in use right for the check-ins after this one:
+            // an install counts once, while any of its processes holds a place of that kind.
+            let after = holding(&installs, &instances, &ikey, now);
+            let counts = in_use.entry(license_id.clone()).or_default();
+            counts.seats += i64::from(after.0) - i64::from(before.0);
+            counts.loopback += i64::from(after.1) - i64::from(before.1);
 
             let mut decision = Decision {
                 status,
@@ -381,6 +457,10 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
 
         let instance_rows: Vec<InstanceRow> = touched.iter().map(|id| instances[id].clone()).collect();
         tx.upsert_instances(&instance_rows)?;
+        if !deleted.is_empty() {
+            let keys: Vec<(&str, &str)> = deleted.iter().map(|(l, i)| (l.as_str(), i.as_str())).collect();
+            tx.delete_instances(&keys)?;
+        }
         tx.insert_check_ins(&check_ins)?;
         if !pins.is_empty() {
             tx.upsert_install_keys(&pins)?;
@@ -596,3 +676,33 @@ pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
 
 /// The stored name of the exemption whose instances hold no seat.
 const LOOPBACK: &str = "loopback";
+/// The last status of a process released in favour of a newer one of its install.
+const REPLACED: &str = "replaced";
+
+/// The processes of an install that hold a place at `now`, as the group sees them.
+fn live<'a>(
+    installs: &'a HashMap<(String, String), BTreeSet<String>>,
+    instances: &'a HashMap<(String, String), InstanceRow>,
+    install: &'a (String, String),
+    now: chrono::NaiveDateTime,
+) -> impl Iterator<Item = &'a InstanceRow> + 'a {
+    installs
+        .get(install)
+        .into_iter()
+        .flatten()
+        .filter_map(move |id| instances.get(&(install.0.clone(), id.clone())))
+        .filter(move |r| r.seat_until.is_some_and(|until| until > now) && r.install() == install.1)
+}
+
+/// Whether an install holds a seat, and whether it holds a loopback place, at `now`.
+fn holding(
+    installs: &HashMap<(String, String), BTreeSet<String>>,
+    instances: &HashMap<(String, String), InstanceRow>,
+    install: &(String, String),
+    now: chrono::NaiveDateTime,
+) -> (bool, bool) {
+    live(installs, instances, install, now).fold((false, false), |(seat, loopback), r| {
+        let is_loopback = r.exemption.as_deref() == Some(LOOPBACK);
+        (seat || !is_loopback, loopback || is_loopback)
+    })
+}

@@ -319,6 +319,14 @@ fn status(opened: &Opened) -> Result<u8> {
     if let Some(store) = opened.store() {
         if let Some(state) = store.state()? {
             writeln!(out, "instance: {}", state.instance_id)?;
+            if let Some(install) = opened.install() {
+                writeln!(
+                    out,
+                    "install: {} (identified by {})",
+                    install.id,
+                    install.source.as_str().replace('_', " ")
+                )?;
+            }
             let time = |t: Option<chrono::NaiveDateTime>| {
                 t.map_or("never".to_string(), |t| crate::time::format(&store::utc(t)))
             };

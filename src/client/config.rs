@@ -48,6 +48,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `LICENSOR_INSTANCE_URL`: the deployment's public URL.
     pub instance_url: Option<String>,
+    /// `LICENSOR_INSTALL_ID`: names the install this process belongs to, so that every
+    /// replica and redeploy of one deployment shares its seat (see [`crate::client::install`]).
+    pub install_id: Option<String>,
+    /// Where the machine's stable identity is read (`/etc/machine-id`, else
+    /// `/var/lib/dbus/machine-id`); `None` reads none. Set in code (tests, other platforms).
+    pub machine_id_files: Vec<PathBuf>,
     /// `TELEMETRY_DISABLED`, `DO_NOT_TRACK`, `LICENSOR_TELEMETRY_DEBUG`.
     pub switches: Switches,
     /// The application's version, sent with each check-in.
@@ -97,6 +103,7 @@ impl std::fmt::Debug for Config {
             .field("server_url", &self.server_url)
             .field("data_dir", &self.data_dir)
             .field("instance_url", &self.instance_url)
+            .field("install_id", &self.install_id)
             .field("switches", &self.switches)
             .field("software_version", &self.software_version)
             .field("report_dir", &self.report_dir)
@@ -134,6 +141,11 @@ impl Config {
             ca_certificate: None,
             data_dir: default_data_dir(|k| std::env::var(k).ok()),
             instance_url: None,
+            install_id: None,
+            machine_id_files: vec![
+                PathBuf::from("/etc/machine-id"),
+                PathBuf::from("/var/lib/dbus/machine-id"),
+            ],
             switches: Switches::default(),
             software_version: String::new(),
             modules_enabled: Vec::new(),
@@ -195,6 +207,14 @@ impl Config {
             },
             data_dir: default_data_dir(&var),
             instance_url: text("LICENSOR_INSTANCE_URL"),
+            install_id: match text("LICENSOR_INSTALL_ID") {
+                Some(id) if id.chars().count() > 128 || id.chars().any(char::is_control) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "LICENSOR_INSTALL_ID={id:?} must be at most 128 characters, none of them control characters"
+                    )))
+                }
+                id => id,
+            },
             report_dir: text("LICENSOR_REPORT_DIR").map(PathBuf::from),
             switches: Switches {
                 telemetry_disabled: switch("TELEMETRY_DISABLED")?,

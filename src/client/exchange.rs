@@ -33,6 +33,7 @@ pub fn build_request(
     software_version: &str,
     telemetry: Option<(&str, uuid::Uuid)>,
     exempt: Option<protocol::TelemetryExemption>,
+    install: Option<&protocol::InstallRef>,
 ) -> Request {
     let nonce = fresh_nonce();
     // The outbox holds JSON this crate wrote; should it not be JSON (a damaged file), it is
@@ -49,6 +50,7 @@ pub fn build_request(
         telemetry: raw_value.as_deref(),
         telemetry_disabled: telemetry.is_none(),
         telemetry_exempt: exempt.filter(|_| telemetry.is_none()),
+        install,
     })
     .expect("a check-in serialises");
     Request {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod counters;
 pub mod dashboard;
 pub mod exchange;
+pub mod install;
 pub mod licensing;
 pub mod policy;
 pub mod requests;

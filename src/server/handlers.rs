@@ -460,6 +460,11 @@ pub(super) struct TermsBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>)]
     max_loopback: Option<Option<u32>>,
+    /// How many processes of one install may share its seat at once: 1 to 10,000; past it the
+    /// newest wins and the least recently seen is released (`replaced`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    max_processes: Option<Option<u32>>,
 }
 
 /// A field that is present (its value, `null` included) as `Some`, so that an absent term is
@@ -476,9 +481,11 @@ pub(super) struct LicenseTermsView {
     license_id: String,
     private_exemption: Option<bool>,
     max_loopback: Option<i32>,
+    max_processes: Option<i32>,
     /// What applies now, defaults included.
     effective_private_exemption: bool,
     effective_max_loopback: i64,
+    effective_max_processes: usize,
     /// When the license first went over its seats (its soft overage's start), if it did.
     #[schema(value_type = Option<String>)]
     overage_started_at: Option<String>,
@@ -503,11 +510,16 @@ pub(super) async fn set_license_terms(
     path: web::Path<String>,
     Json(body): Json<TermsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if body.private_exemption.is_none() && body.max_loopback.is_none() {
+    if body.private_exemption.is_none() && body.max_loopback.is_none() && body.max_processes.is_none() {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "give what to set: private_exemption, max_loopback",
+            "give what to set: private_exemption, max_loopback, max_processes",
         ));
+    }
+    if let Some(Some(n)) = body.max_processes {
+        if !(1..=10_000).contains(&n) {
+            return Err(ApiError::bad_request("invalid_request", "max_processes must be from 1 to 10000"));
+        }
     }
     if let Some(Some(n)) = body.max_loopback {
         if n > 1_000 {
@@ -518,12 +530,12 @@ pub(super) async fn set_license_terms(
     let (store, rules) = (state.store.clone(), state.service.rules.clone());
     let id = license_id.clone();
     let max_loopback = body.max_loopback.map(|n| n.map(|n| n as i32));
-    let (row, terms) =
-        blocking(move || Ok(store.set_license_terms(&id, body.private_exemption, max_loopback)?))
-            .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("no license {license_id:?} is known to this server"))
-            })?;
+    let max_processes = body.max_processes.map(|n| n.map(|n| n as i32));
+    let (row, terms) = blocking(move || {
+        Ok(store.set_license_terms(&id, body.private_exemption, max_loopback, max_processes)?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no license {license_id:?} is known to this server")))?;
     // A license only revoked by id has no tier yet: the Community default stands until it is seen.
     let tier = row.tier.parse::<Tier>().unwrap_or(Tier::Community);
     let effective = crate::checkin::Terms::of(&rules, tier, Some(&terms));
@@ -531,8 +543,10 @@ pub(super) async fn set_license_terms(
         license_id: row.id,
         private_exemption: terms.private_exemption,
         max_loopback: terms.max_loopback,
+        max_processes: terms.max_processes,
         effective_private_exemption: effective.private_exemption,
         effective_max_loopback: effective.max_loopback,
+        effective_max_processes: effective.max_processes,
         overage_started_at: terms.overage_started_at.map(|t| crate::time::format(&store::utc(t))),
     }))
 }

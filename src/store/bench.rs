@@ -137,7 +137,7 @@ impl Store {
                     now - Duration::hours((i % 20) as i64)
                 };
                 InstanceRow {
-                    id,
+                    id: id.clone(),
                     license_id,
                     software_version: version_of(i, plan.days - 1, plan.days).into(),
                     first_seen_at: NaiveDateTime::from(first),
@@ -148,6 +148,9 @@ impl Store {
                             + Duration::days(if tier == "community" { 1 } else { 7 }),
                     ),
                     exemption: None,
+                    install_id: Some(id.clone()),
+                    install_source: None,
+                    machine: None,
                 }
             })
             .collect();

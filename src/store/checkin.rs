@@ -44,6 +44,20 @@ impl CheckInWrite<'_> {
         licensing::start_overage(self.conn, license_id, at)
     }
 
+    /// The processes of those of `installs` (license id, install id) that hold a place at `now`.
+    pub fn install_processes(
+        &mut self,
+        installs: &[(&str, &str)],
+        now: NaiveDateTime,
+    ) -> Result<Vec<InstanceRow>, StoreError> {
+        licensing::install_processes(self.conn, installs, now)
+    }
+
+    /// Deletes processes' rows by (license id, instance id).
+    pub fn delete_instances(&mut self, keys: &[(&str, &str)]) -> Result<(), StoreError> {
+        licensing::delete_instances(self.conn, keys)
+    }
+
     /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.
     pub fn upsert_instances(&mut self, rows: &[InstanceRow]) -> Result<(), StoreError> {
         licensing::upsert_instances(self.conn, rows)

@@ -88,6 +88,9 @@ pub struct InstanceRecord {
     /// The telemetry exemption it declared at its last check-in (`loopback`, `private
     /// address`, `link-local address`, `local name`); `null` when it sends telemetry.
     pub exemption: Option<String>,
+    /// The install it belongs to (seats count installs) and how its client identified it.
+    pub install_id: String,
+    pub install_source: Option<String>,
 }
 
 /// Which licenses a listing shows.
@@ -268,10 +271,11 @@ pub(super) fn seats_in_use(
             for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
                 let rows: Vec<InUse> = diesel::sql_query(
                     "SELECT l.id AS license_id, \
-                     (SELECT COUNT(*) FROM instances i WHERE i.license_id = l.id AND i.seat_until > $2 \
+                     (SELECT COUNT(DISTINCT COALESCE(i.install_id, i.id)) FROM instances i \
+                      WHERE i.license_id = l.id AND i.seat_until > $2 \
                       AND i.exemption IS DISTINCT FROM 'loopback') AS seats, \
-                     (SELECT COUNT(*) FROM instances i WHERE i.license_id = l.id AND i.seat_until > $2 \
-                      AND i.exemption = 'loopback') AS loopback \
+                     (SELECT COUNT(DISTINCT COALESCE(i.install_id, i.id)) FROM instances i \
+                      WHERE i.license_id = l.id AND i.seat_until > $2 AND i.exemption = 'loopback') AS loopback \
                      FROM unnest($1::text[]) AS l(id)",
                 )
                 .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
@@ -285,17 +289,27 @@ pub(super) fn seats_in_use(
         }
         DbConnection::Sqlite(c) => {
             for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
-                let rows: Vec<(String, Option<String>)> = instances::table
+                let rows: Vec<(String, String, Option<String>, Option<String>)> = instances::table
                     .filter(instances::license_id.eq_any(chunk))
                     .filter(instances::seat_until.gt(now))
-                    .select((instances::license_id, instances::exemption))
+                    .select((
+                        instances::license_id,
+                        instances::id,
+                        instances::install_id,
+                        instances::exemption,
+                    ))
                     .load(c)?;
+                // Seats count installs: each distinct install once, whatever its processes.
+                let mut installs = std::collections::BTreeSet::new();
                 let mut counts: std::collections::BTreeMap<String, SeatsInUse> = Default::default();
-                for (license_id, exemption) in rows {
-                    let count = counts.entry(license_id).or_default();
-                    match exemption.as_deref() {
-                        Some(LOOPBACK) => count.loopback += 1,
-                        _ => count.seats += 1,
+                for (license_id, id, install, exemption) in rows {
+                    let loopback = exemption.as_deref() == Some(LOOPBACK);
+                    let count = counts.entry(license_id.clone()).or_default();
+                    if installs.insert((license_id, install.unwrap_or(id), loopback)) {
+                        match loopback {
+                            true => count.loopback += 1,
+                            false => count.seats += 1,
+                        }
                     }
                 }
                 out.extend(counts);
@@ -335,10 +349,64 @@ pub struct SilentLicense {
 /// What holds a place of a license at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeatsInUse {
-    /// Instances holding one of its seats.
+    /// Installs holding one of its seats.
     pub seats: i64,
-    /// Loopback instances (developers' machines), which hold no seat and are bounded apart.
+    /// Loopback installs (developers' machines), which hold no seat and are bounded apart.
     pub loopback: i64,
+}
+
+/// The processes of those of `installs` (license id, install id) that hold a place at `now`.
+pub(super) fn install_processes(
+    conn: &mut DbConnection,
+    installs: &[(&str, &str)],
+    now: NaiveDateTime,
+) -> Result<Vec<InstanceRow>, StoreError> {
+    let mut out = Vec::new();
+    match conn {
+        // One index probe per install (`instances_by_install`), as for instances by key.
+        DbConnection::Postgresql(c) => {
+            for chunk in installs.chunks(ROWS_PER_STATEMENT) {
+                let (licenses, ids): (Vec<&str>, Vec<&str>) = chunk.iter().copied().unzip();
+                out.extend(
+                    diesel::sql_query(
+                        "SELECT i.* FROM unnest($1::text[], $2::text[]) AS k(license_id, install_id), \
+                         LATERAL (SELECT * FROM instances WHERE instances.license_id = k.license_id \
+                                  AND instances.install_id = k.install_id AND instances.seat_until > $3) AS i",
+                    )
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(licenses)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(ids)
+                    .bind::<diesel::sql_types::Timestamp, _>(now)
+                    .load::<InstanceRow>(c)?,
+                );
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for (license_id, install_id) in installs {
+                out.extend(
+                    instances::table
+                        .filter(instances::license_id.eq(*license_id))
+                        .filter(instances::install_id.eq(*install_id))
+                        .filter(instances::seat_until.gt(now))
+                        .select(InstanceRow::as_select())
+                        .load(c)?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes processes' rows (a replaced process told so; it comes back as a new one).
+pub(super) fn delete_instances(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<(), StoreError> {
+    on_backend!(conn, c => {
+        for (license_id, id) in keys {
+            diesel::delete(
+                instances::table.filter(instances::license_id.eq(*license_id)).filter(instances::id.eq(*id)),
+            )
+            .execute(c)?;
+        }
+    });
+    Ok(())
 }
 
 /// The vendor's terms of those of `license_ids` that have any.
@@ -391,6 +459,9 @@ pub(super) fn upsert_instances(conn: &mut DbConnection, rows: &[InstanceRow]) ->
                     instances::last_status.eq(excluded(instances::last_status)),
                     instances::seat_until.eq(excluded(instances::seat_until)),
                     instances::exemption.eq(excluded(instances::exemption)),
+                    instances::install_id.eq(excluded(instances::install_id)),
+                    instances::install_source.eq(excluded(instances::install_source)),
+                    instances::machine.eq(excluded(instances::machine)),
                 ))
         };
     }
@@ -541,6 +612,7 @@ impl Store {
         license_id: &str,
         private_exemption: Option<Option<bool>>,
         max_loopback: Option<Option<i32>>,
+        max_processes: Option<Option<i32>>,
     ) -> Result<Option<(LicenseRow, LicenseTerms)>, StoreError> {
         let mut conn = self.conn()?;
         super::db::write_transaction(&mut conn, |c| {
@@ -561,6 +633,9 @@ impl Store {
             if let Some(value) = max_loopback {
                 terms.max_loopback = value;
             }
+            if let Some(value) = max_processes {
+                terms.max_processes = value;
+            }
             on_backend!(c, inner => {
                 diesel::insert_into(license_terms::table)
                     .values(&terms)
@@ -569,6 +644,7 @@ impl Store {
                     .set((
                         license_terms::private_exemption.eq(excluded(license_terms::private_exemption)),
                         license_terms::max_loopback.eq(excluded(license_terms::max_loopback)),
+                        license_terms::max_processes.eq(excluded(license_terms::max_processes)),
                     ))
                     .execute(inner)?;
             });
@@ -660,13 +736,13 @@ impl Store {
             .group_by(instances::license_id)
             .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
-        // Loopback instances (developers' machines) hold no seat.
+        // Seats count installs; loopback ones (developers' machines) hold none.
         let in_use: Vec<(String, i64)> = instances::table
             .filter(instances::license_id.eq_any(&ids))
             .filter(instances::seat_until.gt(naive(now)))
             .filter(instances::exemption.is_null().or(instances::exemption.ne(LOOPBACK)))
             .group_by(instances::license_id)
-            .select((instances::license_id, diesel::dsl::count_star()))
+            .select((instances::license_id, diesel::dsl::count(instances::install_id).aggregate_distinct()))
             .load(&mut conn)?;
         let lookup =
             |list: &[(String, i64)], id: &str| list.iter().find(|(l, _)| l == id).map_or(0, |(_, n)| *n);
@@ -818,6 +894,7 @@ impl Store {
         let items = rows
             .into_iter()
             .map(|(i, licensee, tier)| InstanceRecord {
+                install_id: i.install().to_owned(),
                 instance_id: i.id,
                 license_id: i.license_id,
                 licensee,
@@ -827,6 +904,7 @@ impl Store {
                 last_check_in_at: utc(i.last_check_in_at),
                 last_status: i.last_status,
                 seat_until: i.seat_until.map(utc),
+                install_source: i.install_source,
                 exemption: i.exemption,
             })
             .collect();

@@ -109,6 +109,21 @@ pub struct InstanceRow {
     /// The telemetry exemption declared at the last check-in (its protocol name), if any: a
     /// `loopback` instance holds no seat.
     pub exemption: Option<String>,
+    /// The install this process belongs to (its own id for an instance from before installs
+    /// or from a client that names none): seats count installs.
+    pub install_id: Option<String>,
+    /// How the client derived the install id (`configured`, `instance_url`, `machine`,
+    /// `data_directory`).
+    pub install_source: Option<String>,
+    /// The machine's identity, hashed with the license id, where the client has one.
+    pub machine: Option<String>,
+}
+
+impl InstanceRow {
+    /// The install the process belongs to.
+    pub fn install(&self) -> &str {
+        self.install_id.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// What the vendor set for one license beside its key, and its soft seat overage.
@@ -123,6 +138,9 @@ pub struct LicenseTerms {
     pub max_loopback: Option<i32>,
     /// When the license first went over its seats (its soft-overage period's start).
     pub overage_started_at: Option<NaiveDateTime>,
+    /// How many processes of one install may hold its seat at once; `None` takes the server's
+    /// default.
+    pub max_processes: Option<i32>,
 }
 
 /// An air-gapped install's pinned key and where its chain of usage reports stands.

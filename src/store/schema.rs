@@ -32,6 +32,9 @@ diesel::table! {
         last_status -> Text,
         seat_until -> Nullable<Timestamp>,
         exemption -> Nullable<Text>,
+        install_id -> Nullable<Text>,
+        install_source -> Nullable<Text>,
+        machine -> Nullable<Text>,
     }
 }
 
@@ -41,6 +44,7 @@ diesel::table! {
         private_exemption -> Nullable<Bool>,
         max_loopback -> Nullable<Integer>,
         overage_started_at -> Nullable<Timestamp>,
+        max_processes -> Nullable<Integer>,
     }
 }
 

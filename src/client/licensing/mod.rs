@@ -78,6 +78,10 @@ pub enum StartError {
     RootCertificate { path: std::path::PathBuf, message: String },
 }
 
+/// How long a clean stop waits for the server to release the process: shutdown stays within
+/// a second whatever the server does.
+const RELEASE_ON_STOP: Duration = Duration::from_millis(600);
+
 /// The batch the next check-in will send, as a preview shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preview {
@@ -428,16 +432,40 @@ impl Licensing {
         Ok(deactivated)
     }
 
-    /// Stops the background thread and flushes what is in memory to the store, within a
-    /// second whatever the server is doing: a check-in in flight is abandoned (its batch stays
-    /// in the outbox and is sent again, same id, at the next start).
+    /// Stops the background thread, flushes what is in memory to the store and releases this
+    /// process on the license server (its install's seat frees unless another process holds
+    /// it; the lease is kept, so a restart runs on it at once), within a second whatever the
+    /// server is doing: a check-in in flight is abandoned (its batch stays in the outbox and is
+    /// sent again, same id, at the next start), and a release that takes longer is given up.
+    /// Call it when the application stops (after `HttpServer::run().await`, on SIGTERM).
     pub fn shutdown(&self) {
         let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let was_running = worker.is_some();
         if let Some(worker) = worker {
             worker.stop();
         }
         if let Err(e) = self.verifier.flush() {
             tracing::warn!(target: "licensor", "last flush of telemetry failed: {e}");
+        }
+        let released =
+            self.verifier.instance.read().is_ok_and(|i| i.deactivated || i.replaced || i.lease.is_none());
+        if was_running && !released && self.verifier.mode().checks_in() && self.verifier.http.is_some() {
+            self.release_within(RELEASE_ON_STOP);
+        }
+    }
+
+    /// Releases this process, giving up after `budget`.
+    fn release_within(&self, budget: Duration) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        match runtime.block_on(async { tokio::time::timeout(budget, self.verifier.release_on_stop()).await })
+        {
+            Ok(Ok(_)) => tracing::info!(target: "licensor", "released this process on the license server"),
+            Ok(Err(e)) => {
+                tracing::warn!(target: "licensor", "releasing this process on the license server failed: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(target: "licensor", "releasing this process on the license server took too long; its seat frees when its lease ends")
+            }
         }
     }
 }

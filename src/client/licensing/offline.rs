@@ -46,11 +46,17 @@ impl Opened {
                 }
                 config.server_url = config.server_url.or(recorded.server_url);
                 config.instance_url = config.instance_url.or(recorded.instance_url);
+                config.install_id = config.install_id.or(recorded.install_id);
             }
         }
         let mut verifier = Verifier::open(config)?;
         verifier.ring_for_inspection = ring_for_inspection;
         Ok(Opened { verifier })
+    }
+
+    /// The install this deployment's check-ins name (where it checks in).
+    pub fn install(&self) -> Option<&crate::protocol::InstallRef> {
+        self.verifier.install.as_ref()
     }
 
     /// Whether the key ring came from the data directory (no `LICENSOR_KEYS_DIR`): the command

@@ -41,6 +41,9 @@ pub(super) struct InstanceState {
     pub(super) last_sync: SyncStatus,
     /// This instance released its seat; it sends nothing more until restarted.
     pub(super) deactivated: bool,
+    /// The server released this process in favour of a newer one of its install (`replaced`):
+    /// it checks in no more until restarted, when it comes back as a new process.
+    pub(super) replaced: bool,
 }
 
 /// The license in force: the configured key, or a newer one a check-in answer delivered.
@@ -90,6 +93,8 @@ pub(crate) struct Verifier {
     /// The ring came from the data directory (a command run without the application's keys):
     /// good for showing, never for believing an answer that changes the deployment's state.
     pub(super) ring_for_inspection: bool,
+    /// The install this process belongs to, sent with each check-in (where it checks in).
+    pub(super) install: Option<crate::protocol::InstallRef>,
 }
 
 impl Verifier {
@@ -204,6 +209,7 @@ impl Verifier {
                     Some(_) => SyncStatus::Error,
                 },
                 deactivated: false,
+                replaced: false,
             };
             (Some(store), instance)
         } else {
@@ -215,8 +221,23 @@ impl Verifier {
                 salt: Vec::new(),
                 last_sync: SyncStatus::None,
                 deactivated: false,
+                replaced: false,
             };
             (None, instance)
+        };
+        let install = match (&license, checks_in) {
+            (Ok(payload), true) => Some(crate::client::install::identify(
+                payload.license_id,
+                config.install_id.as_deref(),
+                config.instance_url.as_deref(),
+                match &mode {
+                    Mode::Exempt { exemption, .. } => Some(*exemption),
+                    _ => None,
+                },
+                &config.machine_id_files,
+                &instance.instance_id,
+            )),
+            _ => None,
         };
         // At the basic level nothing is collected: batches carry the environment alone. A
         // developer's machine (loopback) gets a collector that stays off unless the instance
@@ -270,6 +291,7 @@ impl Verifier {
             is_application: std::sync::atomic::AtomicBool::new(false),
             sender,
             ring_for_inspection: false,
+            install,
             config,
         })
     }
@@ -396,6 +418,7 @@ impl Verifier {
         let settings = store::AppSettings {
             server_url: self.server_url.clone(),
             instance_url: self.config.instance_url.clone(),
+            install_id: self.config.install_id.clone(),
             keys: self
                 .ring
                 .to_pem()
@@ -538,6 +561,17 @@ impl Verifier {
 
     /// Releases this instance's seat (see [`Licensing::deactivate`]).
     pub(super) async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
+        self.release(false).await
+    }
+
+    /// Releases this process on the server as it stops cleanly, keeping its lease: restarted,
+    /// it runs on that lease and takes its place again at its next check-in, while meanwhile
+    /// its install's seat is free unless another process holds it.
+    pub(super) async fn release_on_stop(&self) -> Result<Deactivated, DeactivateError> {
+        self.release(true).await
+    }
+
+    async fn release(&self, keep_lease: bool) -> Result<Deactivated, DeactivateError> {
         let current = self.current();
         let (Some(store), Ok(payload), true) = (&self.store, &current.payload, self.mode().checks_in())
         else {
@@ -577,10 +611,12 @@ impl Verifier {
         {
             return Err(bad("the receipt binds another request: a replayed or misdirected answer".into()));
         }
-        store.forget_lease(self.now())?;
-        if let Ok(mut instance) = self.instance.write() {
-            instance.lease = None;
-            instance.deactivated = true;
+        if !keep_lease {
+            store.forget_lease(self.now())?;
+            if let Ok(mut instance) = self.instance.write() {
+                instance.lease = None;
+                instance.deactivated = true;
+            }
         }
         Ok(Deactivated {
             license_id: receipt.license_id,
@@ -619,6 +655,12 @@ impl Verifier {
         if self.instance.read().is_ok_and(|k| k.deactivated) {
             return CheckInOutcome::NotApplicable("this instance released its seat (deactivated)".into());
         }
+        if self.instance.read().is_ok_and(|k| k.replaced) {
+            return CheckInOutcome::NotApplicable(
+                "this process was released in favour of a newer one of its install; restart it to run again"
+                    .into(),
+            );
+        }
         let now = self.now();
         if let Err(e) = self.flush() {
             tracing::warn!(target: "licensor", "flushing telemetry before the check-in failed: {e}");
@@ -648,8 +690,14 @@ impl Verifier {
         let carried = outgoing.as_ref().filter(|_| delivered.is_none()).map(|o| {
             (o.payload.as_str(), uuid::Uuid::parse_str(&o.batch_id).unwrap_or_else(|_| uuid::Uuid::nil()))
         });
-        let request =
-            exchange::build_request(&current.key, &instance_id, &self.reported_version(), carried, exempt);
+        let request = exchange::build_request(
+            &current.key,
+            &instance_id,
+            &self.reported_version(),
+            carried,
+            exempt,
+            self.install.as_ref(),
+        );
         let (http_status, retry_after, body) = match exchange::send(http, server, &request).await {
             Ok(answer) => answer,
             Err(e) => return self.failed(store, format!("no answer: {}", error_chain(&e)), None),
@@ -719,6 +767,7 @@ impl Verifier {
             // wrong) is corrected by the next genuine check-in instead of locking the
             // deployment out for good.
             instance.last_server_time = Some(lease.server_time);
+            instance.replaced = lease.status == CheckInStatus::Replaced;
             instance.lease = Some(lease);
             instance.last_sync = SyncStatus::Success;
         }

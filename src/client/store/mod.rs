@@ -114,6 +114,9 @@ pub struct VerifierState {
 pub struct AppSettings {
     pub server_url: Option<String>,
     pub instance_url: Option<String>,
+    /// `LICENSOR_INSTALL_ID`, so that a command's check-in names the application's install.
+    #[serde(default)]
+    pub install_id: Option<String>,
     /// The ring the application trusted: public keys only, for showing and inspecting.
     pub keys: Vec<RecordedKey>,
 }

@@ -1,0 +1,263 @@
+//! Seats count installs, not processes (issue 22, part 2): every process of one deployment
+//! (replicas, restarts, redeploys with fresh data directories) shares its install's seat; past
+//! the license's `max_processes` the newest process wins; a clean stop releases at once; an
+//! install that stops checking in frees its seat by itself. Black-box: raw HTTP and the
+//! library against a real server, on both backends.
+
+mod common;
+
+use chrono::Duration;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+use common::{block_on, client_config, nonce, Harness};
+use licensor::client::install::identify;
+use licensor::client::licensing::CheckInOutcome;
+use licensor::client::{InvalidReason, Licensing, Status};
+use licensor::license::{LicensePayload, Tier};
+use licensor::protocol::{CheckInStatus, InstallSource, TelemetryExemption};
+
+fn license_id(key: &str) -> String {
+    licensor::token::decode::<LicensePayload>(key).unwrap().claims.license_id.to_string()
+}
+
+/// A check-in of process `instance` of install `install` (a name, hashed here as a client
+/// would), carrying a small batch.
+fn check_in(h: &Harness, key: &str, instance: &str, install: &str) -> Value {
+    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(install.as_bytes()));
+    let body = json!({
+        "license_key": key, "instance_id": instance, "nonce": nonce(), "software_version": "2.0.0",
+        "telemetry": common::batch(uuid::Uuid::new_v4(), 1, 0, 0),
+        "install": {"id": id, "source": "instance_url"},
+    });
+    let (status, answer) = h.post_json("/v1/check-ins", &body);
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+fn seats_in_use(h: &Harness, key: &str) -> i64 {
+    let (_, page) = h.admin(Method::GET, &format!("/v1/admin/licenses?search={}", license_id(key)), None);
+    page["licenses"][0]["seats_in_use"].as_i64().unwrap()
+}
+
+fn instances(h: &Harness, key: &str) -> std::collections::BTreeMap<String, Value> {
+    let (_, body) =
+        h.admin(Method::GET, &format!("/v1/admin/instances?license_id={}", license_id(key)), None);
+    body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["instance_id"].as_str().unwrap().to_owned(), i.clone()))
+        .collect()
+}
+
+fn processes_of_one_install_share_its_seat(h: Harness) {
+    let key = h.license(Tier::Community, 2);
+    // Five redeploys of one install, each with a fresh data directory (a new instance id) and
+    // none stopping cleanly: one seat.
+    for n in 1..=5 {
+        let answer = check_in(&h, &key, &format!("erp-pod-{n}"), "https://erp.customer.example");
+        assert_eq!(answer["status"], "valid", "{answer}");
+        h.advance(Duration::minutes(10));
+    }
+    assert_eq!(seats_in_use(&h, &key), 1);
+    let listed = instances(&h, &key);
+    assert_eq!(listed.len(), 5, "each process is seen, under its install");
+    let install = listed["erp-pod-1"]["install_id"].clone();
+    assert!(listed.values().all(|i| i["install_id"] == install && i["install_source"] == "instance_url"));
+    // A second install takes the second seat; a third is refused.
+    assert_eq!(check_in(&h, &key, "staging-1", "https://staging.customer.example")["status"], "valid");
+    assert_eq!(seats_in_use(&h, &key), 2);
+    assert_eq!(check_in(&h, &key, "dev-1", "https://dev.customer.example")["status"], "seat_limit_exceeded");
+    // Yet another process of the first install still runs.
+    assert_eq!(check_in(&h, &key, "erp-pod-6", "https://erp.customer.example")["status"], "valid");
+
+    // Three replicas embedding the library, each with its own data directory, one instance URL.
+    let replicas_key = h.license(Tier::Pro, 1);
+    let replicas: Vec<Licensing> = (1..=3)
+        .map(|n| {
+            let mut c = client_config(&h, &replicas_key, &h.dir.path().join(format!("replica-{n}")));
+            c.instance_url = Some("https://shop.customer.example".into());
+            let l = Licensing::start(c).unwrap();
+            assert!(
+                matches!(
+                    block_on(l.check_in_now()),
+                    CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+                ),
+                "replica {n}"
+            );
+            l
+        })
+        .collect();
+    assert_eq!(seats_in_use(&h, &replicas_key), 1);
+    assert_eq!(instances(&h, &replicas_key).len(), 3);
+    // A clean stop releases the process at once; the install keeps its seat while a replica
+    // still holds it, and frees it with the last one.
+    replicas[0].shutdown();
+    assert_eq!(instances(&h, &replicas_key).len(), 2);
+    assert_eq!(seats_in_use(&h, &replicas_key), 1);
+    replicas[1].shutdown();
+    replicas[2].shutdown();
+    assert_eq!(seats_in_use(&h, &replicas_key), 0);
+    assert!(instances(&h, &replicas_key).is_empty());
+    // Restarted, a replica runs on its kept lease at once, and takes the seat again.
+    let mut c = client_config(&h, &replicas_key, &h.dir.path().join("replica-1"));
+    c.instance_url = Some("https://shop.customer.example".into());
+    let again = Licensing::start(c).unwrap();
+    assert_eq!(again.status(), Status::Valid);
+    assert!(matches!(
+        block_on(again.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    assert_eq!(seats_in_use(&h, &replicas_key), 1);
+    again.shutdown();
+}
+
+/// Makes an offline-issued key known, so the vendor can set its terms before it is used.
+fn register(h: &Harness, key: &str) {
+    let (status, body) =
+        h.admin(Method::POST, "/v1/admin/licenses/register", Some(&json!({"license_keys": [key]})));
+    assert_eq!(status, 200, "{body}");
+}
+
+fn over_max_processes_the_newest_process_wins(h: Harness) {
+    let key = h.license(Tier::Pro, 1);
+    register(&h, &key);
+    let path = format!("/v1/admin/licenses/{}/terms", license_id(&key));
+    let (status, terms) = h.admin(Method::PATCH, &path, Some(&json!({"max_processes": 3})));
+    assert_eq!((status, terms["effective_max_processes"].clone()), (200, json!(3)), "{terms}");
+    for n in 1..=3 {
+        assert_eq!(check_in(&h, &key, &format!("p{n}"), "cluster")["status"], "valid");
+        h.advance(Duration::minutes(1));
+    }
+    // p2 checks in again: p1 is now the least recently seen.
+    assert_eq!(check_in(&h, &key, "p2", "cluster")["status"], "valid");
+    h.advance(Duration::minutes(1));
+    // A fourth process (a rolling update's new pod) is never locked out: p1 is released.
+    assert_eq!(check_in(&h, &key, "p4", "cluster")["status"], "valid");
+    let listed = instances(&h, &key);
+    assert_eq!(listed["p1"]["last_status"], "replaced");
+    assert!(listed["p1"]["seat_until"].is_null());
+    assert_eq!(seats_in_use(&h, &key), 1);
+    // p1 is told at its next check-in, with no place held; then it is gone, and a restarted p1
+    // comes back as a new process (releasing the least recently seen, p3).
+    let told = check_in(&h, &key, "p1", "cluster");
+    assert_eq!(told["status"], "replaced", "{told}");
+    assert_eq!(told["valid_until"], told["server_time"]);
+    assert!(!instances(&h, &key).contains_key("p1"));
+    h.advance(Duration::minutes(1));
+    assert_eq!(check_in(&h, &key, "p1", "cluster")["status"], "valid");
+    assert_eq!(instances(&h, &key)["p3"]["last_status"], "replaced");
+
+    // The library: a process told `replaced` is not licensed and checks in no more.
+    let lib_key = h.license(Tier::Pro, 1);
+    register(&h, &lib_key);
+    let path = format!("/v1/admin/licenses/{}/terms", license_id(&lib_key));
+    assert_eq!(h.admin(Method::PATCH, &path, Some(&json!({"max_processes": 1}))).0, 200);
+    let start = |n: u32| {
+        let mut c = client_config(&h, &lib_key, &h.dir.path().join(format!("pod-{n}")));
+        c.instance_url = Some("https://one.customer.example".into());
+        let l = Licensing::start(c).unwrap();
+        assert!(matches!(
+            block_on(l.check_in_now()),
+            CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+        ));
+        l
+    };
+    let (old, new) = (start(1), start(2));
+    h.advance(Duration::minutes(5));
+    assert!(matches!(
+        block_on(old.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Replaced, .. }
+    ));
+    assert_eq!(old.status(), Status::Invalid { reason: InvalidReason::Refused(CheckInStatus::Replaced) });
+    assert!(matches!(block_on(old.check_in_now()), CheckInOutcome::NotApplicable(_)));
+    assert_eq!(new.status(), Status::Valid);
+    old.shutdown();
+    new.shutdown();
+}
+
+fn an_install_that_stops_checking_in_frees_its_seat_after_lease_and_grace(h: Harness) {
+    let key = h.license(Tier::Community, 1);
+    assert_eq!(check_in(&h, &key, "a-1", "install-a")["status"], "valid");
+    h.advance(Duration::hours(12));
+    assert_eq!(check_in(&h, &key, "a-2", "install-a")["status"], "valid");
+    // Community: a day's interval and 7 days of grace after the last check-in of any process.
+    h.advance(Duration::days(8) - Duration::minutes(1));
+    assert_eq!(check_in(&h, &key, "b-1", "install-b")["status"], "seat_limit_exceeded");
+    h.advance(Duration::minutes(2));
+    assert_eq!(check_in(&h, &key, "b-1", "install-b")["status"], "valid");
+    assert_eq!(seats_in_use(&h, &key), 1);
+}
+
+fn install_ids_are_checked(h: Harness) {
+    let key = h.license(Tier::Community, 1);
+    for install in [
+        json!({"id": "prod", "source": "configured"}),
+        json!({"id": "a".repeat(64), "source": "somewhere"}),
+        json!({"id": "a".repeat(64), "source": "machine", "machine": "x"}),
+    ] {
+        let body = json!({
+            "license_key": key, "instance_id": "p", "nonce": nonce(), "software_version": "1",
+            "telemetry_disabled": true, "install": install,
+        });
+        let (status, answer) = h.post_json("/v1/check-ins", &body);
+        assert_eq!(status, 400, "{install}: {answer}");
+        assert!(
+            ["invalid_install", "invalid_request"].contains(&answer["error"]["code"].as_str().unwrap()),
+            "{answer}"
+        );
+    }
+}
+
+on_both_backends!(
+    processes_of_one_install_share_its_seat,
+    over_max_processes_the_newest_process_wins,
+    an_install_that_stops_checking_in_frees_its_seat_after_lease_and_grace,
+    install_ids_are_checked,
+);
+
+/// Where an install's identity comes from, in order, hashed with the license id.
+#[test]
+fn an_install_is_identified_in_order_and_never_by_a_readable_name() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let machine_file = dir.path().join("machine-id");
+    std::fs::write(&machine_file, "0a1b2c3d4e5f60718293a4b5c6d7e8f9\n").unwrap();
+    let machine = vec![machine_file.clone()];
+    let none: Vec<PathBuf> = vec![dir.path().join("absent")];
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let url = Some("https://erp.internal.corp:8443/app");
+
+    let configured = identify(a, Some("prod-eu"), url, None, &machine, "inst-1");
+    assert_eq!(configured.source, InstallSource::Configured);
+    let by_url = identify(a, None, url, None, &machine, "inst-1");
+    assert_eq!(by_url.source, InstallSource::InstanceUrl);
+    // The origin is what counts: another path or a redeploy's own instance id is the same install.
+    assert_eq!(
+        identify(a, None, Some("https://ERP.internal.corp:8443/"), None, &machine, "inst-9").id,
+        by_url.id
+    );
+    assert_ne!(identify(a, None, Some("https://erp.internal.corp/"), None, &machine, "inst-1").id, by_url.id);
+    // A developer's machine says nothing by its URL: the machine identifies it.
+    let laptop =
+        identify(a, None, Some("http://localhost:3000"), Some(TelemetryExemption::Loopback), &machine, "i");
+    assert_eq!(laptop.source, InstallSource::Machine);
+    assert_eq!(Some(laptop.id.clone()), laptop.machine);
+    let bare = identify(a, None, None, None, &none, "inst-1");
+    assert_eq!((bare.source, bare.machine.clone()), (InstallSource::DataDirectory, None));
+    assert_ne!(bare.id, identify(a, None, None, None, &none, "inst-2").id);
+    std::fs::write(&machine_file, "uninitialized\n").unwrap();
+    assert_eq!(identify(a, None, None, None, &machine, "inst-1").source, InstallSource::DataDirectory);
+    // Hashed with the license: the same deployment under two vendors' licenses cannot be linked,
+    // and nothing readable is sent.
+    assert_ne!(identify(b, None, url, None, &machine, "inst-1").id, by_url.id);
+    for r in [&configured, &by_url, &laptop, &bare] {
+        assert!(licensor::protocol::valid_install_id(&r.id), "{r:?}");
+        let json = serde_json::to_string(r).unwrap();
+        assert!(
+            !json.contains("internal") && !json.contains("prod-eu") && !json.contains("0a1b2c"),
+            "{json}"
+        );
+    }
+}
