@@ -41,19 +41,6 @@ fn license_id(key: &str) -> String {
     licensor::token::decode::<licensor::license::LicensePayload>(key).unwrap().claims.license_id.to_string()
 }
 
-/// The license's instances as the admin API lists them, by instance id.
-fn instances(h: &Harness, key: &str) -> std::collections::BTreeMap<String, Value> {
-    let (status, body) =
-        h.admin(Method::GET, &format!("/v1/admin/instances?license_id={}", license_id(key)), None);
-    assert_eq!(status, 200, "{body}");
-    body["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| (i["instance_id"].as_str().unwrap().to_owned(), i.clone()))
-        .collect()
-}
-
 fn bypass_cases_check_in_send_no_telemetry_where_exempt_and_are_refused_after_revocation(h: Harness) {
     let cases: [(Option<&str>, Option<TelemetryExemption>); 7] = [
         (None, None),
@@ -86,7 +73,7 @@ fn bypass_cases_check_in_send_no_telemetry_where_exempt_and_are_refused_after_re
         assert_eq!(l.status(), Status::Valid, "{url:?}");
         assert!(l.has_feature("reports"));
         let instance_id = l.instance_id().unwrap();
-        let listed = &instances(&h, &key)[&instance_id];
+        let listed = &h.instances_of(&key)[&instance_id];
         assert_eq!(listed["exemption"], json!(exemption.map(|e| e.as_str())), "{url:?}: {listed}");
         let batches = h.store.telemetry_counts(&instance_id).unwrap()["telemetry_batches"];
         assert_eq!(batches, i64::from(exemption.is_none()), "{url:?}: telemetry only where not exempt");
@@ -137,7 +124,7 @@ fn a_developers_machine_holds_no_seat_and_is_bounded(h: Harness) {
     );
     // A machine checking in again keeps its place.
     assert_eq!(exempt_check_in(&h, &key, "laptop-2", "loopback")["status"], "valid");
-    let listed = instances(&h, &key);
+    let listed = h.instances_of(&key);
     assert_eq!(listed["laptop-1"]["exemption"], "loopback");
     assert_eq!(listed["office-server"]["exemption"], "private address");
     assert!(!listed.contains_key("laptop-4"), "a refused newcomer leaves no instance");

@@ -41,17 +41,6 @@ fn seats_in_use(h: &Harness, key: &str) -> i64 {
     page["licenses"][0]["seats_in_use"].as_i64().unwrap()
 }
 
-fn instances(h: &Harness, key: &str) -> std::collections::BTreeMap<String, Value> {
-    let (_, body) =
-        h.admin(Method::GET, &format!("/v1/admin/instances?license_id={}", license_id(key)), None);
-    body["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| (i["instance_id"].as_str().unwrap().to_owned(), i.clone()))
-        .collect()
-}
-
 fn processes_of_one_install_share_its_seat(h: Harness) {
     let key = h.license(Tier::Community, 2);
     // Five redeploys of one install, each with a fresh data directory (a new instance id) and
@@ -62,7 +51,7 @@ fn processes_of_one_install_share_its_seat(h: Harness) {
         h.advance(Duration::minutes(10));
     }
     assert_eq!(seats_in_use(&h, &key), 1);
-    let listed = instances(&h, &key);
+    let listed = h.instances_of(&key);
     assert_eq!(listed.len(), 5, "each process is seen, under its install");
     let install = listed["erp-pod-1"]["install_id"].clone();
     assert!(listed.values().all(|i| i["install_id"] == install && i["install_source"] == "instance_url"));
@@ -91,16 +80,16 @@ fn processes_of_one_install_share_its_seat(h: Harness) {
         })
         .collect();
     assert_eq!(seats_in_use(&h, &replicas_key), 1);
-    assert_eq!(instances(&h, &replicas_key).len(), 3);
+    assert_eq!(h.instances_of(&replicas_key).len(), 3);
     // A clean stop releases the process at once; the install keeps its seat while a replica
     // still holds it, and frees it with the last one.
     replicas[0].shutdown();
-    assert_eq!(instances(&h, &replicas_key).len(), 2);
+    assert_eq!(h.instances_of(&replicas_key).len(), 2);
     assert_eq!(seats_in_use(&h, &replicas_key), 1);
     replicas[1].shutdown();
     replicas[2].shutdown();
     assert_eq!(seats_in_use(&h, &replicas_key), 0);
-    assert!(instances(&h, &replicas_key).is_empty());
+    assert!(h.instances_of(&replicas_key).is_empty());
     // Restarted, a replica runs on its kept lease at once, and takes the seat again.
     let mut c = client_config(&h, &replicas_key, &h.dir.path().join("replica-1"));
     c.instance_url = Some("https://shop.customer.example".into());
@@ -136,7 +125,7 @@ fn over_max_processes_the_newest_process_wins(h: Harness) {
     h.advance(Duration::minutes(1));
     // A fourth process (a rolling update's new pod) is never locked out: p1 is released.
     assert_eq!(check_in(&h, &key, "p4", "cluster")["status"], "valid");
-    let listed = instances(&h, &key);
+    let listed = h.instances_of(&key);
     assert_eq!(listed["p1"]["last_status"], "replaced");
     assert!(listed["p1"]["seat_until"].is_null());
     assert_eq!(seats_in_use(&h, &key), 1);
@@ -145,10 +134,10 @@ fn over_max_processes_the_newest_process_wins(h: Harness) {
     let told = check_in(&h, &key, "p1", "cluster");
     assert_eq!(told["status"], "replaced", "{told}");
     assert_eq!(told["valid_until"], told["server_time"]);
-    assert!(!instances(&h, &key).contains_key("p1"));
+    assert!(!h.instances_of(&key).contains_key("p1"));
     h.advance(Duration::minutes(1));
     assert_eq!(check_in(&h, &key, "p1", "cluster")["status"], "valid");
-    assert_eq!(instances(&h, &key)["p3"]["last_status"], "replaced");
+    assert_eq!(h.instances_of(&key)["p3"]["last_status"], "replaced");
 
     // The library: a process told `replaced` is not licensed and checks in no more.
     let lib_key = h.license(Tier::Pro, 1);

@@ -253,6 +253,20 @@ impl Harness {
         text.into_bytes()
     }
 
+    /// A license's processes as the admin API lists them, by instance id.
+    pub fn instances_of(&self, key: &str) -> std::collections::BTreeMap<String, Value> {
+        let license_id = licensor::token::decode::<license::LicensePayload>(key).unwrap().claims.license_id;
+        let (status, body) =
+            self.admin(reqwest::Method::GET, &format!("/v1/admin/instances?license_id={license_id}"), None);
+        assert_eq!(status, 200, "{body}");
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["instance_id"].as_str().unwrap().to_owned(), i.clone()))
+            .collect()
+    }
+
     /// Checks in and expects a 200; returns the response body.
     pub fn check_in(&self, key: &str, instance: &str, telemetry: Option<&str>) -> Value {
         let body = self.check_in_body(key, instance, &nonce(), telemetry);
