@@ -69,7 +69,7 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
 
-#[cfg(feature = "cli")]
+#[cfg(feature = "client-cli")]
 pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;

@@ -14,19 +14,27 @@ macro_rules! outln {
     }};
 }
 
+#[cfg(feature = "cli")]
 mod admin;
+#[cfg(feature = "cli")]
 mod bench;
+#[cfg(feature = "cli")]
 mod bulk;
+#[cfg(feature = "cli")]
 mod demo;
+#[cfg(feature = "cli")]
 mod serve;
 mod telemetry;
+#[cfg(feature = "cli")]
 mod vendor;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "cli")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "cli")]
 use crate::license::Tier;
 
 /// Success, and for `inspect` a `valid` verdict.
@@ -46,27 +54,36 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[cfg(feature = "cli")]
     /// Generate an Ed25519 key pair for one role: KID.ROLE.private.pem (mode 0600) and
     /// KID.ROLE.public.pem, ROLE being license (the vendor's) or lease (the server's).
     Keygen(KeygenArgs),
+    #[cfg(feature = "cli")]
     /// Issue a signed license key, or many from a CSV file.
     Issue(IssueArgs),
+    #[cfg(feature = "cli")]
     /// Decode a license key or a lease and verify it against a key ring.
     Inspect(InspectArgs),
+    #[cfg(feature = "cli")]
     /// Walk through the vendor flow with a throwaway key: keygen, issue per tier, verify.
     Demo(DemoArgs),
+    #[cfg(feature = "cli")]
     /// Run the license server (zero configuration starts a development set-up in ./data).
     Serve(Box<ServeArgs>),
+    #[cfg(feature = "cli")]
     /// Ask a server whether it is healthy (a container's health check, where no shell or curl
     /// exists): exit 0 on a 2xx answer, 1 on any other answer, 2 when none came.
     Healthcheck(HealthcheckArgs),
+    #[cfg(feature = "cli")]
     /// Copy the embedded SQLite database consistently while the server runs (PostgreSQL is
     /// backed up with pg_dump; see docs/operations.md).
     Backup(BackupArgs),
+    #[cfg(feature = "cli")]
     /// Talk to a server's admin API: licenses, instances, telemetry.
     Admin(AdminArgs),
     /// What this deployment's verifier collects and sends: see it, export it, clear it.
-    /// Reads the same environment as the library (LICENSOR_DATA_DIR, LICENSOR_LICENSE_KEY...).
+    /// Needs only LICENSOR_DATA_DIR (the application records the rest there); the library's
+    /// variables override.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
     /// Check in with the license server now and print the outcome: exit 0 only when the
@@ -75,6 +92,7 @@ pub enum Command {
     /// Release this deployment's seat (it is being decommissioned), with a receipt signed by
     /// the license server: exit 0 when released, 2 when not (nothing changed then).
     Deactivate(ClientArgs),
+    #[cfg(feature = "cli")]
     /// Load and speed measurements that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -199,6 +217,7 @@ pub enum ExportFormat {
     Csv,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Fire realistic check-ins at a running server and print check-ins/s, p50 and p99.
@@ -208,6 +227,7 @@ pub enum BenchCommand {
     Insights(BenchInsightsArgs),
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct BenchInsightsArgs {
     /// An empty PostgreSQL database to seed (it is left seeded, for --reuse).
@@ -230,6 +250,7 @@ pub struct BenchInsightsArgs {
     pub reuse: bool,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct BenchCheckInsArgs {
     /// The server's base URL.
@@ -258,6 +279,7 @@ pub struct BenchCheckInsArgs {
     pub database_url: Option<String>,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// The server's base URL.
@@ -270,6 +292,7 @@ pub struct AdminArgs {
     pub command: AdminCommand,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// List licenses seen or issued, with revocation, instance counts and last check-in
@@ -486,6 +509,7 @@ pub enum AdminCommand {
     },
 }
 
+#[cfg(feature = "cli")]
 /// The insights views of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InsightsView {
@@ -497,6 +521,7 @@ pub enum InsightsView {
     Licenses,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Run a job now, claimed like its scheduled run (refused while that run is under way).
@@ -510,6 +535,7 @@ pub enum JobsCommand {
     },
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
     /// The registered endpoints (without their secrets).
@@ -556,6 +582,7 @@ pub enum LogFormat {
     Json,
 }
 
+#[cfg(feature = "cli")]
 /// The jobs that can be run on demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JobName {
@@ -563,6 +590,7 @@ pub enum JobName {
     Rollup,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML file with further settings (flags and environment take precedence).
@@ -653,6 +681,7 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Key id: 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'.
@@ -667,6 +696,7 @@ pub struct KeygenArgs {
     pub out_dir: PathBuf,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct IssueArgs {
     /// The issuing key, KID.license.private.pem; its key id is taken from the file name.
@@ -710,6 +740,7 @@ pub struct IssueArgs {
     pub out: Option<PathBuf>,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The license key or lease, or - to read it from standard input.
@@ -725,6 +756,7 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// The database to copy: sqlite://PATH [default: sqlite://DATA_DIR/licensor.db].
@@ -738,6 +770,7 @@ pub struct BackupArgs {
     pub out: PathBuf,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
     /// The URL to ask: /healthz (the process serves) or /readyz (it can reach its database).
@@ -748,6 +781,7 @@ pub struct HealthcheckArgs {
     pub timeout_s: u64,
 }
 
+#[cfg(feature = "cli")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Directory for the throwaway key pair (default: a new directory under the system's
@@ -783,15 +817,25 @@ pub(crate) fn write_new_file(path: &std::path::Path, text: &str) -> anyhow::Resu
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        #[cfg(feature = "cli")]
         Command::Keygen(args) => vendor::keygen(args),
+        #[cfg(feature = "cli")]
         Command::Issue(args) => vendor::issue(args),
+        #[cfg(feature = "cli")]
         Command::Inspect(args) => vendor::inspect(args),
+        #[cfg(feature = "cli")]
         Command::Demo(args) => demo::run(args),
+        #[cfg(feature = "cli")]
         Command::Serve(args) => serve::run(*args),
+        #[cfg(feature = "cli")]
         Command::Healthcheck(args) => serve::healthcheck(args),
+        #[cfg(feature = "cli")]
         Command::Backup(args) => serve::backup(args),
+        #[cfg(feature = "cli")]
         Command::Admin(args) => admin::run(args),
+        #[cfg(feature = "cli")]
         Command::Bench(BenchCommand::CheckIns(args)) => bench::check_ins(args),
+        #[cfg(feature = "cli")]
         Command::Bench(BenchCommand::Insights(args)) => bench::insights(args),
         Command::Telemetry(command) => telemetry::run(command),
         Command::CheckIn(args) => telemetry::check_in(args),
@@ -828,6 +872,7 @@ pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("{s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
 }
 
+#[cfg(feature = "cli")]
 /// Reads `--role`.
 fn parse_role(value: &str) -> Result<crate::keys::Role, String> {
     crate::keys::Role::parse(value).ok_or_else(|| format!("{value:?} is not a role: use license or lease"))
