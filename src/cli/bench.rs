@@ -255,8 +255,12 @@ fn request_body(key: &str, instance: &str, template: &str) -> String {
     use base64::Engine as _;
     let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>());
     let batch = template.replacen("BATCH_ID_PLACEHOLDER", &uuid::Uuid::new_v4().to_string(), 1);
+    // As a client with no instance URL and no machine id names its install: one per process, so
+    // the seats work out as before installs, while the server does an install's work. (A server
+    // from before installs ignores the field.)
+    let install = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(instance.as_bytes()));
     format!(
-        r#"{{"license_key":"{key}","instance_id":"{instance}","nonce":"{nonce}","software_version":"1.4.2","telemetry":{batch}}}"#
+        r#"{{"license_key":"{key}","instance_id":"{instance}","nonce":"{nonce}","software_version":"1.4.2","telemetry":{batch},"install":{{"id":"{install}","source":"data_directory"}}}}"#
     )
 }
 
