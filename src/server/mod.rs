@@ -13,6 +13,7 @@ pub(crate) mod extract;
 mod handlers;
 pub mod insights;
 pub mod jobs;
+mod licenses;
 pub mod openapi;
 pub mod public;
 mod request_log;
@@ -106,7 +107,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(handlers::list_licenses)),
                 )
                 // Before `/licenses/{license_id}`, which would otherwise take the path.
-                .service(resource("/licenses/register").route(web::post().to(handlers::register_licenses)))
+                .service(resource("/licenses/register").route(web::post().to(licenses::register_licenses)))
                 .service(
                     resource("/licenses/{license_id}")
                         .route(web::get().to(insights::license_detail))
@@ -121,7 +122,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/jobs/rollup/runs").route(web::post().to(insights::run_rollup)))
                 .service(
                     resource("/licenses/{license_id}/terms")
-                        .route(web::patch().to(handlers::set_license_terms)),
+                        .route(web::patch().to(licenses::set_license_terms)),
                 )
                 .service(
                     resource("/licenses/{license_id}/revoke").route(web::post().to(handlers::revoke_license)),

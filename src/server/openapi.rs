@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, handlers, insights, public};
+use super::{dashboard, handlers, insights, licenses, public};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
@@ -30,8 +30,8 @@ use super::{dashboard, handlers, insights, public};
         handlers::issue_license,
         handlers::list_licenses,
         handlers::update_license,
-        handlers::set_license_terms,
-        handlers::register_licenses,
+        licenses::set_license_terms,
+        licenses::register_licenses,
         handlers::revoke_license,
         handlers::reinstate_license,
         handlers::list_instances,

@@ -1,0 +1,200 @@
+//! The vendor's handling of licenses beside their signed keys: registering keys issued offline
+//! before any deployment runs them, and the terms the server keeps per license (the
+//! private-network exemption, developers' machines, processes per install).
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::auth::FullAdmin;
+use super::error::ApiError;
+use super::extract::Json;
+use super::handlers::WriteErrors;
+use super::{blocking, AppState};
+use crate::license::{LicensePayload, Tier};
+use crate::store;
+
+/// `POST /v1/admin/licenses/register`: keys issued offline (`licensor issue`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegisterBody {
+    /// 1 to 1,000 `LIC1.` keys.
+    license_keys: Vec<String>,
+}
+
+/// What registering one key did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RegisteredLicense {
+    license_id: uuid::Uuid,
+    licensee: String,
+    tier: Tier,
+    outcome: store::Registration,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RegisteredLicenses {
+    /// In the order of the keys given.
+    licenses: Vec<RegisteredLicense>,
+}
+
+/// The most keys one registration takes.
+const MAX_REGISTER: usize = 1_000;
+
+/// Makes license keys issued offline known before any deployment checks in with them, so that
+/// they can be listed, revoked, renewed and watched (`license.never_checked_in`) from the
+/// start. Every key must verify under the server's ring; if one does not, none is registered.
+#[utoipa::path(post, path = "/v1/admin/licenses/register", tag = "licenses", security(("admin_token" = [])),
+    request_body(content = RegisterBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Each key's outcome, in order", body = RegisteredLicenses),
+        (status = 400, description = "A key that does not read or verify (named by its place), or no keys, or too many", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        WriteErrors,
+    ))]
+pub(super) async fn register_licenses(
+    _admin: FullAdmin,
+    state: web::Data<AppState>,
+    Json(body): Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.license_keys.is_empty() || body.license_keys.len() > MAX_REGISTER {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("license_keys must hold 1 to {MAX_REGISTER} keys"),
+        ));
+    }
+    let now = (state.clock)();
+    let mut rows = Vec::with_capacity(body.license_keys.len());
+    let mut payloads = Vec::with_capacity(body.license_keys.len());
+    for (i, key) in body.license_keys.iter().enumerate() {
+        let key = key.trim();
+        let payload = crate::token::decode::<LicensePayload>(key)
+            .and_then(|d| d.verify_signature(&state.service.ring).map(|()| d.claims))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_license",
+                    format!("license_keys[{i}] is not a license key this server trusts: {e}; nothing was registered"),
+                )
+            })?;
+        rows.push(store::LicenseRow::new(&payload, Some(key), now));
+        payloads.push(payload);
+    }
+    let store = state.store.clone();
+    let outcomes = blocking(move || Ok(store.register_licenses(&rows)?)).await?;
+    let licenses = payloads
+        .into_iter()
+        .zip(outcomes)
+        .map(|(p, outcome)| RegisteredLicense {
+            license_id: p.license_id,
+            licensee: p.licensee,
+            tier: p.tier,
+            outcome,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(RegisteredLicenses { licenses }))
+}
+
+/// What `PATCH /v1/admin/licenses/{license_id}/terms` sets; at least one field. A term given
+/// as `null` returns to the server's default.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TermsBody {
+    /// Whether this license's deployments on private networks (private and link-local
+    /// addresses, `*.local` names) may check in without telemetry.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    private_exemption: Option<Option<bool>>,
+    /// How many loopback instances (developers' machines, holding no seat) may hold a place at
+    /// once: 0 to 1,000.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    max_loopback: Option<Option<u32>>,
+    /// How many processes of one install may share its seat at once: 1 to 10,000; past it the
+    /// newest wins and the least recently seen is released (`replaced`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    max_processes: Option<Option<u32>>,
+}
+
+/// A field that is present (its value, `null` included) as `Some`, so that an absent term is
+/// left alone and a `null` one reset; serde has no such mode built in.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A license's terms: as set (`null`: the server's default) and in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LicenseTermsView {
+    license_id: String,
+    private_exemption: Option<bool>,
+    max_loopback: Option<i32>,
+    max_processes: Option<i32>,
+    /// What applies now, defaults included.
+    effective_private_exemption: bool,
+    effective_max_loopback: i64,
+    effective_max_processes: usize,
+    /// When the license first went over its seats (its soft overage's start), if it did.
+    #[schema(value_type = Option<String>)]
+    overage_started_at: Option<String>,
+}
+
+/// Sets what the vendor decides for one license beside its signed key: whether its
+/// private-network deployments may leave telemetry out, and how many developers' machines it
+/// may run at once. Takes effect at each instance's next check-in.
+#[utoipa::path(patch, path = "/v1/admin/licenses/{license_id}/terms", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path, description = "The license's id (a UUID)")),
+    request_body(content = TermsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The terms as set and in force", body = LicenseTermsView),
+        (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
+        (status = 413, body = crate::protocol::ErrorBody),
+        (status = 415, body = crate::protocol::ErrorBody),
+        WriteErrors,
+    ))]
+pub(super) async fn set_license_terms(
+    _admin: FullAdmin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    Json(body): Json<TermsBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.private_exemption.is_none() && body.max_loopback.is_none() && body.max_processes.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give what to set: private_exemption, max_loopback, max_processes",
+        ));
+    }
+    if let Some(Some(n)) = body.max_processes {
+        if !(1..=10_000).contains(&n) {
+            return Err(ApiError::bad_request("invalid_request", "max_processes must be from 1 to 10000"));
+        }
+    }
+    if let Some(Some(n)) = body.max_loopback {
+        if n > 1_000 {
+            return Err(ApiError::bad_request("invalid_request", "max_loopback must be from 0 to 1000"));
+        }
+    }
+    let license_id = path.into_inner();
+    let (store, rules) = (state.store.clone(), state.service.rules.clone());
+    let id = license_id.clone();
+    let max_loopback = body.max_loopback.map(|n| n.map(|n| n as i32));
+    let max_processes = body.max_processes.map(|n| n.map(|n| n as i32));
+    let (row, terms) = blocking(move || {
+        Ok(store.set_license_terms(&id, body.private_exemption, max_loopback, max_processes)?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no license {license_id:?} is known to this server")))?;
+    // A license only revoked by id has no tier yet: the Community default stands until it is seen.
+    let tier = row.tier.parse::<Tier>().unwrap_or(Tier::Community);
+    let effective = crate::checkin::Terms::of(&rules, tier, Some(&terms));
+    Ok(HttpResponse::Ok().json(LicenseTermsView {
+        license_id: row.id,
+        private_exemption: terms.private_exemption,
+        max_loopback: terms.max_loopback,
+        max_processes: terms.max_processes,
+        effective_private_exemption: effective.private_exemption,
+        effective_max_loopback: effective.max_loopback,
+        effective_max_processes: effective.max_processes,
+        overage_started_at: terms.overage_started_at.map(|t| crate::time::format(&store::utc(t))),
+    }))
+}
