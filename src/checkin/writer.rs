@@ -294,7 +294,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 continue;
             }
             let held = previous.and_then(|inst| inst.seat_until).filter(|until| *until > now);
-            let was_loopback = previous.is_some_and(|inst| inst.exemption.as_deref() == Some(LOOPBACK));
+            let was_loopback = previous.is_some_and(InstanceRow::is_loopback);
             // A loopback install (a developer's machine) holds a place of its own kind, never a
             // seat; one that stops declaring it (it serves public hosts) needs a seat. Seats
             // count installs: a process whose install holds a seat shares it.
@@ -374,7 +374,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 // kind seen least recently is released, and told so at its next check-in.
                 if status == CheckInStatus::Valid && held.is_none() {
                     let mut others: Vec<&InstanceRow> = live(&installs, &instances, &ikey, now)
-                        .filter(|r| r.id != p.instance_id && (r.exemption.as_deref() == Some(LOOPBACK)) == loopback)
+                        .filter(|r| r.id != p.instance_id && r.is_loopback() == loopback)
                         .collect();
                     if others.len() >= license_terms.max_processes {
                         others.sort_by(|a, b| (a.last_check_in_at, &a.id).cmp(&(b.last_check_in_at, &b.id)));
@@ -406,7 +406,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                         last_status: status.as_str().to_owned(),
                         seat_until,
                         exemption: if stored_loopback {
-                            Some(LOOPBACK.to_owned())
+                            Some(store::LOOPBACK.to_owned())
                         } else {
                             p.exemption.filter(|e| e.holds_seat()).map(|e| e.as_str().to_owned())
                         },
@@ -674,8 +674,6 @@ pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
     })
 }
 
-/// The stored name of the exemption whose instances hold no seat.
-const LOOPBACK: &str = "loopback";
 /// The last status of a process released in favour of a newer one of its install.
 const REPLACED: &str = "replaced";
 
@@ -702,7 +700,7 @@ fn holding(
     now: chrono::NaiveDateTime,
 ) -> (bool, bool) {
     live(installs, instances, install, now).fold((false, false), |(seat, loopback), r| {
-        let is_loopback = r.exemption.as_deref() == Some(LOOPBACK);
+        let is_loopback = r.is_loopback();
         (seat || !is_loopback, loopback || is_loopback)
     })
 }

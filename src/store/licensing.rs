@@ -319,9 +319,6 @@ pub(super) fn seats_in_use(
     Ok(out)
 }
 
-/// The exemption whose instances hold no seat, as stored.
-const LOOPBACK: &str = "loopback";
-
 /// What registering a license key did (see [`Store::register_licenses`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

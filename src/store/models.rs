@@ -119,7 +119,15 @@ pub struct InstanceRow {
     pub machine: Option<String>,
 }
 
+/// The stored exemption of instances that hold no seat (developers' machines).
+pub const LOOPBACK: &str = "loopback";
+
 impl InstanceRow {
+    /// Whether the process is a developer's machine, which holds no seat.
+    pub fn is_loopback(&self) -> bool {
+        self.exemption.as_deref() == Some(LOOPBACK)
+    }
+
     /// The install the process belongs to.
     pub fn install(&self) -> &str {
         self.install_id.as_deref().unwrap_or(&self.id)
