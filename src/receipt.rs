@@ -28,6 +28,9 @@ pub enum Action {
     /// same report is acknowledged again, not counted twice). The receipt names the report's
     /// digest and sequence; the lease beside it says whether its batch was accepted.
     UsageImported,
+    /// The license's holder released one of its installs (or one process): the server forgot
+    /// the processes named by `released`, and their seat is free until one checks in again.
+    Released,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +51,9 @@ pub struct ReceiptPayload {
     /// For `usage_imported`: the report's place in its install's chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_sequence: Option<u64>,
+    /// For `released`: the install id or instance id that was released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<String>,
 }
 
 impl Claims for ReceiptPayload {
@@ -73,13 +79,26 @@ impl Claims for ReceiptPayload {
     fn check_fields(&self) -> Result<(), String> {
         protocol::check_signed_answer(&self.kid, &self.instance_id, &self.nonce)?;
         match (self.action, &self.report_digest, self.report_sequence) {
-            (Action::Deactivated, None, None) => Ok(()),
-            (Action::UsageImported, Some(d), Some(n))
-                if n >= 1 && d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            (Action::Deactivated, None, None) if self.released.is_none() => Ok(()),
+            (Action::Released, None, None)
+                if self.released.as_deref().is_some_and(protocol::valid_instance_id) =>
             {
                 Ok(())
             }
-            (Action::Deactivated, ..) => Err("a deactivation receipt names no report".into()),
+            (Action::Released, ..) => {
+                Err("released: a release receipt names what it released, and no report".into())
+            }
+            (Action::UsageImported, Some(d), Some(n))
+                if self.released.is_none()
+                    && n >= 1
+                    && d.len() == 64
+                    && d.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(())
+            }
+            (Action::Deactivated, ..) => {
+                Err("a deactivation receipt names no report and releases nothing else".into())
+            }
             (Action::UsageImported, ..) => {
                 Err("report_digest and report_sequence: a usage receipt names the report it acknowledges"
                     .into())

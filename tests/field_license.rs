@@ -453,4 +453,44 @@ fn status_works_from_the_data_directory_alone() {
     let (code, out) = run(&["check-in"], &[("LICENSOR_KEYS_DIR", keys.display().to_string())]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("answered: valid"), "{out}");
+
+    // The customer's operator sees the license's installs from the data directory alone, and
+    // frees one that is gone (a second deployment, torn down while its lease runs on).
+    let gone = h.dir.path().join("torn-down");
+    let mut c = client_config(&h, &key, &gone);
+    c.instance_url = Some("https://10.1.2.3".into());
+    let second = Licensing::start(c).unwrap();
+    assert!(matches!(
+        block_on(second.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    // Torn down without a clean stop: its install keeps the seat until its lease runs out.
+    drop(second);
+    let (code, listing) = run(&["installs"], &[]);
+    assert_eq!(code, 0, "{listing}");
+    assert!(listing.starts_with(&format!("license {license_id}: 2 of 2 seat(s) in use")), "{listing}");
+    assert_eq!(listing.matches("\ninstall ").count(), 2, "{listing}");
+    assert_eq!(listing.matches("<- this deployment").count(), 1, "{listing}");
+    let (_, json) = run(&["installs", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let other = json["installs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["processes"][0].get("asking").is_none())
+        .unwrap()["install_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, out) = run(&["installs", "release", &other[..6]], &[]);
+    assert_eq!(code, 2, "a prefix needs 8 characters: {out}");
+    let (code, out) = run(&["installs", "release", &other[..10]], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("released: {other} of license {license_id}")), "{out}");
+    assert!(
+        out.contains("1 process(es) forgotten, a seat is free") && out.contains("receipt: RECEIPT1."),
+        "{out}"
+    );
+    let (_, listing) = run(&["installs"], &[]);
+    assert!(listing.starts_with(&format!("license {license_id}: 1 of 2 seat(s) in use")), "{listing}");
 }

@@ -171,13 +171,171 @@ fn an_install_that_stops_checking_in_frees_its_seat_after_lease_and_grace(h: Har
     let key = h.license(Tier::Community, 1);
     assert_eq!(check_in(&h, &key, "a-1", "install-a")["status"], "valid");
     h.advance(Duration::hours(12));
-    assert_eq!(check_in(&h, &key, "a-2", "install-a")["status"], "valid");
+    let last = check_in(&h, &key, "a-2", "install-a");
+    assert_eq!(last["status"], "valid");
+    // a-1's place ends first, but a-2 still holds the install's seat: nothing is freed.
+    h.advance(Duration::days(8) - Duration::hours(12) + Duration::minutes(1));
+    assert_eq!(h.store.lapsed_installs(h.now()).unwrap(), vec![]);
     // Community: a day's interval and 7 days of grace after the last check-in of any process.
-    h.advance(Duration::days(8) - Duration::minutes(1));
+    h.advance(Duration::hours(12) - Duration::minutes(2));
     assert_eq!(check_in(&h, &key, "b-1", "install-b")["status"], "seat_limit_exceeded");
     h.advance(Duration::minutes(2));
+    // The vendor sees when: the install's seat ended with its last process's lease.
+    let lapsed = h.store.lapsed_installs(h.now()).unwrap();
+    assert_eq!(lapsed.len(), 1, "{lapsed:?}");
+    assert_eq!((lapsed[0].license_id.as_str(), lapsed[0].processes), (license_id(&key).as_str(), 2));
+    assert_eq!(json!(licensor::time::format(&lapsed[0].seat_until.and_utc())), last["valid_until"]);
     assert_eq!(check_in(&h, &key, "b-1", "install-b")["status"], "valid");
     assert_eq!(seats_in_use(&h, &key), 1);
+}
+
+/// A holder's request about the license's installs, proven by `instance`'s lease.
+fn holder_request(key: &str, instance: &str, lease: &Value, release: Option<&str>) -> Value {
+    let mut body = json!({"license_key": key, "instance_id": instance, "nonce": nonce(), "lease": lease});
+    if let Some(id) = release {
+        body["release"] = json!(id);
+    }
+    body
+}
+
+fn the_holder_lists_and_releases_its_installs(h: Harness) {
+    let key = h.license(Tier::Community, 2);
+    let a = check_in(&h, &key, "pod-a", "https://a.customer.example");
+    assert_eq!(a["status"], "valid");
+    h.advance(Duration::minutes(1));
+    let b = check_in(&h, &key, "pod-b", "https://b.customer.example");
+    assert_eq!(b["status"], "valid");
+    // Install a is gone (its host was torn down), but its lease runs on: c finds no seat.
+    assert_eq!(check_in(&h, &key, "pod-c", "https://c.customer.example")["status"], "seat_limit_exceeded");
+
+    let (status, listing) =
+        h.post_json("/v1/installs/list", &holder_request(&key, "pod-b", &b["lease"], None));
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(
+        (listing["seats"].clone(), listing["seats_in_use"].clone()),
+        (json!(2), json!(2)),
+        "{listing}"
+    );
+    let installs = listing["installs"].as_array().unwrap();
+    assert_eq!(installs.len(), 2, "the refused newcomer is no install: {listing}");
+    // Newest first: b, then a; b's process is the one that asked.
+    assert_eq!(installs[0]["processes"][0]["instance_id"], "pod-b");
+    assert_eq!(installs[0]["processes"][0]["asking"], true);
+    assert_eq!(installs[1]["processes"][0]["instance_id"], "pod-a");
+    assert!(installs[1]["processes"][0].get("asking").is_none());
+    assert_eq!(installs[1]["holds_place"], true);
+    assert_eq!(installs[1]["source"], "instance_url");
+    assert_eq!(installs[1]["place_until"], a["valid_until"]);
+    let install_a = installs[1]["install_id"].as_str().unwrap().to_owned();
+
+    // b releases a: a signed receipt naming what was released and b's nonce; a's seat is free.
+    let body = holder_request(&key, "pod-b", &b["lease"], Some(&install_a));
+    let (status, released) = h.post_json("/v1/installs/release", &body);
+    assert_eq!(status, 200, "{released}");
+    assert_eq!((released["processes"].clone(), released["seat_freed"].clone()), (json!(1), json!(true)));
+    let receipt = licensor::receipt::verify(released["receipt"].as_str().unwrap(), &h.ring).unwrap();
+    assert_eq!(receipt.action, licensor::receipt::Action::Released);
+    assert_eq!(receipt.released.as_deref(), Some(install_a.as_str()));
+    assert_eq!(
+        (receipt.nonce.as_str(), receipt.instance_id.as_str()),
+        (body["nonce"].as_str().unwrap(), "pod-b")
+    );
+    assert_eq!(receipt.license_id.to_string(), license_id(&key));
+    assert!(!h.instances_of(&key).contains_key("pod-a"));
+    assert_eq!(check_in(&h, &key, "pod-c", "https://c.customer.example")["status"], "valid");
+    // A retry (the answer was lost) is harmless: signed again, nothing more released.
+    let (status, again) =
+        h.post_json("/v1/installs/release", &holder_request(&key, "pod-b", &b["lease"], Some(&install_a)));
+    assert_eq!(
+        (status, again["processes"].clone(), again["seat_freed"].clone()),
+        (200, json!(0), json!(false))
+    );
+
+    // The vendor's audit log has both, as the license holder's actions.
+    let (_, audit) = h.admin(Method::GET, "/v1/admin/audit", None);
+    let releases: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "POST /v1/installs/release")
+        .collect();
+    assert_eq!(releases.len(), 2, "{audit}");
+    assert_eq!(releases[0]["actor"], format!("license holder {}", license_id(&key)));
+    assert_eq!(releases[0]["target"], format!("license_id={}&release={install_a}", license_id(&key)));
+
+    // Another license's holder can release nothing of this license.
+    let other = h.license(Tier::Pro, 1);
+    let d = check_in(&h, &other, "pod-d", "https://d.elsewhere.example");
+    let (status, answer) =
+        h.post_json("/v1/installs/release", &holder_request(&other, "pod-d", &d["lease"], Some("pod-c")));
+    assert_eq!((status, answer["processes"].clone()), (200, json!(0)), "{answer}");
+    assert!(h.instances_of(&key).contains_key("pod-c"));
+    // Nor present this license's lease with its own key.
+    let (status, answer) =
+        h.post_json("/v1/installs/list", &holder_request(&other, "pod-b", &b["lease"], None));
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("lease_mismatch")), "{answer}");
+
+    // Malformed requests are refused, each with its reason.
+    for (path, body, code) in [
+        ("/v1/installs/list", holder_request(&key, "pod-b", &b["lease"], Some("pod-c")), "invalid_request"),
+        ("/v1/installs/release", holder_request(&key, "pod-b", &b["lease"], None), "invalid_request"),
+        (
+            "/v1/installs/release",
+            holder_request(&key, "pod-b", &b["lease"], Some("../etc")),
+            "invalid_request",
+        ),
+        ("/v1/installs/list", holder_request(&key, "pod-b", &json!("LEASE1.forged"), None), "invalid_lease"),
+    ] {
+        let (status, answer) = h.post_json(path, &body);
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{path} {body}: {answer}");
+    }
+    // A lease that ended proves nothing now.
+    h.advance(Duration::days(9));
+    let (status, answer) =
+        h.post_json("/v1/installs/list", &holder_request(&key, "pod-b", &b["lease"], None));
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("lease_not_current")), "{answer}");
+}
+
+fn machines_per_install_can_be_limited(h: Harness) {
+    let key = h.license(Tier::Pro, 5);
+    register(&h, &key);
+    let hash = |s: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()));
+    let on = |instance: &str, machine: &str| {
+        let body = json!({
+            "license_key": key, "instance_id": instance, "nonce": nonce(), "software_version": "2.0.0",
+            "telemetry": common::batch(uuid::Uuid::new_v4(), 1, 0, 0),
+            "install": {"id": hash("shared-by-a-fleet"), "source": "configured", "machine": hash(machine)},
+        });
+        let (status, answer) = h.post_json("/v1/check-ins", &body);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    // No limit by default: three machines share the install, and the vendor sees them.
+    for (instance, machine) in [("p1", "m1"), ("p2", "m2"), ("p3", "m3")] {
+        assert_eq!(on(instance, machine)["status"], "valid");
+    }
+    let p1 = on("p1", "m1");
+    let (_, listing) = h.post_json("/v1/installs/list", &holder_request(&key, "p1", &p1["lease"], None));
+    assert_eq!(listing["installs"][0]["machines"], 3, "{listing}");
+    let path = format!("/v1/admin/licenses/{}/terms", license_id(&key));
+    let (status, terms) = h.admin(Method::PATCH, &path, Some(&json!({"max_machines": 3})));
+    assert_eq!((status, terms["effective_max_machines"].clone()), (200, json!(3)), "{terms}");
+    assert_eq!(h.admin(Method::PATCH, &path, Some(&json!({"max_machines": 0}))).0, 400);
+    // A fourth machine is refused; another process on a machine in use is not.
+    let refused = on("p4", "m4");
+    assert_eq!(refused["status"], "seat_limit_exceeded", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("3 machine(s)"), "{refused}");
+    assert_eq!(on("p5", "m2")["status"], "valid");
+    assert_eq!(seats_in_use(&h, &key), 1);
+    // Once the holder releases a machine's process, the fourth machine gets in.
+    let (status, _) =
+        h.post_json("/v1/installs/release", &holder_request(&key, "p1", &p1["lease"], Some("p3")));
+    assert_eq!(status, 200);
+    assert_eq!(on("p4", "m4")["status"], "valid");
+    // Back to the default: no limit.
+    let (_, terms) = h.admin(Method::PATCH, &path, Some(&json!({"max_machines": null})));
+    assert!(terms["effective_max_machines"].is_null(), "{terms}");
+    assert_eq!(on("p6", "m6")["status"], "valid");
 }
 
 fn install_ids_are_checked(h: Harness) {
@@ -205,6 +363,8 @@ on_both_backends!(
     over_max_processes_the_newest_process_wins,
     an_install_that_stops_checking_in_frees_its_seat_after_lease_and_grace,
     install_ids_are_checked,
+    the_holder_lists_and_releases_its_installs,
+    machines_per_install_can_be_limited,
 );
 
 /// Where an install's identity comes from, in order, hashed with the license id.

@@ -237,7 +237,8 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
     );
     assert_eq!(status, 404);
 
-    // checkin.overdue: hook-4 checks in, its lease lapses, and the scan notices it once.
+    // checkin.overdue and install.seat_freed: hook-4 (its own install) checks in, its lease
+    // lapses, and the scan notices it once.
     h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/reinstate"), None);
     let answer = h.check_in(&key, "hook-4", Some(&b()));
     assert_eq!(answer["status"], "valid", "{answer}");
@@ -245,13 +246,16 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
     let got = receiver.wait_for(11); // license.reinstated and instance.activated
     assert_eq!(got.len(), 11);
     h.advance(lease_end.with_timezone(&chrono::Utc) - h.now() + Duration::minutes(5));
-    let got = receiver.wait_for(12);
-    let overdue = got[11].json();
-    assert_eq!(overdue["type"], "checkin.overdue", "{overdue}");
-    assert_eq!(overdue["data"]["instance_id"], "hook-4");
+    let got = receiver.wait_for(13);
+    let lapsed: Vec<Value> = got[11..].iter().map(|r| r.json()).collect();
+    let of = |t: &str| lapsed.iter().find(|e| e["type"] == t).unwrap_or_else(|| panic!("{t}: {lapsed:?}"));
+    assert_eq!(of("checkin.overdue")["data"]["instance_id"], "hook-4");
+    let freed = &of("install.seat_freed")["data"];
+    assert_eq!((&freed["install_id"], &freed["processes"]), (&json!("hook-4"), &json!(1)), "{freed}");
+    assert_eq!(freed["seat_freed_at"], answer["valid_until"], "the install's seat ended with its lease");
     h.advance(Duration::minutes(2));
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert_eq!(receiver.got.lock().unwrap().len(), 12, "one lapse, one event");
+    assert_eq!(receiver.got.lock().unwrap().len(), 13, "one lapse, one event of each type");
 
     // A second replica's worker on the same database sends nothing the first has sent.
     if h.db == common::Db::Postgres {
@@ -270,10 +274,10 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
         for _ in 0..20 {
             h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/revoke"), None);
         }
-        let got = receiver.wait_for(32);
+        let got = receiver.wait_for(33);
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let got_now = receiver.got.lock().unwrap().clone();
-        assert_eq!(got_now.len(), got.len().max(32), "nothing sent twice");
+        assert_eq!(got_now.len(), got.len().max(33), "nothing sent twice");
         let mut ids: Vec<String> = got_now.iter().map(|r| r.header("licensor-event-id").to_owned()).collect();
         // The event retried after a 500 and then redelivered came three times; every other once.
         ids.sort();
@@ -284,8 +288,9 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
 
     // Retention removes the deliveries that are done, with the raw telemetry.
     let done_before = h.store.purge_before(h.now() + Duration::days(1)).unwrap();
-    // Ten events so far (the retried and redelivered one is one delivery), and twenty more on PostgreSQL.
-    let expected = if h.db == common::Db::Postgres { 30 } else { 10 };
+    // Eleven events so far (the retried and redelivered one is one delivery), and twenty more on
+    // PostgreSQL.
+    let expected = if h.db == common::Db::Postgres { 31 } else { 11 };
     assert_eq!(done_before["webhook_deliveries"], expected, "{done_before:?}");
     let (_, deliveries) =
         h.admin(reqwest::Method::GET, &format!("/v1/admin/webhooks/{endpoint_id}/deliveries"), None);

@@ -16,10 +16,12 @@ use crate::protocol::{
 };
 use crate::store::{self, Store, StoreError};
 
+mod holder;
 pub mod limiter;
 mod stored_batch;
 mod writer;
 use crate::token::{self, TokenError};
+pub use holder::HolderRequest;
 pub use limiter::{Limiter, Rates, RetryAfter};
 
 /// How soon an instance refused for a reason it can fix (no telemetry, no free seat) should
@@ -81,6 +83,9 @@ pub struct SeatRules {
     /// How many processes of one install may share its seat at once, by default; past it, the
     /// newest wins and the least recently seen is released (`replaced`).
     pub max_processes: u32,
+    /// How many distinct machines the processes of one install may run on at once, by default
+    /// (none: no limit); past it, a process on a further machine is refused.
+    pub max_machines: Option<u32>,
 }
 
 impl Default for SeatRules {
@@ -90,6 +95,7 @@ impl Default for SeatRules {
             max_loopback: 3,
             private_exemption: vec![Tier::Community, Tier::Pro, Tier::Enterprise],
             max_processes: 16,
+            max_machines: None,
         }
     }
 }
@@ -366,6 +372,7 @@ impl CheckInService {
                 server_time: p.now,
                 report_digest: Some(link.digest.clone()),
                 report_sequence: Some(link.sequence),
+                released: None,
             },
         ))
     }
@@ -391,18 +398,13 @@ impl CheckInService {
         let now = now.duration_trunc(Duration::seconds(1)).unwrap_or(now);
         let request: protocol::DeactivationRequest = serde_json::from_slice(body)
             .map_err(|e| bad("invalid_request", format!("invalid deactivation request: {e}")))?;
-        check_instance_and_nonce(&request.instance_id, &request.nonce)?;
-        let license = token::decode::<LicensePayload>(&request.license_key)
-            .and_then(|d| d.verify_signature(&self.ring).map(|()| d.claims))
-            .map_err(|e| {
-                bad("invalid_license", format!("the license key is not one this server trusts: {e}"))
-            })?;
-        let lease = lease::verify_signature(&request.lease, &self.ring)
-            .map_err(|e| bad("invalid_lease", format!("the lease is not one this server signed: {e}")))?;
-        if lease.license_id != license.license_id || lease.instance_id != request.instance_id {
-            return Err(bad("lease_mismatch", "the lease was signed for another license or instance").into());
-        }
-        self.admit(&license, &request.instance_id)?;
+        let proof = holder::Proof {
+            license_key: &request.license_key,
+            instance_id: &request.instance_id,
+            nonce: &request.nonce,
+            lease: &request.lease,
+        };
+        let license = self.prove(&proof, None)?;
         Ok(Deactivation {
             license_id: license.license_id,
             instance_id: request.instance_id,
@@ -439,6 +441,7 @@ impl CheckInService {
                 server_time: d.now,
                 report_digest: None,
                 report_sequence: None,
+                released: None,
             },
         )
     }
@@ -565,6 +568,8 @@ pub struct Terms {
     pub private_exemption: bool,
     pub max_loopback: i64,
     pub max_processes: usize,
+    /// `None`: no limit.
+    pub max_machines: Option<usize>,
     /// The end of the license's soft overage: `None` before it went over its seats.
     pub overage_until: Option<DateTime<Utc>>,
     pub overage_days: u32,
@@ -582,6 +587,10 @@ impl Terms {
                 .and_then(|t| t.max_processes)
                 .map_or(rules.max_processes as usize, |n| usize::try_from(n).unwrap_or(1))
                 .max(1),
+            max_machines: own
+                .and_then(|t| t.max_machines)
+                .map(|n| usize::try_from(n).unwrap_or(1).max(1))
+                .or(rules.max_machines.map(|n| (n as usize).max(1))),
             overage_until: own.and_then(|t| t.overage_started_at).map(|at| store::utc(at) + days),
             overage_days: rules.overage_days,
         }

@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Place, Prepared, SeatRules,
-    Subject, Terms,
+    bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Place, Prepared, Ruling,
+    SeatRules, Subject, Terms,
 };
 use crate::license::LicensePayload;
 use crate::protocol::CheckInStatus;
@@ -305,7 +305,31 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             let pool = if loopback { used.loopback } else { used.seats };
             let place = Place { exemption: p.exemption, holds, held_by_others: pool - i64::from(holds) };
             let license_terms = Terms::of(rules, license.tier, terms.get(license_id));
-            let ruling = decide(license, row, &license_terms, &place, p.telemetry.is_some(), p.now);
+            let mut ruling = decide(license, row, &license_terms, &place, p.telemetry.is_some(), p.now);
+            // One install id shared by a whole fleet is not one install: past the license's
+            // machines per install, a newcomer on a further machine is refused (a process that
+            // holds its place already, or another on a machine the install runs on, is not).
+            let machine = p.install.as_ref().and_then(|i| i.machine.as_deref());
+            if let (CheckInStatus::Valid, None, false, Some(max), Some(machine)) =
+                (ruling.status, held, loopback, license_terms.max_machines, machine)
+            {
+                let machines: BTreeSet<&str> = live(&installs, &instances, &ikey, now)
+                    .filter(|r| r.id != p.instance_id && !r.is_loopback())
+                    .filter_map(|r| r.machine.as_deref())
+                    .collect();
+                if !machines.contains(machine) && machines.len() >= max {
+                    ruling = Ruling {
+                        status: CheckInStatus::SeatLimitExceeded,
+                        message: format!(
+                            "This install already runs on {} machine(s), the most its license allows; give each \
+                             deployment its own LICENSOR_INSTALL_ID, or release one with `licensor installs release`.",
+                            machines.len()
+                        ),
+                        notice: None,
+                        starts_overage: false,
+                    };
+                }
+            }
             let status = ruling.status;
             let message = ruling.message;
             let own_held = held.filter(|_| was_loopback == loopback);

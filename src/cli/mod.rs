@@ -22,6 +22,7 @@ mod bench;
 mod bulk;
 #[cfg(feature = "cli")]
 mod demo;
+mod installs;
 #[cfg(feature = "cli")]
 mod serve;
 mod telemetry;
@@ -92,6 +93,11 @@ pub enum Command {
     /// Release this deployment's seat (it is being decommissioned), with a receipt signed by
     /// the license server: exit 0 when released, 2 when not (nothing changed then).
     Deactivate(ClientArgs),
+    /// The license's installs and their processes as the license server knows them (asked
+    /// with this deployment's license key and current lease), or `installs release ID` to free
+    /// one install's seat (or one process) with a receipt signed by the server: exit 0 when
+    /// done, 2 when not.
+    Installs(InstallsArgs),
     #[cfg(feature = "cli")]
     /// Load and speed measurements that print figures.
     #[command(subcommand)]
@@ -104,6 +110,30 @@ pub struct ClientArgs {
     /// The application's version, as its check-ins report it.
     #[arg(long, env = "LICENSOR_SOFTWARE_VERSION", default_value = concat!("licensor-cli/", env!("CARGO_PKG_VERSION")))]
     pub software_version: String,
+}
+
+/// `licensor installs`.
+#[derive(Debug, Args)]
+pub struct InstallsArgs {
+    #[command(subcommand)]
+    pub action: Option<InstallsAction>,
+    /// Print the server's answer as JSON (full ids, every field).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstallsAction {
+    /// Release an install (every process of it) or one process, freeing its seat until one
+    /// of them checks in again: for installs that are gone but whose lease has not yet run
+    /// out. ID is an install id or instance id as `licensor installs` lists it, or a unique
+    /// prefix of one (8 characters or more).
+    Release {
+        /// The install id or instance id (or a prefix of 8 characters or more).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -840,6 +870,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Telemetry(command) => telemetry::run(command),
         Command::CheckIn(args) => telemetry::check_in(args),
         Command::Deactivate(args) => telemetry::deactivate(args),
+        Command::Installs(args) => installs::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

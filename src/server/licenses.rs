@@ -113,6 +113,12 @@ pub(super) struct TermsBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>)]
     max_processes: Option<Option<u32>>,
+    /// How many distinct machines the processes of one install may run on at once: 1 to
+    /// 10,000 (no limit by default). A process on a further machine is refused
+    /// (`seat_limit_exceeded`): one install id shared by a whole fleet is not one install.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    max_machines: Option<Option<u32>>,
 }
 
 /// A field that is present (its value, `null` included) as `Some`, so that an absent term is
@@ -130,10 +136,13 @@ pub(super) struct LicenseTermsView {
     private_exemption: Option<bool>,
     max_loopback: Option<i32>,
     max_processes: Option<i32>,
+    max_machines: Option<i32>,
     /// What applies now, defaults included.
     effective_private_exemption: bool,
     effective_max_loopback: i64,
     effective_max_processes: usize,
+    /// `null`: no limit.
+    effective_max_machines: Option<usize>,
     /// When the license first went over its seats (its soft overage's start), if it did.
     #[schema(value_type = Option<String>)]
     overage_started_at: Option<String>,
@@ -158,15 +167,24 @@ pub(super) async fn set_license_terms(
     path: web::Path<String>,
     Json(body): Json<TermsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if body.private_exemption.is_none() && body.max_loopback.is_none() && body.max_processes.is_none() {
+    if body.private_exemption.is_none()
+        && body.max_loopback.is_none()
+        && body.max_processes.is_none()
+        && body.max_machines.is_none()
+    {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "give what to set: private_exemption, max_loopback, max_processes",
+            "give what to set: private_exemption, max_loopback, max_processes, max_machines",
         ));
     }
-    if let Some(Some(n)) = body.max_processes {
-        if !(1..=10_000).contains(&n) {
-            return Err(ApiError::bad_request("invalid_request", "max_processes must be from 1 to 10000"));
+    for (name, value) in [("max_processes", body.max_processes), ("max_machines", body.max_machines)] {
+        if let Some(Some(n)) = value {
+            if !(1..=10_000).contains(&n) {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("{name} must be from 1 to 10000"),
+                ));
+            }
         }
     }
     if let Some(Some(n)) = body.max_loopback {
@@ -177,13 +195,17 @@ pub(super) async fn set_license_terms(
     let license_id = path.into_inner();
     let (store, rules) = (state.store.clone(), state.service.rules.clone());
     let id = license_id.clone();
-    let max_loopback = body.max_loopback.map(|n| n.map(|n| n as i32));
-    let max_processes = body.max_processes.map(|n| n.map(|n| n as i32));
-    let (row, terms) = blocking(move || {
-        Ok(store.set_license_terms(&id, body.private_exemption, max_loopback, max_processes)?)
-    })
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("no license {license_id:?} is known to this server")))?;
+    // Each bound was checked above, so it fits an i32.
+    let as_i32 = |v: Option<Option<u32>>| v.map(|n| n.map(|n| n as i32));
+    let change = store::TermsChange {
+        private_exemption: body.private_exemption,
+        max_loopback: as_i32(body.max_loopback),
+        max_processes: as_i32(body.max_processes),
+        max_machines: as_i32(body.max_machines),
+    };
+    let (row, terms) = blocking(move || Ok(store.set_license_terms(&id, &change)?))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no license {license_id:?} is known to this server")))?;
     // A license only revoked by id has no tier yet: the Community default stands until it is seen.
     let tier = row.tier.parse::<Tier>().unwrap_or(Tier::Community);
     let effective = crate::checkin::Terms::of(&rules, tier, Some(&terms));
@@ -192,9 +214,11 @@ pub(super) async fn set_license_terms(
         private_exemption: terms.private_exemption,
         max_loopback: terms.max_loopback,
         max_processes: terms.max_processes,
+        max_machines: terms.max_machines,
         effective_private_exemption: effective.private_exemption,
         effective_max_loopback: effective.max_loopback,
         effective_max_processes: effective.max_processes,
+        effective_max_machines: effective.max_machines,
         overage_started_at: terms.overage_started_at.map(|t| crate::time::format(&store::utc(t))),
     }))
 }

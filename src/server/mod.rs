@@ -12,6 +12,7 @@ pub mod error;
 pub(crate) mod extract;
 mod handlers;
 pub mod insights;
+mod installs;
 pub mod jobs;
 mod licenses;
 pub mod openapi;
@@ -83,6 +84,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/openapi.json").route(web::get().to(openapi::openapi_json)))
         .service(resource("/v1/check-ins").route(web::post().to(handlers::check_in)))
         .service(resource("/v1/deactivations").route(web::post().to(handlers::deactivate)))
+        .service(resource("/v1/installs/list").route(web::post().to(installs::list)))
+        .service(resource("/v1/installs/release").route(web::post().to(installs::release)))
         .service(
             web::scope("/v1/admin")
                 .wrap(actix_web::middleware::from_fn(audit::middleware))

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, handlers, insights, licenses, public};
+use super::{dashboard, handlers, insights, installs, licenses, public};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
@@ -26,6 +26,8 @@ use super::{dashboard, handlers, insights, licenses, public};
         handlers::metrics,
         handlers::check_in,
         handlers::deactivate,
+        installs::list,
+        installs::release,
         handlers::import_usage,
         handlers::issue_license,
         handlers::list_licenses,

@@ -159,7 +159,8 @@ async fn send(
 }
 
 /// Enqueues what the clock alone reveals: `checkin.overdue` for each instance whose lease
-/// lapsed within the last day, once per lapse, and `license.never_checked_in` for each license
+/// lapsed within the last day, once per lapse; `install.seat_freed` for each install whose
+/// seat so ended (none of its processes holds one), once per lapse; and `license.never_checked_in` for each license
 /// issued or registered here that no deployment checked in for within one check-in interval,
 /// once per license (the event ids are derived from what they report).
 fn scan_overdue(store: &Store, now: DateTime<Utc>) -> Result<usize, store::StoreError> {
@@ -180,6 +181,32 @@ fn scan_overdue(store: &Store, now: DateTime<Utc>) -> Result<usize, store::Store
                     }),
                     now,
                     Some(format!("evt_silent_{}", l.license_id)),
+                )
+            })
+            .collect();
+        enqueued += store.enqueue_events(&events)?;
+    }
+    if store.anyone_subscribes("install.seat_freed")? {
+        let events: Vec<NewEvent> = store
+            .lapsed_installs(now)?
+            .into_iter()
+            .map(|l| {
+                let key = format!("{}/{}/{}", l.license_id, l.install_id, l.seat_until.and_utc().timestamp());
+                let id = format!(
+                    "evt_freed_{}",
+                    &hex::encode(<Sha256 as sha2::Digest>::digest(key.as_bytes()))[..32]
+                );
+                NewEvent::new(
+                    "install.seat_freed",
+                    json!({
+                        "license_id": l.license_id,
+                        "install_id": l.install_id,
+                        "seat_freed_at": crate::time::format(&l.seat_until.and_utc()),
+                        "last_check_in_at": crate::time::format(&l.last_check_in_at.and_utc()),
+                        "processes": l.processes,
+                    }),
+                    now,
+                    Some(id),
                 )
             })
             .collect();
@@ -221,7 +248,7 @@ pub(super) struct NewEndpoint {
     url: String,
     /// The event types to receive: license.issued, license.renewed, license.revoked,
     /// license.reinstated, instance.activated, instance.released, seat_limit.reached,
-    /// seat_overage.started, checkin.overdue, license.never_checked_in.
+    /// seat_overage.started, checkin.overdue, install.seat_freed, license.never_checked_in.
     events: Vec<String>,
 }
 

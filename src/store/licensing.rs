@@ -601,15 +601,12 @@ impl Store {
         })
     }
 
-    /// Sets what the vendor decides for one license beside its key (`None` leaves a term as it
-    /// is; `Some(None)` returns it to the server's default), in one transaction; `None` when
-    /// no license of that id is known.
+    /// Sets what the vendor decides for one license beside its key, in one transaction; `None`
+    /// when no license of that id is known.
     pub fn set_license_terms(
         &self,
         license_id: &str,
-        private_exemption: Option<Option<bool>>,
-        max_loopback: Option<Option<i32>>,
-        max_processes: Option<Option<i32>>,
+        change: &TermsChange,
     ) -> Result<Option<(LicenseRow, LicenseTerms)>, StoreError> {
         let mut conn = self.conn()?;
         super::db::write_transaction(&mut conn, |c| {
@@ -624,14 +621,17 @@ impl Store {
                 .first(c)
                 .optional()?
                 .unwrap_or_else(|| LicenseTerms { license_id: license_id.to_owned(), ..Default::default() });
-            if let Some(value) = private_exemption {
+            if let Some(value) = change.private_exemption {
                 terms.private_exemption = value;
             }
-            if let Some(value) = max_loopback {
+            if let Some(value) = change.max_loopback {
                 terms.max_loopback = value;
             }
-            if let Some(value) = max_processes {
+            if let Some(value) = change.max_processes {
                 terms.max_processes = value;
+            }
+            if let Some(value) = change.max_machines {
+                terms.max_machines = value;
             }
             on_backend!(c, inner => {
                 diesel::insert_into(license_terms::table)
@@ -642,6 +642,7 @@ impl Store {
                         license_terms::private_exemption.eq(excluded(license_terms::private_exemption)),
                         license_terms::max_loopback.eq(excluded(license_terms::max_loopback)),
                         license_terms::max_processes.eq(excluded(license_terms::max_processes)),
+                        license_terms::max_machines.eq(excluded(license_terms::max_machines)),
                     ))
                     .execute(inner)?;
             });

@@ -16,6 +16,7 @@ mod db;
 pub mod schema;
 
 mod insights;
+mod installs;
 mod jobs;
 mod licensing;
 mod models;
@@ -32,6 +33,7 @@ pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;
 pub use db::*;
 pub use insights::*;
+pub use installs::Released;
 pub use jobs::JobClaim;
 pub use licensing::{
     Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page, Registration, SeatsInUse,
@@ -43,4 +45,6 @@ pub use sessions::DashboardSession;
 pub use telemetry::{
     ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,
 };
-pub use webhooks::{backoff, Claimed, Delivery, Endpoint, EndpointRow, NewEvent, EVENT_TYPES, MAX_ATTEMPTS};
+pub use webhooks::{
+    backoff, Claimed, Delivery, Endpoint, EndpointRow, LapsedInstall, NewEvent, EVENT_TYPES, MAX_ATTEMPTS,
+};

@@ -149,6 +149,19 @@ pub struct LicenseTerms {
     /// How many processes of one install may hold its seat at once; `None` takes the server's
     /// default.
     pub max_processes: Option<i32>,
+    /// How many distinct machines the processes of one install may run on at once; `None` takes
+    /// the server's default (no limit unless the settings give one).
+    pub max_machines: Option<i32>,
+}
+
+/// A change to a license's terms: `None` leaves a term as it is, `Some(None)` returns it to the
+/// server's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TermsChange {
+    pub private_exemption: Option<Option<bool>>,
+    pub max_loopback: Option<Option<i32>>,
+    pub max_processes: Option<Option<i32>>,
+    pub max_machines: Option<Option<i32>>,
 }
 
 /// An air-gapped install's pinned key and where its chain of usage reports stands.

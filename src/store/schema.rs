@@ -45,6 +45,7 @@ diesel::table! {
         max_loopback -> Nullable<Integer>,
         overage_started_at -> Nullable<Timestamp>,
         max_processes -> Nullable<Integer>,
+        max_machines -> Nullable<Integer>,
     }
 }
 

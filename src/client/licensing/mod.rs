@@ -28,9 +28,11 @@ use verifier::Verifier;
 use worker::Worker;
 
 mod air_gap;
+mod installs;
 pub mod offline;
 mod verifier;
 pub use air_gap::{AirGapError, ExportedReport, ReceiptOutcome};
+pub use installs::ReleasedInstall;
 mod worker;
 
 /// Why the verifier could not start. An invalid license is not one of these: the verifier
@@ -430,6 +432,20 @@ impl Licensing {
         let deactivated = self.verifier.deactivate().await?;
         self.shutdown();
         Ok(deactivated)
+    }
+
+    /// The license's installs and their processes, as the license server lists them to the
+    /// license's holder (this instance's key and current lease prove it).
+    pub async fn installs(&self) -> Result<crate::protocol::InstallsResponse, DeactivateError> {
+        self.verifier.installs().await
+    }
+
+    /// Releases one install of this license (by its install id) or one process (by its
+    /// instance id) on the license server, freeing its seat until one of its processes checks in
+    /// again; believes only a receipt signed for this request. Changes nothing here: releasing
+    /// this deployment's own install does not stop it.
+    pub async fn release_install(&self, id: &str) -> Result<ReleasedInstall, DeactivateError> {
+        self.verifier.release_install(id).await
     }
 
     /// Stops the background thread, flushes what is in memory to the store and releases this

@@ -118,6 +118,16 @@ impl Opened {
         self.verifier.deactivate().await
     }
 
+    /// The license's installs (see [`Licensing::installs`]).
+    pub async fn installs(&self) -> Result<crate::protocol::InstallsResponse, DeactivateError> {
+        self.verifier.installs().await
+    }
+
+    /// Releases an install or process of the license (see [`Licensing::release_install`]).
+    pub async fn release_install(&self, id: &str) -> Result<super::ReleasedInstall, DeactivateError> {
+        self.verifier.release_install(id).await
+    }
+
     pub fn clock(&self) -> Clock {
         self.verifier.clock()
     }

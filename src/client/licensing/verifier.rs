@@ -998,7 +998,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The `message` of an API error body, or the body's start.
-fn error_message(body: &[u8]) -> String {
+pub(super) fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<crate::protocol::ErrorBody>(body)
         .map(|b| format!("{} ({})", b.error.message, b.error.code))
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())

@@ -1,0 +1,1 @@
+ALTER TABLE license_terms DROP COLUMN max_machines;
