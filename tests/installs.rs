@@ -358,6 +358,38 @@ fn install_ids_are_checked(h: Harness) {
     }
 }
 
+/// The vendor's insights count installs: two processes of one install are one active install
+/// and one install using a feature, by reach and by the distinct scan alike.
+fn insights_count_installs_not_processes(h: Harness) {
+    let key = h.license(Tier::Pro, 3);
+    for (instance, install) in [
+        ("shop-1", "https://shop.example"),
+        ("shop-2", "https://shop.example"),
+        ("erp-1", "https://erp.example"),
+    ] {
+        assert_eq!(check_in(&h, &key, instance, install)["status"], "valid");
+    }
+    h.advance(Duration::days(1));
+    let (status, ran) =
+        h.admin(Method::POST, "/v1/admin/jobs/rollup/runs", Some(&json!({"day": "2026-11-21"})));
+    assert_eq!(status, 200, "{ran}");
+    let (_, overview) = h.admin(Method::GET, "/v1/admin/insights/overview?days=1", None);
+    assert_eq!(overview["days"][0]["active"], 2, "{overview}");
+    assert_eq!(overview["days"][0]["new"], 2, "{overview}");
+    let (_, usage) = h.admin(Method::GET, "/v1/admin/insights/usage?kind=feature&days=1", None);
+    assert_eq!(usage["active_installs"], 2, "{usage}");
+    assert_eq!(
+        (&usage["names"][0]["name"], &usage["names"][0]["installs"]),
+        (&json!("feature_0"), &json!(2)),
+        "{usage}"
+    );
+    assert_eq!(usage["names"][0]["count"], 30, "every process's usage counts: {usage}");
+    // Without the reach sketches, the distinct scan over the stored days says the same.
+    assert!(h.store.forget_reach().unwrap() > 0);
+    let (_, scanned) = h.admin(Method::GET, "/v1/admin/insights/usage?kind=feature&days=1", None);
+    assert_eq!(scanned, usage);
+}
+
 on_both_backends!(
     processes_of_one_install_share_its_seat,
     over_max_processes_the_newest_process_wins,
@@ -365,6 +397,7 @@ on_both_backends!(
     install_ids_are_checked,
     the_holder_lists_and_releases_its_installs,
     machines_per_install_can_be_limited,
+    insights_count_installs_not_processes,
 );
 
 /// Where an install's identity comes from, in order, hashed with the license id.

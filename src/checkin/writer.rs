@@ -666,6 +666,7 @@ fn check_in_row(
         telemetry_batch_id: batch_id,
         valid_until: None,
         imported_report: p.import.as_ref().map(|link| link.sequence as i64),
+        install_id: p.install.as_ref().map(|i| i.id.as_str()),
     }
 }
 

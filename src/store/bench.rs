@@ -206,7 +206,7 @@ impl Store {
                 days.push(InstallDay {
                     day,
                     license_id: license_id.clone(),
-                    instance_id: instance_id.clone(),
+                    install_id: instance_id.clone(),
                     tier: tier.into(),
                     software_version: version_of(i, d, plan.days).into(),
                     lease_until: NaiveDateTime::from(day) + Duration::days(8),
@@ -236,6 +236,7 @@ impl Store {
                             kind: kind.into(),
                             name,
                             count,
+                            install_id: None,
                         });
                     }
                 }
@@ -419,6 +420,7 @@ impl Store {
                     environment: serde_json::to_string(&environment).expect("serialises"),
                     dropped: "{}".into(),
                     redactions: "{}".into(),
+                    install_id: None,
                 },
                 payload: PayloadRow {
                     batch_id,
@@ -443,6 +445,7 @@ impl Store {
                 telemetry_batch_id: Some(batch_id.clone()),
                 valid_until: Some(at + Duration::days(8)),
                 imported_report: None,
+                install_id: None,
             })
             .collect();
         insert(&mut conn, &rows, |c, rows| diesel::insert_into(check_ins::table).values(rows).execute(c))?;

@@ -4,7 +4,9 @@
 //! Invariants: the views read roll-ups (and the deduplicated error groups, the licenses and
 //! their instances), never raw batches, so their cost grows with installs x days rather than
 //! with events; a roll-up of a day replaces that day's rows in the caller's transaction, so a
-//! re-run never double-counts. An install is a license's instance.
+//! re-run never double-counts. An install is one deployment under a license (the id its check-ins
+//! and batches name, or its process's instance id for a client before installs): every process
+//! of it counts once.
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -19,10 +21,14 @@ use crate::license::Tier;
 use crate::protocol::{CheckInStatus, Environment, RoutePerformance};
 use crate::reach::Reach;
 
-/// An install: (license id, instance id).
+/// An install: (license id, install id).
 type Install = (String, String);
-/// A check-in as the roll-up reads it: license, instance, time, status, version, lease end.
-type DayCheckIn = (Option<String>, String, NaiveDateTime, String, String, Option<NaiveDateTime>);
+/// A check-in as the roll-up reads it: license, instance, install, time, status, version, lease
+/// end.
+type DayCheckIn =
+    (Option<String>, String, Option<String>, NaiveDateTime, String, String, Option<NaiveDateTime>);
+/// A batch's routes as the roll-up reads them: license, instance, install, version, payload.
+type RouteBatch = (String, String, Option<String>, String, Vec<u8>);
 /// The installs that reported each (method, route).
 type RouteInstalls = BTreeMap<(String, String), BTreeSet<Install>>;
 
@@ -32,7 +38,8 @@ type RouteInstalls = BTreeMap<(String, String), BTreeSet<Install>>;
 pub struct InstallDay {
     pub day: NaiveDate,
     pub license_id: String,
-    pub instance_id: String,
+    /// The install (its process's instance id for a client before installs).
+    pub install_id: String,
     pub tier: String,
     pub software_version: String,
     pub lease_until: NaiveDateTime,
@@ -81,18 +88,19 @@ pub(super) fn rollup_installs(
         .select(InstallDay::as_select())
         .load(conn)?;
     let was_active: BTreeSet<Install> =
-        yesterday.iter().map(|r| (r.license_id.clone(), r.instance_id.clone())).collect();
+        yesterday.iter().map(|r| (r.license_id.clone(), r.install_id.clone())).collect();
     let mut rows: BTreeMap<Install, InstallDay> = yesterday
         .into_iter()
         .map(|mut r| {
             r.day = day;
             r.checked_in = false;
-            ((r.license_id.clone(), r.instance_id.clone()), r)
+            ((r.license_id.clone(), r.install_id.clone()), r)
         })
         .collect();
 
-    // The day's check-ins in order: a valid one grants a new lease; a refusal that ends the
-    // seat (revoked, expired, not yet valid) ends the lease at that moment.
+    // The day's check-ins in order: a valid one extends the install's lease (an install is
+    // active while any of its processes' leases runs); a refusal that ends the seat (revoked,
+    // expired, not yet valid: the license's, so every process's) ends it at that moment.
     let check_ins: Vec<DayCheckIn> = check_ins::table
         .filter(check_ins::at.ge(from))
         .filter(check_ins::at.lt(to))
@@ -100,6 +108,7 @@ pub(super) fn rollup_installs(
         .select((
             check_ins::license_id,
             check_ins::instance_id,
+            check_ins::install_id,
             check_ins::at,
             check_ins::status,
             check_ins::software_version,
@@ -116,9 +125,10 @@ pub(super) fn rollup_installs(
         tiers.extend(found);
     }
     let mut outcomes: BTreeMap<String, (i64, BTreeSet<Install>)> = BTreeMap::new();
-    for (license_id, instance_id, at, status, version, valid_until) in check_ins {
+    for (license_id, instance_id, install_id, at, status, version, valid_until) in check_ins {
         let Some(license_id) = license_id else { continue };
-        let install = (license_id.clone(), instance_id.clone());
+        let install_id = install_id.unwrap_or(instance_id);
+        let install = (license_id.clone(), install_id.clone());
         let outcome = outcomes.entry(status.clone()).or_default();
         outcome.0 += 1;
         outcome.1.insert(install.clone());
@@ -129,7 +139,7 @@ pub(super) fn rollup_installs(
                 let row = rows.entry(install).or_insert_with(|| InstallDay {
                     day,
                     license_id,
-                    instance_id,
+                    install_id,
                     tier: String::new(),
                     software_version: String::new(),
                     lease_until: until,
@@ -141,9 +151,11 @@ pub(super) fn rollup_installs(
                     uptime_hours: 0.0,
                     health: "{}".into(),
                 });
+                // The lease a revocation ended earlier that day is renewed by a valid answer.
+                let lease_until = if row.checked_in { row.lease_until.max(until) } else { until };
                 row.tier = tier;
                 row.software_version = version;
-                row.lease_until = until;
+                row.lease_until = lease_until;
                 row.checked_in = true;
             }
             Some(CheckInStatus::Revoked | CheckInStatus::Expired | CheckInStatus::NotYetValid) => {
@@ -156,19 +168,20 @@ pub(super) fn rollup_installs(
     }
 
     // The environment each install reported last that day.
-    let batches: Vec<(String, String, String, String)> = telemetry_batches::table
+    let batches: Vec<(String, String, Option<String>, String, String)> = telemetry_batches::table
         .filter(telemetry_batches::received_at.ge(from))
         .filter(telemetry_batches::received_at.lt(to))
         .order((telemetry_batches::received_at, telemetry_batches::batch_id))
         .select((
             telemetry_batches::license_id,
             telemetry_batches::instance_id,
+            telemetry_batches::install_id,
             telemetry_batches::user_count_range,
             telemetry_batches::environment,
         ))
         .load(conn)?;
-    for (license_id, instance_id, users, environment) in batches {
-        let Some(row) = rows.get_mut(&(license_id, instance_id)) else { continue };
+    for (license_id, instance_id, install_id, users, environment) in batches {
+        let Some(row) = rows.get_mut(&(license_id, install_id.unwrap_or(instance_id))) else { continue };
         let env: Environment = serde_json::from_str(&environment).map_err(|source| StoreError::Corrupt {
             what: "telemetry_batches.environment",
             source: source.into(),
@@ -194,7 +207,7 @@ pub(super) fn rollup_installs(
     figures.add("active", "all", active.len());
     let mut reach = crate::reach::Reach::default();
     for row in &active {
-        reach.add(&row.license_id, &row.instance_id);
+        reach.add(&row.license_id, &row.install_id);
     }
     figures.rows[0].reach = reach.encode();
     let by = |metric: &'static str, key: &dyn Fn(&InstallDay) -> &str| {
@@ -241,7 +254,7 @@ pub(super) fn rollup_installs(
         figures.push("env.uptime_hours", "mean", (mean * 100.0).round() / 100.0, reporting.len());
     }
     let now_active: BTreeSet<Install> =
-        active.iter().map(|r| (r.license_id.clone(), r.instance_id.clone())).collect();
+        active.iter().map(|r| (r.license_id.clone(), r.install_id.clone())).collect();
     figures.add("instances.new", "all", now_active.difference(&was_active).count());
     figures.add("instances.lapsed", "all", was_active.difference(&now_active).count());
     for (status, (n, installs)) in outcomes {
@@ -299,7 +312,7 @@ impl Figures {
 /// batches' sketches merged. Returns the rows written.
 pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<usize, StoreError> {
     let (from, to) = (midnight(day), midnight(day) + Duration::days(1));
-    let batches: Vec<(String, String, String, Vec<u8>)> = telemetry_payloads::table
+    let batches: Vec<RouteBatch> = telemetry_payloads::table
         .inner_join(telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)))
         .filter(telemetry_batches::received_at.ge(from))
         .filter(telemetry_batches::received_at.lt(to))
@@ -309,12 +322,14 @@ pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<u
         .select((
             telemetry_batches::license_id,
             telemetry_batches::instance_id,
+            telemetry_batches::install_id,
             telemetry_batches::app_version,
             telemetry_payloads::body,
         ))
         .load(conn)?;
     let mut by_version: BTreeMap<String, (Vec<RoutePerformance>, RouteInstalls)> = BTreeMap::new();
-    for (license_id, instance_id, version, body) in batches {
+    for (license_id, instance_id, install_id, version, body) in batches {
+        let install_id = install_id.unwrap_or(instance_id);
         let routes = super::payload::decode::<super::telemetry::RoutesOnly>(&body)?.performance;
         let entry = by_version.entry(version).or_default();
         for r in &routes {
@@ -322,7 +337,7 @@ pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<u
                 .1
                 .entry((r.method.clone(), r.route.clone()))
                 .or_default()
-                .insert((license_id.clone(), instance_id.clone()));
+                .insert((license_id.clone(), install_id.clone()));
         }
         entry.0.extend(routes);
     }
@@ -662,7 +677,7 @@ impl Store {
         if let Some(reach) = merged_reach(rows.iter())? {
             return Ok(reach.estimate());
         }
-        let sql = "SELECT COUNT(*) AS n FROM (SELECT DISTINCT license_id, instance_id FROM install_days \
+        let sql = "SELECT COUNT(*) AS n FROM (SELECT DISTINCT license_id, install_id FROM install_days \
                    WHERE day >= $1 AND day < $2) AS t";
         let row: CountRow = on_backend!(conn, c => {
             diesel::sql_query(sql)
@@ -739,7 +754,8 @@ impl Store {
         }
         if !complete {
             // Days rolled up before reach was kept: a distinct count over the install-days.
-            let sql = "SELECT name, COUNT(*) AS installs FROM (SELECT DISTINCT name, license_id, instance_id \
+            let sql = "SELECT name, COUNT(*) AS installs FROM (SELECT DISTINCT name, license_id, \
+                       COALESCE(install_id, instance_id) AS install \
                        FROM telemetry_features WHERE kind = $1 AND day >= $2 AND day < $3) AS t GROUP BY name";
             let found: Vec<NameRow> = on_backend!(&mut *conn, c => {
                 diesel::sql_query(sql)

@@ -175,15 +175,21 @@ impl Store {
         }
         let mut installs: BTreeSet<(String, String)> = BTreeSet::new();
         for chunk in names.chunks(super::ROWS_PER_STATEMENT) {
-            let rows: Vec<(String, String)> = telemetry_features::table
+            let rows: Vec<(String, String, Option<String>)> = telemetry_features::table
                 .filter(telemetry_features::kind.eq(kind))
                 .filter(telemetry_features::day.ge(period.from))
                 .filter(telemetry_features::day.lt(period.until))
                 .filter(telemetry_features::name.eq_any(chunk))
-                .select((telemetry_features::license_id, telemetry_features::instance_id))
+                .select((
+                    telemetry_features::license_id,
+                    telemetry_features::instance_id,
+                    telemetry_features::install_id,
+                ))
                 .distinct()
                 .load(&mut self.conn()?)?;
-            installs.extend(rows);
+            installs.extend(
+                rows.into_iter().map(|(license, instance, install)| (license, install.unwrap_or(instance))),
+            );
         }
         Ok(installs.len() as i64)
     }

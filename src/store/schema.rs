@@ -60,6 +60,7 @@ diesel::table! {
         telemetry_batch_id -> Nullable<Text>,
         valid_until -> Nullable<Timestamp>,
         imported_report -> Nullable<BigInt>,
+        install_id -> Nullable<Text>,
     }
 }
 
@@ -77,6 +78,7 @@ diesel::table! {
         environment -> Text,
         dropped -> Text,
         redactions -> Text,
+        install_id -> Nullable<Text>,
     }
 }
 
@@ -96,6 +98,7 @@ diesel::table! {
         kind -> Text,
         name -> Text,
         count -> BigInt,
+        install_id -> Nullable<Text>,
     }
 }
 
@@ -125,10 +128,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    install_days (day, license_id, instance_id) {
+    install_days (day, license_id, install_id) {
         day -> Date,
         license_id -> Text,
-        instance_id -> Text,
+        install_id -> Text,
         tier -> Text,
         software_version -> Text,
         lease_until -> Timestamp,

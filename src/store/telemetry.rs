@@ -354,7 +354,8 @@ impl Store {
         })
     }
 
-    /// Rolls up `day` (UTC) into `telemetry_features` (usage per install), `install_days` (the
+    /// Rolls up `day` (UTC) into `telemetry_features` (usage per process, with its install),
+    /// `install_days` (the
     /// installs active that day, carried forward from the day before), `route_days`
     /// (performance across installs) and `telemetry_aggregates` (fleet figures), replacing any
     /// earlier roll-up of that day in the same transaction, so a re-run never double-counts.
@@ -363,9 +364,9 @@ impl Store {
         let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
         let to = from + chrono::Duration::days(1);
         self.transaction(|conn| {
-            // An install is a license's instance: the same instance id under two licenses is
-            // two installs.
-            let events: Vec<(String, String, Vec<u8>)> = telemetry_payloads::table
+            // A process is a license's instance (the same instance id under two licenses is two
+            // processes); an install is one of a license's installs, whatever its processes.
+            let events: Vec<(String, String, Option<String>, Vec<u8>)> = telemetry_payloads::table
                 .inner_join(
                     telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)),
                 )
@@ -377,29 +378,34 @@ impl Store {
                 .select((
                     telemetry_batches::license_id,
                     telemetry_batches::instance_id,
+                    telemetry_batches::install_id,
                     telemetry_payloads::body,
                 ))
                 .load(conn)?;
-            type Install = (String, String);
-            let mut per_instance: BTreeMap<(Install, String, String), i64> = BTreeMap::new();
-            for (license_id, instance_id, body) in &events {
+            type Process = (String, String);
+            let mut per_instance: BTreeMap<(Process, String, String), i64> = BTreeMap::new();
+            // Each process's install, as its latest batch of the day named it.
+            let mut install_of: BTreeMap<Process, Option<String>> = BTreeMap::new();
+            for (license_id, instance_id, install_id, body) in &events {
+                let process = (license_id.clone(), instance_id.clone());
+                install_of.insert(process.clone(), install_id.clone());
                 for entry in super::payload::decode::<UsageOnly>(body)?.usage {
-                    let install = (license_id.clone(), instance_id.clone());
                     let sum = per_instance
-                        .entry((install, entry.kind.as_str().to_owned(), entry.name))
+                        .entry((process.clone(), entry.kind.as_str().to_owned(), entry.name))
                         .or_default();
                     *sum = sum.saturating_add(count(entry.count));
                 }
             }
             let features: Vec<FeatureRow> = per_instance
                 .iter()
-                .map(|(((license_id, instance_id), kind, name), count)| FeatureRow {
-                    license_id: license_id.clone(),
-                    instance_id: instance_id.clone(),
+                .map(|((process, kind, name), count)| FeatureRow {
+                    license_id: process.0.clone(),
+                    instance_id: process.1.clone(),
                     day,
                     kind: kind.clone(),
                     name: name.clone(),
                     count: *count,
+                    install_id: install_of.get(process).cloned().flatten(),
                 })
                 .collect();
             diesel::delete(telemetry_features::table.filter(telemetry_features::day.eq(day)))
@@ -410,19 +416,22 @@ impl Store {
                 }
             });
 
-            // Across instances: usage per kind and name, with how many installs used it.
-            let mut by_name: BTreeMap<(String, String), (i64, BTreeSet<&Install>)> = BTreeMap::new();
-            for ((install, kind, name), count) in &per_instance {
+            // Across processes: usage per kind and name, with how many installs used it.
+            // (kind, name) -> (sum, the (license id, install id) that used it).
+            type ByName<'a> = BTreeMap<(String, String), (i64, BTreeSet<(&'a str, &'a str)>)>;
+            let mut by_name: ByName<'_> = BTreeMap::new();
+            for ((process, kind, name), count) in &per_instance {
                 let entry = by_name.entry((kind.clone(), name.clone())).or_default();
                 entry.0 = entry.0.saturating_add(*count);
-                entry.1.insert(install);
+                let install = install_of.get(process).and_then(|i| i.as_deref()).unwrap_or(&process.1);
+                entry.1.insert((&process.0, install));
             }
             let mut aggregates: Vec<AggregateRow> = by_name
                 .into_iter()
                 .map(|((kind, name), (count, installs))| {
                     let mut reach = crate::reach::Reach::default();
-                    for (license_id, instance_id) in &installs {
-                        reach.add(license_id, instance_id);
+                    for (license_id, install_id) in &installs {
+                        reach.add(license_id, install_id);
                     }
                     AggregateRow {
                         day,
