@@ -82,7 +82,17 @@ fn pages_and_actions_work_for_a_signed_in_vendor_only(h: Harness) {
     let key = h.license(Tier::Pro, 2);
     let id = license::verify(&key, &h.ring, h.now()).unwrap().license_id.to_string();
     assert_eq!(h.check_in(&key, "dash-1", Some(&batch()))["status"], "valid");
-    assert_eq!(h.check_in(&key, "dash-2", Some(&batch()))["status"], "valid");
+    // dash-2 and dash-3 are two processes of one install (one seat), on two machines.
+    let install = "ab".repeat(32);
+    for (instance, machine) in [("dash-2", "c1"), ("dash-3", "c2")] {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&h.check_in_body(&key, instance, &common::nonce(), Some(&batch())))
+                .unwrap();
+        body["install"] =
+            serde_json::json!({"id": install, "source": "instance_url", "machine": machine.repeat(32)});
+        let (status, answer) = h.post_json("/v1/check-ins", &body);
+        assert_eq!((status, answer["status"].as_str()), (200, Some("valid")), "{answer}");
+    }
     h.advance(Duration::days(1));
     let (status, _) = h.admin(
         reqwest::Method::POST,
@@ -210,7 +220,7 @@ fn pages_and_actions_work_for_a_signed_in_vendor_only(h: Harness) {
         &[("expires", "2030-01-01"), ("seats", "4"), ("features", "reports, sso")],
     );
     assert_eq!((r.status().as_u16(), location(&r)), (303, format!("/admin/licenses/{id}?done=renewed")));
-    let answer: Value = h.check_in(&key, "dash-2", Some(&batch()));
+    let answer: Value = h.check_in(&key, "dash-1", Some(&batch()));
     let renewed = license::verify(answer["license_key"].as_str().unwrap(), &h.ring, h.now()).unwrap();
     assert_eq!(
         (renewed.seats, renewed.features.clone()),
@@ -223,11 +233,27 @@ fn pages_and_actions_work_for_a_signed_in_vendor_only(h: Harness) {
     assert_eq!(form(&format!("/admin/licenses/{id}/renew"), &[("seats", "many")]).status().as_u16(), 400);
     assert_eq!(form(&format!("/admin/licenses/{id}/renew"), &[]).status().as_u16(), 400);
 
+    // The license's processes are shown under their installs.
+    let license_page = page(&h, &c, &cookie, &format!("/admin/licenses/{id}"));
+    assert!(license_page.contains("2 install(s), 3 process(es)"), "{license_page}");
+    let group = license_page
+        .find(&format!("Install <span title=\"{install}\">{install}</span> (instance_url): 2 process(es) on 2 machine(s)"))
+        .unwrap_or_else(|| panic!("{license_page}"));
+    let (dash2, dash3) = (
+        license_page.find("<th scope=\"row\">dash-2</th>").unwrap(),
+        license_page.find("<th scope=\"row\">dash-3</th>").unwrap(),
+    );
+    let next_group = license_page[group + 1..].find("scope=\"rowgroup\"").map(|n| n + group + 1);
+    assert!(
+        dash2 > group && dash3 > group && next_group.is_none_or(|n| dash2 < n && dash3 < n),
+        "{license_page}"
+    );
+
     // Release a seat from the page.
     let r = form(&format!("/admin/licenses/{id}/instances/dash-2/release"), &[]);
     assert_eq!(r.status().as_u16(), 303);
     let (_, list) = h.admin(reqwest::Method::GET, &format!("/v1/admin/instances?license_id={id}"), None);
-    assert_eq!(list["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(list["instances"].as_array().unwrap().len(), 2);
     assert_eq!(form(&format!("/admin/licenses/{id}/instances/dash-2/release"), &[]).status().as_u16(), 404);
 
     // Sign-out ends the session everywhere; the cookie is cleared.

@@ -1145,8 +1145,11 @@ pub struct LicenseDetail {
     /// `valid`, `revoked`, `expired`, `not_yet_valid`, or `not_seen` (revoked by id before any
     /// check-in showed the license).
     pub status: String,
-    /// Its instances, the most recently seen first (at most 1,000).
+    /// Its instances (processes), the most recently seen first (at most 1,000).
     pub instances: Vec<super::InstanceRecord>,
+    /// The same processes under their installs (seats count installs), the install seen most
+    /// recently first.
+    pub installs: Vec<super::InstallSummary>,
     /// Its latest check-ins (at most 100), newest first.
     pub history: Vec<HistoryEntry>,
     pub telemetry: LicenseTelemetry,
@@ -1258,6 +1261,7 @@ impl Store {
             error_groups: groups.len() as i64,
             errors: errors.iter().fold(0i64, |sum, (_, n)| sum.saturating_add(*n)),
         };
-        Ok(Some(LicenseDetail { license, payload, status, instances, history, telemetry }))
+        let installs = super::group_installs(&instances);
+        Ok(Some(LicenseDetail { license, payload, status, instances, installs, history, telemetry }))
     }
 }

@@ -4,12 +4,60 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::audit::NewAuditEntry;
 use super::models::InstanceRow;
 use super::schema::{audit_log, instances};
 use super::webhooks::{self, NewEvent};
 use super::{naive, Store, StoreError};
+
+/// One install of a license as the vendor's views show it: its processes under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct InstallSummary {
+    pub install_id: String,
+    /// How its client identified it (`configured`, `instance_url`, `machine`,
+    /// `data_directory`); `null` for a client before installs.
+    pub install_source: Option<String>,
+    /// A developer's machine: it holds no seat.
+    pub loopback: bool,
+    /// The end of the last place any of its processes holds (or held).
+    pub seat_until: Option<DateTime<Utc>>,
+    /// Distinct machines among its processes (hashed identities).
+    pub machines: usize,
+    /// Its processes' instance ids, the most recently seen first.
+    pub processes: Vec<String>,
+}
+
+/// Groups a license's processes (the most recently seen first) by install, the install seen
+/// most recently first.
+pub fn group_installs(processes: &[super::InstanceRecord]) -> Vec<InstallSummary> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_install: BTreeMap<&str, Vec<&super::InstanceRecord>> = BTreeMap::new();
+    for p in processes {
+        let group = by_install.entry(&p.install_id).or_default();
+        if group.is_empty() {
+            order.push(&p.install_id);
+        }
+        group.push(p);
+    }
+    order
+        .into_iter()
+        .map(|id| {
+            let group = &by_install[id];
+            let machines: BTreeSet<&str> = group.iter().filter_map(|p| p.machine.as_deref()).collect();
+            InstallSummary {
+                install_id: id.to_owned(),
+                install_source: group[0].install_source.clone(),
+                loopback: group[0].exemption.as_deref() == Some(super::LOOPBACK),
+                seat_until: group.iter().filter_map(|p| p.seat_until).max(),
+                machines: machines.len(),
+                processes: group.iter().map(|p| p.instance_id.clone()).collect(),
+            }
+        })
+        .collect()
+}
 
 /// What a release did (see [`Store::release_install`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -91,6 +91,9 @@ pub struct InstanceRecord {
     /// The install it belongs to (seats count installs) and how its client identified it.
     pub install_id: String,
     pub install_source: Option<String>,
+    /// Its machine's identity, hashed with the license id, where its client has one: how many
+    /// machines one install spans shows.
+    pub machine: Option<String>,
 }
 
 /// Which licenses a listing shows.
@@ -904,6 +907,7 @@ impl Store {
                 seat_until: i.seat_until.map(utc),
                 install_source: i.install_source,
                 exemption: i.exemption,
+                machine: i.machine,
             })
             .collect();
         Ok(Page { items, next })
