@@ -369,6 +369,13 @@ fn insights_count_installs_not_processes(h: Harness) {
     ] {
         assert_eq!(check_in(&h, &key, instance, install)["status"], "valid");
     }
+    // Both shop processes are released before the roll-up: their rows go, yet the day they
+    // checked in on still counts them under their install.
+    let license = license_id(&key);
+    for instance in ["shop-1", "shop-2"] {
+        let path = format!("/v1/admin/licenses/{license}/instances/{instance}");
+        assert_eq!(h.admin(Method::DELETE, &path, None).0, 200);
+    }
     h.advance(Duration::days(1));
     let (status, ran) =
         h.admin(Method::POST, "/v1/admin/jobs/rollup/runs", Some(&json!({"day": "2026-11-21"})));

@@ -274,7 +274,6 @@ impl CheckInService {
                     &batch,
                     &digest,
                     &request.instance_id,
-                    request.install.as_ref().map(|i| i.id.as_str()),
                     &license.license_id.to_string(),
                     now,
                 )),
@@ -336,7 +335,6 @@ impl CheckInService {
             &batch,
             &digest,
             &body.instance_id,
-            None,
             &license.license_id.to_string(),
             now,
         );

@@ -12,7 +12,6 @@ pub(super) fn scrubbed_batch(
     b: &TelemetryBatch,
     digest: &str,
     instance_id: &str,
-    install_id: Option<&str>,
     license_id: &str,
     now: DateTime<Utc>,
 ) -> store::StoredBatch {
@@ -94,7 +93,6 @@ pub(super) fn scrubbed_batch(
             environment: serde_json::to_string(&environment).expect("the environment serialises"),
             dropped: serde_json::to_string(&b.dropped).expect("counts serialise"),
             redactions: serde_json::to_string(&redactions).expect("counts serialise"),
-            install_id: install_id.map(str::to_owned),
         },
         payload,
         errors,

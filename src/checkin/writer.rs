@@ -198,24 +198,20 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             .into_iter()
             .map(|i| ((i.license_id.clone(), i.id.clone()), i))
             .collect();
-        // Seats held at the group's earliest instant: a seat that ends within the few
-        // milliseconds a group spans still counts, which errs on the side of the limit.
         let license_ids: Vec<&str> = licenses.keys().map(String::as_str).collect();
-        let mut in_use: HashMap<String, store::SeatsInUse> = match earliest {
-            Some(t) => tx.seats_in_use(&license_ids, store::naive(t))?.into_iter().collect(),
-            None => HashMap::new(),
-        };
         // The processes holding a place for each install the group names, merged into the
         // view of instances: seats count installs, and a newcomer may replace one of them.
+        // A process that is its own install is found by its key, and only shared installs are
+        // looked up by install id.
         let mut installs: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        for row in instances.values() {
+            installs.entry((row.license_id.clone(), row.install().to_owned())).or_default().insert(row.id.clone());
+        }
         if let Some(t) = earliest {
             let install_keys: BTreeSet<(String, String)> = group
                 .iter()
-                .filter_map(|p| match &p.subject {
-                    Subject::Licensed(l) => Some((
-                        l.license_id.to_string(),
-                        p.install.as_ref().map_or_else(|| p.instance_id.clone(), |i| i.id.clone()),
-                    )),
+                .filter_map(|p| match (&p.subject, shared_install(p)) {
+                    (Subject::Licensed(l), Some(install)) => Some((l.license_id.to_string(), install.to_owned())),
                     _ => None,
                 })
                 .collect();
@@ -228,6 +224,36 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 instances.entry((process.license_id.clone(), process.id.clone())).or_insert(process);
             }
         }
+        // Places in use are counted only for the licenses that need the count: those with a
+        // check-in whose install holds no place of its kind yet (a newcomer). A process of an
+        // install that holds one, the common case, is never judged by the count, and counting
+        // a license's places reads every live process of it. Counted at the group's earliest
+        // instant: a seat that ends within the few milliseconds a group spans still counts,
+        // which errs on the side of the limit. `changed` keeps the group's own changes.
+        let counted_at = earliest.map(store::naive).unwrap_or_default();
+        let newcomers: BTreeSet<&str> = group
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .filter_map(|(p, _)| {
+                let Subject::Licensed(l) = &p.subject else { return None };
+                let license_id = licenses.get(&l.license_id.to_string())?.id.as_str();
+                let install = shared_install(p).unwrap_or(&p.instance_id).to_owned();
+                let held = holding(&installs, &instances, &(license_id.to_owned(), install), counted_at);
+                let loopback = p.exemption == Some(TelemetryExemption::Loopback);
+                (!(if loopback { held.1 } else { held.0 })).then_some(license_id)
+            })
+            .collect();
+        let mut in_use: HashMap<String, store::SeatsInUse> = if newcomers.is_empty() {
+            HashMap::new()
+        } else {
+            let ids: Vec<&str> = newcomers.into_iter().collect();
+            let mut counted: HashMap<String, store::SeatsInUse> =
+                ids.iter().map(|id| ((*id).to_owned(), store::SeatsInUse::default())).collect();
+            counted.extend(tx.seats_in_use(&ids, counted_at)?);
+            counted
+        };
+        let mut changed: HashMap<String, store::SeatsInUse> = HashMap::new();
         let mut terms: HashMap<String, store::LicenseTerms> = if license_ids.is_empty() {
             HashMap::new()
         } else {
@@ -268,7 +294,8 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             let license = newest.as_ref().map_or(license, |(payload, _)| payload);
             let now = store::naive(p.now);
             let key = (license_id.clone(), p.instance_id.clone());
-            let install_id = p.install.as_ref().map_or_else(|| p.instance_id.clone(), |i| i.id.clone());
+            let shared = shared_install(p);
+            let install_id = shared.unwrap_or(&p.instance_id).to_owned();
             let ikey = (license_id.clone(), install_id.clone());
             let previous = instances.get(&key);
             // A process released in favour of a newer one of its install is told so once; its row
@@ -301,9 +328,23 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             let loopback = p.exemption == Some(TelemetryExemption::Loopback);
             let before = holding(&installs, &instances, &ikey, now);
             let holds = if loopback { before.1 } else { before.0 };
-            let used = in_use.get(license_id).copied().unwrap_or_default();
-            let pool = if loopback { used.loopback } else { used.seats };
-            let place = Place { exemption: p.exemption, holds, held_by_others: pool - i64::from(holds) };
+            // Only a check-in that needs a place is judged by how many others hold one.
+            let held_by_others = if holds {
+                0
+            } else {
+                if !in_use.contains_key(license_id) {
+                    // Its install lost its place earlier in this group: counted now.
+                    let counted = tx.seats_in_use(&[license_id.as_str()], counted_at)?;
+                    in_use.insert(license_id.clone(), counted.into_iter().next().map(|c| c.1).unwrap_or_default());
+                }
+                let (base, delta) = (in_use[license_id], changed.get(license_id).copied().unwrap_or_default());
+                if loopback {
+                    base.loopback + delta.loopback
+                } else {
+                    base.seats + delta.seats
+                }
+            };
+            let place = Place { exemption: p.exemption, holds, held_by_others };
             let license_terms = Terms::of(rules, license.tier, terms.get(license_id));
             let mut ruling = decide(license, row, &license_terms, &place, p.telemetry.is_some(), p.now);
             // One install id shared by a whole fleet is not one install: past the license's
@@ -434,7 +475,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                         } else {
                             p.exemption.filter(|e| e.holds_seat()).map(|e| e.as_str().to_owned())
                         },
-                        install_id: Some(install_id.clone()),
+                        install_id: shared.map(str::to_owned),
                         install_source: p.install.as_ref().map(|i| i.source.as_str().to_owned()),
                         machine: p.install.as_ref().and_then(|i| i.machine.clone()),
                     },
@@ -445,7 +486,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             // Keep the group's view of places in use right for the check-ins after this one:
             // an install counts once, while any of its processes holds a place of that kind.
             let after = holding(&installs, &instances, &ikey, now);
-            let counts = in_use.entry(license_id.clone()).or_default();
+            let counts = changed.entry(license_id.clone()).or_default();
             counts.seats += i64::from(after.0) - i64::from(before.0);
             counts.loopback += i64::from(after.1) - i64::from(before.1);
 
@@ -483,7 +524,8 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
         tx.upsert_instances(&instance_rows)?;
         if !deleted.is_empty() {
             let keys: Vec<(&str, &str)> = deleted.iter().map(|(l, i)| (l.as_str(), i.as_str())).collect();
-            tx.delete_instances(&keys)?;
+            let at = group.iter().map(|p| p.now).max().map(store::naive).unwrap_or_default();
+            tx.delete_instances(&keys, at)?;
         }
         tx.insert_check_ins(&check_ins)?;
         if !pins.is_empty() {
@@ -666,7 +708,6 @@ fn check_in_row(
         telemetry_batch_id: batch_id,
         valid_until: None,
         imported_report: p.import.as_ref().map(|link| link.sequence as i64),
-        install_id: p.install.as_ref().map(|i| i.id.as_str()),
     }
 }
 
@@ -715,6 +756,18 @@ fn live<'a>(
         .flatten()
         .filter_map(move |id| instances.get(&(install.0.clone(), id.clone())))
         .filter(move |r| r.seat_until.is_some_and(|until| until > now) && r.install() == install.1)
+}
+
+/// The install a check-in's process shares with others, if it can: `None` where the process is
+/// its own install (a client before installs, or one whose install id comes from its data
+/// directory, which is the process's own identity). Such a process is stored without an
+/// install id and found by its key alone, which spares every new process of that kind an
+/// entry in the install index and a look-up by install.
+fn shared_install(p: &Prepared) -> Option<&str> {
+    p.install
+        .as_ref()
+        .filter(|i| i.source != crate::protocol::InstallSource::DataDirectory)
+        .map(|i| i.id.as_str())
 }
 
 /// Whether an install holds a seat, and whether it holds a loopback place, at `now`.

@@ -420,7 +420,6 @@ impl Store {
                     environment: serde_json::to_string(&environment).expect("serialises"),
                     dropped: "{}".into(),
                     redactions: "{}".into(),
-                    install_id: None,
                 },
                 payload: PayloadRow {
                     batch_id,
@@ -445,7 +444,6 @@ impl Store {
                 telemetry_batch_id: Some(batch_id.clone()),
                 valid_until: Some(at + Duration::days(8)),
                 imported_report: None,
-                install_id: None,
             })
             .collect();
         insert(&mut conn, &rows, |c, rows| diesel::insert_into(check_ins::table).values(rows).execute(c))?;

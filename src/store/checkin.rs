@@ -53,9 +53,9 @@ impl CheckInWrite<'_> {
         licensing::install_processes(self.conn, installs, now)
     }
 
-    /// Deletes processes' rows by (license id, instance id).
-    pub fn delete_instances(&mut self, keys: &[(&str, &str)]) -> Result<(), StoreError> {
-        licensing::delete_instances(self.conn, keys)
+    /// Deletes processes' rows by (license id, instance id) at `at`.
+    pub fn delete_instances(&mut self, keys: &[(&str, &str)], at: NaiveDateTime) -> Result<(), StoreError> {
+        licensing::delete_instances(self.conn, keys, at)
     }
 
     /// Inserts or replaces instances' rows; `rows` must have distinct (license, id) keys.

@@ -23,12 +23,8 @@ use crate::reach::Reach;
 
 /// An install: (license id, install id).
 type Install = (String, String);
-/// A check-in as the roll-up reads it: license, instance, install, time, status, version, lease
-/// end.
-type DayCheckIn =
-    (Option<String>, String, Option<String>, NaiveDateTime, String, String, Option<NaiveDateTime>);
-/// A batch's routes as the roll-up reads them: license, instance, install, version, payload.
-type RouteBatch = (String, String, Option<String>, String, Vec<u8>);
+/// A check-in as the roll-up reads it: license, instance, time, status, version, lease end.
+type DayCheckIn = (Option<String>, String, NaiveDateTime, String, String, Option<NaiveDateTime>);
 /// The installs that reported each (method, route).
 type RouteInstalls = BTreeMap<(String, String), BTreeSet<Install>>;
 
@@ -108,7 +104,6 @@ pub(super) fn rollup_installs(
         .select((
             check_ins::license_id,
             check_ins::instance_id,
-            check_ins::install_id,
             check_ins::at,
             check_ins::status,
             check_ins::software_version,
@@ -116,6 +111,10 @@ pub(super) fn rollup_installs(
         ))
         .load(conn)?;
     let license_ids: BTreeSet<&str> = check_ins.iter().filter_map(|c| c.0.as_deref()).collect();
+    // Each process's install: from its row, or the record kept when its row went.
+    let processes: BTreeSet<(String, String)> =
+        check_ins.iter().filter_map(|c| c.0.clone().map(|l| (l, c.1.clone()))).collect();
+    let mut install_of = super::installs::installs_of(conn, &processes)?;
     let mut tiers: HashMap<String, String> = HashMap::new();
     for chunk in license_ids.into_iter().collect::<Vec<_>>().chunks(ROWS_PER_STATEMENT) {
         let found: Vec<(String, String)> = licenses::table
@@ -125,9 +124,9 @@ pub(super) fn rollup_installs(
         tiers.extend(found);
     }
     let mut outcomes: BTreeMap<String, (i64, BTreeSet<Install>)> = BTreeMap::new();
-    for (license_id, instance_id, install_id, at, status, version, valid_until) in check_ins {
+    for (license_id, instance_id, at, status, version, valid_until) in check_ins {
         let Some(license_id) = license_id else { continue };
-        let install_id = install_id.unwrap_or(instance_id);
+        let install_id = install_of[&(license_id.clone(), instance_id)].clone();
         let install = (license_id.clone(), install_id.clone());
         let outcome = outcomes.entry(status.clone()).or_default();
         outcome.0 += 1;
@@ -168,20 +167,26 @@ pub(super) fn rollup_installs(
     }
 
     // The environment each install reported last that day.
-    let batches: Vec<(String, String, Option<String>, String, String)> = telemetry_batches::table
+    let batches: Vec<(String, String, String, String)> = telemetry_batches::table
         .filter(telemetry_batches::received_at.ge(from))
         .filter(telemetry_batches::received_at.lt(to))
         .order((telemetry_batches::received_at, telemetry_batches::batch_id))
         .select((
             telemetry_batches::license_id,
             telemetry_batches::instance_id,
-            telemetry_batches::install_id,
             telemetry_batches::user_count_range,
             telemetry_batches::environment,
         ))
         .load(conn)?;
-    for (license_id, instance_id, install_id, users, environment) in batches {
-        let Some(row) = rows.get_mut(&(license_id, install_id.unwrap_or(instance_id))) else { continue };
+    let unseen: BTreeSet<(String, String)> = batches
+        .iter()
+        .map(|b| (b.0.clone(), b.1.clone()))
+        .filter(|key| !install_of.contains_key(key))
+        .collect();
+    install_of.extend(super::installs::installs_of(conn, &unseen)?);
+    for (license_id, instance_id, users, environment) in batches {
+        let install_id = install_of[&(license_id.clone(), instance_id)].clone();
+        let Some(row) = rows.get_mut(&(license_id, install_id)) else { continue };
         let env: Environment = serde_json::from_str(&environment).map_err(|source| StoreError::Corrupt {
             what: "telemetry_batches.environment",
             source: source.into(),
@@ -312,7 +317,7 @@ impl Figures {
 /// batches' sketches merged. Returns the rows written.
 pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<usize, StoreError> {
     let (from, to) = (midnight(day), midnight(day) + Duration::days(1));
-    let batches: Vec<RouteBatch> = telemetry_payloads::table
+    let batches: Vec<(String, String, String, Vec<u8>)> = telemetry_payloads::table
         .inner_join(telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)))
         .filter(telemetry_batches::received_at.ge(from))
         .filter(telemetry_batches::received_at.lt(to))
@@ -322,14 +327,15 @@ pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<u
         .select((
             telemetry_batches::license_id,
             telemetry_batches::instance_id,
-            telemetry_batches::install_id,
             telemetry_batches::app_version,
             telemetry_payloads::body,
         ))
         .load(conn)?;
+    let processes: BTreeSet<(String, String)> = batches.iter().map(|b| (b.0.clone(), b.1.clone())).collect();
+    let install_of = super::installs::installs_of(conn, &processes)?;
     let mut by_version: BTreeMap<String, (Vec<RoutePerformance>, RouteInstalls)> = BTreeMap::new();
-    for (license_id, instance_id, install_id, version, body) in batches {
-        let install_id = install_id.unwrap_or(instance_id);
+    for (license_id, instance_id, version, body) in batches {
+        let install_id = install_of[&(license_id.clone(), instance_id)].clone();
         let routes = super::payload::decode::<super::telemetry::RoutesOnly>(&body)?.performance;
         let entry = by_version.entry(version).or_default();
         for r in &routes {

@@ -9,9 +9,94 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::audit::NewAuditEntry;
 use super::models::InstanceRow;
-use super::schema::{audit_log, instances};
+use super::schema::{audit_log, instances, released_processes};
 use super::webhooks::{self, NewEvent};
-use super::{naive, Store, StoreError};
+use super::{naive, on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
+use chrono::NaiveDateTime;
+use diesel::upsert::excluded;
+use std::collections::HashMap;
+
+/// A process whose row went, with the install it belonged to.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = released_processes, treat_none_as_default_value = false)]
+struct ReleasedRow<'a> {
+    license_id: &'a str,
+    instance_id: &'a str,
+    install_id: &'a str,
+    released_at: NaiveDateTime,
+}
+
+/// Keeps the install of processes whose rows are about to go (released, deactivated,
+/// replaced), in the caller's transaction: the roll-up of a day they checked in on still counts
+/// them under their install. Written only on those rare events, never by a plain check-in.
+pub(super) fn remember_released(
+    conn: &mut DbConnection,
+    processes: &[InstanceRow],
+    at: NaiveDateTime,
+) -> Result<(), StoreError> {
+    let rows: Vec<ReleasedRow<'_>> = processes
+        .iter()
+        .map(|p| ReleasedRow {
+            license_id: &p.license_id,
+            instance_id: &p.id,
+            install_id: p.install(),
+            released_at: at,
+        })
+        .collect();
+    on_backend!(conn, c => {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(released_processes::table)
+                .values(chunk)
+                .on_conflict((released_processes::license_id, released_processes::instance_id))
+                .do_update()
+                .set((
+                    released_processes::install_id.eq(excluded(released_processes::install_id)),
+                    released_processes::released_at.eq(excluded(released_processes::released_at)),
+                ))
+                .execute(c)?;
+        }
+    });
+    Ok(())
+}
+
+/// The install of each of `processes` (license id, instance id): from its row, else from the
+/// record kept when its row went, else the process itself (a client before installs, or a
+/// process released before retention aged its record out).
+pub(super) fn installs_of(
+    conn: &mut DbConnection,
+    processes: &std::collections::BTreeSet<(String, String)>,
+) -> Result<HashMap<(String, String), String>, StoreError> {
+    let keys: Vec<(&str, &str)> = processes.iter().map(|(l, i)| (l.as_str(), i.as_str())).collect();
+    let mut out: HashMap<(String, String), String> = super::licensing::instances_by_key(conn, &keys)?
+        .into_iter()
+        .map(|row| {
+            let install = row.install().to_owned();
+            ((row.license_id, row.id), install)
+        })
+        .collect();
+    let missing: Vec<&str> =
+        processes.iter().filter(|key| !out.contains_key(*key)).map(|(_, i)| i.as_str()).collect();
+    for chunk in missing.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<(String, String, String)> = released_processes::table
+            .filter(released_processes::instance_id.eq_any(chunk))
+            .select((
+                released_processes::license_id,
+                released_processes::instance_id,
+                released_processes::install_id,
+            ))
+            .load(conn)?;
+        for (license_id, instance_id, install_id) in rows {
+            let key = (license_id, instance_id);
+            if processes.contains(&key) {
+                out.entry(key).or_insert(install_id);
+            }
+        }
+    }
+    for key in processes {
+        out.entry(key.clone()).or_insert_with(|| key.1.clone());
+    }
+    Ok(out)
+}
 
 /// One install of a license as the vendor's views show it: its processes under it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -99,8 +184,9 @@ impl Store {
                     .filter(instances::install_id.eq(target).or(instances::id.eq(target)))
             };
             let processes: Vec<InstanceRow> = matching().select(InstanceRow::as_select()).load(conn)?;
-            diesel::delete(matching()).execute(conn)?;
             let now = naive(now);
+            remember_released(conn, &processes, now)?;
+            diesel::delete(matching()).execute(conn)?;
             let seat_freed =
                 processes.iter().any(|p| !p.is_loopback() && p.seat_until.is_some_and(|until| until > now));
             webhooks::enqueue(conn, &events(&processes))?;

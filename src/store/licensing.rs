@@ -272,14 +272,16 @@ pub(super) fn seats_in_use(
         // instances (developers' machines) hold no seat and are counted apart.
         DbConnection::Postgresql(c) => {
             for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
+                // One pass over each license's live processes for both kinds. A process without
+                // an install id is its own install, so only shared installs need a DISTINCT.
                 let rows: Vec<InUse> = diesel::sql_query(
-                    "SELECT l.id AS license_id, \
-                     (SELECT COUNT(DISTINCT COALESCE(i.install_id, i.id)) FROM instances i \
-                      WHERE i.license_id = l.id AND i.seat_until > $2 \
-                      AND i.exemption IS DISTINCT FROM 'loopback') AS seats, \
-                     (SELECT COUNT(DISTINCT COALESCE(i.install_id, i.id)) FROM instances i \
-                      WHERE i.license_id = l.id AND i.seat_until > $2 AND i.exemption = 'loopback') AS loopback \
-                     FROM unnest($1::text[]) AS l(id)",
+                    "SELECT l.id AS license_id, c.seats, c.loopback FROM unnest($1::text[]) AS l(id), \
+                     LATERAL (SELECT \
+                       COUNT(*) FILTER (WHERE i.install_id IS NULL AND i.exemption IS DISTINCT FROM 'loopback') \
+                       + COUNT(DISTINCT i.install_id) FILTER (WHERE i.exemption IS DISTINCT FROM 'loopback') AS seats, \
+                       COUNT(*) FILTER (WHERE i.install_id IS NULL AND i.exemption = 'loopback') \
+                       + COUNT(DISTINCT i.install_id) FILTER (WHERE i.exemption = 'loopback') AS loopback \
+                      FROM instances i WHERE i.license_id = l.id AND i.seat_until > $2) AS c",
                 )
                 .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
                 .bind::<diesel::sql_types::Timestamp, _>(now)
@@ -396,8 +398,15 @@ pub(super) fn install_processes(
     Ok(out)
 }
 
-/// Deletes processes' rows (a replaced process told so; it comes back as a new one).
-pub(super) fn delete_instances(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<(), StoreError> {
+/// Deletes processes' rows (a replaced process told so; it comes back as a new one), keeping
+/// their installs for the roll-up.
+pub(super) fn delete_instances(
+    conn: &mut DbConnection,
+    keys: &[(&str, &str)],
+    at: NaiveDateTime,
+) -> Result<(), StoreError> {
+    let rows = instances_by_key(conn, keys)?;
+    super::installs::remember_released(conn, &rows, at)?;
     on_backend!(conn, c => {
         for (license_id, id) in keys {
             diesel::delete(
@@ -737,20 +746,29 @@ impl Store {
             .group_by(instances::license_id)
             .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
-        // Seats count installs; loopback ones (developers' machines) hold none.
-        let in_use: Vec<(String, i64)> = instances::table
-            .filter(instances::license_id.eq_any(&ids))
-            .filter(instances::seat_until.gt(naive(now)))
-            .filter(instances::exemption.is_null().or(instances::exemption.ne(LOOPBACK)))
-            .group_by(instances::license_id)
+        // Seats count installs: each shared install once, and each process that is its own
+        // install (no install id); loopback ones (developers' machines) hold none.
+        let holding = || {
+            instances::table
+                .filter(instances::license_id.eq_any(&ids))
+                .filter(instances::seat_until.gt(naive(now)))
+                .filter(instances::exemption.is_null().or(instances::exemption.ne(LOOPBACK)))
+                .group_by(instances::license_id)
+        };
+        let shared: Vec<(String, i64)> = holding()
             .select((instances::license_id, diesel::dsl::count(instances::install_id).aggregate_distinct()))
+            .load(&mut conn)?;
+        let own: Vec<(String, i64)> = holding()
+            .filter(instances::install_id.is_null())
+            .select((instances::license_id, diesel::dsl::count_star()))
             .load(&mut conn)?;
         let lookup =
             |list: &[(String, i64)], id: &str| list.iter().find(|(l, _)| l == id).map_or(0, |(_, n)| *n);
         let items = rows
             .into_iter()
             .map(|row| {
-                let (total, used) = (lookup(&counts, &row.id), lookup(&in_use, &row.id));
+                let (total, used) =
+                    (lookup(&counts, &row.id), lookup(&shared, &row.id) + lookup(&own, &row.id));
                 LicenseRecord::from_row(row, total, used)
             })
             .collect::<Result<_, _>>()?;
@@ -931,6 +949,7 @@ impl Store {
                 .first(conn)
                 .optional()?;
             let Some(row) = row else { return Ok(None) };
+            super::installs::remember_released(conn, std::slice::from_ref(&row), naive(now))?;
             diesel::delete(
                 instances::table
                     .filter(instances::license_id.eq(license_id))

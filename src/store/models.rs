@@ -193,9 +193,6 @@ pub struct NewCheckIn<'a> {
     pub valid_until: Option<NaiveDateTime>,
     /// The sequence of the usage report this check-in stands for, when it was imported by hand.
     pub imported_report: Option<i64>,
-    /// The install the process belongs to, as its check-in named it (`None`: a client before
-    /// installs, whose process is its own install).
-    pub install_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
@@ -231,8 +228,6 @@ pub struct BatchRow {
     pub dropped: String,
     /// JSON of the batch's `redactions`.
     pub redactions: String,
-    /// The install the sending process belongs to (`None`: its own install).
-    pub install_id: Option<String>,
 }
 
 /// A batch's raw payload: its usage, request performance and sessions in one JSON text.

@@ -60,7 +60,6 @@ diesel::table! {
         telemetry_batch_id -> Nullable<Text>,
         valid_until -> Nullable<Timestamp>,
         imported_report -> Nullable<BigInt>,
-        install_id -> Nullable<Text>,
     }
 }
 
@@ -78,7 +77,6 @@ diesel::table! {
         environment -> Text,
         dropped -> Text,
         redactions -> Text,
-        install_id -> Nullable<Text>,
     }
 }
 
@@ -124,6 +122,15 @@ diesel::table! {
         value -> Double,
         instances -> BigInt,
         reach -> Text,
+    }
+}
+
+diesel::table! {
+    released_processes (license_id, instance_id) {
+        license_id -> Text,
+        instance_id -> Text,
+        install_id -> Text,
+        released_at -> Timestamp,
     }
 }
 
@@ -247,6 +254,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     telemetry_errors,
     telemetry_aggregates,
     install_days,
+    released_processes,
     route_days,
     dashboard_sessions,
     audit_log,

@@ -337,6 +337,16 @@ impl Store {
                 "check_ins",
                 diesel::delete(check_ins::table.filter(check_ins::at.lt(cutoff))).execute(conn)?,
             );
+            // The installs of released processes matter only to roll-ups of days whose
+            // check-ins are still kept.
+            removed.insert(
+                "released_processes",
+                diesel::delete(
+                    super::schema::released_processes::table
+                        .filter(super::schema::released_processes::released_at.lt(cutoff)),
+                )
+                .execute(conn)?,
+            );
             // Webhook deliveries that are done (delivered or given up) go with the raw
             // telemetry; pending ones stay, however old.
             removed.insert(
@@ -366,7 +376,7 @@ impl Store {
         self.transaction(|conn| {
             // A process is a license's instance (the same instance id under two licenses is two
             // processes); an install is one of a license's installs, whatever its processes.
-            let events: Vec<(String, String, Option<String>, Vec<u8>)> = telemetry_payloads::table
+            let events: Vec<(String, String, Vec<u8>)> = telemetry_payloads::table
                 .inner_join(
                     telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)),
                 )
@@ -378,17 +388,16 @@ impl Store {
                 .select((
                     telemetry_batches::license_id,
                     telemetry_batches::instance_id,
-                    telemetry_batches::install_id,
                     telemetry_payloads::body,
                 ))
                 .load(conn)?;
             type Process = (String, String);
             let mut per_instance: BTreeMap<(Process, String, String), i64> = BTreeMap::new();
-            // Each process's install, as its latest batch of the day named it.
-            let mut install_of: BTreeMap<Process, Option<String>> = BTreeMap::new();
-            for (license_id, instance_id, install_id, body) in &events {
+            // Each process's install: from its row, or the record kept when its row went.
+            let processes: BTreeSet<Process> = events.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
+            let install_of = super::installs::installs_of(conn, &processes)?;
+            for (license_id, instance_id, body) in &events {
                 let process = (license_id.clone(), instance_id.clone());
-                install_of.insert(process.clone(), install_id.clone());
                 for entry in super::payload::decode::<UsageOnly>(body)?.usage {
                     let sum = per_instance
                         .entry((process.clone(), entry.kind.as_str().to_owned(), entry.name))
@@ -405,7 +414,7 @@ impl Store {
                     kind: kind.clone(),
                     name: name.clone(),
                     count: *count,
-                    install_id: install_of.get(process).cloned().flatten(),
+                    install_id: install_of.get(process).filter(|i| **i != process.1).cloned(),
                 })
                 .collect();
             diesel::delete(telemetry_features::table.filter(telemetry_features::day.eq(day)))
@@ -423,7 +432,7 @@ impl Store {
             for ((process, kind, name), count) in &per_instance {
                 let entry = by_name.entry((kind.clone(), name.clone())).or_default();
                 entry.0 = entry.0.saturating_add(*count);
-                let install = install_of.get(process).and_then(|i| i.as_deref()).unwrap_or(&process.1);
+                let install = install_of.get(process).map_or(process.1.as_str(), String::as_str);
                 entry.1.insert((&process.0, install));
             }
             let mut aggregates: Vec<AggregateRow> = by_name

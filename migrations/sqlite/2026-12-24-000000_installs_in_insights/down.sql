@@ -1,4 +1,3 @@
 ALTER TABLE install_days RENAME COLUMN install_id TO instance_id;
 ALTER TABLE telemetry_features DROP COLUMN install_id;
-ALTER TABLE telemetry_batches DROP COLUMN install_id;
-ALTER TABLE check_ins DROP COLUMN install_id;
+DROP TABLE released_processes;
