@@ -3,11 +3,36 @@
 //! that is gone but still holds a seat until its lease runs out.
 
 use anyhow::Result;
+use clap::{Args, Subcommand};
 
-use super::{InstallsAction, InstallsArgs, EXIT_ERROR, EXIT_OK};
+use super::{ClientArgs, EXIT_ERROR, EXIT_OK};
 use crate::client::licensing::offline::Opened;
 use crate::client::Config;
 use crate::protocol::{InstallListing, InstallsResponse};
+
+/// `licensor installs`.
+#[derive(Debug, Args)]
+pub struct InstallsArgs {
+    #[command(subcommand)]
+    pub action: Option<InstallsAction>,
+    /// Print the server's answer as JSON (full ids, every field).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstallsAction {
+    /// Release an install (every process of it) or one process, freeing its seat until one
+    /// of them checks in again: for installs that are gone but whose lease has not yet run
+    /// out. ID is an install id or instance id as `licensor installs` lists it, or a unique
+    /// prefix of one (8 characters or more).
+    Release {
+        /// The install id or instance id (or a prefix of 8 characters or more).
+        id: String,
+    },
+}
 
 /// The shortest prefix of an id that `installs release` takes.
 const MIN_PREFIX: usize = 8;

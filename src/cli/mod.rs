@@ -23,6 +23,7 @@ mod bulk;
 #[cfg(feature = "cli")]
 mod demo;
 mod installs;
+pub use installs::{InstallsAction, InstallsArgs};
 #[cfg(feature = "cli")]
 mod serve;
 mod telemetry;
@@ -110,30 +111,6 @@ pub struct ClientArgs {
     /// The application's version, as its check-ins report it.
     #[arg(long, env = "LICENSOR_SOFTWARE_VERSION", default_value = concat!("licensor-cli/", env!("CARGO_PKG_VERSION")))]
     pub software_version: String,
-}
-
-/// `licensor installs`.
-#[derive(Debug, Args)]
-pub struct InstallsArgs {
-    #[command(subcommand)]
-    pub action: Option<InstallsAction>,
-    /// Print the server's answer as JSON (full ids, every field).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum InstallsAction {
-    /// Release an install (every process of it) or one process, freeing its seat until one
-    /// of them checks in again: for installs that are gone but whose lease has not yet run
-    /// out. ID is an install id or instance id as `licensor installs` lists it, or a unique
-    /// prefix of one (8 characters or more).
-    Release {
-        /// The install id or instance id (or a prefix of 8 characters or more).
-        id: String,
-    },
 }
 
 #[derive(Debug, Subcommand)]
