@@ -4,7 +4,8 @@
 //! vendor's audit log, in the same transaction, as the license's holder's action.
 
 use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
-use std::collections::{BTreeMap, BTreeSet};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 
 use super::error::ApiError;
 use super::extract::{AddressAdmitted, JsonBytes};
@@ -33,8 +34,12 @@ pub(super) async fn list(
     let request = state.service.prepare_holder_request(&body, (state.clock)(), false)?;
     let store = state.store.clone();
     let license_id = request.license.license_id.to_string();
-    let processes = blocking(move || store.license_processes(&license_id).map_err(ApiError::from)).await?;
-    let installs = group(processes, &request.instance_id, store::naive(request.now));
+    let filter = store::InstanceFilter { license_id: Some(license_id), status: None };
+    let processes = blocking(move || {
+        Ok(store.list_instances(&filter, MAX_PROCESSES, None).map_err(ApiError::from)?.items)
+    })
+    .await?;
+    let installs = listing(&processes, &request.instance_id, request.now);
     let seats_in_use = installs.iter().filter(|i| i.holds_place && !i.loopback).count();
     Ok(HttpResponse::Ok().json(InstallsResponse {
         license_id: request.license.license_id,
@@ -112,43 +117,41 @@ pub(super) async fn release(
     }))
 }
 
-/// Groups a license's processes by install: installs holding a place first, then by their
-/// newest check-in.
-fn group(processes: Vec<InstanceRow>, asking: &str, now: chrono::NaiveDateTime) -> Vec<InstallListing> {
-    let mut by_install: BTreeMap<String, Vec<InstanceRow>> = BTreeMap::new();
-    for p in processes {
-        by_install.entry(p.install().to_owned()).or_default().push(p);
-    }
-    let mut installs: Vec<(chrono::NaiveDateTime, InstallListing)> = by_install
+/// The most processes a listing shows, as the vendor's license detail does.
+const MAX_PROCESSES: usize = 1_000;
+
+/// A license's processes (the most recently seen first) under their installs, as the vendor's
+/// views group them: installs holding a place first, then by their newest check-in.
+fn listing(processes: &[store::InstanceRecord], asking: &str, now: DateTime<Utc>) -> Vec<InstallListing> {
+    let by_id: HashMap<&str, &store::InstanceRecord> =
+        processes.iter().map(|p| (p.instance_id.as_str(), p)).collect();
+    let mut installs: Vec<InstallListing> = store::group_installs(processes)
         .into_iter()
-        .map(|(install_id, mut rows)| {
-            rows.sort_by(|a, b| (b.last_check_in_at, &b.id).cmp(&(a.last_check_in_at, &a.id)));
-            let until = rows.iter().filter_map(|r| r.seat_until).max();
-            let machines: BTreeSet<&str> = rows.iter().filter_map(|r| r.machine.as_deref()).collect();
-            let listing = InstallListing {
-                install_id,
-                source: rows[0].install_source.clone(),
-                loopback: rows[0].is_loopback(),
-                holds_place: until.is_some_and(|u| u > now),
-                place_until: until.map(store::utc),
-                machines: u32::try_from(machines.len()).unwrap_or(u32::MAX),
-                processes: rows
-                    .iter()
-                    .map(|r| ProcessListing {
-                        instance_id: r.id.clone(),
+        .map(|g| InstallListing {
+            holds_place: g.seat_until.is_some_and(|u| u > now),
+            place_until: g.seat_until,
+            machines: u32::try_from(g.machines).unwrap_or(u32::MAX),
+            loopback: g.loopback,
+            source: g.install_source,
+            processes: g
+                .processes
+                .iter()
+                .map(|id| {
+                    let r = by_id[id.as_str()];
+                    ProcessListing {
+                        instance_id: r.instance_id.clone(),
                         software_version: r.software_version.clone(),
-                        first_seen_at: store::utc(r.first_seen_at),
-                        last_check_in_at: store::utc(r.last_check_in_at),
+                        first_seen_at: r.first_seen_at,
+                        last_check_in_at: r.last_check_in_at,
                         last_status: r.last_status.clone(),
-                        asking: r.id == asking,
-                    })
-                    .collect(),
-            };
-            (rows[0].last_check_in_at, listing)
+                        asking: r.instance_id == asking,
+                    }
+                })
+                .collect(),
+            install_id: g.install_id,
         })
         .collect();
-    installs.sort_by(|(a_at, a), (b_at, b)| {
-        (b.holds_place, b_at, &b.install_id).cmp(&(a.holds_place, a_at, &a.install_id))
-    });
-    installs.into_iter().map(|(_, listing)| listing).collect()
+    // Stable: within each kind, the newest check-in first, as grouped.
+    installs.sort_by_key(|i| !i.holds_place);
+    installs
 }

@@ -155,15 +155,6 @@ pub struct Released {
 }
 
 impl Store {
-    /// Every process the server knows of a license, held place or not, newest check-in first.
-    pub fn license_processes(&self, license_id: &str) -> Result<Vec<InstanceRow>, StoreError> {
-        Ok(instances::table
-            .filter(instances::license_id.eq(license_id))
-            .order((instances::last_check_in_at.desc(), instances::id.desc()))
-            .select(InstanceRow::as_select())
-            .load(&mut self.conn()?)?)
-    }
-
     /// Forgets the processes of one install of a license (`target` is an install id), or one
     /// process (`target` is an instance id), freeing their place at once; a process still
     /// running takes one again at its next check-in. `events(released)` are enqueued and `audit`
