@@ -198,7 +198,6 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             .into_iter()
             .map(|i| ((i.license_id.clone(), i.id.clone()), i))
             .collect();
-        let license_ids: Vec<&str> = licenses.keys().map(String::as_str).collect();
         // The processes holding a place for each install the group names, merged into the
         // view of instances: seats count installs, and a newcomer may replace one of them.
         // A process that is its own install is found by its key, and only shared installs are
@@ -254,11 +253,33 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             counted
         };
         let mut changed: HashMap<String, store::SeatsInUse> = HashMap::new();
-        let mut terms: HashMap<String, store::LicenseTerms> = if license_ids.is_empty() {
-            HashMap::new()
-        } else {
-            tx.license_terms(&license_ids)?.into_iter().map(|t| (t.license_id.clone(), t)).collect()
-        };
+        // A license's own terms are read only where a check-in can be judged by them (see
+        // `needs_terms`): a process that holds its place, the common case, and a new process
+        // that is its own install within the seats never are, and reading every license's
+        // terms cost a statement per group. Those surely needed are read here in one
+        // statement; a newcomer found past the seats in the loop reads its license's then.
+        let mut terms: HashMap<String, Option<store::LicenseTerms>> = HashMap::new();
+        let wanted: BTreeSet<&str> = group
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .filter_map(|(p, _)| {
+                let Subject::Licensed(l) = &p.subject else { return None };
+                let row = licenses.get(&l.license_id.to_string())?;
+                let held = instances
+                    .get(&(row.id.clone(), p.instance_id.clone()))
+                    .and_then(|i| i.seat_until)
+                    .filter(|until| *until > counted_at);
+                needs_terms(p, held.is_some(), false).then_some(row.id.as_str())
+            })
+            .collect();
+        if !wanted.is_empty() {
+            let ids: Vec<&str> = wanted.into_iter().collect();
+            terms.extend(ids.iter().map(|id| ((*id).to_owned(), None)));
+            for t in tx.license_terms(&ids)? {
+                terms.insert(t.license_id.clone(), Some(t));
+            }
+        }
 
         let mut decisions = Vec::with_capacity(group.len());
         let mut check_ins = Vec::with_capacity(group.len());
@@ -345,7 +366,13 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 }
             };
             let place = Place { exemption: p.exemption, holds, held_by_others };
-            let license_terms = Terms::of(rules, license.tier, terms.get(license_id));
+            let past_seats = !holds && held_by_others >= i64::from(license.seats);
+            if needs_terms(p, held.is_some(), past_seats) && !terms.contains_key(license_id) {
+                let own = tx.license_terms(&[license_id.as_str()])?.into_iter().next();
+                terms.insert(license_id.clone(), own);
+            }
+            // Where they are not needed, the server's rules stand in: nothing reads them then.
+            let license_terms = Terms::of(rules, license.tier, terms.get(license_id).and_then(Option::as_ref));
             let mut ruling = decide(license, row, &license_terms, &place, p.telemetry.is_some(), p.now);
             // One install id shared by a whole fleet is not one install: past the license's
             // machines per install, a newcomer on a further machine is refused (a process that
@@ -390,13 +417,12 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 };
             if ruling.starts_overage {
                 tx.start_overage(license_id, now)?;
-                terms.entry(license_id.clone()).or_insert_with(|| store::LicenseTerms {
-                    license_id: license_id.clone(),
-                    ..Default::default()
-                });
-                if let Some(t) = terms.get_mut(license_id) {
-                    t.overage_started_at.get_or_insert(now);
-                }
+                terms
+                    .entry(license_id.clone())
+                    .or_default()
+                    .get_or_insert_with(|| store::LicenseTerms { license_id: license_id.clone(), ..Default::default() })
+                    .overage_started_at
+                    .get_or_insert(now);
                 events.push(store::NewEvent::new(
                     "seat_overage.started",
                     serde_json::json!({
@@ -768,6 +794,15 @@ fn shared_install(p: &Prepared) -> Option<&str> {
         .as_ref()
         .filter(|i| i.source != crate::protocol::InstallSource::DataDirectory)
         .map(|i| i.id.as_str())
+}
+
+/// Whether a check-in can be judged by its license's own terms: when it declares an exemption
+/// (private networks allowed, loopback places), when its process is new to a shared install
+/// (processes and machines per install: a process that is its own install has no others), or
+/// when it needs a seat past the license's seats (the soft overage). `held`: the process holds
+/// its place; `past_seats`: it needs a seat and the others hold them all.
+fn needs_terms(p: &Prepared, held: bool, past_seats: bool) -> bool {
+    p.exemption.is_some() || (!held && shared_install(p).is_some()) || past_seats
 }
 
 /// Whether an install holds a seat, and whether it holds a loopback place, at `now`.

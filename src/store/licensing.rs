@@ -272,16 +272,23 @@ pub(super) fn seats_in_use(
         // instances (developers' machines) hold no seat and are counted apart.
         DbConnection::Postgresql(c) => {
             for chunk in license_ids.chunks(ROWS_PER_STATEMENT) {
-                // One pass over each license's live processes for both kinds. A process without
-                // an install id is its own install, so only shared installs need a DISTINCT.
+                // Processes that are their own installs (no install id, the common kind) are
+                // counted as before installs, one range scan of `instances_license_seat`;
+                // shared installs, once each, from the partial index that holds only them. A
+                // single scan with COUNT(DISTINCT) over every live process sorted them all and
+                // cost PostgreSQL a sixth more per check-in at the 1M-instance mix.
                 let rows: Vec<InUse> = diesel::sql_query(
-                    "SELECT l.id AS license_id, c.seats, c.loopback FROM unnest($1::text[]) AS l(id), \
-                     LATERAL (SELECT \
-                       COUNT(*) FILTER (WHERE i.install_id IS NULL AND i.exemption IS DISTINCT FROM 'loopback') \
-                       + COUNT(DISTINCT i.install_id) FILTER (WHERE i.exemption IS DISTINCT FROM 'loopback') AS seats, \
-                       COUNT(*) FILTER (WHERE i.install_id IS NULL AND i.exemption = 'loopback') \
-                       + COUNT(DISTINCT i.install_id) FILTER (WHERE i.exemption = 'loopback') AS loopback \
-                      FROM instances i WHERE i.license_id = l.id AND i.seat_until > $2) AS c",
+                    "SELECT l.id AS license_id, o.seats + s.seats AS seats, o.loopback + s.loopback AS loopback \
+                     FROM unnest($1::text[]) AS l(id), \
+                     LATERAL (SELECT COUNT(*) FILTER (WHERE i.exemption IS DISTINCT FROM 'loopback') AS seats, \
+                                     COUNT(*) FILTER (WHERE i.exemption = 'loopback') AS loopback \
+                              FROM instances i \
+                              WHERE i.license_id = l.id AND i.seat_until > $2 AND i.install_id IS NULL) AS o, \
+                     LATERAL (SELECT COUNT(DISTINCT i.install_id) FILTER (WHERE i.exemption IS DISTINCT FROM 'loopback') \
+                                       AS seats, \
+                                     COUNT(DISTINCT i.install_id) FILTER (WHERE i.exemption = 'loopback') AS loopback \
+                              FROM instances i \
+                              WHERE i.license_id = l.id AND i.install_id IS NOT NULL AND i.seat_until > $2) AS s",
                 )
                 .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
                 .bind::<diesel::sql_types::Timestamp, _>(now)
