@@ -167,6 +167,41 @@ proptest! {
     }
 
     #[test]
+    fn a_random_base62_token_is_masked_wherever_it_stands(
+        before in "[ -~]{0,24}",
+        token in "[A-Za-z0-9]{20,48}",
+        after in "[ -~]{0,24}",
+    ) {
+        let text = format!("{before}{token}{after}");
+        let (out, counts) = privacy::scrub(&text);
+        prop_assert!(!out.contains(&token), "{token:?} survived in {out:?}");
+        prop_assert!(counts.total() > 0);
+    }
+
+    #[test]
+    fn no_keep_case_is_changed_in_any_sentence(
+        before in "[a-z]{0,12}( [a-z]{1,12}){0,3}",
+        after in "[a-z]{0,12}( [a-z]{1,12}){0,3}",
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let corpus = corpus();
+        let keep = corpus["keep"].as_array().unwrap();
+        let keep = keep[pick.index(keep.len())].as_str().unwrap();
+        let text = format!("{before} {keep} {after}");
+        let (out, counts) = privacy::scrub(&text);
+        prop_assert_eq!(&out, &text);
+        prop_assert_eq!(counts.total(), 0);
+    }
+
+    #[test]
+    fn scrubbing_twice_changes_nothing_more(text in any::<String>()) {
+        let (once, _) = privacy::scrub(&text);
+        let (twice, counts) = privacy::scrub(&once);
+        prop_assert_eq!(twice, once);
+        prop_assert_eq!(counts.total(), 0);
+    }
+
+    #[test]
     fn corpus_secrets_in_any_sentence_are_removed(
         before in "[a-z]{0,12}( [a-z]{1,12}){0,3}",
         after in "[a-z]{0,12}( [a-z]{1,12}){0,3}",

@@ -1,53 +1,94 @@
 //! PII scrubbing of free text: what both the client (before anything is stored locally) and
 //! the server (again, before anything is stored, as defence in depth) apply to every string of
-//! telemetry. Each rule replaces what it finds with a placeholder and counts it; only the
-//! counts, never the values, travel on.
+//! telemetry. Each rule finds spans; what is stored is the original text with every span
+//! replaced by a placeholder that names its rule, and only the counts travel on.
 //!
-//! The rules are deliberately specific so that ordinary operational text survives: card
-//! numbers must pass the Luhn check and carry a card-network prefix (so timestamps and order
-//! numbers are not cards), IBANs must pass their mod-97 check, US social security numbers must
-//! fall in issued ranges, IP addresses must parse as addresses (so `10:30:00` is a time), and a
-//! bare 40-character AWS secret must mix upper case, lower case and digits (so a git commit
-//! hash survives). The classes follow Sentry Relay's default PII rules: cards, national
-//! identifiers, IBANs, keys and tokens, addresses, home paths.
+//! Three layers, each the floor beneath the one before:
+//! - **named rules** add precision where a format has a check: card numbers pass Luhn and a
+//!   network's prefix, IBANs mod 97, US social security numbers the issued ranges, IP
+//!   addresses parse, e-mail addresses, JWTs and a few well-known key prefixes;
+//! - **credentials by position** ([`position`]): armoured blocks, the user-info of URLs, and
+//!   the values of names that say they are secret, whatever the value looks like;
+//! - **shape** ([`shape`]): random-looking runs, runs of six or more digits, upper-case
+//!   document codes, hardware addresses and every form of a home directory, whatever brand
+//!   or country they come from.
+//!
+//! Text is read after decoding percent-escapes and backslash escapes ([`decode`]), so an
+//! encoding hides nothing; the spans found are masked in the original.
 
-use regex::{Captures, Regex, RegexSet};
+use regex::{Regex, RegexSet};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
+
+mod decode;
+mod position;
+mod shape;
 
 /// A scrubbing rule, named as the batch's `redactions` counts name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rule {
     PrivateKey,
+    ArmouredBlock,
     BearerToken,
     Jwt,
     ApiKey,
     Secret,
+    Credential,
+    RandomToken,
     Email,
     Card,
     Phone,
     Ip,
+    HardwareAddress,
     HomePath,
     NationalId,
     Iban,
+    Number,
 }
 
 impl Rule {
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::PrivateKey => "private_key",
+            Rule::ArmouredBlock => "armoured_block",
             Rule::BearerToken => "bearer_token",
             Rule::Jwt => "jwt",
             Rule::ApiKey => "api_key",
             Rule::Secret => "secret",
+            Rule::Credential => "credential",
+            Rule::RandomToken => "random_token",
             Rule::Email => "email",
             Rule::Card => "card",
             Rule::Phone => "phone",
             Rule::Ip => "ip",
+            Rule::HardwareAddress => "hardware_address",
             Rule::HomePath => "home_path",
             Rule::NationalId => "national_id",
             Rule::Iban => "iban",
+            Rule::Number => "number",
+        }
+    }
+
+    /// What replaces a span this rule found: it names the rule, and no rule finds it again.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Rule::PrivateKey => "[PRIVATE_KEY]",
+            Rule::ArmouredBlock => "[ARMOURED_BLOCK]",
+            Rule::BearerToken | Rule::Jwt => "[TOKEN]",
+            Rule::ApiKey => "[API_KEY]",
+            Rule::Secret => "[REDACTED]",
+            Rule::Credential => "[CREDENTIAL]",
+            Rule::RandomToken => "[RANDOM_TOKEN]",
+            Rule::Email => "[EMAIL]",
+            Rule::Card => "[CARD]",
+            Rule::Phone => "[PHONE]",
+            Rule::Ip => "[IP]",
+            Rule::HardwareAddress => "[MAC]",
+            Rule::HomePath => "[USER]",
+            Rule::NationalId => "[NATIONAL_ID]",
+            Rule::Iban => "[IBAN]",
+            Rule::Number => "[NUMBER]",
         }
     }
 }
@@ -84,47 +125,51 @@ impl Redactions {
     }
 }
 
+/// A span one rule found, in the text the rules read (decoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Found {
+    start: usize,
+    end: usize,
+    rule: Rule,
+}
+
 fn re(pattern: &str) -> Regex {
     Regex::new(pattern).expect("scrubber patterns are valid")
 }
 
-/// Every rule's pattern in one set: a single pass over the text tells which rules can apply,
-/// and most strings (feature names, routes) need no rule at all.
+/// The named rules' patterns and the cheap signs of the others in one set: a single pass over
+/// the text tells which can apply, and most strings (feature names, routes) need none.
 static ANY: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new(
-        [
-            &*PRIVATE_KEY,
-            &*BEARER,
-            &*JWT,
-            &*API_KEY,
-            &*SECRET_ASSIGNMENT,
-            &*EMAIL,
-            &*CARD,
-            &*IPV4,
-            &*IPV6,
-            &*PHONE,
-            &*HOME,
-            &*SSN,
-            &*IBAN,
-            &*AWS_SECRET,
-            &*TILDE_HOME,
-        ]
-        .map(Regex::as_str),
-    )
+    RegexSet::new([
+        BEARER.as_str(),                                                                 // 0
+        JWT.as_str(),                                                                    // 1
+        API_KEY.as_str(),                                                                // 2
+        EMAIL.as_str(),                                                                  // 3
+        CARD.as_str(),                                                                   // 4
+        IPV4.as_str(),                                                                   // 5
+        IPV6.as_str(),                                                                   // 6
+        PHONE.as_str(),                                                                  // 7
+        HOME.as_str(),                                                                   // 8
+        SSN.as_str(),                                                                    // 9
+        IBAN.as_str(),                                                                   // 10
+        AWS_SECRET.as_str(),                                                             // 11
+        TILDE_HOME.as_str(),                                                             // 12
+        MAC.as_str(),                                                                    // 13
+        UNC.as_str(),                                                                    // 14
+        r"-{5}BEGIN",                                                                    // 15
+        r"://[^\s/?#@]+@",                                                               // 16
+        r"(?i)pass|pwd|secret|token|key|auth|credential|sess|cookie|sig|private|bearer", // 17
+    ])
     .expect("scrubber patterns are valid")
 });
 
-static PRIVATE_KEY: LazyLock<Regex> = LazyLock::new(|| {
-    // Written with `-{5}` so that this pattern is not itself taken for key material by tools
-    // that scan the repository for PEM headers.
-    re(r"-{5}BEGIN [A-Z ]*PRIVATE KEY-{5}[\s\S]*?(?:-{5}END [A-Z ]*PRIVATE KEY-{5}|\z)")
-});
-static BEARER: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{8,}"));
+static BEARER: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)\b(?:bearer|token|basic)\s+([A-Za-z0-9._~+/=-]{8,})"));
 static JWT: LazyLock<Regex> =
     LazyLock::new(|| re(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"));
-/// Well-known key shapes: Stripe, GitHub (classic and fine-grained `github_pat_`), Slack
-/// tokens and webhook URLs, AWS access key ids, Google API keys, and long prefixed secrets
-/// such as `sk-...`.
+/// Well-known key shapes, which the shape rules would mostly find too but name less well:
+/// Stripe, GitHub, Slack tokens and webhook URLs, AWS access key ids, Google API keys, and
+/// long prefixed secrets such as `sk-...`.
 static API_KEY: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r"(?:\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{22,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]+|\b(?:AKIA|ASIA)[0-9A-Z]{16}|\bAIza[0-9A-Za-z_-]{35}|\bsk-[A-Za-z0-9_-]{20,})",
@@ -133,19 +178,13 @@ static API_KEY: LazyLock<Regex> = LazyLock::new(|| {
 /// An AWS secret access key standing alone: 40 characters of base64 (checked further in
 /// [`is_aws_secret`]), with nothing of the same alphabet on either side.
 static AWS_SECRET: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})($|[^A-Za-z0-9/+=])"));
-/// `password=...`, `api_key: ...` and the like: the value after a secret-sounding key.
-static SECRET_ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| {
-    re(
-        r#"(?i)\b((?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|client[_-]?secret|password|passwd|pwd|token|private[_-]?key|credentials?)["']?\s*[=:]\s*["']?)[^\s"',;&]+"#,
-    )
-});
+    LazyLock::new(|| re(r"(?:^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])"));
 /// Addresses in any script (`jörg@exämple.de`, `用户@例子.公司`): word characters are
 /// Unicode's.
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| re(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"));
 /// 13 to 19 digits grouped by spaces, dashes or dots, glued to letters or not (`card4111...`);
 /// the digits around the match are taken too, so a longer number is never cut into a card.
-static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"(^|\D)(\d(?:[ .-]?\d){12,18})($|\D)"));
+static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"(?:^|\D)(\d(?:[ .-]?\d){12,18})(?:$|\D)"));
 /// A US social security number, written with dashes or spaces (`078-05-1120`); the issued
 /// ranges are checked in [`is_ssn`].
 static SSN: LazyLock<Regex> = LazyLock::new(|| re(r"\b(\d{3})[- ](\d{2})[- ](\d{4})\b"));
@@ -160,69 +199,192 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
 static IPV4: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"));
 static IPV6: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)(?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{0,4}|\d{1,3}(?:\.\d{1,3}){3})"));
-// `/home/` and `/Users/` as the systems spell them: a case-insensitive `/users/` would take a
-// URL path's `/users/C` (from `/users/C:\Users\name`) for a home directory and hide the
-// Windows path behind it. Drive letters and Windows' `Users` are case-insensitive.
-static HOME: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(/home/|/Users/|(?i:[A-Z]:\\Users\\|[A-Z]:/Users/))([^/\\\s:]+)"));
+/// A hardware address: EUI-48 or EUI-64 in colon or dash notation, or dotted as Cisco writes it.
+static MAC: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"(?i)\b(?:[0-9a-f]{2}(?::[0-9a-f]{2}){5}(?::[0-9a-f]{2}){0,2}|[0-9a-f]{2}(?:-[0-9a-f]{2}){5}(?:-[0-9a-f]{2}){0,2}|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4})\b",
+    )
+});
+// `/home/` and `/Users/` as the systems spell them (anywhere in a path, so `/export/home/x` and
+// `/var/home/x` too): a case-insensitive `/users/` would take a URL path's `/users/C` (from
+// `/users/C:\Users\name`) for a home directory and hide the Windows path behind it. Drive
+// letters and Windows' folders are case-insensitive.
+static HOME: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"(?:/home/|/homes/|/Users/|(?i:[A-Z]:\\Users\\|[A-Z]:/Users/|[A-Z]:\\Documents and Settings\\))([^/\\\s:\x22'\[]+)",
+    )
+});
+/// A path on a network share (`\\server\share\jdoe\...`): the server, the share and the folders
+/// name the person whose home it often is; only the last component (a file) is kept. The rules
+/// read decoded text, where `\\` may have become `\`, so one backslash or two start it.
+static UNC: LazyLock<Regex> = LazyLock::new(|| {
+    re(r"(?:^|[\s\x22'(=,/])\\{1,2}([^\\\s\[\x22'][^\\\s\x22']*(?:\\[^\\\s\x22']+)+)\\[^\\\s\x22']*")
+});
 /// `~jsmith/...`: another user's home directory, as shells and web servers (`/~jsmith/`)
 /// write it (`~/...` names no one).
-static TILDE_HOME: LazyLock<Regex> = LazyLock::new(|| re(r"(^|[\s(\[\x22'=:/])~([A-Za-z_][A-Za-z0-9._-]*)/"));
+static TILDE_HOME: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?:^|[\s(\[\x22'=:/])~([A-Za-z_][A-Za-z0-9._-]*)(?:/|$|[\s)\]\x22',;])"));
 
 /// Scrubs one string, adding what it replaced to `counts`.
 pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
-    let candidates = ANY.matches(text);
-    if !candidates.matched_any() {
+    let decoded = decode::Decoded::of(text);
+    let t: &str = &decoded.text;
+    let signs = ANY.matches(t);
+    let mut found: Vec<Found> = Vec::new();
+    let push = |found: &mut Vec<Found>, start: usize, end: usize, rule: Rule| {
+        found.push(Found { start, end, rule });
+    };
+    // Credentials by position first: they take whole values, whatever the rules below see in
+    // them.
+    if signs.matched(15) {
+        position::armoured_blocks(t, &mut found);
+    }
+    if signs.matched(16) {
+        position::url_userinfo(t, &mut found);
+    }
+    if signs.matched(17) {
+        position::named_values(t, &mut found);
+    }
+    // The named rules.
+    let group = |c: &regex::Captures, i: usize| c.get(i).map(|m| (m.start(), m.end()));
+    if signs.matched(0) {
+        for c in BEARER.captures_iter(t) {
+            let (s, e) = group(&c, 1).expect("the pattern has a group");
+            push(&mut found, s, e, Rule::BearerToken);
+        }
+    }
+    for (i, regex, rule) in [(1, &*JWT, Rule::Jwt), (2, &*API_KEY, Rule::ApiKey), (3, &*EMAIL, Rule::Email)] {
+        if signs.matched(i) {
+            for m in regex.find_iter(t) {
+                push(&mut found, m.start(), m.end(), rule);
+            }
+        }
+    }
+    if signs.matched(11) {
+        for c in AWS_SECRET.captures_iter(t) {
+            let m = c.get(1).expect("the pattern has a group");
+            if is_aws_secret(m.as_str()) {
+                push(&mut found, m.start(), m.end(), Rule::ApiKey);
+            }
+        }
+    }
+    // IBANs before cards: an IBAN's digits can look like a card number.
+    if signs.matched(10) {
+        for m in IBAN.find_iter(t).filter(|m| is_iban(m.as_str())) {
+            push(&mut found, m.start(), m.end(), Rule::Iban);
+        }
+    }
+    if signs.matched(4) {
+        // The characters around one run are part of its match: the next search starts at the
+        // run's end, so a card right after another (one separator between them) is found.
+        let mut at = 0;
+        while let Some(c) = CARD.captures_at(t, at) {
+            let run = c.get(1).expect("the pattern has a group");
+            if let Some((s, e)) = card_within(run.as_str()) {
+                push(&mut found, run.start() + s, run.start() + e, Rule::Card);
+            }
+            at = run.end();
+        }
+    }
+    if signs.matched(9) {
+        for c in SSN.captures_iter(t).filter(|c| is_ssn(&c[1], &c[2], &c[3])) {
+            let m = c.get(0).expect("a match has its whole span");
+            push(&mut found, m.start(), m.end(), Rule::NationalId);
+        }
+    }
+    if signs.matched(13) {
+        for m in MAC.find_iter(t) {
+            push(&mut found, m.start(), m.end(), Rule::HardwareAddress);
+        }
+    }
+    if signs.matched(5) {
+        for m in IPV4.find_iter(t).filter(|m| m.as_str().parse::<Ipv4Addr>().is_ok()) {
+            push(&mut found, m.start(), m.end(), Rule::Ip);
+        }
+    }
+    if signs.matched(6) {
+        // Not glued to a word: `crypto::key::derive` holds `::de`, which parses.
+        let glued = |m: &regex::Match| {
+            let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+            t.as_bytes()[..m.start()].last().is_some_and(|b| word(*b))
+                || t.as_bytes().get(m.end()).is_some_and(|b| word(*b))
+        };
+        for m in IPV6.find_iter(t).filter(|m| is_ipv6(m.as_str()) && !glued(m)) {
+            push(&mut found, m.start(), m.end(), Rule::Ip);
+        }
+    }
+    if signs.matched(7) {
+        for m in PHONE.find_iter(t) {
+            if (8..=15).contains(&m.as_str().bytes().filter(u8::is_ascii_digit).count()) {
+                push(&mut found, m.start(), m.end(), Rule::Phone);
+            }
+        }
+    }
+    for (i, regex) in [(8, &*HOME), (14, &*UNC), (12, &*TILDE_HOME)] {
+        if signs.matched(i) {
+            for c in regex.captures_iter(t) {
+                let (s, e) = group(&c, 1).expect("the pattern has a group");
+                push(&mut found, s, e, Rule::HomePath);
+            }
+        }
+    }
+    // The shape rules, beneath them all, each only where it could find something: most names
+    // are short, with few digits, and cost one count of their bytes here.
+    let digits = t.bytes().filter(u8::is_ascii_digit).count();
+    let long = t.len() >= 16;
+    let codes = digits >= 2 && t.len() >= 8 && t.bytes().filter(u8::is_ascii_uppercase).count() >= 2;
+    if long || digits >= 6 || codes {
+        let keep = shape::keep_spans(t);
+        if long {
+            shape::random_runs(t, &keep, &mut found);
+        }
+        if digits >= 6 {
+            shape::digit_runs(t, &keep, &mut found);
+        }
+        if codes {
+            shape::document_codes(t, &keep, &mut found);
+        }
+    }
+    if found.is_empty() {
         return text.to_owned();
     }
-    let mut out = text.to_owned();
-    // Index `i` in ANY is the i-th rule below; rules run in this order, each only if the set
-    // saw its pattern (replacements only remove text, so they cannot create new matches).
-    let mut apply = |i: usize, regex: &Regex, rule: Rule, f: &dyn Fn(&Captures) -> Option<String>| {
-        if !candidates.matched(i) || !regex.is_match(&out) {
-            return;
-        }
-        let replaced = regex.replace_all(&out, |c: &Captures| match f(c) {
-            Some(replacement) => {
-                counts.add(rule);
-                replacement
+    mask(text, &decoded, found, counts)
+}
+
+/// The original text with the spans found masked: overlapping spans become one, named by the
+/// rule that found it first (the rules run from the most precise to the floor).
+fn mask(text: &str, decoded: &decode::Decoded<'_>, found: Vec<Found>, counts: &mut Redactions) -> String {
+    let mut spans: Vec<(usize, usize, usize, Rule)> = found
+        .into_iter()
+        .enumerate()
+        .filter(|(_, f)| f.start < f.end)
+        .map(|(order, f)| {
+            let (s, e) = decoded.original(f.start, f.end);
+            (s, e, order, f.rule)
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(usize, usize, usize, Rule)> = Vec::with_capacity(spans.len());
+    for span in spans {
+        match merged.last_mut() {
+            Some(last) if span.0 < last.1 => {
+                last.1 = last.1.max(span.1);
+                if span.2 < last.2 {
+                    (last.2, last.3) = (span.2, span.3);
+                }
             }
-            None => c[0].to_owned(),
-        });
-        out = replaced.into_owned();
-    };
-    apply(0, &PRIVATE_KEY, Rule::PrivateKey, &|_| Some("[PRIVATE_KEY]".into()));
-    apply(1, &BEARER, Rule::BearerToken, &|c| Some(format!("{} [TOKEN]", &c[1])));
-    apply(2, &JWT, Rule::Jwt, &|_| Some("[TOKEN]".into()));
-    apply(3, &API_KEY, Rule::ApiKey, &|_| Some("[API_KEY]".into()));
-    apply(13, &AWS_SECRET, Rule::ApiKey, &|c| {
-        is_aws_secret(&c[2]).then(|| format!("{}[API_KEY]{}", &c[1], &c[3]))
-    });
-    apply(4, &SECRET_ASSIGNMENT, Rule::Secret, &|c| {
-        let value = &c[0][c[1].len()..];
-        (!value.starts_with('[')).then(|| format!("{}[REDACTED]", &c[1]))
-    });
-    apply(5, &EMAIL, Rule::Email, &|_| Some("[EMAIL]".into()));
-    // IBANs before cards: an IBAN's digits can look like a card number.
-    apply(12, &IBAN, Rule::Iban, &|c| is_iban(&c[0]).then(|| "[IBAN]".into()));
-    // Twice: the characters around one card are part of its match, so a card right after
-    // another (one separator between them) is found on the second pass.
-    for _ in 0..2 {
-        apply(6, &CARD, Rule::Card, &|c| {
-            let (start, end) = card_within(&c[2])?;
-            let digits = &c[2];
-            Some(format!("{}{}[CARD]{}{}", &c[1], &digits[..start], &digits[end..], &c[3]))
-        });
+            _ => merged.push(span),
+        }
     }
-    apply(11, &SSN, Rule::NationalId, &|c| is_ssn(&c[1], &c[2], &c[3]).then(|| "[NATIONAL_ID]".into()));
-    apply(7, &IPV4, Rule::Ip, &|c| c[0].parse::<Ipv4Addr>().is_ok().then(|| "[IP]".into()));
-    apply(8, &IPV6, Rule::Ip, &|c| is_ipv6(&c[0]).then(|| "[IP]".into()));
-    apply(9, &PHONE, Rule::Phone, &|c| {
-        let digits = c[0].bytes().filter(u8::is_ascii_digit).count();
-        (8..=15).contains(&digits).then(|| "[PHONE]".into())
-    });
-    apply(10, &HOME, Rule::HomePath, &|c| (!c[2].starts_with('[')).then(|| format!("{}[USER]", &c[1])));
-    apply(14, &TILDE_HOME, Rule::HomePath, &|c| Some(format!("{}~[USER]/", &c[1])));
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (s, e, _, rule) in merged {
+        out.push_str(&text[at..s]);
+        out.push_str(rule.placeholder());
+        counts.add(rule);
+        at = e;
+    }
+    out.push_str(&text[at..]);
     out
 }
 
