@@ -230,13 +230,16 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
         // instant: a seat that ends within the few milliseconds a group spans still counts,
         // which errs on the side of the limit. `changed` keeps the group's own changes.
         let counted_at = earliest.map(store::naive).unwrap_or_default();
-        let newcomers: BTreeSet<&str> = group
-            .iter()
-            .zip(&refused)
-            .filter(|(_, r)| r.is_none())
-            .filter_map(|(p, _)| {
-                let Subject::Licensed(l) = &p.subject else { return None };
-                let license_id = licenses.get(&l.license_id.to_string())?.id.as_str();
+        // The group's check-ins that will be judged, each with its license's stored row.
+        let judged = || {
+            group.iter().zip(&refused).filter(|(_, r)| r.is_none()).filter_map(|(p, _)| match &p.subject {
+                Subject::Licensed(l) => licenses.get(&l.license_id.to_string()).map(|row| (p, row)),
+                _ => None,
+            })
+        };
+        let newcomers: BTreeSet<&str> = judged()
+            .filter_map(|(p, row)| {
+                let license_id = row.id.as_str();
                 let install = shared_install(p).unwrap_or(&p.instance_id).to_owned();
                 let held = holding(&installs, &instances, &(license_id.to_owned(), install), counted_at);
                 let loopback = p.exemption == Some(TelemetryExemption::Loopback);
@@ -259,13 +262,8 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
         // terms cost a statement per group. Those surely needed are read here in one
         // statement; a newcomer found past the seats in the loop reads its license's then.
         let mut terms: HashMap<String, Option<store::LicenseTerms>> = HashMap::new();
-        let wanted: BTreeSet<&str> = group
-            .iter()
-            .zip(&refused)
-            .filter(|(_, r)| r.is_none())
-            .filter_map(|(p, _)| {
-                let Subject::Licensed(l) = &p.subject else { return None };
-                let row = licenses.get(&l.license_id.to_string())?;
+        let wanted: BTreeSet<&str> = judged()
+            .filter_map(|(p, row)| {
                 let held = instances
                     .get(&(row.id.clone(), p.instance_id.clone()))
                     .and_then(|i| i.seat_until)
