@@ -48,15 +48,12 @@ impl<'a> Decoded<'a> {
         }
     }
 
-    /// The span of the original text that the decoded span `[start, end)` came from.
+    /// The span of the original text that the decoded span `[start, end)` came from; the span
+    /// is not empty.
     pub fn original(&self, start: usize, end: usize) -> (usize, usize) {
         match &self.origin {
             None => (start, end),
-            Some(map) if start < end => (map[start].0 as usize, map[end - 1].1 as usize),
-            Some(map) => {
-                let at = map.get(start).map_or_else(|| map.last().map_or(0, |m| m.1), |m| m.0);
-                (at as usize, at as usize)
-            }
+            Some(map) => (map[start].0 as usize, map[end - 1].1 as usize),
         }
     }
 }
@@ -81,12 +78,10 @@ fn decode_once(text: &str) -> Option<(String, Vec<(u32, u32)>)> {
             _ => None,
         };
         match decoded {
-            Some((chars, end)) => {
+            Some((c, end)) => {
                 changed = true;
-                // Every char of one escape maps to the whole escape.
-                for c in chars {
-                    push(&mut out, &mut map, c, i, end);
-                }
+                // Every byte of the decoded character maps to the whole escape.
+                push(&mut out, &mut map, c, i, end);
                 i = end;
             }
             None => {
@@ -115,7 +110,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// `%XX` escapes from `at`: as many as form whole UTF-8 characters (`%C3%A9` is one `é`).
-fn percent(text: &str, at: usize) -> Option<(Vec<char>, usize)> {
+fn percent(text: &str, at: usize) -> Option<(char, usize)> {
     let bytes = text.as_bytes();
     let mut raw = Vec::new();
     let mut ends = Vec::new();
@@ -135,16 +130,16 @@ fn percent(text: &str, at: usize) -> Option<(Vec<char>, usize)> {
     };
     let first = std::str::from_utf8(&raw[..valid]).ok()?.chars().next()?;
     let len = first.len_utf8();
-    Some((vec![first], ends[len - 1]))
+    Some((first, ends[len - 1]))
 }
 
 /// `\\`, `\/`, `\"` and `\uXXXX` (a surrogate pair as one character) from `at`.
-fn backslash(text: &str, at: usize) -> Option<(Vec<char>, usize)> {
+fn backslash(text: &str, at: usize) -> Option<(char, usize)> {
     let bytes = text.as_bytes();
     match bytes.get(at + 1)? {
-        b'\\' => Some((vec!['\\'], at + 2)),
-        b'/' => Some((vec!['/'], at + 2)),
-        b'"' => Some((vec!['"'], at + 2)),
+        b'\\' => Some(('\\', at + 2)),
+        b'/' => Some(('/', at + 2)),
+        b'"' => Some(('"', at + 2)),
         b'u' => {
             let unit = |from: usize| -> Option<u32> {
                 let digits = text.get(from..from + 4)?;
@@ -157,16 +152,16 @@ fn backslash(text: &str, at: usize) -> Option<(Vec<char>, usize)> {
                 }
                 let low = unit(at + 8).filter(|l| (0xDC00..0xE000).contains(l))?;
                 let c = char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))?;
-                return Some((vec![c], at + 12));
+                return Some((c, at + 12));
             }
-            Some((vec![char::from_u32(high)?], at + 6))
+            Some((char::from_u32(high)?, at + 6))
         }
         _ => None,
     }
 }
 
 /// A numeric character reference (`&#64;`, `&#x40;`) from `at`.
-fn reference(text: &str, at: usize) -> Option<(Vec<char>, usize)> {
+fn reference(text: &str, at: usize) -> Option<(char, usize)> {
     let rest = text.get(at + 2..)?;
     if !text[at..].starts_with("&#") {
         return None;
@@ -180,7 +175,7 @@ fn reference(text: &str, at: usize) -> Option<(Vec<char>, usize)> {
         return None;
     }
     let c = char::from_u32(u32::from_str_radix(&digits[..len], radix).ok()?)?;
-    Some((vec![c], at + skip + len + 1))
+    Some((c, at + skip + len + 1))
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ struct Found {
     rule: Rule,
 }
 
+/// Compiles one of the scrubber's own patterns (this module's and its children's).
 fn re(pattern: &str) -> Regex {
     Regex::new(pattern).expect("scrubber patterns are valid")
 }

@@ -6,11 +6,7 @@
 use regex::Regex;
 use std::sync::LazyLock;
 
-use super::{Found, Rule};
-
-fn re(pattern: &str) -> Regex {
-    Regex::new(pattern).expect("position patterns are valid")
-}
+use super::{re, Found, Rule};
 
 /// Any `-----BEGIN ...-----` block, whatever its label, to its END line or, when truncation
 /// cut that off, to the end of the text. Written with `-{5}` so that this pattern is not itself

@@ -26,11 +26,7 @@
 use regex::Regex;
 use std::sync::LazyLock;
 
-use super::{Found, Rule};
-
-fn re(pattern: &str) -> Regex {
-    Regex::new(pattern).expect("shape patterns are valid")
-}
+use super::{re, Found, Rule};
 
 /// Spans that identify code or time, not people, and that operators need; the shape rules
 /// leave them alone (the named rules and credentials by position do not). Each kind is a named
