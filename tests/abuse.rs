@@ -60,11 +60,32 @@ fn text_a_backend_cannot_store_is_refused_at_validation(h: Harness) {
         let body = h.check_in_body(&key, "nul-sender", &nonce(), Some(&b.to_string()));
         assert_eq!(error_code(&h, body), (400, "invalid_telemetry".to_owned()), "NUL in the {place}");
     }
-    // An instance id is stored as it is, so one carrying a secret is refused.
-    for id in ["AKIAIOSFODNN7EXAMPLE", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"] {
+    // An instance id is stored as it is: one carrying a secret is refused, and so is one that
+    // is neither a UUID, a digest nor a short identifier no rule changes.
+    let roomy = h.license(Tier::Community, 10);
+    let refused = [
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        "bench-0000001",
+        "customer-acme-corp-production-server-eu",
+        "0123456789ABCDEF0123456789ABCDEF",
+    ];
+    let accepted = [
+        "be0c0000-0000-4000-8000-000000000001",
+        "5f0c2a9e11aa4b7c9d3e5f0c2a9e11aa",
+        "web-1",
+        "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",
+    ];
+    for (id, ok) in refused.iter().map(|id| (id, false)).chain(accepted.iter().map(|id| (id, true))) {
         let body =
-            h.check_in_body(&key, id, &nonce(), Some(&batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()));
-        assert_eq!(error_code(&h, body), (400, "invalid_instance_id".to_owned()), "{id}");
+            h.check_in_body(&roomy, id, &nonce(), Some(&batch(uuid::Uuid::new_v4(), 1, 1, 0).to_string()));
+        let (code, answer) = h.post_raw("/v1/check-ins", "application/json", body);
+        let outcome = if ok { answer["status"].clone() } else { answer["error"]["code"].clone() };
+        assert_eq!(
+            (code, outcome),
+            if ok { (200, json!("valid")) } else { (400, json!("invalid_instance_id")) },
+            "{id}: {answer}"
+        );
     }
     // Line breaks and tabs in messages stay allowed: they are operational text.
     let mut b = batch(uuid::Uuid::new_v4(), 2, 1, 1);

@@ -58,12 +58,13 @@ fn a_batch_carries_exactly_what_was_tracked_and_nothing_personal() {
     let batch = telemetry.take_batch(id, (t0 - Duration::hours(24), t0), environment());
     assert_eq!(batch.schema, 1);
     assert_eq!(batch.batch_id, id);
-    assert_eq!(batch.usage.len(), 2);
+    // The UI action's name carries an address: it is dropped and counted, never renamed.
+    assert_eq!(batch.usage.len(), 1);
     assert_eq!(
         (batch.usage[0].kind, batch.usage[0].name.as_str(), batch.usage[0].count),
         (UsageKind::Feature, "export_pdf", 3)
     );
-    assert_eq!(batch.usage[1].name, "clicked for [EMAIL]");
+    assert_eq!(batch.redactions["dropped_name"], 1);
     let route = &batch.performance[0];
     assert_eq!((route.count, route.errors, route.max_ms), (2, 1, 40.0));
     assert!((route.p50_ms - 12.0).abs() <= 0.12 && (route.p99_ms - 40.0).abs() <= 0.4, "{route:?}");
@@ -83,7 +84,8 @@ fn a_batch_carries_exactly_what_was_tracked_and_nothing_personal() {
     use chrono::Timelike as _;
     assert_eq!(batch.sessions.hourly.iter().sum::<u64>(), 2);
     assert!(batch.sessions.hourly[9] >= 1 && batch.sessions.hourly[dropped_at.hour() as usize] >= 1);
-    assert!(batch.redactions["email"] >= 2, "{:?}", batch.redactions);
+    // The two timeouts differ only in a number: one raw group, scrubbed once at the drain.
+    assert_eq!(batch.redactions["email"], 1, "{:?}", batch.redactions);
     assert_eq!(batch.dropped.overflow, 0);
 
     let json = serde_json::to_string(&batch).unwrap();

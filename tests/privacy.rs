@@ -129,3 +129,50 @@ fn a_windows_home_path_inside_a_url_path_is_still_found() {
     // A URL's own /users/ segment is not a home directory.
     assert_eq!(licensor::privacy::scrub("GET /users/{id}/orders").0, "GET /users/{id}/orders");
 }
+
+#[test]
+fn names_are_identifiers_or_dropped_and_counted() {
+    use licensor::privacy::{keep_name, route_template, Redactions};
+    let mut counts = Redactions::default();
+    for name in [
+        "export_pdf",
+        "GET /users/{id}",
+        "billing.invoices",
+        "x86_64",
+        "1.4.2+build.7",
+        "@licensor/node",
+        "/api/v2/customers/:id",
+        "sso",
+        "dd1",
+    ] {
+        assert_eq!(keep_name(name, &mut counts), Some(name), "{name}");
+    }
+    assert_eq!(counts.total(), 0);
+    let long = "a".repeat(129);
+    for name in [
+        "",
+        " export",
+        "export ",
+        "GET  /a",
+        "Payment failed, Jane!",
+        "name=value",
+        "/search?q=x",
+        "jane%40example.com",
+        "~jdoe/bin",
+        r"C:\Users\jdoe",
+        "café",
+        long.as_str(),
+        // Fits the grammar, but a rule finds something in it.
+        "user jane@example.com",
+        "tenant 4111111111111111",
+        "Zx9Qe4Lm2Rt7Yb1Kc8Wd",
+    ] {
+        assert_eq!(keep_name(name, &mut counts), None, "{name}");
+    }
+    assert_eq!(counts.by_name().get("dropped_name"), Some(&15));
+    assert_eq!(counts.total(), 15, "a dropped name counts once, under dropped_name only");
+
+    assert_eq!(route_template("/files/{name:.*}"), "/files/{name}");
+    assert_eq!(route_template(r"/users/{id:\d+}/orders/{order}"), "/users/{id}/orders/{order}");
+    assert_eq!(route_template("/a/:id"), "/a/:id");
+}

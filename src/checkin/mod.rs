@@ -285,8 +285,8 @@ impl CheckInService {
             license_key: request.license_key,
             instance_id: request.instance_id,
             nonce: request.nonce,
-            // Stored with the instance and the check-in: scrubbed like every telemetry string.
-            software_version: privacy::scrub(&request.software_version).0,
+            // Stored with the instance and the check-in: a name like every other, or empty.
+            software_version: version_name(&request.software_version),
             now,
             subject,
             telemetry,
@@ -342,7 +342,7 @@ impl CheckInService {
             license_key: body.license_key,
             instance_id: body.instance_id,
             nonce: body.nonce,
-            software_version: privacy::scrub(&body.software_version).0,
+            software_version: version_name(&body.software_version),
             now,
             subject: Subject::Licensed(license),
             telemetry: Some(Telemetry { batch_id: batch.batch_id, digest, stored: Some(stored) }),
@@ -506,6 +506,26 @@ impl CheckInService {
     }
 }
 
+/// A software version as it is stored: itself when it is an identifier the scrubber leaves
+/// unchanged, else empty (unknown).
+fn version_name(version: &str) -> String {
+    privacy::keep_name(version, &mut privacy::Redactions::default()).unwrap_or_default().to_owned()
+}
+
+/// The longest instance id that is neither a UUID nor a hex digest.
+const MAX_SHORT_INSTANCE_ID: usize = 32;
+
+/// Whether an instance id is one the server stores and shows as it is: a canonical UUID, a
+/// lowercase hex digest (32, 40 or 64 digits), or a short identifier the scrubber leaves
+/// unchanged. Anything else could carry a secret or a name into every view.
+fn acceptable_instance_id(id: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let uuid =
+        uuid::Uuid::try_parse(id).is_ok() && id.len() == 36 && id.bytes().filter(|b| *b == b'-').count() == 4;
+    let digest = matches!(id.len(), 32 | 40 | 64) && hex(id);
+    uuid || digest || (id.len() <= MAX_SHORT_INSTANCE_ID && privacy::is_unchanged(id))
+}
+
 /// Checks what every request of an instance carries: its id and the client's nonce.
 fn check_instance_and_nonce(instance_id: &str, nonce: &str) -> Result<(), BadRequest> {
     if !protocol::valid_instance_id(instance_id) {
@@ -514,12 +534,12 @@ fn check_instance_and_nonce(instance_id: &str, nonce: &str) -> Result<(), BadReq
             "instance_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
         ));
     }
-    // The instance id is stored and shown as it is, never scrubbed: one that the scrubber
-    // would change (an access key, say) is refused rather than kept.
-    if privacy::scrub(instance_id).1.total() > 0 {
+    // The instance id is stored and shown as it is, never scrubbed: one that could carry a
+    // secret or a name (an access key, say) is refused rather than kept.
+    if !acceptable_instance_id(instance_id) {
         return Err(bad(
             "invalid_instance_id",
-            "instance_id looks like a secret or personal data; use a random id, as the client library does",
+            "instance_id must be a UUID, a lowercase hex digest or a short identifier that is not secret or personal data; use a random UUID, as the client library does",
         ));
     }
     if !protocol::valid_nonce(nonce) {

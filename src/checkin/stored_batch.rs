@@ -18,29 +18,40 @@ pub(super) fn scrubbed_batch(
     let batch_id = b.batch_id.to_string();
     let received_at = store::naive(now);
     let mut counts = Redactions::default();
-    let mut s = |text: &str| privacy::scrub_into(text, &mut counts);
-
+    // Names must be identifiers the rules leave unchanged: one that is not is dropped and
+    // counted, never renamed (see `privacy::keep_name`). A single environment string that
+    // fails becomes empty, which the views read as unknown.
+    let mut name = |text: &str| privacy::keep_name(text, &mut counts).map(str::to_owned);
     let mut environment = b.environment.clone();
-    environment.app_version = s(&environment.app_version);
-    environment.os = s(&environment.os);
-    environment.arch = s(&environment.arch);
-    environment.modules_enabled = environment.modules_enabled.iter().map(|m| s(m)).collect();
-    environment.health = environment.health.iter().map(|(k, v)| (s(k), *v)).collect();
+    environment.app_version = name(&environment.app_version).unwrap_or_default();
+    environment.os = name(&environment.os).unwrap_or_default();
+    environment.arch = name(&environment.arch).unwrap_or_default();
+    environment.modules_enabled = environment.modules_enabled.iter().filter_map(|m| name(m)).collect();
+    environment.health = environment.health.iter().filter_map(|(k, v)| Some((name(k)?, *v))).collect();
     let usage: Vec<protocol::UsageCount> = b
         .usage
         .iter()
-        .map(|u| protocol::UsageCount { kind: u.kind, name: s(&u.name), count: u.count })
+        .filter_map(|u| Some(protocol::UsageCount { kind: u.kind, name: name(&u.name)?, count: u.count }))
         .collect();
     let routes: Vec<protocol::RoutePerformance> = b
         .performance
         .iter()
-        .map(|p| protocol::RoutePerformance {
-            method: s(&p.method),
-            route: s(&p.route),
-            sketch: s(&p.sketch),
-            ..p.clone()
+        .filter_map(|p| {
+            let route = privacy::route_template(&p.route);
+            let (method, route) = (name(&p.method), name(&route));
+            Some(protocol::RoutePerformance {
+                method: method?,
+                route: route?,
+                // A sketch is numbers the protocol declares: kept when it reads as one, in its
+                // own encoding, never scrubbed as text (a count of a million is not a phone).
+                sketch: crate::sketch::Sketch::decode(&p.sketch).map(|k| k.encode()).unwrap_or_default(),
+                ..p.clone()
+            })
         })
         .collect();
+    let redactions: std::collections::BTreeMap<String, u64> =
+        b.redactions.iter().filter_map(|(k, v)| Some((name(k)?, *v))).collect();
+    let mut s = |text: &str| privacy::scrub_into(text, &mut counts);
     let errors = b
         .errors
         .iter()
@@ -57,8 +68,6 @@ pub(super) fn scrubbed_batch(
             last_seen: store::naive(e.last_seen),
         })
         .collect();
-    let redactions: std::collections::BTreeMap<String, u64> =
-        b.redactions.iter().map(|(k, v)| (s(k), *v)).collect();
     let payload = store::PayloadRow {
         batch_id: batch_id.clone(),
         received_at,

@@ -92,7 +92,7 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
                     let instance = i % instances;
                     let body = request_body(
                         &keys[instance % licenses],
-                        &format!("load-{run}-{instance}"),
+                        &format!("{run}-0000-4000-8000-{instance:012x}"),
                         &template,
                     );
                     let sent = Instant::now();

@@ -212,7 +212,7 @@ impl Tracked {
             Err(e) => (e.as_response_error().status_code(), None),
         };
         // An unmatched path is never recorded as itself (it may hold anything).
-        let route = pattern.as_deref().unwrap_or("(unmatched)");
+        let route = pattern.as_deref().unwrap_or("{unmatched}");
         worker.record(&self.method, route, status.as_u16(), nanos);
         if status.is_server_error() {
             let message = format!("{} {route} answered {}", self.method.as_str(), status.as_u16());

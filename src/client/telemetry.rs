@@ -1,8 +1,8 @@
 //! The collector, [`Telemetry`]: usage counters, request figures, deduplicated errors and sessions,
 //! and the assembly of a schema-1 batch from them. Scrubbing happens here, when figures are
-//! drained, off the host's hot paths: names and routes go through the PII scrubber, error
-//! messages and stacks through the privacy pipeline, and the redaction counts travel in the
-//! batch.
+//! drained, off the host's hot paths and out of every lock: names and routes must be
+//! identifiers the scrubber leaves unchanged (or they are dropped), error messages and stacks
+//! go through the scrubber, and the redaction counts travel in the batch.
 
 use chrono::{DateTime, Timelike as _, Utc};
 use sha2::{Digest as _, Sha256};
@@ -95,16 +95,31 @@ pub struct Telemetry {
 
 #[derive(Default)]
 struct Errors {
-    groups: BTreeMap<String, ErrorGroup>,
+    /// Raw events by [`raw_key`], unscrubbed until the drain.
+    raw: rustc_hash::FxHashMap<u64, RawError>,
+    /// The most error groups a batch carries.
     max: usize,
     overflow: u64,
-    redactions: Redactions,
     sampling: Sampling,
     sampled: u64,
     throttled: u64,
     /// The throttle's current minute and the events kept in it.
     window: (i64, u32),
 }
+
+/// An error as tracked: cut to size, not yet scrubbed.
+struct RawError {
+    category: String,
+    message: String,
+    stack: Vec<String>,
+    count: u64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+}
+
+/// Raw events held per error group a batch may carry: raw events that differ only in what
+/// the scrubber masks (an e-mail, a token) become one group at the drain.
+const RAW_PER_GROUP: usize = 2;
 
 impl Telemetry {
     pub fn new(limits: &Limits) -> Telemetry {
@@ -207,28 +222,30 @@ impl Telemetry {
                 errors.window.1 += 1;
             }
         }
-        let mut counts = Redactions::default();
-        let message = privacy::scrub_into(&cut(message, 2_048), &mut counts);
-        let category = privacy::scrub_into(&cut(category, 128), &mut counts);
-        let fingerprint = fingerprint(&category, &message);
-        if let Some(group) = errors.groups.get_mut(&fingerprint) {
+        // Only what is cheap happens here, under the lock: the raw event is counted under a
+        // key that ignores its numbers. Scrubbing (microseconds) waits for the drain.
+        let key = raw_key(category, message);
+        if let Some(group) = errors.raw.get_mut(&key) {
             group.count += 1;
             group.last_seen = group.last_seen.max(now);
             return;
         }
-        if errors.groups.len() >= errors.max {
+        if errors.raw.len() >= errors.max.saturating_mul(RAW_PER_GROUP) {
             errors.overflow += 1;
             return;
         }
-        let stack = privacy::cut_stack(stack, &mut counts);
-        errors.redactions.merge(&counts);
-        errors.groups.insert(
-            fingerprint.clone(),
-            ErrorGroup {
-                fingerprint,
-                error_type: if category.is_empty() { "error".into() } else { category },
-                message,
-                stack: stack.into_iter().map(|l| cut(&l, 512)).collect(),
+        errors.raw.insert(
+            key,
+            RawError {
+                category: cut(category, 128),
+                message: cut(message, 2_048),
+                stack: stack
+                    .iter()
+                    .map(|f| f.as_ref().trim())
+                    .filter(|f| !f.is_empty())
+                    .take(privacy::MAX_STACK_FRAMES)
+                    .map(str::to_owned)
+                    .collect(),
                 count: 1,
                 first_seen: now,
                 last_seen: now,
@@ -285,22 +302,31 @@ impl Telemetry {
         // Scrubbing and normalising can make two keys one (two emails become `[EMAIL]`, two
         // ids `:id`): they are merged here, so a batch never lists a key twice.
         let mut merged_usage: BTreeMap<(UsageKind, String), u64> = BTreeMap::new();
+        // A name that is not an identifier, or that a rule would change, is dropped and
+        // counted; it is never renamed.
         for (kind, name, count) in counts {
-            *merged_usage.entry((kind, privacy::scrub_into(&name, &mut redactions))).or_default() += count;
+            if let Some(name) = privacy::keep_name(&name, &mut redactions) {
+                *merged_usage.entry((kind, name.to_owned())).or_default() += count;
+            }
         }
         let usage =
             merged_usage.into_iter().map(|((kind, name), count)| UsageCount { kind, name, count }).collect();
         let (routes, route_overflow) = self.requests.drain();
         let mut merged_routes: BTreeMap<(String, String), RouteFigures> = BTreeMap::new();
         for r in routes {
-            let method = privacy::scrub_into(&r.method, &mut redactions);
             // A raw path (an application without route patterns) counts by its shape: ids,
-            // UUIDs, long hex, emails and tokens become `:id`.
-            let route = if r.route.starts_with('/') {
-                privacy::scrub_into(&privacy::normalize_path(&r.route), &mut redactions)
+            // UUIDs, long hex, emails and tokens become `:id`; a pattern loses its regexes.
+            let route = if r.route.starts_with('/') && !r.route.contains('{') {
+                privacy::normalize_path(&r.route)
             } else {
-                privacy::scrub_into(&r.route, &mut redactions)
+                privacy::route_template(&r.route).into_owned()
             };
+            let (Some(method), Some(route)) =
+                (privacy::keep_name(&r.method, &mut redactions), privacy::keep_name(&route, &mut redactions))
+            else {
+                continue;
+            };
+            let (method, route) = (method.to_owned(), route.to_owned());
             match merged_routes.get_mut(&(method.clone(), route.clone())) {
                 Some(m) => {
                     m.count += r.count;
@@ -320,19 +346,49 @@ impl Telemetry {
                 RoutePerformance::from_sketch(method, route, r.count, r.errors, r.max_ms, &r.sketch)
             })
             .collect();
-        let (errors, error_overflow, sampled, throttled) = match self.errors.lock() {
-            Ok(mut e) => {
-                redactions.merge(&e.redactions);
-                e.redactions = Redactions::default();
-                (
-                    std::mem::take(&mut e.groups).into_values().collect(),
-                    std::mem::take(&mut e.overflow),
-                    std::mem::take(&mut e.sampled),
-                    std::mem::take(&mut e.throttled),
-                )
-            }
-            Err(_) => (Vec::new(), 0, 0, 0),
+        let (raw, mut error_overflow, sampled, throttled, max_groups) = match self.errors.lock() {
+            Ok(mut e) => (
+                std::mem::take(&mut e.raw),
+                std::mem::take(&mut e.overflow),
+                std::mem::take(&mut e.sampled),
+                std::mem::take(&mut e.throttled),
+                e.max,
+            ),
+            Err(_) => (Default::default(), 0, 0, 0, 0),
         };
+        // Scrubbed out of the lock: tracking goes on meanwhile.
+        let mut groups: BTreeMap<String, ErrorGroup> = BTreeMap::new();
+        let mut raw: Vec<RawError> = raw.into_values().collect();
+        raw.sort_by_key(|r| r.first_seen);
+        for r in raw {
+            let message = privacy::scrub_into(&r.message, &mut redactions);
+            let category = privacy::scrub_into(&r.category, &mut redactions);
+            let fingerprint = fingerprint(&category, &message);
+            if let Some(group) = groups.get_mut(&fingerprint) {
+                group.count += r.count;
+                group.first_seen = group.first_seen.min(r.first_seen);
+                group.last_seen = group.last_seen.max(r.last_seen);
+                continue;
+            }
+            if groups.len() >= max_groups {
+                error_overflow += r.count;
+                continue;
+            }
+            let stack = privacy::cut_stack(&r.stack, &mut redactions);
+            groups.insert(
+                fingerprint.clone(),
+                ErrorGroup {
+                    fingerprint,
+                    error_type: if category.is_empty() { "error".into() } else { category },
+                    message,
+                    stack: stack.into_iter().map(|l| cut(&l, 512)).collect(),
+                    count: r.count,
+                    first_seen: r.first_seen,
+                    last_seen: r.last_seen,
+                },
+            );
+        }
+        let errors: Vec<ErrorGroup> = groups.into_values().collect();
         let sessions = self.sessions.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
         let users = self.users.lock().map(|mut u| u.drain().collect()).unwrap_or_default();
         Figures {
@@ -355,8 +411,7 @@ impl Telemetry {
     /// the flusher should drain now rather than at its next tick. Counter keys and routes are
     /// not freed by a drain (each is registered once and bounded for the collector's life).
     pub fn needs_flush(&self) -> bool {
-        let errors =
-            self.errors.lock().map(|e| e.max > 0 && e.groups.len() * 4 >= e.max * 3).unwrap_or(false);
+        let errors = self.errors.lock().map(|e| e.max > 0 && e.raw.len() * 4 >= e.max * 3).unwrap_or(false);
         let users = self.users.lock().map(|u| u.len() * 4 >= MAX_USERS * 3).unwrap_or(false);
         errors || users
     }
@@ -393,6 +448,27 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.record(Utc::now());
     }
+}
+
+/// The key raw events are counted under before the drain: category and message with their
+/// runs of digits and hex taken out, hashed fast (a grouping key, never sent).
+fn raw_key(category: &str, message: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = rustc_hash::FxHasher::default();
+    category.hash(&mut hasher);
+    let mut in_number = false;
+    for c in message.chars().take(2_048) {
+        if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_number) {
+            if !in_number {
+                hasher.write_u8(b'#');
+                in_number = true;
+            }
+        } else {
+            in_number = false;
+            c.hash(&mut hasher);
+        }
+    }
+    hasher.finish()
 }
 
 /// Category and message with the particulars (numbers, ids) taken out, hashed: the same error

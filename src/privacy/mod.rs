@@ -45,6 +45,8 @@ pub enum Rule {
     NationalId,
     Iban,
     Number,
+    /// Not a masking rule: a name that failed the identifier grammar or the rules, dropped.
+    Name,
 }
 
 impl Rule {
@@ -67,6 +69,7 @@ impl Rule {
             Rule::NationalId => "national_id",
             Rule::Iban => "iban",
             Rule::Number => "number",
+            Rule::Name => "dropped_name",
         }
     }
 
@@ -89,6 +92,7 @@ impl Rule {
             Rule::NationalId => "[NATIONAL_ID]",
             Rule::Iban => "[IBAN]",
             Rule::Number => "[NUMBER]",
+            Rule::Name => "[NAME]",
         }
     }
 }
@@ -513,6 +517,81 @@ fn luhn(digits: &[u8]) -> bool {
 fn is_ipv6(text: &str) -> bool {
     let text = text.trim_end_matches(':');
     text.matches(':').count() >= 2 && text.parse::<Ipv6Addr>().is_ok() && text != "::"
+}
+
+/// The longest name recorded, in bytes (usage names, route templates, modules, health keys,
+/// environment strings).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `name` fits the identifier grammar names must fit: 1 to [`MAX_NAME_LEN`] ASCII
+/// letters, digits and `_ . : / - { } * @ +`, with single spaces between words (`GET /a`).
+/// Everything a person writes in prose (quotes, commas, `=`, `?`, `%`, `~`, backslashes,
+/// non-ASCII letters) falls outside it.
+pub fn fits_name_grammar(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
+        && !name.contains("  ")
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'_' | b'.' | b':' | b'/' | b'-' | b'{' | b'}' | b'*' | b'@' | b'+' | b' ')
+        })
+}
+
+/// A name as it may be recorded: itself when it fits the identifier grammar and no rule would
+/// change it; otherwise `None`, counted once under [`Rule::Name`]. A name is never renamed: a
+/// masked name (`user [EMAIL]`) could merge with another tenant's and mean something else.
+pub fn keep_name<'a>(name: &'a str, counts: &mut Redactions) -> Option<&'a str> {
+    if fits_name_grammar(name) && is_unchanged(name) {
+        Some(name)
+    } else {
+        counts.add(Rule::Name);
+        None
+    }
+}
+
+/// Whether no rule finds anything in `text`.
+pub fn is_unchanged(text: &str) -> bool {
+    let mut counts = Redactions::default();
+    let out = scrub_into(text, &mut counts);
+    counts.total() == 0 && out == text
+}
+
+/// A route pattern with each parameter's regular expression cut off: `/files/{name:.*}`
+/// counts as `/files/{name}`, which fits the name grammar.
+pub fn route_template(route: &str) -> std::borrow::Cow<'_, str> {
+    if !route.contains(':') || !route.contains('{') {
+        return route.into();
+    }
+    let mut out = String::with_capacity(route.len());
+    let mut depth = 0usize;
+    let mut cutting = false;
+    for c in route.chars() {
+        match c {
+            '{' => {
+                depth += 1;
+                if depth == 1 {
+                    out.push(c);
+                    continue;
+                }
+            }
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    cutting = false;
+                    out.push(c);
+                    continue;
+                }
+            }
+            ':' if depth == 1 => cutting = true,
+            _ => {}
+        }
+        if depth == 0 || !cutting {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// Pseudonymises a user id: HMAC-SHA-256 keyed with the install's secret salt, lowercase hex.

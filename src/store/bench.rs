@@ -124,7 +124,10 @@ impl Store {
             })?,
         );
         let install = |i: usize| {
-            (license_rows[i / plan.installs_per_license.max(1)].id.clone(), format!("bench-{i:07}"))
+            (
+                license_rows[i / plan.installs_per_license.max(1)].id.clone(),
+                format!("be0c0000-0000-4000-8000-{i:012}"),
+            )
         };
         let instance_rows: Vec<InstanceRow> = (0..plan.installs)
             .map(|i| {
@@ -365,7 +368,7 @@ impl Store {
         let mut check_ins = Vec::new();
         for i in 0..plan.installs {
             let license_id = format!("00000000-0000-4000-8000-{:012}", i / licenses);
-            let instance_id = format!("bench-{i:07}");
+            let instance_id = format!("be0c0000-0000-4000-8000-{i:012}");
             let tier = tier_of(i / licenses);
             let version = version_of(i, d, plan.days);
             let batch_id = uuid::Uuid::from_u128(rng.gen()).to_string();

@@ -383,7 +383,14 @@ impl Licensing {
         if !self.verifier.telemetry.enabled() {
             return;
         }
-        let name = crate::privacy::scrub(&name.chars().take(128).collect::<String>()).0;
+        // A health key is a name like any other: an identifier the scrubber leaves as it is.
+        if crate::privacy::keep_name(name, &mut crate::privacy::Redactions::default()).is_none() {
+            tracing::warn!(
+                "health check not registered: its name must be an identifier (see docs/privacy.md)"
+            );
+            return;
+        }
+        let name = name.to_owned();
         if let Ok(mut checks) = self.verifier.health_checks.lock() {
             checks.retain(|(n, _)| *n != name);
             checks.push((name, Arc::new(Box::new(check))));

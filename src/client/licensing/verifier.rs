@@ -541,7 +541,15 @@ impl Verifier {
             arch: std::env::consts::ARCH.into(),
             // Filled in by the store from its tables.
             user_count_range: UserCountRange::UpTo10,
-            modules_enabled: self.modules_enabled.clone(),
+            // Only identifiers leave the install (see `privacy::keep_name`).
+            modules_enabled: self
+                .modules_enabled
+                .iter()
+                .filter(|m| {
+                    crate::privacy::keep_name(m, &mut crate::privacy::Redactions::default()).is_some()
+                })
+                .cloned()
+                .collect(),
             uptime_hours: ((now - self.started).num_seconds().max(0) as f64 / 36.0).round() / 100.0,
             last_sync_status: self.last_sync(),
             health: BTreeMap::new(),
