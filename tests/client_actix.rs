@@ -338,9 +338,16 @@ async fn the_privacy_page_explains_and_offers_the_controls_the_tier_allows() {
         "IP addresses",
         "The pro tier's license requires usage telemetry",
         "<a href=\"summary\">",
+        "<a href=\"privacy-rules\">the privacy rules</a>",
     ] {
         assert!(html.contains(expected), "{expected}: {html}");
     }
+    let rules =
+        test::call_service(&app, test::TestRequest::get().uri("/telemetry/privacy-rules").to_request()).await;
+    assert_eq!(rules.headers().get("content-type").unwrap(), "text/plain; charset=utf-8");
+    let rules = String::from_utf8(test::read_body(rules).await.to_vec()).unwrap();
+    assert!(rules.starts_with("# What the scrubber masks, and what it keeps"), "{rules}");
+    assert!(rules.contains("## Public figures no one can single out"));
     for absent in ["<script", "<link", "src=", "url(", "<form", "public insights"] {
         assert!(!html.contains(absent), "{absent}: {html}");
     }

@@ -6,6 +6,8 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -460,23 +462,7 @@ fn user_controls_show_what_is_sent_and_a_restart_runs_offline() {
 
 #[test]
 fn the_pii_corpus_never_reaches_the_local_tables_the_payload_or_the_server() {
-    let corpus: Value = serde_json::from_str(include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/pii-corpus.json"
-    )))
-    .unwrap();
-    let secrets: Vec<String> = corpus["secrets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["value"].as_str().unwrap().to_string())
-        .collect();
-    let fragments: Vec<String> = corpus["sensitive_fragments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
+    let (secrets, fragments) = common::pii_corpus();
 
     let dir = tempfile::TempDir::new().unwrap();
     let server = Server::start(dir.path(), free_port());

@@ -617,23 +617,7 @@ fn admin_issue_list_summary_and_erase(h: Harness) {
 }
 
 fn pii_in_every_batch_string_never_reaches_the_tables(h: Harness) {
-    let corpus: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pii-corpus.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let secrets: Vec<String> = corpus["secrets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["value"].as_str().unwrap().to_owned())
-        .collect();
-    let fragments: Vec<String> = corpus["sensitive_fragments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect();
+    let (secrets, fragments) = common::pii_corpus();
     let key = h.license(Tier::Pro, 100);
     for (i, secret) in secrets.iter().enumerate() {
         // Names may not hold control characters; the PEM key goes where free text may.

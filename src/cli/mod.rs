@@ -672,9 +672,15 @@ pub struct ServeArgs {
     /// authentication [default: off].
     #[arg(long, env = "LICENSOR_PUBLIC_INSIGHTS")]
     pub public_insights: bool,
-    /// The fewest distinct installs behind any public figure (k), at least 2 [default: 10].
+    /// The fewest distinct licenses (customers) behind any public figure (k), at least 2
+    /// [default: 10].
     #[arg(long, env = "LICENSOR_INSIGHTS_MIN_INSTALLS")]
     pub insights_min_installs: Option<u32>,
+    /// Names the public insights publish, as comma-separated kind:name entries (feature:export,
+    /// api:GET /v1/items, version:2.1.0), beside those marked public in the dashboard
+    /// [default: none; every name folds into "other"].
+    #[arg(long, env = "LICENSOR_PUBLIC_NAMES")]
+    pub public_names: Option<String>,
     /// A second address serving only /metrics, without a token, for a private network
     /// [default: none; /metrics on the main address takes the admin token].
     #[arg(long, env = "LICENSOR_METRICS_BIND")]

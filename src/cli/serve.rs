@@ -42,6 +42,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         rate_limit_per_minute: args.rate_limit_per_minute,
         public_insights: args.public_insights.then_some(true),
         insights_min_installs: args.insights_min_installs,
+        public_names: args.public_names,
         metrics_bind: args.metrics_bind,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,

@@ -336,6 +336,7 @@ pub fn scope(licensing: Licensing) -> actix_web::Scope {
         .route("/preview", web::post().to(preview))
         .route("/ui-actions", web::post().to(ui_actions))
         .route("/privacy", web::get().to(privacy::page))
+        .route("/privacy-rules", web::get().to(privacy::rules))
         .route("/dashboard", web::get().to(dashboard))
         .route("/choice", web::post().to(privacy::choose))
 }
@@ -596,7 +597,12 @@ mod privacy {
             list(FULL),
             list(BASIC)
         ));
-        body.push_str(&format!("<section><h2>What is never sent</h2>{}</section>", list(NEVER)));
+        body.push_str(&format!(
+            "<section><h2>What is never sent</h2>{}<p>What the scrubber masks, what it keeps, what it \
+             cannot catch, and how the vendor's public figures protect each customer: \
+             <a href=\"privacy-rules\">the privacy rules</a> (text).</p></section>",
+            list(NEVER)
+        ));
         body.push_str(
             "<section><h2>See every byte</h2><p>The figures kept here: <a href=\"summary\">the last 24 hours</a> \
              (JSON). On the server running this application, <code>licensor telemetry preview</code> prints the \
@@ -613,6 +619,16 @@ mod privacy {
         body.push_str("</section>");
         body.push_str(&controls(&licensing, tier));
         html(StatusCode::OK, body)
+    }
+
+    /// The privacy rules (`docs/privacy.md`), as the library was built with them: served from
+    /// this deployment, so reading them asks nothing of another origin.
+    pub(super) async fn rules() -> HttpResponse {
+        HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(include_str!("../../docs/privacy.md"))
     }
 
     /// The controls the tier allows: all three on Enterprise; on Community and Pro, why none.

@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub rate_limit_per_minute: Option<u32>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
+    /// Comma-separated `kind:name` entries.
+    pub public_names: Option<String>,
     /// A second address that serves `/metrics` without a token (for a private network).
     pub metrics_bind: Option<String>,
     /// A PEM certificate chain: with `tls_key`, the server speaks HTTPS itself.
@@ -75,6 +77,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("trusted_proxies", "--trusted-proxies", "LICENSOR_TRUSTED_PROXIES"),
     ("public_insights", "--public-insights", "LICENSOR_PUBLIC_INSIGHTS"),
     ("insights_min_installs", "--insights-min-installs", "LICENSOR_INSIGHTS_MIN_INSTALLS"),
+    ("public_names", "--public-names", "LICENSOR_PUBLIC_NAMES"),
     ("metrics_bind", "--metrics-bind", "LICENSOR_METRICS_BIND"),
     ("tls_cert", "--tls-cert", "LICENSOR_TLS_CERT"),
     ("tls_key", "--tls-key", "LICENSOR_TLS_KEY"),
@@ -177,6 +180,7 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
+    pub public_names: Option<Vec<String>>,
     pub metrics_bind: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -250,8 +254,10 @@ pub struct ServerConfig {
     pub seats: crate::checkin::SeatRules,
     /// Serve the public, k-anonymous insights (`/insights`, `/v1/insights`).
     pub public_insights: bool,
-    /// The fewest distinct installs behind any public figure (k; at least 2).
+    /// The fewest distinct licenses (customers) behind any public figure (k; at least 2).
     pub insights_min_installs: u32,
+    /// Names the public insights publish (`(kind, name)`), beside those marked in the dashboard.
+    pub public_names: crate::store::PublicNames,
     /// The certificate chain and key the server terminates TLS with (reloaded on SIGHUP);
     /// `None`: plain HTTP, for a reverse proxy in front to terminate TLS.
     pub tls: Option<TlsFiles>,
@@ -504,10 +510,11 @@ impl ServerConfig {
         if rate_limit_per_address == 0 {
             return Err(src.invalid("rate_limit_per_address", given, "must be at least 1"));
         }
-        let given_list = opts.trusted_proxies.map(|list| {
-            list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
-        });
-        let (proxies, given) = src.pick("trusted_proxies", given_list, file.trusted_proxies);
+        let (proxies, given) = src.pick(
+            "trusted_proxies",
+            opts.trusted_proxies.as_deref().map(comma_list),
+            file.trusted_proxies,
+        );
         let trusted_proxies = proxies
             .unwrap_or_default()
             .iter()
@@ -534,6 +541,28 @@ impl ServerConfig {
                 "must be at least 2: a figure from one install would single it out",
             ));
         }
+
+        let (names, given) =
+            src.pick("public_names", opts.public_names.as_deref().map(comma_list), file.public_names);
+        let public_names = names
+            .unwrap_or_default()
+            .iter()
+            .map(|entry: &String| {
+                let parsed = entry.split_once(':').filter(|(kind, name)| {
+                    crate::store::PUBLIC_KINDS.contains(kind) && crate::privacy::fits_name_grammar(name)
+                });
+                parsed.map(|(kind, name)| (kind.to_owned(), name.to_owned())).ok_or_else(|| {
+                    src.invalid(
+                        "public_names",
+                        given,
+                        format!(
+                            "{entry:?} is not kind:name with a kind of {} and a name that is an identifier",
+                            crate::store::PUBLIC_KINDS.join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<crate::store::PublicNames, _>>()?;
 
         let (metrics_text, given) = src.pick("metrics_bind", opts.metrics_bind, file.metrics_bind);
         let metrics_bind = match metrics_text {
@@ -639,6 +668,7 @@ impl ServerConfig {
             seats: file.seats.unwrap_or_default(),
             public_insights: opts.public_insights.or(file.public_insights).unwrap_or(false),
             insights_min_installs,
+            public_names,
             tls,
             metrics_bind,
             admin_tokens,
@@ -808,4 +838,9 @@ pub fn remove_created(created: &[PathBuf]) {
             tracing::debug!("leaving {} in place: {e}", path.display());
         }
     }
+}
+
+/// A list setting given as one flag or variable: comma-separated, blanks ignored.
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
 }

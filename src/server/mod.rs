@@ -194,6 +194,10 @@ fn dashboard_routes(cfg: &mut web::ServiceConfig) {
                 web::resource("/licenses/{license_id}/instances/{instance_id}/release")
                     .route(web::post().to(d::release)),
             )
+            .service(
+                web::resource("/public-names/{kind}/{decision}/{name:.*}")
+                    .route(web::post().to(d::public_name)),
+            )
             .service(web::resource("/instances").route(web::get().to(d::instances)))
             .service(web::resource("/export/{view}.csv").route(web::get().to(d::export))),
     );
@@ -268,7 +272,9 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
         trusted_proxies: config.trusted_proxies.clone(),
-        public: config.public_insights.then(|| public::Public::new(config.insights_min_installs)),
+        public: config
+            .public_insights
+            .then(|| public::Public::new(config.insights_min_installs, config.public_names.clone())),
     };
     Ok((web::Data::new(state), store))
 }

@@ -1,7 +1,8 @@
 //! The public insights (`GET /insights`, `GET /v1/insights`): no authentication, off unless the
-//! operator turns them on. The figures are made k-anonymous by the store
-//! (`Store::public_insights`); here they are computed at most once per [`store::REFRESH`] and
-//! served from memory, so the page can face the internet: a request costs a lock and a clone.
+//! operator turns them on. The store makes the figures safe to publish and keeps each month's
+//! publication as it was (`Store::public_insights`); here the page is rendered at most once per
+//! [`store::REFRESH`] and served from memory, so it can face the internet: a request costs a
+//! lock and a clone.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -13,9 +14,6 @@ use super::{blocking, AppState};
 use crate::html::charts;
 use crate::store::{self, PublicInsights};
 
-/// The period the public figures cover, in days.
-pub const DAYS: u32 = 30;
-
 /// The page and its JSON, as computed at one moment.
 struct Rendered {
     at: chrono::DateTime<chrono::Utc>,
@@ -25,15 +23,23 @@ struct Rendered {
 
 /// The public insights of a server that publishes them.
 pub struct Public {
-    min_installs: u32,
+    /// k: the fewest distinct licenses behind a figure.
+    min_licenses: u32,
+    /// The names the `public_names` setting publishes (beside those marked in the dashboard).
+    names: store::PublicNames,
     current: RwLock<Option<Arc<Rendered>>>,
     /// One computation at a time; requests meanwhile get the page before.
     computing: tokio::sync::Mutex<()>,
 }
 
 impl Public {
-    pub fn new(min_installs: u32) -> Public {
-        Public { min_installs, current: RwLock::new(None), computing: tokio::sync::Mutex::new(()) }
+    pub fn new(min_licenses: u32, names: store::PublicNames) -> Public {
+        Public { min_licenses, names, current: RwLock::new(None), computing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The names the `public_names` setting publishes.
+    pub fn configured(&self) -> &store::PublicNames {
+        &self.names
     }
 
     fn fresh(&self, now: chrono::DateTime<chrono::Utc>) -> Option<Arc<Rendered>> {
@@ -64,18 +70,17 @@ impl PublicPage {
     }
 }
 
-fn render(view: PublicInsights) -> Result<Rendered, ApiError> {
+/// Renders a publication read at `at` (it stays in memory for [`store::REFRESH`] from then).
+fn render(view: PublicInsights, at: chrono::DateTime<chrono::Utc>) -> Result<Rendered, ApiError> {
     let json = serde_json::to_vec(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     let bars = |list: &[store::PublicFigure], share: bool| -> Vec<(String, f64)> {
-        list.iter()
-            .map(|f| (f.name.clone(), if share { f.share * 100.0 } else { f.count.unwrap_or(0) as f64 }))
-            .collect()
+        list.iter().map(|f| (f.name.clone(), if share { f.share as f64 } else { f.count as f64 })).collect()
     };
     let charts = vec![
         ("Popular API calls (count)", charts::bars("Popular API calls", &bars(&view.api_calls, false))),
         ("Common commands (count)", charts::bars("Common commands", &bars(&view.commands, false))),
         (
-            "Feature adoption (% of active installs)",
+            "Feature adoption (% of active customers)",
             charts::bars("Feature adoption", &bars(&view.features, true)),
         ),
         ("Module adoption (% of installs)", charts::bars("Module adoption", &bars(&view.modules, true))),
@@ -85,7 +90,6 @@ fn render(view: PublicInsights) -> Result<Rendered, ApiError> {
         ),
         ("Versions in use (% of installs)", charts::bars("Versions in use", &bars(&view.versions, true))),
     ];
-    let at = view.generated_at;
     let html = PublicPage { view, charts }.render().map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Rendered { at, json: json.into(), html: html.into() })
 }
@@ -101,9 +105,9 @@ async fn current(state: &AppState) -> Result<Arc<Rendered>, ApiError> {
     if let Some(r) = public.fresh(now) {
         return Ok(r);
     }
-    let (store, k) = (state.store.clone(), public.min_installs);
-    let view = blocking(move || Ok(store.public_insights(now, DAYS, k)?)).await?;
-    let rendered = Arc::new(render(view)?);
+    let (store, k, names) = (state.store.clone(), public.min_licenses, public.names.clone());
+    let view = blocking(move || Ok(store.public_insights(now, k, &names)?)).await?;
+    let rendered = Arc::new(render(view, now)?);
     *public.current.write().unwrap_or_else(|p| p.into_inner()) = Some(rendered.clone());
     Ok(rendered)
 }

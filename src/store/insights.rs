@@ -378,7 +378,7 @@ pub(super) fn rollup_routes(conn: &mut DbConnection, day: NaiveDate) -> Result<u
 
 /// The days a view covers: the `days` whole UTC days before `today` (the roll-ups hold whole
 /// days, rolled up after they end).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Period {
     /// The first day (inclusive).
     pub from: NaiveDate,

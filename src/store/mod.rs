@@ -40,7 +40,7 @@ pub use licensing::{
     SilentLicense,
 };
 pub use models::*;
-pub use public::{fold, looks_like_identifier, Entry, PublicFigure, PublicInsights, Rising, OTHER, REFRESH};
+pub use public::{coarse, PublicFigure, PublicInsights, PublicNames, Rising, OTHER, PUBLIC_KINDS, REFRESH};
 pub use sessions::DashboardSession;
 pub use telemetry::{
     ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,

@@ -241,9 +241,27 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    public_names (kind, name) {
+        kind -> Text,
+        name -> Text,
+        marked_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    public_publications (period_from) {
+        period_from -> Date,
+        body -> Text,
+        computed_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(instances -> licenses (license_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    public_names,
+    public_publications,
     licenses,
     instances,
     license_terms,

@@ -502,6 +502,60 @@ impl Store {
     }
 
     #[cfg(feature = "test-support")]
+    /// Every row of every table as text (a PostgreSQL row's text form; SQLite's `quote` of each
+    /// column), with the deflated payloads inflated: what a privacy test searches, whatever
+    /// table a later change adds.
+    pub fn every_text(&self) -> Result<Vec<String>, StoreError> {
+        #[derive(QueryableByName)]
+        struct One {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            text: String,
+        }
+        let mut conn = self.conn()?;
+        let mut out: Vec<String> = Vec::new();
+        match &mut *conn {
+            DbConnection::Postgresql(c) => {
+                let tables: Vec<One> = diesel::sql_query(
+                    "SELECT CAST(table_name AS TEXT) AS text FROM information_schema.tables \
+                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+                )
+                .load(c)?;
+                for t in tables {
+                    let rows: Vec<One> =
+                        diesel::sql_query(format!("SELECT CAST(t AS TEXT) AS text FROM \"{}\" t", t.text))
+                            .load(c)?;
+                    out.extend(rows.into_iter().map(|r| r.text));
+                }
+            }
+            DbConnection::Sqlite(c) => {
+                let tables: Vec<One> = diesel::sql_query(
+                    "SELECT name AS text FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                )
+                .load(c)?;
+                for t in tables {
+                    let columns: Vec<One> = diesel::sql_query(format!(
+                        "SELECT name AS text FROM pragma_table_info('{}')",
+                        t.text
+                    ))
+                    .load(c)?;
+                    let row: Vec<String> =
+                        columns.iter().map(|col| format!("COALESCE(quote(\"{}\"), '')", col.text)).collect();
+                    let sql = format!(
+                        "SELECT CAST({} AS TEXT) AS text FROM \"{}\"",
+                        row.join(" || ' ' || "),
+                        t.text
+                    );
+                    let rows: Vec<One> = diesel::sql_query(sql).load(c)?;
+                    out.extend(rows.into_iter().map(|r| r.text));
+                }
+            }
+        }
+        drop(conn);
+        out.extend(self.telemetry_text()?);
+        Ok(out)
+    }
+
+    #[cfg(feature = "test-support")]
     /// How many rows each telemetry table holds for an instance, for tests.
     pub fn telemetry_counts(&self, instance_id: &str) -> Result<BTreeMap<&'static str, i64>, StoreError> {
         let mut conn = self.conn()?;

@@ -163,6 +163,7 @@ impl Harness {
             seats: licensor::checkin::SeatRules { overage_days: 0, ..Default::default() },
             public_insights: false,
             insights_min_installs: 10,
+            public_names: Default::default(),
             tls: None,
             metrics_bind: None,
             admin_tokens: vec![],
@@ -370,4 +371,22 @@ pub fn client_config(h: &Harness, key: &str, data: &std::path::Path) -> licensor
 /// Runs a future to completion on a runtime of its own.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// The shared PII corpus (`tests/fixtures/pii-corpus.json`): its secrets, and the fragments of
+/// them that must never be found anywhere once they went through the product.
+pub fn pii_corpus() -> (Vec<String>, Vec<String>) {
+    let corpus: Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pii-corpus.json"
+    )))
+    .unwrap();
+    let strings = |list: &Value, field: Option<&str>| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| field.map_or(s, |f| &s[f]).as_str().unwrap().to_owned())
+            .collect()
+    };
+    (strings(&corpus["secrets"], Some("value")), strings(&corpus["sensitive_fragments"], None))
 }

@@ -309,6 +309,18 @@ pub struct UsagePage {
     pub kinds: [(&'static str, &'static str); 4],
     pub chart: String,
     pub view: store::Usage,
+    /// Per name of `view.names`: the public page's toggle, where this kind is published there.
+    pub toggles: Vec<Option<PublicToggle>>,
+    /// Whether the public insights are served at all.
+    pub publishing: bool,
+}
+
+/// A name's mark for the public page: whether it is public, and the form that changes it.
+pub struct PublicToggle {
+    pub public: bool,
+    /// Set by the `public_names` setting: the dashboard cannot take it away.
+    pub configured: bool,
+    pub action: String,
 }
 
 /// Usage per name of one kind.
@@ -318,7 +330,24 @@ pub async fn usage(session: Session, state: web::Data<AppState>, q: web::Query<U
     let period = period(&state, q.days)?;
     let kind = usage_kind(q.kind.as_deref().unwrap_or("feature"))?;
     let store = state.store.clone();
-    let view = blocking(move || Ok(store.insights_usage(period, kind)?)).await?;
+    let (view, marked) =
+        blocking(move || Ok((store.insights_usage(period, kind)?, store.public_names()?))).await?;
+    let configured = state.public.as_ref().map(|p| p.configured().clone()).unwrap_or_default();
+    let toggles = view
+        .names
+        .iter()
+        .map(|n| {
+            store::PUBLIC_KINDS.contains(&kind).then(|| {
+                let key = (kind.to_owned(), n.name.clone());
+                let (configured, public) = (configured.contains(&key), marked.contains(&key));
+                PublicToggle {
+                    public: public || configured,
+                    configured,
+                    action: public_name_path(kind, if public { "withhold" } else { "publish" }, &n.name),
+                }
+            })
+        })
+        .collect();
     let top: Vec<(String, f64)> =
         view.names.iter().take(15).map(|n| (n.name.clone(), n.count as f64)).collect();
     html(&UsagePage {
@@ -333,7 +362,54 @@ pub async fn usage(session: Session, state: web::Data<AppState>, q: web::Query<U
         ],
         chart: charts::bars("Most used names over the period", &top),
         view,
+        toggles,
+        publishing: state.public.is_some(),
     })
+}
+
+/// The form address that marks a name public or withholds it: each segment of the name
+/// encoded apart, so the route's tail receives its slashes as they are.
+fn public_name_path(kind: &str, decision: &str, name: &str) -> String {
+    let name: Vec<String> = name.split('/').map(|segment| encode(segment).to_string()).collect();
+    format!("/admin/public-names/{kind}/{decision}/{}", name.join("/"))
+}
+
+/// Marks a name public on the public insights page (`publish`), or takes the mark away
+/// (`withhold`). Recorded in the audit log, with the kind, the decision and the name. It takes
+/// effect with the next month's publication: a month already published is never revised.
+#[utoipa::path(post, path = "/admin/public-names/{kind}/{decision}/{name}", tag = "dashboard", security(("dashboard_session" = [])),
+    params(("kind" = String, Path, description = "api, command, feature, module or version"),
+        ("decision" = String, Path, description = "publish or withhold"),
+        ("name" = String, Path, description = "The name, as the usage view lists it")),
+    request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
+    responses(FormResponses))]
+pub async fn public_name(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+    form: Form<session::Token>,
+) -> Page {
+    form.session.may_change()?;
+    let (kind, decision, name) = path.into_inner();
+    let Some(kind) = store::PUBLIC_KINDS.iter().find(|k| **k == kind) else {
+        return Err(DashboardError::BadRequest(format!(
+            "{kind:?} is not a kind the public page lists ({})",
+            store::PUBLIC_KINDS.join(", ")
+        )));
+    };
+    let public = match decision.as_str() {
+        "publish" => true,
+        "withhold" => false,
+        _ => return Err(DashboardError::BadRequest(format!("{decision:?} is neither publish nor withhold"))),
+    };
+    if !crate::privacy::fits_name_grammar(&name) {
+        return Err(DashboardError::BadRequest(format!("{name:?} is not a name the usage views list")));
+    }
+    let (store, now) = (state.store.clone(), (state.clock)());
+    let n = name.clone();
+    blocking(move || Ok(store.set_public_name(kind, &n, public, now)?)).await?;
+    tracing::info!(kind, name = %name, public, "public name marked from the dashboard");
+    let back = if matches!(*kind, "api" | "command" | "feature") { *kind } else { "feature" };
+    Ok(see_other(&format!("/admin/usage?kind={back}")))
 }
 
 #[derive(Template)]

@@ -1,0 +1,2 @@
+DROP TABLE public_publications;
+DROP TABLE public_names;
