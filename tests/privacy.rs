@@ -176,3 +176,12 @@ fn names_are_identifiers_or_dropped_and_counted() {
     assert_eq!(route_template(r"/users/{id:\d+}/orders/{order}"), "/users/{id}/orders/{order}");
     assert_eq!(route_template("/a/:id"), "/a/:id");
 }
+
+#[test]
+fn the_corpus_covers_forty_classes_and_twenty_keep_cases() {
+    let corpus = corpus();
+    let classes: std::collections::BTreeSet<&str> =
+        corpus["secrets"].as_array().unwrap().iter().map(|s| s["class"].as_str().unwrap()).collect();
+    assert!(classes.len() >= 40, "{} classes", classes.len());
+    assert!(corpus["keep"].as_array().unwrap().len() >= 20);
+}
