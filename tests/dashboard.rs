@@ -147,24 +147,27 @@ fn pages_and_actions_work_for_a_signed_in_vendor_only(h: Harness) {
     // A name is marked public for the public page from the usage view, and the change is
     // recorded in the audit log with the kind, the decision and the name.
     let usage = page(&h, &c, &cookie, "/admin/usage?kind=feature&days=30");
-    let publish = "/admin/public-names/feature/publish/feature_0";
-    assert!(usage.contains(&format!("action=\"{publish}\"")), "{usage}");
     let csrf = csrf_of(&usage);
-    let r = c
-        .post(h.url(publish))
-        .header(header::COOKIE, &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .unwrap();
-    assert_eq!((r.status().as_u16(), location(&r)), (303, "/admin/usage?kind=feature".to_owned()));
-    let usage = page(&h, &c, &cookie, "/admin/usage?kind=feature&days=30");
-    assert!(usage.contains("action=\"/admin/public-names/feature/withhold/feature_0\""), "{usage}");
+    // Marks (kind, name) public from `view`'s page, which then offers to withhold it.
+    let mark = |view: &str, kind: &str, name: &str| {
+        let publish = format!("/admin/public-names/{kind}/publish/{name}");
+        assert!(page(&h, &c, &cookie, view).contains(&format!("action=\"{publish}\"")), "{view}");
+        let form = [("csrf", csrf.as_str())];
+        let r = c.post(h.url(&publish)).header(header::COOKIE, &cookie).form(&form).send().unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        assert!(view.starts_with(&location(&r)), "{view} after {}", location(&r));
+        let withhold = format!("action=\"/admin/public-names/{kind}/withhold/{name}\"");
+        assert!(page(&h, &c, &cookie, view).contains(&withhold), "{view}");
+    };
+    mark("/admin/usage?kind=feature&days=30", "feature", "feature_0");
     let (_, audit) = h.admin(reqwest::Method::GET, "/v1/admin/audit?limit=1", None);
     assert_eq!(audit["entries"][0]["target"], "kind=feature&decision=publish&name=feature_0", "{audit}");
     assert!(
         audit["entries"][0]["action"].as_str().unwrap().starts_with("POST /admin/public-names/"),
         "{audit}"
     );
+    // Modules are marked from the environment view.
+    mark("/admin/environment?days=30", "module", "org-chart");
     let r = c
         .post(h.url("/admin/public-names/colour/publish/red"))
         .header(header::COOKIE, &cookie)

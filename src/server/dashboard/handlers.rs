@@ -332,22 +332,7 @@ pub async fn usage(session: Session, state: web::Data<AppState>, q: web::Query<U
     let store = state.store.clone();
     let (view, marked) =
         blocking(move || Ok((store.insights_usage(period, kind)?, store.public_names()?))).await?;
-    let configured = state.public.as_ref().map(|p| p.configured().clone()).unwrap_or_default();
-    let toggles = view
-        .names
-        .iter()
-        .map(|n| {
-            store::PUBLIC_KINDS.contains(&kind).then(|| {
-                let key = (kind.to_owned(), n.name.clone());
-                let (configured, public) = (configured.contains(&key), marked.contains(&key));
-                PublicToggle {
-                    public: public || configured,
-                    configured,
-                    action: public_name_path(kind, if public { "withhold" } else { "publish" }, &n.name),
-                }
-            })
-        })
-        .collect();
+    let toggles = public_toggles(&state, kind, view.names.iter().map(|n| n.name.as_str()), &marked);
     let top: Vec<(String, f64)> =
         view.names.iter().take(15).map(|n| (n.name.clone(), n.count as f64)).collect();
     html(&UsagePage {
@@ -365,6 +350,30 @@ pub async fn usage(session: Session, state: web::Data<AppState>, q: web::Query<U
         toggles,
         publishing: state.public.is_some(),
     })
+}
+
+/// Per name of `kind`: its mark for the public page and the form that changes it, where the
+/// public page can list that kind.
+fn public_toggles<'a>(
+    state: &AppState,
+    kind: &str,
+    names: impl Iterator<Item = &'a str>,
+    marked: &store::PublicNames,
+) -> Vec<Option<PublicToggle>> {
+    let configured = state.public.as_ref().map(|p| p.configured().clone()).unwrap_or_default();
+    names
+        .map(|name| {
+            store::PUBLIC_KINDS.contains(&kind).then(|| {
+                let key = (kind.to_owned(), name.to_owned());
+                let (configured, public) = (configured.contains(&key), marked.contains(&key));
+                PublicToggle {
+                    public: public || configured,
+                    configured,
+                    action: public_name_path(kind, if public { "withhold" } else { "publish" }, name),
+                }
+            })
+        })
+        .collect()
 }
 
 /// The form address that marks a name public or withholds it: each segment of the name
@@ -408,8 +417,11 @@ pub async fn public_name(
     let n = name.clone();
     blocking(move || Ok(store.set_public_name(kind, &n, public, now)?)).await?;
     tracing::info!(kind, name = %name, public, "public name marked from the dashboard");
-    let back = if matches!(*kind, "api" | "command" | "feature") { *kind } else { "feature" };
-    Ok(see_other(&format!("/admin/usage?kind={back}")))
+    Ok(see_other(&match *kind {
+        "module" => "/admin/environment".to_owned(),
+        "version" => "/admin/overview".to_owned(),
+        usage => format!("/admin/usage?kind={usage}"),
+    }))
 }
 
 #[derive(Template)]
@@ -484,9 +496,17 @@ pub async fn errors(session: Session, state: web::Data<AppState>, q: web::Query<
 pub struct EnvironmentPage {
     pub layout: Layout,
     pub period: Period,
-    /// (heading, chart, figures) per dimension.
-    pub sections: Vec<(&'static str, String, Vec<store::Share>)>,
+    pub sections: Vec<EnvironmentSection>,
     pub view: store::EnvironmentView,
+}
+
+/// One dimension of the environment view.
+pub struct EnvironmentSection {
+    pub heading: &'static str,
+    pub chart: String,
+    pub figures: Vec<store::Share>,
+    /// Per figure, the public page's toggle, for a dimension the public page lists.
+    pub toggles: Option<Vec<Option<PublicToggle>>>,
 }
 
 /// Organisation sizes, modules, platforms, health.
@@ -495,17 +515,20 @@ pub struct EnvironmentPage {
 pub async fn environment(session: Session, state: web::Data<AppState>, q: web::Query<DaysQuery>) -> Page {
     let period = period(&state, q.days)?;
     let store = state.store.clone();
-    let view = blocking(move || Ok(store.insights_environment(period)?)).await?;
-    let section = |heading: &'static str, list: &Vec<store::Share>| {
+    let (view, marked) =
+        blocking(move || Ok((store.insights_environment(period)?, store.public_names()?))).await?;
+    let section = |heading: &'static str, list: &Vec<store::Share>, public: Option<&str>| {
         let items: Vec<(String, f64)> = list.iter().map(|s| (s.name.clone(), s.installs as f64)).collect();
-        (heading, charts::bars(heading, &items), list.clone())
+        let toggles =
+            public.map(|kind| public_toggles(&state, kind, list.iter().map(|s| s.name.as_str()), &marked));
+        EnvironmentSection { heading, chart: charts::bars(heading, &items), figures: list.clone(), toggles }
     };
     let sections = vec![
-        section("Organisation size (users)", &view.user_count_ranges),
-        section("Modules enabled", &view.modules),
-        section("Operating systems", &view.os),
-        section("Architectures", &view.arch),
-        section("Health checks", &view.health),
+        section("Organisation size (users)", &view.user_count_ranges, None),
+        section("Modules enabled", &view.modules, Some("module")),
+        section("Operating systems", &view.os, None),
+        section("Architectures", &view.arch, None),
+        section("Health checks", &view.health, None),
     ];
     html(&EnvironmentPage {
         layout: Layout::new("Environment", "environment", &session),
