@@ -196,7 +196,7 @@ fn dashboard_routes(cfg: &mut web::ServiceConfig) {
             )
             .service(
                 web::resource("/public-names/{kind}/{decision}/{name:.*}")
-                    .route(web::post().to(d::public_name)),
+                    .route(web::post().to(dashboard::public_names::public_name)),
             )
             .service(web::resource("/instances").route(web::get().to(d::instances)))
             .service(web::resource("/export/{view}.csv").route(web::get().to(d::export))),

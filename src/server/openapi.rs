@@ -66,7 +66,7 @@ use super::{dashboard, handlers, insights, installs, licenses, public};
         dashboard::handlers::reinstate,
         dashboard::handlers::renew,
         dashboard::handlers::release,
-        dashboard::handlers::public_name,
+        dashboard::public_names::public_name,
         dashboard::handlers::instances,
         dashboard::handlers::export,
         openapi_json,

@@ -6,6 +6,7 @@ use askama::Template;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+use super::public_names::{public_toggles, PublicToggle};
 use super::session::{self, Form, Session};
 use super::DashboardError;
 use crate::html::charts;
@@ -14,7 +15,7 @@ use crate::server::insights::{tables, usage_kind, Table, DEFAULT_DAYS, MAX_DAYS}
 use crate::server::{blocking, AppState};
 use crate::store::{self, Period};
 
-type Page = Result<HttpResponse, DashboardError>;
+pub(super) type Page = Result<HttpResponse, DashboardError>;
 
 /// What every signed-in page shares: its title, the active menu entry and the form token.
 pub struct Layout {
@@ -56,7 +57,7 @@ fn html(page: &impl Template) -> Page {
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page.render()?))
 }
 
-fn see_other(location: &str) -> HttpResponse {
+pub(super) fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header((header::LOCATION, location.to_owned())).finish()
 }
 
@@ -315,14 +316,6 @@ pub struct UsagePage {
     pub publishing: bool,
 }
 
-/// A name's mark for the public page: whether it is public, and the form that changes it.
-pub struct PublicToggle {
-    pub public: bool,
-    /// Set by the `public_names` setting: the dashboard cannot take it away.
-    pub configured: bool,
-    pub action: String,
-}
-
 /// Usage per name of one kind.
 #[utoipa::path(get, path = "/admin/usage", tag = "dashboard", security(("dashboard_session" = [])),
     params(UsageQuery), responses(PageResponses))]
@@ -350,78 +343,6 @@ pub async fn usage(session: Session, state: web::Data<AppState>, q: web::Query<U
         toggles,
         publishing: state.public.is_some(),
     })
-}
-
-/// Per name of `kind`: its mark for the public page and the form that changes it, where the
-/// public page can list that kind.
-fn public_toggles<'a>(
-    state: &AppState,
-    kind: &str,
-    names: impl Iterator<Item = &'a str>,
-    marked: &store::PublicNames,
-) -> Vec<Option<PublicToggle>> {
-    let configured = state.public.as_ref().map(|p| p.configured().clone()).unwrap_or_default();
-    names
-        .map(|name| {
-            store::PUBLIC_KINDS.contains(&kind).then(|| {
-                let key = (kind.to_owned(), name.to_owned());
-                let (configured, public) = (configured.contains(&key), marked.contains(&key));
-                PublicToggle {
-                    public: public || configured,
-                    configured,
-                    action: public_name_path(kind, if public { "withhold" } else { "publish" }, name),
-                }
-            })
-        })
-        .collect()
-}
-
-/// The form address that marks a name public or withholds it: each segment of the name
-/// encoded apart, so the route's tail receives its slashes as they are.
-fn public_name_path(kind: &str, decision: &str, name: &str) -> String {
-    let name: Vec<String> = name.split('/').map(|segment| encode(segment).to_string()).collect();
-    format!("/admin/public-names/{kind}/{decision}/{}", name.join("/"))
-}
-
-/// Marks a name public on the public insights page (`publish`), or takes the mark away
-/// (`withhold`). Recorded in the audit log, with the kind, the decision and the name. It takes
-/// effect with the next month's publication: a month already published is never revised.
-#[utoipa::path(post, path = "/admin/public-names/{kind}/{decision}/{name}", tag = "dashboard", security(("dashboard_session" = [])),
-    params(("kind" = String, Path, description = "api, command, feature, module or version"),
-        ("decision" = String, Path, description = "publish or withhold"),
-        ("name" = String, Path, description = "The name, as the usage view lists it")),
-    request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
-    responses(FormResponses))]
-pub async fn public_name(
-    state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
-    form: Form<session::Token>,
-) -> Page {
-    form.session.may_change()?;
-    let (kind, decision, name) = path.into_inner();
-    let Some(kind) = store::PUBLIC_KINDS.iter().find(|k| **k == kind) else {
-        return Err(DashboardError::BadRequest(format!(
-            "{kind:?} is not a kind the public page lists ({})",
-            store::PUBLIC_KINDS.join(", ")
-        )));
-    };
-    let public = match decision.as_str() {
-        "publish" => true,
-        "withhold" => false,
-        _ => return Err(DashboardError::BadRequest(format!("{decision:?} is neither publish nor withhold"))),
-    };
-    if !crate::privacy::fits_name_grammar(&name) {
-        return Err(DashboardError::BadRequest(format!("{name:?} is not a name the usage views list")));
-    }
-    let (store, now) = (state.store.clone(), (state.clock)());
-    let n = name.clone();
-    blocking(move || Ok(store.set_public_name(kind, &n, public, now)?)).await?;
-    tracing::info!(kind, name = %name, public, "public name marked from the dashboard");
-    Ok(see_other(&match *kind {
-        "module" => "/admin/environment".to_owned(),
-        "version" => "/admin/overview".to_owned(),
-        usage => format!("/admin/usage?kind={usage}"),
-    }))
 }
 
 #[derive(Template)]

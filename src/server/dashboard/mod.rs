@@ -9,6 +9,7 @@
 //! decides what the API would not.
 
 pub mod handlers;
+pub mod public_names;
 pub mod session;
 
 use actix_web::http::{header, StatusCode};
