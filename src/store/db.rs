@@ -322,7 +322,10 @@ impl Store {
         use super::schema::{check_ins, instances, job_runs, licenses};
         use diesel::prelude::*;
         let mut conn = self.conn()?;
-        let outcome = DbConnection::transaction::<(), ProbeEnd, _>(&mut conn, |c| {
+        // A write transaction, as a check-in's is: a deferred one that reads first fails at once
+        // with "database is locked" on SQLite when another connection commits in between (a
+        // server starting up writes too), which said "not ready" of a ready server.
+        let outcome = write_transaction::<(), ProbeEnd>(&mut conn, |c| {
             licenses::table.select(licenses::id).limit(1).load::<String>(c)?;
             instances::table.select(instances::id).limit(1).load::<String>(c)?;
             check_ins::table.select(check_ins::id).limit(1).load::<i64>(c)?;
