@@ -201,6 +201,7 @@ impl Telemetry {
         if !self.enabled() {
             return;
         }
+        let key = raw_key(category, message);
         let Ok(mut errors) = self.errors.lock() else { return };
         match errors.sampling {
             Sampling::Always => {}
@@ -222,9 +223,8 @@ impl Telemetry {
                 errors.window.1 += 1;
             }
         }
-        // Only what is cheap happens here, under the lock: the raw event is counted under a
-        // key that ignores its numbers. Scrubbing (microseconds) waits for the drain.
-        let key = raw_key(category, message);
+        // Only what is cheap happens under the lock: the raw event is counted under a key
+        // (computed before it) that ignores its numbers. Scrubbing waits for the drain.
         if let Some(group) = errors.raw.get_mut(&key) {
             group.count += 1;
             group.last_seen = group.last_seen.max(now);
@@ -450,44 +450,44 @@ impl Drop for Session {
     }
 }
 
-/// The key raw events are counted under before the drain: category and message with their
-/// runs of digits and hex taken out, hashed fast (a grouping key, never sent).
-fn raw_key(category: &str, message: &str) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = rustc_hash::FxHasher::default();
-    category.hash(&mut hasher);
-    let mut in_number = false;
-    for c in message.chars().take(2_048) {
-        if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_number) {
-            if !in_number {
-                hasher.write_u8(b'#');
-                in_number = true;
-            }
-        } else {
-            in_number = false;
-            c.hash(&mut hasher);
-        }
-    }
-    hasher.finish()
-}
-
-/// Category and message with the particulars (numbers, ids) taken out, hashed: the same error
-/// in another request or for another record shares it.
-fn fingerprint(category: &str, message: &str) -> String {
-    let mut template = String::with_capacity(message.len());
+/// Walks a message with its particulars taken out: each run of digits (and hex letters after a
+/// digit) becomes one `#`, so `query 7 on t0` and `query 8 on t1` read alike. Both error keys
+/// below are built on it.
+fn template(message: &str, mut emit: impl FnMut(char)) {
     let mut in_number = false;
     for c in message.chars() {
         if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_number) {
             if !in_number {
-                template.push('#');
+                emit('#');
                 in_number = true;
             }
         } else {
             in_number = false;
-            template.push(c);
+            emit(c);
         }
     }
-    let digest = Sha256::digest(format!("{category}\u{0}{template}").as_bytes());
+}
+
+/// The key raw events are counted under before the drain: category and message template,
+/// hashed fast (a grouping key, never sent).
+fn raw_key(category: &str, message: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = rustc_hash::FxHasher::default();
+    category.hash(&mut hasher);
+    // The first 2,048 characters, as the message is kept.
+    let kept = message.char_indices().nth(2_048).map_or(message, |(i, _)| &message[..i]);
+    template(kept, |c| c.hash(&mut hasher));
+    hasher.finish()
+}
+
+/// Category and message template, hashed: the same error in another request or for another
+/// record shares it.
+fn fingerprint(category: &str, message: &str) -> String {
+    let mut text = String::with_capacity(category.len() + 1 + message.len());
+    text.push_str(category);
+    text.push('\u{0}');
+    template(message, |c| text.push(c));
+    let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..16])
 }
 

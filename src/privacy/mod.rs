@@ -554,8 +554,8 @@ pub fn keep_name<'a>(name: &'a str, counts: &mut Redactions) -> Option<&'a str> 
 /// Whether no rule finds anything in `text`.
 pub fn is_unchanged(text: &str) -> bool {
     let mut counts = Redactions::default();
-    let out = scrub_into(text, &mut counts);
-    counts.total() == 0 && out == text
+    scrub_into(text, &mut counts);
+    counts.total() == 0
 }
 
 /// A route pattern with each parameter's regular expression cut off: `/files/{name:.*}`

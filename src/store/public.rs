@@ -178,7 +178,7 @@ fn publish_list(
             other.merge(&tally);
         }
     }
-    shown.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
+    shown.sort_by_cached_key(|(name, tally)| (std::cmp::Reverse(tally.total()), name.clone()));
     if other.publishable(k) {
         shown.push((OTHER.to_owned(), other));
     }

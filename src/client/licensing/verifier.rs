@@ -277,7 +277,15 @@ impl Verifier {
             late_notices: Mutex::new(Vec::new()),
             server_url: config.server_url.clone(),
             software_version: config.software_version.clone(),
-            modules_enabled: config.modules_enabled.clone(),
+            // Only identifiers leave the install (see `privacy::keep_name`): checked once here.
+            modules_enabled: config
+                .modules_enabled
+                .iter()
+                .filter(|m| {
+                    crate::privacy::keep_name(m, &mut crate::privacy::Redactions::default()).is_some()
+                })
+                .cloned()
+                .collect(),
             store,
             telemetry,
             instance: RwLock::new(instance),
@@ -541,15 +549,7 @@ impl Verifier {
             arch: std::env::consts::ARCH.into(),
             // Filled in by the store from its tables.
             user_count_range: UserCountRange::UpTo10,
-            // Only identifiers leave the install (see `privacy::keep_name`).
-            modules_enabled: self
-                .modules_enabled
-                .iter()
-                .filter(|m| {
-                    crate::privacy::keep_name(m, &mut crate::privacy::Redactions::default()).is_some()
-                })
-                .cloned()
-                .collect(),
+            modules_enabled: self.modules_enabled.clone(),
             uptime_hours: ((now - self.started).num_seconds().max(0) as f64 / 36.0).round() / 100.0,
             last_sync_status: self.last_sync(),
             health: BTreeMap::new(),
