@@ -25,7 +25,7 @@ pub(super) struct Decoded<'a> {
 impl<'a> Decoded<'a> {
     /// Decodes `text`; costs one scan when it holds nothing that could be an escape.
     pub fn of(text: &'a str) -> Decoded<'a> {
-        if !text.bytes().any(|b| matches!(b, b'%' | b'\\' | b'&')) {
+        if memchr::memchr3(b'%', b'\\', b'&', text.as_bytes()).is_none() {
             return Decoded { text: Cow::Borrowed(text), origin: None };
         }
         let mut current = text.to_owned();

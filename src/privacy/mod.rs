@@ -14,9 +14,11 @@
 //!   or country they come from.
 //!
 //! Text is read after decoding percent-escapes and backslash escapes ([`decode`]), so an
-//! encoding hides nothing; the spans found are masked in the original.
+//! encoding hides nothing; the spans found are masked in the original. Each rule runs only
+//! where its sign shows ([`signs`]: a count of bytes, a word), which is exact, not a shortcut:
+//! a test checks that running every rule everywhere masks the same.
 
-use regex::{Regex, RegexSet};
+use regex::Regex;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
@@ -24,6 +26,7 @@ use std::sync::LazyLock;
 mod decode;
 mod position;
 mod shape;
+mod signs;
 
 /// A scrubbing rule, named as the batch's `redactions` counts name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,34 +145,8 @@ fn re(pattern: &str) -> Regex {
     Regex::new(pattern).expect("scrubber patterns are valid")
 }
 
-/// The named rules' patterns and the cheap signs of the others in one set: a single pass over
-/// the text tells which can apply, and most strings (feature names, routes) need none.
-static ANY: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new([
-        BEARER.as_str(),                                                                 // 0
-        JWT.as_str(),                                                                    // 1
-        API_KEY.as_str(),                                                                // 2
-        EMAIL.as_str(),                                                                  // 3
-        CARD.as_str(),                                                                   // 4
-        IPV4.as_str(),                                                                   // 5
-        IPV6.as_str(),                                                                   // 6
-        PHONE.as_str(),                                                                  // 7
-        HOME.as_str(),                                                                   // 8
-        SSN.as_str(),                                                                    // 9
-        IBAN.as_str(),                                                                   // 10
-        AWS_SECRET.as_str(),                                                             // 11
-        TILDE_HOME.as_str(),                                                             // 12
-        MAC.as_str(),                                                                    // 13
-        UNC.as_str(),                                                                    // 14
-        r"-{5}BEGIN",                                                                    // 15
-        r"://[^\s/?#@]+@",                                                               // 16
-        r"(?i)pass|pwd|secret|token|key|auth|credential|sess|cookie|sig|private|bearer", // 17
-    ])
-    .expect("scrubber patterns are valid")
-});
-
 static BEARER: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?i)\b(?:bearer|token|basic)\s+([A-Za-z0-9._~+/=-]{8,})"));
+    LazyLock::new(|| re(r"(?i)\b(?:bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{8,}"));
 static JWT: LazyLock<Regex> =
     LazyLock::new(|| re(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"));
 /// Well-known key shapes, which the shape rules would mostly find too but name less well:
@@ -232,40 +209,56 @@ static TILDE_HOME: LazyLock<Regex> =
 
 /// Scrubs one string, adding what it replaced to `counts`.
 pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
+    scrub_signed(text, counts, signs::Signs::of)
+}
+
+/// Scrubs one string, running each rule where `signs` (of the decoded text) allow it; a test
+/// checks that [`signs::Signs::of`] masks exactly what running every rule would.
+fn scrub_signed(text: &str, counts: &mut Redactions, signs: fn(&str) -> signs::Signs) -> String {
     let decoded = decode::Decoded::of(text);
     let t: &str = &decoded.text;
-    let signs = ANY.matches(t);
+    let signs = signs(t);
     let mut found: Vec<Found> = Vec::new();
     let push = |found: &mut Vec<Found>, start: usize, end: usize, rule: Rule| {
         found.push(Found { start, end, rule });
     };
     // Credentials by position first: they take whole values, whatever the rules below see in
     // them.
-    if signs.matched(15) {
+    if signs.word(signs::ARMOUR) {
         position::armoured_blocks(t, &mut found);
     }
-    if signs.matched(16) {
+    if signs.word(signs::SCHEME) && signs.at {
         position::url_userinfo(t, &mut found);
     }
-    if signs.matched(17) {
+    if signs.word(signs::SECRET_WORD) {
         position::named_values(t, &mut found);
     }
     // The named rules.
     let group = |c: &regex::Captures, i: usize| c.get(i).map(|m| (m.start(), m.end()));
-    if signs.matched(0) {
-        for c in BEARER.captures_iter(t) {
-            let (s, e) = group(&c, 1).expect("the pattern has a group");
-            push(&mut found, s, e, Rule::BearerToken);
+    if signs.word(signs::AUTH_SCHEME) {
+        // The token is what follows the last white space of the match (the token has none),
+        // found without resolving the pattern's group.
+        for m in BEARER.find_iter(t) {
+            let (at, space) = m
+                .as_str()
+                .char_indices()
+                .rfind(|(_, c)| c.is_whitespace())
+                .expect("the pattern has white space");
+            push(&mut found, m.start() + at + space.len_utf8(), m.end(), Rule::BearerToken);
         }
     }
-    for (i, regex, rule) in [(1, &*JWT, Rule::Jwt), (2, &*API_KEY, Rule::ApiKey), (3, &*EMAIL, Rule::Email)] {
-        if signs.matched(i) {
+    for (sign, regex, rule) in [
+        (signs.word(signs::JWT), &*JWT, Rule::Jwt),
+        (signs.word(signs::KEY_PREFIX), &*API_KEY, Rule::ApiKey),
+        (signs.at, &*EMAIL, Rule::Email),
+    ] {
+        if sign {
             for m in regex.find_iter(t) {
                 push(&mut found, m.start(), m.end(), rule);
             }
         }
     }
-    if signs.matched(11) {
+    if signs.base64_run >= 40 {
         for c in AWS_SECRET.captures_iter(t) {
             let m = c.get(1).expect("the pattern has a group");
             if is_aws_secret(m.as_str()) {
@@ -274,12 +267,12 @@ pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
         }
     }
     // IBANs before cards: an IBAN's digits can look like a card number.
-    if signs.matched(10) {
+    if signs.iban {
         for m in IBAN.find_iter(t).filter(|m| is_iban(m.as_str())) {
             push(&mut found, m.start(), m.end(), Rule::Iban);
         }
     }
-    if signs.matched(4) {
+    if signs.digit_cluster >= 13 {
         // The characters around one run are part of its match: the next search starts at the
         // run's end, so a card right after another (one separator between them) is found.
         let mut at = 0;
@@ -291,23 +284,23 @@ pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
             at = run.end();
         }
     }
-    if signs.matched(9) {
+    if signs.digit_cluster >= 9 {
         for c in SSN.captures_iter(t).filter(|c| is_ssn(&c[1], &c[2], &c[3])) {
             let m = c.get(0).expect("a match has its whole span");
             push(&mut found, m.start(), m.end(), Rule::NationalId);
         }
     }
-    if signs.matched(13) {
+    if signs.hex_run >= 14 {
         for m in MAC.find_iter(t) {
             push(&mut found, m.start(), m.end(), Rule::HardwareAddress);
         }
     }
-    if signs.matched(5) {
+    if signs.dotted_digits >= 7 {
         for m in IPV4.find_iter(t).filter(|m| m.as_str().parse::<Ipv4Addr>().is_ok()) {
             push(&mut found, m.start(), m.end(), Rule::Ip);
         }
     }
-    if signs.matched(6) {
+    if signs.ipv6 {
         // Not glued to a word: `crypto::key::derive` holds `::de`, which parses.
         let glued = |m: &regex::Match| {
             let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
@@ -318,37 +311,34 @@ pub fn scrub_into(text: &str, counts: &mut Redactions) -> String {
             push(&mut found, m.start(), m.end(), Rule::Ip);
         }
     }
-    if signs.matched(7) {
+    if signs.digit_cluster >= 8 {
         for m in PHONE.find_iter(t) {
             if (8..=15).contains(&m.as_str().bytes().filter(u8::is_ascii_digit).count()) {
                 push(&mut found, m.start(), m.end(), Rule::Phone);
             }
         }
     }
-    for (i, regex) in [(8, &*HOME), (14, &*UNC), (12, &*TILDE_HOME)] {
-        if signs.matched(i) {
+    for (sign, regex) in
+        [(signs.word(signs::HOME), &*HOME), (signs.backslash, &*UNC), (signs.tilde, &*TILDE_HOME)]
+    {
+        if sign {
             for c in regex.captures_iter(t) {
                 let (s, e) = group(&c, 1).expect("the pattern has a group");
                 push(&mut found, s, e, Rule::HomePath);
             }
         }
     }
-    // The shape rules, beneath them all, each only where it could find something: most names
-    // are short, with few digits, and cost one count of their bytes here.
-    let digits = t.bytes().filter(u8::is_ascii_digit).count();
-    let long = t.len() >= 16;
-    let codes = digits >= 2 && t.len() >= 8 && t.bytes().filter(u8::is_ascii_uppercase).count() >= 2;
-    if long || digits >= 6 || codes {
-        let keep = shape::keep_spans(t);
-        if long {
-            shape::random_runs(t, &keep, &mut found);
-        }
-        if digits >= 6 {
-            shape::digit_runs(t, &keep, &mut found);
-        }
-        if codes {
-            shape::document_codes(t, &keep, &mut found);
-        }
+    // The shape rules, beneath them all, each only where its sign shows; the spans they keep
+    // are found only when one of them has a candidate.
+    let keep = shape::Keep::new(t);
+    if t.len() >= 16 {
+        shape::random_runs(t, &keep, &mut found);
+    }
+    if signs.digit_cluster >= 6 {
+        shape::digit_runs(t, &keep, &mut found);
+    }
+    if signs.code {
+        shape::document_codes(t, &keep, &mut found);
     }
     if found.is_empty() {
         return text.to_owned();

@@ -58,15 +58,35 @@ static KEEP: LazyLock<Regex> = LazyLock::new(|| {
     ))
 });
 
-/// The spans of `text` the shape rules keep, in order.
-pub(super) fn keep_spans(text: &str) -> Vec<(usize, usize)> {
-    KEEP.captures_iter(text)
-        .filter(keeps)
-        .map(|c| {
-            let m = c.get(0).expect("a match has its whole span");
-            (m.start(), m.end())
+/// The spans of a text the shape rules keep, found the first time a rule has a candidate:
+/// most texts have none, and the search, with its many groups, is the dearest of the scrubber.
+pub(super) struct Keep<'t> {
+    text: &'t str,
+    spans: std::cell::OnceCell<Vec<(usize, usize)>>,
+}
+
+impl<'t> Keep<'t> {
+    pub fn new(text: &'t str) -> Keep<'t> {
+        Keep { text, spans: std::cell::OnceCell::new() }
+    }
+
+    /// The kept spans, in order.
+    fn spans(&self) -> &[(usize, usize)] {
+        self.spans.get_or_init(|| {
+            KEEP.captures_iter(self.text)
+                .filter(keeps)
+                .map(|c| {
+                    let m = c.get(0).expect("a match has its whole span");
+                    (m.start(), m.end())
+                })
+                .collect()
         })
-        .collect()
+    }
+
+    /// Whether the byte at `at` is inside a kept span.
+    fn covers(&self, at: usize) -> bool {
+        self.spans().iter().any(|&(s, e)| s <= at && at < e)
+    }
 }
 
 /// Checks what a pattern cannot: hex has a letter (`1234567` is a number), dates have real
@@ -105,27 +125,43 @@ fn keeps(c: &regex::Captures) -> bool {
     true
 }
 
-fn inside(keep: &[(usize, usize)], at: usize) -> bool {
-    keep.iter().any(|&(s, e)| s <= at && at < e)
-}
+/// The classes of the characters runs are made of (0 for the others), as a table: the test
+/// per byte is the scrubber's hottest loop. A run whose characters, separators aside, are of
+/// one class only cannot hold a random chunk (see [`random`]) and is not cut into segments.
+static RUN: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'a'..=b'z' => 1,
+            b'A'..=b'Z' => 2,
+            b'0'..=b'9' => 4,
+            b'+' | b'=' => 8,
+            b'/' | b'_' | b'-' | b'.' | b':' | b'~' => 16,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
 
 /// Random-looking chunks of runs, as the module docs define them.
-pub(super) fn random_runs(text: &str, keep: &[(usize, usize)], out: &mut Vec<Found>) {
+pub(super) fn random_runs(text: &str, keep: &Keep, out: &mut Vec<Found>) {
     let bytes = text.as_bytes();
-    let is_run = |b: u8| {
-        b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'_' | b'-' | b'.' | b':' | b'~')
-    };
     let mut i = 0;
     while i < bytes.len() {
-        if !is_run(bytes[i]) {
+        if RUN[usize::from(bytes[i])] == 0 {
             i += 1;
             continue;
         }
         let start = i;
-        while i < bytes.len() && is_run(bytes[i]) {
+        let mut classes = 0;
+        while i < bytes.len() && RUN[usize::from(bytes[i])] != 0 {
+            classes |= RUN[usize::from(bytes[i])];
             i += 1;
         }
-        if i - start >= 16 {
+        if i - start >= 16 && (classes & 15).count_ones() >= 2 {
             chunks(text, start, i, keep, out);
         }
     }
@@ -137,12 +173,12 @@ fn is_separator(b: u8) -> bool {
 
 /// Finds, within the run `[start, end)`, the chunks of consecutive segments that are not
 /// words, and masks the random-looking ones.
-fn chunks(text: &str, start: usize, end: usize, keep: &[(usize, usize)], out: &mut Vec<Found>) {
+fn chunks(text: &str, start: usize, end: usize, keep: &Keep, out: &mut Vec<Found>) {
     let bytes = text.as_bytes();
     let mut chunk: Option<(usize, usize)> = None;
     let mut flush = |chunk: &mut Option<(usize, usize)>| {
         if let Some((s, e)) = chunk.take() {
-            if random(&text[s..e]) && !(inside(keep, s) && inside(keep, e - 1)) {
+            if random(&text[s..e]) && !(keep.covers(s) && keep.covers(e - 1)) {
                 out.push(Found { start: s, end: e, rule: Rule::RandomToken });
             }
         }
@@ -290,12 +326,15 @@ fn word_like(piece: &str) -> bool {
 static DIGITS: LazyLock<Regex> = LazyLock::new(|| re(r"[A-Za-z]*\+?\(?\d(?:[ .\-/()]{0,2}\d)*\)?[A-Za-z]*"));
 
 /// Runs of six or more digits outside the kept spans.
-pub(super) fn digit_runs(text: &str, keep: &[(usize, usize)], out: &mut Vec<Found>) {
+pub(super) fn digit_runs(text: &str, keep: &Keep, out: &mut Vec<Found>) {
     for m in DIGITS.find_iter(text) {
+        if m.as_str().bytes().filter(u8::is_ascii_digit).count() < 6 {
+            continue;
+        }
         // The run, cut at the kept spans within it: a date beside a phone number keeps the date.
         let mut s = m.start();
         let mut pieces = Vec::new();
-        for &(ks, ke) in keep.iter().filter(|(ks, ke)| *ke > m.start() && *ks < m.end()) {
+        for &(ks, ke) in keep.spans().iter().filter(|(ks, ke)| *ke > m.start() && *ks < m.end()) {
             if ks > s {
                 pieces.push((s, ks));
             }
@@ -320,11 +359,8 @@ pub(super) fn digit_runs(text: &str, keep: &[(usize, usize)], out: &mut Vec<Foun
 /// Upper-case document codes (see the module docs).
 static CODE: LazyLock<Regex> = LazyLock::new(|| re(r"\b[A-Z0-9]{8,15}\b"));
 
-pub(super) fn document_codes(text: &str, keep: &[(usize, usize)], out: &mut Vec<Found>) {
+pub(super) fn document_codes(text: &str, keep: &Keep, out: &mut Vec<Found>) {
     for m in CODE.find_iter(text) {
-        if inside(keep, m.start()) {
-            continue;
-        }
         let code = m.as_str().as_bytes();
         let digits = code.iter().filter(|b| b.is_ascii_digit()).count();
         let letters = code.len() - digits;
@@ -335,7 +371,7 @@ pub(super) fn document_codes(text: &str, keep: &[(usize, usize)], out: &mut Vec<
         let last_letter_alone = code[code.len() - 1].is_ascii_uppercase()
             && code[code.len() - 2].is_ascii_digit()
             && code.iter().rev().skip(1).take_while(|b| b.is_ascii_digit()).count() >= 4;
-        if switches >= 3 || last_letter_alone {
+        if (switches >= 3 || last_letter_alone) && !keep.covers(m.start()) {
             out.push(Found { start: m.start(), end: m.end(), rule: Rule::NationalId });
         }
     }
@@ -346,12 +382,12 @@ mod tests {
     use super::*;
 
     /// A shape rule: the text, the spans it keeps, and where it adds what it finds.
-    type ShapeRule = fn(&str, &[(usize, usize)], &mut Vec<Found>);
+    type ShapeRule = fn(&str, &Keep, &mut Vec<Found>);
 
     /// What one shape rule finds in `t`, joined by `|`.
     fn found_by(t: &str, rule: ShapeRule) -> String {
         let mut out = Vec::new();
-        rule(t, &keep_spans(t), &mut out);
+        rule(t, &Keep::new(t), &mut out);
         out.iter().map(|f| &t[f.start..f.end]).collect::<Vec<_>>().join("|")
     }
 
