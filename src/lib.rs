@@ -47,6 +47,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(any(feature = "server", feature = "client-cli"))]
+pub mod csv_safe;
 pub mod html;
 pub mod keys;
 pub mod lease;

@@ -419,8 +419,13 @@ fn user_controls_show_what_is_sent_and_a_restart_runs_offline() {
 
     let csv = cli(&env, &["telemetry", "export", "--format", "csv"]);
     let csv = String::from_utf8(csv.stdout).unwrap();
-    assert!(csv.starts_with("table,period_start,kind,name,batch_id,count,errors,max_ms,detail\n"), "{csv}");
-    assert!(csv.contains("usage_counts,") && csv.contains(",command,report.export,"), "{csv}");
+    assert!(
+        csv.starts_with(
+            "\"table\",\"period_start\",\"kind\",\"name\",\"batch_id\",\"count\",\"errors\",\"max_ms\",\"detail\"\n"
+        ),
+        "{csv}"
+    );
+    assert!(csv.contains("\"usage_counts\",") && csv.contains(",\"command\",\"report.export\","), "{csv}");
     let json_export: Value = serde_json::from_slice(&cli(&env, &["telemetry", "export"]).stdout).unwrap();
     assert_eq!(json_export["ledger"].as_array().unwrap().len(), 1);
 

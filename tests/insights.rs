@@ -194,18 +194,18 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     let text = csv(&h, "/v1/admin/insights/overview?days=1&format=csv");
     assert_eq!(
         text,
-        "day,metric,dimension,value\n\
-         2026-11-22,active,all,4\n\
-         2026-11-22,active.tier,community,2\n\
-         2026-11-22,active.tier,enterprise,1\n\
-         2026-11-22,active.tier,pro,1\n\
-         2026-11-22,active.version,1.4.2,1\n\
-         2026-11-22,active.version,1.5.0,1\n\
-         2026-11-22,active.version,2.0.0,1\n\
-         2026-11-22,active.version,3.0.0,1\n\
-         2026-11-22,instances.new,all,0\n\
-         2026-11-22,instances.lapsed,all,0\n\
-         2026-11-22,check_ins,valid,1\n"
+        "\"day\",\"metric\",\"dimension\",\"value\"\n\
+         \"2026-11-22\",\"active\",\"all\",4\n\
+         \"2026-11-22\",\"active.tier\",\"community\",2\n\
+         \"2026-11-22\",\"active.tier\",\"enterprise\",1\n\
+         \"2026-11-22\",\"active.tier\",\"pro\",1\n\
+         \"2026-11-22\",\"active.version\",\"1.4.2\",1\n\
+         \"2026-11-22\",\"active.version\",\"1.5.0\",1\n\
+         \"2026-11-22\",\"active.version\",\"2.0.0\",1\n\
+         \"2026-11-22\",\"active.version\",\"3.0.0\",1\n\
+         \"2026-11-22\",\"instances.new\",\"all\",0\n\
+         \"2026-11-22\",\"instances.lapsed\",\"all\",0\n\
+         \"2026-11-22\",\"check_ins\",\"valid\",1\n"
     );
 
     // Usage, over both days and over the last day against the one before.
@@ -234,9 +234,9 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     assert_eq!(usage["rising"][0]["name"], "export");
     assert_eq!(
         csv(&h, "/v1/admin/insights/usage?kind=feature&days=1&format=csv"),
-        "name,count,installs,share,previous_count,change,rising\n\
-         export,30,1,0.25,13,1.3077,true\n\
-         import,1,1,0.25,2,-0.5,false\n"
+        "\"name\",\"count\",\"installs\",\"share\",\"previous_count\",\"change\",\"rising\"\n\
+         \"export\",30,1,0.25,13,1.3077,\"true\"\n\
+         \"import\",1,1,0.25,2,-0.5,\"false\"\n"
     );
     // Days rolled up before reach was kept count their installs by a distinct scan: the same.
     let with_reach = (
@@ -282,7 +282,7 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     let text = csv(&h, "/v1/admin/insights/performance?days=2&format=csv");
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.starts_with(
-        "method,route,version,requests,errors,error_rate,p50_ms,p95_ms,p99_ms,max_ms,percentiles\n"
+        "\"method\",\"route\",\"version\",\"requests\",\"errors\",\"error_rate\",\"p50_ms\",\"p95_ms\",\"p99_ms\",\"max_ms\",\"percentiles\"\n"
     ));
 
     // Errors across installs.
@@ -312,7 +312,7 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     let never = get(&h, "/v1/admin/insights/errors?days=2&since_version=9.9.9");
     assert_eq!(never["groups"], json!([]));
     let text = csv(&h, "/v1/admin/insights/errors?days=2&format=csv");
-    assert!(text.contains("\naaaa,database,timeout,2,5,"), "{text}");
+    assert!(text.contains("\n\"aaaa\",\"database\",\"timeout\",2,5,"), "{text}");
 
     // Environment: the installs that reported one, on the last day.
     let env = get(&h, "/v1/admin/insights/environment?days=2");
@@ -375,7 +375,7 @@ fn every_view_gives_the_exact_figures_of_known_check_ins(h: Harness) {
     let text = csv(&h, "/v1/admin/insights/licenses?days=2&format=csv");
     assert!(
         text.contains(&format!(
-            "\n{a_id},Acme Test Corp,community,5,2,2,2027-11-21T10:00:00Z,false,overdue in_grace\n"
+            "\n\"{a_id}\",\"Acme Test Corp\",\"community\",5,2,2,\"2027-11-21T10:00:00Z\",\"false\",\"overdue in_grace\"\n"
         )),
         "{text}"
     );

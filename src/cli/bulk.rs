@@ -207,11 +207,14 @@ fn write_output(
     let result = (|| -> Result<()> {
         // Dropped (and so removed) on any error below.
         let tmp = tempfile::Builder::new().prefix(".licensor-issue-").suffix(".tmp").tempfile_in(dir)?;
-        let mut writer = csv::Writer::from_writer(tmp);
-        writer.write_record(headers.iter().chain(ADDED))?;
+        let mut writer = crate::csv_safe::writer(tmp);
+        crate::csv_safe::write_record(&mut writer, headers.iter().chain(ADDED))?;
         for (row, license) in rows.iter().zip(issued) {
             let id = license.payload.license_id.to_string();
-            writer.write_record(row.iter().chain([id.as_str(), license.key.as_str()]))?;
+            crate::csv_safe::write_record(
+                &mut writer,
+                row.iter().chain([id.as_str(), license.key.as_str()]),
+            )?;
         }
         let mut tmp = writer.into_inner().map_err(|e| e.into_error())?;
         tmp.flush()?;

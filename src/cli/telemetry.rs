@@ -372,89 +372,93 @@ fn export(store: &LocalStore, format: ExportFormat) -> Result<u8> {
     match format {
         ExportFormat::Json => outln!("{}", serde_json::to_string_pretty(&export)?)?,
         ExportFormat::Csv => {
-            let mut w = csv::Writer::from_writer(std::io::stdout().lock());
-            w.write_record([
-                "table",
-                "period_start",
-                "kind",
-                "name",
-                "batch_id",
-                "count",
-                "errors",
-                "max_ms",
-                "detail",
-            ])?;
+            let mut w = crate::csv_safe::writer(std::io::stdout().lock());
+            crate::csv_safe::write_record(
+                &mut w,
+                ["table", "period_start", "kind", "name", "batch_id", "count", "errors", "max_ms", "detail"],
+            )?;
             let t = |n: chrono::NaiveDateTime| crate::time::format(&store::utc(n));
             for e in &export.events {
-                w.write_record([
-                    "usage_counts",
-                    &t(e.period_start),
-                    &e.kind,
-                    &e.name,
-                    &e.batch_id,
-                    &e.count.to_string(),
-                    "",
-                    "",
-                    "",
-                ])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    [
+                        "usage_counts",
+                        &t(e.period_start),
+                        &e.kind,
+                        &e.name,
+                        &e.batch_id,
+                        &e.count.to_string(),
+                        "",
+                        "",
+                        "",
+                    ],
+                )?;
             }
             for r in &export.performance {
-                w.write_record([
-                    "route_latencies",
-                    &t(r.period_start),
-                    &r.method,
-                    &r.route,
-                    &r.batch_id,
-                    &r.count.to_string(),
-                    &r.errors.to_string(),
-                    &r.max_ms.to_string(),
-                    &r.sketch,
-                ])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    [
+                        "route_latencies",
+                        &t(r.period_start),
+                        &r.method,
+                        &r.route,
+                        &r.batch_id,
+                        &r.count.to_string(),
+                        &r.errors.to_string(),
+                        &r.max_ms.to_string(),
+                        &r.sketch,
+                    ],
+                )?;
             }
             for e in &export.errors {
-                w.write_record([
-                    "error_groups",
-                    &t(e.first_seen),
-                    &e.error_type,
-                    &e.message,
-                    &e.batch_id,
-                    &e.count.to_string(),
-                    "",
-                    "",
-                    &e.stack,
-                ])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    [
+                        "error_groups",
+                        &t(e.first_seen),
+                        &e.error_type,
+                        &e.message,
+                        &e.batch_id,
+                        &e.count.to_string(),
+                        "",
+                        "",
+                        &e.stack,
+                    ],
+                )?;
             }
             for s in &export.sessions {
-                w.write_record([
-                    "session_counts",
-                    &t(s.period_start),
-                    "",
-                    "",
-                    &s.batch_id,
-                    &s.count.to_string(),
-                    "",
-                    "",
-                    &format!("total_duration_s={} hourly={}", s.total_duration_s, s.hourly),
-                ])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    [
+                        "session_counts",
+                        &t(s.period_start),
+                        "",
+                        "",
+                        &s.batch_id,
+                        &s.count.to_string(),
+                        "",
+                        "",
+                        &format!("total_duration_s={} hourly={}", s.total_duration_s, s.hourly),
+                    ],
+                )?;
             }
             for (name, value) in &export.tallies {
-                w.write_record(["pending_tallies", "", "", name, "", &value.to_string(), "", "", ""])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    ["pending_tallies", "", "", name, "", &value.to_string(), "", "", ""],
+                )?;
             }
             if let Some(o) = &export.outbox {
-                w.write_record(["outbox", &t(o.created_at), "", "", &o.batch_id, "", "", "", &o.payload])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    ["outbox", &t(o.created_at), "", "", &o.batch_id, "", "", "", &o.payload],
+                )?;
             }
             for e in &export.ledger {
-                w.write_record([
-                    "ledger",
-                    &t(e.acknowledged_at),
-                    "",
-                    "",
-                    &e.batch_id,
-                    "",
-                    "",
-                    "",
-                    &e.payload,
-                ])?;
+                crate::csv_safe::write_record(
+                    &mut w,
+                    ["ledger", &t(e.acknowledged_at), "", "", &e.batch_id, "", "", "", &e.payload],
+                )?;
             }
             w.flush().context("writing the CSV")?;
         }
