@@ -49,6 +49,7 @@
 
 #[cfg(any(feature = "server", feature = "client-cli"))]
 pub mod csv_safe;
+pub mod error_chain;
 pub mod html;
 pub mod keys;
 pub mod lease;

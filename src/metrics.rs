@@ -28,6 +28,9 @@ pub struct Metrics {
     pub check_ins: Family<Label, Counter>,
     /// Time from a check-in's arrival to its answer, recorded and signed.
     pub check_in_seconds: Histogram,
+    /// Check-ins that could not be recorded, by cause (`unavailable`: retry later;
+    /// `refused`: the database refused that check-in; `panicked`: a bug).
+    pub check_in_failures: Family<Label, Counter>,
     /// Check-ins per transaction of the writer (group commit).
     pub group_size: Histogram,
     /// Check-ins waiting for a writer when a group starts.
@@ -60,6 +63,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("licensor");
         let check_ins = Family::<Label, Counter>::default();
         registry.register("check_ins", "Check-ins answered, by status", check_ins.clone());
+        let check_in_failures = Family::<Label, Counter>::default();
+        registry.register(
+            "check_in_failures",
+            "Check-ins that could not be recorded, by cause",
+            check_in_failures.clone(),
+        );
         let check_in_seconds = seconds_histogram();
         registry.register_with_unit(
             "check_in_duration",
@@ -127,6 +136,7 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             check_ins,
+            check_in_failures,
             check_in_seconds,
             group_size,
             queue_depth,

@@ -218,7 +218,8 @@ fn changing_a_license_is_refused_with_a_precise_error() {
 }
 
 /// A license whose stored newest key no longer reads (damage) fails its own check-ins with
-/// 503, never another license's: the writer isolates it like any content the database refuses.
+/// 500 (retrying cannot help), never another license's: the writer isolates it like any
+/// content the database refuses.
 fn a_damaged_stored_key_fails_only_its_own_license(h: Harness) {
     let damaged = h.license(Tier::Enterprise, 2);
     let healthy = h.license(Tier::Enterprise, 2);
@@ -233,7 +234,7 @@ fn a_damaged_stored_key_fails_only_its_own_license(h: Harness) {
         });
         let fine = s.spawn(|| h.check_in(&healthy, "h1", None));
         let (status, answer) = refused.join().unwrap();
-        assert_eq!((status, answer["error"]["code"].as_str()), (503, Some("unavailable")), "{answer}");
+        assert_eq!((status, answer["error"]["code"].as_str()), (500, Some("internal")), "{answer}");
         assert_eq!(fine.join().unwrap()["status"], "valid");
     });
 }

@@ -350,3 +350,73 @@ fn json_logs_carry_request_ids_and_no_secrets() {
     }
     assert!(!stderr.contains('\u{1b}'), "ANSI codes in a JSON log");
 }
+
+/// A check-in the database refuses (here a trigger; in life a constraint or a damaged row) is
+/// answered 500 without `Retry-After`, so that the client backs off on its own schedule rather
+/// than every few seconds; it is counted in `/metrics`; and the log says why, down to the
+/// database's own words.
+#[cfg(unix)]
+#[test]
+fn a_refused_check_in_is_answered_500_counted_and_logged_with_its_causes() {
+    use diesel::connection::SimpleConnection as _;
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server =
+        common::serve_process(port).current_dir(dir.path()).env("RUST_LOG", "warn").spawn().unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_until_up(&base, &client);
+    let data = dir.path().join("data");
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let issued: serde_json::Value = client
+        .post(format!("{base}/v1/admin/licenses"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "tier": "enterprise", "licensee": "Refused Test", "perpetual": true, "seats": 5 }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = issued["license_key"].as_str().unwrap().to_owned();
+    let store =
+        licensor::store::Store::open(&format!("sqlite://{}", data.join("licensor.db").display()), 1).unwrap();
+    store
+        .conn()
+        .unwrap()
+        .batch_execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON check_ins WHEN NEW.instance_id LIKE 'poison-%' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
+        )
+        .unwrap();
+    let check_in = |instance: &str| {
+        let body = serde_json::json!({
+            "license_key": key, "instance_id": instance, "nonce": common::nonce(),
+            "software_version": "1.0.0", "telemetry_disabled": true
+        });
+        client.post(format!("{base}/v1/check-ins")).json(&body).send().unwrap()
+    };
+    let refused = check_in("poison-1");
+    assert_eq!(refused.status().as_u16(), 500);
+    assert!(refused.headers().get("retry-after").is_none(), "{:?}", refused.headers());
+    let answer: serde_json::Value = refused.json().unwrap();
+    assert_eq!(answer["error"]["code"], "internal", "{answer}");
+    assert!(!answer.to_string().contains("poisoned"), "no cause reaches the client: {answer}");
+    assert_eq!(check_in("healthy-1").status().as_u16(), 200, "another check-in is recorded");
+    let metrics = client.get(format!("{base}/metrics")).bearer_auth(&token).send().unwrap().text().unwrap();
+    assert!(metrics.contains("licensor_check_in_failures_total{cause=\"refused\"} 1\n"), "{metrics}");
+
+    let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut stderr = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    server.wait().unwrap();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("the database refused one check-in"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("database query failed: poisoned row"), "the whole chain: {line}");
+    let line = stderr.lines().find(|l| l.contains("internal error")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("the database refused the check-in: database query failed: poisoned row"),
+        "{line}"
+    );
+}

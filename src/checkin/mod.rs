@@ -53,13 +53,23 @@ pub enum CheckInError {
     /// The database failed; the client should retry later.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The check-in's group could not be recorded (the database failed, or the writer
-    /// stopped); the client should retry later.
-    #[error("recording the check-in failed: {0}")]
-    Unrecorded(String),
-    /// Recording panicked (a bug); the writer goes on with the next check-ins.
+    /// The check-in's group could not be recorded because the database is out of reach or
+    /// busy; the client should retry later (503).
+    #[error("recording the check-in failed: the database is unavailable")]
+    Unavailable(#[source] std::sync::Arc<StoreError>),
+    /// The writer has stopped (the server is shutting down); retry later (503).
+    #[error("recording the check-in failed: the writer has stopped")]
+    WriterStopped,
+    /// The database refused this check-in alone (a constraint, a stored value that does not
+    /// read): retrying will not help (500, counted).
+    #[error("the database refused the check-in")]
+    Refused(#[source] std::sync::Arc<StoreError>),
+    /// Recording panicked (a bug); the writer goes on with the next check-ins (500, counted).
     #[error("recording the check-in panicked")]
     Panicked,
+    /// A check-in broke one of the writer's invariants (a bug); 500, counted with panics.
+    #[error("a check-in broke the writer's invariant: {0}")]
+    Invariant(&'static str),
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> BadRequest {

@@ -21,6 +21,7 @@ use super::{
     bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Place, Prepared, Ruling,
     SeatRules, Subject, Terms,
 };
+use crate::error_chain::Chain;
 use crate::license::LicensePayload;
 use crate::protocol::CheckInStatus;
 use crate::protocol::TelemetryExemption;
@@ -64,7 +65,7 @@ impl Writer {
     /// Queues a check-in and waits for its decision.
     pub async fn submit(&self, prepared: Prepared) -> Result<(Prepared, Decision), CheckInError> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || CheckInError::Unrecorded("the writer has stopped".into());
+        let stopped = || CheckInError::WriterStopped;
         self.tx.send(Job { prepared, reply }).await.map_err(|_| stopped())?;
         let (prepared, decision) = answer.await.map_err(|_| stopped())?;
         Ok((prepared, decision?))
@@ -97,6 +98,15 @@ fn writer_loop(
         let (prepared, replies): (Vec<Prepared>, Vec<_>) =
             jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
         let outcomes = write_isolating(store, rules, &prepared);
+        for outcome in &outcomes {
+            let failure = match outcome {
+                Err(CheckInError::Unavailable(_)) => "unavailable",
+                Err(CheckInError::Refused(_)) => "refused",
+                Err(CheckInError::Panicked | CheckInError::Invariant(_)) => "panicked",
+                _ => continue,
+            };
+            metrics.check_in_failures.get_or_create(&[("cause", failure)]).inc();
+        }
         for ((p, reply), outcome) in prepared.into_iter().zip(replies).zip(outcomes) {
             let _ = reply.send((p, outcome));
         }
@@ -124,13 +134,39 @@ fn write_isolating(
             outcomes
         }
         Err(e) => {
-            let message = e.to_string();
             if group.len() == 1 && caused_by_content(&e) {
-                tracing::warn!(error = %message, instance_id = %group[0].instance_id, "the database refused one check-in");
+                tracing::error!(error = %Chain(&e), instance_id = %group[0].instance_id, "the database refused one check-in");
             } else {
-                tracing::error!(error = %message, checkins = group.len(), "recording a group of check-ins failed");
+                tracing::error!(error = %Chain(&e), checkins = group.len(), "recording a group of check-ins failed");
             }
-            group.iter().map(|_| Err(CheckInError::Unrecorded(message.clone()))).collect()
+            // Each check-in of the group gets the same answer: a failure that retrying can cure
+            // (503), or one that it cannot (500). A panic or a broken invariant was narrowed
+            // down to its own check-in before it got here.
+            let again = |e: &CheckInError| match e {
+                CheckInError::Store(_) | CheckInError::Unavailable(_) | CheckInError::Refused(_) => None,
+                CheckInError::Invariant(what) => Some(CheckInError::Invariant(what)),
+                _ => Some(CheckInError::Panicked),
+            };
+            let store = match e {
+                CheckInError::Store(e) => std::sync::Arc::new(e),
+                other => {
+                    return group
+                        .iter()
+                        .map(|_| Err(again(&other).unwrap_or(CheckInError::Panicked)))
+                        .collect()
+                }
+            };
+            let transient = group.len() > 1 || store.is_transient();
+            group
+                .iter()
+                .map(|_| {
+                    Err(if transient {
+                        CheckInError::Unavailable(store.clone())
+                    } else {
+                        CheckInError::Refused(store.clone())
+                    })
+                })
+                .collect()
         }
     }
 }
@@ -150,7 +186,7 @@ fn write_guarded(
 /// parts can isolate it), rather than from the database being unreachable.
 fn caused_by_content(e: &CheckInError) -> bool {
     match e {
-        CheckInError::Panicked => true,
+        CheckInError::Panicked | CheckInError::Invariant(_) => true,
         CheckInError::Store(e) => e.may_come_from_content(),
         _ => false,
     }
@@ -303,7 +339,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             }
             // Keys that cannot be read or trusted never reach the writer (see `record`).
             let Subject::Licensed(license) = &p.subject else {
-                return Err(CheckInError::Unrecorded("an unlicensed check-in reached the writer".into()));
+                return Err(CheckInError::Invariant("an unlicensed check-in reached the writer"));
             };
             let row = &licenses[&license.license_id.to_string()];
             let license_id = &row.id;

@@ -357,7 +357,7 @@ async fn dashboard(licensing: web::Data<Licensing>) -> HttpResponse {
     match web::block(move || l.dashboard()).await {
         Ok(Ok(d)) => html_page(StatusCode::OK, "Telemetry on this deployment", &super::dashboard::render(&d)),
         Ok(Err(e)) => {
-            tracing::error!(target: "licensor", "the local dashboard failed: {e}");
+            tracing::error!(target: "licensor", "the local dashboard failed: {}", crate::error_chain::Chain(&e));
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
@@ -411,7 +411,7 @@ async fn summary(licensing: web::Data<Licensing>, query: web::Query<SummaryQuery
         }
         Ok(Ok(None)) => disabled(&licensing),
         Ok(Err(e)) => {
-            tracing::error!(target: "licensor", "telemetry summary failed: {e}");
+            tracing::error!(target: "licensor", "telemetry summary failed: {}", crate::error_chain::Chain(&e));
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
@@ -426,7 +426,7 @@ async fn flush(licensing: web::Data<Licensing>) -> HttpResponse {
     match web::block(move || l.flush()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "flushed": true })),
         Ok(Err(e)) => {
-            tracing::error!(target: "licensor", "telemetry flush failed: {e}");
+            tracing::error!(target: "licensor", "telemetry flush failed: {}", crate::error_chain::Chain(&e));
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
@@ -445,7 +445,7 @@ async fn preview(licensing: web::Data<Licensing>) -> HttpResponse {
             .body(preview.payload),
         Ok(Ok(None)) => disabled(&licensing),
         Ok(Err(e)) => {
-            tracing::error!(target: "licensor", "telemetry preview failed: {e}");
+            tracing::error!(target: "licensor", "telemetry preview failed: {}", crate::error_chain::Chain(&e));
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed")
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the local telemetry store failed"),
@@ -705,7 +705,7 @@ mod privacy {
                 format!("<section class=\"refused\"><p>Refused: {}</p><p><a href=\"privacy\">Back</a></p></section>", esc(&why)),
             ),
             Ok(Err(e)) => {
-                tracing::error!(target: "licensor", "saving the telemetry choice failed: {e}");
+                tracing::error!(target: "licensor", "saving the telemetry choice failed: {}", crate::error_chain::Chain(&e));
                 html(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "<section class=\"refused\"><p>The choice could not be saved.</p></section>".into(),

@@ -19,6 +19,7 @@ use super::auth::{Admin, Identity};
 use super::error::ApiError;
 use super::request_log::RequestId;
 use super::{blocking, AppState};
+use crate::error_chain::Chain;
 use crate::store;
 
 /// The longest route parameter value kept in `target`.
@@ -59,12 +60,14 @@ pub async fn middleware(
             let store = state.store.clone();
             // The action is done and answered; a record that cannot be written is logged loudly
             // rather than turned into a failure of what already happened.
-            if let Err(e) = web::block(move || store.record_audit(&entry))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            {
-                tracing::error!(error = %e, "the audit log could not record an admin action");
+            match web::block(move || store.record_audit(&entry)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %Chain(&e), "the audit log could not record an admin action")
+                }
+                Err(e) => {
+                    tracing::error!(error = %Chain(&e), "the audit log could not record an admin action")
+                }
             }
         }
     }

@@ -1,12 +1,13 @@
 //! The API's one error type: every non-200 answer is `{"error":{"code","message"}}` with an
-//! explicit status per code. Internal failures are logged in full and answered with a
-//! generic message, so a 500 never leaks internals.
+//! explicit status per code. Internal failures keep their cause, are logged with its whole
+//! chain and answered with a generic message, so a 500 never leaks internals.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use std::fmt;
 
 use crate::checkin::{BadRequest, CheckInError};
+use crate::error_chain::Chain;
 use crate::protocol::{ErrorBody, ErrorDetail};
 use crate::store::StoreError;
 
@@ -37,15 +38,28 @@ pub enum ApiError {
     RequestTimeout,
     /// 429: too many requests; retry after this many seconds.
     TooManyRequests { retry_after: u64 },
-    /// 503: the database is unreachable or overloaded; retry later.
-    Unavailable(String),
-    /// 500: anything else. The detail is logged, never sent.
-    Internal(String),
+    /// 503: the database is unreachable or overloaded; retry later. The cause is logged,
+    /// never sent.
+    Unavailable(Cause),
+    /// 500: anything else. The cause is logged, never sent.
+    Internal(Cause),
 }
+
+/// Why a request failed inside the server: an error with its sources, or a sentence
+/// (`"application state missing".into()`).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::BadRequest { code, message: message.into() }
+    }
+
+    /// What caused a 500 or 503, for the log.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Internal(cause) | ApiError::Unavailable(cause) => Some(cause.as_ref()),
+            _ => None,
+        }
     }
 
     fn code(&self) -> &'static str {
@@ -122,8 +136,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         match self {
-            ApiError::Internal(detail) => tracing::error!(detail = %detail, "internal error"),
-            ApiError::Unavailable(detail) => tracing::warn!(detail = %detail, "service unavailable"),
+            ApiError::Internal(cause) => tracing::error!(error = %Chain(cause.as_ref()), "internal error"),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %Chain(cause.as_ref()), "service unavailable")
+            }
             _ => {}
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.message() } };
@@ -157,9 +173,9 @@ impl From<BadRequest> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         if e.is_unavailable() {
-            ApiError::Unavailable(e.to_string())
+            ApiError::Unavailable(Box::new(e))
         } else {
-            ApiError::Internal(e.to_string())
+            ApiError::Internal(Box::new(e))
         }
     }
 }
@@ -170,14 +186,18 @@ impl From<CheckInError> for ApiError {
             CheckInError::BadRequest(b) => b.into(),
             CheckInError::TooMany { retry_after } => ApiError::TooManyRequests { retry_after },
             CheckInError::Store(s) => s.into(),
-            CheckInError::Unrecorded(detail) => ApiError::Unavailable(detail),
-            CheckInError::Panicked => ApiError::Internal("recording the check-in panicked".into()),
+            e @ (CheckInError::Unavailable(_) | CheckInError::WriterStopped) => {
+                ApiError::Unavailable(Box::new(e))
+            }
+            e @ (CheckInError::Refused(_) | CheckInError::Panicked | CheckInError::Invariant(_)) => {
+                ApiError::Internal(Box::new(e))
+            }
         }
     }
 }
 
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
-        ApiError::Internal(format!("blocking task failed: {e}"))
+        ApiError::Internal(Box::new(e))
     }
 }

@@ -35,7 +35,7 @@ pub(super) async fn healthz() -> HttpResponse {
 pub(super) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     // Ready means a check-in could be recorded now, not merely that a connection opens.
-    blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
+    blocking(move || store.ready().map_err(|e| ApiError::Unavailable(Box::new(e)))).await?;
     Ok(HttpResponse::Ok().json(Probe { status: "ready" }))
 }
 
@@ -367,6 +367,14 @@ pub(super) async fn update_license(
 
 /// Issues the successor of a license's newest key with `changes` and makes it the license's
 /// key (the admin API's `PATCH` and the dashboard's renew form). Blocking.
+/// A license's stored key that no longer decodes (damage, or a bug that wrote it).
+#[derive(Debug, thiserror::Error)]
+#[error("the stored key of license {license_id} does not read")]
+struct StoredKeyUnreadable {
+    license_id: String,
+    source: crate::token::TokenError,
+}
+
 pub(crate) fn renew(
     store: &store::Store,
     issuer: &crate::keys::Signer,
@@ -388,7 +396,7 @@ pub(crate) fn renew(
     };
     let current = crate::token::decode::<LicensePayload>(current_key)
         .map_err(|e| {
-            ApiError::Internal(format!("the stored key of license {license_id} does not read: {e}"))
+            ApiError::Internal(Box::new(StoredKeyUnreadable { license_id: license_id.to_owned(), source: e }))
         })?
         .claims;
     let issued = license::renew(issuer, &current, changes, now)

@@ -130,13 +130,13 @@ impl Table {
 
     /// The table as CSV (RFC 4180, with a header line), safe to open in a spreadsheet.
     pub fn to_csv(&self) -> Result<Vec<u8>, ApiError> {
-        let failed = |e: csv::Error| ApiError::Internal(format!("writing CSV failed: {e}"));
+        let failed = |e: csv::Error| ApiError::Internal(Box::new(e));
         let mut writer = crate::csv_safe::writer(Vec::new());
         crate::csv_safe::write_record(&mut writer, &self.header).map_err(failed)?;
         for row in &self.rows {
             crate::csv_safe::write_record(&mut writer, row).map_err(failed)?;
         }
-        writer.into_inner().map_err(|e| ApiError::Internal(format!("writing CSV failed: {e}")))
+        writer.into_inner().map_err(|e| ApiError::Internal(Box::new(e.into_error())))
     }
 }
 

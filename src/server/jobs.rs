@@ -2,6 +2,7 @@
 //! several replicas on one database, each run is claimed in `job_runs` first (see
 //! `Store::claim_job`), so it happens once; a replica that loses the claim skips the run.
 
+use crate::error_chain::Chain;
 use chrono::{DateTime, Duration, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
@@ -36,7 +37,7 @@ pub fn run_retention(
     let cutoff = now - Duration::days(i64::from(retention_days));
     // The coming week's partitions exist before their data arrives (PostgreSQL).
     if let Err(e) = store.ensure_partitions(now.date_naive(), PARTITIONS_AHEAD) {
-        tracing::warn!(error = %e, "creating the coming days' partitions failed");
+        tracing::warn!(error = %Chain(&e), "creating the coming days' partitions failed");
     }
     // On PostgreSQL whole days of raw payload go first, a partition at a time (each drop is
     // O(1)); the deletes then touch only the default partition and the cutoff's own day.
@@ -156,8 +157,8 @@ pub async fn schedule(
                     Ok(Ok(RunOutcome::Skipped)) => {
                         tracing::debug!(job = name, "run claimed by another replica")
                     }
-                    Ok(Err(e)) => tracing::error!(job = name, error = %e, "job failed"),
-                    Err(e) => tracing::error!(job = name, error = %e, "job panicked"),
+                    Ok(Err(e)) => tracing::error!(job = name, error = %Chain(&e), "job failed"),
+                    Err(e) => tracing::error!(job = name, error = %Chain(&e), "job panicked"),
                 }
             })
         })

@@ -21,6 +21,7 @@ mod request_log;
 pub mod tls;
 pub mod webhooks;
 
+use crate::error_chain::Chain;
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -376,9 +377,9 @@ fn reload_on_sighup(
             match reloaded {
                 Ok(Ok(())) => tracing::info!("TLS certificate reloaded (SIGHUP)"),
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                    tracing::error!(error = %Chain(&e), "TLS certificate not reloaded; the previous one stays in use")
                 }
-                Err(e) => tracing::error!(error = %e, "TLS certificate reload stopped"),
+                Err(e) => tracing::error!(error = %Chain(&e), "TLS certificate reload stopped"),
             }
         }
     }))
@@ -420,8 +421,8 @@ async fn serve(
     })
     .await
     {
-        Ok(Err(e)) => tracing::warn!(error = %e, "creating the coming days' partitions failed"),
-        Err(e) => tracing::warn!(error = %e, "creating the coming days' partitions stopped"),
+        Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "creating the coming days' partitions failed"),
+        Err(e) => tracing::warn!(error = %Chain(&e), "creating the coming days' partitions stopped"),
         Ok(Ok(_)) => {}
     }
     let mut scheduler = if config.jobs {

@@ -72,7 +72,7 @@ impl PublicPage {
 
 /// Renders a publication read at `at` (it stays in memory for [`store::REFRESH`] from then).
 fn render(view: PublicInsights, at: chrono::DateTime<chrono::Utc>) -> Result<Rendered, ApiError> {
-    let json = serde_json::to_vec(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let json = serde_json::to_vec(&view).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let bars = |list: &[store::PublicFigure], share: bool| -> Vec<(String, f64)> {
         list.iter().map(|f| (f.name.clone(), if share { f.share as f64 } else { f.count as f64 })).collect()
     };
@@ -90,7 +90,7 @@ fn render(view: PublicInsights, at: chrono::DateTime<chrono::Utc>) -> Result<Ren
         ),
         ("Versions in use (% of installs)", charts::bars("Versions in use", &bars(&view.versions, true))),
     ];
-    let html = PublicPage { view, charts }.render().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let html = PublicPage { view, charts }.render().map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(Rendered { at, json: json.into(), html: html.into() })
 }
 

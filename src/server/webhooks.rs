@@ -8,6 +8,7 @@
 //! event id. Invariant: events are enqueued in the transaction of what caused them (see
 //! `store::webhooks`); the worker only sends what it claimed.
 
+use crate::error_chain::Chain;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac as _};
@@ -81,7 +82,7 @@ pub fn start_worker(
         {
             Ok(client) => client,
             Err(e) => {
-                tracing::error!(error = %e, "webhooks: no HTTP client; nothing will be delivered");
+                tracing::error!(error = %Chain(&e), "webhooks: no HTTP client; nothing will be delivered");
                 return;
             }
         };
@@ -94,8 +95,8 @@ pub fn start_worker(
                 last_overdue_scan = Some(now);
                 let store = store.clone();
                 match actix_web::rt::task::spawn_blocking(move || scan_overdue(&store, now)).await {
-                    Ok(Err(e)) => tracing::warn!(error = %e, "webhooks: the overdue scan failed"),
-                    Err(e) => tracing::warn!(error = %e, "webhooks: the overdue scan stopped"),
+                    Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "webhooks: the overdue scan failed"),
+                    Err(e) => tracing::warn!(error = %Chain(&e), "webhooks: the overdue scan stopped"),
                     Ok(Ok(_)) => {}
                 }
             }
@@ -104,7 +105,7 @@ pub fn start_worker(
                 match actix_web::rt::task::spawn_blocking(move || claiming.claim_deliveries(now, 20)).await {
                     Ok(Ok(claimed)) => claimed,
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "webhooks: claiming deliveries failed");
+                        tracing::warn!(error = %Chain(&e), "webhooks: claiming deliveries failed");
                         continue;
                     }
                     Err(_) => continue,
@@ -122,7 +123,7 @@ pub fn start_worker(
                 })
                 .await;
                 if let Ok(Err(e)) = recorded {
-                    tracing::warn!(error = %e, "webhooks: recording a delivery attempt failed");
+                    tracing::warn!(error = %Chain(&e), "webhooks: recording a delivery attempt failed");
                 }
             }
         }

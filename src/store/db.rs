@@ -220,6 +220,31 @@ impl StoreError {
         }
     }
 
+    /// Whether retrying may succeed: the database is out of reach, busy or locked, or the
+    /// transaction lost a race (a serialization failure or deadlock). A constraint or a stored
+    /// value that does not read will fail again.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Query(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => true,
+            StoreError::Query(Error::DatabaseError(DatabaseErrorKind::Unknown, info)) => {
+                // SQLite's busy and locked errors, and PostgreSQL's deadlocks and lock timeouts,
+                // have no kind of their own in diesel: their messages say it.
+                let message = info.message().to_ascii_lowercase();
+                [
+                    "database is locked",
+                    "database is busy",
+                    "deadlock detected",
+                    "lock timeout",
+                    "canceling statement",
+                ]
+                .iter()
+                .any(|m| message.contains(m))
+            }
+            _ => self.is_unavailable(),
+        }
+    }
+
     /// Whether the failure is the database being out of reach (answered 503, retry later)
     /// rather than a query going wrong.
     pub fn is_unavailable(&self) -> bool {

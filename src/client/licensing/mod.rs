@@ -468,7 +468,7 @@ impl Licensing {
             worker.stop();
         }
         if let Err(e) = self.verifier.flush() {
-            tracing::warn!(target: "licensor", "last flush of telemetry failed: {e}");
+            tracing::warn!(target: "licensor", "last flush of telemetry failed: {}", crate::error_chain::Chain(&e));
         }
         let released =
             self.verifier.instance.read().is_ok_and(|i| i.deactivated || i.replaced || i.lease.is_none());
@@ -484,7 +484,7 @@ impl Licensing {
         {
             Ok(Ok(_)) => tracing::info!(target: "licensor", "released this process on the license server"),
             Ok(Err(e)) => {
-                tracing::warn!(target: "licensor", "releasing this process on the license server failed: {e}")
+                tracing::warn!(target: "licensor", "releasing this process on the license server failed: {}", crate::error_chain::Chain(&e))
             }
             Err(_) => {
                 tracing::warn!(target: "licensor", "releasing this process on the license server took too long; its seat frees when its lease ends")

@@ -527,7 +527,7 @@ impl Verifier {
     pub(super) fn announce_next_check_in(&self, at: DateTime<Utc>) {
         if let Some(store) = &self.store {
             if let Err(e) = store.set_next_check_in(at) {
-                tracing::warn!(target: "licensor", "recording the next check-in time failed: {e}");
+                tracing::warn!(target: "licensor", "recording the next check-in time failed: {}", crate::error_chain::Chain(&e));
             }
         }
     }
@@ -671,7 +671,7 @@ impl Verifier {
         }
         let now = self.now();
         if let Err(e) = self.flush() {
-            tracing::warn!(target: "licensor", "flushing telemetry before the check-in failed: {e}");
+            tracing::warn!(target: "licensor", "flushing telemetry before the check-in failed: {}", crate::error_chain::Chain(&e));
         }
         // An exempt deployment sends no telemetry at all: not even the environment.
         let outgoing = match exempt {
@@ -760,7 +760,7 @@ impl Verifier {
             report_acknowledged: None,
         };
         if let Err(e) = store.record_check_in(&record, now) {
-            tracing::warn!(target: "licensor", "recording the check-in failed: {e}");
+            tracing::warn!(target: "licensor", "recording the check-in failed: {}", crate::error_chain::Chain(&e));
         }
         if let Some((key, payload)) = renewed {
             tracing::info!(target: "licensor", license_id = %payload.license_id, "the license server delivered a renewed license key; using it from now on");
@@ -868,7 +868,7 @@ impl Verifier {
             (outgoing, Some((report.sequence, report.text)))
         } else {
             if let Err(e) = self.flush() {
-                tracing::warn!(target: "licensor", "flushing telemetry before the delivery failed: {e}");
+                tracing::warn!(target: "licensor", "flushing telemetry before the delivery failed: {}", crate::error_chain::Chain(&e));
             }
             match store.next_batch(self.environment(now), now, &BatchLimits::default()) {
                 Ok(o) => (o, None),
@@ -893,7 +893,7 @@ impl Verifier {
         let record =
             CheckInRecord { result: error.clone(), next_check_in_at: Some(next), ..Default::default() };
         if let Err(e) = store.record_check_in(&record, now) {
-            tracing::warn!(target: "licensor", "recording the failed check-in failed: {e}");
+            tracing::warn!(target: "licensor", "recording the failed check-in failed: {}", crate::error_chain::Chain(&e));
         }
         if let Ok(mut instance) = self.instance.write() {
             instance.last_sync = SyncStatus::Error;

@@ -117,7 +117,7 @@ where
 
 fn flush(verifier: &Verifier) {
     if let Err(e) = verifier.flush() {
-        tracing::warn!(target: "licensor", "flushing telemetry failed: {e}");
+        tracing::warn!(target: "licensor", "flushing telemetry failed: {}", crate::error_chain::Chain(&e));
     }
 }
 
@@ -137,7 +137,9 @@ fn roll_up(verifier: &Verifier) {
             r.dropped
         ),
         Ok(_) => {}
-        Err(e) => tracing::warn!(target: "licensor", "rolling up local telemetry failed: {e}"),
+        Err(e) => {
+            tracing::warn!(target: "licensor", "rolling up local telemetry failed: {}", crate::error_chain::Chain(&e))
+        }
     }
 }
 

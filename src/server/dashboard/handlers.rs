@@ -210,9 +210,7 @@ pub async fn sign_in(
     blocking(move || Ok(store.create_session(&row, now)?)).await?;
     tracing::info!(token = %identity.name, "dashboard sign-in");
     let mut response = see_other("/admin/overview");
-    response
-        .add_cookie(&session::cookie(&req, token))
-        .map_err(|e| DashboardError::Internal(e.to_string()))?;
+    response.add_cookie(&session::cookie(&req, token)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
     Ok(response)
 }
 
@@ -225,7 +223,7 @@ pub async fn sign_out(req: HttpRequest, state: web::Data<AppState>, form: Form<s
     let hash = form.session.token_hash.clone();
     blocking(move || Ok(store.end_session(&hash)?)).await?;
     let mut response = see_other("/admin/sign-in");
-    response.add_cookie(&session::removal(&req)).map_err(|e| DashboardError::Internal(e.to_string()))?;
+    response.add_cookie(&session::removal(&req)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
     Ok(response)
 }
 

@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod public_names;
 pub mod session;
 
+use crate::error_chain::Chain;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
@@ -39,9 +40,9 @@ pub enum DashboardError {
     /// What the admin API would have answered (not found, conflict, invalid...).
     #[error("{0}")]
     Api(ApiError),
-    /// A failure of the server itself; logged, never shown.
+    /// A failure of the server itself; logged with its causes, never shown.
     #[error("{0}")]
-    Internal(String),
+    Internal(crate::server::error::Cause),
 }
 
 impl From<ApiError> for DashboardError {
@@ -58,13 +59,13 @@ impl From<crate::store::StoreError> for DashboardError {
 
 impl From<actix_web::error::BlockingError> for DashboardError {
     fn from(e: actix_web::error::BlockingError) -> Self {
-        DashboardError::Internal(e.to_string())
+        DashboardError::Internal(Box::new(e))
     }
 }
 
 impl From<askama::Error> for DashboardError {
     fn from(e: askama::Error) -> Self {
-        DashboardError::Internal(format!("rendering a page failed: {e}"))
+        DashboardError::Internal(Box::new(e))
     }
 }
 
@@ -84,12 +85,15 @@ impl ResponseError for DashboardError {
             return HttpResponse::SeeOther().insert_header((header::LOCATION, "/admin/sign-in")).finish();
         }
         let message = match self {
-            DashboardError::Internal(detail) => {
-                tracing::error!(error = %detail, "dashboard request failed");
+            DashboardError::Internal(cause) => {
+                tracing::error!(error = %Chain(cause.as_ref()), "dashboard request failed");
                 "Something went wrong on the server; the details are in its log.".to_owned()
             }
             DashboardError::Api(e) if e.status_code().is_server_error() => {
-                tracing::error!(error = %e, "dashboard request failed");
+                match e.cause() {
+                    Some(cause) => tracing::error!(error = %Chain(cause), "dashboard request failed"),
+                    None => tracing::error!(error = %e, "dashboard request failed"),
+                }
                 "The server cannot answer now; try again in a moment.".to_owned()
             }
             other => other.to_string(),

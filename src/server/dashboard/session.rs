@@ -90,7 +90,7 @@ impl FromRequest for Session {
             let lookup = token_hash.clone();
             let found = web::block(move || store.session(&lookup, now))
                 .await
-                .map_err(|e| DashboardError::Internal(e.to_string()))??;
+                .map_err(|e| DashboardError::Internal(Box::new(e)))??;
             let row = found.ok_or(DashboardError::SignIn)?;
             let identity = Identity {
                 name: std::sync::Arc::from(row.token_name.as_str()),
