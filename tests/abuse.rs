@@ -171,7 +171,10 @@ fn a_poisoned_check_in_fails_alone_while_others_succeed(h: Harness) {
                 for i in 0..per_thread {
                     let body = h.check_in_body(key, &format!("poison-{t}-{i}"), &nonce(), Some(batch_text));
                     let (code, _) = h.post_raw("/v1/check-ins", "application/json", body);
-                    assert_eq!(code, 500, "a poisoned check-in is answered 500 (retrying cannot help), never 200");
+                    assert_eq!(
+                        code, 500,
+                        "a poisoned check-in is answered 500 (retrying cannot help), never 200"
+                    );
                     poison_answers.fetch_add(1, Ordering::Relaxed);
                 }
             });

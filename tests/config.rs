@@ -24,7 +24,7 @@ fn flags_override_the_file_which_overrides_defaults() {
     assert_eq!(config.bind.to_string(), "127.0.0.1:9002", "the flag wins");
     assert_eq!(config.retention_days, 30, "the file fills what the flags leave");
     assert_eq!(config.db_pool_size, 4);
-    assert_eq!(config.admin_token, "file-token-file-token-file-token");
+    assert_eq!(config.admin_token.as_deref(), Some("file-token-file-token-file-token"));
     assert_eq!(config.limits.max_usage, 10);
     assert_eq!(config.limits.max_routes, 500, "defaults fill the rest");
     assert_eq!(config.rate_limit_per_minute, 30);
@@ -38,7 +38,10 @@ fn flags_override_the_file_which_overrides_defaults() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!((config.retention_days, config.admin_token.as_str()), (7, "flag-token-flag-token-flag-token"));
+    assert_eq!(
+        (config.retention_days, config.admin_token.as_deref()),
+        (7, Some("flag-token-flag-token-flag-token"))
+    );
     assert_eq!(config.bind.to_string(), "127.0.0.1:9001");
 }
 
@@ -164,7 +167,11 @@ fn secrets_can_be_read_from_files() {
         ..base()
     })
     .unwrap();
-    assert_eq!(config.admin_token, "token-from-a-file-token-from-a-file", "the line end is not the token's");
+    assert_eq!(
+        config.admin_token.as_deref(),
+        Some("token-from-a-file-token-from-a-file"),
+        "the line end is not the token's"
+    );
     assert_eq!(config.database_url, format!("sqlite://{}", dir.path().join("secret.db").display()));
     assert!(!config.development.iter().any(|d| d.contains("admin token") || d.contains("database")));
 
@@ -222,6 +229,37 @@ fn secrets_can_be_read_from_files() {
 
 /// Further admin tokens come from the TOML file, each named and scoped, the token given inline
 /// or (better) in a file; names and tokens must be unique, and mistakes are named.
+/// A set-up with named tokens and no admin_token has chosen its tokens: no unnamed token is
+/// generated, written to the data directory or counted as development.
+#[test]
+fn named_tokens_alone_get_no_generated_token_beside_them() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let toml = dir.path().join("licensor.toml");
+    std::fs::write(
+        &toml,
+        "[[admin_tokens]]\nname = \"ops\"\nscope = \"full\"\ntoken = \"ops-token-0123456789abcdefghij\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let config = ServerConfig::resolve(ServeOptions {
+        config_file: Some(toml),
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.admin_token, None);
+    assert!(!config.admin_token_generated);
+    assert_eq!(config.admin_tokens.len(), 1);
+    assert!(!data.join("admin-token").exists(), "no token file is written");
+    assert!(!config.development.iter().any(|line| line.contains("admin token")), "{:?}", config.development);
+
+    // Without named tokens, the development set-up still generates one.
+    let config =
+        ServerConfig::resolve(ServeOptions { data_dir: Some(data.clone()), ..Default::default() }).unwrap();
+    assert!(config.admin_token.is_some() && config.admin_token_generated);
+    assert!(data.join("admin-token").exists());
+}
+
 #[test]
 fn named_admin_tokens_are_read_and_checked() {
     let dir = tempfile::TempDir::new().unwrap();

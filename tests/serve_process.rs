@@ -420,3 +420,41 @@ fn a_refused_check_in_is_answered_500_counted_and_logged_with_its_causes() {
         "{line}"
     );
 }
+
+/// With only named tokens configured, the server generates no other token, writes none to the
+/// data directory, prints none, and says that only the named ones are accepted.
+#[cfg(unix)]
+#[test]
+fn named_tokens_alone_get_no_hidden_token() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("licensor.toml");
+    std::fs::write(
+        &config,
+        "[[admin_tokens]]\nname = \"ops\"\nscope = \"full\"\ntoken = \"ops-token-0123456789abcdefghij\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = common::serve_process(port)
+        .current_dir(dir.path())
+        .env("LICENSOR_CONFIG", &config)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_until_up(&base, &client);
+    let listing = |token: &str| {
+        client.get(format!("{base}/v1/admin/licenses")).bearer_auth(token).send().unwrap().status().as_u16()
+    };
+    assert_eq!(listing("ops-token-0123456789abcdefghij"), 200);
+    assert!(!dir.path().join("data/admin-token").exists(), "no token was written");
+    let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut stderr = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    server.wait().unwrap();
+    assert!(stderr.contains("only the named admin tokens are accepted"), "{stderr}");
+    for generated in ["the admin token:", "generated admin token", "lsa_"] {
+        assert!(!stderr.contains(generated), "no token is generated or printed: {stderr}");
+    }
+}

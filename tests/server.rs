@@ -842,7 +842,9 @@ fn admin_cli_talks_to_the_server() {
         licensor_cli(&["admin", "insights", "usage", "--kind", "feature", "--days", "2", "--csv"], &env);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.starts_with("\"name\",\"count\",\"installs\",\"share\",\"previous_count\",\"change\",\"rising\"\n"),
+        out.starts_with(
+            "\"name\",\"count\",\"installs\",\"share\",\"previous_count\",\"change\",\"rising\"\n"
+        ),
         "{out}"
     );
     assert_eq!(licensor_cli(&["admin", "insights", "usage"], &env).0, 2, "usage needs --kind");

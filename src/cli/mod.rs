@@ -628,7 +628,8 @@ pub struct ServeArgs {
     /// A PKCS#8 key that lets the admin API issue licenses, KID.license.private.pem.
     #[arg(long, env = "LICENSOR_ISSUING_KEY")]
     pub issuing_key: Option<PathBuf>,
-    /// Bearer token of the admin API (prefer the environment to the flag).
+    /// Bearer token of the admin API, named admin, full scope (prefer the environment to the flag);
+    /// generated in the development set-up unless named tokens are configured.
     #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// A file holding the admin token (a container secret), instead of --admin-token.

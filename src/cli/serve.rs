@@ -85,9 +85,9 @@ fn development_banner(config: &ServerConfig, addr: std::net::SocketAddr) -> Stri
         banner.push_str(line);
         banner.push('\n');
     }
-    if config.admin_token_generated {
+    if let Some(token) = config.admin_token.as_deref().filter(|_| config.admin_token_generated) {
         // Shown this once on the terminal so that the developer can use it; never logged.
-        banner.push_str(&format!("  - the admin token: {}\n", config.admin_token));
+        banner.push_str(&format!("  - the admin token: {token}\n"));
     }
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     banner.push_str(&format!("  - listening on {scheme}://{addr}\n"));

@@ -232,7 +232,9 @@ pub struct ServerConfig {
     pub keys_dir: PathBuf,
     pub signing_key: PathBuf,
     pub issuing_key: Option<PathBuf>,
-    pub admin_token: String,
+    /// The unnamed full-scope token (`admin`): configured, or generated in the development
+    /// set-up; none when only named tokens are configured.
+    pub admin_token: Option<String>,
     pub workers: usize,
     pub db_pool_size: u32,
     pub max_body_bytes: usize,
@@ -443,11 +445,10 @@ impl ServerConfig {
             ("admin_token", admin_token, given),
             ("admin_token_file", token_file, token_file_given),
         )?;
-        let (admin_token, admin_token_generated) = match admin_token {
-            Some(token) => (token, false),
-            None => development_admin_token(&data_dir, &mut development, created)?,
-        };
-        if admin_token.len() < MIN_ADMIN_TOKEN_LEN || admin_token.chars().any(char::is_whitespace) {
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN || t.chars().any(char::is_whitespace))
+        {
             return Err(src.invalid(
                 token_key,
                 given,
@@ -618,11 +619,21 @@ impl ServerConfig {
                     "{name}: the token must be at least {MIN_ADMIN_TOKEN_LEN} characters without white space"
                 )));
             }
-            if token == admin_token || admin_tokens.iter().any(|t| t.token == token) {
+            if admin_token.as_ref() == Some(&token) || admin_tokens.iter().any(|t| t.token == token) {
                 return Err(bad(format!("{name}: the token is another name's too; each needs its own")));
             }
             admin_tokens.push(NamedToken { name, scope: entry.scope, token });
         }
+        // A set-up with named tokens has chosen its tokens: none is generated beside them, and
+        // without admin_token there is no unnamed one.
+        let (admin_token, admin_token_generated) = match admin_token {
+            Some(token) => (Some(token), false),
+            None if !admin_tokens.is_empty() => (None, false),
+            None => {
+                let (token, generated) = development_admin_token(&data_dir, &mut development, created)?;
+                (Some(token), generated)
+            }
+        };
         let (tls_cert, cert_given) = src.pick("tls_cert", opts.tls_cert, file.tls_cert);
         let (tls_key, key_given) = src.pick("tls_key", opts.tls_key, file.tls_key);
         let tls = match (tls_cert, tls_key) {

@@ -261,11 +261,22 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
         metrics,
         config.seats.clone(),
     );
+    if config.admin_token.is_none() {
+        let named: Vec<&str> = config.admin_tokens.iter().map(|t| t.name.as_str()).collect();
+        tracing::info!(
+            ?named,
+            "no admin_token is configured and none was generated: only the named admin tokens are accepted"
+        );
+    }
     let state = AppState {
         service: Arc::new(service),
         store: store.clone(),
         admin_tokens: auth::AdminTokens::new(
-            std::iter::once(("admin", auth::Scope::Full, config.admin_token.as_str()))
+            config
+                .admin_token
+                .as_deref()
+                .map(|token| ("admin", auth::Scope::Full, token))
+                .into_iter()
                 .chain(config.admin_tokens.iter().map(|t| (t.name.as_str(), t.scope, t.token.as_str()))),
         ),
         issuer: issuer.map(Arc::new),

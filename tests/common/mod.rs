@@ -146,7 +146,7 @@ impl Harness {
             keys_dir: keys_dir.clone(),
             signing_key: keys_dir.join("lease-test.lease.private.pem"),
             issuing_key: Some(keys_dir.join("vendor-test.license.private.pem")),
-            admin_token: ADMIN_TOKEN.into(),
+            admin_token: Some(ADMIN_TOKEN.into()),
             workers: 2,
             db_pool_size: 8,
             max_body_bytes: 256 * 1024,
