@@ -458,3 +458,125 @@ fn named_tokens_alone_get_no_hidden_token() {
         assert!(!stderr.contains(generated), "no token is generated or printed: {stderr}");
     }
 }
+
+/// Dashboard sessions answer to the tokens configured now: across restarts, a narrowed scope
+/// narrows a session, a rotated or removed token ends it; `DELETE /v1/admin/sessions` and the
+/// "sign out everywhere" button end them all, audited.
+#[cfg(unix)]
+#[test]
+fn sessions_follow_their_tokens_across_restarts() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("licensor.toml");
+    let named = |tokens: &[(&str, &str, &str)]| {
+        let mut text = String::from("admin_token = \"main-admin-token-0123456789abcdef\"\n");
+        for (name, scope, token) in tokens {
+            text.push_str(&format!(
+                "[[admin_tokens]]\nname = \"{name}\"\nscope = \"{scope}\"\ntoken = \"{token}\"\n"
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
+    };
+    let start = || {
+        let port = free_port();
+        let server = common::serve_process(port)
+            .current_dir(dir.path())
+            .env("LICENSOR_CONFIG", &config)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until_up(&base, &reqwest::blocking::Client::new());
+        (server, base)
+    };
+    let stop = |mut server: std::process::Child| {
+        Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+        server.wait().unwrap();
+    };
+    let client =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let sign_in = |base: &str, token: &str| -> String {
+        let r = client.post(format!("{base}/admin/sign-in")).form(&[("token", token)]).send().unwrap();
+        assert_eq!(r.status().as_u16(), 303, "{token}");
+        r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+    };
+    // The page's status and, when it answers, its form token.
+    let page = |base: &str, cookie: &str| -> (u16, Option<String>) {
+        let r = client.get(format!("{base}/admin/licenses")).header("cookie", cookie).send().unwrap();
+        let status = r.status().as_u16();
+        let html = r.text().unwrap();
+        let csrf = html.find("name=\"csrf\" value=\"").map(|at| {
+            let rest = &html[at + 19..];
+            rest[..rest.find('"').unwrap()].to_owned()
+        });
+        (status, csrf)
+    };
+    let post = |base: &str, cookie: &str, path: &str, csrf: &str| -> u16 {
+        client
+            .post(format!("{base}{path}"))
+            .header("cookie", cookie)
+            .header("origin", base)
+            .form(&[("csrf", csrf)])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let main = "main-admin-token-0123456789abcdef";
+
+    named(&[
+        ("ops", "full", "ops-token-0123456789abcdefghij"),
+        ("aud", "full", "aud-token-0123456789abcdefghij"),
+    ]);
+    let (server, base) = start();
+    let ops = sign_in(&base, "ops-token-0123456789abcdefghij");
+    let aud = sign_in(&base, "aud-token-0123456789abcdefghij");
+    let spare = sign_in(&base, "ops-token-0123456789abcdefghij");
+    stop(server);
+
+    // ops narrowed to read, aud rotated: ops reads but may not change; aud is signed out.
+    named(&[
+        ("ops", "read", "ops-token-0123456789abcdefghij"),
+        ("aud", "full", "aud-token-rotated-0123456789abc"),
+    ]);
+    let (server, base) = start();
+    let (status, csrf) = page(&base, &ops);
+    assert_eq!(status, 200);
+    assert_eq!(
+        post(&base, &ops, "/admin/sign-out-everywhere", &csrf.unwrap()),
+        403,
+        "a read scope changes nothing"
+    );
+    assert_eq!(page(&base, &aud).0, 303, "a rotated token's session ends");
+    assert_eq!(page(&base, &aud).0, 303, "and stays ended");
+    stop(server);
+
+    // ops removed: its sessions end.
+    named(&[("aud", "full", "aud-token-rotated-0123456789abc")]);
+    let (server, base) = start();
+    assert_eq!(page(&base, &ops).0, 303, "a removed token's session ends");
+    assert_eq!(page(&base, &spare).0, 303);
+
+    // Everywhere, by the API and by the button; both audited.
+    let first = sign_in(&base, "aud-token-rotated-0123456789abc");
+    let second = sign_in(&base, main);
+    let ended: serde_json::Value =
+        client.delete(format!("{base}/v1/admin/sessions")).bearer_auth(main).send().unwrap().json().unwrap();
+    assert_eq!(ended["ended"], 2, "{ended}");
+    assert_eq!((page(&base, &first).0, page(&base, &second).0), (303, 303));
+    let first = sign_in(&base, "aud-token-rotated-0123456789abc");
+    let second = sign_in(&base, main);
+    let csrf = page(&base, &second).1.unwrap();
+    assert_eq!(post(&base, &second, "/admin/sign-out-everywhere", &csrf), 303);
+    assert_eq!((page(&base, &first).0, page(&base, &second).0), (303, 303));
+    let audit: serde_json::Value =
+        client.get(format!("{base}/v1/admin/audit")).bearer_auth(main).send().unwrap().json().unwrap();
+    let actions: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap().to_owned(), e["action"].as_str().unwrap().to_owned()))
+        .collect();
+    for done in [("admin", "DELETE /v1/admin/sessions"), ("admin", "POST /admin/sign-out-everywhere")] {
+        assert!(actions.iter().any(|(a, b)| (a.as_str(), b.as_str()) == done), "{done:?} not in {actions:?}");
+    }
+    stop(server);
+}

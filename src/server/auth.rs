@@ -73,6 +73,23 @@ impl AdminTokens {
         )
     }
 
+    /// A proof that the token of `identity` signed in the session whose token hashes to
+    /// `session`: SHA-256 over both, hex. It names neither token, differs per session, and
+    /// changes when the admin token does.
+    pub fn proof(&self, identity: &Identity, session: &str) -> Option<String> {
+        let (digest, _) = self.0.iter().find(|(_, known)| known.name == identity.name)?;
+        Some(hex::encode(Sha256::new().chain_update(session.as_bytes()).chain_update(digest).finalize()))
+    }
+
+    /// Who a dashboard session is now: the token named `name` as configured now, if `proof`
+    /// (from [`AdminTokens::proof`] at sign-in) still matches it, with the scope it has now. A
+    /// removed or rotated token gives `None`: its sessions end.
+    pub fn session_identity(&self, name: &str, session: &str, proof: &str) -> Option<Identity> {
+        let (_, identity) = self.0.iter().find(|(_, known)| &*known.name == name)?;
+        let expected = self.proof(identity, session)?;
+        bool::from(expected.as_bytes().ct_eq(proof.as_bytes())).then(|| identity.clone())
+    }
+
     /// Whose token `candidate` is. Every token's digest is compared, each in constant time, so
     /// neither a token's content nor its length leaks through timing.
     pub fn identify(&self, candidate: &str) -> Option<Identity> {

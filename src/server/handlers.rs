@@ -751,6 +751,25 @@ pub(super) struct Released {
     held_seat: bool,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct SessionsEnded {
+    /// How many dashboard sessions there were.
+    ended: usize,
+}
+
+/// Ends every dashboard session (sign out everywhere): every browser must sign in again.
+#[utoipa::path(delete, path = "/v1/admin/sessions", tag = "dashboard", security(("admin_token" = [])),
+    responses((status = 200, body = SessionsEnded), WriteErrors))]
+pub(super) async fn end_sessions(
+    _admin: FullAdmin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let ended = blocking(move || store.end_all_sessions().map_err(ApiError::from)).await?;
+    tracing::info!(ended, "every dashboard session ended");
+    Ok(HttpResponse::Ok().json(SessionsEnded { ended }))
+}
+
 /// Frees an instance's seat at once: its row goes, so its next check-in is answered as a new
 /// instance's. Its telemetry and check-in history stay.
 #[utoipa::path(delete, path = "/v1/admin/licenses/{license_id}/instances/{instance_id}", tag = "instances",

@@ -140,6 +140,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(handlers::release_instance)),
                 )
                 .service(resource("/instances").route(web::get().to(handlers::list_instances)))
+                .service(resource("/sessions").route(web::delete().to(handlers::end_sessions)))
                 .service(resource("/telemetry/summary").route(web::get().to(handlers::telemetry_summary)))
                 .service(
                     resource("/instances/{instance_id}/telemetry")
@@ -181,6 +182,7 @@ fn dashboard_routes(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(d::sign_in)),
             )
             .service(web::resource("/sign-out").route(web::post().to(d::sign_out)))
+            .service(web::resource("/sign-out-everywhere").route(web::post().to(d::sign_out_everywhere)))
             .service(web::resource("/overview").route(web::get().to(d::overview)))
             .service(web::resource("/usage").route(web::get().to(d::usage)))
             .service(web::resource("/performance").route(web::get().to(d::performance)))

@@ -177,6 +177,7 @@ diesel::table! {
         expires_at -> Timestamp,
         token_name -> Text,
         scope -> Text,
+        token_proof -> Text,
     }
 }
 

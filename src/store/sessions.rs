@@ -19,8 +19,12 @@ pub struct DashboardSession {
     pub expires_at: NaiveDateTime,
     /// The name of the admin token that signed in.
     pub token_name: String,
-    /// That token's scope (`read` or `full`).
+    /// That token's scope (`read` or `full`) at sign-in; each request uses the scope the
+    /// token has now.
     pub scope: String,
+    /// Proof of which admin token signed in (see `AdminTokens::proof`): a session whose token
+    /// was removed or rotated no longer matches and ends.
+    pub token_proof: String,
 }
 
 impl Store {
@@ -46,6 +50,11 @@ impl Store {
             .select(DashboardSession::as_select())
             .first(&mut self.conn()?)
             .optional()?)
+    }
+
+    /// Ends every session (sign out everywhere); how many there were.
+    pub fn end_all_sessions(&self) -> Result<usize, StoreError> {
+        Ok(diesel::delete(dashboard_sessions::table).execute(&mut self.conn()?)?)
     }
 
     /// Ends a session (sign-out); false when there was none.

@@ -198,13 +198,16 @@ pub async fn sign_in(
     req.extensions_mut().insert(identity.clone());
     let token = session::random_token();
     let now = (state.clock)();
+    let token_hash = session::hash(&token);
+    let token_proof = state.admin_tokens.proof(&identity, &token_hash).unwrap_or_default();
     let row = store::DashboardSession {
-        token_hash: session::hash(&token),
+        token_hash,
         csrf: session::random_token(),
         created_at: store::naive(now),
         expires_at: store::naive(now + session::LIFETIME),
         token_name: identity.name.to_string(),
         scope: identity.scope.as_str().to_owned(),
+        token_proof,
     };
     let store = state.store.clone();
     blocking(move || Ok(store.create_session(&row, now)?)).await?;
@@ -222,6 +225,25 @@ pub async fn sign_out(req: HttpRequest, state: web::Data<AppState>, form: Form<s
     let store = state.store.clone();
     let hash = form.session.token_hash.clone();
     blocking(move || Ok(store.end_session(&hash)?)).await?;
+    let mut response = see_other("/admin/sign-in");
+    response.add_cookie(&session::removal(&req)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
+    Ok(response)
+}
+
+/// Ends every dashboard session, this one too (audited): for a browser left signed in
+/// elsewhere, or a token that may have leaked. It changes what others may do: full scope only.
+#[utoipa::path(post, path = "/admin/sign-out-everywhere", tag = "dashboard", security(("dashboard_session" = [])),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "The form token: `csrf`"),
+    responses(FormResponses))]
+pub async fn sign_out_everywhere(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: Form<session::Token>,
+) -> Page {
+    form.session.may_change()?;
+    let store = state.store.clone();
+    let ended = blocking(move || Ok(store.end_all_sessions()?)).await?;
+    tracing::info!(ended, token = %form.session.identity.name, "every dashboard session ended");
     let mut response = see_other("/admin/sign-in");
     response.add_cookie(&session::removal(&req)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
     Ok(response)

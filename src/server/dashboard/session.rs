@@ -92,10 +92,17 @@ impl FromRequest for Session {
                 .await
                 .map_err(|e| DashboardError::Internal(Box::new(e)))??;
             let row = found.ok_or(DashboardError::SignIn)?;
-            let identity = Identity {
-                name: std::sync::Arc::from(row.token_name.as_str()),
-                // A scope this build does not know grants nothing beyond reading.
-                scope: Scope::parse(&row.scope).unwrap_or(Scope::Read),
+            // The token that signed in must still be configured, unchanged: a removed or
+            // rotated token ends its sessions here, and a narrowed scope narrows them.
+            let Some(identity) =
+                state.admin_tokens.session_identity(&row.token_name, &token_hash, &row.token_proof)
+            else {
+                let (store, ended) = (state.store.clone(), token_hash.clone());
+                web::block(move || store.end_session(&ended))
+                    .await
+                    .map_err(|e| DashboardError::Internal(Box::new(e)))??;
+                tracing::info!(token = %row.token_name, "a dashboard session ended: its admin token was removed or changed");
+                return Err(DashboardError::SignIn);
             };
             req.extensions_mut().insert(identity.clone());
             Ok(Session { token_hash, csrf: row.csrf, identity })
