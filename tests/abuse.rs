@@ -743,10 +743,29 @@ fn admin_listings_come_in_pages_with_filters(h: Harness) {
     }
 }
 
+/// One IPv6 /64 is one client address: whoever holds it holds every address in it.
+#[test]
+fn an_ipv6_prefix_shares_one_address_allowance() {
+    use licensor::checkin::{Limiter, Rates};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let limiter =
+        Limiter::new(Rates { per_address_per_minute: 2, per_instance_per_minute: 600, ipv6_prefix: 64 });
+    assert!(limiter.admit_address(ip("2001:db8::1")).is_ok());
+    assert!(limiter.admit_address(ip("2001:db8::2")).is_ok());
+    assert!(limiter.admit_address(ip("2001:db8::ffff:1")).is_err(), "the same /64");
+    assert!(limiter.admit_address(ip("2001:db8:0:1::1")).is_ok(), "the next /64");
+    assert!(limiter.admit_address(ip("192.0.2.1")).is_ok());
+    let per_address =
+        Limiter::new(Rates { per_address_per_minute: 1, per_instance_per_minute: 600, ipv6_prefix: 128 });
+    assert!(per_address.admit_address(ip("2001:db8::1")).is_ok());
+    assert!(per_address.admit_address(ip("2001:db8::2")).is_ok(), "/128: each address alone");
+}
+
 #[test]
 fn the_limiters_forget_idle_keys_so_memory_stays_bounded() {
     use licensor::checkin::{Limiter, Rates};
-    let limiter = Limiter::new(Rates { per_address_per_minute: 600, per_instance_per_minute: 600 });
+    let limiter =
+        Limiter::new(Rates { per_address_per_minute: 600, per_instance_per_minute: 600, ipv6_prefix: 64 });
     let license = uuid::Uuid::new_v4();
     for i in 0..20_000u32 {
         let address = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));

@@ -314,3 +314,39 @@ fn the_stylesheet_is_served_from_the_binary() {
         "no font or other file"
     );
 }
+
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` from a peer that is not a trusted proxy are the
+/// client's own words: they neither make the cookie `Secure` nor let another origin's form in.
+/// From a trusted proxy they are believed.
+#[test]
+fn forwarded_headers_count_only_from_trusted_proxies() {
+    let c = client();
+    let forged = |h: &Harness| {
+        let r = c
+            .post(h.url("/admin/sign-in"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+            .form(&[("token", ADMIN_TOKEN)])
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        let set = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let csrf = csrf_of(&page(h, &c, &cookie, "/admin/licenses"));
+        let sign_out = c
+            .post(h.url("/admin/sign-out"))
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, "https://evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .unwrap();
+        (set.contains("Secure"), sign_out.status().as_u16())
+    };
+    let h = Harness::start(Db::Sqlite).unwrap();
+    assert_eq!(forged(&h), (false, 403), "believed from an untrusted peer");
+    let h = Harness::start_with(Db::Sqlite, |c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .unwrap();
+    assert_eq!(forged(&h), (true, 303), "a trusted proxy's headers are believed");
+}

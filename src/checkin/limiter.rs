@@ -28,6 +28,9 @@ pub struct Rates {
     pub per_address_per_minute: u32,
     /// Check-ins one instance may make per minute (burst as large).
     pub per_instance_per_minute: u32,
+    /// The IPv6 prefix length one address allowance covers: whoever holds a /64 holds every
+    /// address in it, and must not get an allowance per address.
+    pub ipv6_prefix: u8,
 }
 
 /// The limiters' clock: monotonic, so that a wall clock stepped back (by an operator, or by
@@ -44,6 +47,7 @@ type Keyed<K> = RateLimiter<
 /// The three limiters.
 pub struct Limiter {
     clock: LimiterClock,
+    ipv6_prefix: u8,
     by_address: Keyed<IpAddr>,
     by_license: Keyed<uuid::Uuid>,
     by_instance: Keyed<(uuid::Uuid, String)>,
@@ -74,12 +78,20 @@ impl Limiter {
                 clock.clone(),
             ),
             clock,
+            ipv6_prefix: rates.ipv6_prefix.min(128),
         }
     }
 
     /// Counts a request from `address`.
     pub fn admit_address(&self, address: IpAddr) -> Result<(), RetryAfter> {
-        self.retry_after(self.by_address.check_key(&address))
+        let key = match address {
+            IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, self.ipv6_prefix) {
+                Ok(net) => IpAddr::V6(net.network()),
+                Err(_) => address,
+            },
+            v4 => v4,
+        };
+        self.retry_after(self.by_address.check_key(&key))
     }
 
     /// Counts a check-in of a license whose signature verified. A license may check in about

@@ -644,6 +644,10 @@ pub struct ServeArgs {
     /// Check-ins one client address may start per minute [default: 600].
     #[arg(long, env = "LICENSOR_RATE_LIMIT_PER_ADDRESS")]
     pub rate_limit_per_address: Option<u32>,
+    /// The IPv6 prefix length that counts as one client address for that limit: whoever holds
+    /// a /64 holds every address in it [default: 64; from 32 to 128].
+    #[arg(long, env = "LICENSOR_RATE_LIMIT_IPV6_PREFIX")]
+    pub rate_limit_ipv6_prefix: Option<u8>,
     /// Reverse proxies whose X-Forwarded-For is believed, as comma-separated addresses or
     /// networks (10.0.0.0/8,::1) [default: none; the peer address is the client's].
     #[arg(long, env = "LICENSOR_TRUSTED_PROXIES")]

@@ -32,6 +32,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         workers: args.workers,
         retention_days: args.retention_days,
         rate_limit_per_address: args.rate_limit_per_address,
+        rate_limit_ipv6_prefix: args.rate_limit_ipv6_prefix,
         trusted_proxies: args.trusted_proxies,
         jobs: args.no_jobs.then_some(false),
         db_pool_size: args.db_pool_size,

@@ -1,9 +1,35 @@
 //! Which address a request comes from, for rate limiting only (it is never stored or logged):
 //! the peer's, unless the peer is a trusted reverse proxy, in which case the nearest address in
-//! `X-Forwarded-For` that is not itself a trusted proxy.
+//! `X-Forwarded-For` that is not itself a trusted proxy. Likewise the scheme and host the browser
+//! used: `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are believed only from a trusted
+//! proxy; from anyone else they are the client's own words.
 
 use actix_web::HttpRequest;
 use std::net::IpAddr;
+
+/// Whether the peer is one of the trusted reverse proxies.
+fn from_trusted_proxy(req: &HttpRequest, trusted_proxies: &[ipnet::IpNet]) -> bool {
+    req.peer_addr().is_some_and(|peer| trusted_proxies.iter().any(|net| net.contains(&peer.ip())))
+}
+
+/// The scheme and host (`https`, `licenses.example.com`) the browser used: the proxy's headers
+/// when a trusted proxy forwarded the request, else the connection's own (TLS or not) and its
+/// `Host`.
+pub fn scheme_and_host(req: &HttpRequest, trusted_proxies: &[ipnet::IpNet]) -> (String, String) {
+    if from_trusted_proxy(req, trusted_proxies) {
+        let info = req.connection_info();
+        return (info.scheme().to_owned(), info.host().to_owned());
+    }
+    let scheme = if req.app_config().secure() { "https" } else { "http" };
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| req.app_config().host().to_owned());
+    (scheme.to_owned(), host)
+}
 
 /// The client's address as far as this server can believe it.
 pub fn client_address(req: &HttpRequest, trusted_proxies: &[ipnet::IpNet]) -> Option<IpAddr> {

@@ -30,6 +30,7 @@ pub struct ServeOptions {
     pub retention_days: Option<u32>,
     pub jobs: Option<bool>,
     pub rate_limit_per_address: Option<u32>,
+    pub rate_limit_ipv6_prefix: Option<u8>,
     /// Comma-separated addresses or networks.
     pub trusted_proxies: Option<String>,
     pub db_pool_size: Option<u32>,
@@ -74,6 +75,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("rollup_schedule", "--rollup-schedule", "LICENSOR_ROLLUP_SCHEDULE"),
     ("rate_limit_per_minute", "--rate-limit-per-minute", "LICENSOR_RATE_LIMIT_PER_MINUTE"),
     ("rate_limit_per_address", "--rate-limit-per-address", "LICENSOR_RATE_LIMIT_PER_ADDRESS"),
+    ("rate_limit_ipv6_prefix", "--rate-limit-ipv6-prefix", "LICENSOR_RATE_LIMIT_IPV6_PREFIX"),
     ("trusted_proxies", "--trusted-proxies", "LICENSOR_TRUSTED_PROXIES"),
     ("public_insights", "--public-insights", "LICENSOR_PUBLIC_INSIGHTS"),
     ("insights_min_installs", "--insights-min-installs", "LICENSOR_INSIGHTS_MIN_INSTALLS"),
@@ -177,6 +179,7 @@ pub struct FileConfig {
     pub rollup_schedule: Option<String>,
     pub rate_limit_per_minute: Option<u32>,
     pub rate_limit_per_address: Option<u32>,
+    pub rate_limit_ipv6_prefix: Option<u8>,
     pub trusted_proxies: Option<Vec<String>>,
     pub public_insights: Option<bool>,
     pub insights_min_installs: Option<u32>,
@@ -249,6 +252,8 @@ pub struct ServerConfig {
     pub rate_limit_per_minute: u32,
     /// Check-ins one client address may start per minute before getting 429.
     pub rate_limit_per_address: u32,
+    /// The IPv6 prefix one address allowance covers (64: a /64 counts as one address).
+    pub rate_limit_ipv6_prefix: u8,
     /// Reverse proxies whose `X-Forwarded-For` names the client; empty: the peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: BatchLimits,
@@ -511,6 +516,16 @@ impl ServerConfig {
         if rate_limit_per_address == 0 {
             return Err(src.invalid("rate_limit_per_address", given, "must be at least 1"));
         }
+        let (prefix, given) =
+            src.pick("rate_limit_ipv6_prefix", opts.rate_limit_ipv6_prefix, file.rate_limit_ipv6_prefix);
+        let rate_limit_ipv6_prefix = prefix.unwrap_or(64);
+        if !(32..=128).contains(&rate_limit_ipv6_prefix) {
+            return Err(src.invalid(
+                "rate_limit_ipv6_prefix",
+                given,
+                "must be from 32 to 128 (64: what one subscriber holds)",
+            ));
+        }
         let (proxies, given) = src.pick(
             "trusted_proxies",
             opts.trusted_proxies.as_deref().map(comma_list),
@@ -674,6 +689,7 @@ impl ServerConfig {
             rollup_schedule,
             rate_limit_per_minute,
             rate_limit_per_address,
+            rate_limit_ipv6_prefix,
             trusted_proxies,
             limits: file.limits.unwrap_or_default(),
             seats: file.seats.unwrap_or_default(),

@@ -253,6 +253,7 @@ fn prepare(config: &ServerConfig, clock: Clock) -> Result<(web::Data<AppState>, 
     let rates = crate::checkin::Rates {
         per_address_per_minute: config.rate_limit_per_address,
         per_instance_per_minute: config.rate_limit_per_minute,
+        ipv6_prefix: config.rate_limit_ipv6_prefix,
     };
     let service = CheckInService::new(
         store.clone(),

@@ -157,6 +157,7 @@ impl Harness {
             rollup_schedule: "0 5 0 * * *".into(),
             rate_limit_per_minute: 10_000,
             rate_limit_per_address: 1_000_000,
+            rate_limit_ipv6_prefix: 64,
             trusted_proxies: vec![],
             limits: Default::default(),
             // Strict seats, as most tests assert them; the soft overage has tests of its own.

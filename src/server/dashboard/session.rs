@@ -51,9 +51,16 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Whether the request reached the server over TLS (the cookie is then `Secure`).
+/// The scheme and host the browser used, believing forwarded headers only from a trusted proxy.
+fn scheme_and_host(req: &HttpRequest) -> (String, String) {
+    let proxies =
+        req.app_data::<web::Data<AppState>>().map(|s| s.trusted_proxies.clone()).unwrap_or_default();
+    crate::server::client_address::scheme_and_host(req, &proxies)
+}
+
+/// Whether the browser reached the server over TLS (the cookie is then `Secure`).
 fn over_tls(req: &HttpRequest) -> bool {
-    req.connection_info().scheme() == "https"
+    scheme_and_host(req).0 == "https"
 }
 
 /// The cookie that carries a new session's token.
@@ -163,8 +170,8 @@ fn same_origin(req: &HttpRequest) -> bool {
     match req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None | Some("null") => true,
         Some(origin) => {
-            let info = req.connection_info();
-            origin == format!("{}://{}", info.scheme(), info.host())
+            let (scheme, host) = scheme_and_host(req);
+            origin == format!("{scheme}://{host}")
         }
     }
 }
