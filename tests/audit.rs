@@ -199,3 +199,25 @@ fn read_only_tokens_read_and_every_change_is_audited(h: Harness) {
     let text = all.to_string();
     assert!(!text.contains(VIEWER_TOKEN) && !text.contains(ADMIN_TOKEN));
 }
+
+/// A read-only token sees webhook URLs without the credentials receivers take in them.
+#[test]
+fn read_only_tokens_see_webhook_urls_masked() {
+    let h = with_viewer(common::Db::Sqlite).unwrap();
+    let url = "https://hook:s3cret-pass@hooks.example.com/in?token=abc123&team=ops";
+    let (status, body, _) = call(
+        &h,
+        reqwest::Method::POST,
+        "/v1/admin/webhooks",
+        Some(ADMIN_TOKEN),
+        Some(json!({ "url": url, "events": ["license.revoked"] })),
+    );
+    assert_eq!(status, 201, "{body}");
+    let listed = |token: &str| {
+        let (status, body, _) = call(&h, reqwest::Method::GET, "/v1/admin/webhooks", Some(token), None);
+        assert_eq!(status, 200, "{body}");
+        body["endpoints"][0]["url"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(listed(ADMIN_TOKEN), url);
+    assert_eq!(listed(VIEWER_TOKEN), "https://***:***@hooks.example.com/in?token=***&team=***");
+}

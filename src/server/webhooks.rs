@@ -319,13 +319,39 @@ pub(super) struct EndpointList {
     endpoints: Vec<store::Endpoint>,
 }
 
-/// The registered endpoints (without their secrets).
+/// The registered endpoints (without their secrets). A read-only token sees each URL's
+/// user-info and query values masked: receivers often take their credentials there.
 #[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks", security(("admin_token" = [])),
     responses((status = 200, body = EndpointList), super::handlers::AdminErrors))]
-pub(super) async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn list(admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let endpoints = blocking(move || Ok(store.endpoints()?)).await?;
+    let mut endpoints = blocking(move || Ok(store.endpoints()?)).await?;
+    if admin.0.scope != super::auth::Scope::Full {
+        for endpoint in &mut endpoints {
+            endpoint.url = masked_url(&endpoint.url);
+        }
+    }
     Ok(HttpResponse::Ok().json(EndpointList { endpoints }))
+}
+
+/// A URL with its user-info and every query value replaced by `***`, for those who may read
+/// the endpoints but not hold their credentials.
+fn masked_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else { return "***".to_owned() };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("***");
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let names: Vec<String> = parsed.query_pairs().map(|(name, _)| name.into_owned()).collect();
+        parsed.query_pairs_mut().clear().extend_pairs(names.iter().map(|n| (n.as_str(), "***")));
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(Some("***"));
+    }
+    parsed.to_string()
 }
 
 /// Removes an endpoint and its pending deliveries.
