@@ -144,6 +144,31 @@ fn https_check_in_end_to_end_and_the_certificate_reloads_on_sighup() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("LICENSOR_CA_CERT") && said.contains("bogus.pem"), "{said}");
 
+    // The vendor's commands that connect trust the authority the same way.
+    let vendor = |args: &[&str], ca: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_licensor"));
+        command.args(args).env("LICENSOR_ADMIN_TOKEN", token.trim()).env_remove("LICENSOR_CA_CERT");
+        if let Some(ca) = ca {
+            command.env("LICENSOR_CA_CERT", ca);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let readyz = format!("{base}/readyz");
+    for ca in [Some(ca_file.as_path()), None] {
+        let want = if ca.is_some() { Some(0) } else { Some(2) };
+        let (code, said) = vendor(&["healthcheck", "--url", &readyz], ca);
+        assert_eq!(code, want, "healthcheck, trusting {ca:?}: {said}");
+        let (code, said) = vendor(&["admin", "--url", &base, "licenses"], ca);
+        assert_eq!(code, want, "admin, trusting {ca:?}: {said}");
+    }
+    let (code, said) =
+        vendor(&["healthcheck", "--url", &readyz, "--ca-cert", ca_file.to_str().unwrap()], None);
+    assert_eq!(code, Some(0), "the flag: {said}");
+
     // A renewed certificate from another authority: served after SIGHUP, not before.
     let second_ca = authority("licensor test authority 2");
     let second = trusting(&second_ca);

@@ -20,13 +20,14 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(url: &str, token: &str) -> Result<Api> {
+    pub fn new(url: &str, token: &str, ca_cert: Option<&std::path::Path>) -> Result<Api> {
         let base = url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--url must start with http:// or https://, not {url:?}");
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        let client = super::trusting(builder, ca_cert)?.build()?;
         Ok(Api { client, base, token: token.to_owned(), runtime })
     }
 
@@ -118,7 +119,7 @@ fn import_usage(api: &Api, report: &std::path::Path, out: &std::path::Path) -> R
 }
 
 pub fn run(args: AdminArgs) -> Result<u8> {
-    let api = Api::new(&args.url, &args.token)?;
+    let api = Api::new(&args.url, &args.token, args.ca_cert.as_deref())?;
     use reqwest::Method;
     let (status, answer) = match args.command {
         AdminCommand::ImportUsage { report, out } => return import_usage(&api, &report, &out),

@@ -36,10 +36,10 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
+            .timeout(std::time::Duration::from_secs(30));
+        let client = super::trusting(builder, args.ca_cert.as_deref())?.build()?;
 
         let seats = args.instances.div_ceil(args.licenses) as u32;
         eprintln!(

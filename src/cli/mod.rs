@@ -263,6 +263,11 @@ pub struct BenchCheckInsArgs {
     /// The server's base URL.
     #[arg(long, env = "LICENSOR_SERVER_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Root certificates (PEM) trusted beside the system's, for a server whose certificate a
+    /// private authority signed.
+    #[arg(long, env = "LICENSOR_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
     /// The admin token, to issue the licenses the load uses (the server needs an issuing key).
     #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -295,6 +300,10 @@ pub struct AdminArgs {
     /// The admin token (prefer the environment to the flag).
     #[arg(long, env = "LICENSOR_ADMIN_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Root certificates (PEM) trusted beside the system's, for a server whose certificate a
+    /// private authority signed.
+    #[arg(long, env = "LICENSOR_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -797,6 +806,10 @@ pub struct HealthcheckArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 3)]
     pub timeout_s: u64,
+    /// Root certificates (PEM) trusted beside the system's, for a server whose certificate a
+    /// private authority signed.
+    #[arg(long, env = "LICENSOR_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[cfg(feature = "cli")]
@@ -895,4 +908,17 @@ pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
 /// Reads `--role`.
 fn parse_role(value: &str) -> Result<crate::keys::Role, String> {
     crate::keys::Role::parse(value).ok_or_else(|| format!("{value:?} is not a role: use license or lease"))
+}
+
+/// A client builder that also trusts the root certificates of `--ca-cert` / `LICENSOR_CA_CERT`,
+/// as a deployment's client does: every command that connects to a server takes it.
+#[cfg(feature = "cli")]
+pub(crate) fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    Ok(match ca_cert {
+        Some(path) => builder.tls_certs_merge(crate::client::licensing::root_certificates(path)?),
+        None => builder,
+    })
 }

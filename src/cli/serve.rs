@@ -118,10 +118,10 @@ pub fn healthcheck(args: HealthcheckArgs) -> Result<u8> {
     use anyhow::Context as _;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let status = runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(args.timeout_s.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        let client = super::trusting(builder, args.ca_cert.as_deref())?.build()?;
         anyhow::Ok(
             client
                 .get(&args.url)

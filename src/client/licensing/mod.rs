@@ -33,6 +33,8 @@ pub mod offline;
 mod verifier;
 pub use air_gap::{AirGapError, ExportedReport, ReceiptOutcome};
 pub use installs::ReleasedInstall;
+#[cfg(feature = "cli")]
+pub(crate) use verifier::root_certificates;
 mod worker;
 
 /// Why the verifier could not start. An invalid license is not one of these: the verifier

@@ -1013,7 +1013,7 @@ pub(super) fn error_message(body: &[u8]) -> String {
 }
 
 /// The root certificates of `LICENSOR_CA_CERT`: at least one, in PEM.
-fn root_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, StartError> {
+pub(crate) fn root_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, StartError> {
     let error = |message: String| StartError::RootCertificate { path: path.to_owned(), message };
     let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
