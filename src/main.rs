@@ -3,5 +3,8 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    licensor::cli::run(licensor::cli::Cli::parse())
+    match licensor::cli::Cli::try_parse() {
+        Ok(cli) => licensor::cli::run(cli),
+        Err(error) => licensor::cli::parse_error(error).exit(),
+    }
 }

@@ -192,6 +192,19 @@ fn bad_configuration_is_a_clear_error() {
     let (code, err) = run(&["--config", "bad.toml"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("bad.toml") && err.contains("unknown_setting"), "{err}");
+    // A value clap reads from the environment is named by its variable, a typed one by its flag.
+    let (code, err) = run(&[], &[("LICENSOR_RETENTION_DAYS", "abc")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'abc' for LICENSOR_RETENTION_DAYS"), "{err}");
+    assert!(!err.contains("--retention-days"), "{err}");
+    let (code, err) = run(&["--retention-days", "abc"], &[("LICENSOR_RETENTION_DAYS", "7")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("'--retention-days <RETENTION_DAYS>'"), "{err}");
+    // A file's bad value is named by its line, table and key.
+    std::fs::write(dir.path().join("typed.toml"), "bind = \"127.0.0.1:1\"\n[limits]\nmax_usage = -3\n").unwrap();
+    let (code, err) = run(&["--config", "typed.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("typed.toml: line 3, [limits] max_usage: invalid value: integer `-3`"), "{err}");
     let (code, err) = run(&["--signing-key", "missing.private.pem"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("--signing-key") && err.contains("missing.private.pem"), "{err}");

@@ -846,6 +846,35 @@ pub(crate) fn write_new_file(path: &std::path::Path, text: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// A command line that does not parse, told as the user wrote it: a bad value that came from
+/// an environment variable is named by that variable (`LICENSOR_RETENTION_DAYS`), not by the
+/// flag clap knows it as (`--retention-days`), which the user never typed.
+pub fn parse_error(error: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory as _;
+    if !matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return error;
+    }
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else { return error };
+    let Some(flag) = invalid.split_whitespace().next().and_then(|f| f.strip_prefix("--")) else { return error };
+    let typed = std::env::args().any(|a| a == format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+    fn env_of(command: &clap::Command, flag: &str) -> Option<String> {
+        command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag))
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .or_else(|| command.get_subcommands().find_map(|sub| env_of(sub, flag)))
+    }
+    match env_of(&Cli::command(), flag).filter(|var| !typed && std::env::var_os(var).is_some()) {
+        Some(var) => {
+            let message = error.to_string().replace(&format!("'{invalid}'"), &var);
+            clap::Error::raw(ErrorKind::ValueValidation, message.trim_start_matches("error: "))
+        }
+        None => error,
+    }
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         #[cfg(feature = "cli")]

@@ -364,8 +364,10 @@ impl ServerConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.message().to_owned() })?
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: format!("{}{}", where_in(&text, e.span()), e.message()),
+                })?
             }
             None => FileConfig::default(),
         };
@@ -815,6 +817,28 @@ fn development_key(
         development.push(format!("using development {role} key {}", path.display()));
     }
     Ok(path)
+}
+
+/// Where in a TOML file an error is, as its writer would look for it: `line 3, [limits]
+/// max_usage: `. The parser gives a byte span; the key is what stands before `=` on that
+/// line, and the table the last `[header]` above it.
+fn where_in(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return String::new() };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text[before.rfind('\n').map_or(0, |i| i + 1)..].lines().next().unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|t| format!("{t} "));
+    match key {
+        Some(key) => format!("line {line_no}, {}{key}: ", table.unwrap_or_default()),
+        None => format!("line {line_no}: "),
+    }
 }
 
 /// The development admin token in `data_dir/admin-token` (0600), generated on first start
