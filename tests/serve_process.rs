@@ -201,7 +201,8 @@ fn bad_configuration_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("'--retention-days <RETENTION_DAYS>'"), "{err}");
     // A file's bad value is named by its line, table and key.
-    std::fs::write(dir.path().join("typed.toml"), "bind = \"127.0.0.1:1\"\n[limits]\nmax_usage = -3\n").unwrap();
+    std::fs::write(dir.path().join("typed.toml"), "bind = \"127.0.0.1:1\"\n[limits]\nmax_usage = -3\n")
+        .unwrap();
     let (code, err) = run(&["--config", "typed.toml"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("typed.toml: line 3, [limits] max_usage: invalid value: integer `-3`"), "{err}");

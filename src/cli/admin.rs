@@ -27,7 +27,7 @@ impl Api {
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-        let client = super::trusting(builder, ca_cert)?.build()?;
+        let client = trusting(builder, ca_cert)?.build()?;
         Ok(Api { client, base, token: token.to_owned(), runtime })
     }
 
@@ -320,4 +320,16 @@ fn changes(
         body["features"] = json!(f);
     }
     body
+}
+
+/// A client builder that also trusts the root certificates of `--ca-cert` / `LICENSOR_CA_CERT`,
+/// as a deployment's client does: every command that connects to a server takes it.
+pub(crate) fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    Ok(match ca_cert {
+        Some(path) => builder.tls_certs_merge(crate::client::licensing::root_certificates(path)?),
+        None => builder,
+    })
 }

@@ -39,7 +39,7 @@ pub fn check_ins(args: BenchCheckInsArgs) -> Result<u8> {
         let builder = reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
             .timeout(std::time::Duration::from_secs(30));
-        let client = super::trusting(builder, args.ca_cert.as_deref())?.build()?;
+        let client = super::admin::trusting(builder, args.ca_cert.as_deref())?.build()?;
 
         let seats = args.instances.div_ceil(args.licenses) as u32;
         eprintln!(

@@ -121,7 +121,7 @@ pub fn healthcheck(args: HealthcheckArgs) -> Result<u8> {
         let builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(args.timeout_s.max(1)))
             .redirect(reqwest::redirect::Policy::none());
-        let client = super::trusting(builder, args.ca_cert.as_deref())?.build()?;
+        let client = super::admin::trusting(builder, args.ca_cert.as_deref())?.build()?;
         anyhow::Ok(
             client
                 .get(&args.url)
