@@ -142,19 +142,12 @@ fn write_isolating(
             // Each check-in of the group gets the same answer: a failure that retrying can cure
             // (503), or one that it cannot (500). A panic or a broken invariant was narrowed
             // down to its own check-in before it got here.
-            let again = |e: &CheckInError| match e {
-                CheckInError::Store(_) | CheckInError::Unavailable(_) | CheckInError::Refused(_) => None,
-                CheckInError::Invariant(what) => Some(CheckInError::Invariant(what)),
-                _ => Some(CheckInError::Panicked),
-            };
             let store = match e {
                 CheckInError::Store(e) => std::sync::Arc::new(e),
-                other => {
-                    return group
-                        .iter()
-                        .map(|_| Err(again(&other).unwrap_or(CheckInError::Panicked)))
-                        .collect()
+                CheckInError::Invariant(what) => {
+                    return group.iter().map(|_| Err(CheckInError::Invariant(what))).collect()
                 }
+                _ => return group.iter().map(|_| Err(CheckInError::Panicked)).collect(),
             };
             let transient = group.len() > 1 || store.is_transient();
             group
