@@ -46,7 +46,7 @@ on_both_backends!(
 fn schema_matches_the_migrated_database(h: Harness) {
     let key = h.license(Tier::Pro, 1);
     h.check_in(&key, "schema", Some(&batch(uuid::Uuid::new_v4(), 2, 1, 1).to_string()));
-    h.store.rollup_day(h.now().date_naive()).unwrap();
+    h.store.rollup_day(h.now().date_naive(), None).unwrap();
     let text = h.store.telemetry_text().unwrap();
     assert!(text.iter().any(|t| t == "feature_0"));
     assert_eq!(h.store.list_licenses(h.now(), &Default::default(), 10, None).unwrap().items.len(), 1);
@@ -166,7 +166,7 @@ fn a_roll_up_beside_check_ins_waits_for_the_lock_on_sqlite() {
             }
         });
         for _ in 0..30 {
-            h.store.rollup_day(day).unwrap();
+            h.store.rollup_day(day, None).unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
@@ -220,7 +220,7 @@ fn jobs_run_once_across_replicas_and_roll_up_exactly(h: Harness) {
     assert_eq!(aggregates.iter().filter(|a| a.metric.starts_with("usage.")).count(), 3);
 
     // Rolling the same day up again replaces it instead of adding to it.
-    h.store.rollup_day(day).unwrap();
+    h.store.rollup_day(day, None).unwrap();
     assert_eq!(h.store.aggregates_of(day).unwrap(), aggregates);
 }
 
@@ -228,7 +228,7 @@ fn retention_removes_raw_rows_and_keeps_aggregates(h: Harness) {
     let key = h.license(Tier::Pro, 5);
     let (old_batch, recent_batch) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     h.check_in(&key, "old", Some(&batch(old_batch, 3, 2, 1).to_string()));
-    h.store.rollup_day(h.now().date_naive()).unwrap();
+    h.store.rollup_day(h.now().date_naive(), None).unwrap();
     h.advance(Duration::days(89));
     h.check_in(&key, "recent", Some(&batch(recent_batch, 3, 2, 1).to_string()));
     if h.db == common::Db::Postgres {

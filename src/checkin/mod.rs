@@ -170,6 +170,9 @@ pub struct Prepared {
     /// Set when this check-in is an air-gapped install's usage report, imported by hand: the
     /// writer checks and moves its chain in the same transaction.
     pub import: Option<ImportLink>,
+    /// The audit entry of the admin request that imports this report, written in the group's
+    /// transaction when the report is accepted.
+    pub audit: Option<crate::store::Audit>,
 }
 
 /// Where an imported usage report stands in its install's chain.
@@ -303,6 +306,7 @@ impl CheckInService {
             exemption: request.telemetry_exempt,
             install: request.install,
             import: None,
+            audit: None,
         })
     }
 
@@ -364,6 +368,7 @@ impl CheckInService {
                 previous_digest: body.previous_digest,
                 digest: report.digest,
             }),
+            audit: None,
         })
     }
 

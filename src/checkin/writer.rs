@@ -594,6 +594,12 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 decisions[*i].duplicate = true;
             }
         }
+        // An import refused changes nothing; its refusal is recorded once answered.
+        for (p, d) in group.iter().zip(&decisions) {
+            if let (Some(audit), None) = (&p.audit, &d.refused) {
+                tx.record_audit(audit)?;
+            }
+        }
         Ok(decisions)
     })
 }

@@ -311,7 +311,7 @@ pub fn insights(args: super::BenchInsightsArgs) -> Result<u8> {
         )?;
     }
     let started = Instant::now();
-    let rows = store.rollup_day(yesterday)?;
+    let rows = store.rollup_day(yesterday, None)?;
     outln!(
         "roll-up of {yesterday} for {} installs: {:.1} s ({rows} rows written; target <= 60 s)",
         args.installs,

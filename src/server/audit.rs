@@ -1,18 +1,23 @@
 //! The audit log's recorder and reader: every admin request that may change something (any
 //! method but GET, HEAD and OPTIONS, under `/v1/admin` and the dashboard's `/admin`) made with
-//! a valid admin token (or a dashboard session) is recorded once answered: whose token, what, on
-//! what, and how it ended, refusals included (a read-only token's 403). Requests without a valid
+//! a valid admin token (or a dashboard session) is recorded: whose token, what, on what, and
+//! how it ended. A change records itself in its own transaction (its handler takes a
+//! [`Trail`]); refusals (a read-only token's 403) and failures are recorded once answered. Requests without a valid
 //! token are not recorded: anyone can send them, and the log is kept forever, so recording them
 //! would let anyone fill it; the request log has them.
 //!
 //! Invariant: nothing a request carries is recorded but its route's parameters (capped in
 //! length): never a token, a body, a query string or a client address.
 
+use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage as _, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage as _, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Admin, Identity};
@@ -25,41 +30,84 @@ use crate::store;
 /// The longest route parameter value kept in `target`.
 const MAX_PARAMETER: usize = 200;
 
-/// Records an admin request that may change something, once it is answered.
+/// Set, in a request's extensions, once its change has written its own audit entry.
+#[derive(Clone)]
+struct Written(Arc<AtomicBool>);
+
+/// The audit entry of the change a request makes, for the store call that makes it (an
+/// extractor): the store writes it in the change's own transaction (see [`store::Audit`]), so
+/// a client that goes away once the change is under way cannot leave it unrecorded.
+pub struct Trail {
+    request: HttpRequest,
+    written: Arc<AtomicBool>,
+}
+
+impl Trail {
+    /// The entry to write when the change is made, recording the answer `status` the request
+    /// gets when it is (the middleware records any other answer itself).
+    pub fn audit(&self, status: StatusCode) -> store::Audit {
+        // The handler's authentication extractor has run by now and named the identity; an
+        // entry without one would be a bug, recorded visibly rather than dropped.
+        let identity = self.request.extensions().get::<Identity>().cloned();
+        let actor = identity.map_or_else(|| "(unidentified)".to_owned(), |i| i.name.to_string());
+        store::Audit::new(entry(&self.request, actor, status), self.written.clone())
+    }
+}
+
+impl FromRequest for Trail {
+    type Error = ApiError;
+    type Future = Ready<Result<Trail, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let written = Arc::new(AtomicBool::new(false));
+        req.extensions_mut().insert(Written(written.clone()));
+        ready(Ok(Trail { request: req.clone(), written }))
+    }
+}
+
+/// The entry recording `request`, made by `actor`, answered `status`.
+fn entry(request: &HttpRequest, actor: String, status: StatusCode) -> store::NewAuditEntry {
+    store::NewAuditEntry {
+        at: store::naive(
+            request.app_data::<web::Data<AppState>>().map_or_else(chrono::Utc::now, |s| (s.clock)()),
+        ),
+        actor,
+        action: format!(
+            "{} {}",
+            request.method(),
+            request.match_pattern().unwrap_or_else(|| "(no route)".to_owned())
+        ),
+        target: request
+            .match_info()
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.chars().take(MAX_PARAMETER).collect::<String>()))
+            .collect::<Vec<_>>()
+            .join("&"),
+        status: i32::from(status.as_u16()),
+        request_id: request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+    }
+}
+
+/// Records an admin request that may change something and did not write its own entry with its
+/// change: a refusal or a failure, once answered. A change that succeeded was recorded in its
+/// own transaction; a failure after such a change is recorded as well.
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let res = next.call(req).await?;
-    let identity = res.request().extensions().get::<Identity>().cloned();
-    if let (true, Some(identity)) = (changes, identity) {
-        let request = res.request();
-        let entry = store::NewAuditEntry {
-            at: store::naive(
-                request.app_data::<web::Data<AppState>>().map_or_else(chrono::Utc::now, |s| (s.clock)()),
-            ),
-            actor: identity.name.to_string(),
-            action: format!(
-                "{} {}",
-                request.method(),
-                request.match_pattern().unwrap_or_else(|| "(no route)".to_owned())
-            ),
-            target: request
-                .match_info()
-                .iter()
-                .map(|(name, value)| {
-                    format!("{name}={}", value.chars().take(MAX_PARAMETER).collect::<String>())
-                })
-                .collect::<Vec<_>>()
-                .join("&"),
-            status: i32::from(res.status().as_u16()),
-            request_id: request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
-        };
+    let request = res.request();
+    let identity = request.extensions().get::<Identity>().cloned();
+    let written = request.extensions().get::<Written>().is_some_and(|w| w.0.load(Ordering::Acquire));
+    let answered = res.status();
+    let done = answered.is_success() || answered.is_redirection();
+    if let (true, Some(identity), false) = (changes, identity, written && done) {
+        let entry = entry(request, identity.name.to_string(), answered);
         if let Some(state) = request.app_data::<web::Data<AppState>>() {
             let store = state.store.clone();
-            // The action is done and answered; a record that cannot be written is logged loudly
-            // rather than turned into a failure of what already happened.
+            // What was refused or failed changed nothing; a record that cannot be written is
+            // logged loudly rather than turned into a failure of the answer already given.
             match web::block(move || store.record_audit(&entry)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

@@ -6,6 +6,7 @@ use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::audit::Trail;
 use super::auth::{Admin, FullAdmin};
 use super::error::ApiError;
 use super::extract::{self, AddressAdmitted, Json, JsonBytes, OptionalJsonBytes};
@@ -124,10 +125,11 @@ pub(super) async fn deactivate(
     let (license, instance, now) =
         (deactivation.license_id.to_string(), deactivation.instance_id.clone(), deactivation.now);
     let event = super::webhooks::instance_released(&license, &instance, "self", now);
-    let released =
-        blocking(move || store.release_instance(&license, &instance, now, &[event]).map_err(ApiError::from))
-            .await?
-            .is_some();
+    let released = blocking(move || {
+        store.release_instance(&license, &instance, now, &[event], None).map_err(ApiError::from)
+    })
+    .await?
+    .is_some();
     tracing::info!(license_id = %deactivation.license_id, instance_id = %deactivation.instance_id, "instance deactivated itself");
     Ok(HttpResponse::Ok().json(crate::protocol::DeactivationResponse {
         receipt: state.service.receipt(&deactivation),
@@ -153,10 +155,12 @@ pub(super) async fn deactivate(
     ))]
 pub(super) async fn import_usage(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     JsonBytes(body): JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
-    let prepared = state.service.prepare_import(&body, (state.clock)())?;
+    let mut prepared = state.service.prepare_import(&body, (state.clock)())?;
+    prepared.audit = Some(trail.audit(actix_web::http::StatusCode::OK));
     let (prepared, decision) = state.service.record(prepared).await?;
     if let Some(refusal) = decision.refused {
         return Err(ApiError::Conflict { code: refusal.code, message: refusal.message });
@@ -265,6 +269,7 @@ pub(super) enum AdminErrors {
     ))]
 pub(super) async fn issue_license(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     Json(body): Json<IssueBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -295,7 +300,9 @@ pub(super) async fn issue_license(
     let mut row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
     row.issued_here = true;
     let event = super::webhooks::license_keyed("license.issued", &issued.payload, now);
-    blocking(move || store.insert_issued_license(&row, &[event]).map_err(ApiError::from)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::CREATED);
+    blocking(move || store.insert_issued_license(&row, &[event], Some(&audit)).map_err(ApiError::from))
+        .await?;
     tracing::info!(license_id = %issued.payload.license_id, tier = %issued.payload.tier, "license issued");
     Ok(HttpResponse::Created().json(IssuedLicense { license_key: issued.key, payload: issued.payload }))
 }
@@ -335,6 +342,7 @@ pub(super) struct UpdateBody {
     ))]
 pub(super) async fn update_license(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
     Json(body): Json<UpdateBody>,
@@ -360,7 +368,8 @@ pub(super) async fn update_license(
     }
     let license_id = path.into_inner();
     let (store, now) = (state.store.clone(), (state.clock)());
-    let renewed = blocking(move || renew(&store, &issuer, &license_id, changes, now)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::OK);
+    let renewed = blocking(move || renew(&store, &issuer, &license_id, changes, now, Some(&audit))).await?;
     tracing::info!(license_id = %renewed.payload.license_id, "license renewed");
     Ok(HttpResponse::Ok().json(IssuedLicense { license_key: renewed.key, payload: renewed.payload }))
 }
@@ -381,6 +390,7 @@ pub(crate) fn renew(
     license_id: &str,
     changes: license::Changes,
     now: chrono::DateTime<chrono::Utc>,
+    audit: Option<&store::Audit>,
 ) -> Result<license::Issued, ApiError> {
     let unknown = || ApiError::NotFound(format!("no license {license_id:?} is known to this server"));
     let row = store.license(license_id)?.ok_or_else(unknown)?;
@@ -404,7 +414,7 @@ pub(crate) fn renew(
     let mut new_row = store::LicenseRow::new(&issued.payload, Some(&issued.key), now);
     new_row.id = row.id.clone();
     let event = super::webhooks::license_keyed("license.renewed", &issued.payload, now);
-    if !store.replace_license_key(&new_row, row.issued_at, &[event])? {
+    if !store.replace_license_key(&new_row, row.issued_at, &[event], audit)? {
         return Err(ApiError::Conflict {
             code: "license_changed",
             message: "the license changed while it was being renewed; try again".into(),
@@ -532,6 +542,7 @@ pub(super) struct Revocation {
     ))]
 pub(super) async fn revoke_license(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
     OptionalJsonBytes(body): OptionalJsonBytes,
@@ -544,7 +555,7 @@ pub(super) async fn revoke_license(
             .reason
             .map(|r| crate::privacy::scrub(r.chars().take(500).collect::<String>().as_str()).0),
     };
-    set_revocation(state, license_id, Some(reason)).await
+    set_revocation(state, trail, license_id, Some(reason)).await
 }
 
 /// Lifts a license's revocation.
@@ -557,18 +568,21 @@ pub(super) async fn revoke_license(
     ))]
 pub(super) async fn reinstate_license(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_revocation(state, path.into_inner(), None).await
+    set_revocation(state, trail, path.into_inner(), None).await
 }
 
 async fn set_revocation(
     state: web::Data<AppState>,
+    trail: Trail,
     license_id: String,
     revocation: Option<Option<String>>,
 ) -> Result<HttpResponse, ApiError> {
     let (store, now) = (state.store.clone(), (state.clock)());
+    let audit = trail.audit(actix_web::http::StatusCode::OK);
     let revoked = revocation.is_some();
     let id = license_id.clone();
     let found = blocking(move || {
@@ -582,12 +596,12 @@ async fn set_revocation(
                     )
                 })?;
                 let event = super::webhooks::license_revocation(&id, Some(reason.as_deref()), now);
-                store.revoke_by_id(uuid, reason, now, &[event])?;
+                store.revoke_by_id(uuid, reason, now, &[event], Some(&audit))?;
                 Ok(true)
             }
             None => {
                 let event = super::webhooks::license_revocation(&id, None, now);
-                Ok(store.set_revocation(&id, None, &[event])?)
+                Ok(store.set_revocation(&id, None, &[event], Some(&audit))?)
             }
         }
     })
@@ -728,6 +742,7 @@ pub(super) struct Erased {
     responses((status = 200, body = Erased), WriteErrors))]
 pub(super) async fn erase_telemetry(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
     web::Query(query): web::Query<EraseQuery>,
@@ -735,8 +750,11 @@ pub(super) async fn erase_telemetry(
     let instance_id = path.into_inner();
     let store = state.store.clone();
     let (id, license) = (instance_id.clone(), query.license_id.clone());
-    let removed =
-        blocking(move || store.erase_telemetry(&id, license.as_deref()).map_err(ApiError::from)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::OK);
+    let removed = blocking(move || {
+        store.erase_telemetry(&id, license.as_deref(), Some(&audit)).map_err(ApiError::from)
+    })
+    .await?;
     tracing::info!(instance_id = %instance_id, "instance telemetry erased");
     Ok(HttpResponse::Ok().json(Erased { instance_id, removed }))
 }
@@ -762,10 +780,11 @@ pub(super) struct SessionsEnded {
     responses((status = 200, body = SessionsEnded), WriteErrors))]
 pub(super) async fn end_sessions(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let ended = blocking(move || store.end_all_sessions().map_err(ApiError::from)).await?;
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::OK));
+    let ended = blocking(move || store.end_all_sessions(Some(&audit)).map_err(ApiError::from)).await?;
     tracing::info!(ended, "every dashboard session ended");
     Ok(HttpResponse::Ok().json(SessionsEnded { ended }))
 }
@@ -782,6 +801,7 @@ pub(super) async fn end_sessions(
     ))]
 pub(super) async fn release_instance(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -789,9 +809,11 @@ pub(super) async fn release_instance(
     let (store, now) = (state.store.clone(), (state.clock)());
     let (license, id) = (license_id.clone(), instance_id.clone());
     let event = super::webhooks::instance_released(&license, &id, "admin", now);
-    let released =
-        blocking(move || store.release_instance(&license, &id, now, &[event]).map_err(ApiError::from))
-            .await?;
+    let audit = trail.audit(actix_web::http::StatusCode::OK);
+    let released = blocking(move || {
+        store.release_instance(&license, &id, now, &[event], Some(&audit)).map_err(ApiError::from)
+    })
+    .await?;
     let Some(held_seat) = released else {
         return Err(ApiError::NotFound(format!("license {license_id:?} has no instance {instance_id:?}")));
     };

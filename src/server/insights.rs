@@ -530,6 +530,7 @@ pub(super) struct JobRun {
     ))]
 pub(super) async fn run_rollup(
     _admin: super::auth::FullAdmin,
+    trail: super::audit::Trail,
     state: web::Data<AppState>,
     super::extract::Json(body): super::extract::Json<RunBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -541,7 +542,8 @@ pub(super) async fn run_rollup(
         return Err(ApiError::bad_request("invalid_request", format!("day: {day} is in the future")));
     }
     let started = std::time::Instant::now();
-    let result = blocking(move || Ok(super::jobs::run_rollup_of(&store, day, now)?)).await;
+    let audit = trail.audit(actix_web::http::StatusCode::OK);
+    let result = blocking(move || Ok(super::jobs::run_rollup_of(&store, day, now, Some(&audit))?)).await;
     let label = match &result {
         Ok(super::jobs::RunOutcome::Ran(_)) => "ran",
         Ok(super::jobs::RunOutcome::Skipped) => "claimed_elsewhere",

@@ -72,7 +72,7 @@ pub fn run_rollup(store: &Store, now: DateTime<Utc>) -> Result<RunOutcome, Store
     let Some(claim) = store.claim_job(ROLLUP, &day.format("%Y-%m-%d").to_string(), now)? else {
         return Ok(RunOutcome::Skipped);
     };
-    rollup_claimed(store, claim, day, now)
+    rollup_claimed(store, claim, day, now, None)
 }
 
 /// How long a run may go without finishing before a run asked for now takes it over.
@@ -85,12 +85,13 @@ pub fn run_rollup_of(
     store: &Store,
     day: chrono::NaiveDate,
     now: DateTime<Utc>,
+    audit: Option<&crate::store::Audit>,
 ) -> Result<RunOutcome, StoreError> {
     let run_key = day.format("%Y-%m-%d").to_string();
     let Some(claim) = store.claim_job_again(ROLLUP, &run_key, now, Duration::seconds(STALE_RUN))? else {
         return Ok(RunOutcome::Skipped);
     };
-    rollup_claimed(store, claim, day, now)
+    rollup_claimed(store, claim, day, now, audit)
 }
 
 fn rollup_claimed(
@@ -98,8 +99,9 @@ fn rollup_claimed(
     claim: crate::store::JobClaim,
     day: chrono::NaiveDate,
     now: DateTime<Utc>,
+    audit: Option<&crate::store::Audit>,
 ) -> Result<RunOutcome, StoreError> {
-    match store.rollup_day(day) {
+    match store.rollup_day(day, audit) {
         Ok(rows) => {
             let outcome = format!("rolled up {day}: {rows} rows");
             store.finish_job(&claim, now, &outcome)?;

@@ -5,6 +5,7 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::audit::Trail;
 use super::auth::FullAdmin;
 use super::error::ApiError;
 use super::extract::Json;
@@ -53,6 +54,7 @@ const MAX_REGISTER: usize = 1_000;
     ))]
 pub(super) async fn register_licenses(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     Json(body): Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -78,8 +80,8 @@ pub(super) async fn register_licenses(
         rows.push(store::LicenseRow::new(&payload, Some(key), now));
         payloads.push(payload);
     }
-    let store = state.store.clone();
-    let outcomes = blocking(move || Ok(store.register_licenses(&rows)?)).await?;
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::OK));
+    let outcomes = blocking(move || Ok(store.register_licenses(&rows, Some(&audit))?)).await?;
     let licenses = payloads
         .into_iter()
         .zip(outcomes)
@@ -163,6 +165,7 @@ pub(super) struct LicenseTermsView {
     ))]
 pub(super) async fn set_license_terms(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
     Json(body): Json<TermsBody>,
@@ -203,7 +206,8 @@ pub(super) async fn set_license_terms(
         max_processes: as_i32(body.max_processes),
         max_machines: as_i32(body.max_machines),
     };
-    let (row, terms) = blocking(move || Ok(store.set_license_terms(&id, &change)?))
+    let audit = trail.audit(actix_web::http::StatusCode::OK);
+    let (row, terms) = blocking(move || Ok(store.set_license_terms(&id, &change, Some(&audit))?))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no license {license_id:?} is known to this server")))?;
     // A license only revoked by id has no tier yet: the Community default stands until it is seen.

@@ -17,6 +17,7 @@ use serde_json::json;
 use sha2::Sha256;
 use std::sync::Arc;
 
+use super::audit::Trail;
 use super::auth::{Admin, FullAdmin};
 use super::error::ApiError;
 use super::{blocking, AppState};
@@ -273,6 +274,7 @@ pub(super) struct CreatedEndpoint {
     ))]
 pub(super) async fn create(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     super::extract::Json(body): super::extract::Json<NewEndpoint>,
 ) -> Result<HttpResponse, ApiError> {
@@ -306,9 +308,9 @@ pub(super) async fn create(
         secret: secret.clone(),
         created_at: store::naive((state.clock)()),
     };
-    let store = state.store.clone();
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::CREATED));
     let created = row.clone();
-    blocking(move || Ok(store.create_endpoint(&created)?)).await?;
+    blocking(move || Ok(store.create_endpoint(&created, Some(&audit))?)).await?;
     tracing::info!(endpoint = %row.id, "webhook endpoint registered");
     Ok(HttpResponse::Created().json(CreatedEndpoint { endpoint: row.into(), secret }))
 }
@@ -364,13 +366,14 @@ fn masked_url(url: &str) -> String {
     ))]
 pub(super) async fn delete(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let store = state.store.clone();
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::NO_CONTENT));
     let lookup = id.clone();
-    if !blocking(move || Ok(store.delete_endpoint(&lookup)?)).await? {
+    if !blocking(move || Ok(store.delete_endpoint(&lookup, Some(&audit))?)).await? {
         return Err(ApiError::NotFound(format!("no webhook endpoint {id:?}")));
     }
     Ok(HttpResponse::NoContent().finish())
@@ -418,13 +421,15 @@ pub(super) async fn deliveries(
     ))]
 pub(super) async fn redeliver(
     _admin: FullAdmin,
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (endpoint, event) = path.into_inner();
     let (store, now) = (state.store.clone(), (state.clock)());
     let (e, v) = (endpoint.clone(), event.clone());
-    if !blocking(move || Ok(store.redeliver(&e, &v, now)?)).await? {
+    let audit = trail.audit(actix_web::http::StatusCode::ACCEPTED);
+    if !blocking(move || Ok(store.redeliver(&e, &v, now, Some(&audit))?)).await? {
         return Err(ApiError::NotFound(format!("no delivery of {event:?} to {endpoint:?}")));
     }
     Ok(HttpResponse::Accepted().finish())

@@ -1,13 +1,50 @@
-//! The audit log of admin actions: appended as each action is answered, read newest first, and
-//! never pruned by the retention job (it is how a vendor learns who changed what, long after the
-//! telemetry is gone).
+//! The audit log of admin actions: read newest first, and never pruned by the retention job (it
+//! is how a vendor learns who changed what, long after the telemetry is gone).
+//!
+//! Invariant: a change made for an admin request writes its [`Audit`] entry in the change's own
+//! transaction, so a change without its record cannot exist (not even when the request's
+//! client goes away after the change committed). Refusals, which change nothing, are appended
+//! on their own once answered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::audit_log;
-use super::{utc, Store, StoreError};
+use super::{utc, DbConnection, Store, StoreError};
+
+/// The audit entry of a change an admin request asks for, handed to the store call that makes
+/// the change, which writes it in the same transaction when (and only when) it changes
+/// something. Whether it was written can be asked afterwards, so that the request's answer is
+/// not recorded a second time.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    entry: NewAuditEntry,
+    written: Arc<AtomicBool>,
+}
+
+impl Audit {
+    /// `written` is shared with whoever records the request's answer.
+    pub fn new(entry: NewAuditEntry, written: Arc<AtomicBool>) -> Audit {
+        Audit { entry, written }
+    }
+
+    /// Writes the entry in the caller's transaction. When that transaction is rolled back the
+    /// mark stays set, but the request then fails, and a failure is recorded anyway.
+    pub(crate) fn write(&self, conn: &mut DbConnection) -> Result<(), StoreError> {
+        diesel::insert_into(audit_log::table).values(&self.entry).execute(conn)?;
+        self.written.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Writes `audit`, when there is one, in the caller's transaction.
+pub(crate) fn write(conn: &mut DbConnection, audit: Option<&Audit>) -> Result<(), StoreError> {
+    audit.map_or(Ok(()), |a| a.write(conn))
+}
 
 /// An action to record.
 #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
@@ -56,7 +93,7 @@ pub struct AuditEntry {
 }
 
 impl Store {
-    /// Appends an action.
+    /// Appends an action that changed nothing (a refusal, a failure).
     pub fn record_audit(&self, entry: &NewAuditEntry) -> Result<(), StoreError> {
         diesel::insert_into(audit_log::table).values(entry).execute(&mut self.conn()?)?;
         Ok(())

@@ -84,6 +84,11 @@ impl CheckInWrite<'_> {
         super::webhooks::enqueue(self.conn, events)
     }
 
+    /// Writes the audit entry of an admin request this group carries out (an imported report).
+    pub fn record_audit(&mut self, audit: &super::Audit) -> Result<(), StoreError> {
+        audit.write(self.conn)
+    }
+
     /// Stores the batches not stored before; returns the ids stored now.
     pub fn insert_batches(&mut self, batches: &[&StoredBatch]) -> Result<BTreeSet<String>, StoreError> {
         telemetry::insert_batches(self.conn, batches)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::models::*;
 use super::schema::{check_ins, install_keys, instances, license_terms, licenses};
 use super::webhooks::{self, NewEvent};
-use super::{on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
+use super::{on_backend, Audit, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
 
 /// A license as the admin API lists it.
@@ -578,8 +578,13 @@ impl Store {
     /// each row is inserted (`Registered`), or fills a license only revoked by id so far
     /// (`Registered`, the revocation kept), or replaces a known license's older key
     /// (`Updated`, as a check-in presenting it would), or changes nothing (`Known`). The row's
-    /// `last_check_in_at` stays as it was: registering is not a check-in.
-    pub fn register_licenses(&self, rows: &[LicenseRow]) -> Result<Vec<Registration>, StoreError> {
+    /// `last_check_in_at` stays as it was: registering is not a check-in. `audit` is written in
+    /// the same transaction.
+    pub fn register_licenses(
+        &self,
+        rows: &[LicenseRow],
+        audit: Option<&Audit>,
+    ) -> Result<Vec<Registration>, StoreError> {
         let mut conn = self.conn()?;
         super::db::write_transaction(&mut conn, |c| {
             let mut out = Vec::with_capacity(rows.len());
@@ -616,16 +621,19 @@ impl Store {
                 };
                 out.push(outcome);
             }
+            super::audit::write(c, audit)?;
             Ok(out)
         })
     }
 
     /// Sets what the vendor decides for one license beside its key, in one transaction; `None`
-    /// when no license of that id is known.
+    /// when no license of that id is known. `audit` is written in the same transaction when the
+    /// license exists.
     pub fn set_license_terms(
         &self,
         license_id: &str,
         change: &TermsChange,
+        audit: Option<&Audit>,
     ) -> Result<Option<(LicenseRow, LicenseTerms)>, StoreError> {
         let mut conn = self.conn()?;
         super::db::write_transaction(&mut conn, |c| {
@@ -665,6 +673,7 @@ impl Store {
                     ))
                     .execute(inner)?;
             });
+            super::audit::write(c, audit)?;
             Ok(Some((row, terms)))
         })
     }
@@ -678,12 +687,18 @@ impl Store {
         super::db::write_transaction(&mut conn, f)
     }
 
-    /// Records a license issued by this server, with its key, and `events` (webhooks) in the
-    /// same transaction.
-    pub fn insert_issued_license(&self, row: &LicenseRow, events: &[NewEvent]) -> Result<(), StoreError> {
+    /// Records a license issued by this server, with its key, and `events` (webhooks) and
+    /// `audit` in the same transaction.
+    pub fn insert_issued_license(
+        &self,
+        row: &LicenseRow,
+        events: &[NewEvent],
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError> {
         self.transaction(|conn| {
             diesel::insert_into(licenses::table).values(row).execute(conn)?;
             webhooks::enqueue(conn, events)?;
+            super::audit::write(conn, audit)?;
             Ok(())
         })
     }
@@ -801,12 +816,13 @@ impl Store {
     /// build on the same key, and a newer key a check-in presented meanwhile is never
     /// overwritten by an older one). The revocation and the history stay. False when the
     /// row changed meanwhile.
-    /// `events` are enqueued in the same transaction when the key was replaced.
+    /// `events` and `audit` are written in the same transaction when the key was replaced.
     pub fn replace_license_key(
         &self,
         row: &LicenseRow,
         replaces: NaiveDateTime,
         events: &[NewEvent],
+        audit: Option<&Audit>,
     ) -> Result<bool, StoreError> {
         self.transaction(|conn| {
             let changed = diesel::update(
@@ -824,6 +840,7 @@ impl Store {
             .execute(conn)?;
             if changed == 1 {
                 webhooks::enqueue(conn, events)?;
+                super::audit::write(conn, audit)?;
             }
             Ok(changed == 1)
         })
@@ -838,6 +855,7 @@ impl Store {
         reason: Option<String>,
         now: DateTime<Utc>,
         events: &[NewEvent],
+        audit: Option<&Audit>,
     ) -> Result<(), StoreError> {
         self.transaction(|conn| {
             let changed = diesel::update(licenses::table.find(id.to_string()))
@@ -849,17 +867,19 @@ impl Store {
                     .execute(conn)?;
             }
             webhooks::enqueue(conn, events)?;
+            super::audit::write(conn, audit)?;
             Ok::<_, StoreError>(())
         })
     }
 
     /// Revokes (`Some`) or reinstates (`None`) a license; false when no such license is known.
-    /// `events` are enqueued in the same transaction when the license exists.
+    /// `events` and `audit` are written in the same transaction when the license exists.
     pub fn set_revocation(
         &self,
         id: &str,
         revocation: Option<(DateTime<Utc>, Option<String>)>,
         events: &[NewEvent],
+        audit: Option<&Audit>,
     ) -> Result<bool, StoreError> {
         let (at, reason) = match revocation {
             Some((at, reason)) => (Some(naive(at)), reason),
@@ -871,6 +891,7 @@ impl Store {
                 .execute(conn)?;
             if changed == 1 {
                 webhooks::enqueue(conn, events)?;
+                super::audit::write(conn, audit)?;
             }
             Ok(changed == 1)
         })
@@ -940,13 +961,14 @@ impl Store {
 
     /// Deletes a license's instance, freeing its seat at once: `None` when there is no such
     /// instance, else whether it held a seat at `now`.
-    /// `events` are enqueued in the same transaction when the instance existed.
+    /// `events` and `audit` are written in the same transaction when the instance existed.
     pub fn release_instance(
         &self,
         license_id: &str,
         instance_id: &str,
         now: DateTime<Utc>,
         events: &[NewEvent],
+        audit: Option<&Audit>,
     ) -> Result<Option<bool>, StoreError> {
         self.transaction(|conn| {
             let row: Option<InstanceRow> = instances::table
@@ -964,6 +986,7 @@ impl Store {
             )
             .execute(conn)?;
             webhooks::enqueue(conn, events)?;
+            super::audit::write(conn, audit)?;
             Ok::<_, StoreError>(Some(row.seat_until.is_some_and(|until| until > naive(now))))
         })
     }

@@ -27,7 +27,7 @@ mod sessions;
 mod telemetry;
 mod webhooks;
 
-pub use audit::{AuditEntry, NewAuditEntry};
+pub use audit::{Audit, AuditEntry, NewAuditEntry};
 pub use bench::{SeedPlan, Seeded};
 pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;

@@ -302,26 +302,32 @@ impl Store {
         name: &str,
         public: bool,
         now: DateTime<Utc>,
+        audit: Option<&super::Audit>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let changed = if public {
-            on_backend!(&mut *conn, c => {
-                diesel::insert_into(public_names::table)
-                    .values((
-                        public_names::kind.eq(kind),
-                        public_names::name.eq(name),
-                        public_names::marked_at.eq(super::naive(now)),
-                    ))
-                    .on_conflict_do_nothing()
-                    .execute(c)?
-            })
-        } else {
-            diesel::delete(
-                public_names::table.filter(public_names::kind.eq(kind)).filter(public_names::name.eq(name)),
-            )
-            .execute(&mut conn)?
-        };
-        Ok(changed > 0)
+        self.transaction(|conn| {
+            let changed = if public {
+                on_backend!(&mut *conn, c => {
+                    diesel::insert_into(public_names::table)
+                        .values((
+                            public_names::kind.eq(kind),
+                            public_names::name.eq(name),
+                            public_names::marked_at.eq(super::naive(now)),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(c)?
+                })
+            } else {
+                diesel::delete(
+                    public_names::table
+                        .filter(public_names::kind.eq(kind))
+                        .filter(public_names::name.eq(name)),
+                )
+                .execute(conn)?
+            };
+            // The decision is recorded even when it was already so: the vendor asked for it.
+            super::audit::write(conn, audit)?;
+            Ok::<_, StoreError>(changed > 0)
+        })
     }
 
     /// The public insights: the last whole month's publication, computed (and kept) the first

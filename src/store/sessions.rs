@@ -28,12 +28,19 @@ pub struct DashboardSession {
 }
 
 impl Store {
-    /// Records a new session, and forgets those that have expired.
-    pub fn create_session(&self, row: &DashboardSession, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Records a new session, with `audit` in the same transaction, and forgets those that have
+    /// expired.
+    pub fn create_session(
+        &self,
+        row: &DashboardSession,
+        now: DateTime<Utc>,
+        audit: Option<&super::Audit>,
+    ) -> Result<(), StoreError> {
         self.transaction(|conn| {
             diesel::delete(dashboard_sessions::table.filter(dashboard_sessions::expires_at.le(naive(now))))
                 .execute(conn)?;
             diesel::insert_into(dashboard_sessions::table).values(row).execute(conn)?;
+            super::audit::write(conn, audit)?;
             Ok::<_, StoreError>(())
         })
     }
@@ -52,13 +59,25 @@ impl Store {
             .optional()?)
     }
 
-    /// Ends every session (sign out everywhere); how many there were.
-    pub fn end_all_sessions(&self) -> Result<usize, StoreError> {
-        Ok(diesel::delete(dashboard_sessions::table).execute(&mut self.conn()?)?)
+    /// Ends every session (sign out everywhere), with `audit` in the same transaction; how many
+    /// there were.
+    pub fn end_all_sessions(&self, audit: Option<&super::Audit>) -> Result<usize, StoreError> {
+        self.transaction(|conn| {
+            let ended = diesel::delete(dashboard_sessions::table).execute(conn)?;
+            super::audit::write(conn, audit)?;
+            Ok::<_, StoreError>(ended)
+        })
     }
 
-    /// Ends a session (sign-out); false when there was none.
-    pub fn end_session(&self, token_hash: &str) -> Result<bool, StoreError> {
-        Ok(diesel::delete(dashboard_sessions::table.find(token_hash)).execute(&mut self.conn()?)? == 1)
+    /// Ends a session (sign-out), with `audit` in the same transaction when there was one;
+    /// false when there was none.
+    pub fn end_session(&self, token_hash: &str, audit: Option<&super::Audit>) -> Result<bool, StoreError> {
+        self.transaction(|conn| {
+            let ended = diesel::delete(dashboard_sessions::table.find(token_hash)).execute(conn)? == 1;
+            if ended {
+                super::audit::write(conn, audit)?;
+            }
+            Ok::<_, StoreError>(ended)
+        })
     }
 }

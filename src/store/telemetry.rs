@@ -285,11 +285,12 @@ impl Store {
     }
 
     /// Erases everything stored from the telemetry of the instances named `instance_id` (of
-    /// one license, or of every license that has one), in one transaction.
+    /// one license, or of every license that has one), in one transaction with `audit`.
     pub fn erase_telemetry(
         &self,
         instance_id: &str,
         license_id: Option<&str>,
+        audit: Option<&super::Audit>,
     ) -> Result<Removed, StoreError> {
         // Every license's instance of that id when none is named: erasing more is the safe side.
         let licenses = || license_id.map_or_else(|| vec![None], |l| vec![Some(l)]);
@@ -318,6 +319,7 @@ impl Store {
             removed.insert("telemetry_batches", batches);
             removed.insert("telemetry_features", features);
             removed.insert("telemetry_errors", errors);
+            super::audit::write(conn, audit)?;
             Ok::<_, StoreError>(removed)
         })
     }
@@ -370,7 +372,8 @@ impl Store {
     /// (performance across installs) and `telemetry_aggregates` (fleet figures), replacing any
     /// earlier roll-up of that day in the same transaction, so a re-run never double-counts.
     /// Days are rolled up in order: a day's active installs start from the day before's.
-    pub fn rollup_day(&self, day: NaiveDate) -> Result<usize, StoreError> {
+    /// `audit` (a run an admin asked for) is written in the same transaction.
+    pub fn rollup_day(&self, day: NaiveDate, audit: Option<&super::Audit>) -> Result<usize, StoreError> {
         let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
         let to = from + chrono::Duration::days(1);
         self.transaction(|conn| {
@@ -462,6 +465,7 @@ impl Store {
                     diesel::insert_into(telemetry_aggregates::table).values(chunk).execute(c)?;
                 }
             });
+            super::audit::write(conn, audit)?;
             Ok::<_, StoreError>(features.len() + aggregates.len() + installs + routes)
         })
     }

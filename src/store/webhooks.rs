@@ -200,10 +200,12 @@ pub fn backoff(attempts: i32) -> Duration {
 }
 
 impl Store {
-    /// Registers an endpoint.
-    pub fn create_endpoint(&self, row: &EndpointRow) -> Result<(), StoreError> {
-        diesel::insert_into(webhook_endpoints::table).values(row).execute(&mut self.conn()?)?;
-        Ok(())
+    /// Registers an endpoint, with `audit` in the same transaction.
+    pub fn create_endpoint(&self, row: &EndpointRow, audit: Option<&super::Audit>) -> Result<(), StoreError> {
+        self.transaction(|conn| {
+            diesel::insert_into(webhook_endpoints::table).values(row).execute(conn)?;
+            super::audit::write(conn, audit)
+        })
     }
 
     /// Every endpoint, oldest first.
@@ -215,12 +217,17 @@ impl Store {
         Ok(rows.into_iter().map(Endpoint::from).collect())
     }
 
-    /// Removes an endpoint and its pending deliveries; false when there was none.
-    pub fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+    /// Removes an endpoint and its pending deliveries, with `audit` in the same transaction when
+    /// there was one; false when there was none.
+    pub fn delete_endpoint(&self, id: &str, audit: Option<&super::Audit>) -> Result<bool, StoreError> {
         self.transaction(|conn| {
             diesel::delete(webhook_deliveries::table.filter(webhook_deliveries::endpoint_id.eq(id)))
                 .execute(conn)?;
-            Ok::<_, StoreError>(diesel::delete(webhook_endpoints::table.find(id)).execute(conn)? == 1)
+            let deleted = diesel::delete(webhook_endpoints::table.find(id)).execute(conn)? == 1;
+            if deleted {
+                super::audit::write(conn, audit)?;
+            }
+            Ok::<_, StoreError>(deleted)
         })
     }
 
@@ -241,23 +248,29 @@ impl Store {
     }
 
     /// Makes a delivery due now again (whether delivered, given up or pending); false when
-    /// there is no such delivery.
+    /// there is no such delivery. `audit` is written in the same transaction when there is.
     pub fn redeliver(
         &self,
         endpoint_id: &str,
         event_id: &str,
         now: DateTime<Utc>,
+        audit: Option<&super::Audit>,
     ) -> Result<bool, StoreError> {
-        let changed = diesel::update(webhook_deliveries::table.find((event_id, endpoint_id)))
-            .set((
-                webhook_deliveries::next_attempt_at.eq(naive(now)),
-                webhook_deliveries::attempts.eq(0),
-                webhook_deliveries::claimed_until.eq(None::<NaiveDateTime>),
-                webhook_deliveries::delivered_at.eq(None::<NaiveDateTime>),
-                webhook_deliveries::gave_up_at.eq(None::<NaiveDateTime>),
-            ))
-            .execute(&mut self.conn()?)?;
-        Ok(changed == 1)
+        self.transaction(|conn| {
+            let changed = diesel::update(webhook_deliveries::table.find((event_id, endpoint_id)))
+                .set((
+                    webhook_deliveries::next_attempt_at.eq(naive(now)),
+                    webhook_deliveries::attempts.eq(0),
+                    webhook_deliveries::claimed_until.eq(None::<NaiveDateTime>),
+                    webhook_deliveries::delivered_at.eq(None::<NaiveDateTime>),
+                    webhook_deliveries::gave_up_at.eq(None::<NaiveDateTime>),
+                ))
+                .execute(conn)?;
+            if changed == 1 {
+                super::audit::write(conn, audit)?;
+            }
+            Ok::<_, StoreError>(changed == 1)
+        })
     }
 
     /// Claims up to `limit` deliveries due at `now` for this replica (for [`CLAIM`]). On

@@ -10,6 +10,7 @@ use super::public_names::{public_toggles, PublicToggle};
 use super::session::{self, Form, Session};
 use super::DashboardError;
 use crate::html::charts;
+use crate::server::audit::Trail;
 use crate::server::extract::AddressAdmitted;
 use crate::server::insights::{tables, usage_kind, Table, DEFAULT_DAYS, MAX_DAYS};
 use crate::server::{blocking, AppState};
@@ -185,6 +186,7 @@ pub struct SignInBody {
 pub async fn sign_in(
     _admitted: AddressAdmitted,
     req: HttpRequest,
+    trail: Trail,
     state: web::Data<AppState>,
     body: web::Form<SignInBody>,
 ) -> Page {
@@ -209,8 +211,8 @@ pub async fn sign_in(
         scope: identity.scope.as_str().to_owned(),
         token_proof,
     };
-    let store = state.store.clone();
-    blocking(move || Ok(store.create_session(&row, now)?)).await?;
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::SEE_OTHER));
+    blocking(move || Ok(store.create_session(&row, now, Some(&audit))?)).await?;
     tracing::info!(token = %identity.name, "dashboard sign-in");
     let mut response = see_other("/admin/overview");
     response.add_cookie(&session::cookie(&req, token)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
@@ -221,10 +223,15 @@ pub async fn sign_in(
 #[utoipa::path(post, path = "/admin/sign-out", tag = "dashboard", security(("dashboard_session" = [])),
     request_body(content_type = "application/x-www-form-urlencoded", description = "The form token: `csrf`"),
     responses(FormResponses))]
-pub async fn sign_out(req: HttpRequest, state: web::Data<AppState>, form: Form<session::Token>) -> Page {
-    let store = state.store.clone();
+pub async fn sign_out(
+    req: HttpRequest,
+    trail: Trail,
+    state: web::Data<AppState>,
+    form: Form<session::Token>,
+) -> Page {
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::SEE_OTHER));
     let hash = form.session.token_hash.clone();
-    blocking(move || Ok(store.end_session(&hash)?)).await?;
+    blocking(move || Ok(store.end_session(&hash, Some(&audit))?)).await?;
     let mut response = see_other("/admin/sign-in");
     response.add_cookie(&session::removal(&req)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
     Ok(response)
@@ -237,12 +244,13 @@ pub async fn sign_out(req: HttpRequest, state: web::Data<AppState>, form: Form<s
     responses(FormResponses))]
 pub async fn sign_out_everywhere(
     req: HttpRequest,
+    trail: Trail,
     state: web::Data<AppState>,
     form: Form<session::Token>,
 ) -> Page {
     form.session.may_change()?;
-    let store = state.store.clone();
-    let ended = blocking(move || Ok(store.end_all_sessions()?)).await?;
+    let (store, audit) = (state.store.clone(), trail.audit(actix_web::http::StatusCode::SEE_OTHER));
+    let ended = blocking(move || Ok(store.end_all_sessions(Some(&audit))?)).await?;
     tracing::info!(ended, token = %form.session.identity.name, "every dashboard session ended");
     let mut response = see_other("/admin/sign-in");
     response.add_cookie(&session::removal(&req)).map_err(|e| DashboardError::Internal(Box::new(e)))?;
@@ -637,7 +645,12 @@ fn license_path(id: &str, done: &str) -> String {
     params(("license_id" = String, Path)),
     request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
-pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: Form<RevokeForm>) -> Page {
+pub async fn revoke(
+    trail: Trail,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    form: Form<RevokeForm>,
+) -> Page {
     form.session.may_change()?;
     let id = path.into_inner();
     let uuid = uuid::Uuid::parse_str(&id)
@@ -647,7 +660,8 @@ pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: F
         .map(|r| crate::privacy::scrub(&r).0);
     let (store, now) = (state.store.clone(), (state.clock)());
     let event = crate::server::webhooks::license_revocation(&id, Some(reason.as_deref()), now);
-    blocking(move || Ok(store.revoke_by_id(uuid, reason, now, &[event])?)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::SEE_OTHER);
+    blocking(move || Ok(store.revoke_by_id(uuid, reason, now, &[event], Some(&audit))?)).await?;
     tracing::info!(license_id = %id, "license revoked from the dashboard");
     Ok(see_other(&license_path(&id, "revoked")))
 }
@@ -658,6 +672,7 @@ pub async fn revoke(state: web::Data<AppState>, path: web::Path<String>, form: F
     request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
 pub async fn reinstate(
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<String>,
     form: Form<session::Token>,
@@ -667,7 +682,8 @@ pub async fn reinstate(
     let (store, now) = (state.store.clone(), (state.clock)());
     let lookup = id.clone();
     let event = crate::server::webhooks::license_revocation(&id, None, now);
-    if !blocking(move || Ok(store.set_revocation(&lookup, None, &[event])?)).await? {
+    let audit = trail.audit(actix_web::http::StatusCode::SEE_OTHER);
+    if !blocking(move || Ok(store.set_revocation(&lookup, None, &[event], Some(&audit))?)).await? {
         return Err(crate::server::error::ApiError::NotFound(format!(
             "no license {id:?} is known to this server"
         ))
@@ -699,7 +715,12 @@ pub struct RenewForm {
     params(("license_id" = String, Path)),
     request_body(content = RenewForm, content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
-pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Form<RenewForm>) -> Page {
+pub async fn renew(
+    trail: Trail,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    form: Form<RenewForm>,
+) -> Page {
     form.session.may_change()?;
     let id = path.into_inner();
     let issuer = state.issuer.clone().ok_or_else(|| {
@@ -742,7 +763,9 @@ pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Fo
     }
     let (store, now) = (state.store.clone(), (state.clock)());
     let lookup = id.clone();
-    blocking(move || crate::server::handlers::renew(&store, &issuer, &lookup, changes, now)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::SEE_OTHER);
+    blocking(move || crate::server::handlers::renew(&store, &issuer, &lookup, changes, now, Some(&audit)))
+        .await?;
     tracing::info!(license_id = %id, "license renewed from the dashboard");
     Ok(see_other(&license_path(&id, "renewed")))
 }
@@ -753,6 +776,7 @@ pub async fn renew(state: web::Data<AppState>, path: web::Path<String>, form: Fo
     request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
 pub async fn release(
+    trail: Trail,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     form: Form<session::Token>,
@@ -762,7 +786,8 @@ pub async fn release(
     let (store, now) = (state.store.clone(), (state.clock)());
     let (l, i) = (id.clone(), instance.clone());
     let event = crate::server::webhooks::instance_released(&l, &i, "admin", now);
-    let released = blocking(move || Ok(store.release_instance(&l, &i, now, &[event])?)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::SEE_OTHER);
+    let released = blocking(move || Ok(store.release_instance(&l, &i, now, &[event], Some(&audit))?)).await?;
     if released.is_none() {
         return Err(crate::server::error::ApiError::NotFound(format!(
             "no instance {instance:?} of license {id:?}"

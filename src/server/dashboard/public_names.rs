@@ -60,6 +60,7 @@ fn public_name_path(kind: &str, decision: &str, name: &str) -> String {
     request_body( content_type = "application/x-www-form-urlencoded", description = "With the form token, `csrf`"),
     responses(FormResponses))]
 pub async fn public_name(
+    trail: crate::server::audit::Trail,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     form: Form<session::Token>,
@@ -82,7 +83,8 @@ pub async fn public_name(
     }
     let (store, now) = (state.store.clone(), (state.clock)());
     let n = name.clone();
-    blocking(move || Ok(store.set_public_name(kind, &n, public, now)?)).await?;
+    let audit = trail.audit(actix_web::http::StatusCode::SEE_OTHER);
+    blocking(move || Ok(store.set_public_name(kind, &n, public, now, Some(&audit))?)).await?;
     tracing::info!(kind, name = %name, public, "public name marked from the dashboard");
     Ok(see_other(&match *kind {
         "module" => "/admin/environment".to_owned(),

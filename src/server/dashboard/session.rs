@@ -105,7 +105,7 @@ impl FromRequest for Session {
                 state.admin_tokens.session_identity(&row.token_name, &token_hash, &row.token_proof)
             else {
                 let (store, ended) = (state.store.clone(), token_hash.clone());
-                web::block(move || store.end_session(&ended))
+                web::block(move || store.end_session(&ended, None))
                     .await
                     .map_err(|e| DashboardError::Internal(Box::new(e)))??;
                 tracing::info!(token = %row.token_name, "a dashboard session ended: its admin token was removed or changed");
