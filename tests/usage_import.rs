@@ -20,6 +20,7 @@ on_both_backends!(
     a_report_chain_is_imported_once_each_and_every_break_in_it_is_refused,
     a_receipt_carries_the_renewed_key_and_a_refused_license_moves_no_chain,
     reports_that_do_not_read_or_may_not_be_imported_are_refused_before_anything_is_written,
+    a_pin_taken_by_a_forged_first_report_is_reset_and_the_genuine_install_pins_again,
 );
 
 /// An install: its key and the reports it has signed so far.
@@ -345,4 +346,103 @@ fn reports_that_do_not_read_or_may_not_be_imported_are_refused_before_anything_i
     // Only a full admin token imports.
     let (status, _) = import_with(&h, &fresh.report(1, None, 1, &fresh.key), "wrong-token");
     assert_eq!(status, 401);
+}
+
+/// Someone holding the license key imports a forged report 1 before the install's own: the
+/// install's reports are then refused as foreign. The vendor lists the pin, resets it (audited,
+/// shown on the license page), and the genuine install's next report pins its key at its own
+/// sequence; the forger's next report is then the foreign one.
+fn a_pin_taken_by_a_forged_first_report_is_reset_and_the_genuine_install_pins_again(h: Harness) {
+    let key = h.license(Tier::Enterprise, 2);
+    let license_id = license_id_of(&key);
+    let mut forger = Install::new(&key, "air-1");
+    let mut genuine = Install::new(&key, "air-1");
+    let keys_path = format!("/v1/admin/licenses/{license_id}/install-keys");
+
+    let (forged, _) = forger.next(1);
+    assert_eq!(import(&h, &forged).0, 200);
+    let (first, _) = genuine.next(5);
+    refused(&h, &first, 409, "foreign_install_key");
+    // The vendor's command line lists and resets pins (exit 0 done, 1 refused).
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_licensor"))
+            .args(["admin", "usage-imports"])
+            .args(args)
+            .env("LICENSOR_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("LICENSOR_SERVER_URL", &h.base)
+            .output()
+            .unwrap();
+        let answer = String::from_utf8(out.stdout).unwrap();
+        (out.status.code().unwrap(), serde_json::from_str::<Value>(&answer).unwrap_or(Value::Null))
+    };
+    let (code, listed) = cli(&["keys", &license_id]);
+    assert_eq!(code, 0, "{listed}");
+    let pin = &listed["install_keys"][0];
+    let forger_key = usage_report::encode_install_key(&forger.key.verifying_key());
+    assert_eq!(
+        (pin["instance_id"].as_str(), pin["public_key"].as_str(), pin["last_report"].as_i64()),
+        (Some("air-1"), Some(forger_key.as_str()), Some(1))
+    );
+    assert_eq!(pin["pinned_at"], "2026-11-21T10:00:00Z");
+    assert!(pin["reset_at"].is_null());
+
+    h.advance(Duration::hours(1));
+    let (code, reset) = cli(&["reset-key", &license_id, "air-1"]);
+    assert_eq!(code, 0, "{reset}");
+    assert_eq!(
+        (reset["public_key"].clone(), reset["reset_at"].clone()),
+        (Value::Null, json!("2026-11-21T11:00:00Z"))
+    );
+    let (code, missing) = cli(&["reset-key", &license_id, "air-2"]);
+    assert_eq!((code, missing["error"]["code"].as_str()), (1, Some("not_found")));
+    // The reset, and the refused one after it.
+    let (_, audit) = h.admin(Method::GET, "/v1/admin/audit?limit=2", None);
+    assert_eq!(audit["entries"][0]["status"], 404);
+    let entry = &audit["entries"][1];
+    assert_eq!(
+        (entry["action"].as_str(), entry["target"].as_str(), entry["status"].as_i64()),
+        (
+            Some("POST /v1/admin/licenses/{license_id}/install-keys/{instance_id}/reset"),
+            Some(format!("license_id={license_id}&instance_id=air-1").as_str()),
+            Some(200)
+        )
+    );
+    // The license's detail (and its page) show the reset.
+    let (_, detail) = h.admin(Method::GET, &format!("/v1/admin/licenses/{license_id}"), None);
+    assert_eq!(detail["install_keys"][0]["reset_at"], "2026-11-21T11:00:00Z");
+    let client =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in = client.post(h.url("/admin/sign-in")).form(&[("token", ADMIN_TOKEN)]).send().unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = client
+        .get(h.url(&format!("/admin/licenses/{license_id}")))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("reset on 2026-11-21 11:00:00 UTC: the next report pins its key"), "{page}");
+
+    // The genuine install's report 1, refused before, now pins its key; its chain goes on.
+    h.advance(Duration::hours(1));
+    let (status, answer) = import(&h, &first);
+    assert_eq!(status, 200, "{answer}");
+    verified(&h, &answer, &first);
+    let (second, _) = genuine.next(2);
+    assert_eq!(import(&h, &second).0, 200);
+    let (_, listed) = h.admin(Method::GET, &keys_path, None);
+    let pin = &listed["install_keys"][0];
+    let genuine_key = usage_report::encode_install_key(&genuine.key.verifying_key());
+    assert_eq!(
+        (
+            pin["public_key"].as_str(),
+            pin["pinned_at"].as_str(),
+            pin["last_report"].as_i64(),
+            pin["reset_at"].is_null()
+        ),
+        (Some(genuine_key.as_str()), Some("2026-11-21T12:00:00Z"), Some(2), true)
+    );
+    assert_eq!(export_count(&h, "air-1"), 1 + 5 + 2, "the forged report stays counted until erased");
+    let (forged_next, _) = forger.next(1);
+    refused(&h, &forged_next, 409, "foreign_install_key");
 }

@@ -651,7 +651,8 @@ impl ImportChains {
         now: chrono::NaiveDateTime,
     ) -> InstallKeyRow {
         let key = (license_id.to_owned(), instance_id.to_owned());
-        let pinned_at = self.rows.get(&key).map_or(now, |r| r.pinned_at);
+        // A pin the vendor reset is taken now by this report's key.
+        let pinned_at = self.rows.get(&key).filter(|r| !r.public_key.is_empty()).map_or(now, |r| r.pinned_at);
         let row = InstallKeyRow {
             license_id: key.0.clone(),
             instance_id: key.1.clone(),
@@ -667,8 +668,13 @@ impl ImportChains {
 }
 
 /// Why a report may not follow `pinned` (the install's key and last report imported), if it
-/// may not. The same report again is no refusal: it is acknowledged as a duplicate.
+/// may not. The same report again is no refusal: it is acknowledged as a duplicate. After the
+/// vendor reset the pin (an empty key), any report is taken, at its own sequence, and pins its
+/// key: the install the pin belongs to may be far along its chain, or behind a forged report.
 fn chain_refusal(pinned: Option<&InstallKeyRow>, link: &ImportLink) -> Option<BadRequest> {
+    if pinned.is_some_and(|row| row.public_key.is_empty()) {
+        return None;
+    }
     let n = link.sequence;
     let Some(row) = pinned else {
         return (n != 1).then(|| {
@@ -686,7 +692,8 @@ fn chain_refusal(pinned: Option<&InstallKeyRow>, link: &ImportLink) -> Option<Ba
             "foreign_install_key",
             format!(
                 "the report is signed by another key than the one this install's first report pinned on {}: it \
-                 does not come from this install",
+                 does not come from this install (if it does, and the pin is wrong, the vendor can reset it: \
+                 `licensor admin usage-imports reset-key`)",
                 crate::time::format(&store::utc(row.pinned_at))
             ),
         ));

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use crate::protocol::percent_encode as encode;
 
 use super::{
-    AdminArgs, AdminCommand, InsightsView, JobName, JobsCommand, WebhooksCommand, EXIT_NOT_VALID, EXIT_OK,
+    AdminArgs, AdminCommand, InsightsView, JobName, JobsCommand, UsageImportsCommand, WebhooksCommand,
+    EXIT_NOT_VALID, EXIT_OK,
 };
 
 /// A client of the admin API.
@@ -154,6 +155,20 @@ pub fn run(args: AdminArgs) -> Result<u8> {
         AdminCommand::Jobs { command: JobsCommand::Run { job: JobName::Rollup, day } } => {
             let body = json!({ "day": day.to_string() });
             api.send(Method::POST, "/v1/admin/jobs/rollup/runs", Some(&body))?
+        }
+        AdminCommand::UsageImports { command: UsageImportsCommand::Keys { license_id } } => {
+            api.send(Method::GET, &format!("/v1/admin/licenses/{}/install-keys", encode(&license_id)), None)?
+        }
+        AdminCommand::UsageImports { command: UsageImportsCommand::ResetKey { license_id, instance_id } } => {
+            api.send(
+                Method::POST,
+                &format!(
+                    "/v1/admin/licenses/{}/install-keys/{}/reset",
+                    encode(&license_id),
+                    encode(&instance_id)
+                ),
+                None,
+            )?
         }
         AdminCommand::Audit { limit, cursor, actor } => {
             let mut query = vec![format!("limit={limit}")];

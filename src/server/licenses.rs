@@ -1,15 +1,16 @@
 //! The vendor's handling of licenses beside their signed keys: registering keys issued offline
 //! before any deployment runs them, and the terms the server keeps per license (the
-//! private-network exemption, developers' machines, processes per install).
+//! private-network exemption, developers' machines, processes per install), and the keys its
+//! air-gapped installs' usage reports are pinned to.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::audit::Trail;
-use super::auth::FullAdmin;
+use super::auth::{Admin, FullAdmin};
 use super::error::ApiError;
 use super::extract::Json;
-use super::handlers::WriteErrors;
+use super::handlers::{AdminErrors, WriteErrors};
 use super::{blocking, AppState};
 use crate::license::{LicensePayload, Tier};
 use crate::store;
@@ -225,4 +226,57 @@ pub(super) async fn set_license_terms(
         effective_max_machines: effective.max_machines,
         overage_started_at: terms.overage_started_at.map(|t| crate::time::format(&store::utc(t))),
     }))
+}
+
+/// A license's pinned install keys.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct InstallKeys {
+    /// By instance id.
+    install_keys: Vec<store::InstallKeyRecord>,
+}
+
+/// The keys that the usage reports of a license's air-gapped installs must be signed with
+/// (each pinned by the install's first report imported), and where each chain stands.
+#[utoipa::path(get, path = "/v1/admin/licenses/{license_id}/install-keys", tag = "licenses", security(("admin_token" = [])),
+    params(("license_id" = String, Path, description = "The license's id (a UUID)")),
+    responses((status = 200, body = InstallKeys), AdminErrors))]
+pub(super) async fn install_keys(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (store, license_id) = (state.store.clone(), path.into_inner());
+    let install_keys = blocking(move || Ok(store.install_keys_of(&license_id)?)).await?;
+    Ok(HttpResponse::Ok().json(InstallKeys { install_keys }))
+}
+
+/// Resets an install's pinned key: for a pin a forged first report took, or an install that
+/// lost its key. Its next report is taken at its own sequence and pins its key again; the
+/// reports imported so far stay counted.
+#[utoipa::path(post, path = "/v1/admin/licenses/{license_id}/install-keys/{instance_id}/reset", tag = "licenses",
+    security(("admin_token" = [])),
+    params(("license_id" = String, Path), ("instance_id" = String, Path)),
+    responses(
+        (status = 200, description = "The pin, reset", body = store::InstallKeyRecord),
+        (status = 404, description = "The install has no pinned key", body = crate::protocol::ErrorBody),
+        WriteErrors,
+    ))]
+pub(super) async fn reset_install_key(
+    _admin: FullAdmin,
+    trail: Trail,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (license_id, instance_id) = path.into_inner();
+    let (store, now, audit) =
+        (state.store.clone(), (state.clock)(), trail.audit(actix_web::http::StatusCode::OK));
+    let (l, i) = (license_id.clone(), instance_id.clone());
+    let reset = blocking(move || Ok(store.reset_install_key(&l, &i, now, Some(&audit))?)).await?;
+    let Some(reset) = reset else {
+        return Err(ApiError::NotFound(format!(
+            "install {instance_id:?} of license {license_id:?} has no pinned key (no usage report of it was imported)"
+        )));
+    };
+    tracing::info!(license_id = %license_id, instance_id = %instance_id, "install key pin reset");
+    Ok(HttpResponse::Ok().json(reset))
 }

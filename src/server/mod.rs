@@ -125,6 +125,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/insights/licenses").route(web::get().to(insights::licenses)))
                 .service(resource("/jobs/rollup/runs").route(web::post().to(insights::run_rollup)))
                 .service(
+                    resource("/licenses/{license_id}/install-keys")
+                        .route(web::get().to(licenses::install_keys)),
+                )
+                .service(
+                    resource("/licenses/{license_id}/install-keys/{instance_id}/reset")
+                        .route(web::post().to(licenses::reset_install_key)),
+                )
+                .service(
                     resource("/licenses/{license_id}/terms")
                         .route(web::patch().to(licenses::set_license_terms)),
                 )

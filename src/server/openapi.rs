@@ -34,6 +34,8 @@ use super::{dashboard, handlers, insights, installs, licenses, public};
         handlers::update_license,
         licenses::set_license_terms,
         licenses::register_licenses,
+        licenses::install_keys,
+        licenses::reset_install_key,
         handlers::revoke_license,
         handlers::reinstate_license,
         handlers::list_instances,

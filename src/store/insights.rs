@@ -1159,6 +1159,8 @@ pub struct LicenseDetail {
     /// Its latest check-ins (at most 100), newest first.
     pub history: Vec<HistoryEntry>,
     pub telemetry: LicenseTelemetry,
+    /// The keys its air-gapped installs' usage reports are pinned to, resets shown.
+    pub install_keys: Vec<super::InstallKeyRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -1268,6 +1270,16 @@ impl Store {
             errors: errors.iter().fold(0i64, |sum, (_, n)| sum.saturating_add(*n)),
         };
         let installs = super::group_installs(&instances);
-        Ok(Some(LicenseDetail { license, payload, status, instances, installs, history, telemetry }))
+        let install_keys = self.install_keys_of(id)?;
+        Ok(Some(LicenseDetail {
+            license,
+            payload,
+            status,
+            instances,
+            installs,
+            history,
+            telemetry,
+            install_keys,
+        }))
     }
 }

@@ -1,6 +1,7 @@
 //! A license's installs as its holder sees and frees them (`POST /v1/installs/...`): the
 //! processes of one license, and the release of one install (or one process) recorded in the
-//! vendor's audit log in the same transaction.
+//! vendor's audit log in the same transaction; and the keys air-gapped installs are pinned to,
+//! as the vendor lists and resets them.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -8,10 +9,10 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::audit::NewAuditEntry;
-use super::models::InstanceRow;
-use super::schema::{audit_log, instances, released_processes};
+use super::models::{InstallKeyRow, InstanceRow};
+use super::schema::{audit_log, install_keys, instances, released_processes};
 use super::webhooks::{self, NewEvent};
-use super::{naive, on_backend, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
+use super::{naive, on_backend, utc, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use chrono::NaiveDateTime;
 use diesel::upsert::excluded;
 use std::collections::HashMap;
@@ -183,6 +184,70 @@ impl Store {
             webhooks::enqueue(conn, &events(&processes))?;
             diesel::insert_into(audit_log::table).values(audit).execute(conn)?;
             Ok::<_, StoreError>(Released { processes, seat_freed })
+        })
+    }
+}
+
+/// An air-gapped install's pinned key, as the vendor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct InstallKeyRecord {
+    pub instance_id: String,
+    /// The install's Ed25519 public key (unpadded base64url) that its reports must be signed
+    /// with; `null` after a reset, until its next report pins its key again.
+    pub public_key: Option<String>,
+    pub pinned_at: Option<DateTime<Utc>>,
+    /// When the vendor reset the pin, while no report has pinned a key since.
+    pub reset_at: Option<DateTime<Utc>>,
+    /// The sequence of the last report imported.
+    pub last_report: i64,
+    pub last_imported_at: DateTime<Utc>,
+}
+
+impl From<InstallKeyRow> for InstallKeyRecord {
+    fn from(row: InstallKeyRow) -> InstallKeyRecord {
+        let reset = row.public_key.is_empty();
+        InstallKeyRecord {
+            instance_id: row.instance_id,
+            public_key: (!reset).then_some(row.public_key),
+            pinned_at: (!reset).then(|| utc(row.pinned_at)),
+            reset_at: reset.then(|| utc(row.pinned_at)),
+            last_report: row.report_sequence,
+            last_imported_at: utc(row.imported_at),
+        }
+    }
+}
+
+impl Store {
+    /// A license's pinned install keys, by instance id.
+    pub fn install_keys_of(&self, license_id: &str) -> Result<Vec<InstallKeyRecord>, StoreError> {
+        let rows: Vec<InstallKeyRow> = install_keys::table
+            .filter(install_keys::license_id.eq(license_id))
+            .order(install_keys::instance_id)
+            .select(InstallKeyRow::as_select())
+            .load(&mut self.conn()?)?;
+        Ok(rows.into_iter().map(InstallKeyRecord::from).collect())
+    }
+
+    /// Resets an install's pin at `now`, with `audit` in the same transaction: its next report
+    /// is taken at whatever sequence it carries and pins its key. The row stays, marked by an
+    /// empty key, so the reset shows; `None` when the install has no pin.
+    pub fn reset_install_key(
+        &self,
+        license_id: &str,
+        instance_id: &str,
+        now: DateTime<Utc>,
+        audit: Option<&super::Audit>,
+    ) -> Result<Option<InstallKeyRecord>, StoreError> {
+        self.transaction(|conn| {
+            let row = install_keys::table.find((license_id, instance_id));
+            let changed = diesel::update(row)
+                .set((install_keys::public_key.eq(""), install_keys::pinned_at.eq(naive(now))))
+                .execute(conn)?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            super::audit::write(conn, audit)?;
+            Ok::<_, StoreError>(Some(row.select(InstallKeyRow::as_select()).first(conn)?.into()))
         })
     }
 }

@@ -520,6 +520,9 @@ pub(super) fn upsert_install_keys(conn: &mut DbConnection, rows: &[InstallKeyRow
                 .on_conflict((install_keys::license_id, install_keys::instance_id))
                 .do_update()
                 .set((
+                    // A pin reset by the vendor is taken again by the next report's key.
+                    install_keys::public_key.eq(excluded(install_keys::public_key)),
+                    install_keys::pinned_at.eq(excluded(install_keys::pinned_at)),
                     install_keys::report_sequence.eq(excluded(install_keys::report_sequence)),
                     install_keys::report_digest.eq(excluded(install_keys::report_digest)),
                     install_keys::imported_at.eq(excluded(install_keys::imported_at)),

@@ -33,7 +33,7 @@ pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;
 pub use db::*;
 pub use insights::*;
-pub use installs::{group_installs, InstallSummary, Released};
+pub use installs::{group_installs, InstallKeyRecord, InstallSummary, Released};
 pub use jobs::JobClaim;
 pub use licensing::{
     Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page, Registration, SeatsInUse,

@@ -170,7 +170,9 @@ pub struct TermsChange {
 pub struct InstallKeyRow {
     pub license_id: String,
     pub instance_id: String,
-    /// Unpadded base64url of the install's Ed25519 public key, as its first report carried it.
+    /// Unpadded base64url of the install's Ed25519 public key, as its first report carried it;
+    /// empty once the vendor reset the pin (`pinned_at` is then when), until the install's
+    /// next report pins its key again.
     pub public_key: String,
     /// The sequence of the last report imported.
     pub report_sequence: i64,
