@@ -49,6 +49,8 @@ pub struct Metrics {
     pub job_seconds: Family<Label, Histogram>,
     /// Webhook deliveries, by outcome (`delivered`, `failed`).
     pub webhook_deliveries: Family<Label, Counter>,
+    /// Times a webhook endpoint was paused because its deliveries kept failing.
+    pub webhook_circuits_opened: Counter,
     /// HTTP requests answered, by method, route pattern and status.
     pub requests: Family<RequestLabels, Counter>,
 }
@@ -127,6 +129,12 @@ impl Metrics {
         );
         let webhook_deliveries = Family::<Label, Counter>::default();
         registry.register("webhook_deliveries", "Webhook deliveries, by outcome", webhook_deliveries.clone());
+        let webhook_circuits_opened = Counter::default();
+        registry.register(
+            "webhook_circuits_opened",
+            "Times a webhook endpoint was paused because its deliveries kept failing",
+            webhook_circuits_opened.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -147,6 +155,7 @@ impl Metrics {
             job_runs,
             job_seconds,
             webhook_deliveries,
+            webhook_circuits_opened,
             requests,
         })
     }

@@ -16,7 +16,10 @@ use std::time::Instant;
 
 use common::{batch, Harness};
 
-on_both_backends!(every_event_arrives_signed_once_and_failures_are_retried);
+on_both_backends!(
+    every_event_arrives_signed_once_and_failures_are_retried,
+    a_hanging_receiver_delays_no_other_and_a_failing_one_is_paused,
+);
 
 /// A request the receiver got: its headers (lower-case names) and body.
 #[derive(Debug, Clone)]
@@ -306,4 +309,117 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
     // Removing the endpoint stops it all.
     assert_eq!(status_of(&h, reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{endpoint_id}")), 204);
     assert_eq!(status_of(&h, reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{endpoint_id}")), 404);
+}
+
+/// A receiver that takes connections and never answers (until the sender gives up).
+fn hanging_receiver() -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            *count.lock().unwrap() += 1;
+            held.push(stream);
+        }
+    });
+    (url, accepted)
+}
+
+/// Polls `f` until it holds, for at most `within`.
+fn within(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
+fn a_hanging_receiver_delays_no_other_and_a_failing_one_is_paused(h: Harness) {
+    let post = reqwest::Method::POST;
+    let (hanging, accepted) = hanging_receiver();
+    let fast = Receiver::start();
+    let failing = Receiver::start();
+    failing.answers.lock().unwrap().extend([500; 5]);
+    for url in [&hanging, &fast.url, &failing.url] {
+        let (status, body) = h.admin(
+            post.clone(),
+            "/v1/admin/webhooks",
+            Some(&json!({ "url": url, "events": ["license.revoked", "license.reinstated"] })),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let failing_id = {
+        let (_, list) = h.admin(reqwest::Method::GET, "/v1/admin/webhooks", None);
+        list["endpoints"].as_array().unwrap().iter().find(|e| e["url"] == failing.url.as_str()).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (_, issued) = h.admin(
+        post.clone(),
+        "/v1/admin/licenses",
+        Some(&json!({ "tier": "pro", "licensee": "Hooks", "perpetual": true })),
+    );
+    let license_id = issued["payload"]["license_id"].as_str().unwrap().to_owned();
+    let toggle = |n: usize| {
+        let action = if n % 2 == 1 { "revoke" } else { "reinstate" };
+        let (status, _) = h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/{action}"), None);
+        assert_eq!(status, 200);
+    };
+    let opened = || {
+        let text =
+            h.http.get(h.url("/metrics")).bearer_auth(common::ADMIN_TOKEN).send().unwrap().text().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("licensor_webhook_circuits_opened_total "))
+            .unwrap()
+            .to_owned()
+    };
+
+    // Each event reaches the fast receiver within a second, while the hanging one holds its
+    // deliveries for the sender's whole timeout (10 s).
+    for n in 1..=5 {
+        let started = Instant::now();
+        toggle(n);
+        assert!(
+            within(std::time::Duration::from_secs(1), || fast.got.lock().unwrap().len() == n),
+            "event {n} reached the fast receiver only after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(*accepted.lock().unwrap() >= 1, "the hanging receiver was sent to");
+    // The failing receiver answered 500 five times: its circuit opened.
+    assert!(within(std::time::Duration::from_secs(5), || opened() == "1"), "opened: {}", opened());
+    assert_eq!(failing.got.lock().unwrap().len(), 5);
+
+    // Paused: the next events reach the others, not it.
+    for n in 6..=7 {
+        toggle(n);
+        fast.wait_for(n);
+    }
+    let attempts = |h: &Harness| -> Vec<i64> {
+        let (_, d) =
+            h.admin(reqwest::Method::GET, &format!("/v1/admin/webhooks/{failing_id}/deliveries"), None);
+        let mut attempts: Vec<i64> =
+            d["deliveries"].as_array().unwrap().iter().map(|d| d["attempts"].as_i64().unwrap()).collect();
+        attempts.sort_unstable();
+        attempts
+    };
+    assert_eq!(attempts(&h), [0, 0, 1, 1, 1, 1, 1], "events 6 and 7 wait, untried");
+    assert_eq!(failing.got.lock().unwrap().len(), 5);
+
+    // Once the pause is over (by the server's clock) one trial goes; it succeeds, and the
+    // endpoint gets everything it missed: the two events it never had, and the five retried.
+    h.advance(Duration::seconds(31));
+    let got = failing.wait_for(12);
+    let mut ids: Vec<&str> = got[5..].iter().map(|r| r.header("licensor-event-id")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 7, "every event delivered once more");
+    assert!(within(std::time::Duration::from_secs(5), || attempts(&h) == [1, 1, 2, 2, 2, 2, 2]));
+    assert_eq!(opened(), "1");
 }

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+mod circuit;
 mod client_address;
 pub mod config;
 pub mod dashboard;

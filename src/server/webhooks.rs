@@ -4,7 +4,8 @@
 //! A delivery is a `POST` of the event's JSON to the endpoint with
 //! `Licensor-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed by the
 //! endpoint's secret>` and `Licensor-Event-Id`; a 2xx answer delivers it, anything else (or none
-//! within 10 s) is retried with backoff. Delivery is at least once: a receiver deduplicates by the
+//! within 10 s) is retried with backoff. Endpoints are sent to side by side, and one that keeps
+//! failing is paused for a while (see `circuit`). Delivery is at least once: a receiver deduplicates by the
 //! event id. Invariant: events are enqueued in the transaction of what caused them (see
 //! `store::webhooks`); the worker only sends what it claimed.
 
@@ -15,10 +16,13 @@ use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::audit::Trail;
 use super::auth::{Admin, FullAdmin};
+use super::circuit::{self, Circuits, Transition};
 use super::error::ApiError;
 use super::{blocking, AppState};
 use crate::license::LicensePayload;
@@ -68,7 +72,9 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 const OVERDUE_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 
 /// The delivery worker: claims due deliveries and sends them, and notices lapsed leases, until
-/// the returned task is aborted.
+/// the returned task is aborted. Deliveries are sent side by side, at most
+/// [`circuit::IN_FLIGHT`] at once and [`circuit::PER_ENDPOINT`] to one endpoint, and an
+/// endpoint that keeps failing is paused (see [`circuit`]): one slow receiver delays no other.
 pub fn start_worker(
     store: Store,
     clock: Clock,
@@ -87,6 +93,9 @@ pub fn start_worker(
                 return;
             }
         };
+        // The sends run as tasks on this worker's thread, so they share the circuits without a
+        // lock.
+        let circuits = Rc::new(RefCell::new(Circuits::default()));
         let mut tick = actix_web::rt::time::interval(TICK);
         let mut last_overdue_scan: Option<DateTime<Utc>> = None;
         loop {
@@ -101,34 +110,73 @@ pub fn start_worker(
                     Ok(Ok(_)) => {}
                 }
             }
-            let (claiming, now) = (store.clone(), clock());
-            let claimed =
-                match actix_web::rt::task::spawn_blocking(move || claiming.claim_deliveries(now, 20)).await {
-                    Ok(Ok(claimed)) => claimed,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %Chain(&e), "webhooks: claiming deliveries failed");
-                        continue;
-                    }
-                    Err(_) => continue,
-                };
+            let (free, limits) = {
+                let c = circuits.borrow();
+                (c.free(), c.limits(now))
+            };
+            if free == 0 {
+                continue;
+            }
+            let claiming = store.clone();
+            let claimed = match actix_web::rt::task::spawn_blocking(move || {
+                claiming
+                    .claim_deliveries(now, free, |e| limits.get(e).copied().unwrap_or(circuit::PER_ENDPOINT))
+            })
+            .await
+            {
+                Ok(Ok(claimed)) => claimed,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %Chain(&e), "webhooks: claiming deliveries failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
             for delivery in claimed {
-                let outcome = send(&client, &delivery, clock()).await;
-                let label = if outcome.is_ok() { "delivered" } else { "failed" };
-                metrics.webhook_deliveries.get_or_create(&[("outcome", label)]).inc();
-                if let Err((_, error)) = &outcome {
-                    tracing::info!(event_id = %delivery.event_id, endpoint = %delivery.endpoint_id, attempt = delivery.attempts + 1, error = %error, "webhook delivery failed; will retry");
-                }
-                let (store, now) = (store.clone(), clock());
-                let recorded = actix_web::rt::task::spawn_blocking(move || {
-                    store.record_attempt(&delivery, outcome, now)
-                })
-                .await;
-                if let Ok(Err(e)) = recorded {
-                    tracing::warn!(error = %Chain(&e), "webhooks: recording a delivery attempt failed");
-                }
+                circuits.borrow_mut().sent(&delivery.endpoint_id);
+                let (client, store, clock, metrics, circuits) =
+                    (client.clone(), store.clone(), clock.clone(), metrics.clone(), circuits.clone());
+                actix_web::rt::spawn(async move {
+                    deliver(&client, delivery, &store, &clock, &metrics, &circuits).await;
+                });
             }
         }
     })
+}
+
+/// Sends one claimed delivery, records the attempt, and tells the endpoint's circuit.
+async fn deliver(
+    client: &reqwest::Client,
+    delivery: store::Claimed,
+    store: &Store,
+    clock: &Clock,
+    metrics: &crate::metrics::Metrics,
+    circuits: &RefCell<Circuits>,
+) {
+    let outcome = send(client, &delivery, clock()).await;
+    let label = if outcome.is_ok() { "delivered" } else { "failed" };
+    metrics.webhook_deliveries.get_or_create(&[("outcome", label)]).inc();
+    if let Err((_, error)) = &outcome {
+        tracing::info!(event_id = %delivery.event_id, endpoint = %delivery.endpoint_id, attempt = delivery.attempts + 1, error = %error, "webhook delivery failed; will retry");
+    }
+    // The circuit learns the outcome before the attempt is recorded, so that whoever reads the
+    // record sees the circuit as it left it.
+    let now = clock();
+    match circuits.borrow_mut().finished(&delivery.endpoint_id, outcome.is_ok(), now) {
+        Some(Transition::Opened(until)) => {
+            metrics.webhook_circuits_opened.inc();
+            tracing::warn!(endpoint = %delivery.endpoint_id, until = %crate::time::format(&until), "webhook endpoint paused: its deliveries keep failing");
+        }
+        Some(Transition::Closed) => {
+            tracing::info!(endpoint = %delivery.endpoint_id, "webhook endpoint resumed")
+        }
+        None => {}
+    }
+    let recording = store.clone();
+    let recorded =
+        actix_web::rt::task::spawn_blocking(move || recording.record_attempt(&delivery, outcome, now)).await;
+    if let Ok(Err(e)) = recorded {
+        tracing::warn!(error = %Chain(&e), "webhooks: recording a delivery attempt failed");
+    }
 }
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.

@@ -273,51 +273,73 @@ impl Store {
         })
     }
 
-    /// Claims up to `limit` deliveries due at `now` for this replica (for [`CLAIM`]). On
-    /// PostgreSQL rows another replica is claiming are skipped, not waited for.
-    pub fn claim_deliveries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    /// Claims up to `limit` deliveries due at `now` for this replica (for [`CLAIM`]), at most
+    /// `slots(endpoint)` of each endpoint's (the sender's share of its pool; 0 while the endpoint
+    /// is paused), the endpoint waiting longest first. On PostgreSQL rows another replica is
+    /// claiming are skipped, not waited for.
+    pub fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        slots: impl Fn(&str) -> usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        use diesel::dsl::min;
         let now = naive(now);
         self.transaction(|conn| {
-            let due = webhook_deliveries::table
-                .filter(webhook_deliveries::delivered_at.is_null())
-                .filter(webhook_deliveries::gave_up_at.is_null())
-                .filter(webhook_deliveries::next_attempt_at.le(now))
-                .filter(
-                    webhook_deliveries::claimed_until.is_null().or(webhook_deliveries::claimed_until.lt(now)),
-                )
-                .order(webhook_deliveries::next_attempt_at)
-                .limit(limit as i64)
-                .select((
-                    webhook_deliveries::event_id,
-                    webhook_deliveries::endpoint_id,
-                    webhook_deliveries::payload,
-                    webhook_deliveries::attempts,
-                ));
-            // Where the SQL differs: PostgreSQL locks the rows it claims and skips those another
-            // replica holds; SQLite has one writer, so its transaction alone excludes the rest.
-            let due: Vec<(String, String, String, i32)> = match conn {
-                DbConnection::Postgresql(c) => due.for_update().skip_locked().load(c)?,
-                DbConnection::Sqlite(c) => due.load(c)?,
+            let due = || {
+                webhook_deliveries::table
+                    .filter(webhook_deliveries::delivered_at.is_null())
+                    .filter(webhook_deliveries::gave_up_at.is_null())
+                    .filter(webhook_deliveries::next_attempt_at.le(now))
+                    .filter(
+                        webhook_deliveries::claimed_until
+                            .is_null()
+                            .or(webhook_deliveries::claimed_until.lt(now)),
+                    )
             };
-            if due.is_empty() {
-                return Ok(Vec::new());
-            }
-            let ids: Vec<&str> = due.iter().map(|(_, endpoint, _, _)| endpoint.as_str()).collect();
-            let endpoints: std::collections::HashMap<String, (String, String)> = webhook_endpoints::table
-                .filter(webhook_endpoints::id.eq_any(&ids))
-                .select((webhook_endpoints::id, webhook_endpoints::url, webhook_endpoints::secret))
-                .load::<(String, String, String)>(conn)?
-                .into_iter()
-                .map(|(id, url, secret)| (id, (url, secret)))
-                .collect();
-            let mut claimed = Vec::with_capacity(due.len());
-            for (event_id, endpoint_id, payload, attempts) in due {
-                diesel::update(webhook_deliveries::table.find((&event_id, &endpoint_id)))
-                    .set(webhook_deliveries::claimed_until.eq(Some(now + CLAIM)))
-                    .execute(conn)?;
-                // An endpoint removed meanwhile takes its deliveries with it (same transaction).
-                if let Some((url, secret)) = endpoints.get(&endpoint_id).cloned() {
+            let waiting: Vec<(String, Option<NaiveDateTime>)> = due()
+                .group_by(webhook_deliveries::endpoint_id)
+                .select((webhook_deliveries::endpoint_id, min(webhook_deliveries::next_attempt_at)))
+                .order(min(webhook_deliveries::next_attempt_at))
+                .load(conn)?;
+            let mut claimed = Vec::new();
+            for (endpoint_id, _) in waiting {
+                let n = slots(&endpoint_id).min(limit - claimed.len());
+                if n == 0 {
+                    continue;
+                }
+                let endpoint: Option<(String, String)> = webhook_endpoints::table
+                    .find(&endpoint_id)
+                    .select((webhook_endpoints::url, webhook_endpoints::secret))
+                    .first(conn)
+                    .optional()?;
+                // An endpoint removed meanwhile takes its deliveries with it.
+                let Some((url, secret)) = endpoint else { continue };
+                let rows = due()
+                    .filter(webhook_deliveries::endpoint_id.eq(&endpoint_id))
+                    .order(webhook_deliveries::next_attempt_at)
+                    .limit(n as i64)
+                    .select((
+                        webhook_deliveries::event_id,
+                        webhook_deliveries::payload,
+                        webhook_deliveries::attempts,
+                    ));
+                // Where the SQL differs: PostgreSQL locks the rows it claims and skips those
+                // another replica holds; SQLite has one writer, so its transaction alone
+                // excludes the rest.
+                let rows: Vec<(String, String, i32)> = match conn {
+                    DbConnection::Postgresql(c) => rows.for_update().skip_locked().load(c)?,
+                    DbConnection::Sqlite(c) => rows.load(c)?,
+                };
+                for (event_id, payload, attempts) in rows {
+                    diesel::update(webhook_deliveries::table.find((&event_id, &endpoint_id)))
+                        .set(webhook_deliveries::claimed_until.eq(Some(now + CLAIM)))
+                        .execute(conn)?;
+                    let (endpoint_id, url, secret) = (endpoint_id.clone(), url.clone(), secret.clone());
                     claimed.push(Claimed { event_id, endpoint_id, url, secret, payload, attempts });
+                }
+                if claimed.len() == limit {
+                    break;
                 }
             }
             Ok::<_, StoreError>(claimed)
