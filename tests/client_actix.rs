@@ -223,12 +223,19 @@ async fn a_loopback_instance_serving_a_public_host_reclassifies_itself() {
     };
     assert!(attempted.starts_with("no answer"), "{attempted}");
     l.flush().unwrap();
-    let (_, body) = get!(&app, "/telemetry/summary", "erp.example.com");
+    // Its telemetry routes still answer only its configured host and addresses (DNS rebinding).
+    assert_eq!(get!(&app, "/telemetry/summary", "erp.example.com").0, StatusCode::MISDIRECTED_REQUEST);
+    let (_, body) = get!(&app, "/telemetry/summary", "127.0.0.1:8080");
     assert_eq!(body["enabled"], true, "{body}");
+    // The refused request is one the application answered (421), timed like the rest.
     let routes = body["summary"]["performance"].as_array().unwrap();
-    assert_eq!(routes.len(), 1, "{body}");
-    assert_eq!(routes[0]["route"], "/items/{id}");
-    assert_eq!(routes[0]["count"], 2, "the request that woke it and the one after");
+    let named: Vec<(&str, i64)> =
+        routes.iter().map(|r| (r["route"].as_str().unwrap(), r["count"].as_i64().unwrap())).collect();
+    assert_eq!(
+        named,
+        [("/items/{id}", 2), ("/telemetry/summary", 1)],
+        "the request that woke it and the one after"
+    );
     l.shutdown();
 }
 
@@ -320,6 +327,55 @@ where
     let policy = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_owned();
     assert!(policy.starts_with("default-src 'none'"), "{policy}");
     String::from_utf8(test::read_body(page).await.to_vec()).unwrap()
+}
+
+/// A page elsewhere whose name was made to resolve to this machine (DNS rebinding) reads and
+/// posts nothing: the telemetry routes answer only an address, `localhost`, or the host of
+/// `LICENSOR_INSTANCE_URL`.
+#[actix_web::test]
+async fn the_telemetry_routes_answer_only_their_own_host() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let enterprise = licensing_of(Tier::Enterprise, dir.path(), Some("https://app.example.com"), |_| {});
+    let app = app!(enterprise);
+    let request = |method: &str, path: &str, host: &str| {
+        let r = if method == "POST" { test::TestRequest::post() } else { test::TestRequest::get() };
+        let r = r.uri(path).insert_header(("host", host.to_owned()));
+        if path.ends_with("/choice") {
+            r.insert_header(("origin", format!("http://{host}"))).set_form([("choice", "disabled")])
+        } else {
+            r
+        }
+        .to_request()
+    };
+    for (method, path) in [
+        ("GET", "/telemetry/privacy"),
+        ("GET", "/telemetry/dashboard"),
+        ("GET", "/telemetry/summary"),
+        ("POST", "/telemetry/preview"),
+        ("POST", "/telemetry/choice"),
+    ] {
+        for host in
+            ["attacker.example", "attacker.example:8080", "app.example.com.evil.example", "localhost.evil"]
+        {
+            let answer = test::call_service(&app, request(method, path, host)).await;
+            assert_eq!(answer.status(), StatusCode::MISDIRECTED_REQUEST, "{method} {path} for {host}");
+            let text = String::from_utf8(test::read_body(answer).await.to_vec()).unwrap();
+            assert!(text.contains("Set LICENSOR_INSTANCE_URL"), "{text}");
+        }
+        for host in [
+            "app.example.com",
+            "APP.example.com.:443",
+            "127.0.0.1:8080",
+            "[::1]:3000",
+            "10.1.2.3",
+            "localhost:3000",
+        ] {
+            let answer = test::call_service(&app, request(method, path, host)).await;
+            assert_ne!(answer.status(), StatusCode::MISDIRECTED_REQUEST, "{method} {path} for {host}");
+        }
+    }
+    assert_eq!(enterprise.saved_choice().unwrap(), Some(licensor::client::Choice::Disabled));
+    enterprise.shutdown();
 }
 
 /// The privacy page says what is and is not collected, asks nothing of another origin, and

@@ -322,6 +322,14 @@ fn a_deployments_local_dashboard_in_a_real_browser() {
     }
     let html = reqwest::blocking::get(format!("{origin}/")).unwrap().text().unwrap();
     assert!(!html.contains("<script"), "the page works without JavaScript: it has none");
+    // A page elsewhere whose name resolves to this machine (DNS rebinding) reads nothing.
+    let rebound = reqwest::blocking::Client::new()
+        .get(format!("{origin}/"))
+        .header("host", "attacker.example")
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 421);
+    assert!(!rebound.text().unwrap().contains("Telemetry on this deployment"));
 
     runtime.block_on(async {
         let browser = session(port).await;

@@ -209,6 +209,21 @@ fn choose(args: &ClientArgs, choice: Choice) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Answers only requests for an address or `localhost` (see
+/// [`crate::client::actix::host_allowed`]): a page elsewhere whose name was made to resolve to
+/// this machine must not read the dashboard.
+async fn this_host_only(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use crate::client::actix::{host_allowed, misdirected, request_host};
+    if host_allowed(&request_host(&req), None) {
+        next.call(req).await.map(actix_web::dev::ServiceResponse::map_into_left_body)
+    } else {
+        Ok(req.into_response(misdirected()).map_into_right_body())
+    }
+}
+
 /// `licensor telemetry dashboard`: the page the application's telemetry scope serves, from the
 /// data directory, on a loopback address (it has no sign-in of its own).
 fn dashboard(args: &ClientArgs, bind: &str) -> Result<u8> {
@@ -239,12 +254,16 @@ fn dashboard(args: &ClientArgs, bind: &str) -> Result<u8> {
         }
     }
     actix_web::rt::System::new().block_on(async move {
-        let server =
-            HttpServer::new(move || App::new().app_data(opened.clone()).route("/", web::get().to(page)))
-                .workers(1)
-                .disable_signals()
-                .bind(addr)
-                .with_context(|| format!("cannot listen on {addr}"))?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::from_fn(this_host_only))
+                .app_data(opened.clone())
+                .route("/", web::get().to(page))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
         for bound in server.addrs() {
             outln!("the local dashboard: http://{bound}/ (Ctrl-C stops it)")?;
         }

@@ -325,8 +325,34 @@ fn strip_port(host: &str) -> &str {
 /// (a browser front end reports UI actions through its back end), the local dashboard,
 /// `GET /telemetry/dashboard`, and the privacy page, `GET /telemetry/privacy`, whose forms post
 /// to `POST /telemetry/choice`.
-pub fn scope(licensing: Licensing) -> actix_web::Scope {
+///
+/// They answer only requests whose `Host` is an address, `localhost`, or the host of
+/// `LICENSOR_INSTANCE_URL` ([`host_allowed`]); others get 421.
+pub fn scope(
+    licensing: Licensing,
+) -> actix_web::Scope<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let instance_host = licensing.instance_host();
     web::scope("/telemetry")
+        .wrap(actix_web::middleware::from_fn(
+            move |req: ServiceRequest, next: actix_web::middleware::Next<actix_web::body::BoxBody>| {
+                let allowed = host_allowed(&request_host(&req), instance_host.as_deref());
+                async move {
+                    if allowed {
+                        next.call(req).await.map(ServiceResponse::map_into_left_body)
+                    } else {
+                        Ok(req.into_response(misdirected()).map_into_right_body())
+                    }
+                }
+            },
+        ))
         .app_data(web::Data::new(licensing))
         .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|err, _| malformed(err)))
         .app_data(web::QueryConfig::default().error_handler(|err, _| malformed(err)))
@@ -339,6 +365,43 @@ pub fn scope(licensing: Licensing) -> actix_web::Scope {
         .route("/privacy-rules", web::get().to(privacy::rules))
         .route("/dashboard", web::get().to(dashboard))
         .route("/choice", web::post().to(privacy::choose))
+}
+
+/// The host a request names: its `Host` header, else (HTTP/2) its URI's authority.
+pub fn request_host(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// Whether a request for `host` (as sent, perhaps with a port) may reach the deployment's own
+/// pages and telemetry routes: an IP address, `localhost` (or a name under it), or the host of
+/// the deployment's URL. Any other name is refused, so that a page on another site whose name
+/// was made to resolve to this machine (DNS rebinding) cannot read or post them: such a page's
+/// requests carry its own name. A request that names no host at all (HTTP/1.0, a test) comes
+/// from no browser, and is answered.
+pub fn host_allowed(host: &str, instance_host: Option<&str>) -> bool {
+    let host = strip_port(host.trim()).trim_end_matches('.').to_ascii_lowercase();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.is_empty()
+        || (bare.parse::<std::net::IpAddr>().is_ok()
+            || host == "localhost"
+            || host.ends_with(".localhost")
+            || instance_host.is_some_and(|h| h == host))
+}
+
+/// The answer to a request for a host these routes do not serve.
+pub fn misdirected() -> HttpResponse {
+    html_page(
+        StatusCode::MISDIRECTED_REQUEST,
+        "Not this host",
+        "<p>This deployment's telemetry pages answer only for its own address: an IP address, localhost, \
+         or the host of LICENSOR_INSTANCE_URL. Set LICENSOR_INSTANCE_URL to the URL this deployment is \
+         reached at.</p>",
+    )
 }
 
 /// A page of the deployment's own, with the headers that keep it to its origin: never cached,

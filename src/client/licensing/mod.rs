@@ -325,6 +325,13 @@ impl Licensing {
         }
     }
 
+    /// The host of `LICENSOR_INSTANCE_URL`, lower-case, when it is set and reads: the one name
+    /// besides addresses and `localhost` that the telemetry routes answer for.
+    pub fn instance_host(&self) -> Option<String> {
+        let url = reqwest::Url::parse(self.verifier.config.instance_url.as_deref()?).ok()?;
+        url.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    }
+
     /// This install's instance id (`None` where nothing is stored: development, a refused key).
     pub fn instance_id(&self) -> Option<String> {
         self.verifier
