@@ -221,8 +221,22 @@ fn the_container_entry_point_serves_as_compose_configures_it() {
         "LICENSOR_ADMIN_TOKEN_FILE",
         "LICENSOR_KEYS_DIR",
         "LICENSOR_SIGNING_KEY",
+        "LICENSOR_ISSUING_KEY",
     ] {
         assert!(compose_env.contains_key(needed), "compose.yaml does not set {needed}");
+    }
+    // Every key the compose file points at is one of its secrets, mounted under its name.
+    let compose = std::fs::read_to_string(deploy("compose.yaml")).unwrap();
+    for setting in ["LICENSOR_SIGNING_KEY", "LICENSOR_ISSUING_KEY"] {
+        let name = compose_env[setting].strip_prefix("/run/secrets/").unwrap();
+        assert!(compose.contains(&format!("target: {name}")), "{setting}: no secret mounted as {name}");
+        assert!(compose.contains(&format!("file: ./secrets/{name}")), "{setting}: no secret file {name}");
+    }
+    // The header's commands exist.
+    for line in compose.lines().filter_map(|l| l.strip_prefix("#   licensor ")) {
+        let args: Vec<&str> = line.split_whitespace().take_while(|a| *a != "#").collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_licensor")).args(&args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "compose.yaml's header runs `licensor {line}`, which does not exist");
     }
     let Some(schema) = common::PgSchema::create() else { return };
 
@@ -241,11 +255,14 @@ fn the_container_entry_point_serves_as_compose_configures_it() {
         keys.join(format!("{kid}.lease.public.pem")),
     )
     .unwrap();
-    let vendor = licensor::keys::Signer::generate("vendor-2027", licensor::keys::Role::License).unwrap();
+    let issuing = local_path(dir.path(), &compose_env["LICENSOR_ISSUING_KEY"]);
+    let vendor_kid =
+        Path::new(&issuing).file_name().unwrap().to_str().unwrap().split('.').next().unwrap().to_owned();
+    let vendor = licensor::keys::Signer::generate(&vendor_kid, licensor::keys::Role::License).unwrap();
     vendor.write_pair(&secrets).unwrap();
     std::fs::copy(
-        secrets.join("vendor-2027.license.public.pem"),
-        keys.join("vendor-2027.license.public.pem"),
+        secrets.join(format!("{vendor_kid}.license.public.pem")),
+        keys.join(format!("{vendor_kid}.license.public.pem")),
     )
     .unwrap();
     let token = format!("compose-token-{}", uuid::Uuid::new_v4().simple());
@@ -301,19 +318,16 @@ fn the_container_entry_point_serves_as_compose_configures_it() {
         .unwrap()
         .json()
         .unwrap();
-    // The server has no issuing key here (none is configured): it refuses to mint, with a reason.
-    assert_eq!(issued["error"]["code"], "issuing_disabled", "{issued}");
-    // The vendor issues offline, with the key whose public half is in the ring.
-    let request = licensor::license::LicenseRequest {
-        licensee: "Compose Ltd".into(),
-        tier: licensor::license::Tier::Enterprise,
-        expiry: licensor::license::Expiry::Perpetual,
-        not_before: None,
-        seats: 5,
-        features: vec![],
-        check_in_interval: None,
-    };
-    let key = licensor::license::issue(&vendor, request, chrono::Utc::now()).unwrap().key;
+    // The server issues with the issuing key the compose file configures, and renews.
+    let key = issued["license_key"].as_str().unwrap_or_else(|| panic!("{issued}")).to_owned();
+    let license_id = issued["payload"]["license_id"].as_str().unwrap();
+    let renewed = client
+        .patch(format!("{base}/v1/admin/licenses/{license_id}"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "seats": 6 }))
+        .send()
+        .unwrap();
+    assert_eq!(renewed.status().as_u16(), 200);
     use base64::Engine as _;
     let answer: serde_json::Value = client
         .post(format!("{base}/v1/check-ins"))

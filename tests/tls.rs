@@ -238,3 +238,79 @@ fn a_certificate_and_key_that_do_not_fit_are_refused_at_start() {
     // Nothing of a development set-up stays behind after a start refused this way.
     assert!(!dir.path().join("data").exists());
 }
+
+/// The private authority recipe in docs/operations.md, run as written (with `localhost` for the
+/// name): the server serves the certificate it makes, and a client trusting the authority
+/// (`licensor healthcheck --ca-cert`) connects; a lone self-signed certificate trusted as its own
+/// authority is refused, as the guide says.
+#[test]
+fn the_guides_private_authority_makes_a_certificate_rustls_accepts() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let block = guide
+        .split("<!-- private-ca -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("docs/operations.md has the private-ca block");
+    assert!(block.starts_with("NAME=licensor.internal"), "{block}");
+    let script = block.replacen("NAME=licensor.internal", "NAME=localhost", 1);
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the guide's commands failed: {}", String::from_utf8_lossy(&out.stderr));
+    // A certificate that is its own authority, as `openssl req -x509` makes by default.
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args(["-keyout", "lone.key", "-out", "lone.pem", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let check = |(cert, key): (&str, &str), trusted: &str| {
+        let port = free_port();
+        let server = common::serve_process(port)
+            .env("LICENSOR_TLS_CERT", dir.path().join(cert))
+            .env("LICENSOR_TLS_KEY", dir.path().join(key))
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let health = || {
+            Command::new(env!("CARGO_BIN_EXE_licensor"))
+                .args(["healthcheck", "--url", &format!("https://localhost:{port}/healthz")])
+                .arg("--ca-cert")
+                .arg(dir.path().join(trusted))
+                .env_remove("LICENSOR_CA_CERT")
+                .output()
+                .unwrap()
+        };
+        // The server listens once a plain connection is taken; then the handshake decides.
+        wait_for("the server to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let mut out = health();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.status.code() == Some(2) && !String::from_utf8_lossy(&out.stderr).contains("certificate") {
+            assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(50));
+            out = health();
+        }
+        stop(server);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(check(("server.pem", "server.key"), "ca.pem").0, Some(0));
+    let (code, err) = check(("lone.pem", "lone.key"), "lone.pem");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+}
