@@ -397,7 +397,7 @@ fn a_refused_check_in_is_answered_500_counted_and_logged_with_its_causes() {
         .conn()
         .unwrap()
         .batch_execute(
-            "CREATE TRIGGER poison BEFORE INSERT ON check_ins WHEN NEW.instance_id LIKE 'poison-%' \
+            "CREATE TRIGGER poison BEFORE INSERT ON check_ins WHEN NEW.instance_id NOT LIKE 'healthy-%' \
              BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
         )
         .unwrap();
@@ -417,6 +417,28 @@ fn a_refused_check_in_is_answered_500_counted_and_logged_with_its_causes() {
     assert_eq!(check_in("healthy-1").status().as_u16(), 200, "another check-in is recorded");
     let metrics = client.get(format!("{base}/metrics")).bearer_auth(&token).send().unwrap().text().unwrap();
     assert!(metrics.contains("licensor_check_in_failures_total{cause=\"refused\"} 1\n"), "{metrics}");
+
+    // A deployment refused so retries on its own failure schedule (30 s and up, jittered down
+    // to half), not at a Retry-After of a few seconds.
+    let deployment = dir.path().join("deployment");
+    let started = chrono::Utc::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_licensor"))
+        .arg("check-in")
+        .env("LICENSOR_LICENSE_KEY", &key)
+        .env("LICENSOR_KEYS_DIR", data.join("keys"))
+        .env("LICENSOR_SERVER_URL", &base)
+        .env("LICENSOR_DATA_DIR", &deployment)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("the server answered HTTP 500"), "{said}");
+    let state = licensor::client::store::LocalStore::open(&deployment).unwrap().state().unwrap().unwrap();
+    let wait = state.next_check_in_at.unwrap().and_utc() - started;
+    assert!(
+        (15..=31).contains(&wait.num_seconds()),
+        "the next attempt is {wait} away: a refusal is retried on the client's own schedule"
+    );
 
     let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     assert!(kill.success());
