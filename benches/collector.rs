@@ -1,7 +1,9 @@
 //! The collector's `track_*` hot path for an existing key, beside the peer that does the same
 //! job, in the same run: OpenTelemetry's SDK `Counter::add` with two attributes (kind, name) on
 //! a meter with a periodic reader. Both are measured on one thread and on two threads hitting
-//! the same key (the contended case). Also: the collector's memory with 10,000 distinct keys.
+//! the same key (the contended case). Also: the collector's memory with 10,000 distinct keys,
+//! and `track_error` of a recurring error on 1 and 8 threads beside the one-lock path it
+//! replaced (target: 8 threads do not fall below one thread's throughput).
 //!
 //! Run with `cargo bench --bench collector`. Targets: faster than the peer on one thread; two
 //! threads at least 1.5 times one thread's throughput; at most 2 MB for 10,000 keys.
@@ -65,6 +67,11 @@ const ROUNDS: usize = 5;
 /// Runs `op` OPS times on each of `threads` threads at once; returns total operations per
 /// second (the median of ROUNDS rounds).
 fn rate(threads: usize, op: &(dyn Fn() + Sync)) -> f64 {
+    rate_of(threads, OPS, op)
+}
+
+/// [`rate`] with `ops` operations per thread.
+fn rate_of(threads: usize, ops: u64, op: &(dyn Fn() + Sync)) -> f64 {
     let mut rates: Vec<f64> = (0..ROUNDS)
         .map(|_| {
             let barrier = Barrier::new(threads + 1);
@@ -73,7 +80,7 @@ fn rate(threads: usize, op: &(dyn Fn() + Sync)) -> f64 {
                     s.spawn(|| {
                         op(); // the key exists before timing starts
                         barrier.wait();
-                        for _ in 0..OPS {
+                        for _ in 0..ops {
                             op();
                         }
                         barrier.wait();
@@ -82,12 +89,69 @@ fn rate(threads: usize, op: &(dyn Fn() + Sync)) -> f64 {
                 barrier.wait();
                 let start = Instant::now();
                 barrier.wait();
-                (threads as u64 * OPS) as f64 / start.elapsed().as_secs_f64()
+                (threads as u64 * ops) as f64 / start.elapsed().as_secs_f64()
             })
         })
         .collect();
     rates.sort_by(f64::total_cmp);
     rates[ROUNDS / 2]
+}
+
+/// `track_error` of a recurring error on 1 and 8 threads, beside the path it replaced in the
+/// same run: the same key computed before a lock, then one mutex around one map for every
+/// thread (the collector before each thread counted its own events).
+fn track_error_scaling() {
+    use std::hash::{Hash as _, Hasher as _};
+    const ERROR_OPS: u64 = 500_000;
+    let t0 = chrono::Utc::now();
+    let telemetry = licensor::client::telemetry::Telemetry::new(&Default::default());
+    let ours =
+        || telemetry.track_error_parts(black_box("database"), black_box("timeout on row 42"), &["at db"], t0);
+    let one_lock: std::sync::Mutex<rustc_hash::FxHashMap<u64, (u64, chrono::DateTime<chrono::Utc>)>> =
+        Default::default();
+    let before = || {
+        let (category, message) = (black_box("database"), black_box("timeout on row 42"));
+        let mut hasher = rustc_hash::FxHasher::default();
+        category.hash(&mut hasher);
+        let mut in_number = false;
+        for c in message.chars() {
+            if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_number) {
+                if !in_number {
+                    '#'.hash(&mut hasher);
+                    in_number = true;
+                }
+            } else {
+                in_number = false;
+                c.hash(&mut hasher);
+            }
+        }
+        let key = hasher.finish();
+        let mut map = one_lock.lock().unwrap();
+        let entry = map.entry(key).or_insert((0, t0));
+        entry.0 += 1;
+        entry.1 = entry.1.max(t0);
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ours_1, ours_8) = (rate_of(1, ERROR_OPS, &ours), rate_of(8, ERROR_OPS, &ours));
+    let (before_1, before_8) = (rate_of(1, ERROR_OPS, &before), rate_of(8, ERROR_OPS, &before));
+    let ns = |r: f64| 1e9 / r;
+    println!("track_error, recurring error        1 thread: {:>6.1} M/s ({:>5.1} ns)   8 threads: {:>6.1} M/s  ({:.2}x)  [{cores} cores]", ours_1 / 1e6, ns(ours_1), ours_8 / 1e6, ours_8 / ours_1);
+    println!("  before (one lock for all threads) 1 thread: {:>6.1} M/s ({:>5.1} ns)   8 threads: {:>6.1} M/s  ({:.2}x)", before_1 / 1e6, ns(before_1), before_8 / 1e6, before_8 / before_1);
+    let batch = telemetry.take_batch(uuid::Uuid::new_v4(), (t0, t0), empty_environment());
+    assert_eq!(batch.errors.len(), 1, "one group from every thread");
+}
+
+fn empty_environment() -> licensor::protocol::Environment {
+    licensor::protocol::Environment {
+        app_version: "1".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        user_count_range: licensor::protocol::UserCountRange::of(1),
+        modules_enabled: vec![],
+        uptime_hours: 0.0,
+        last_sync_status: licensor::protocol::SyncStatus::Success,
+        health: Default::default(),
+    }
 }
 
 fn main() {
@@ -135,6 +199,7 @@ fn main() {
     let (drained, _) = counters.drain();
     assert!(drained[0].2 > 0);
     drop(provider);
+    track_error_scaling();
 
     // A batch: one million tracked events over 200 distinct keys and 20 routes.
     let telemetry = licensor::client::telemetry::Telemetry::new(&Default::default());

@@ -145,3 +145,57 @@ fn raw_paths_count_by_their_shape_and_patterns_stay() {
     assert!(routes.contains(&("/users/:id/orders", 3)), "{routes:?}");
     assert!(routes.iter().all(|(r, _)| !r.contains("42") && !r.contains("550e8400")), "{routes:?}");
 }
+
+/// Errors reported from many threads at once add up exactly: the same error is one group
+/// whatever thread saw it, and the bounds (distinct errors held, the throttle's events a
+/// minute) hold across threads, every event left out counted.
+#[test]
+fn errors_from_many_threads_add_up_and_the_bounds_hold_across_them() {
+    use licensor::client::telemetry::Sampling;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 21, 9, 30, 0).unwrap();
+    let telemetry = Telemetry::new(&Limits { max_errors: 3, ..Limits::default() });
+    let names = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
+    std::thread::scope(|s| {
+        for name in names {
+            let telemetry = &telemetry;
+            s.spawn(move || {
+                for i in 0..1_000 {
+                    // A minute earlier than the rest: the drain fills the batch's groups in order
+                    // of first sight.
+                    let earlier = t0 - Duration::minutes(1);
+                    telemetry.track_error_parts(
+                        "database",
+                        &format!("timeout on row {i}"),
+                        &["at db"],
+                        earlier,
+                    );
+                }
+                for _ in 0..10 {
+                    telemetry.track_error_parts("mail", &format!("refused by {name}"), &["at mail"], t0);
+                }
+            });
+        }
+    });
+    let batch = telemetry.take_batch(uuid::Uuid::new_v4(), (t0 - Duration::hours(1), t0), environment());
+    let shared = batch.errors.iter().find(|e| e.error_type == "database").expect("the shared error");
+    assert_eq!(shared.count, 8_000, "one group, every thread's events");
+    // Three groups at most in the batch; the six distinct raw events held (2 per group) are the
+    // shared one and five others; every other event is overflow.
+    assert!(batch.errors.len() <= 3, "{:?}", batch.errors);
+    let kept: u64 = batch.errors.iter().map(|e| e.count).sum();
+    assert_eq!(kept + batch.dropped.overflow, 8_080);
+    assert_eq!(batch.dropped.overflow, 8_080 - 8_000 - 2 * 10, "two more groups of 10 fit");
+
+    let throttled = Telemetry::with_sampling(&Limits::default(), Sampling::Throttled { per_minute: 100 });
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    throttled.track_error_parts("database", "timeout", &["at db"], t0);
+                }
+            });
+        }
+    });
+    let batch = throttled.take_batch(uuid::Uuid::new_v4(), (t0 - Duration::hours(1), t0), environment());
+    assert_eq!((batch.errors[0].count, batch.dropped.throttled), (100, 300), "100 a minute across threads");
+}

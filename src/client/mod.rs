@@ -9,6 +9,7 @@ pub mod choice;
 pub mod config;
 pub mod counters;
 pub mod dashboard;
+mod errors;
 pub mod exchange;
 pub mod install;
 pub mod licensing;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::counters::Counters;
+use super::errors::{cut, template, RawErrors, Taken};
 use super::requests::{Requests, RouteFigures};
 use crate::privacy::{self, Redactions};
 use crate::protocol::{Dropped, ErrorGroup, Health, RoutePerformance, Sessions, UsageCount, UsageKind};
@@ -87,46 +88,18 @@ impl Figures {
 pub struct Telemetry {
     pub counters: Counters,
     pub requests: Requests,
-    errors: Arc<Mutex<Errors>>,
+    errors: Arc<RawErrors>,
     sessions: Arc<Mutex<Sessions>>,
     users: Arc<Mutex<FxHashSet<String>>>,
     enabled: Arc<AtomicBool>,
 }
-
-#[derive(Default)]
-struct Errors {
-    /// Raw events by [`raw_key`], unscrubbed until the drain.
-    raw: rustc_hash::FxHashMap<u64, RawError>,
-    /// The most error groups a batch carries.
-    max: usize,
-    overflow: u64,
-    sampling: Sampling,
-    sampled: u64,
-    throttled: u64,
-    /// The throttle's current minute and the events kept in it.
-    window: (i64, u32),
-}
-
-/// An error as tracked: cut to size, not yet scrubbed.
-struct RawError {
-    category: String,
-    message: String,
-    stack: Vec<String>,
-    count: u64,
-    first_seen: DateTime<Utc>,
-    last_seen: DateTime<Utc>,
-}
-
-/// Raw events held per error group a batch may carry: raw events that differ only in what
-/// the scrubber masks (an e-mail, a token) become one group at the drain.
-const RAW_PER_GROUP: usize = 2;
 
 impl Telemetry {
     pub fn new(limits: &Limits) -> Telemetry {
         Telemetry {
             counters: Counters::new(limits.max_keys),
             requests: Requests::new(limits.max_routes),
-            errors: Arc::new(Mutex::new(Errors { max: limits.max_errors, ..Default::default() })),
+            errors: Arc::new(RawErrors::new(limits.max_errors, Sampling::Always)),
             sessions: Arc::new(Mutex::new(Sessions::default())),
             users: Arc::default(),
             enabled: Arc::new(AtomicBool::new(true)),
@@ -135,11 +108,7 @@ impl Telemetry {
 
     /// A collector whose raw error events are sampled.
     pub fn with_sampling(limits: &Limits, sampling: Sampling) -> Telemetry {
-        let telemetry = Telemetry::new(limits);
-        if let Ok(mut errors) = telemetry.errors.lock() {
-            errors.sampling = sampling;
-        }
-        telemetry
+        Telemetry { errors: Arc::new(RawErrors::new(limits.max_errors, sampling)), ..Telemetry::new(limits) }
     }
 
     /// A collector that records nothing (development instances, the basic level).
@@ -147,7 +116,7 @@ impl Telemetry {
         Telemetry {
             counters: Counters::disabled(),
             requests: Requests::disabled(),
-            errors: Arc::new(Mutex::new(Errors::default())),
+            errors: Arc::new(RawErrors::new(0, Sampling::Always)),
             sessions: Arc::new(Mutex::new(Sessions::default())),
             users: Arc::default(),
             enabled: Arc::new(AtomicBool::new(false)),
@@ -201,56 +170,7 @@ impl Telemetry {
         if !self.enabled() {
             return;
         }
-        let key = raw_key(category, message);
-        let Ok(mut errors) = self.errors.lock() else { return };
-        match errors.sampling {
-            Sampling::Always => {}
-            Sampling::Probabilistic(p) => {
-                if rand::random::<f64>() >= p {
-                    errors.sampled += 1;
-                    return;
-                }
-            }
-            Sampling::Throttled { per_minute } => {
-                let minute = now.timestamp().div_euclid(60);
-                if errors.window.0 != minute {
-                    errors.window = (minute, 0);
-                }
-                if errors.window.1 >= per_minute {
-                    errors.throttled += 1;
-                    return;
-                }
-                errors.window.1 += 1;
-            }
-        }
-        // Only what is cheap happens under the lock: the raw event is counted under a key
-        // (computed before it) that ignores its numbers. Scrubbing waits for the drain.
-        if let Some(group) = errors.raw.get_mut(&key) {
-            group.count += 1;
-            group.last_seen = group.last_seen.max(now);
-            return;
-        }
-        if errors.raw.len() >= errors.max.saturating_mul(RAW_PER_GROUP) {
-            errors.overflow += 1;
-            return;
-        }
-        errors.raw.insert(
-            key,
-            RawError {
-                category: cut(category, 128),
-                message: cut(message, 2_048),
-                stack: stack
-                    .iter()
-                    .map(|f| f.as_ref().trim())
-                    .filter(|f| !f.is_empty())
-                    .take(privacy::MAX_STACK_FRAMES)
-                    .map(str::to_owned)
-                    .collect(),
-                count: 1,
-                first_seen: now,
-                last_seen: now,
-            },
-        );
+        self.errors.track(category, message, stack, now);
     }
 
     /// Starts a user session; it counts when the returned handle is ended or dropped.
@@ -346,19 +266,10 @@ impl Telemetry {
                 RoutePerformance::from_sketch(method, route, r.count, r.errors, r.max_ms, &r.sketch)
             })
             .collect();
-        let (raw, mut error_overflow, sampled, throttled, max_groups) = match self.errors.lock() {
-            Ok(mut e) => (
-                std::mem::take(&mut e.raw),
-                std::mem::take(&mut e.overflow),
-                std::mem::take(&mut e.sampled),
-                std::mem::take(&mut e.throttled),
-                e.max,
-            ),
-            Err(_) => (Default::default(), 0, 0, 0, 0),
-        };
-        // Scrubbed out of the lock: tracking goes on meanwhile.
+        let Taken { mut raw, overflow: mut error_overflow, sampled, throttled } = self.errors.take();
+        let max_groups = self.errors.max;
+        // Scrubbed out of every lock: tracking goes on meanwhile.
         let mut groups: BTreeMap<String, ErrorGroup> = BTreeMap::new();
-        let mut raw: Vec<RawError> = raw.into_values().collect();
         raw.sort_by_key(|r| r.first_seen);
         for r in raw {
             let message = privacy::scrub_into(&r.message, &mut redactions);
@@ -411,7 +322,7 @@ impl Telemetry {
     /// the flusher should drain now rather than at its next tick. Counter keys and routes are
     /// not freed by a drain (each is registered once and bounded for the collector's life).
     pub fn needs_flush(&self) -> bool {
-        let errors = self.errors.lock().map(|e| e.max > 0 && e.raw.len() * 4 >= e.max * 3).unwrap_or(false);
+        let errors = self.errors.nearly_full();
         let users = self.users.lock().map(|u| u.len() * 4 >= MAX_USERS * 3).unwrap_or(false);
         errors || users
     }
@@ -450,36 +361,6 @@ impl Drop for Session {
     }
 }
 
-/// Walks a message with its particulars taken out: each run of digits (and hex letters after a
-/// digit) becomes one `#`, so `query 7 on t0` and `query 8 on t1` read alike. Both error keys
-/// below are built on it.
-fn template(message: &str, mut emit: impl FnMut(char)) {
-    let mut in_number = false;
-    for c in message.chars() {
-        if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_number) {
-            if !in_number {
-                emit('#');
-                in_number = true;
-            }
-        } else {
-            in_number = false;
-            emit(c);
-        }
-    }
-}
-
-/// The key raw events are counted under before the drain: category and message template,
-/// hashed fast (a grouping key, never sent).
-fn raw_key(category: &str, message: &str) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = rustc_hash::FxHasher::default();
-    category.hash(&mut hasher);
-    // The first 2,048 characters, as the message is kept.
-    let kept = message.char_indices().nth(2_048).map_or(message, |(i, _)| &message[..i]);
-    template(kept, |c| c.hash(&mut hasher));
-    hasher.finish()
-}
-
 /// Category and message template, hashed: the same error in another request or for another
 /// record shares it.
 fn fingerprint(category: &str, message: &str) -> String {
@@ -489,8 +370,4 @@ fn fingerprint(category: &str, message: &str) -> String {
     template(message, |c| text.push(c));
     let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..16])
-}
-
-fn cut(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
 }
