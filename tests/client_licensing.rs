@@ -608,3 +608,62 @@ fn start_up_notices_are_printed_once_unless_the_host_says_otherwise() {
         assert_eq!(stderr.matches(said).count(), expected, "print_notices = {print}: {stderr}");
     }
 }
+
+/// The host's executor never runs the client's store work: a check-in asked for from a
+/// single-threaded runtime, while another process holds the local store's write lock for
+/// 600 ms, waits for it without stalling the runtime's other tasks; and `shutdown`, called from
+/// async code as the host does after its server stops, releases the process without needing a
+/// runtime of its own on that thread.
+#[test]
+fn the_hosts_executor_never_waits_on_the_store() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::Connection as _;
+    let Some(h) = Harness::start(Db::Sqlite) else { return };
+    let key = h.license(Tier::Pro, 1);
+    let data = h.dir.path().join("host");
+    let l = Licensing::start(config(&h, &key, &data)).unwrap();
+    assert!(matches!(
+        block_on(l.check_in_now()),
+        CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }
+    ));
+    l.track_feature("export");
+
+    let path = data.join(licensor::client::store::FILE_NAME);
+    let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    other.batch_execute("BEGIN IMMEDIATE").unwrap();
+    let holder = std::thread::spawn(move || {
+        // Another process of the host, holding the store's write lock for a while.
+        std::thread::sleep(Duration::from_millis(600));
+        other.batch_execute("COMMIT").unwrap();
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let longest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let (outcome, waited) = runtime.block_on(async {
+        let gaps = longest.clone();
+        let ticker = tokio::spawn(async move {
+            let mut last = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let mut longest = gaps.lock().unwrap();
+                *longest = (*longest).max(last.elapsed());
+                last = Instant::now();
+            }
+        });
+        // The ticker runs before the check-in starts, and once more after it ends.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let outcome = l.check_in_now().await;
+        let waited = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ticker.abort();
+        // Called as a host calls it once its server has stopped: from async code.
+        l.shutdown();
+        (outcome, waited)
+    });
+    holder.join().unwrap();
+    assert!(matches!(outcome, CheckInOutcome::Answered { status: CheckInStatus::Valid, .. }), "{outcome:?}");
+    assert!(waited >= Duration::from_millis(500), "the check-in waited for the lock: {waited:?}");
+    let longest = *longest.lock().unwrap();
+    assert!(longest < Duration::from_millis(200), "the host's runtime stalled for {longest:?}");
+    assert!(h.instances_of(&key).is_empty(), "shutdown released the process");
+}

@@ -433,9 +433,41 @@ impl Licensing {
         self.verifier.dashboard()
     }
 
-    /// Checks in now, outside the schedule, and waits for the outcome.
+    /// Checks in now, outside the schedule, and waits for the outcome. The check-in runs on
+    /// the client's own thread: the local store's work never blocks the caller's executor.
     pub async fn check_in_now(&self) -> CheckInOutcome {
-        self.verifier.check_in().await
+        self.off_host(|v| async move { v.check_in().await })
+            .await
+            .unwrap_or_else(|| CheckInOutcome::NotApplicable("the client stopped during the check-in".into()))
+    }
+
+    /// Runs `work` (a check-in, a release: network and local store) on the client's worker
+    /// thread, or, where none runs, on a thread of its own, and awaits it from whatever
+    /// executor the host uses: the host's threads only wait, never run the store's SQLite.
+    /// `None` when the client stopped meanwhile.
+    async fn off_host<T, F>(&self, work: impl FnOnce(Arc<Verifier>) -> F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let future = work(self.verifier.clone());
+        let handle = self.worker.lock().ok().and_then(|w| w.as_ref().map(|w| w.handle.clone()));
+        let (done, result) = tokio::sync::oneshot::channel();
+        match handle {
+            Some(handle) => {
+                handle.spawn(async move {
+                    let _ = done.send(future.await);
+                });
+            }
+            None => {
+                own_thread(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    let _ = done.send(runtime.block_on(future));
+                    Some(())
+                })?;
+            }
+        }
+        result.await.ok()
     }
 
     /// Releases this instance's seat, for a deployment being decommissioned: sends the
@@ -445,15 +477,27 @@ impl Licensing {
     /// nothing more is sent; a later start checks in as a new instance. Telemetry not yet sent
     /// stays in the local store. On an error nothing changed, and the instance runs on.
     pub async fn deactivate(&self) -> Result<Deactivated, DeactivateError> {
-        let deactivated = self.verifier.deactivate().await?;
-        self.shutdown();
+        let stopped = || DeactivateError::NotApplicable("the client stopped during the release".into());
+        let deactivated = self.off_host(|v| async move { v.deactivate().await }).await.ok_or_else(stopped)?;
+        let deactivated = deactivated?;
+        // Stopping the worker waits for it and flushes to the store: on a thread of its own.
+        let (this, (done, stopped_now)) = (self.clone(), tokio::sync::oneshot::channel());
+        let stop = move || {
+            this.shutdown();
+            done.send(()).ok()
+        };
+        if own_thread(stop).is_some() {
+            let _ = stopped_now.await;
+        }
         Ok(deactivated)
     }
 
     /// The license's installs and their processes, as the license server lists them to the
     /// license's holder (this instance's key and current lease prove it).
     pub async fn installs(&self) -> Result<crate::protocol::InstallsResponse, DeactivateError> {
-        self.verifier.installs().await
+        self.off_host(|v| async move { v.installs().await })
+            .await
+            .unwrap_or_else(|| Err(DeactivateError::NotApplicable("the client stopped meanwhile".into())))
     }
 
     /// Releases one install of this license (by its install id) or one process (by its
@@ -461,7 +505,10 @@ impl Licensing {
     /// again; believes only a receipt signed for this request. Changes nothing here: releasing
     /// this deployment's own install does not stop it.
     pub async fn release_install(&self, id: &str) -> Result<ReleasedInstall, DeactivateError> {
-        self.verifier.release_install(id).await
+        let id = id.to_owned();
+        self.off_host(|v| async move { v.release_install(&id).await })
+            .await
+            .unwrap_or_else(|| Err(DeactivateError::NotApplicable("the client stopped meanwhile".into())))
     }
 
     /// Stops the background thread, flushes what is in memory to the store and releases this
@@ -486,11 +533,26 @@ impl Licensing {
         }
     }
 
-    /// Releases this process, giving up after `budget`.
+    /// Releases this process, giving up after `budget`. The release runs on a thread of its
+    /// own with its own runtime: `shutdown` is called from the host's async code too (after
+    /// `HttpServer::run().await`), where a runtime may not be started on the calling thread.
     fn release_within(&self, budget: Duration) {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        match runtime.block_on(async { tokio::time::timeout(budget, self.verifier.release_on_stop()).await })
-        {
+        let (verifier, (done, outcome)) = (self.verifier.clone(), std::sync::mpsc::channel());
+        let started = own_thread(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let released =
+                runtime.block_on(async { tokio::time::timeout(budget, verifier.release_on_stop()).await });
+            done.send(released).ok()
+        });
+        if started.is_none() {
+            return;
+        }
+        // A little past the budget: the thread gives up at the budget itself.
+        let Ok(released) = outcome.recv_timeout(budget + Duration::from_millis(200)) else {
+            tracing::warn!(target: "licensor", "releasing this process on the license server took too long; its seat frees when its lease ends");
+            return;
+        };
+        match released {
             Ok(Ok(_)) => tracing::info!(target: "licensor", "released this process on the license server"),
             Ok(Err(e)) => {
                 tracing::warn!(target: "licensor", "releasing this process on the license server failed: {}", crate::error_chain::Chain(&e))
@@ -500,4 +562,9 @@ impl Licensing {
             }
         }
     }
+}
+
+/// Runs `work` on a thread of its own; `None` when no thread could be started.
+fn own_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<()> {
+    std::thread::Builder::new().name("licensor-call".into()).spawn(move || drop(work())).ok().map(drop)
 }

@@ -31,6 +31,8 @@ const ROLL_UP_EVERY: Duration = Duration::from_secs(60 * 60);
 pub(super) struct Worker {
     stop: tokio::sync::oneshot::Sender<()>,
     done: std::sync::mpsc::Receiver<()>,
+    /// Its runtime, where the host's own calls (a check-in now, a release) run.
+    pub(super) handle: tokio::runtime::Handle,
 }
 
 impl Worker {
@@ -53,6 +55,7 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
         .thread_name("licensor-check-in")
         .build()
         .map_err(StartError::Runtime)?;
+    let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name("licensor-check-in".into())
         .spawn(move || {
@@ -96,7 +99,7 @@ pub(super) fn spawn(verifier: Arc<Verifier>) -> Result<Worker, StartError> {
             let _ = done_tx.send(());
         })
         .map_err(StartError::Runtime)?;
-    Ok(Worker { stop, done })
+    Ok(Worker { stop, done, handle })
 }
 
 /// Runs `job` after `first`, then every `period`; a run that overruns delays the next rather
