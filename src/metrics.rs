@@ -51,6 +51,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<Label, Counter>,
     /// Times a webhook endpoint was paused because its deliveries kept failing.
     pub webhook_circuits_opened: Counter,
+    /// Scans for lapsed leases and silent licenses that completed.
+    pub webhook_scans: Counter,
     /// HTTP requests answered, by method, route pattern and status.
     pub requests: Family<RequestLabels, Counter>,
 }
@@ -129,6 +131,12 @@ impl Metrics {
         );
         let webhook_deliveries = Family::<Label, Counter>::default();
         registry.register("webhook_deliveries", "Webhook deliveries, by outcome", webhook_deliveries.clone());
+        let webhook_scans = Counter::default();
+        registry.register(
+            "webhook_scans",
+            "Scans for lapsed leases and silent licenses that completed (each may enqueue events)",
+            webhook_scans.clone(),
+        );
         let webhook_circuits_opened = Counter::default();
         registry.register(
             "webhook_circuits_opened",
@@ -156,6 +164,7 @@ impl Metrics {
             job_seconds,
             webhook_deliveries,
             webhook_circuits_opened,
+            webhook_scans,
             requests,
         })
     }

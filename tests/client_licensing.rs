@@ -229,13 +229,26 @@ fn enterprise_air_gap_makes_no_connection_and_enforces_expiry_offline() {
     c.server_url = Some(silent.url.clone());
     c.switches.telemetry_disabled = true;
     c.first_check_in_after = Duration::from_millis(1);
+    c.health_every = Duration::from_millis(20);
     let l = Licensing::start(c).unwrap();
     assert_eq!(l.mode(), &Mode::AirGapped { level: Level::Full });
     assert_eq!(l.status(), Status::Valid);
+    // The worker's health loop counts its runs: the signal that the worker is running, long
+    // past the moment its first check-in would have been due.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    l.register_health_check("ticks", move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        licensor::protocol::Health::Healthy
+    });
     l.track_feature("export");
     l.track_request("GET", "/", 200, Duration::from_millis(1));
     assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::NotApplicable(_)));
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs.load(Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < deadline, "the worker's health loop never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(silent.connections.load(Ordering::SeqCst), 0, "air-gapped means no connection at all");
     h.advance(Days::days(31));
     assert_eq!(l.status(), Status::Invalid { reason: InvalidReason::License(Verdict::Expired) });
@@ -386,8 +399,8 @@ fn debug_mode_prints_instead_of_sending() {
     let l = Licensing::start(c).unwrap();
     assert_eq!(l.mode(), &Mode::Telemetry { debug: true, level: licensor::client::Level::Full });
     l.track_feature("export");
+    // The check-in has returned: whatever it would have sent was sent by then.
     assert_eq!(block_on(l.check_in_now()), CheckInOutcome::Printed);
-    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(silent.connections.load(Ordering::SeqCst), 0);
     l.shutdown();
 }
@@ -436,9 +449,22 @@ fn health_checks_run_on_their_schedule_and_a_panic_counts_as_unhealthy() {
     let mut c = config(&h, &key, &data);
     c.health_every = Duration::from_millis(100);
     let l = Licensing::start(c).unwrap();
-    l.register_health_check("database", || licensor::protocol::Health::Degraded);
-    l.register_health_check("mail", || panic!("the check itself fails"));
-    std::thread::sleep(Duration::from_millis(1500));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (database, mail) = (runs.clone(), runs.clone());
+    l.register_health_check("database", move || {
+        database.fetch_add(1, Ordering::SeqCst);
+        licensor::protocol::Health::Degraded
+    });
+    l.register_health_check("mail", move || {
+        mail.fetch_add(1, Ordering::SeqCst);
+        panic!("the check itself fails")
+    });
+    // Both checks ran at least twice on their schedule (the panicking one did not stop it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "the health checks did not run on their schedule");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(matches!(block_on(l.check_in_now()), CheckInOutcome::Answered { batch_acknowledged: true, .. }));
     l.shutdown();
     let ledger = LocalStore::open(&data).unwrap().ledger().unwrap();

@@ -265,6 +265,8 @@ fn a_huge_answer_is_cut_off() {
     // Not announced: streamed until the client stops reading.
     let written = Arc::new(AtomicUsize::new(0));
     let counter = written.clone();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = finished.clone();
     let (streamed, _) = fake_server(move |_, stream| {
         let _ = stream
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n");
@@ -275,6 +277,7 @@ fn a_huge_answer_is_cut_off() {
             }
             counter.fetch_add(chunk.len(), Ordering::SeqCst);
         }
+        done.store(true, Ordering::SeqCst);
     });
     for (n, url) in [announced, streamed].iter().enumerate() {
         let data = h.dir.path().join(format!("client-{n}"));
@@ -283,7 +286,13 @@ fn a_huge_answer_is_cut_off() {
         assert!(error.contains("larger than 65536 bytes"), "{error}");
         l.shutdown();
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The streaming server stops once its writes fail (the client closed the connection), or
+    // after writing all 256 MiB if the client read on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !finished.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the streaming server never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(written.load(Ordering::SeqCst) < 64 << 20, "the client stopped reading early");
 }
 

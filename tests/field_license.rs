@@ -271,9 +271,20 @@ fn the_vendor_sees_licenses_no_deployment_ever_checked_in_for(h: Harness) {
             "first_check_in_due_at": licensor::time::format(&(issued_at + Duration::days(1))),
         })
     );
-    // Later scans find it again, and send nothing more.
+    // Later scans find it again, and send nothing more. A delivery is attempted only after the
+    // scan that enqueued it is counted; the next scan counted ran after the clock moved on.
+    let attempted = || {
+        let (_, body) = h.admin(Method::GET, &path, None);
+        body["deliveries"][0]["attempts"].as_i64().unwrap_or(0) >= 1
+    };
+    assert!(
+        common::eventually(std::time::Duration::from_secs(15), attempted),
+        "the delivery was never attempted"
+    );
+    let before = h.metric("licensor_webhook_scans_total");
     h.advance(Duration::minutes(5));
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    let later = || h.metric("licensor_webhook_scans_total") > before;
+    assert!(common::eventually(std::time::Duration::from_secs(15), later), "no later scan ran");
     let (_, body) = h.admin(Method::GET, &path, None);
     assert_eq!(body["deliveries"].as_array().unwrap().len(), 1, "{body}");
 }

@@ -65,9 +65,27 @@ fn stop(mut server: Child) -> String {
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     let status = server.wait().unwrap();
     let mut err = String::new();
-    server.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    if let Some(mut stderr) = server.stderr.take() {
+        stderr.read_to_string(&mut err).unwrap();
+    }
     assert!(status.success(), "{err}");
     err
+}
+
+/// The server's log as it is written (the process's stderr, read by a thread of its own, which
+/// ends when the process does).
+type Tail = (std::sync::Arc<std::sync::Mutex<String>>, std::thread::JoinHandle<()>);
+
+fn tail(server: &mut Child) -> Tail {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut stderr, written) = (server.stderr.take().unwrap(), log.clone());
+    let reader = std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+            written.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    (log, reader)
 }
 
 #[cfg(unix)]
@@ -84,13 +102,14 @@ fn https_check_in_end_to_end_and_the_certificate_reloads_on_sighup() {
 
     let port = free_port();
     let base = format!("https://localhost:{port}");
-    let server = common::serve_process(port)
+    let mut server = common::serve_process(port)
         .current_dir(dir.path())
         .env("LICENSOR_TLS_CERT", &cert_file)
         .env("LICENSOR_TLS_KEY", &key_file)
         .env("LICENSOR_LOG_FORMAT", "json")
         .spawn()
         .unwrap();
+    let (log, reader) = tail(&mut server);
     let first = trusting(&first_ca);
     wait_for("the https server", || ready(&first, &base));
     // Only TLS is spoken on the port.
@@ -184,17 +203,18 @@ fn https_check_in_end_to_end_and_the_certificate_reloads_on_sighup() {
     // A reload that fails (a certificate half-written) keeps the certificate in use.
     replace(&cert_file, "-----BEGIN CERTIFICATE-----\nAAAA\n");
     Command::new("kill").args(["-HUP", &server.id().to_string()]).status().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The server says when it has handled the signal; then the certificate in use is asked for.
+    let refused = "TLS certificate not reloaded; the previous one stays in use";
+    wait_for("the failed reload to be logged", || log.lock().unwrap().contains(refused));
     assert!(ready(&second, &base), "a failed reload must keep the certificate in use");
 
-    let log = stop(server);
+    stop(server);
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
     let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
     assert!(messages.contains(&"TLS certificate reloaded (SIGHUP)"), "{log}");
-    let failed = lines
-        .iter()
-        .find(|l| l["message"] == "TLS certificate not reloaded; the previous one stays in use")
-        .unwrap_or_else(|| panic!("{log}"));
+    let failed = lines.iter().find(|l| l["message"] == refused).unwrap_or_else(|| panic!("{log}"));
     assert!(failed["error"].as_str().unwrap().contains("server.crt"), "{failed}");
     assert!(lines.iter().any(|l| l["message"] == "licensor server listening" && l["scheme"] == "https"));
 }

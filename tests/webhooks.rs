@@ -203,11 +203,27 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
     h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/revoke"), None);
     let got = receiver.wait_for(7);
     let failed_id = got[6].json()["id"].as_str().unwrap().to_owned();
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    assert_eq!(receiver.got.lock().unwrap().len(), 7, "no retry before the backoff");
-    h.advance(Duration::seconds(11));
+    // Once the failure is recorded, a later event is delivered while the failed one waits for
+    // its backoff.
+    let deliveries_path = format!("/v1/admin/webhooks/{endpoint_id}/deliveries");
+    let recorded = || {
+        let (_, d) = h.admin(reqwest::Method::GET, &deliveries_path, None);
+        d["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["event_id"] == failed_id.as_str() && d["last_status"] == 500)
+    };
+    assert!(
+        common::eventually(std::time::Duration::from_secs(15), recorded),
+        "the failed attempt was recorded"
+    );
+    h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/revoke"), None);
     let got = receiver.wait_for(8);
-    assert_eq!(got[7].json()["id"], failed_id.as_str(), "the same event, retried");
+    assert_eq!(got[7].json()["type"], "license.revoked", "no retry before the backoff");
+    h.advance(Duration::seconds(11));
+    let got = receiver.wait_for(9);
+    assert_eq!(got[8].json()["id"], failed_id.as_str(), "the same event, retried");
     let (_, deliveries) =
         h.admin(reqwest::Method::GET, &format!("/v1/admin/webhooks/{endpoint_id}/deliveries"), None);
     let retried = deliveries["deliveries"]
@@ -231,8 +247,8 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
         &format!("/v1/admin/webhooks/{endpoint_id}/deliveries/{failed_id}/redeliver"),
     );
     assert_eq!(status, 202);
-    let got = receiver.wait_for(9);
-    assert_eq!(got[8].json()["id"], failed_id.as_str());
+    let got = receiver.wait_for(10);
+    assert_eq!(got[9].json()["id"], failed_id.as_str());
     let status = status_of(
         &h,
         post.clone(),
@@ -246,19 +262,25 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
     let answer = h.check_in(&key, "hook-4", Some(&b()));
     assert_eq!(answer["status"], "valid", "{answer}");
     let lease_end = chrono::DateTime::parse_from_rfc3339(answer["valid_until"].as_str().unwrap()).unwrap();
-    let got = receiver.wait_for(11); // license.reinstated and instance.activated
-    assert_eq!(got.len(), 11);
+    let got = receiver.wait_for(12); // license.reinstated and instance.activated
+    assert_eq!(got.len(), 12);
     h.advance(lease_end.with_timezone(&chrono::Utc) - h.now() + Duration::minutes(5));
-    let got = receiver.wait_for(13);
-    let lapsed: Vec<Value> = got[11..].iter().map(|r| r.json()).collect();
+    let got = receiver.wait_for(14);
+    let lapsed: Vec<Value> = got[12..].iter().map(|r| r.json()).collect();
     let of = |t: &str| lapsed.iter().find(|e| e["type"] == t).unwrap_or_else(|| panic!("{t}: {lapsed:?}"));
     assert_eq!(of("checkin.overdue")["data"]["instance_id"], "hook-4");
     let freed = &of("install.seat_freed")["data"];
     assert_eq!((&freed["install_id"], &freed["processes"]), (&json!("hook-4"), &json!(1)), "{freed}");
     assert_eq!(freed["seat_freed_at"], answer["valid_until"], "the install's seat ended with its lease");
+    // The next scan (by the server's clock) finds the same lapse and sends nothing more.
+    let before = h.metric("licensor_webhook_scans_total");
     h.advance(Duration::minutes(2));
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert_eq!(receiver.got.lock().unwrap().len(), 13, "one lapse, one event of each type");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(15), || h.metric("licensor_webhook_scans_total")
+            > before),
+        "no later scan ran"
+    );
+    assert_eq!(receiver.got.lock().unwrap().len(), 14, "one lapse, one event of each type");
 
     // A second replica's worker on the same database sends nothing the first has sent.
     if h.db == common::Db::Postgres {
@@ -277,10 +299,18 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
         for _ in 0..20 {
             h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/revoke"), None);
         }
-        let got = receiver.wait_for(33);
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let got = receiver.wait_for(34);
+        // Every delivery is recorded as delivered: nothing is due anywhere any more.
+        let all_delivered = || {
+            let (_, d) = h.admin(reqwest::Method::GET, &format!("{deliveries_path}?limit=1000"), None);
+            d["deliveries"].as_array().unwrap().iter().all(|d| d["delivered_at"].is_string())
+        };
+        assert!(
+            common::eventually(std::time::Duration::from_secs(15), all_delivered),
+            "deliveries still due"
+        );
         let got_now = receiver.got.lock().unwrap().clone();
-        assert_eq!(got_now.len(), got.len().max(33), "nothing sent twice");
+        assert_eq!(got_now.len(), got.len().max(34), "nothing sent twice");
         let mut ids: Vec<String> = got_now.iter().map(|r| r.header("licensor-event-id").to_owned()).collect();
         // The event retried after a 500 and then redelivered came three times; every other once.
         ids.sort();
@@ -291,9 +321,9 @@ fn every_event_arrives_signed_once_and_failures_are_retried(h: Harness) {
 
     // Retention removes the deliveries that are done, with the raw telemetry.
     let done_before = h.store.purge_before(h.now() + Duration::days(1)).unwrap();
-    // Eleven events so far (the retried and redelivered one is one delivery), and twenty more on
+    // Twelve events so far (the retried and redelivered one is one delivery), and twenty more on
     // PostgreSQL.
-    let expected = if h.db == common::Db::Postgres { 31 } else { 11 };
+    let expected = if h.db == common::Db::Postgres { 32 } else { 12 };
     assert_eq!(done_before["webhook_deliveries"], expected, "{done_before:?}");
     let (_, deliveries) =
         h.admin(reqwest::Method::GET, &format!("/v1/admin/webhooks/{endpoint_id}/deliveries"), None);
@@ -325,18 +355,6 @@ fn hanging_receiver() -> (String, Arc<Mutex<usize>>) {
         }
     });
     (url, accepted)
-}
-
-/// Polls `f` until it holds, for at most `within`.
-fn within(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    true
 }
 
 fn a_hanging_receiver_delays_no_other_and_a_failing_one_is_paused(h: Harness) {
@@ -371,14 +389,7 @@ fn a_hanging_receiver_delays_no_other_and_a_failing_one_is_paused(h: Harness) {
         let (status, _) = h.admin(post.clone(), &format!("/v1/admin/licenses/{license_id}/{action}"), None);
         assert_eq!(status, 200);
     };
-    let opened = || {
-        let text =
-            h.http.get(h.url("/metrics")).bearer_auth(common::ADMIN_TOKEN).send().unwrap().text().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("licensor_webhook_circuits_opened_total "))
-            .unwrap()
-            .to_owned()
-    };
+    let opened = || h.metric("licensor_webhook_circuits_opened_total");
 
     // Each event reaches the fast receiver within a second, while the hanging one holds its
     // deliveries for the sender's whole timeout (10 s).
@@ -386,14 +397,14 @@ fn a_hanging_receiver_delays_no_other_and_a_failing_one_is_paused(h: Harness) {
         let started = Instant::now();
         toggle(n);
         assert!(
-            within(std::time::Duration::from_secs(1), || fast.got.lock().unwrap().len() == n),
+            common::eventually(std::time::Duration::from_secs(1), || fast.got.lock().unwrap().len() == n),
             "event {n} reached the fast receiver only after {:?}",
             started.elapsed()
         );
     }
     assert!(*accepted.lock().unwrap() >= 1, "the hanging receiver was sent to");
     // The failing receiver answered 500 five times: its circuit opened.
-    assert!(within(std::time::Duration::from_secs(5), || opened() == "1"), "opened: {}", opened());
+    assert!(common::eventually(std::time::Duration::from_secs(5), || opened() == 1), "opened: {}", opened());
     assert_eq!(failing.got.lock().unwrap().len(), 5);
 
     // Paused: the next events reach the others, not it.
@@ -420,6 +431,6 @@ fn a_hanging_receiver_delays_no_other_and_a_failing_one_is_paused(h: Harness) {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 7, "every event delivered once more");
-    assert!(within(std::time::Duration::from_secs(5), || attempts(&h) == [1, 1, 2, 2, 2, 2, 2]));
-    assert_eq!(opened(), "1");
+    assert!(common::eventually(std::time::Duration::from_secs(5), || attempts(&h) == [1, 1, 2, 2, 2, 2, 2]));
+    assert_eq!(opened(), 1);
 }

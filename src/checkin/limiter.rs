@@ -33,9 +33,40 @@ pub struct Rates {
     pub ipv6_prefix: u8,
 }
 
-/// The limiters' clock: monotonic, so that a wall clock stepped back (by an operator, or by
-/// NTP) never holds back every recent client until it catches up again.
-type LimiterClock = governor::clock::MonotonicClock;
+/// The limiters' clock: monotonic (the time since the limiter was made), so that a wall clock
+/// stepped back (by an operator, or by NTP) never holds back every recent client until it
+/// catches up again. Tests move it on ([`LimiterClock::skip`]) instead of waiting.
+#[derive(Debug, Clone)]
+pub struct LimiterClock {
+    start: std::time::Instant,
+    /// Nanoseconds skipped by tests.
+    skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for LimiterClock {
+    fn default() -> LimiterClock {
+        LimiterClock { start: std::time::Instant::now(), skipped: Default::default() }
+    }
+}
+
+impl governor::clock::Clock for LimiterClock {
+    type Instant = governor::nanos::Nanos;
+
+    fn now(&self) -> governor::nanos::Nanos {
+        let skipped =
+            std::time::Duration::from_nanos(self.skipped.load(std::sync::atomic::Ordering::Relaxed));
+        governor::nanos::Nanos::from(self.start.elapsed() + skipped)
+    }
+}
+
+impl LimiterClock {
+    #[cfg(feature = "test-support")]
+    /// Moves the limiters' time on by `by`, as if that much time had passed.
+    pub fn skip(&self, by: std::time::Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.skipped.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 type Keyed<K> = RateLimiter<
     K,
@@ -111,6 +142,11 @@ impl Limiter {
     /// Counts a check-in of one instance of a license whose signature verified.
     pub fn admit_instance(&self, license_id: uuid::Uuid, instance_id: &str) -> Result<(), RetryAfter> {
         self.retry_after(self.by_instance.check_key(&(license_id, instance_id.to_owned())))
+    }
+
+    /// The limiters' clock (tests move it on).
+    pub fn clock(&self) -> LimiterClock {
+        self.clock.clone()
     }
 
     /// Forgets keys whose allowance has filled up again (they would be admitted as new), and

@@ -22,7 +22,7 @@ mod stored_batch;
 mod writer;
 use crate::token::{self, TokenError};
 pub use holder::HolderRequest;
-pub use limiter::{Limiter, Rates, RetryAfter};
+pub use limiter::{Limiter, LimiterClock, Rates, RetryAfter};
 
 /// How soon an instance refused for a reason it can fix (no telemetry, no free seat) should
 /// come back, at most.

@@ -226,6 +226,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The metrics address, when one was configured (useful when asked for port 0).
     pub metrics_addr: Option<SocketAddr>,
+    /// The rate limiters' clock, which tests move on instead of waiting.
+    pub limiter_clock: crate::checkin::LimiterClock,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
@@ -493,6 +495,7 @@ async fn serve(
 /// listens. For tests and for applications that embed the server.
 pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, ServeError> {
     let (state, store) = prepare(&config, clock.clone())?;
+    let limiter_clock = state.service.limiter.clock();
     let bound = bind(&config)?;
     let (addr, metrics_addr) = (bound.addr, bound.metrics_addr);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -502,7 +505,7 @@ pub fn start(config: ServerConfig, clock: Clock) -> Result<Running, ServeError> 
         }))
     });
     match rx.recv() {
-        Ok(handle) => Ok(Running { addr, metrics_addr, handle, thread: Some(thread) }),
+        Ok(handle) => Ok(Running { addr, metrics_addr, limiter_clock, handle, thread: Some(thread) }),
         // The thread ended before it was ready: its result says why.
         Err(_) => Err(match thread.join() {
             Ok(Err(e)) => e,

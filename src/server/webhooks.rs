@@ -107,7 +107,9 @@ pub fn start_worker(
                 match actix_web::rt::task::spawn_blocking(move || scan_overdue(&store, now)).await {
                     Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "webhooks: the overdue scan failed"),
                     Err(e) => tracing::warn!(error = %Chain(&e), "webhooks: the overdue scan stopped"),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        metrics.webhook_scans.inc();
+                    }
                 }
             }
             let (free, limits) = {

@@ -288,6 +288,18 @@ impl Harness {
         (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
     }
 
+    /// A counter or gauge of the server's `/metrics`, by its full name (labels included).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text =
+            self.http.get(self.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().unwrap().text().unwrap();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .parse()
+            .unwrap()
+    }
+
     /// Stops the server, as a crash or a deploy would.
     pub fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
@@ -390,4 +402,16 @@ pub fn pii_corpus() -> (Vec<String>, Vec<String>) {
             .collect()
     };
     (strings(&corpus["secrets"], Some("value")), strings(&corpus["sensitive_fragments"], None))
+}
+
+/// Polls `f` every 20 ms until it holds, for at most `limit`; whether it came to hold.
+pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
 }
