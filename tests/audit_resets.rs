@@ -217,6 +217,22 @@ fn issued(h: &Harness, tag: &str, instances: &[&str]) -> (String, String) {
     (license_id_of(&key), key)
 }
 
+/// Whether the license's stored terms let `n` processes share an install.
+fn terms_of(license_id: String, n: i32) -> impl Fn(&Harness) -> bool {
+    move |h| {
+        use diesel::prelude::*;
+        use licensor::store::schema::license_terms::dsl as terms;
+        terms::license_terms
+            .find(&license_id)
+            .select(terms::max_processes)
+            .first::<Option<i32>>(&mut h.store.conn().unwrap())
+            .optional()
+            .unwrap()
+            .flatten()
+            == Some(n)
+    }
+}
+
 /// A dashboard session of the full token: its cookie and form token.
 fn session(h: &Harness) -> Auth {
     let c = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -258,9 +274,18 @@ fn usage_report(license_key: &str, instance: &str) -> String {
 
 /// Every change-capable route, each on things of its own (`tag` keeps two rounds apart).
 fn cases(h: &Harness, tag: &'static str) -> Vec<Case> {
+    // A day of its own for each round, so that its roll-up has something new to do.
+    h.advance(chrono::Duration::days(1));
+    let today = h.now().date_naive();
     let (a, _) = issued(h, tag, &[]);
     let (b, _) = issued(h, tag, &[]);
-    let (c, _) = issued(h, tag, &["i-api", "i-form"]);
+    let (c, c_key) = issued(h, tag, &["i-api", "i-form"]);
+    let erased = format!("i-erase-{tag}");
+    let telemetry = common::batch(uuid::Uuid::new_v4(), 2, 1, 1).to_string();
+    h.check_in(&c_key, &erased, Some(&telemetry));
+    assert!(h.store.telemetry_counts(&erased).unwrap()["telemetry_batches"] > 0);
+    assert!(h.store.aggregates_of(today).unwrap().is_empty());
+    let public = format!("reset_export_{tag}");
     let (d, _) = issued(h, tag, &[]);
     let (e, _) = issued(h, tag, &[]);
     let (status, _) = h.admin(Method::POST, &format!("/v1/admin/licenses/{b}/revoke"), None);
@@ -271,6 +296,18 @@ fn cases(h: &Harness, tag: &'static str) -> Vec<Case> {
     let offline_id = license_id_of(&offline);
     let (_, imported_key) = issued(h, tag, &[]);
     let imported_id = license_id_of(&imported_key);
+    // An install whose key a first report pinned, for the reset.
+    let (pinned_license, pinned_key) = issued(h, tag, &[]);
+    let pinned = usage_report(&pinned_key, "air-pinned");
+    let answer = h
+        .http
+        .post(h.url("/v1/admin/usage-imports"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(pinned)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
     let (status, hook) = h.admin(
         Method::POST,
         "/v1/admin/webhooks",
@@ -353,6 +390,34 @@ fn cases(h: &Harness, tag: &'static str) -> Vec<Case> {
             },
         ),
         Case::new(
+            "terms",
+            Method::PATCH,
+            format!("/v1/admin/licenses/{b}/terms"),
+            Body::Json(json!({ "max_processes": 3 })),
+            terms_of(b.clone(), 3),
+        ),
+        Case::new(
+            "reset key",
+            Method::POST,
+            format!("/v1/admin/licenses/{pinned_license}/install-keys/air-pinned/reset"),
+            Body::None,
+            move |h| h.store.install_keys_of(&pinned_license).unwrap().iter().any(|k| k.reset_at.is_some()),
+        ),
+        Case::new(
+            "erase",
+            Method::DELETE,
+            format!("/v1/admin/instances/{erased}/telemetry?license_id={c}"),
+            Body::None,
+            move |h| h.store.telemetry_counts(&erased).unwrap()["telemetry_batches"] == 0,
+        ),
+        Case::new(
+            "roll-up",
+            Method::POST,
+            "/v1/admin/jobs/rollup/runs".into(),
+            Body::Json(json!({ "day": today.to_string() })),
+            move |h| !h.store.aggregates_of(today).unwrap().is_empty(),
+        ),
+        Case::new(
             "webhook",
             Method::POST,
             "/v1/admin/webhooks".into(),
@@ -388,6 +453,14 @@ fn cases(h: &Harness, tag: &'static str) -> Vec<Case> {
         )
         .in_session(&form),
         Case::new(
+            "form public name",
+            Method::POST,
+            format!("/admin/public-names/feature/publish/{public}"),
+            Body::None,
+            move |h| h.store.public_names().unwrap().contains(&("feature".to_owned(), public.clone())),
+        )
+        .in_session(&form),
+        Case::new(
             "form release",
             Method::POST,
             format!("/admin/licenses/{c}/instances/i-form/release"),
@@ -417,6 +490,7 @@ fn every_change_is_recorded_with_itself_even_when_its_client_resets(h: Harness) 
     // Answered: carried out, and recorded once, with the status answered.
     for (i, case) in cases(&h, "plain").into_iter().enumerate() {
         let fresh = case.fresh.then(|| session(&h));
+        assert!(!(case.done)(&h, fresh.as_ref()), "{}: seen as done before it was asked for", case.name);
         let id = format!("plain-{i}");
         let status = send(&h, &case.request(&h, &id, fresh.as_ref()));
         assert!((200..400).contains(&status), "{}: answered {status}", case.name);
@@ -430,6 +504,7 @@ fn every_change_is_recorded_with_itself_even_when_its_client_resets(h: Harness) 
     let mut carried = Vec::new();
     for (i, case) in cases(&h, "reset").into_iter().enumerate() {
         let fresh = case.fresh.then(|| session(&h));
+        assert!(!(case.done)(&h, fresh.as_ref()), "{}: seen as done before it was asked for", case.name);
         let id = format!("reset-{i}");
         send_and_reset(&h, &case.request(&h, &id, fresh.as_ref()));
         let done = eventually(Duration::from_secs(5), || (case.done)(&h, fresh.as_ref()));
@@ -449,5 +524,5 @@ fn every_change_is_recorded_with_itself_even_when_its_client_resets(h: Harness) 
             );
         }
     }
-    eprintln!("carried out after a reset: {} of 16: {carried:?}", carried.len());
+    eprintln!("carried out after a reset: {} of 21: {carried:?}", carried.len());
 }
