@@ -9,13 +9,11 @@ use uuid::Uuid;
 
 use crate::keys::{KeyRing, Role, Signer};
 use crate::protocol;
+pub use crate::token::RECEIPT;
 use crate::token::{self, Claims, Kind, TokenError};
 
 /// The receipt payload format version this build reads and writes.
 pub const RECEIPT_VERSION: u32 = 1;
-
-/// Server-signed receipts: `RECEIPT1.`, signed by a lease key.
-pub const RECEIPT: Kind = Kind { family: "RECEIPT", version: 1, prefix: "RECEIPT1.", role: Role::Lease };
 
 /// What a receipt acknowledges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,8 +41,11 @@ pub const LICENSE: Kind = Kind { family: "LIC", version: 1, prefix: "LIC1.", rol
 /// Server-signed leases: `LEASE1.`, signed by a lease key.
 pub const LEASE: Kind = Kind { family: "LEASE", version: 1, prefix: "LEASE1.", role: Role::Lease };
 
+/// Server-signed receipts: `RECEIPT1.`, signed by a lease key (see `receipt`).
+pub const RECEIPT: Kind = Kind { family: "RECEIPT", version: 1, prefix: "RECEIPT1.", role: Role::Lease };
+
 /// Every family this build knows, for tools that accept any token (`licensor inspect`).
-pub const KINDS: [Kind; 3] = [LICENSE, LEASE, crate::receipt::RECEIPT];
+pub const KINDS: [Kind; 3] = [LICENSE, LEASE, RECEIPT];
 
 /// The outcome of checking a token, as the protocol names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

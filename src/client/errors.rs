@@ -14,8 +14,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use thread_local::ThreadLocal;
 
-use super::telemetry::Sampling;
 use crate::privacy;
+
+/// Which raw error events are kept. Errors are the raw events: each occurrence carries a
+/// message and a stack to scrub, which costs microseconds. Counters and request timings are
+/// aggregated where they are tracked, cost nanoseconds, and are never sampled (sampling them
+/// would lose accuracy and save nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Sampling {
+    /// Every event is kept.
+    #[default]
+    Always,
+    /// Each event is kept with this probability (0 to 1); the rest are counted as `sampled`.
+    Probabilistic(f64),
+    /// At most this many events a minute are kept; the rest are counted as `throttled`.
+    Throttled { per_minute: u32 },
+}
 
 /// An error as tracked: cut to size, not yet scrubbed.
 pub(super) struct RawError {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::counters::Counters;
+pub use super::errors::Sampling;
 use super::errors::{cut, template, RawErrors, Taken};
 use super::requests::{Requests, RouteFigures};
 use crate::privacy::{self, Redactions};
@@ -29,21 +30,6 @@ pub struct Limits {
 /// The most distinct users one collector remembers between drains (they only decide the
 /// batch's user-count range, whose top is "1001+").
 pub const MAX_USERS: usize = 10_000;
-
-/// Which raw error events are kept. Errors are the raw events: each occurrence carries a
-/// message and a stack to scrub, which costs microseconds. Counters and request timings are
-/// aggregated where they are tracked, cost nanoseconds, and are never sampled (sampling them
-/// would lose accuracy and save nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum Sampling {
-    /// Every event is kept.
-    #[default]
-    Always,
-    /// Each event is kept with this probability (0 to 1); the rest are counted as `sampled`.
-    Probabilistic(f64),
-    /// At most this many events a minute are kept; the rest are counted as `throttled`.
-    Throttled { per_minute: u32 },
-}
 
 impl Default for Limits {
     fn default() -> Self {

@@ -148,13 +148,13 @@ pub(super) struct AuditPage {
 /// The admin actions recorded, newest first (kept past the telemetry's retention).
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "audit", security(("admin_token" = [])),
     params(AuditQuery),
-    responses((status = 200, body = AuditPage), super::handlers::AdminErrors))]
+    responses((status = 200, body = AuditPage), super::error::AdminErrors))]
 pub(super) async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
     web::Query(query): web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = super::handlers::page_size(query.limit)?;
+    let limit = super::extract::page_size(query.limit)?;
     let store = state.store.clone();
     let entries = blocking(move || {
         // One more than asked, to know whether a next page exists.

@@ -31,9 +31,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 415: the body's `Content-Encoding` is neither gzip nor none.
     UnsupportedEncoding,
-    /// 413: a compressed body expands beyond `cap` bytes (the body limit, and a multiple of its
+    /// 413: a compressed body expands beyond `cap` bytes (the body limit, and `ratio` times its
     /// compressed size).
-    ExpandsTooFar { cap: usize },
+    ExpandsTooFar { cap: usize, ratio: usize },
     /// 408: the body did not arrive in time.
     RequestTimeout,
     /// 429: too many requests; retry after this many seconds.
@@ -93,9 +93,8 @@ impl ApiError {
             ApiError::UnsupportedEncoding => {
                 "the request body must be sent as is or gzipped (Content-Encoding: gzip)".into()
             }
-            ApiError::ExpandsTooFar { cap } => format!(
-                "the request body expands beyond {cap} bytes (the body limit, and {} times its compressed size)",
-                super::extract::MAX_EXPANSION
+            ApiError::ExpandsTooFar { cap, ratio } => format!(
+                "the request body expands beyond {cap} bytes (the body limit, and {ratio} times its compressed size)"
             ),
             ApiError::RequestTimeout => "the request body did not arrive in time".into(),
             ApiError::TooManyRequests { retry_after } => {
@@ -200,4 +199,37 @@ impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(Box::new(e))
     }
+}
+
+/// The answers every admin route that changes something may give besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub(super) enum WriteErrors {
+    /// The request is not valid.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] crate::protocol::ErrorBody),
+    /// No valid admin token.
+    #[response(status = 401)]
+    Unauthorized(crate::protocol::ErrorBody),
+    /// The admin token is read-only.
+    #[response(status = 403)]
+    Forbidden(crate::protocol::ErrorBody),
+    /// The database is out of reach; retry.
+    #[response(status = 503)]
+    Unavailable(crate::protocol::ErrorBody),
+}
+
+/// The answers every admin route may give besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub(super) enum AdminErrors {
+    /// The request is not valid.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] crate::protocol::ErrorBody),
+    /// No valid admin token.
+    #[response(status = 401)]
+    Unauthorized(crate::protocol::ErrorBody),
+    /// The database is out of reach; retry.
+    #[response(status = 503)]
+    Unavailable(crate::protocol::ErrorBody),
 }

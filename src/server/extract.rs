@@ -144,7 +144,7 @@ fn decode_body(req: &HttpRequest, body: web::Bytes, limit: usize) -> Result<web:
                     ApiError::bad_request("invalid_body", format!("the gzipped body does not inflate: {e}"))
                 })?;
             if inflated.len() > cap {
-                return Err(ApiError::ExpandsTooFar { cap });
+                return Err(ApiError::ExpandsTooFar { cap, ratio: MAX_EXPANSION });
             }
             Ok(inflated.into())
         }
@@ -180,4 +180,17 @@ async fn read_body(req: &HttpRequest, mut payload: Payload) -> Result<web::Bytes
     };
     let body = actix_web::rt::time::timeout(timeout, read).await.map_err(|_| ApiError::RequestTimeout)??;
     decode_body(req, body, limit)
+}
+
+/// The default and the largest page of an admin listing.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1_000;
+
+/// A listing's page size: the one asked for (1 to 1,000), else 100.
+pub(super) fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
+    }
+    Ok(limit)
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use super::audit::Trail;
 use super::auth::{Admin, FullAdmin};
-use super::error::ApiError;
-use super::extract::{self, AddressAdmitted, Json, JsonBytes, OptionalJsonBytes};
+use super::error::{AdminErrors, ApiError, WriteErrors};
+use super::extract::{self, page_size, AddressAdmitted, Json, JsonBytes, OptionalJsonBytes};
 use super::{blocking, AppState};
 use crate::license::{self, Expiry, LicensePayload, LicenseRequest, Tier};
 use crate::store;
@@ -224,39 +224,6 @@ pub(super) struct IssuedLicense {
     payload: LicensePayload,
 }
 
-/// The answers every admin route that changes something may give besides its own.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // A description for the API document, never built.
-pub(super) enum WriteErrors {
-    /// The request is not valid.
-    #[response(status = 400)]
-    BadRequest(#[to_schema] crate::protocol::ErrorBody),
-    /// No valid admin token.
-    #[response(status = 401)]
-    Unauthorized(crate::protocol::ErrorBody),
-    /// The admin token is read-only.
-    #[response(status = 403)]
-    Forbidden(crate::protocol::ErrorBody),
-    /// The database is out of reach; retry.
-    #[response(status = 503)]
-    Unavailable(crate::protocol::ErrorBody),
-}
-
-/// The answers every admin route may give besides its own.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // A description for the API document, never built.
-pub(super) enum AdminErrors {
-    /// The request is not valid.
-    #[response(status = 400)]
-    BadRequest(#[to_schema] crate::protocol::ErrorBody),
-    /// No valid admin token.
-    #[response(status = 401)]
-    Unauthorized(crate::protocol::ErrorBody),
-    /// The database is out of reach; retry.
-    #[response(status = 503)]
-    Unavailable(crate::protocol::ErrorBody),
-}
-
 /// Issues a license with the server's issuing key.
 #[utoipa::path(post, path = "/v1/admin/licenses", tag = "licenses", security(("admin_token" = [])),
     request_body(content = IssueBody, content_type = "application/json"),
@@ -423,10 +390,6 @@ pub(crate) fn renew(
     Ok(issued)
 }
 
-/// The default and the largest page of an admin listing.
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1_000;
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -459,15 +422,6 @@ pub(super) struct InstanceListQuery {
     license_id: Option<String>,
     #[serde(default)]
     status: Option<crate::protocol::CheckInStatus>,
-}
-
-/// A listing's page size: the one asked for (1 to 1,000), else 100.
-pub(super) fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
-    }
-    Ok(limit)
 }
 
 /// Checks a page size and a cursor.

@@ -368,7 +368,7 @@ async fn view<V: serde::Serialize + Send + 'static>(
             (store::Overview = "application/json"),
             (String = "text/csv; charset=utf-8"),
         )),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn overview(
     _admin: Admin,
@@ -386,7 +386,7 @@ pub(super) async fn overview(
             (store::Usage = "application/json"),
             (String = "text/csv; charset=utf-8"),
         )),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn usage(
     _admin: Admin,
@@ -406,7 +406,7 @@ pub(super) async fn usage(
             (store::Performance = "application/json"),
             (String = "text/csv; charset=utf-8"),
         )),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn performance(
     _admin: Admin,
@@ -424,7 +424,7 @@ pub(super) async fn performance(
             (store::Errors = "application/json"),
             (String = "text/csv; charset=utf-8"),
         )),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn errors(
     _admin: Admin,
@@ -444,7 +444,7 @@ pub(super) async fn errors(
             (store::EnvironmentView = "application/json"),
             (String = "text/csv; charset=utf-8"),
         )),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn environment(
     _admin: Admin,
@@ -462,14 +462,14 @@ pub(super) async fn environment(
             (store::LicensesView = "application/json"),
             (String = "text/csv; charset=utf-8"),
         )),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn licenses(
     _admin: Admin,
     state: web::Data<AppState>,
     web::Query(q): web::Query<LicensesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = super::handlers::page_size(q.limit)?;
+    let limit = super::extract::page_size(q.limit)?;
     let now = (state.clock)();
     let read = move |s: &store::Store, p| s.insights_licenses(p, now, limit);
     view(&state, q.days, q.format, "licenses", read, tables::licenses).await
@@ -481,7 +481,7 @@ pub(super) async fn licenses(
     responses(
         (status = 200, body = store::LicenseDetail),
         (status = 404, description = "No such license", body = crate::protocol::ErrorBody),
-        super::handlers::AdminErrors,
+        super::error::AdminErrors,
     ))]
 pub(super) async fn license_detail(
     _admin: Admin,
@@ -526,7 +526,7 @@ pub(super) struct JobRun {
         (status = 409, description = "A run of that day is under way", body = crate::protocol::ErrorBody),
         (status = 413, body = crate::protocol::ErrorBody),
         (status = 415, body = crate::protocol::ErrorBody),
-        super::handlers::WriteErrors,
+        super::error::WriteErrors,
     ))]
 pub(super) async fn run_rollup(
     _admin: super::auth::FullAdmin,

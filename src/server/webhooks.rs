@@ -320,7 +320,7 @@ pub(super) struct CreatedEndpoint {
         (status = 201, body = CreatedEndpoint),
         (status = 413, body = crate::protocol::ErrorBody),
         (status = 415, body = crate::protocol::ErrorBody),
-        super::handlers::WriteErrors,
+        super::error::WriteErrors,
     ))]
 pub(super) async fn create(
     _admin: FullAdmin,
@@ -374,7 +374,7 @@ pub(super) struct EndpointList {
 /// The registered endpoints (without their secrets). A read-only token sees each URL's
 /// user-info and query values masked: receivers often take their credentials there.
 #[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks", security(("admin_token" = [])),
-    responses((status = 200, body = EndpointList), super::handlers::AdminErrors))]
+    responses((status = 200, body = EndpointList), super::error::AdminErrors))]
 pub(super) async fn list(admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let mut endpoints = blocking(move || Ok(store.endpoints()?)).await?;
@@ -412,7 +412,7 @@ fn masked_url(url: &str) -> String {
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such endpoint", body = crate::protocol::ErrorBody),
-        super::handlers::WriteErrors,
+        super::error::WriteErrors,
     ))]
 pub(super) async fn delete(
     _admin: FullAdmin,
@@ -447,14 +447,14 @@ pub(super) struct DeliveryList {
 /// An endpoint's deliveries, newest first: attempts, outcome, and the body sent.
 #[utoipa::path(get, path = "/v1/admin/webhooks/{endpoint_id}/deliveries", tag = "webhooks", security(("admin_token" = [])),
     params(("endpoint_id" = String, Path), DeliveriesQuery),
-    responses((status = 200, body = DeliveryList), super::handlers::AdminErrors))]
+    responses((status = 200, body = DeliveryList), super::error::AdminErrors))]
 pub(super) async fn deliveries(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     web::Query(query): web::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = super::handlers::page_size(query.limit)?;
+    let limit = super::extract::page_size(query.limit)?;
     let (store, id) = (state.store.clone(), path.into_inner());
     let deliveries = blocking(move || Ok(store.deliveries(&id, limit)?)).await?;
     Ok(HttpResponse::Ok().json(DeliveryList { deliveries }))
@@ -467,7 +467,7 @@ pub(super) async fn deliveries(
     responses(
         (status = 202, description = "Due now; the worker sends it within a second"),
         (status = 404, description = "No such delivery", body = crate::protocol::ErrorBody),
-        super::handlers::WriteErrors,
+        super::error::WriteErrors,
     ))]
 pub(super) async fn redeliver(
     _admin: FullAdmin,

@@ -3,7 +3,7 @@
 //! vendor's audit log in the same transaction; and the keys air-gapped installs are pinned to,
 //! as the vendor lists and resets them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,53 +12,8 @@ use super::audit::NewAuditEntry;
 use super::models::{InstallKeyRow, InstanceRow};
 use super::schema::{audit_log, install_keys, instances, released_processes};
 use super::webhooks::{self, NewEvent};
-use super::{naive, on_backend, utc, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
-use chrono::NaiveDateTime;
-use diesel::upsert::excluded;
+use super::{naive, utc, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use std::collections::HashMap;
-
-/// A process whose row went, with the install it belonged to.
-#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
-#[diesel(table_name = released_processes, treat_none_as_default_value = false)]
-struct ReleasedRow<'a> {
-    license_id: &'a str,
-    instance_id: &'a str,
-    install_id: &'a str,
-    released_at: NaiveDateTime,
-}
-
-/// Keeps the install of processes whose rows are about to go (released, deactivated,
-/// replaced), in the caller's transaction: the roll-up of a day they checked in on still counts
-/// them under their install. Written only on those rare events, never by a plain check-in.
-pub(super) fn remember_released(
-    conn: &mut DbConnection,
-    processes: &[InstanceRow],
-    at: NaiveDateTime,
-) -> Result<(), StoreError> {
-    let rows: Vec<ReleasedRow<'_>> = processes
-        .iter()
-        .map(|p| ReleasedRow {
-            license_id: &p.license_id,
-            instance_id: &p.id,
-            install_id: p.install(),
-            released_at: at,
-        })
-        .collect();
-    on_backend!(conn, c => {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            diesel::insert_into(released_processes::table)
-                .values(chunk)
-                .on_conflict((released_processes::license_id, released_processes::instance_id))
-                .do_update()
-                .set((
-                    released_processes::install_id.eq(excluded(released_processes::install_id)),
-                    released_processes::released_at.eq(excluded(released_processes::released_at)),
-                ))
-                .execute(c)?;
-        }
-    });
-    Ok(())
-}
 
 /// The install of each of `processes` (license id, instance id): from its row, else from the
 /// record kept when its row went, else the process itself (a client before installs, or a
@@ -177,7 +132,7 @@ impl Store {
             };
             let processes: Vec<InstanceRow> = matching().select(InstanceRow::as_select()).load(conn)?;
             let now = naive(now);
-            remember_released(conn, &processes, now)?;
+            super::licensing::remember_released(conn, &processes, now)?;
             diesel::delete(matching()).execute(conn)?;
             let seat_freed =
                 processes.iter().any(|p| !p.is_loopback() && p.seat_until.is_some_and(|until| until > now));
@@ -249,5 +204,79 @@ impl Store {
             super::audit::write(conn, audit)?;
             Ok::<_, StoreError>(Some(row.select(InstallKeyRow::as_select()).first(conn)?.into()))
         })
+    }
+}
+
+/// An install whose seat lapsed (see [`Store::lapsed_installs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LapsedInstall {
+    pub license_id: String,
+    pub install_id: String,
+    /// When its seat ended: the end of the last place any of its processes held.
+    pub seat_until: NaiveDateTime,
+    pub last_check_in_at: NaiveDateTime,
+    /// Its processes whose place ended within the day.
+    pub processes: usize,
+}
+
+impl Store {
+    /// Installs whose seat lapsed within the day before `now`: the last place any of their
+    /// processes held ended then, none checked in since, and none holds a seat now (a
+    /// developer's machine holds none, so it is not among them).
+    pub fn lapsed_installs(&self, now: DateTime<Utc>) -> Result<Vec<LapsedInstall>, StoreError> {
+        let now = naive(now);
+        let mut pooled = self.conn()?;
+        let conn: &mut DbConnection = &mut pooled;
+        let rows: Vec<super::InstanceRow> = instances::table
+            .filter(instances::seat_until.lt(now))
+            .filter(instances::seat_until.ge(now - Duration::days(1)))
+            .filter(instances::exemption.is_null().or(instances::exemption.ne(super::LOOPBACK)))
+            .select(super::InstanceRow::as_select())
+            .load(conn)?;
+        let mut lapsed: std::collections::BTreeMap<(String, String), LapsedInstall> = Default::default();
+        for row in rows {
+            let key = (row.license_id.clone(), row.install().to_owned());
+            let until = row.seat_until.unwrap_or(now);
+            let entry = lapsed.entry(key).or_insert_with(|| LapsedInstall {
+                license_id: row.license_id.clone(),
+                install_id: row.install().to_owned(),
+                seat_until: until,
+                last_check_in_at: row.last_check_in_at,
+                processes: 0,
+            });
+            entry.seat_until = entry.seat_until.max(until);
+            entry.last_check_in_at = entry.last_check_in_at.max(row.last_check_in_at);
+            entry.processes += 1;
+        }
+        if lapsed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<(&str, &str)> = lapsed.keys().map(|(l, i)| (l.as_str(), i.as_str())).collect();
+        let holding: std::collections::BTreeSet<(String, String)> =
+            super::licensing::install_processes(conn, &keys, now)?
+                .into_iter()
+                .filter(|p| !p.is_loopback())
+                .map(|p| (p.license_id.clone(), p.install().to_owned()))
+                .collect();
+        Ok(lapsed.into_iter().filter(|(key, _)| !holding.contains(key)).map(|(_, l)| l).collect())
+    }
+
+    /// Instances whose seat lapsed within the day before `now` without a check-in renewing it:
+    /// (license, instance, the lease's end, last check-in).
+    pub fn lapsed_instances(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, NaiveDateTime, NaiveDateTime)>, StoreError> {
+        let now = naive(now);
+        Ok(instances::table
+            .filter(instances::seat_until.lt(now))
+            .filter(instances::seat_until.ge(now - Duration::days(1)))
+            .select((
+                instances::license_id,
+                instances::id,
+                instances::seat_until.assume_not_null(),
+                instances::last_check_in_at,
+            ))
+            .load(&mut self.conn()?)?)
     }
 }

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::models::*;
-use super::schema::{check_ins, install_keys, instances, license_terms, licenses};
+use super::schema::{check_ins, install_keys, instances, license_terms, licenses, released_processes};
 use super::webhooks::{self, NewEvent};
 use super::{on_backend, Audit, DbConnection, Store, StoreError, ROWS_PER_STATEMENT};
 use diesel::upsert::excluded;
@@ -413,7 +413,7 @@ pub(super) fn delete_instances(
     at: NaiveDateTime,
 ) -> Result<(), StoreError> {
     let rows = instances_by_key(conn, keys)?;
-    super::installs::remember_released(conn, &rows, at)?;
+    remember_released(conn, &rows, at)?;
     on_backend!(conn, c => {
         for (license_id, id) in keys {
             diesel::delete(
@@ -981,7 +981,7 @@ impl Store {
                 .first(conn)
                 .optional()?;
             let Some(row) = row else { return Ok(None) };
-            super::installs::remember_released(conn, std::slice::from_ref(&row), naive(now))?;
+            remember_released(conn, std::slice::from_ref(&row), naive(now))?;
             diesel::delete(
                 instances::table
                     .filter(instances::license_id.eq(license_id))
@@ -1013,4 +1013,47 @@ impl Store {
             .select(CheckInRow::as_select())
             .load(&mut self.conn()?)?)
     }
+}
+
+/// A process whose row went, with the install it belonged to.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = released_processes, treat_none_as_default_value = false)]
+struct ReleasedRow<'a> {
+    license_id: &'a str,
+    instance_id: &'a str,
+    install_id: &'a str,
+    released_at: NaiveDateTime,
+}
+
+/// Keeps the install of processes whose rows are about to go (released, deactivated,
+/// replaced), in the caller's transaction: the roll-up of a day they checked in on still counts
+/// them under their install. Written only on those rare events, never by a plain check-in.
+pub(super) fn remember_released(
+    conn: &mut DbConnection,
+    processes: &[InstanceRow],
+    at: NaiveDateTime,
+) -> Result<(), StoreError> {
+    let rows: Vec<ReleasedRow<'_>> = processes
+        .iter()
+        .map(|p| ReleasedRow {
+            license_id: &p.license_id,
+            instance_id: &p.id,
+            install_id: p.install(),
+            released_at: at,
+        })
+        .collect();
+    on_backend!(conn, c => {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(released_processes::table)
+                .values(chunk)
+                .on_conflict((released_processes::license_id, released_processes::instance_id))
+                .do_update()
+                .set((
+                    released_processes::install_id.eq(excluded(released_processes::install_id)),
+                    released_processes::released_at.eq(excluded(released_processes::released_at)),
+                ))
+                .execute(c)?;
+        }
+    });
+    Ok(())
 }

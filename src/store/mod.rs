@@ -23,6 +23,7 @@ mod models;
 mod partitions;
 pub mod payload;
 mod public;
+mod rollup;
 mod sessions;
 mod telemetry;
 mod webhooks;
@@ -33,7 +34,7 @@ pub use checkin::CheckInWrite;
 pub(crate) use db::on_backend;
 pub use db::*;
 pub use insights::*;
-pub use installs::{group_installs, InstallKeyRecord, InstallSummary, Released};
+pub use installs::{group_installs, InstallKeyRecord, InstallSummary, LapsedInstall, Released};
 pub use jobs::JobClaim;
 pub use licensing::{
     Cursor, InstanceFilter, InstanceRecord, LicenseFilter, LicenseRecord, Page, Registration, SeatsInUse,
@@ -45,6 +46,4 @@ pub use sessions::DashboardSession;
 pub use telemetry::{
     ErrorSummary, FeatureSummary, Percentiles, RouteSummary, SessionSummary, TelemetrySummary,
 };
-pub use webhooks::{
-    backoff, Claimed, Delivery, Endpoint, EndpointRow, LapsedInstall, NewEvent, EVENT_TYPES, MAX_ATTEMPTS,
-};
+pub use webhooks::{backoff, Claimed, Delivery, Endpoint, EndpointRow, NewEvent, EVENT_TYPES, MAX_ATTEMPTS};

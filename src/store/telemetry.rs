@@ -1,7 +1,7 @@
 //! Telemetry: storing accepted batches, per-instance summaries, erasure, retention and the
 //! daily rollup.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use serde::Serialize;
@@ -366,113 +366,9 @@ impl Store {
         })
     }
 
-    /// Rolls up `day` (UTC) into `telemetry_features` (usage per process, with its install),
-    /// `install_days` (the
-    /// installs active that day, carried forward from the day before), `route_days`
-    /// (performance across installs) and `telemetry_aggregates` (fleet figures), replacing any
-    /// earlier roll-up of that day in the same transaction, so a re-run never double-counts.
-    /// Days are rolled up in order: a day's active installs start from the day before's.
-    /// `audit` (a run an admin asked for) is written in the same transaction.
-    pub fn rollup_day(&self, day: NaiveDate, audit: Option<&super::Audit>) -> Result<usize, StoreError> {
-        let from: NaiveDateTime = day.and_hms_opt(0, 0, 0).expect("midnight exists");
-        let to = from + chrono::Duration::days(1);
-        self.transaction(|conn| {
-            // A process is a license's instance (the same instance id under two licenses is two
-            // processes); an install is one of a license's installs, whatever its processes.
-            let events: Vec<(String, String, Vec<u8>)> = telemetry_payloads::table
-                .inner_join(
-                    telemetry_batches::table.on(telemetry_batches::batch_id.eq(telemetry_payloads::batch_id)),
-                )
-                .filter(telemetry_batches::received_at.ge(from))
-                .filter(telemetry_batches::received_at.lt(to))
-                // The same range on the payload's own column: one daily partition is read.
-                .filter(telemetry_payloads::received_at.ge(from))
-                .filter(telemetry_payloads::received_at.lt(to))
-                .select((
-                    telemetry_batches::license_id,
-                    telemetry_batches::instance_id,
-                    telemetry_payloads::body,
-                ))
-                .load(conn)?;
-            type Process = (String, String);
-            let mut per_instance: BTreeMap<(Process, String, String), i64> = BTreeMap::new();
-            // Each process's install: from its row, or the record kept when its row went.
-            let processes: BTreeSet<Process> = events.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
-            let install_of = super::installs::installs_of(conn, &processes)?;
-            for (license_id, instance_id, body) in &events {
-                let process = (license_id.clone(), instance_id.clone());
-                for entry in super::payload::decode::<UsageOnly>(body)?.usage {
-                    let sum = per_instance
-                        .entry((process.clone(), entry.kind.as_str().to_owned(), entry.name))
-                        .or_default();
-                    *sum = sum.saturating_add(count(entry.count));
-                }
-            }
-            let features: Vec<FeatureRow> = per_instance
-                .iter()
-                .map(|((process, kind, name), count)| FeatureRow {
-                    license_id: process.0.clone(),
-                    instance_id: process.1.clone(),
-                    day,
-                    kind: kind.clone(),
-                    name: name.clone(),
-                    count: *count,
-                    install_id: install_of.get(process).filter(|i| **i != process.1).cloned(),
-                })
-                .collect();
-            diesel::delete(telemetry_features::table.filter(telemetry_features::day.eq(day)))
-                .execute(conn)?;
-            on_backend!(&mut *conn, c => {
-                for chunk in features.chunks(ROWS_PER_STATEMENT) {
-                    diesel::insert_into(telemetry_features::table).values(chunk).execute(c)?;
-                }
-            });
-
-            // Across processes: usage per kind and name, with how many installs used it.
-            // (kind, name) -> (sum, the (license id, install id) that used it).
-            type ByName<'a> = BTreeMap<(String, String), (i64, BTreeSet<(&'a str, &'a str)>)>;
-            let mut by_name: ByName<'_> = BTreeMap::new();
-            for ((process, kind, name), count) in &per_instance {
-                let entry = by_name.entry((kind.clone(), name.clone())).or_default();
-                entry.0 = entry.0.saturating_add(*count);
-                let install = install_of.get(process).map_or(process.1.as_str(), String::as_str);
-                entry.1.insert((&process.0, install));
-            }
-            let mut aggregates: Vec<AggregateRow> = by_name
-                .into_iter()
-                .map(|((kind, name), (count, installs))| {
-                    let mut reach = crate::reach::Reach::default();
-                    for (license_id, install_id) in &installs {
-                        reach.add(license_id, install_id);
-                    }
-                    AggregateRow {
-                        day,
-                        metric: format!("usage.{kind}"),
-                        dimension: name,
-                        value: count as f64,
-                        instances: installs.len() as i64,
-                        reach: reach.encode(),
-                    }
-                })
-                .collect();
-            let (installs, figures) = super::insights::rollup_installs(conn, day)?;
-            aggregates.extend(figures);
-            let routes = super::insights::rollup_routes(conn, day)?;
-            diesel::delete(telemetry_aggregates::table.filter(telemetry_aggregates::day.eq(day)))
-                .execute(conn)?;
-            on_backend!(&mut *conn, c => {
-                for chunk in aggregates.chunks(ROWS_PER_STATEMENT) {
-                    diesel::insert_into(telemetry_aggregates::table).values(chunk).execute(c)?;
-                }
-            });
-            super::audit::write(conn, audit)?;
-            Ok::<_, StoreError>(features.len() + aggregates.len() + installs + routes)
-        })
-    }
-
     #[cfg(feature = "test-support")]
     /// The daily aggregates of one day (tests; issue 12 reads them through the insights views).
-    pub fn aggregates_of(&self, day: NaiveDate) -> Result<Vec<AggregateRow>, StoreError> {
+    pub fn aggregates_of(&self, day: chrono::NaiveDate) -> Result<Vec<AggregateRow>, StoreError> {
         Ok(telemetry_aggregates::table
             .filter(telemetry_aggregates::day.eq(day))
             .order((telemetry_aggregates::metric, telemetry_aggregates::dimension))
@@ -641,7 +537,7 @@ fn delete_batch_children(conn: &mut DbConnection, which: Batches<'_>) -> Result<
 
 /// A count as stored: batches carry at most `protocol::MAX_COUNT`, and anything larger (which
 /// only an older build could have stored) saturates rather than wrapping to a negative.
-fn count(n: u64) -> i64 {
+pub(super) fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

@@ -11,20 +11,8 @@ use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::schema::{instances, webhook_deliveries, webhook_endpoints};
+use super::schema::{webhook_deliveries, webhook_endpoints};
 use super::{naive, on_backend, utc, DbConnection, Store, StoreError};
-
-/// An install whose seat lapsed (see [`Store::lapsed_installs`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LapsedInstall {
-    pub license_id: String,
-    pub install_id: String,
-    /// When its seat ended: the end of the last place any of its processes held.
-    pub seat_until: NaiveDateTime,
-    pub last_check_in_at: NaiveDateTime,
-    /// Its processes whose place ended within the day.
-    pub processes: usize,
-}
 
 /// Every event type, as endpoints subscribe to them.
 pub const EVENT_TYPES: [&str; 11] = [
@@ -387,65 +375,5 @@ impl Store {
         let rows: Vec<String> =
             webhook_endpoints::table.select(webhook_endpoints::events).load(&mut self.conn()?)?;
         Ok(rows.iter().any(|events| events.split(',').any(|e| e == event_type)))
-    }
-
-    /// Installs whose seat lapsed within the day before `now`: the last place any of their
-    /// processes held ended then, none checked in since, and none holds a seat now (a
-    /// developer's machine holds none, so it is not among them).
-    pub fn lapsed_installs(&self, now: DateTime<Utc>) -> Result<Vec<LapsedInstall>, StoreError> {
-        let now = naive(now);
-        let mut pooled = self.conn()?;
-        let conn: &mut DbConnection = &mut pooled;
-        let rows: Vec<super::InstanceRow> = instances::table
-            .filter(instances::seat_until.lt(now))
-            .filter(instances::seat_until.ge(now - Duration::days(1)))
-            .filter(instances::exemption.is_null().or(instances::exemption.ne(super::LOOPBACK)))
-            .select(super::InstanceRow::as_select())
-            .load(conn)?;
-        let mut lapsed: std::collections::BTreeMap<(String, String), LapsedInstall> = Default::default();
-        for row in rows {
-            let key = (row.license_id.clone(), row.install().to_owned());
-            let until = row.seat_until.unwrap_or(now);
-            let entry = lapsed.entry(key).or_insert_with(|| LapsedInstall {
-                license_id: row.license_id.clone(),
-                install_id: row.install().to_owned(),
-                seat_until: until,
-                last_check_in_at: row.last_check_in_at,
-                processes: 0,
-            });
-            entry.seat_until = entry.seat_until.max(until);
-            entry.last_check_in_at = entry.last_check_in_at.max(row.last_check_in_at);
-            entry.processes += 1;
-        }
-        if lapsed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<(&str, &str)> = lapsed.keys().map(|(l, i)| (l.as_str(), i.as_str())).collect();
-        let holding: std::collections::BTreeSet<(String, String)> =
-            super::licensing::install_processes(conn, &keys, now)?
-                .into_iter()
-                .filter(|p| !p.is_loopback())
-                .map(|p| (p.license_id.clone(), p.install().to_owned()))
-                .collect();
-        Ok(lapsed.into_iter().filter(|(key, _)| !holding.contains(key)).map(|(_, l)| l).collect())
-    }
-
-    /// Instances whose seat lapsed within the day before `now` without a check-in renewing it:
-    /// (license, instance, the lease's end, last check-in).
-    pub fn lapsed_instances(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<(String, String, NaiveDateTime, NaiveDateTime)>, StoreError> {
-        let now = naive(now);
-        Ok(instances::table
-            .filter(instances::seat_until.lt(now))
-            .filter(instances::seat_until.ge(now - Duration::days(1)))
-            .select((
-                instances::license_id,
-                instances::id,
-                instances::seat_until.assume_not_null(),
-                instances::last_check_in_at,
-            ))
-            .load(&mut self.conn()?)?)
     }
 }

@@ -8,15 +8,13 @@ use std::collections::BTreeMap;
 
 use super::public_names::{public_toggles, PublicToggle};
 use super::session::{self, Form, Session};
-use super::DashboardError;
+use super::{see_other, DashboardError, FormResponses, Page, PageResponses};
 use crate::html::charts;
 use crate::server::audit::Trail;
 use crate::server::extract::AddressAdmitted;
 use crate::server::insights::{tables, usage_kind, Table, DEFAULT_DAYS, MAX_DAYS};
 use crate::server::{blocking, AppState};
 use crate::store::{self, Period};
-
-pub(super) type Page = Result<HttpResponse, DashboardError>;
 
 /// What every signed-in page shares: its title, the active menu entry and the form token.
 pub struct Layout {
@@ -58,10 +56,6 @@ fn html(page: &impl Template) -> Page {
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page.render()?))
 }
 
-pub(super) fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther().insert_header((header::LOCATION, location.to_owned())).finish()
-}
-
 fn period(state: &AppState, days: Option<u32>) -> Result<Period, DashboardError> {
     let days = days.unwrap_or(DEFAULT_DAYS);
     if !(1..=MAX_DAYS).contains(&days) {
@@ -88,48 +82,6 @@ fn cursor(text: Option<&str>) -> Result<Option<store::Cursor>, DashboardError> {
 pub struct ErrorPage {
     pub status: u16,
     pub message: String,
-}
-
-/// What a dashboard page answers.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // A description for the API document, never built.
-pub enum PageResponses {
-    /// The page.
-    #[response(status = 200, content_type = "text/html; charset=utf-8")]
-    Page(String),
-    /// No session: to `/admin/sign-in`.
-    #[response(status = 303)]
-    SignIn,
-    /// The query is not valid (a page saying why).
-    #[response(status = 400, content_type = "text/html; charset=utf-8")]
-    BadRequest(String),
-    /// Nothing of that name (a page saying so).
-    #[response(status = 404, content_type = "text/html; charset=utf-8")]
-    NotFound(String),
-    /// The database is out of reach (a page saying so).
-    #[response(status = 503, content_type = "text/html; charset=utf-8")]
-    Unavailable(String),
-}
-
-/// What a dashboard form answers.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // A description for the API document, never built.
-pub enum FormResponses {
-    /// Done: to the page it changed; or no session: to `/admin/sign-in`.
-    #[response(status = 303)]
-    Done,
-    /// The form is not valid (a page saying why).
-    #[response(status = 400, content_type = "text/html; charset=utf-8")]
-    BadRequest(String),
-    /// The form's token (`csrf`) is missing or stale, or it came from another site.
-    #[response(status = 403, content_type = "text/html; charset=utf-8")]
-    Forbidden(String),
-    /// Nothing of that name.
-    #[response(status = 404, content_type = "text/html; charset=utf-8")]
-    NotFound(String),
-    /// The database is out of reach.
-    #[response(status = 503, content_type = "text/html; charset=utf-8")]
-    Unavailable(String),
 }
 
 /// The dashboard's stylesheet (the only asset; no other origin is ever asked for anything).

@@ -103,3 +103,53 @@ impl ResponseError for DashboardError {
         HttpResponse::build(self.status_code()).content_type("text/html; charset=utf-8").body(body)
     }
 }
+
+/// What a page or a form of the dashboard answers.
+pub(super) type Page = Result<HttpResponse, DashboardError>;
+
+/// A redirection after a form (303), to `location`.
+pub(super) fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther().insert_header((header::LOCATION, location.to_owned())).finish()
+}
+
+/// What a dashboard page answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub enum PageResponses {
+    /// The page.
+    #[response(status = 200, content_type = "text/html; charset=utf-8")]
+    Page(String),
+    /// No session: to `/admin/sign-in`.
+    #[response(status = 303)]
+    SignIn,
+    /// The query is not valid (a page saying why).
+    #[response(status = 400, content_type = "text/html; charset=utf-8")]
+    BadRequest(String),
+    /// Nothing of that name (a page saying so).
+    #[response(status = 404, content_type = "text/html; charset=utf-8")]
+    NotFound(String),
+    /// The database is out of reach (a page saying so).
+    #[response(status = 503, content_type = "text/html; charset=utf-8")]
+    Unavailable(String),
+}
+
+/// What a dashboard form answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the API document, never built.
+pub enum FormResponses {
+    /// Done: to the page it changed; or no session: to `/admin/sign-in`.
+    #[response(status = 303)]
+    Done,
+    /// The form is not valid (a page saying why).
+    #[response(status = 400, content_type = "text/html; charset=utf-8")]
+    BadRequest(String),
+    /// The form's token (`csrf`) is missing or stale, or it came from another site.
+    #[response(status = 403, content_type = "text/html; charset=utf-8")]
+    Forbidden(String),
+    /// Nothing of that name.
+    #[response(status = 404, content_type = "text/html; charset=utf-8")]
+    NotFound(String),
+    /// The database is out of reach.
+    #[response(status = 503, content_type = "text/html; charset=utf-8")]
+    Unavailable(String),
+}

@@ -4,9 +4,8 @@
 
 use actix_web::web;
 
-use super::handlers::{see_other, FormResponses, Page};
 use super::session::{self, Form};
-use super::DashboardError;
+use super::{see_other, DashboardError, FormResponses, Page};
 use crate::protocol::percent_encode as encode;
 use crate::server::{blocking, AppState};
 use crate::store;
