@@ -207,12 +207,19 @@ pub struct Decision {
     /// The license's newest key, when the check-in presented an older one: the answer
     /// delivers it, and the decision was made under it.
     pub renewal: Option<String>,
-    /// An imported report the chain refuses (replayed, out of order, another key): nothing of
-    /// it was recorded, and the import is answered with this error (409).
-    pub refused: Option<BadRequest>,
     /// What the deployment's operator should know although the status is `valid` (a soft
     /// seat overage): carried in the signed lease.
     pub notice: Option<String>,
+}
+
+/// What the writer made of one check-in: a decision, recorded; or, for an imported report its
+/// install's chain refuses (replayed, out of order, another key), a refusal with nothing of it
+/// recorded, answered with this error (409). A refusal carries no status, so no valid status
+/// can come with one.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Decided(Decision),
+    Refused(BadRequest),
 }
 
 impl Prepared {
@@ -396,9 +403,9 @@ impl CheckInService {
     /// waiting (one transaction for the group). A key that cannot be read or trusted is
     /// answered at once and recorded nowhere: it names no license this server knows, so
     /// nothing it says may grow the database.
-    pub async fn record(&self, prepared: Prepared) -> Result<(Prepared, Decision), CheckInError> {
+    pub async fn record(&self, prepared: Prepared) -> Result<(Prepared, Outcome), CheckInError> {
         if let Some(decision) = writer::unlicensed(&prepared) {
-            return Ok((prepared, decision));
+            return Ok((prepared, Outcome::Decided(decision)));
         }
         self.writer.submit(prepared).await
     }

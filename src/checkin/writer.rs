@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Place, Prepared, Ruling,
+    bad, decide, times_for, BadRequest, CheckInError, Decision, ImportLink, Outcome, Place, Prepared, Ruling,
     SeatRules, Subject, Terms,
 };
 use crate::error_chain::Chain;
@@ -34,7 +34,7 @@ const MAX_QUEUE: usize = 4096;
 
 struct Job {
     prepared: Prepared,
-    reply: oneshot::Sender<(Prepared, Result<Decision, CheckInError>)>,
+    reply: oneshot::Sender<(Prepared, Result<Outcome, CheckInError>)>,
 }
 
 /// The handle through which check-ins reach the writer threads.
@@ -63,7 +63,7 @@ impl Writer {
     }
 
     /// Queues a check-in and waits for its decision.
-    pub async fn submit(&self, prepared: Prepared) -> Result<(Prepared, Decision), CheckInError> {
+    pub async fn submit(&self, prepared: Prepared) -> Result<(Prepared, Outcome), CheckInError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || CheckInError::WriterStopped;
         self.tx.send(Job { prepared, reply }).await.map_err(|_| stopped())?;
@@ -124,7 +124,7 @@ fn write_isolating(
     store: &Store,
     rules: &SeatRules,
     group: &[Prepared],
-) -> Vec<Result<Decision, CheckInError>> {
+) -> Vec<Result<Outcome, CheckInError>> {
     match write_guarded(store, rules, group) {
         Ok(decisions) => decisions.into_iter().map(Ok).collect(),
         Err(e) if group.len() > 1 && caused_by_content(&e) => {
@@ -166,11 +166,7 @@ fn write_isolating(
 
 /// [`write_group`], with a panic turned into an error: a bug that one check-in triggers must
 /// not stop the writer for every later one.
-fn write_guarded(
-    store: &Store,
-    rules: &SeatRules,
-    group: &[Prepared],
-) -> Result<Vec<Decision>, CheckInError> {
+fn write_guarded(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<Vec<Outcome>, CheckInError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_group(store, rules, group)))
         .unwrap_or_else(|_| Err(CheckInError::Panicked))
 }
@@ -186,7 +182,7 @@ fn caused_by_content(e: &CheckInError) -> bool {
 }
 
 /// Decides and records a group of check-ins in one transaction.
-fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<Vec<Decision>, CheckInError> {
+fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<Vec<Outcome>, CheckInError> {
     store.write_check_ins(|tx| {
         // Imported reports whose chain refuses them are set aside before anything is written,
         // so that nothing of them is: not even their license's last check-in time.
@@ -318,16 +314,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
         let mut pins = Vec::new();
         for (i, p) in group.iter().enumerate() {
             if let Some(refusal) = &refused[i] {
-                decisions.push(Decision {
-                    status: CheckInStatus::Valid,
-                    message: String::new(),
-                    next_check_in_at: p.now,
-                    valid_until: p.now,
-                    duplicate: false,
-                    renewal: None,
-                    refused: Some(refusal.clone()),
-                    notice: None,
-                });
+                decisions.push(Outcome::Refused(refusal.clone()));
                 continue;
             }
             // Keys that cannot be read or trusted never reach the writer (see `record`).
@@ -354,7 +341,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 deleted.push(key.clone());
                 let times = times_for(license, CheckInStatus::Replaced, None, false, p.now);
                 check_ins.push(check_in_row(p, Some(license_id.clone()), CheckInStatus::Replaced, None));
-                decisions.push(Decision {
+                decisions.push(Outcome::Decided(Decision {
                     status: CheckInStatus::Replaced,
                     message: "This process was released in favour of a newer process of its install (more ran at once \
                               than the license allows); restart it to run again."
@@ -363,9 +350,8 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                     valid_until: times.valid_until,
                     duplicate: false,
                     renewal: None,
-                    refused: None,
                     notice: None,
-                });
+                }));
                 continue;
             }
             let held = previous.and_then(|inst| inst.seat_until).filter(|until| *until > now);
@@ -551,7 +537,6 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
                 duplicate: false,
                 // A revoked license gets no key: revocation wins over any key.
                 renewal: newest.filter(|_| status != CheckInStatus::Revoked).map(|(_, key)| key),
-                refused: None,
                 notice: ruling.notice,
             };
             // An imported report moves its install's chain on only when its batch is accepted;
@@ -570,7 +555,7 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
             let mut check_in = check_in_row(p, Some(license_id.clone()), status, batch_id);
             check_in.valid_until = (status == CheckInStatus::Valid).then(|| store::naive(times.valid_until));
             check_ins.push(check_in);
-            decisions.push(decision);
+            decisions.push(Outcome::Decided(decision));
         }
 
         let instance_rows: Vec<InstanceRow> = touched.iter().map(|id| instances[id].clone()).collect();
@@ -591,12 +576,14 @@ fn write_group(store: &Store, rules: &SeatRules, group: &[Prepared]) -> Result<V
         let inserted = tx.insert_batches(&stored)?;
         for (i, b) in &batches {
             if !inserted.contains(&b.batch.batch_id) {
-                decisions[*i].duplicate = true;
+                if let Outcome::Decided(decision) = &mut decisions[*i] {
+                    decision.duplicate = true;
+                }
             }
         }
         // An import refused changes nothing; its refusal is recorded once answered.
-        for (p, d) in group.iter().zip(&decisions) {
-            if let (Some(audit), None) = (&p.audit, &d.refused) {
+        for (p, outcome) in group.iter().zip(&decisions) {
+            if let (Some(audit), Outcome::Decided(_)) = (&p.audit, outcome) {
                 tx.record_audit(audit)?;
             }
         }
@@ -801,7 +788,6 @@ pub(super) fn unlicensed(p: &Prepared) -> Option<Decision> {
         valid_until: p.now,
         duplicate: false,
         renewal: None,
-        refused: None,
         notice: None,
     })
 }

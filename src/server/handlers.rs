@@ -89,7 +89,14 @@ pub(super) async fn check_in(
     // I/O: done here, on the worker. The writer thread does the database work.
     let started = std::time::Instant::now();
     let prepared = state.service.prepare(&body, (state.clock)())?;
-    let (prepared, decision) = state.service.record(prepared).await?;
+    let (prepared, outcome) = state.service.record(prepared).await?;
+    let decision = match outcome {
+        crate::checkin::Outcome::Decided(decision) => decision,
+        // Only an imported report can be refused so; a check-in never is.
+        crate::checkin::Outcome::Refused(refusal) => {
+            return Err(ApiError::Conflict { code: refusal.code, message: refusal.message })
+        }
+    };
     let answer = state.service.respond(&prepared, &decision);
     let metrics = &state.service.metrics;
     metrics.check_ins.get_or_create(&[("status", decision.status.as_str())]).inc();
@@ -161,10 +168,13 @@ pub(super) async fn import_usage(
 ) -> Result<HttpResponse, ApiError> {
     let mut prepared = state.service.prepare_import(&body, (state.clock)())?;
     prepared.audit = Some(trail.audit(actix_web::http::StatusCode::OK));
-    let (prepared, decision) = state.service.record(prepared).await?;
-    if let Some(refusal) = decision.refused {
-        return Err(ApiError::Conflict { code: refusal.code, message: refusal.message });
-    }
+    let (prepared, outcome) = state.service.record(prepared).await?;
+    let decision = match outcome {
+        crate::checkin::Outcome::Decided(decision) => decision,
+        crate::checkin::Outcome::Refused(refusal) => {
+            return Err(ApiError::Conflict { code: refusal.code, message: refusal.message })
+        }
+    };
     let answer = state.service.respond(&prepared, &decision);
     state.service.metrics.check_ins.get_or_create(&[("status", decision.status.as_str())]).inc();
     let (Some(receipt), Some(lease)) = (state.service.import_receipt(&prepared), answer.lease) else {
