@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header;
 use reqwest::Method;
@@ -173,20 +173,6 @@ fn entries_of(h: &Harness, request_id: &str) -> Vec<(String, i64)> {
         .filter(|e| e["request_id"] == request_id)
         .map(|e| (e["action"].as_str().unwrap().to_owned(), e["status"].as_i64().unwrap()))
         .collect()
-}
-
-/// Polls `f` until it holds or `within` has passed.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn detail(h: &Harness, license_id: &str) -> Value {
@@ -507,7 +493,7 @@ fn every_change_is_recorded_with_itself_even_when_its_client_resets(h: Harness) 
         assert!(!(case.done)(&h, fresh.as_ref()), "{}: seen as done before it was asked for", case.name);
         let id = format!("reset-{i}");
         send_and_reset(&h, &case.request(&h, &id, fresh.as_ref()));
-        let done = eventually(Duration::from_secs(5), || (case.done)(&h, fresh.as_ref()));
+        let done = common::eventually(Duration::from_secs(5), || (case.done)(&h, fresh.as_ref()));
         let entries = entries_of(&h, &id);
         if done {
             assert!(
